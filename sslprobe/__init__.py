@@ -1,0 +1,34 @@
+"""sslprobe: BYOL pretraining, cached embeddings and linear probes on your own image folders.
+
+``from sslprobe import pretrain, extract, probe`` gives the library functions behind the three
+commands. They are imported lazily so that ``import sslprobe`` (and ``sslprobe --help``) stays
+fast and loads no torch.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "pretrain", "extract", "probe", "SSLProbeError"]
+
+_LAZY = {
+    "pretrain": "sslprobe.pretrain",
+    "extract": "sslprobe.extract",
+    "probe": "sslprobe.probe",
+}
+
+from sslprobe.errors import SSLProbeError  # noqa: E402  (light: no heavy imports)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sslprobe.extract import extract
+    from sslprobe.pretrain import pretrain
+    from sslprobe.probe import probe
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sslprobe' has no attribute {name!r}")
