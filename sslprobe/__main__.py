@@ -1,0 +1,4 @@
+"""``python -m sslprobe`` runs the command line."""
+from sslprobe.cli import main
+
+main()

@@ -1,0 +1,194 @@
+"""BYOL's two asymmetric views as batched tensor ops, each image with its own random draw.
+
+Workers only decode images to a uint8 "store" tensor; the views are made here on the training
+device (GPU when present), so augmentation never starves the model of data. Every op samples
+per-image parameters and applies them to the whole batch at once: crop + flip + resize is one
+``grid_sample`` with a per-image affine grid, colour ops are per-image factors with "identity"
+values where the op is not applied, blur is one grouped convolution with per-image kernels.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+_GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
+
+
+@dataclass(frozen=True)
+class ViewConfig:
+    """One view's recipe; defaults are view 1 of BYOL (Grill et al. 2020, Table 6)."""
+
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.1
+    gray_p: float = 0.2
+    blur_p: float = 1.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: float = 0.0
+    interpolation: str = "bicubic"
+
+
+def byol_views(image_size: int, *, blur: bool | None = None) -> tuple[ViewConfig, ViewConfig]:
+    """The paper's asymmetric pair: blur 1.0/0.1, solarise 0.0/0.2.
+
+    Blur is off by default at ≤ 64 px: a 10 % kernel is under 7 px there and the small-image
+    BYOL/SimCLR recipes (CIFAR, Fashion-MNIST) leave it out.
+    """
+    if blur is None:
+        blur = image_size > 64
+    v1 = ViewConfig(blur_p=1.0 if blur else 0.0)
+    v2 = replace(v1, blur_p=0.1 if blur else 0.0, solarize_p=0.2)
+    return v1, v2
+
+
+def _uniform(lo: float, hi: float, n: int, g: torch.Generator, device) -> torch.Tensor:
+    return torch.rand(n, generator=g, device=device) * (hi - lo) + lo
+
+
+def _bernoulli(p: float, n: int, g: torch.Generator, device) -> torch.Tensor:
+    return torch.rand(n, generator=g, device=device) < p
+
+
+def crop_boxes(n: int, cfg: ViewConfig, g: torch.Generator, device, attempts: int = 10) -> torch.Tensor:
+    """Per-image crop (w, h, cx, cy) as fractions of the side, as RandomResizedCrop samples them.
+
+    Draws ``attempts`` candidates per image and keeps the first that fits (torchvision's rule);
+    images with none get the clamped candidate, a slightly larger crop than asked.
+    """
+    lo, hi = cfg.crop_scale
+    area = torch.rand(n, attempts, generator=g, device=device) * (hi - lo) + lo  # (N, A)
+    lr0, lr1 = math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1])
+    ratio = torch.exp(torch.rand(n, attempts, generator=g, device=device) * (lr1 - lr0) + lr0)
+    w, h = torch.sqrt(area * ratio), torch.sqrt(area / ratio)
+    ok = (w <= 1) & (h <= 1)
+    first = torch.where(ok.any(1), ok.float().argmax(1), torch.zeros(n, dtype=torch.long, device=device))
+    w = w.gather(1, first[:, None]).squeeze(1).clamp(max=1.0)  # (N,)
+    h = h.gather(1, first[:, None]).squeeze(1).clamp(max=1.0)
+    cx = w / 2 + torch.rand(n, generator=g, device=device) * (1 - w)
+    cy = h / 2 + torch.rand(n, generator=g, device=device) * (1 - h)
+    return torch.stack([w, h, cx, cy], 1)  # (N, 4)
+
+
+def resized_crop(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    """Crop each image to its box, flip where asked and resize to ``size`` — one grid_sample."""
+    n = x.shape[0]
+    w, h, cx, cy = boxes.unbind(1)
+    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0] = torch.where(flip, -w, w)
+    theta[:, 0, 2] = 2 * cx - 1
+    theta[:, 1, 1] = h
+    theta[:, 1, 2] = 2 * cy - 1
+    grid = F.affine_grid(theta, [n, x.shape[1], size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False).clamp_(0, 1)
+
+
+def grayscale(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) → (B, 1, H, W) luma."""
+    r, g, b = x.unbind(1)
+    return (_GRAY[0] * r + _GRAY[1] * g + _GRAY[2] * b).unsqueeze(1)
+
+
+def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB in [0, 1] → HSV with hue in [0, 1)."""
+    r, g, b = x.unbind(1)
+    maxc, _ = x.max(1)
+    minc, _ = x.min(1)
+    delta = maxc - minc
+    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
+    h = torch.where(maxc == r, ((g - b) / safe) % 6, torch.where(maxc == g, (b - r) / safe + 2, (r - g) / safe + 4))
+    h = torch.where(delta > 0, h / 6, torch.zeros_like(h))
+    s = torch.where(maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)), torch.zeros_like(maxc))
+    return torch.stack([h, s, maxc], 1)
+
+
+def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`rgb_to_hsv`."""
+    h, s, v = x.unbind(1)
+    h6 = h * 6
+    i = torch.floor(h6)
+    f = h6 - i
+    i = i.long() % 6
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    # Sector i picks (r, g, b) from (v, q, p, t) in the classic table; gather does it per pixel.
+    table = torch.stack([v, q, p, t], 1)  # (B, 4, H, W)
+    order = torch.tensor([[0, 3, 2], [1, 0, 2], [2, 0, 3], [2, 1, 0], [3, 2, 0], [0, 2, 1]], device=x.device)
+    idx = order[i].permute(0, 3, 1, 2)  # (B, 3, H, W)
+    return table.gather(1, idx)
+
+
+def color_jitter(x: torch.Tensor, cfg: ViewConfig, g: torch.Generator) -> torch.Tensor:
+    """Brightness, contrast, saturation, hue with per-image factors (identity where not applied).
+
+    Fixed order b→c→s→h instead of torchvision's random permutation: one batched pass, and the
+    order changes little in practice.
+    """
+    n, dev = x.shape[0], x.device
+    on = _bernoulli(cfg.jitter_p, n, g, dev)
+
+    def factor(strength: float, centre: float) -> torch.Tensor:
+        f = _uniform(centre - strength, centre + strength, n, g, dev)
+        return torch.where(on, f, torch.full_like(f, centre)).view(n, 1, 1, 1)
+
+    b = factor(cfg.brightness, 1.0).clamp(min=0)
+    c = factor(cfg.contrast, 1.0).clamp(min=0)
+    s = factor(cfg.saturation, 1.0).clamp(min=0)
+    hshift = factor(cfg.hue, 0.0)
+    x = (x * b).clamp_(0, 1)
+    m = grayscale(x).mean((1, 2, 3), keepdim=True)
+    x = (c * x + (1 - c) * m).clamp_(0, 1)
+    x = (s * x + (1 - s) * grayscale(x)).clamp_(0, 1)
+    if cfg.hue > 0:
+        hsv = rgb_to_hsv(x)
+        hsv = torch.cat([(hsv[:, :1] + hshift) % 1.0, hsv[:, 1:]], 1)
+        x = torch.where(hshift != 0, hsv_to_rgb(hsv), x)
+    return x
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Blur each image with its own σ (B,), kernel ≈ 10 % of the side; σ ≤ 0 means no blur."""
+    n, c, hgt, wid = x.shape
+    k = max(3, int(round(0.1 * min(hgt, wid))) // 2 * 2 + 1)
+    r = torch.arange(k, device=x.device, dtype=x.dtype) - k // 2
+    s = sigma.clamp(min=1e-3).to(x.dtype).view(n, 1)
+    ker = torch.exp(-(r.view(1, k) ** 2) / (2 * s**2))  # (B, k)
+    ker = ker / ker.sum(1, keepdim=True)
+    ker = torch.where((sigma > 0).view(n, 1), ker, (r == 0).to(x.dtype).expand(n, k))
+    ker = ker.repeat_interleave(c, 0)  # (B*C, k): one kernel per image channel
+    y = F.pad(x.reshape(1, n * c, hgt, wid), (k // 2, k // 2, k // 2, k // 2), mode="reflect")
+    y = F.conv2d(y, ker.view(n * c, 1, k, 1), groups=n * c)
+    y = F.conv2d(y, ker.view(n * c, 1, 1, k), groups=n * c)
+    return y.view(n, c, hgt, wid)
+
+
+def make_view(
+    x: torch.Tensor,
+    cfg: ViewConfig,
+    *,
+    size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """One augmented, normalised view (B, 3, size, size) of a uint8 (B, 3, H, W) batch."""
+    g, n, dev = generator, x.shape[0], x.device
+    x = x.float().div_(255)
+    x = resized_crop(x, crop_boxes(n, cfg, g, dev), _bernoulli(cfg.flip_p, n, g, dev), size, cfg.interpolation)
+    x = color_jitter(x, cfg, g)
+    gray = _bernoulli(cfg.gray_p, n, g, dev).view(n, 1, 1, 1)
+    x = torch.where(gray, grayscale(x).expand_as(x), x)
+    if cfg.blur_p > 0:
+        sig = _uniform(*cfg.blur_sigma, n, g, dev)
+        x = gaussian_blur(x, torch.where(_bernoulli(cfg.blur_p, n, g, dev), sig, torch.zeros_like(sig)))
+    sol = _bernoulli(cfg.solarize_p, n, g, dev).view(n, 1, 1, 1)
+    x = torch.where(sol & (x >= 0.5), 1 - x, x)
+    m = torch.tensor(mean, device=dev, dtype=x.dtype).view(1, -1, 1, 1)
+    sd = torch.tensor(std, device=dev, dtype=x.dtype).view(1, -1, 1, 1)
+    return (x - m) / sd

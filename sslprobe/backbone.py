@@ -1,0 +1,244 @@
+"""timm backbones: random init, timm (hub) weights or local files; small-input stems; saving.
+
+A backbone here is a timm model created with ``num_classes=0`` so its output is the pooled
+pre-logits feature vector (B, D). Files written by sslprobe are safetensors with metadata that
+says how to rebuild the model (name, stem change, preprocessing), so ``extract --weights FILE``
+needs no ``--model``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from sslprobe import __version__
+from sslprobe.errors import SSLProbeError
+
+SMALL_INPUT = 64  # images at or below this many pixels get the CIFAR-style stem (DESIGN §2)
+FORMAT = "sslprobe-backbone"
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What it takes to rebuild a backbone and preprocess its inputs (stored as file metadata)."""
+
+    model: str
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+    crop_pct: float
+    small_stem: bool
+
+    def to_metadata(self) -> dict[str, str]:
+        meta = {k: json.dumps(v) for k, v in asdict(self).items()}
+        meta.update(format=FORMAT, sslprobe_version=__version__)
+        return meta
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str]) -> BackboneSpec:
+        fields = cls.__dataclass_fields__
+        vals = {k: json.loads(meta[k]) for k in fields}
+        vals["mean"], vals["std"] = tuple(vals["mean"]), tuple(vals["std"])
+        return cls(**vals)
+
+
+def check_model_name(model: str) -> None:
+    """Raise a one-line error for a name timm does not know, with close matches."""
+    if timm.is_model(model):
+        return
+    stem = model.split("_")[0][:6]
+    close = timm.list_models(f"*{stem}*")[:8]
+    hint = f" (similar: {', '.join(close)})" if close else ""
+    raise SSLProbeError(f"unknown model '{model}'{hint}; see `timm.list_models()` for all names")
+
+
+def adapt_small_stem(net: nn.Module) -> bool:
+    """Make a ResNet-style stem keep resolution on tiny images: stride-1 3×3 first conv, no max-pool.
+
+    Without it a 28–32 px image is 1×1 after the stem and the last stage (DESIGN §2; the
+    CIFAR variant of He et al. 2016 used by SimCLR/BYOL small-image experiments). Returns False
+    when the model has no such stem (ViTs, ConvNeXt …), which are left unchanged.
+    """
+    conv1 = getattr(net, "conv1", None)
+    if not isinstance(getattr(net, "maxpool", None), nn.Module) or conv1 is None:
+        return False
+    if isinstance(conv1, nn.Conv2d):
+        net.conv1 = nn.Conv2d(conv1.in_channels, conv1.out_channels, 3, 1, 1, bias=conv1.bias is not None)
+    elif isinstance(conv1, nn.Sequential) and isinstance(conv1[0], nn.Conv2d):
+        conv1[0].stride = (1, 1)  # deep stem (resnet-d, test_resnet): keep the 3×3 convs, drop the stride
+    else:
+        return False
+    net.maxpool = nn.Identity()
+    return True
+
+
+def default_spec(net: nn.Module, *, model: str, image_size: int | None, small_stem: bool | None) -> BackboneSpec:
+    """Preprocessing from timm's data config for this model, with an optional size override."""
+    from timm.data import resolve_model_data_config
+
+    cfg = resolve_model_data_config(net)
+    size = int(image_size or cfg["input_size"][-1])
+    if small_stem is None:
+        small_stem = size <= SMALL_INPUT
+    return BackboneSpec(
+        model=model,
+        image_size=size,
+        mean=tuple(float(v) for v in cfg["mean"]),
+        std=tuple(float(v) for v in cfg["std"]),
+        interpolation=str(cfg.get("interpolation", "bicubic")),
+        crop_pct=float(cfg.get("crop_pct", 0.875)),
+        small_stem=bool(small_stem),
+    )
+
+
+def _create(model: str, *, pretrained: bool, image_size: int | None, **kw) -> nn.Module:
+    check_model_name(model)
+    extra = {}
+    if image_size is not None and any(t in model for t in ("vit", "deit", "eva", "beit")):
+        extra["img_size"] = image_size  # ViTs need the position embedding sized for the input
+    try:
+        return timm.create_model(model, pretrained=pretrained, num_classes=0, **extra, **kw)
+    except TypeError:
+        return timm.create_model(model, pretrained=pretrained, num_classes=0, **kw)
+
+
+def create_backbone(
+    model: str | None = None,
+    *,
+    weights: str = "random",
+    image_size: int | None = None,
+    small_stem: bool | None = None,
+    seed: int = 0,
+    allow_pickle: bool = False,
+) -> tuple[nn.Module, BackboneSpec]:
+    """Build a backbone: ``weights`` is ``random`` (seeded), ``pretrained`` (timm hub) or a file path.
+
+    A file written by sslprobe carries its model name and stem; a plain timm state dict in
+    safetensors needs ``model``. Pickle files (.pt/.pth) load only with ``allow_pickle`` and then
+    only through ``torch.load(weights_only=True)``.
+    """
+    if weights not in ("random", "pretrained"):
+        return _from_file(Path(weights), model=model, image_size=image_size, small_stem=small_stem,
+                          allow_pickle=allow_pickle)
+    if model is None:
+        raise SSLProbeError(f"--weights {weights} needs --model NAME (a timm model, e.g. resnet18)")
+    if weights == "random":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = _create(model, pretrained=False, image_size=image_size)
+    else:
+        try:
+            net = _create(model, pretrained=True, image_size=image_size)
+        except SSLProbeError:
+            raise
+        except Exception as e:  # hub unreachable, no weights for this name, …
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise SSLProbeError(
+                f"could not load timm pretrained weights for '{model}' ({first}); "
+                "go online once to cache them, or use --weights random or --weights FILE.safetensors"
+            ) from e
+    spec = default_spec(net, model=model, image_size=image_size, small_stem=small_stem)
+    if spec.small_stem and not adapt_small_stem(net):
+        spec = replace(spec, small_stem=False)
+    if weights == "random" and spec.small_stem:
+        _reinit_stem(net, seed)
+    return net, spec
+
+
+def _reinit_stem(net: nn.Module, seed: int) -> None:
+    # The replaced first conv took its init from the global RNG; redo it from the seed.
+    conv = net.conv1 if isinstance(net.conv1, nn.Conv2d) else net.conv1[0]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+
+
+def _from_file(path: Path, *, model: str | None, image_size: int | None, small_stem: bool | None,
+               allow_pickle: bool) -> tuple[nn.Module, BackboneSpec]:
+    if not path.is_file():
+        raise SSLProbeError(f"weights file '{path}' not found; use --weights random|pretrained or a .safetensors path")
+    state, meta = read_weights(path, allow_pickle=allow_pickle)
+    if meta.get("format") == FORMAT:
+        spec = BackboneSpec.from_metadata(meta)
+        if model is not None and model != spec.model:
+            raise SSLProbeError(f"'{path}' holds a {spec.model} backbone but --model {model} was given; drop --model")
+        if image_size is not None:
+            spec = replace(spec, image_size=int(image_size))
+        net = _create(spec.model, pretrained=False, image_size=spec.image_size)
+        if spec.small_stem:
+            adapt_small_stem(net)
+    else:
+        if model is None:
+            raise SSLProbeError(f"'{path}' has no sslprobe metadata; say which timm model it is with --model NAME")
+        net = _create(model, pretrained=False, image_size=image_size)
+        spec = default_spec(net, model=model, image_size=image_size, small_stem=small_stem)
+        if spec.small_stem and not adapt_small_stem(net):
+            spec = replace(spec, small_stem=False)
+    state = {k: v for k, v in state.items() if not k.startswith(("fc.", "head.", "classifier."))}
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches raise even with strict=False
+        raise SSLProbeError(f"'{path}' does not fit {spec.model}: tensor shapes differ; check --model") from e
+    if missing or unexpected:
+        raise SSLProbeError(
+            f"'{path}' does not fit {spec.model}: {len(missing)} missing keys (e.g. {missing[:2]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:2]}); check --model"
+        )
+    return net, spec
+
+
+def read_weights(path: Path, *, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a weights file; safetensors by default, pickle only when allowed."""
+    from safetensors import SafetensorError, safe_open
+
+    if path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
+        if not allow_pickle:
+            raise SSLProbeError(
+                f"'{path}' is a pickle file, which can run code when loaded; convert it to .safetensors "
+                "or pass --allow-pickle to load it with torch.load(weights_only=True)"
+            )
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise SSLProbeError(f"refused to load '{path}' with weights_only=True: {str(e).splitlines()[0][:200]}") from e
+        obj = obj.get("state_dict", obj.get("model", obj)) if isinstance(obj, dict) else obj
+        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+            raise SSLProbeError(f"'{path}' does not hold a state dict of tensors")
+        return dict(obj), {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            return {k: f.get_tensor(k) for k in f.keys()}, meta
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise SSLProbeError(f"'{path}' is not a valid safetensors file ({str(e)[:120]}); export weights with safetensors") from e
+
+
+def save_backbone(net: nn.Module, spec: BackboneSpec, path: str | os.PathLike) -> None:
+    """Write the backbone's state dict with its spec as metadata, atomically."""
+    from safetensors.torch import save_file
+
+    from sslprobe.fileio import atomic_path
+
+    state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=spec.to_metadata())
+
+
+def eval_transform(spec: BackboneSpec):
+    """timm's evaluation transform (resize, centre crop, normalise) for this spec."""
+    from timm.data import create_transform
+
+    return create_transform(
+        input_size=(3, spec.image_size, spec.image_size),
+        is_training=False,
+        interpolation=spec.interpolation,
+        mean=spec.mean,
+        std=spec.std,
+        crop_pct=spec.crop_pct,
+    )

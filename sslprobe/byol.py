@@ -1,0 +1,114 @@
+"""BYOL (Grill et al. 2020, arXiv 2006.07733): heads, loss, target EMA, schedules, LARS.
+
+Pure functions plus one module; the training loop lives in ``pretrain.py``.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def mlp(in_dim: int, hidden: int = 4096, out: int = 256) -> nn.Sequential:
+    """Projector/predictor: Linear → BatchNorm1d → ReLU → Linear (paper §3.3)."""
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out))
+
+
+def regression_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Per-sample ‖p̂ − ẑ‖² = 2 − 2·cos(p, z), normalised in float32 (eq. 2); (B, D) → (B,)."""
+    p = F.normalize(p.float(), dim=-1)
+    z = F.normalize(z.float(), dim=-1)
+    return 2 - 2 * (p * z).sum(-1)
+
+
+def tau_at(step: int, total: int, base: float) -> float:
+    """Target decay τ = 1 − (1 − τ_base)(cos(πk/K) + 1)/2: τ_base at k = 0, 1 at k = K."""
+    k = min(max(step, 0), total)
+    return 1 - (1 - base) * (math.cos(math.pi * k / max(total, 1)) + 1) / 2
+
+
+def lr_at(step: int, total: int, *, peak: float, warmup: int) -> float:
+    """Linear warm-up to ``peak`` over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+    if warmup > 0 and step < warmup:
+        return peak * (step + 1) / warmup
+    k = (step - warmup) / max(total - warmup, 1)
+    return peak * 0.5 * (1 + math.cos(math.pi * min(max(k, 0.0), 1.0)))
+
+
+class BYOL(nn.Module):
+    """Online (backbone → projector → predictor) and target (EMA of backbone → projector)."""
+
+    def __init__(self, backbone: nn.Module, *, feature_dim: int, hidden: int = 4096, out: int = 256):
+        super().__init__()
+        self.backbone = backbone
+        self.projector = mlp(feature_dim, hidden, out)
+        self.predictor = mlp(out, hidden, out)
+        self.target_backbone = copy.deepcopy(backbone).requires_grad_(False)
+        self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
+
+    def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+        """Symmetrised loss L + L̃ averaged over the batch; the target side has no gradient."""
+        n = v1.shape[0]
+        both = torch.cat([v1, v2])  # one pass per network: (2B, C, H, W)
+        p1, p2 = self.predictor(self.projector(self.backbone(both))).split(n)
+        with torch.no_grad():
+            z1, z2 = self.target_projector(self.target_backbone(both)).split(n)
+        return (regression_loss(p1, z2) + regression_loss(p2, z1)).mean()
+
+    @torch.no_grad()
+    def update_target(self, tau: float) -> None:
+        """ξ ← τ·ξ + (1 − τ)·θ for weights; buffers (BN statistics) are copied."""
+        for online, target in ((self.backbone, self.target_backbone), (self.projector, self.target_projector)):
+            o, t = list(online.parameters()), list(target.parameters())
+            torch._foreach_lerp_(t, o, 1 - tau)
+            for bo, bt in zip(online.buffers(), target.buffers()):
+                bt.copy_(bo)
+
+
+def param_groups(model: nn.Module, *, weight_decay: float) -> list[dict]:
+    """Weights get decay and LARS adaptation; biases and norm parameters (ndim ≤ 1) neither (paper App. C)."""
+    decay, plain = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (plain if p.ndim <= 1 else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay, "lars": True},
+        {"params": plain, "weight_decay": 0.0, "lars": False},
+    ]
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD with momentum and layer-wise trust ratio η‖w‖/‖g + λw‖ (You et al. 2017), as BYOL uses.
+
+    Groups with ``lars=False`` (biases, BatchNorm) get plain momentum SGD without decay.
+    """
+
+    def __init__(self, params, lr: float, *, momentum: float = 0.9, weight_decay: float = 0.0, trust: float = 1e-3):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust=trust, lars=True))
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d = p.grad
+                if group["lars"]:
+                    if group["weight_decay"]:
+                        d = d.add(p, alpha=group["weight_decay"])
+                    w_norm, d_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
+                    # ratio stays on the device: no host sync per parameter
+                    ratio = torch.where((w_norm > 0) & (d_norm > 0), group["trust"] * w_norm / d_norm, torch.ones_like(w_norm))
+                    d = d * ratio
+                state = self.state[p]
+                buf = state.get("momentum_buffer")
+                if buf is None:
+                    buf = state["momentum_buffer"] = d.clone()
+                else:
+                    buf.mul_(group["momentum"]).add_(d)
+                p.add_(buf, alpha=-group["lr"])
+        return loss

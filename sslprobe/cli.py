@@ -1,0 +1,185 @@
+"""The ``sslprobe`` command line: parse, validate, call a library function, render. Nothing else.
+
+Heavy libraries (torch, timm, datasets) are imported inside the commands so that ``--help`` and
+argument errors answer at once.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from sslprobe import __version__
+from sslprobe.errors import SSLProbeError
+
+app = typer.Typer(
+    name="sslprobe",
+    help="BYOL pretraining, cached embeddings and linear probes on your own image folders.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+_STATE = {"debug": False}
+
+Device = Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")]
+Workers = Annotated[Optional[int], typer.Option(help="Decode worker processes (default: cores − 1, at most 8).")]
+Seed = Annotated[int, typer.Option(help="Seed for initialisation, sampling and augmentation.")]
+ImageCol = Annotated[Optional[str], typer.Option(help="Image column of a Hugging Face dataset (default: detected).")]
+LabelCol = Annotated[Optional[str], typer.Option(help="Label column of a Hugging Face dataset (default: detected).")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sslprobe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+) -> None:
+    _STATE["debug"] = debug
+
+
+def _check_data(data: str) -> None:
+    """Fail fast on a missing folder before any heavy import."""
+    if not data.startswith("hf:") and not Path(data).exists():
+        raise SSLProbeError(f"'{data}' does not exist; pass a folder of images (or class subfolders) or hf:NAME[:SPLIT]")
+
+
+def _positive(name: str, value: Optional[int]) -> None:
+    if value is not None and value < 1:
+        raise SSLProbeError(f"{name} must be a positive integer (got {value})")
+
+
+@app.command(epilog="Example: sslprobe pretrain photos/ --model resnet18 --image-size 96 --epochs 100 --out runs/byol")
+def pretrain(
+    data: Annotated[str, typer.Argument(help="Folder of images (labels ignored) or hf:NAME[:SPLIT].")],
+    out: Annotated[Path, typer.Option(help="Run directory: backbone.safetensors, config.json, metrics.jsonl.")],
+    model: Annotated[str, typer.Option(help="Any timm model name.")] = "resnet18",
+    image_size: Annotated[Optional[int], typer.Option(help="Training resolution (default: the model's). ≤ 64 px switches ResNets to a small-image stem.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per step (LARS is used from 256 up).")] = 256,
+    epochs: Annotated[int, typer.Option(help="Passes over the data.")] = 100,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (overrides --epochs for the schedule).")] = None,
+    optimizer: Annotated[str, typer.Option(help="auto, lars, sgd or adamw (auto: LARS for batch ≥ 256, else SGD).")] = "auto",
+    lr: Annotated[Optional[float], typer.Option(help="Base learning rate per 256 images (LARS 0.2, SGD 0.06, AdamW 2e-3).")] = None,
+    tau_base: Annotated[float, typer.Option(help="Target EMA start value τ_base (0.99 suits short runs).")] = 0.996,
+    warmup_epochs: Annotated[float, typer.Option(help="Linear warm-up length in epochs.")] = 10.0,
+    seed: Seed = 0,
+    device: Device = "auto",
+    workers: Workers = None,
+    image_column: ImageCol = None,
+    label_column: LabelCol = None,
+) -> None:
+    """BYOL self-supervised pretraining of a timm backbone on unlabeled images."""
+    _check_data(data)
+    for name, v in (("--batch-size", batch_size), ("--epochs", epochs), ("--max-steps", max_steps), ("--image-size", image_size)):
+        _positive(name, v)
+    from sslprobe.pretrain import pretrain as run
+
+    s = run(data, out=out, model=model, image_size=image_size, batch_size=batch_size, epochs=epochs, max_steps=max_steps,
+            optimizer=optimizer, lr=lr, tau_base=tau_base, warmup_epochs=warmup_epochs, seed=seed, device=device,
+            workers=workers, image_column=image_column, label_column=label_column)
+    _err(f"{s['steps']} steps, final loss {s['final_loss']:.4f}; skipped {len(s['skipped'])} files; "
+         f"backbone written to {Path(s['out']) / 'backbone.safetensors'}")
+
+
+@app.command(epilog="Example: sslprobe extract photos/train --weights runs/byol/backbone.safetensors --out feats/train")
+def extract(
+    data: Annotated[str, typer.Argument(help="Folder of images or class subfolders, or hf:NAME[:SPLIT].")],
+    out: Annotated[Path, typer.Option(help="Output directory: features.safetensors + manifest.json.")],
+    weights: Annotated[str, typer.Option(help="random, pretrained (timm hub), pixels, or a .safetensors file.")] = "random",
+    model: Annotated[Optional[str], typer.Option(help="timm model name (not needed for sslprobe backbone files).")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Override the evaluation resolution.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 128,
+    allow_pickle: Annotated[bool, typer.Option(help="Allow .pt/.pth weights (loaded with torch.load(weights_only=True)).")] = False,
+    seed: Seed = 0,
+    device: Device = "auto",
+    workers: Workers = None,
+    image_column: ImageCol = None,
+    label_column: LabelCol = None,
+) -> None:
+    """Embed images through a frozen backbone (or raw pixels) for the linear probe."""
+    _check_data(data)
+    _positive("--batch-size", batch_size)
+    _positive("--image-size", image_size)
+    if weights in ("random", "pretrained") and model is None:
+        raise SSLProbeError(f"--weights {weights} needs --model NAME (a timm model, e.g. resnet18)")
+    from sslprobe.extract import extract as run
+
+    m = run(data, out=out, model=model, weights=weights, image_size=image_size, batch_size=batch_size, seed=seed,
+            device=device, workers=workers, allow_pickle=allow_pickle, image_column=image_column, label_column=label_column)
+    _err(f"{m['counts']['embedded']} images embedded ({m['dim']}-d), {m['counts']['skipped']} skipped, "
+         f"{m['seconds']:.1f} s → {out}")
+    for s in m["skipped"][:10]:
+        _err(f"  skipped {s['path']}: {s['reason']}")
+    if len(m["skipped"]) > 10:
+        _err(f"  … {len(m['skipped']) - 10} more in {out / 'manifest.json'}")
+
+
+@app.command(epilog="Example: sslprobe probe feats/train --test feats/test --out reports/byol")
+def probe(
+    train: Annotated[str, typer.Argument(help="Training features: a directory from `extract` or a .safetensors file.")],
+    val: Annotated[Optional[str], typer.Option(help="Validation features (default: a stratified 20 % hold-out of TRAIN).")] = None,
+    test: Annotated[Optional[str], typer.Option(help="Test features.")] = None,
+    c: Annotated[Optional[float], typer.Option("--C", help="Fix the inverse regularisation C (scikit-learn convention) instead of searching.")] = None,
+    standardize: Annotated[bool, typer.Option(help="Standardise features with training statistics.")] = True,
+    seed: Seed = 0,
+    device: Device = "auto",
+    out: Annotated[Optional[Path], typer.Option(help="Report directory (report.json).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")] = False,
+) -> None:
+    """Linear probe (multinomial logistic regression) and kNN on cached embeddings."""
+    for p in (train, val, test):
+        if p is not None and not Path(p).exists():
+            raise SSLProbeError(f"'{p}' does not exist; pass a feature directory from `sslprobe extract` or a .safetensors file")
+    if c is not None and c <= 0:
+        raise SSLProbeError(f"--C must be positive (got {c})")
+    from sslprobe.probe import probe as run
+    from sslprobe.report import render_probe, summary
+
+    result = run(train, val=val, test=test, C=c, standardize=standardize, seed=seed, device=device, out=out)
+    if as_json:
+        typer.echo(json.dumps(summary(result)))
+    else:
+        from rich.console import Console
+
+        render_probe(result, console=Console())
+
+
+@app.command(epilog="Example: sslprobe demo --out sslprobe-demo")
+def demo(
+    out: Annotated[Path, typer.Option(help="Working directory for the sample data, runs and features.")] = Path("sslprobe-demo"),
+    steps: Annotated[Optional[int], typer.Option(help="BYOL steps (default: the tuned short run, ~2–3 min on 2 CPU cores).")] = None,
+    device: Device = "auto",
+) -> None:
+    """Run pretrain → extract → probe on the built-in Fashion-MNIST sample and compare baselines."""
+    _positive("--steps", steps)
+    from rich.console import Console
+
+    from sslprobe.demo import run_demo
+
+    run_demo(out=out, steps=steps, device=device, console=Console())
+
+
+def _err(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app()
+    except SSLProbeError as e:
+        if _STATE["debug"]:
+            raise
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,54 @@
+"""Where work runs and how it shows progress: device choice, worker count, progress bars."""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from sslprobe.errors import SSLProbeError
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is a clear error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SSLProbeError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu or auto")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise SSLProbeError(f"unknown device '{device}'; use auto, cpu or cuda") from e
+
+
+def default_workers() -> int:
+    """Decode workers: leave one core for the main process, at most 8."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, n - 1))
+
+
+class _Quiet:
+    def add_task(self, *a: Any, **k: Any) -> int:
+        return 0
+
+    def update(self, *a: Any, **k: Any) -> None:
+        pass
+
+    def advance(self, *a: Any, **k: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def progress_bar(show: bool = True) -> Iterator[Any]:
+    """A rich progress bar on stderr (rate and time left), or a silent stand-in."""
+    if not show:
+        yield _Quiet()
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=Console(stderr=True), transient=False) as bar:
+        yield bar

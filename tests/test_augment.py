@@ -1,0 +1,94 @@
+"""Batched BYOL views: shapes, per-image randomness, each op against its definition."""
+import pytest
+import torch
+
+from sslprobe.augment import (
+    ViewConfig,
+    byol_views,
+    crop_boxes,
+    gaussian_blur,
+    grayscale,
+    hsv_to_rgb,
+    make_view,
+    resized_crop,
+    rgb_to_hsv,
+)
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+
+
+def _batch(n=16, s=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, 3, s, s, generator=g) * 255).to(torch.uint8)
+
+
+def test_views_follow_paper_asymmetry_and_small_image_rule():
+    v1, v2 = byol_views(224)
+    assert (v1.blur_p, v2.blur_p, v1.solarize_p, v2.solarize_p) == (1.0, 0.1, 0.0, 0.2)
+    assert (v1.brightness, v1.contrast, v1.saturation, v1.hue, v1.jitter_p, v1.gray_p) == (0.4, 0.4, 0.2, 0.1, 0.8, 0.2)
+    s1, s2 = byol_views(32)
+    assert s1.blur_p == 0 and s2.blur_p == 0 and s2.solarize_p == 0.2
+
+
+def test_make_view_shape_and_determinism():
+    x = _batch()
+    v = make_view(x, ViewConfig(), size=20, mean=MEAN, std=STD, generator=torch.Generator().manual_seed(1))
+    w = make_view(x, ViewConfig(), size=20, mean=MEAN, std=STD, generator=torch.Generator().manual_seed(1))
+    assert v.shape == (16, 3, 20, 20) and v.dtype == torch.float32
+    assert torch.equal(v, w)
+    assert v.min() >= -1 - 1e-5 and v.max() <= 1 + 1e-5
+
+
+def test_each_image_gets_its_own_crop():
+    same = _batch(1).expand(8, -1, -1, -1).contiguous()
+    v = make_view(same, ViewConfig(), size=16, mean=MEAN, std=STD, generator=torch.Generator().manual_seed(0))
+    diffs = [(v[0] - v[i]).abs().mean().item() for i in range(1, 8)]
+    assert min(diffs) > 1e-3
+
+
+def test_crop_boxes_respect_area_and_ratio():
+    b = crop_boxes(2000, ViewConfig(), torch.Generator().manual_seed(0), "cpu")
+    w, h, cx, cy = b.unbind(1)
+    area = w * h
+    assert area.min() >= 0.08 - 1e-6 and area.max() <= 1 + 1e-6
+    assert ((cx - w / 2) >= -1e-6).all() and ((cx + w / 2) <= 1 + 1e-6).all()
+    ratio = w / h
+    inside = (w < 1) & (h < 1)
+    assert ratio[inside].min() >= 3 / 4 - 1e-4 and ratio[inside].max() <= 4 / 3 + 1e-4
+
+
+def test_full_box_without_flip_is_identity_and_flip_mirrors():
+    x = torch.rand(2, 3, 8, 8)
+    box = torch.tensor([[1.0, 1.0, 0.5, 0.5]] * 2)
+    out = resized_crop(x, box, torch.tensor([False, True]), 8, "bilinear")
+    assert torch.allclose(out[0], x[0], atol=1e-5)
+    assert torch.allclose(out[1], x[1].flip(-1), atol=1e-5)
+
+
+def test_hsv_roundtrip_and_known_colours():
+    x = torch.rand(4, 3, 5, 5)
+    assert torch.allclose(hsv_to_rgb(rgb_to_hsv(x)), x, atol=1e-5)
+    red = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
+    assert torch.allclose(rgb_to_hsv(red).flatten(), torch.tensor([0.0, 1.0, 1.0]))
+    green_hsv = torch.tensor([1 / 3, 1.0, 1.0]).view(1, 3, 1, 1)
+    assert torch.allclose(hsv_to_rgb(green_hsv).flatten(), torch.tensor([0.0, 1.0, 0.0]), atol=1e-6)
+
+
+def test_grayscale_weights():
+    x = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
+    assert grayscale(x).item() == pytest.approx(0.299)
+
+
+def test_blur_zero_sigma_is_identity_and_preserves_mean():
+    x = torch.rand(3, 3, 30, 30)
+    out = gaussian_blur(x, torch.tensor([0.0, 1.0, 2.0]))
+    assert torch.allclose(out[0], x[0])
+    assert out[2].std() < x[2].std()  # smoother
+    assert out[1].mean().item() == pytest.approx(x[1].mean().item(), abs=0.02)
+
+
+def test_solarize_always_on_inverts_bright_pixels():
+    x = torch.full((2, 3, 8, 8), 230, dtype=torch.uint8)
+    cfg = ViewConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0, jitter_p=0, gray_p=0, blur_p=0, solarize_p=1.0)
+    v = make_view(x, cfg, size=8, mean=(0, 0, 0), std=(1, 1, 1), generator=torch.Generator())
+    assert torch.allclose(v, torch.full_like(v, 1 - 230 / 255), atol=1e-5)

@@ -1,0 +1,110 @@
+"""BYOL pieces checked against their definitions (Grill et al. 2020)."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from sslprobe.byol import BYOL, LARS, lr_at, mlp, param_groups, regression_loss, tau_at
+
+
+def test_mlp_shape_is_paper_head():
+    head = mlp(96, 4096, 256)
+    kinds = [type(m) for m in head]
+    assert kinds == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
+    assert head[0].in_features == 96 and head[0].out_features == 4096 and head[3].out_features == 256
+
+
+@pytest.mark.parametrize(
+    "p, z, expected",
+    [
+        ([1.0, 0.0], [1.0, 0.0], 0.0),  # same direction
+        ([1.0, 0.0], [-3.0, 0.0], 4.0),  # opposite
+        ([1.0, 0.0], [0.0, 5.0], 2.0),  # orthogonal
+        ([2.0, 2.0], [1.0, 0.0], 2 - 2 * math.cos(math.pi / 4)),
+    ],
+)
+def test_regression_loss_is_2_minus_2cos(p, z, expected):
+    got = regression_loss(torch.tensor([p]), torch.tensor([z]))
+    assert got.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_regression_loss_normalises_in_float32():
+    p = torch.randn(4, 8).half()
+    assert regression_loss(p, p).dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "step, total, base, expected",
+    [(0, 100, 0.996, 0.996), (100, 100, 0.996, 1.0), (50, 100, 0.99, 0.995), (200, 100, 0.99, 1.0)],
+)
+def test_tau_schedule(step, total, base, expected):
+    assert tau_at(step, total, base) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "step, expected",
+    [(0, 0.1), (9, 1.0), (10, 1.0), (55, 0.5), (100, 0.0)],
+)
+def test_lr_warmup_then_cosine(step, expected):
+    assert lr_at(step, 100, peak=1.0, warmup=10) == pytest.approx(expected, abs=1e-9)
+
+
+def test_param_groups_exclude_bias_and_norm():
+    net = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    decay, plain = param_groups(net, weight_decay=0.5)
+    assert [p.shape for p in decay["params"]] == [torch.Size([3, 4])]
+    assert len(plain["params"]) == 3  # linear bias, BN weight, BN bias
+    assert decay["lars"] and not plain["lars"] and plain["weight_decay"] == 0.0
+
+
+def test_lars_trust_ratio_on_known_tensor():
+    w = nn.Parameter(torch.tensor([3.0, 4.0]))  # ‖w‖ = 5
+    w.grad = torch.tensor([0.0, 2.0])  # with wd 0.5: d = g + 0.5 w = (1.5, 4), ‖d‖ = sqrt(18.25)
+    opt = LARS([{"params": [w], "weight_decay": 0.5, "lars": True}], lr=1.0, momentum=0.9, trust=1e-3)
+    opt.step()
+    d = torch.tensor([1.5, 4.0])
+    ratio = 1e-3 * 5 / d.norm()
+    assert torch.allclose(w.detach(), torch.tensor([3.0, 4.0]) - ratio * d)
+
+
+def test_lars_excluded_group_is_plain_momentum_sgd():
+    b = nn.Parameter(torch.tensor([1.0, -1.0]))
+    opt = LARS([{"params": [b], "weight_decay": 0.0, "lars": False}], lr=0.1, momentum=0.9)
+    for _ in range(2):
+        b.grad = torch.tensor([1.0, 1.0])
+        opt.step()
+    # buf: 1 then 1.9; p -= 0.1 * buf each step
+    assert torch.allclose(b.detach(), torch.tensor([1.0, -1.0]) - 0.1 * 1.0 - 0.1 * 1.9)
+
+
+def _tiny_byol():
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.BatchNorm1d(6), nn.ReLU())
+    return BYOL(backbone, feature_dim=6, hidden=16, out=4)
+
+
+def test_ema_update_is_lerp_and_target_has_no_grad():
+    net = _tiny_byol()
+    with torch.no_grad():
+        for p in net.backbone.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in net.target_backbone.parameters()]
+    online = [p.clone() for p in net.backbone.parameters()]
+    net.update_target(0.9)
+    for t0, o, t1 in zip(before, online, net.target_backbone.parameters()):
+        assert torch.allclose(t1, 0.9 * t0 + 0.1 * o)
+        assert not t1.requires_grad
+
+
+def test_forward_is_symmetric_and_only_online_gets_gradients():
+    net = _tiny_byol()
+    v1, v2 = torch.randn(8, 3, 2, 2), torch.randn(8, 3, 2, 2)
+    net.eval()  # BN in eval so swapping views gives the same numbers
+    a, b = net(v1, v2), net(v2, v1)
+    assert torch.allclose(a, b, atol=1e-6)
+    net.train()
+    net(v1, v2).backward()
+    assert all(p.grad is not None for p in net.predictor.parameters())
+    assert all(p.grad is None for p in net.target_backbone.parameters())
+    assert 0 <= a.item() <= 8
