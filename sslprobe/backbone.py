@@ -59,7 +59,7 @@ def check_model_name(model: str) -> None:
 
 
 def adapt_small_stem(net: nn.Module) -> bool:
-    """Make a ResNet-style stem keep resolution on tiny images: stride-1 3×3 first conv, no max-pool.
+    """Make a ResNet-style stem keep resolution on tiny images: 3×3 stride-1 first conv, no max-pool.
 
     Without it a 28–32 px image is 1×1 after the stem and the last stage (DESIGN §2; the
     CIFAR variant of He et al. 2016 used by SimCLR/BYOL small-image experiments). Returns False
@@ -70,10 +70,11 @@ def adapt_small_stem(net: nn.Module) -> bool:
         return False
     if isinstance(conv1, nn.Conv2d):
         net.conv1 = nn.Conv2d(conv1.in_channels, conv1.out_channels, 3, 1, 1, bias=conv1.bias is not None)
-    elif isinstance(conv1, nn.Sequential) and isinstance(conv1[0], nn.Conv2d):
-        conv1[0].stride = (1, 1)  # deep stem (resnet-d, test_resnet): keep the 3×3 convs, drop the stride
-    else:
+    elif not (isinstance(conv1, nn.Sequential) and isinstance(conv1[0], nn.Conv2d)):
         return False
+    # A deep stem (resnet-d, test_resnet: three 3×3 convs) keeps its stride-2 first conv and only loses
+    # the max-pool: total stride 16 instead of 32, so 32 px still ends at 2×2, at a quarter of the
+    # compute a stride-1 deep stem would cost.
     net.maxpool = nn.Identity()
     return True
 

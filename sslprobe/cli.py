@@ -70,6 +70,8 @@ def pretrain(
     lr: Annotated[Optional[float], typer.Option(help="Base learning rate per 256 images (LARS 0.2, SGD 0.06, AdamW 2e-3).")] = None,
     tau_base: Annotated[float, typer.Option(help="Target EMA start value τ_base (0.99 suits short runs).")] = 0.996,
     warmup_epochs: Annotated[float, typer.Option(help="Linear warm-up length in epochs.")] = 10.0,
+    proj_hidden: Annotated[int, typer.Option(help="Hidden width of projector and predictor MLPs (paper: 4096).")] = 4096,
+    proj_dim: Annotated[int, typer.Option(help="Output width of projector and predictor (paper: 256).")] = 256,
     seed: Seed = 0,
     device: Device = "auto",
     workers: Workers = None,
@@ -83,7 +85,8 @@ def pretrain(
     from sslprobe.pretrain import pretrain as run
 
     s = run(data, out=out, model=model, image_size=image_size, batch_size=batch_size, epochs=epochs, max_steps=max_steps,
-            optimizer=optimizer, lr=lr, tau_base=tau_base, warmup_epochs=warmup_epochs, seed=seed, device=device,
+            optimizer=optimizer, lr=lr, tau_base=tau_base, warmup_epochs=warmup_epochs, proj_hidden=proj_hidden,
+            proj_dim=proj_dim, seed=seed, device=device,
             workers=workers, image_column=image_column, label_column=label_column)
     _err(f"{s['steps']} steps, final loss {s['final_loss']:.4f}; skipped {len(s['skipped'])} files; "
          f"backbone written to {Path(s['out']) / 'backbone.safetensors'}")
@@ -172,14 +175,25 @@ def _err(msg: str) -> None:
 
 
 def main() -> None:
-    """Entry point: user errors become one line on stderr and exit code 2."""
+    """Entry point: user errors (ours and the parser's) become one line on stderr and exit code 2."""
+    # Typer ≥ 0.2x vendors click; find its exception types through a public class either way.
+    usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+    click_exception = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
     try:
-        app()
+        code = app(standalone_mode=False)
     except SSLProbeError as e:
         if _STATE["debug"]:
             raise
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except usage_error as e:
+        cmd = e.ctx.command_path if e.ctx else "sslprobe"
+        typer.echo(f"error: {e.format_message()} (see '{cmd} --help')", err=True)
+        sys.exit(2)
+    except click_exception as e:
+        typer.echo(f"error: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

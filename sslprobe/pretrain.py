@@ -72,7 +72,7 @@ def _optimizer(name: str, model: torch.nn.Module, *, lr: float, weight_decay: fl
         return torch.optim.SGD([{k: v for k, v in g.items() if k != "lars"} for g in groups], lr=lr, momentum=0.9)
     if name == "adamw":
         return torch.optim.AdamW([{k: v for k, v in g.items() if k != "lars"} for g in groups], lr=lr)
-    raise SSLProbeError(f"unknown optimizer '{name}'; use lars, sgd or adamw")
+    raise ValueError(name)  # validated in pretrain()
 
 
 def _default_lr(optimizer: str) -> float:
@@ -117,6 +117,8 @@ def pretrain(
         raise SSLProbeError(f"--max-steps must be ≥ 1 (got {max_steps})")
     if image_size is not None and image_size < 8:
         raise SSLProbeError(f"--image-size must be ≥ 8 (got {image_size})")
+    if optimizer not in ("auto", "lars", "sgd", "adamw"):
+        raise SSLProbeError(f"unknown optimizer '{optimizer}'; use auto, lars, sgd or adamw")
     if not 0 <= tau_base < 1:
         raise SSLProbeError(f"--tau-base must be in [0, 1) (got {tau_base})")
     images = open_images(data, image_column=image_column, label_column=label_column)

@@ -1,0 +1,384 @@
+"""Find images (class folders, plain folders, Hugging Face datasets) and decode them safely.
+
+A DATA argument becomes an ``ImageSet``: ids, labels and class names in a deterministic order.
+Decoding goes through ``decode_image``, which turns every way a file can be bad into a
+``BadImageError`` with a short reason; ``ImageDataset`` + ``collate`` carry those reasons through
+a DataLoader as skipped items, so one bad file never stops a run. No PIL global is ever changed.
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from sslprobe.errors import SSLProbeError
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+# Raster formats we let PIL identify. Others (EPS runs Ghostscript, PSD, FITS, ...) are refused:
+# a mislabelled file from an untrusted folder must not reach a rarely-hardened decoder.
+_SAFE_FORMATS = ("JPEG", "PNG", "BMP", "DIB", "GIF", "TIFF", "WEBP", "PPM", "AVIF")
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+_OPEN_ERRORS = {IsADirectoryError: "is a directory", PermissionError: "permission denied",
+                FileNotFoundError: "file not found (missing or broken symlink)"}
+
+
+class BadImageError(Exception):
+    """An image that cannot be used; ``str(e)`` is a short reason for the skipped-files list."""
+
+
+def _formats() -> list[str]:
+    Image.init()  # registers plugins; Image.open raises KeyError for a format name it doesn't know
+    return [f for f in _SAFE_FORMATS if f in Image.OPEN]
+
+
+def decode_image(source: str | os.PathLike | bytes, *, max_pixels: int = 89_478_485) -> Image.Image:
+    """Decode one image (path or encoded bytes) to RGB with its EXIF orientation applied.
+
+    ``max_pixels`` is checked on the header, before any pixel is decoded. PIL's own bomb check
+    (2 × ``Image.MAX_IMAGE_PIXELS``) still applies on top and is reported the same way. Alpha is
+    composited on white; 16-bit and integer images are scaled from 0–65535, float ones from 0–1
+    (else min–max). Animated images give their first frame. Raises ``BadImageError``.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise BadImageError("empty file")
+        return _decode(io.BytesIO(source), max_pixels)
+    try:  # _decode turns every error of its own into BadImageError: what lands here is the file's
+        with open(source, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                raise BadImageError("empty file")
+            return _decode(f, max_pixels)
+    except (OSError, ValueError) as e:  # ValueError: e.g. a NUL byte in the path
+        raise BadImageError(_OPEN_ERRORS.get(type(e)) or f"cannot read: {getattr(e, 'strerror', None) or e}") from None
+
+
+def _decode(fp: io.IOBase, max_pixels: int) -> Image.Image:
+    # Plugins warn per file (corrupt EXIF, bomb warning, ...); the problems that matter become
+    # BadImageError, and a million-image folder would otherwise flood the log.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            im = Image.open(fp, formats=_formats())
+        except Image.UnidentifiedImageError:
+            raise BadImageError("not an image (cannot identify)") from None
+        except Image.DecompressionBombError as e:
+            n = re.search(r"\((\d+) pixels\)", str(e))
+            limit = min(max_pixels, 2 * (Image.MAX_IMAGE_PIXELS or max_pixels))
+            raise BadImageError(f"too large: {n.group(1) if n else '?'} px > {limit} px limit") from None
+        except Exception as e:  # plugins raise assorted types on malformed headers
+            raise BadImageError(_reason(e)) from None
+        return _finish(im, max_pixels)
+
+
+def _finish(im: Image.Image, max_pixels: int) -> Image.Image:
+    """Size check, load, orientation and RGB conversion of an opened (lazy) image."""
+    w, h = im.size
+    if w * h > max_pixels:
+        raise BadImageError(f"too large: {w}x{h} px > {max_pixels} px limit")
+    try:
+        im.load()  # decode now, so a truncated file fails here and not inside a transform
+    except Exception as e:
+        raise BadImageError(_reason(e)) from None
+    try:
+        ImageOps.exif_transpose(im, in_place=True)
+    except Exception:  # unreadable EXIF: the pixels are fine, keep them unrotated
+        pass
+    try:
+        return _to_rgb(im)
+    except Exception as e:
+        raise BadImageError(f"unsupported image mode {im.mode}: {_reason(e)}") from None
+
+
+def _reason(e: BaseException) -> str:
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if "truncated" in msg.lower() or isinstance(e, EOFError):
+        return "truncated image"
+    return f"corrupt image ({type(e).__name__}: {msg[:120]})"
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode == "RGB":
+        return im
+    if im.mode.startswith("I") or im.mode == "F":
+        # convert("L") clips these to 0/255; scale instead so mid-grey stays mid-grey.
+        a = np.nan_to_num(np.asarray(im).astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        lo, hi = float(a.min()), float(a.max())
+        if im.mode == "F" and lo >= 0 and hi <= 1:
+            a = a * 255
+        elif im.mode != "F" and lo >= 0 and hi <= 65535:  # I;16*, and I as PIL gives for 16-bit PPM
+            a = a / 257
+        else:
+            a = (a - lo) * (255 / (hi - lo)) if hi > lo else np.zeros_like(a)
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if im.mode in _ALPHA_MODES or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Images found at a DATA argument, in deterministic order.
+
+    ``kind``: "classes" (class subfolders), "folder" (unlabeled, recursive) or "hf". ``ids`` are
+    POSIX paths relative to ``root`` (may hold surrogate escapes for non-UTF-8 names), or row
+    indices as strings for "hf". ``labels`` is -1 where unlabeled. Picklable for DataLoader workers.
+    """
+
+    source: str
+    kind: str
+    ids: tuple[str, ...]
+    labels: tuple[int, ...]
+    classes: tuple[str, ...]
+    root: str | None
+    _dataset: Any = field(default=None, compare=False, repr=False)  # hf: image column only, decode off
+    _image_column: str | None = field(default=None, compare=False, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _path(self, i: int) -> str:
+        return os.path.join(self.root or "", *self.ids[i].split("/"))
+
+    def read(self, i: int, *, max_pixels: int = 89_478_485) -> Image.Image:
+        """Image ``i`` as RGB; raises ``BadImageError``."""
+        if self.kind != "hf":
+            return decode_image(self._path(i), max_pixels=max_pixels)
+        v = self._hf_value(i)
+        if isinstance(v, Image.Image):
+            return _finish(v, max_pixels)
+        return decode_image(v, max_pixels=max_pixels)
+
+    def read_bytes(self, i: int) -> bytes:
+        """Encoded bytes of image ``i`` (PNG-encoded if the dataset holds only decoded pixels)."""
+        v = self._path(i) if self.kind != "hf" else self._hf_value(i)
+        if isinstance(v, bytes):
+            return v
+        if isinstance(v, Image.Image):
+            buf = io.BytesIO()
+            v.save(buf, "PNG")
+            return buf.getvalue()
+        try:
+            with open(v, "rb") as f:
+                return f.read()
+        except OSError as e:
+            raise BadImageError(_OPEN_ERRORS.get(type(e)) or f"cannot read: {e.strerror or e}") from None
+
+    def _hf_value(self, i: int) -> bytes | str | Image.Image:
+        v = self._dataset[i][self._image_column]
+        if isinstance(v, dict):  # Image(decode=False) gives {"bytes", "path"}
+            v = v.get("bytes") if v.get("bytes") is not None else v.get("path")
+        if isinstance(v, (bytearray, memoryview)):
+            v = bytes(v)
+        if v is None:
+            raise BadImageError("no image in this row")
+        if not isinstance(v, (bytes, str, Image.Image)):
+            raise BadImageError(f"unsupported value in column '{self._image_column}': {type(v).__name__}")
+        return v
+
+
+def open_images(data: str | os.PathLike, *, image_column: str | None = None,
+                label_column: str | None = None) -> ImageSet:
+    """Resolve a DATA argument: a folder, a ``save_to_disk`` dataset folder, or ``hf:NAME[:SPLIT]``.
+
+    A folder whose top level holds no images but whose subfolders do is "classes" (one class per
+    subfolder, images found recursively); any other folder is "folder" (unlabeled). Hidden names
+    are ignored, directory symlinks followed (a link back to an ancestor is not). The columns
+    only apply to Hugging Face data.
+    """
+    s = os.fspath(data)
+    if s.startswith("hf:"):
+        rest = s[3:]
+        # first ':' only: split specs may hold one ("train[:10%]"), hub names never do
+        name, _, split = (rest, "", "") if os.path.isdir(rest) else rest.partition(":")
+        return _open_hf(s, name, split or None, image_column, label_column)
+    if not os.path.exists(s):
+        raise SSLProbeError(f"'{s}' does not exist; pass a folder of images (or class subfolders) or hf:NAME[:SPLIT]")
+    if not os.path.isdir(s):
+        raise SSLProbeError(f"'{s}' is a file, not a folder; pass the folder that holds the images")
+    if _is_saved_dataset(s):
+        return _open_hf(s, s, None, image_column, label_column)
+    return _open_folder(s)
+
+
+def _open_folder(s: str) -> ImageSet:
+    root = os.path.abspath(s)
+    ids, others = _walk(root)
+    if not ids:
+        extra = f"; it holds {others} other files" if others else ""
+        raise SSLProbeError(f"no images found in '{s}' (looked for {' '.join(IMAGE_EXTENSIONS)}, any case{extra}); "
+                            "pass a folder of images or of class subfolders")
+    ids.sort()  # code-point order: the same on every filesystem and locale
+    tops = [p.split("/", 1)[0] if "/" in p else None for p in ids]
+    if None in tops:  # an image at the top level: the whole tree is one unlabeled folder
+        return ImageSet(s, "folder", tuple(ids), (-1,) * len(ids), (), root)
+    classes = tuple(sorted(set(tops)))
+    index = {c: k for k, c in enumerate(classes)}
+    return ImageSet(s, "classes", tuple(ids), tuple(index[c] for c in tops), classes, root)
+
+
+def _walk(root: str) -> tuple[list[str], int]:
+    """Image ids (relative POSIX paths) below ``root`` and the count of other files.
+
+    Iterative, so deep trees can't hit the recursion limit. A directory is skipped when it is its
+    own ancestor (by device and inode), which stops symlink loops while still following links
+    that merely point elsewhere (a class folder linked from another must keep its images).
+    """
+    ids: list[str] = []
+    others = 0
+    st = os.stat(root)
+    stack = [(root, "", frozenset({(st.st_dev, st.st_ino)}))]
+    while stack:
+        path, prefix, ancestors = stack.pop()
+        try:
+            with os.scandir(path) as it:
+                entries = list(it)
+        except OSError:  # unreadable directory: nothing to list, the walk goes on
+            continue
+        for e in entries:
+            name = os.fsdecode(e.name)
+            if name.startswith("."):
+                continue
+            try:
+                is_dir = e.is_dir()  # follows symlinks; False when dangling
+                key = (e.stat().st_dev, e.stat().st_ino) if is_dir else None
+                is_file = not is_dir and e.is_file()
+                dangling = not is_dir and not is_file and e.is_symlink()
+            except OSError:  # e.g. a symlink loop: treat it as a broken file so it gets reported
+                is_dir, is_file, dangling = False, False, True
+            if is_dir:
+                if key not in ancestors:
+                    stack.append((e.path, prefix + name + "/", ancestors | {key}))
+            elif (is_file or dangling) and name.lower().endswith(IMAGE_EXTENSIONS):
+                ids.append(prefix + name)  # dangling links stay: read() reports them rather than hiding them
+            elif is_file:
+                others += 1
+    return ids, others
+
+
+def _is_saved_dataset(path: str) -> bool:
+    return any(os.path.isfile(os.path.join(path, f)) for f in ("state.json", "dataset_dict.json"))
+
+
+def _open_hf(source: str, name: str, split: str | None, image_column: str | None,
+             label_column: str | None) -> ImageSet:
+    import datasets
+
+    try:
+        if os.path.isdir(name) and _is_saved_dataset(name):
+            ds = datasets.load_from_disk(name)
+            if isinstance(ds, datasets.DatasetDict):
+                if (split or "train") not in ds:
+                    raise SSLProbeError(f"'{name}' has no split '{split or 'train'}' (splits: {', '.join(ds)}); "
+                                        f"pass hf:{name}:SPLIT")
+                ds = ds[split or "train"]
+            elif split:
+                raise SSLProbeError(f"'{name}' is a single dataset without splits; drop ':{split}'")
+        else:
+            ds = datasets.load_dataset(name, split=split or "train")
+    except SSLProbeError:
+        raise
+    except Exception as e:
+        msg = " ".join(str(e).split())[:200]
+        raise SSLProbeError(f"could not load Hugging Face dataset '{name}' ({type(e).__name__}: {msg}); check the "
+                            "name and network, or pass a local image folder or a Dataset.save_to_disk folder") from None
+    if len(ds) == 0:
+        raise SSLProbeError(f"'{source}' has no rows; pass a dataset (or split) that holds images")
+    ds = ds.with_format(None)
+    feats = ds.features
+    cols = ", ".join(feats)
+
+    def pick(given: str | None, ftype: type, names: tuple[str, ...], what: str) -> str | None:
+        if given is not None:
+            if given not in feats:
+                raise SSLProbeError(f"no column '{given}' in '{source}' (columns: {cols}); pass --{what}-column NAME")
+            return given
+        return next((c for c, f in feats.items() if isinstance(f, ftype)), None) or \
+            next((c for c in names if c in feats), None)
+
+    icol = pick(image_column, datasets.Image, ("image", "img"), "image")
+    if icol is None:
+        raise SSLProbeError(f"no image column found in '{source}' (columns: {cols}); pass --image-column NAME")
+    lcol = pick(label_column, datasets.ClassLabel, ("label", "labels"), "label")
+    labels: tuple[int, ...] = (-1,) * len(ds)
+    classes: tuple[str, ...] = ()
+    if lcol is not None:
+        values = list(ds[lcol])
+        if isinstance(feats[lcol], datasets.ClassLabel):
+            classes = tuple(feats[lcol].names)
+            labels = tuple(-1 if v is None else int(v) for v in values)
+        else:  # plain values: classes are their sorted distinct values
+            uniq = {v for v in values if v is not None}
+            try:
+                order = sorted(uniq)
+            except TypeError:
+                order = sorted(uniq, key=str)
+            index = {v: k for k, v in enumerate(order)}
+            classes = tuple(str(v) for v in order)
+            labels = tuple(-1 if v is None else index[v] for v in values)
+    img = ds.select_columns([icol])
+    if isinstance(feats[icol], datasets.Image):  # bad bytes then reach decode_image instead of crashing
+        img = img.cast_column(icol, datasets.Image(decode=False))
+    return ImageSet(source, "hf", tuple(str(i) for i in range(len(ds))), labels, classes, None,
+                    _dataset=img, _image_column=icol)
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """An ``ImageSet`` through a transform; items are ``(i, tensor | None, label, reason | None)``.
+
+    A ``BadImageError`` from decode or transform becomes ``(i, None, label, reason)``, so bad
+    files never crash a DataLoader; any other exception is a bug and propagates.
+    """
+
+    def __init__(self, images: ImageSet, transform: Callable[[Image.Image], torch.Tensor]) -> None:
+        self.images = images
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, int, str | None]:
+        label = self.images.labels[i]
+        try:
+            return i, self.transform(self.images.read(i)), label, None
+        except BadImageError as e:
+            return i, None, label, str(e)
+
+
+@dataclass
+class Batch:
+    """The good samples of a batch, stacked, plus the (index, reason) of the skipped ones."""
+
+    images: torch.Tensor  # (B, C, H, W); (0,) when every item was bad
+    labels: torch.Tensor  # (B,) int64
+    indices: torch.Tensor  # (B,) int64 into the ImageSet
+    skipped: list[tuple[int, str]]
+
+
+def collate(items: list[tuple]) -> Batch:
+    """DataLoader ``collate_fn`` for ``ImageDataset`` items."""
+    good = [it for it in items if it[1] is not None]
+    return Batch(
+        images=torch.stack([it[1] for it in good]) if good else torch.empty(0),
+        labels=torch.tensor([it[2] for it in good], dtype=torch.int64),
+        indices=torch.tensor([it[0] for it in good], dtype=torch.int64),
+        skipped=[(int(it[0]), str(it[3])) for it in items if it[1] is None],
+    )
+
+
+def skipped_report(images: ImageSet, skipped: Iterable[tuple[int, str]]) -> list[dict]:
+    """``[{'path', 'reason'}]`` sorted by path, one entry per image (repeats across epochs dropped)."""
+    first: dict[int, str] = {}
+    for i, reason in skipped:
+        first.setdefault(int(i), reason)
+    return sorted(({"path": images.ids[i], "reason": r} for i, r in first.items()), key=lambda d: d["path"])

@@ -1,0 +1,23 @@
+"""Shared fixtures: small generated image folders (nothing checked in, nothing downloaded)."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def write_class_folder(root: Path, *, classes=("dark", "light"), per_class: int = 12, size=(20, 24), seed: int = 0) -> Path:
+    """Class subfolders of noisy images whose brightness depends on the class (linearly separable)."""
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        base = 40 + 170 * c / max(len(classes) - 1, 1)
+        for i in range(per_class):
+            arr = rng.normal(base, 25, (*size, 3)).clip(0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(root / name / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture
+def class_folder(tmp_path: Path) -> Path:
+    return write_class_folder(tmp_path / "data")
