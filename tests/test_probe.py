@@ -1,0 +1,363 @@
+"""Linear probe and kNN: sklearn parity, the C path, splits, kNN votes, loading and bad input."""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from sslprobe.errors import SSLProbeError
+from sslprobe.probe import (DEFAULT_CS, FeatureSet, fit_logistic, knn_votes, load_features, probe,
+                            stratified_split)
+
+SMALL_CS = [1e-3, 1e-2, 1e-1, 1.0, 10.0]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Matrices here are tiny: on a busy 2-core box each OpenMP fork/join can cost a scheduler
+    slice (~10 ms), which would dominate the run time. The library itself never changes threads."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def blobs(n_per: int, k: int, d: int, *, sep: float = 4.0, seed: int = 0, noise: float = 1.0):
+    """Gaussian blobs: (k·n_per, d) float32 features and int64 labels, class centres ``sep`` apart."""
+    g = np.random.default_rng(seed)
+    centres = g.normal(size=(k, d)) * sep / math.sqrt(2)
+    y = np.repeat(np.arange(k), n_per)
+    x = centres[y] + noise * g.normal(size=(len(y), d))
+    p = g.permutation(len(y))
+    return x[p].astype(np.float32), y[p]
+
+
+def objective(W: np.ndarray, b: np.ndarray, X: np.ndarray, y: np.ndarray, lam: float) -> float:
+    """mean CE + λ/2‖W‖² in float64 for a (D, K) weight matrix."""
+    L = X.astype(np.float64) @ W + b
+    L -= L.max(1, keepdims=True)
+    ce = np.log(np.exp(L).sum(1)) - L[np.arange(len(y)), y]
+    return float(ce.mean() + lam / 2 * (W**2).sum())
+
+
+# ---------------------------------------------------------------- sklearn parity
+
+@pytest.mark.parametrize("C", [0.01, 0.3, 5.0])
+def test_fit_matches_sklearn_multinomial(C):
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = blobs(40, 3, 6, sep=2.0, noise=1.5, seed=1)
+    n = len(y)
+    sk = LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(X.astype(np.float64), y)
+    ours = fit_logistic(torch.tensor(X), torch.tensor(y), C=C, tol=1e-7, max_iter=5000)
+    W, b = ours.coef.T.double().numpy(), ours.intercept.double().numpy()
+    skW, skb = sk.coef_.T, sk.intercept_
+    lam = 1 / (C * n)
+    f_ours, f_sk = objective(W, b, X, y, lam), objective(skW, skb, X, y, lam)
+    assert f_ours == pytest.approx(f_sk, rel=1e-4)
+    assert ours.objective == pytest.approx(f_ours, rel=1e-4)
+    # intercepts are identified only up to a shared shift: compare centred
+    scale = np.abs(skW).max()
+    np.testing.assert_allclose(W, skW, atol=2e-3 * scale, rtol=0)
+    np.testing.assert_allclose(b - b.mean(), skb - skb.mean(), atol=2e-3 * max(1, np.abs(skb).max()))
+    assert ((X @ W + b).argmax(1) == sk.predict(X)).mean() >= 0.99
+
+
+def test_fit_matches_sklearn_binary_convention():
+    """Two classes: sklearn fits one vector w = w1 − w2 under ½‖w‖²; same C must give the same w."""
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = blobs(50, 2, 5, sep=1.5, noise=1.0, seed=2)
+    C = 0.05
+    sk = LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(X.astype(np.float64), y)
+    ours = fit_logistic(torch.tensor(X), torch.tensor(y), C=C, tol=1e-7, max_iter=5000)
+    w = (ours.coef[1] - ours.coef[0]).double().numpy()
+    b = float(ours.intercept[1] - ours.intercept[0])
+    np.testing.assert_allclose(w, sk.coef_[0], atol=2e-3 * np.abs(sk.coef_).max(), rtol=0)
+    assert b == pytest.approx(float(sk.intercept_[0]), abs=2e-3 * max(1.0, abs(float(sk.intercept_[0]))))
+
+
+def test_warm_start_reaches_same_optimum():
+    X, y = blobs(30, 4, 8, sep=2.0, noise=1.5, seed=3)
+    X, y = torch.tensor(X), torch.tensor(y)
+    cold = fit_logistic(X, y, C=1.0, tol=1e-6)
+    warm = fit_logistic(X, y, C=1.0, tol=1e-6, init=fit_logistic(X, y, C=0.1, tol=1e-6))
+    assert warm.objective == pytest.approx(cold.objective, rel=1e-5)
+
+
+def test_tf32_setting_restored():
+    before = (torch.backends.cuda.matmul.fp32_precision, torch.backends.mkldnn.matmul.fp32_precision)
+    X, y = blobs(10, 2, 3)
+    fit_logistic(torch.tensor(X), torch.tensor(y), C=1.0)
+    assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.mkldnn.matmul.fp32_precision) == before
+
+
+# ---------------------------------------------------------------- C path and protocol
+
+def test_default_grid():
+    assert len(DEFAULT_CS) == 45
+    assert DEFAULT_CS[0] == pytest.approx(1e-6) and DEFAULT_CS[-1] == pytest.approx(1e5)
+    ratios = np.diff(np.log10(DEFAULT_CS))
+    np.testing.assert_allclose(ratios, 0.25)
+
+
+def imbalanced(sizes: list[int], *, d: int = 100, informative: int = 4, sep: float = 3.0, seed: int = 0):
+    """Imbalanced blobs in a few dims plus many noise dims: strong regularisation predicts the
+    majority class (the bias is unpenalised), weak regularisation overfits the noise dims."""
+    centres = np.zeros((len(sizes), d))
+    centres[:, :informative] = np.random.default_rng(42).normal(size=(len(sizes), informative)) * sep / math.sqrt(2)
+    g = np.random.default_rng(seed)
+    y = np.repeat(np.arange(len(sizes)), sizes)
+    x = centres[y] + g.normal(size=(len(y), d))
+    p = g.permutation(len(y))
+    return x[p].astype(np.float32), y[p]
+
+
+def test_path_picks_interior_C():
+    X, y = imbalanced([120, 50, 30], seed=0)
+    Xt, yt = imbalanced([300, 125, 75], seed=100)
+    r = probe(FeatureSet.from_arrays(X, y), test=FeatureSet.from_arrays(Xt, yt), patience=None, knn_k=(20,))
+    curve = r["val_curve"]
+    assert len(curve) == 45 and [p["C"] for p in curve] == pytest.approx(list(DEFAULT_CS))
+    best = max(p["top1"] for p in curve)
+    assert r["C"] == next(p["C"] for p in curve if p["top1"] == best)  # ties → smaller C
+    assert r["val"]["top1"] == pytest.approx(best)
+    assert 1e-4 < r["C"] < 10
+    assert curve[0]["top1"] == pytest.approx(0.6)  # majority class only
+    assert curve[-1]["top1"] < best  # overfitting at weak regularisation
+    assert r["test"]["top1"] > 0.75  # chance: 0.33 uniform, 0.6 majority
+
+
+def test_path_on_blobs_beats_chance_and_reports():
+    X, y = blobs(60, 4, 16, sep=3.0, noise=1.0, seed=4)
+    tr = FeatureSet.from_arrays(X[:180], y[:180])
+    te = FeatureSet.from_arrays(X[180:], y[180:])
+    r = probe(tr, test=te, seed=0)
+    assert r["test"]["top1"] > 0.9 and r["knn"]["test"]["top1"] > 0.9
+    assert r["knn"]["k"] == 20 and set(r["knn"]["by_k"]) == {"10", "20", "200"}
+    assert r["n_train"] == 180 and r["dim"] == 16 and r["n_fit"] + r["n_val"] == 180
+    assert r["device"] == "cpu" and r["classes"] == ["0", "1", "2", "3"]
+    json.dumps(r, allow_nan=False)  # JSON-serialisable as is
+
+
+def test_early_stop_stops_after_peak():
+    X, y = imbalanced([120, 50, 30], seed=1)
+    full = probe(FeatureSet.from_arrays(X, y), patience=None, knn_k=(5,))
+    r = probe(FeatureSet.from_arrays(X, y), patience=3, knn_k=(5,))
+    curve = r["val_curve"]
+    assert 3 < len(curve) < 45 and curve == full["val_curve"][: len(curve)]
+    assert all(p["top1"] <= r["val"]["top1"] for p in curve[-3:])
+    assert r["C"] == full["C"]  # stopping early did not change the choice here
+
+
+def test_fixed_C_skips_search():
+    X, y = blobs(30, 3, 5, seed=6)
+    r = probe(FeatureSet.from_arrays(X, y), C=0.5, knn_k=(5,))
+    assert r["C"] == 0.5 and len(r["val_curve"]) == 1 and r["val_curve"][0]["C"] == 0.5
+
+
+def test_separate_val_and_out_dir(tmp_path):
+    X, y = blobs(40, 3, 6, seed=7)
+    sets = [FeatureSet.from_arrays(X[s], y[s], source=name)
+            for s, name in ((slice(0, 60), "tr"), (slice(60, 90), "va"), (slice(90, 120), "te"))]
+    r = probe(sets[0], val=sets[1], test=sets[2], Cs=SMALL_CS, knn_k=(5, 20), out=tmp_path / "o")
+    assert r["inputs"] == {"train": "tr", "val": "va", "test": "te"}
+    assert r["n_fit"] == 60 and r["n_val"] == 30 and r["val"]["n"] == 30 and r["test"]["n"] == 30
+    saved = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert saved["C"] == r["C"] and saved["test"]["confusion"] == r["test"]["confusion"]
+
+
+def test_standardize_flag():
+    X, y = blobs(40, 3, 6, seed=8)
+    X = X * np.array([1e3, 1, 1, 1e-2, 1, 1], dtype=np.float32) + 50  # wildly different scales
+    Z = (X - X.mean(0)) / X.std(0)
+    kw = dict(C=1.0, knn_k=(5,), seed=1)
+    # the hold-out is the same, so standardising inside ≈ standardising the hold-out's train part
+    on = probe(FeatureSet.from_arrays(X, y), standardize=True, **kw)
+    off_raw = probe(FeatureSet.from_arrays(X, y), standardize=False, **kw)
+    off_pre = probe(FeatureSet.from_arrays(Z, y), standardize=False, **kw)
+    assert on["standardize"] and not off_raw["standardize"]
+    assert on["val_curve"][0]["loss"] == pytest.approx(off_pre["val_curve"][0]["loss"], rel=0.05)
+    assert off_raw["val_curve"][0]["loss"] != pytest.approx(on["val_curve"][0]["loss"], rel=0.05)
+
+
+def test_global_state_untouched():
+    before = (torch.get_default_dtype(), torch.get_num_threads(), torch.backends.cuda.matmul.fp32_precision)
+    X, y = blobs(20, 2, 4, seed=9)
+    probe(FeatureSet.from_arrays(X, y), Cs=SMALL_CS, knn_k=(3,))
+    assert (torch.get_default_dtype(), torch.get_num_threads(), torch.backends.cuda.matmul.fp32_precision) == before
+
+
+# ---------------------------------------------------------------- stratified split
+
+def test_stratified_split_is_stratified_and_seeded():
+    y = torch.tensor([0] * 50 + [1] * 30 + [2] * 20 + [3])
+    keep, out = stratified_split(y, fraction=0.2, seed=0)
+    assert torch.equal(torch.sort(torch.cat([keep, out])).values, torch.arange(len(y)))
+    assert torch.bincount(y[out], minlength=4).tolist() == [10, 6, 4, 0]  # singleton class stays in train
+    keep2, out2 = stratified_split(y, fraction=0.2, seed=0)
+    assert torch.equal(out, out2) and torch.equal(keep, keep2)
+    _, out3 = stratified_split(y, fraction=0.2, seed=1)
+    assert not torch.equal(out, out3)
+
+
+def test_too_small_for_holdout():
+    X = np.eye(3, dtype=np.float32)
+    with pytest.raises(SSLProbeError, match="too small"):
+        probe(FeatureSet.from_arrays(X, [0, 1, 2]))
+
+
+# ---------------------------------------------------------------- kNN
+
+def test_knn_votes_by_hand():
+    bank = torch.tensor([[1.0, 0.0], [2.0, 0.2], [0.0, 1.0], [0.1, 3.0]])  # two directions
+    labels = torch.tensor([0, 0, 1, 1])
+    q = torch.tensor([[5.0, 0.0]])
+    v = knn_votes(bank, labels, q, ks=[1, 2, 10], num_classes=2, temperature=0.5)
+    cos2 = 2.0 / math.hypot(2.0, 0.2)
+    cos4 = 0.1 / math.hypot(0.1, 3.0)
+    assert v[1][0].tolist() == pytest.approx([math.exp(1 / 0.5), 0.0])
+    assert v[2][0].tolist() == pytest.approx([math.exp(2) + math.exp(cos2 / 0.5), 0.0])
+    # k=10 is clipped to the 4 bank rows
+    assert v[10][0].tolist() == pytest.approx([math.exp(2) + math.exp(cos2 / 0.5), math.exp(0) + math.exp(cos4 / 0.5)])
+
+
+def test_knn_chunking_matches_unchunked():
+    g = torch.Generator().manual_seed(0)
+    bank, q = torch.randn(50, 8, generator=g), torch.randn(23, 8, generator=g)
+    labels = torch.randint(0, 4, (50,), generator=g)
+    a = knn_votes(bank, labels, q, ks=[3, 20], num_classes=4, chunk=5)
+    b = knn_votes(bank, labels, q, ks=[3, 20], num_classes=4, chunk=1000)
+    for k in (3, 20):
+        torch.testing.assert_close(a[k], b[k])
+
+
+def test_knn_headline_without_20():
+    X, y = blobs(20, 2, 4, seed=10)
+    r = probe(FeatureSet.from_arrays(X, y), C=1.0, knn_k=(1, 3))
+    assert r["knn"]["k"] in (1, 3) and set(r["knn"]["by_k"]) == {"1", "3"}
+
+
+# ---------------------------------------------------------------- loading
+
+def test_load_feature_dir(tmp_path):
+    d = tmp_path / "feats"
+    d.mkdir()
+    feats = torch.randn(6, 4).half()
+    save_file({"features": feats, "labels": torch.tensor([0, 1, 0, 1, -1, 1])}, str(d / "features.safetensors"))
+    paths = [f"img{i}.png" for i in range(6)]
+    (d / "manifest.json").write_text(json.dumps({"paths": paths, "classes": ["cat", "dog"], "model": "m", "weights": None}))
+    fs = load_features(d)
+    assert fs.features.dtype == torch.float32 and fs.features.shape == (6, 4)
+    torch.testing.assert_close(fs.features, feats.float())
+    assert fs.labels.dtype == torch.int64 and fs.classes == ("cat", "dog") and fs.paths == tuple(paths)
+    assert fs.source == str(d) and fs.manifest["model"] == "m"
+
+
+def test_load_bare_file(tmp_path):
+    f = tmp_path / "x.safetensors"
+    save_file({"features": torch.randn(5, 3), "labels": torch.tensor([0, 2, 1, 2, 0])}, str(f))
+    assert load_features(f).classes == ("0", "1", "2") and load_features(f).paths is None
+    save_file({"features": torch.randn(3, 3), "labels": torch.tensor([0, 1, 1])}, str(f),
+              metadata={"classes": json.dumps(["a", "b"])})
+    assert load_features(f).classes == ("a", "b")
+
+
+def test_class_names_aligned_across_sets():
+    """A test dir missing a class has shifted indices; labels must be matched by name."""
+    X, y = blobs(30, 3, 5, sep=5.0, seed=11)
+    tr = FeatureSet.from_arrays(X[:60], y[:60], classes=["a", "b", "c"])
+    keep = y[60:] != 0  # test set without class "a": its own indices are b→0, c→1
+    te = FeatureSet.from_arrays(X[60:][keep], y[60:][keep] - 1, classes=["b", "c"])
+    r = probe(tr, test=te, C=1.0, knn_k=(5,))
+    assert r["test"]["top1"] > 0.9 and not r["warnings"]
+
+
+# ---------------------------------------------------------------- bad input
+
+def write_set(path, features, labels, **meta):
+    save_file({"features": features, "labels": labels}, str(path), metadata=meta or None)
+    return path
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(SSLProbeError, match="not found"):
+        load_features(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SSLProbeError, match="no features.safetensors"):
+        load_features(tmp_path / "empty")
+
+
+def test_missing_tensor(tmp_path):
+    f = tmp_path / "f.safetensors"
+    save_file({"features": torch.randn(3, 2)}, str(f))
+    with pytest.raises(SSLProbeError, match="labels"):
+        load_features(f)
+
+
+def test_shape_mismatch(tmp_path):
+    f = write_set(tmp_path / "f.safetensors", torch.randn(4, 2), torch.tensor([0, 1, 0]))
+    with pytest.raises(SSLProbeError, match="4 feature rows"):
+        load_features(f)
+
+
+def test_nan_features(tmp_path):
+    x = torch.randn(5, 3)
+    x[1, 0], x[3, 2] = float("nan"), float("inf")
+    f = write_set(tmp_path / "f.safetensors", x, torch.tensor([0, 1, 0, 1, 0]))
+    with pytest.raises(SSLProbeError, match=r"NaN/inf features in 2 rows; re-extract"):
+        load_features(f)
+    by_hand = FeatureSet(x, torch.tensor([0, 1, 0, 1, 0]), ("a", "b"))  # skips from_arrays' checks
+    with pytest.raises(SSLProbeError, match="NaN/inf"):
+        probe(by_hand)
+
+
+def test_one_class():
+    X, _ = blobs(10, 2, 3)
+    with pytest.raises(SSLProbeError, match="at least 2 classes"):
+        probe(FeatureSet.from_arrays(X, np.zeros(len(X), dtype=np.int64), classes=["a", "b"]))
+
+
+def test_no_labeled_rows():
+    X, _ = blobs(10, 2, 3)
+    with pytest.raises(SSLProbeError, match="no labeled rows"):
+        probe(FeatureSet.from_arrays(X, -np.ones(len(X), dtype=np.int64), classes=["a", "b"]))
+
+
+def test_width_mismatch():
+    X, y = blobs(10, 2, 3)
+    with pytest.raises(SSLProbeError, match="train has 3, test has 5"):
+        probe(FeatureSet.from_arrays(X, y), test=FeatureSet.from_arrays(np.zeros((4, 5)), [0, 1, 0, 1]))
+
+
+def test_unseen_and_unlabeled_rows_warn():
+    X, y = blobs(20, 3, 4, sep=6.0, seed=12)
+    y_tr = y[:40].copy()
+    y_tr[:3] = -1  # unlabeled train rows are ignored
+    tr = FeatureSet.from_arrays(X[:40][y[:40] != 2], y_tr[y[:40] != 2], classes=["a", "b"])
+    y_te = y[40:].copy()
+    y_te[0] = -1
+    te = FeatureSet.from_arrays(X[40:], y_te, classes=["a", "b", "zebra"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = probe(tr, test=te, C=1.0, knn_k=(3,))
+    w = " ".join(r["warnings"])
+    assert "train: ignored" in w and "unlabeled rows excluded" in w and "zebra" in w
+    n_zebra = int((y_te == 2).sum())
+    assert r["test"]["n"] == len(y_te) - 1 and r["classes"] == ["a", "b", "zebra"]
+    assert r["test"]["top1"] <= 1 - n_zebra / r["test"]["n"] + 1e-9  # zebras are all errors
+    assert r["test"]["per_class"][2]["recall"] == 0.0
+
+
+def test_bad_arguments():
+    X, y = blobs(10, 2, 3)
+    fs = FeatureSet.from_arrays(X, y)
+    for kw in (dict(C=0.0), dict(Cs=[]), dict(val_fraction=1.0), dict(knn_k=(0,)), dict(knn_temperature=0),
+               dict(device="gpu")):
+        with pytest.raises(SSLProbeError):
+            probe(fs, **kw)
