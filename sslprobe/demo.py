@@ -24,7 +24,7 @@ class DemoRecipe:
     model: str = "test_resnet"
     image_size: int = 32
     batch_size: int = 128
-    steps: int = 300
+    steps: int = 250
     optimizer: str = "sgd"
     lr: float = 0.1
     tau_base: float = 0.99
