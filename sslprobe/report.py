@@ -134,7 +134,7 @@ def render_comparison(rows: Sequence[tuple[str, Mapping[str, Any]]], *, console:
 
     split = "test" if all(r.get("test") for _, r in rows) else "val"
     table = Table(title=title or f"linear probe comparison ({split})", title_justify="left")
-    for col in ("features", "linear top-1", "kNN@k top-1", "balanced acc", "C"):
+    for col in ("features", "linear top-1", "kNN top-1 (k=20)", "balanced acc", "C"):
         table.add_column(col, justify="left" if col == "features" else "right")
     for name, r in rows:
         knn = r.get("knn") or {}
