@@ -127,7 +127,6 @@ def pretrain(
         raise SSLProbeError(f"'{data}' has {len(images)} image; BYOL needs at least 2 (ideally thousands)")
     batch = min(batch_size, len(images))
 
-    torch.manual_seed(seed)  # explicit seed for the heads' init; the backbone seeds itself
     backbone, spec = create_backbone(model, weights="random", image_size=image_size, seed=seed)
     views = byol_views(spec.image_size, blur=blur)
     opt_name = optimizer if optimizer != "auto" else ("lars" if batch >= 256 else "sgd")
@@ -145,7 +144,9 @@ def pretrain(
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", asdict(cfg))
 
-    net = BYOL(backbone, feature_dim=backbone.num_features, hidden=proj_hidden, out=proj_dim).to(dev)
+    with torch.random.fork_rng(devices=[]):  # seed the heads' init without touching the caller's RNG
+        torch.manual_seed(seed)
+        net = BYOL(backbone, feature_dim=backbone.num_features, hidden=proj_hidden, out=proj_dim).to(dev)
     if dev.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
     opt = _optimizer(opt_name, net, lr=cfg.lr, weight_decay=weight_decay)
