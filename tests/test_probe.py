@@ -11,8 +11,15 @@ import torch
 from safetensors.torch import save_file
 
 from sslprobe.errors import SSLProbeError
-from sslprobe.probe import (DEFAULT_CS, FeatureSet, fit_logistic, knn_votes, load_features, probe,
-                            stratified_split)
+from sslprobe.probe import (
+    DEFAULT_CS,
+    FeatureSet,
+    fit_logistic,
+    knn_votes,
+    load_features,
+    probe,
+    stratified_split,
+)
 
 SMALL_CS = [1e-3, 1e-2, 1e-1, 1.0, 10.0]
 
@@ -174,9 +181,9 @@ def test_separate_val_and_out_dir(tmp_path):
 
 def test_standardize_flag():
     X, y = blobs(40, 3, 6, seed=8)
-    X = X * np.array([1e3, 1, 1, 1e-2, 1, 1], dtype=np.float32) + 50  # wildly different scales
+    X = X * np.array([30, 1, 1, 0.05, 1, 1], dtype=np.float32) + 50  # very different scales
     Z = (X - X.mean(0)) / X.std(0)
-    kw = dict(C=1.0, knn_k=(5,), seed=1)
+    kw = {"C": 1.0, "knn_k": (5,), "seed": 1, "max_iter": 300}  # unstandardised fits are ill-conditioned
     # the hold-out is the same, so standardising inside ≈ standardising the hold-out's train part
     on = probe(FeatureSet.from_arrays(X, y), standardize=True, **kw)
     off_raw = probe(FeatureSet.from_arrays(X, y), standardize=False, **kw)
@@ -237,10 +244,11 @@ def test_knn_chunking_matches_unchunked():
         torch.testing.assert_close(a[k], b[k])
 
 
-def test_knn_headline_without_20():
+def test_knn_headline_without_20_and_skipping():
     X, y = blobs(20, 2, 4, seed=10)
     r = probe(FeatureSet.from_arrays(X, y), C=1.0, knn_k=(1, 3))
     assert r["knn"]["k"] in (1, 3) and set(r["knn"]["by_k"]) == {"1", "3"}
+    assert probe(FeatureSet.from_arrays(X, y), C=1.0, knn_k=())["knn"] is None
 
 
 # ---------------------------------------------------------------- loading
@@ -297,6 +305,13 @@ def test_missing_tensor(tmp_path):
     f = tmp_path / "f.safetensors"
     save_file({"features": torch.randn(3, 2)}, str(f))
     with pytest.raises(SSLProbeError, match="labels"):
+        load_features(f)
+
+
+def test_corrupt_file(tmp_path):
+    f = tmp_path / "f.safetensors"
+    f.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not a header")
+    with pytest.raises(SSLProbeError, match="cannot read"):
         load_features(f)
 
 
@@ -357,7 +372,7 @@ def test_unseen_and_unlabeled_rows_warn():
 def test_bad_arguments():
     X, y = blobs(10, 2, 3)
     fs = FeatureSet.from_arrays(X, y)
-    for kw in (dict(C=0.0), dict(Cs=[]), dict(val_fraction=1.0), dict(knn_k=(0,)), dict(knn_temperature=0),
-               dict(device="gpu")):
+    for kw in ({"C": 0.0}, {"Cs": []}, {"val_fraction": 1.0}, {"knn_k": (0, 5)}, {"knn_temperature": 0},
+               {"device": "gpu"}):
         with pytest.raises(SSLProbeError):
             probe(fs, **kw)

@@ -10,7 +10,13 @@ import pytest
 import torch
 from rich.console import Console
 
-from sslprobe.report import classification_metrics, render_comparison, render_probe, summary, write_json
+from sslprobe.report import (
+    classification_metrics,
+    render_comparison,
+    render_probe,
+    summary,
+    write_json,
+)
 
 
 def hand_case():
@@ -40,7 +46,12 @@ def test_metrics_by_hand():
 
 @pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
 def test_top5_and_imbalance_against_sklearn():
-    from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, top_k_accuracy_score
+    from sklearn.metrics import (
+        balanced_accuracy_score,
+        confusion_matrix,
+        f1_score,
+        top_k_accuracy_score,
+    )
 
     g = torch.Generator().manual_seed(0)
     K = 8
@@ -118,6 +129,15 @@ def test_render_probe():
     buf = io.StringIO()
     render_probe(fake_result(test=False), console=Console(file=buf, width=120))
     assert "test" not in buf.getvalue().split("kNN")[0]
+
+
+def test_render_without_knn():
+    r = fake_result()
+    r["knn"] = None
+    buf = io.StringIO()
+    render_probe(r, console=Console(file=buf, width=120))
+    render_comparison([("pixels", r)], console=Console(file=buf, width=120))
+    assert "kNN (" not in buf.getvalue() and "50.00%" in buf.getvalue()
 
 
 def test_render_comparison():
