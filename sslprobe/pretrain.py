@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torchvision.transforms.functional as TF
 
 from sslprobe.augment import ViewConfig, byol_views, make_view
 from sslprobe.backbone import create_backbone, save_backbone
@@ -58,10 +59,8 @@ class _StoreTransform:
         self.size = size
 
     def __call__(self, img) -> torch.Tensor:
-        from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
-
-        img = resize(img, self.size, interpolation=3)  # 3 = bicubic
-        return pil_to_tensor(center_crop(img, [self.size, self.size]))
+        img = TF.resize(img, self.size, interpolation=TF.InterpolationMode.BICUBIC)
+        return TF.pil_to_tensor(TF.center_crop(img, [self.size, self.size]))
 
 
 def _optimizer(name: str, model: torch.nn.Module, *, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -73,6 +72,13 @@ def _optimizer(name: str, model: torch.nn.Module, *, lr: float, weight_decay: fl
     if name == "adamw":
         return torch.optim.AdamW([{k: v for k, v in g.items() if k != "lars"} for g in groups], lr=lr)
     raise ValueError(name)  # validated in pretrain()
+
+
+def pick_optimizer(name: str, *, batch: int) -> str:
+    """``auto`` → LARS from batch 256 (the paper's setting), plain momentum SGD below it."""
+    if name != "auto":
+        return name
+    return "lars" if batch >= 256 else "sgd"
 
 
 def _default_lr(optimizer: str) -> float:
@@ -129,7 +135,7 @@ def pretrain(
 
     backbone, spec = create_backbone(model, weights="random", image_size=image_size, seed=seed)
     views = byol_views(spec.image_size, blur=blur)
-    opt_name = optimizer if optimizer != "auto" else ("lars" if batch >= 256 else "sgd")
+    opt_name = pick_optimizer(optimizer, batch=batch)
     base_lr = lr if lr is not None else _default_lr(opt_name)
     steps_per_epoch = max(len(images) // batch, 1)
     total = steps_per_epoch * epochs if max_steps is None else max_steps

@@ -7,7 +7,7 @@ from safetensors import safe_open
 
 from sslprobe.backbone import create_backbone
 from sslprobe.errors import SSLProbeError
-from sslprobe.pretrain import pretrain
+from sslprobe.pretrain import pick_optimizer, pretrain
 
 FAST = dict(model="test_resnet", image_size=16, batch_size=8, max_steps=4, proj_hidden=32, proj_dim=16,
             workers=0, show_progress=False, log_every=2)
@@ -44,12 +44,17 @@ def test_pretrain_changes_weights_and_is_deterministic(class_folder, tmp_path):
     assert not torch.equal(sa["layer1.0.conv1.weight"], si["layer1.0.conv1.weight"])
 
 
-def test_lars_is_default_from_batch_256(class_folder, tmp_path):
-    from sslprobe.data import open_images  # noqa: F401  (folder has 24 images: batch is capped)
+@pytest.mark.parametrize("name, batch, expected", [
+    ("auto", 255, "sgd"), ("auto", 256, "lars"), ("auto", 4096, "lars"), ("adamw", 512, "adamw"), ("lars", 8, "lars"),
+])
+def test_optimizer_choice(name, batch, expected):
+    assert pick_optimizer(name, batch=batch) == expected
 
+
+def test_batch_is_capped_to_data_size_and_lars_runs(class_folder, tmp_path):
     s = pretrain(class_folder, out=tmp_path / "r", **{**FAST, "batch_size": 512, "max_steps": 1})
     cfg = json.loads((tmp_path / "r" / "config.json").read_text())
-    assert cfg["batch_size"] == 24 and s["optimizer"] == "sgd"  # capped to the data size, below 256
+    assert cfg["batch_size"] == 24 and s["optimizer"] == "sgd"  # 24 images: capped, so below 256
     s = pretrain(class_folder, out=tmp_path / "l", **{**FAST, "optimizer": "lars", "max_steps": 1})
     assert s["optimizer"] == "lars"
 
