@@ -172,7 +172,9 @@ def demo(
 
 
 def _err(msg: str) -> None:
-    typer.echo(msg, err=True)
+    # File names that aren't valid UTF-8 arrive as surrogate escapes; print them as \udcXX (what a
+    # real stderr does anyway) so a strict stream (pytest, CliRunner, a wrapper) can't crash on one.
+    typer.echo(msg.encode("utf-8", "backslashreplace").decode("utf-8"), err=True)
 
 
 def main() -> None:
@@ -189,7 +191,7 @@ def main() -> None:
     except SSLProbeError as e:
         if _STATE["debug"]:
             raise
-        typer.echo(f"error: {e}", err=True)
+        _err(f"error: {e}")
         sys.exit(2)
     except usage_error as e:
         cmd = e.ctx.command_path if e.ctx else "sslprobe"

@@ -1,0 +1,154 @@
+"""Every command that reads images, over the corpus of good, odd and hostile files (tests/corpus).
+
+Good files are all used with the right shape; each bad one is skipped with its reason in the
+manifest/summary and on stderr; exit code 0. A folder of only bad files exits 2 with one line.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sslprobe.cli import main
+from sslprobe.data import ImageDataset, collate, open_images
+from tests import corpus
+
+
+@pytest.fixture
+def files(tmp_path):
+    c = corpus.build(tmp_path / "corpus")
+    yield c
+    corpus.restore_permissions(c.root)
+
+
+@pytest.fixture
+def only_bad(tmp_path):
+    c = corpus.build(tmp_path / "bad", good=False)
+    yield c
+    corpus.restore_permissions(c.root)
+
+
+def run(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["sslprobe", *map(str, args)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def _to_tensor(im) -> torch.Tensor:
+    return torch.from_numpy(np.array(im)).permute(2, 0, 1)  # (3, H, W) uint8, full size
+
+
+def _shape(im: torch.Tensor) -> tuple[int, int]:
+    return int(im.shape[2]), int(im.shape[1])  # (3, H, W) -> (w, h)
+
+
+def test_corpus_covers_the_issue(files):
+    assert len(files.good) >= 11 and len(files.bad) >= 13
+    assert files.good["exif_rot6.jpg"] == (20, 40)  # stored 40×20, orientation 6 transposes it
+    assert files.ignored == ["folder.jpg"]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_data_loader_over_the_corpus(files, workers):
+    s = open_images(files.root)
+    assert set(s.ids) == set(files.good) | set(files.bad)  # the directory named like an image is not listed
+    loader = torch.utils.data.DataLoader(ImageDataset(s, _to_tensor), batch_size=None, num_workers=workers)
+    seen_good, seen_bad = {}, {}
+    for i, img, label, reason in loader:
+        if img is None:
+            seen_bad[s.ids[i]] = reason
+        else:
+            assert img.dtype == torch.uint8 and img.shape[0] == 3 and label == -1
+            seen_good[s.ids[i]] = _shape(img)
+    assert seen_good == files.good
+    assert set(seen_bad) == set(files.bad)
+    for name, reason in seen_bad.items():
+        assert files.bad[name] in reason, (name, reason)
+
+
+def test_collate_batches_only_good_images(files):
+    import torchvision.transforms.functional as TF
+
+    s = open_images(files.root)
+    ds = ImageDataset(s, lambda im: TF.pil_to_tensor(TF.resize(im, [8, 8])))
+    batches = list(torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=collate))
+    good = [s.ids[i] for b in batches for i in b.indices.tolist()]
+    assert sorted(good) == sorted(files.good)
+    assert all(b.images.shape[1:] == (3, 8, 8) for b in batches if len(b.indices))
+    assert sorted(s.ids[i] for b in batches for i, _ in b.skipped) == sorted(files.bad)
+
+
+@pytest.mark.parametrize("weights, dim", [("pixels", 3 * 8 * 8), ("random", 96)])
+def test_extract_over_the_corpus(monkeypatch, capsys, files, tmp_path, weights, dim):
+    out = tmp_path / "feats"
+    args = ["extract", files.root, "--out", out, "--weights", weights, "--image-size", "8", "--workers", "0",
+            "--batch-size", "5"]
+    if weights == "random":
+        args += ["--model", "test_resnet"]
+    code, _, err = run(monkeypatch, capsys, *args)
+    assert code == 0, err
+    m = json.loads((out / "manifest.json").read_text())
+    t = load_file(str(out / "features.safetensors"))
+    assert sorted(m["paths"]) == sorted(files.good)
+    assert t["features"].shape == (len(files.good), dim) and torch.isfinite(t["features"]).all()
+    assert m["counts"] == {"found": len(files.good) + len(files.bad), "embedded": len(files.good),
+                           "skipped": len(files.bad)}
+    assert {s["path"]: s["reason"] for s in m["skipped"]}.keys() == files.bad.keys()
+    for s in m["skipped"]:
+        assert files.bad[s["path"]] in s["reason"], s
+    assert f"{len(files.good)} images embedded" in err and f"{len(files.bad)} skipped" in err
+    shown = [line for line in err.splitlines() if line.startswith("  skipped ")]
+    assert len(shown) == min(10, len(files.bad)) and all(": " in line for line in shown)
+    assert "Traceback" not in err
+
+
+def test_extract_pixels_match_the_decoded_shapes(files, tmp_path):
+    """Pixel features of a 1×1 and a rotated image are what the decode gives, not garbage."""
+    from sslprobe.extract import extract
+
+    m = extract(files.root, out=tmp_path / "f", weights="pixels", image_size=4, workers=0, show_progress=False)
+    t = load_file(str(tmp_path / "f" / "features.safetensors"))["features"]
+    one = t[m["paths"].index("one_pixel.png")].view(3, 4, 4)
+    assert torch.allclose(one, torch.tensor([9, 99, 199]).view(3, 1, 1) / 255, atol=1 / 255)
+
+
+def test_pretrain_over_the_corpus(monkeypatch, capsys, files, tmp_path):
+    run_dir = tmp_path / "run"
+    code, _, err = run(monkeypatch, capsys, "pretrain", files.root, "--out", run_dir, "--model", "test_resnet",
+                       "--image-size", "16", "--batch-size", "4", "--max-steps", "2", "--proj-hidden", "16",
+                       "--proj-dim", "8", "--workers", "0")
+    assert code == 0, err
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["images"] == len(files.good) + len(files.bad)
+    assert {s["path"] for s in summary["skipped"]} == set(files.bad)
+    for s in summary["skipped"]:
+        assert files.bad[s["path"]] in s["reason"], s
+    assert f"skipped {len(files.bad)} files" in err
+    assert (run_dir / "backbone.safetensors").is_file()
+
+
+@pytest.mark.parametrize("command", ["extract", "pretrain"])
+def test_only_bad_files_exit_2_with_one_line(monkeypatch, capsys, only_bad, tmp_path, command):
+    args = [command, only_bad.root, "--out", tmp_path / "o", "--workers", "0", "--image-size", "16"]
+    args += ["--weights", "pixels"] if command == "extract" else ["--model", "test_resnet", "--max-steps", "1"]
+    code, _, err = run(monkeypatch, capsys, *args)
+    lines = [line for line in err.splitlines() if line.strip() and "━" not in line]  # minus the progress bar
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("error: no readable image") and str(only_bad.root) in lines[0]
+    assert not (tmp_path / "o" / "features.safetensors").exists()
+    assert not (tmp_path / "o" / "backbone.safetensors").exists()
+
+
+def test_only_bad_files_through_the_library_list_the_reasons(only_bad, tmp_path):
+    from sslprobe.errors import SSLProbeError
+    from sslprobe.extract import extract
+
+    with pytest.raises(SSLProbeError) as e:
+        extract(only_bad.root, out=tmp_path / "o", weights="pixels", workers=0, show_progress=False)
+    assert f"all {len(only_bad.bad)} files were skipped" in str(e.value) and "\n" not in str(e.value)
