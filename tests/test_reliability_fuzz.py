@@ -1,0 +1,148 @@
+"""Fuzz ``decode_image`` with seeded byte mutations of valid files: only BadImageError, never a hang.
+
+A seeded loop rather than hypothesis: no new dependency, and a failure names its case number,
+which reproduces it exactly. Per-file time is bounded by an alarm (a hang fails the case instead
+of stalling the suite); the decode's own bound is ``max_pixels``, checked on the header.
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+import signal
+import struct
+import time
+import zlib
+
+import pytest
+from PIL import Image
+
+from sslprobe.data import BadImageError, decode_image
+from tests.corpus import encode, jpeg_with_size, noise, valid_jpeg, valid_png
+
+PER_FILE_S = 5.0  # generous: the slowest case measured takes < 1 s on a loaded 2-core machine
+
+
+def _seeds() -> dict[str, bytes]:
+    return {
+        "jpeg": valid_jpeg(64, 48),
+        "jpeg-progressive": encode(noise(40, 30), "JPEG", progressive=True),
+        "jpeg-exif": encode(noise(24, 16), "JPEG", exif=_exif_bytes()),
+        "png": valid_png(64, 48),
+        "png-rgba": encode(noise(40, 30, mode="RGBA"), "PNG"),
+        "png-palette": encode(noise(33, 20).convert("P"), "PNG"),
+        "gif": encode(noise(20, 20), "GIF"),
+        "webp": encode(noise(20, 20), "WEBP"),
+        "bmp": encode(noise(20, 20), "BMP"),
+    }
+
+
+def _exif_bytes() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return exif.tobytes()
+
+
+def _png_fix_crcs(b: bytes) -> bytes:
+    """Recompute chunk CRCs so a mutation reaches the decoder instead of failing the CRC check."""
+    out, i = bytearray(b[:8]), 8
+    while i + 8 <= len(b):
+        n = struct.unpack(">I", b[i:i + 4])[0]
+        if i + 12 + n > len(b):
+            out += b[i:]
+            break
+        out += b[i:i + 8 + n] + struct.pack(">I", zlib.crc32(b[i + 4:i + 8 + n]))
+        i += 12 + n
+    return bytes(out)
+
+
+def mutate(rng: random.Random, data: bytes) -> tuple[str, bytes]:
+    """One random damage: bit flips, truncation, insertion, header bytes, zeroed run, duplicated run."""
+    b = bytearray(data)
+    op = rng.choice(["flip", "truncate", "insert", "header", "zero", "duplicate"])
+    if op == "flip":
+        for _ in range(rng.randint(1, 16)):
+            b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+    elif op == "truncate":
+        b = b[: rng.randrange(len(b))]
+    elif op == "insert":
+        p = rng.randrange(len(b))
+        b[p:p] = rng.randbytes(rng.randint(1, 64))
+    elif op == "header":
+        for _ in range(rng.randint(1, 4)):
+            b[rng.randrange(min(64, len(b)))] = rng.randrange(256)
+    elif op == "zero":
+        p = rng.randrange(len(b))
+        n = min(rng.randint(1, 200), len(b) - p)
+        b[p:p + n] = bytes(n)
+    else:
+        p = rng.randrange(len(b))
+        q = rng.randrange(p, len(b))
+        b[q:q] = b[p:q][:500]
+    out = bytes(b)
+    if out[:4] == b"\x89PNG" and rng.random() < 0.5:
+        op += "+crc"
+        out = _png_fix_crcs(out)
+    return op, out
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float, what: str):
+    def fire(*_):
+        raise TimeoutError(f"{what} took more than {seconds} s")
+    old = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _check(data: bytes, what: str) -> str:
+    t = time.perf_counter()
+    with time_limit(PER_FILE_S, what):
+        try:
+            im = decode_image(data)
+        except BadImageError as e:
+            assert str(e) and "\n" not in str(e), what
+            result = "bad"
+        else:
+            assert im.mode == "RGB" and im.size[0] > 0 and im.size[1] > 0, what
+            im.resize((4, 4))  # the decoded image is usable, not a lazy shell
+            result = "ok"
+    assert time.perf_counter() - t < PER_FILE_S, what
+    return result
+
+
+@pytest.mark.parametrize("fuzz_seed", [0, 1])
+def test_mutations_raise_only_bad_image_error(fuzz_seed):
+    rng = random.Random(fuzz_seed)
+    seeds = _seeds()
+    outcomes = {"ok": 0, "bad": 0}
+    t0 = time.perf_counter()
+    for case in range(200):
+        name = list(seeds)[case % len(seeds)]
+        op, data = mutate(rng, seeds[name])
+        if not data:
+            continue
+        outcomes[_check(data, f"seed {fuzz_seed} case {case}: {op} of {name}")] += 1
+    # Both outcomes occur, so the mutations are neither all harmless nor all fatal.
+    assert outcomes["ok"] > 10 and outcomes["bad"] > 50, outcomes
+    assert time.perf_counter() - t0 < 10
+
+
+@pytest.mark.parametrize("data, what", [
+    (jpeg_with_size(9000, 9000), "an 854-byte JPEG whose header claims 9000×9000"),
+    (jpeg_with_size(65535, 65535), "a JPEG claiming 65535×65535"),
+    (jpeg_with_size(65535, 1), "a JPEG claiming 65535×1"),
+    (jpeg_with_size(1, 65535), "a JPEG claiming 1×65535"),
+])
+def test_small_files_claiming_large_sizes_finish_quickly(data, what):
+    """Decode cost is bounded by ``max_pixels`` however few bytes claim the size."""
+    _check(data, what)
+
+
+def test_pixel_bound_caps_decode_work():
+    # Same file, a tighter bound: refused from the header, before a single pixel is decoded.
+    with pytest.raises(BadImageError, match="too large"):
+        decode_image(jpeg_with_size(9000, 9000), max_pixels=1_000_000)
