@@ -126,34 +126,147 @@ def extract(
         _err(f"  … {len(m['skipped']) - 10} more in {out / 'manifest.json'}")
 
 
-@app.command(epilog="Example: sslprobe probe feats/train --test feats/test --out reports/byol")
+Search = Annotated[str, typer.Option(help="How to choose C on validation: grid (45 C's in 1e-6..1e5, warm-started, early stop) or binary (CLIP's coarse-then-bisect, ~14 fits).")]
+FixedC = Annotated[float | None, typer.Option("--C", help="Fix the inverse regularisation C (scikit-learn convention) instead of searching.")]
+Standardize = Annotated[bool, typer.Option(help="Standardise features with training statistics.")]
+KnnK = Annotated[str, typer.Option(help="kNN k values, comma-separated (cosine, T-weighted votes); 'none' skips kNN.")]
+KnnT = Annotated[float, typer.Option(help="kNN temperature T (votes weigh exp(similarity / T)).")]
+Fractions = Annotated[str | None, typer.Option(help="Label-efficiency fractions of each class, e.g. 0.01,0.1,1.0.")]
+Shots = Annotated[str | None, typer.Option(help="Label-efficiency shots per class, e.g. 1,5,10,25.")]
+Seeds = Annotated[int, typer.Option(help="Draws per label-efficiency point (mean ± std).")]
+Float64 = Annotated[bool, typer.Option("--float64", help="Solve in float64 (default float32, TF32 always off).")]
+HalfFeatures = Annotated[bool, typer.Option("--half-features", help="Store standardised features in float16 (half the memory and bytes per pass).")]
+ChunkRows = Annotated[int | None, typer.Option(help="Rows per block when streaming the loss/gradient (default: all at once when they fit).")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")]
+
+
+def _numbers(name: str, text: str | None, kind: type) -> tuple:
+    """'0.01,0.1,1' → (0.01, 0.1, 1.0); a bad item is a one-line error naming the option."""
+    if text is None or text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        return tuple(kind(t) for t in text.replace(" ", "").split(",") if t)
+    except ValueError:
+        raise SSLProbeError(f"{name} takes comma-separated {'integers' if kind is int else 'numbers'}, got '{text}'") from None
+
+
+def _probe_options(c: float | None, search: str, knn_k: str, fractions: str | None, shots: str | None,
+                   seeds: int, chunk_rows: int | None, float64: bool, half_features: bool) -> dict:
+    """Validate the options probe and compare share (before torch loads) into probe() keywords."""
+    if c is not None and c <= 0:
+        raise SSLProbeError(f"--C must be positive (got {c})")
+    if search not in ("grid", "binary"):
+        raise SSLProbeError(f"--search must be grid or binary (got '{search}')")
+    _positive("--seeds", seeds)
+    _positive("--chunk-rows", chunk_rows)
+    ks = _numbers("--knn-k", knn_k, int)
+    if any(k < 1 for k in ks):
+        raise SSLProbeError(f"--knn-k values must be ≥ 1 (got {knn_k})")
+    return {"C": c, "search": search, "knn_k": ks, "fractions": _numbers("--fractions", fractions, float),
+            "shots": _numbers("--shots", shots, int), "seeds": seeds, "chunk_rows": chunk_rows,
+            "dtype": "float64" if float64 else "float32", "feature_dtype": "float16" if half_features else "float32"}
+
+
+@app.command(epilog="Example: sslprobe probe feats/train --test feats/test --search binary --fractions 0.01,0.1,1 --out reports/byol")
 def probe(
     train: Annotated[str, typer.Argument(help="Training features: a directory from `extract` or a .safetensors file.")],
-    val: Annotated[Optional[str], typer.Option(help="Validation features (default: a stratified 20 % hold-out of TRAIN).")] = None,
-    test: Annotated[Optional[str], typer.Option(help="Test features.")] = None,
-    c: Annotated[Optional[float], typer.Option("--C", help="Fix the inverse regularisation C (scikit-learn convention) instead of searching.")] = None,
-    standardize: Annotated[bool, typer.Option(help="Standardise features with training statistics.")] = True,
+    val: Annotated[str | None, typer.Option(help="Validation features (default: a stratified 20 % hold-out of TRAIN).")] = None,
+    test: Annotated[str | None, typer.Option(help="Test features.")] = None,
+    c: FixedC = None,
+    search: Search = "grid",
+    standardize: Standardize = True,
+    knn_k: KnnK = "10,20,200",
+    knn_t: KnnT = 0.07,
+    fractions: Fractions = None,
+    shots: Shots = None,
+    seeds: Seeds = 3,
+    float64: Float64 = False,
+    half_features: HalfFeatures = False,
+    chunk_rows: ChunkRows = None,
     seed: Seed = 0,
     device: Device = "auto",
-    out: Annotated[Optional[Path], typer.Option(help="Report directory (report.json).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")] = False,
+    out: Annotated[Path | None, typer.Option(help="Report directory: report.json, per-class CSV, plots, probe.safetensors.")] = None,
+    as_json: AsJson = False,
 ) -> None:
     """Linear probe (multinomial logistic regression) and kNN on cached embeddings."""
     for p in (train, val, test):
         if p is not None and not Path(p).exists():
             raise SSLProbeError(f"'{p}' does not exist; pass a feature directory from `sslprobe extract` or a .safetensors file")
-    if c is not None and c <= 0:
-        raise SSLProbeError(f"--C must be positive (got {c})")
+    kw = _probe_options(c, search, knn_k, fractions, shots, seeds, chunk_rows, float64, half_features)
     from sslprobe.probe import probe as run
     from sslprobe.report import render_probe, summary
 
-    result = run(train, val=val, test=test, C=c, standardize=standardize, seed=seed, device=device, out=out)
+    result = run(train, val=val, test=test, standardize=standardize, knn_temperature=knn_t, seed=seed,
+                 device=device, out=out, show_progress=not as_json and sys.stderr.isatty(), **kw)
     if as_json:
         typer.echo(json.dumps(summary(result)))
     else:
         from rich.console import Console
 
         render_probe(result, console=Console())
+
+
+@app.command(epilog="Example: sslprobe compare byol=feats/byol random=feats/random pixels=feats/pixels --out reports/cmp")
+def compare(
+    sets: Annotated[list[str], typer.Argument(help="NAME=DIR pairs; DIR is a feature dir, or holds train/ (val/, test/) feature dirs.", show_default=False)],
+    c: FixedC = None,
+    search: Search = "grid",
+    standardize: Standardize = True,
+    knn_k: KnnK = "10,20,200",
+    knn_t: KnnT = 0.07,
+    fractions: Fractions = None,
+    shots: Shots = None,
+    seeds: Seeds = 3,
+    float64: Float64 = False,
+    half_features: HalfFeatures = False,
+    chunk_rows: ChunkRows = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    out: Annotated[Path | None, typer.Option(help="Report directory: OUT/NAME/ per set and comparison.json.")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Probe several feature sets with one protocol and print one comparison table."""
+    pairs: dict[str, str] = {}
+    for item in sets:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SSLProbeError(f"'{item}' is not NAME=DIR (e.g. byol=feats/byol)")
+        if name in pairs:
+            raise SSLProbeError(f"the name '{name}' is used twice; give each feature set its own name")
+        pairs[name] = path
+    kw = _probe_options(c, search, knn_k, fractions, shots, seeds, chunk_rows, float64, half_features)
+    from sslprobe.probe import compare as run
+    from sslprobe.probe import resolve_sets
+    from sslprobe.report import render_comparison, summary
+
+    rows = run({name: resolve_sets(path) for name, path in pairs.items()}, out=out, standardize=standardize,
+               knn_temperature=knn_t, seed=seed, device=device, **kw)
+    if as_json:
+        typer.echo(json.dumps({name: summary(r) for name, r in rows}))
+        return
+    from rich.console import Console
+
+    console = Console()
+    render_comparison(rows, console=console)
+    for name, r in rows:
+        for w in r["warnings"]:
+            console.print(f"warning: {name}: {w}", style="yellow", markup=False, highlight=False)
+
+
+@app.command(epilog="Example: sslprobe predict feats/new --probe reports/byol/probe.safetensors --out preds.csv")
+def predict(
+    features: Annotated[str, typer.Argument(help="Features to classify: a directory from `extract` or a .safetensors file.")],
+    probe_file: Annotated[Path, typer.Option("--probe", help="probe.safetensors written by `sslprobe probe --out` (or its directory).")],
+    out: Annotated[Path, typer.Option(help="CSV to write: path, prediction, probability.")],
+) -> None:
+    """Classify feature rows with a saved linear probe."""
+    for p in (features, probe_file):
+        if not Path(p).exists():
+            raise SSLProbeError(f"'{p}' does not exist")
+    from sslprobe.predict import predict as run
+
+    rows = run(features, probe=probe_file, out=out)
+    _err(f"{len(rows)} rows classified → {out}")
 
 
 @app.command(epilog="Example: sslprobe demo --out sslprobe-demo")

@@ -1,20 +1,26 @@
-"""Metrics, rich tables and JSON for probe results.
+"""Metrics, rich tables and report files for probe results.
 
 ``classification_metrics`` is the one place accuracies are computed (linear and kNN alike).
-rich is imported inside the render functions so ``sslprobe.probe`` stays cheap to import.
+rich is imported inside the render functions so ``sslprobe.probe`` stays cheap to import;
+figures live in plots.py (matplotlib optional).
 """
 from __future__ import annotations
 
+import csv
 import math
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sslprobe.fileio import write_json
+from sslprobe.fileio import atomic_path, write_json
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
+
+    from sslprobe.predict import ProbeModel
 
 _BULKY = ("per_class", "confusion")
 
@@ -101,7 +107,8 @@ def render_probe(result: Mapping[str, Any], *, console: Console, title: str | No
         head.add_row(name, *(_pct(result[s].get(key)) for s in splits))
     head.add_row("n", *(str(result[s].get("n", "")) for s in splits))
     console.print(head)
-    info = [f"C = {result['C']:.3g}"]
+    info = [f"C = {result['C']:.3g}" + (f" ({result['search']}, {len(result['val_curve'])} fits)"
+                                        if result.get("search") not in (None, "fixed") and result.get("val_curve") else "")]
     if "n_train" in result:
         info.append(f"train n = {result['n_train']}")
     if "dim" in result:
@@ -123,26 +130,110 @@ def render_probe(result: Mapping[str, Any], *, console: Console, title: str | No
             mark = " *" if str(k) == str(knn.get("k")) else ""
             table.add_row(f"{k}{mark}", *(_pct((row.get(s) or {}).get("top1")) for s in kn_splits))
         console.print(table)
+    render_label_efficiency(result, console=console)
+    files = result.get("files")
+    if files:
+        console.print(f"reports in {files['dir']}: {', '.join(files['files'])}", style="dim", markup=False,
+                      highlight=False)
+        if files.get("note"):
+            console.print(files["note"], style="dim", markup=False, highlight=False)
     for w in result.get("warnings", []):
         console.print(f"warning: {w}", style="yellow", markup=False, highlight=False)
 
 
+def _le_cell(point: Mapping[str, Any] | None, method: str) -> str:
+    stats = (point or {}).get(method)
+    if not stats:
+        return "—"
+    return f"{100 * stats['mean']:.2f} ± {100 * stats['std']:.2f}" if point["seeds"] > 1 else _pct(stats["mean"])
+
+
+def _le_label(point: Mapping[str, Any]) -> str:
+    return f"{point['value']:g}" if point["kind"] == "fraction" else f"{point['value']}-shot"
+
+
+def render_label_efficiency(result: Mapping[str, Any], *, console: Console) -> None:
+    """Mean ± std top-1 (over seeds) per label fraction / shot count, linear and kNN."""
+    from rich.table import Table
+
+    le = result.get("label_efficiency")
+    if not le or not le.get("points"):
+        return
+    table = Table(title=f"label efficiency ({le['scored_on']} top-1 %, mean ± std over seeds)", title_justify="left")
+    for col in ("labels", "train rows", "seeds", "linear", f"kNN (k={le.get('knn_k', 20)})", "C (median)"):
+        table.add_column(col, justify="left" if col == "labels" else "right")
+    for p in le["points"]:
+        cs = sorted(p.get("C") or [])
+        table.add_row(_le_label(p), str(p["n_train"]), str(p["seeds"]), _le_cell(p, "linear"), _le_cell(p, "knn"),
+                      f"{cs[len(cs) // 2]:.3g}" if cs else "—")
+    console.print(table)
+
+
 def render_comparison(rows: Sequence[tuple[str, Mapping[str, Any]]], *, console: Console,
                       title: str | None = None) -> None:
-    """One table comparing several probe results (e.g. random vs ImageNet vs BYOL features)."""
+    """One table comparing several probe results (e.g. random vs ImageNet vs BYOL features).
+
+    Label-efficiency points (when the results have them) become extra linear / kNN columns.
+    """
     from rich.table import Table
 
     split = "test" if all(r.get("test") for _, r in rows) else "val"
     table = Table(title=title or f"linear probe comparison ({split})", title_justify="left")
     for col in ("features", "linear top-1", "kNN top-1 (k=20)", "balanced acc", "C"):
         table.add_column(col, justify="left" if col == "features" else "right")
+    le_points: list[tuple[str, float]] = []
+    for _, r in rows:
+        for p in (r.get("label_efficiency") or {}).get("points", []):
+            if (p["kind"], p["value"]) not in le_points:
+                le_points.append((p["kind"], p["value"]))
+    for kind, value in le_points:
+        label = _le_label({"kind": kind, "value": value})
+        table.add_column(f"linear @{label}", justify="right")
+        table.add_column(f"kNN @{label}", justify="right")
     for name, r in rows:
         knn = r.get("knn") or {}
         knn_top1 = (knn.get(split) or {}).get("top1")
         knn_cell = _pct(knn_top1) + (f" (k={knn['k']})" if knn.get("k") not in (None, 20) else "")
-        table.add_row(name, _pct(r[split].get("top1")), knn_cell,
-                      _pct(r[split].get("balanced_accuracy")), f"{r['C']:.3g}")
+        cells = [name, _pct(r[split].get("top1")), knn_cell, _pct(r[split].get("balanced_accuracy")), f"{r['C']:.3g}"]
+        pts = {(p["kind"], p["value"]): p for p in (r.get("label_efficiency") or {}).get("points", [])}
+        for key in le_points:
+            cells += [_le_cell(pts.get(key), "linear"), _le_cell(pts.get(key), "knn")]
+        table.add_row(*cells)
     console.print(table)
 
 
-__all__ = ["classification_metrics", "render_comparison", "render_probe", "summary", "write_json"]
+def write_per_class_csv(metrics: Mapping[str, Any], classes: Sequence[str], path: str | os.PathLike) -> None:
+    """Per-class precision, recall, F1 and support as CSV (atomic)."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["class", "precision", "recall", "f1", "support"])
+        for row in metrics["per_class"]:
+            w.writerow([classes[row["class"]], f"{row['precision']:.6f}", f"{row['recall']:.6f}",
+                        f"{row['f1']:.6f}", row["support"]])
+
+
+def write_reports(result: dict, out: str | os.PathLike, *, probe_model: ProbeModel | None = None) -> dict:
+    """Write a probe's report dir; returns {"files": [...], "note": … or None} (also put in report.json).
+
+    report.json (every number, curves, manifests), per_class_{val,test}.csv, probe.safetensors and,
+    with matplotlib, confusion.png, val_curve.png and label_efficiency.png.
+    """
+    from sslprobe.plots import write_plots
+
+    out = Path(out)
+    files = []
+    for split in ("val", "test"):
+        if result.get(split):
+            write_per_class_csv(result[split], result["classes"], out / f"per_class_{split}.csv")
+            files.append(f"per_class_{split}.csv")
+    if probe_model is not None:
+        probe_model.save(out / "probe.safetensors")
+        files.append("probe.safetensors")
+    plots, note = write_plots(result, out)
+    info = {"dir": str(out), "files": ["report.json", *files, *plots], "note": note}
+    write_json(out / "report.json", {**result, "files": info})
+    return info
+
+
+__all__ = ["classification_metrics", "render_comparison", "render_label_efficiency", "render_probe", "summary",
+           "write_json", "write_per_class_csv", "write_reports"]

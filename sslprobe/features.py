@@ -1,0 +1,163 @@
+"""Feature sets as ``extract`` writes them: loading, validation and class-name alignment.
+
+A feature set is an (N, D) matrix with labels (-1 = unlabeled), class names, optional row paths and
+the manifest ``extract`` wrote. Everything the probe reads passes ``_validated`` once, so NaN/inf
+rows, label/class mismatches and shape errors surface as one-line ``SSLProbeError``s.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sslprobe.errors import SSLProbeError
+
+
+@dataclass(frozen=True, eq=False)
+class FeatureSet:
+    """Cached embeddings with labels (-1 = unlabeled) and class names, as ``extract`` writes them."""
+
+    features: torch.Tensor  # (N, D) float32 (float16 when loaded with dtype=torch.float16)
+    labels: torch.Tensor  # (N,) int64
+    classes: tuple[str, ...]
+    paths: tuple[str, ...] | None = None
+    source: str = "<tensors>"
+    manifest: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_arrays(cls, features: Any, labels: Any, *, classes: Sequence[str] | None = None,
+                    paths: Sequence[str] | None = None, source: str = "<arrays>") -> FeatureSet:
+        """Validate numpy arrays or tensors into a FeatureSet (float32 features, int64 labels)."""
+        return validated(torch.as_tensor(features), torch.as_tensor(labels), classes=classes, paths=paths,
+                         source=source)
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[1])
+
+
+def validated(features: torch.Tensor, labels: torch.Tensor, *, classes: Sequence[str] | None = None,
+              paths: Sequence[str] | None = None, source: str = "<tensors>", manifest: dict | None = None,
+              dtype: torch.dtype = torch.float32) -> FeatureSet:
+    """Check shapes, finiteness and labels, and build a FeatureSet with features in ``dtype``."""
+    if features.ndim != 2 or features.shape[0] == 0:
+        raise SSLProbeError(f"'{source}': features must be a non-empty (N, D) matrix, got shape "
+                            f"{tuple(features.shape)}; re-extract the feature set")
+    if labels.ndim != 1 or labels.shape[0] != features.shape[0]:
+        raise SSLProbeError(f"'{source}': {features.shape[0]} feature rows but labels of shape "
+                            f"{tuple(labels.shape)}; re-extract the feature set")
+    if not (features.is_floating_point() or features.dtype in (torch.int32, torch.int64, torch.uint8)):
+        raise SSLProbeError(f"'{source}': features of dtype {features.dtype} are not numbers; re-extract")
+    # check finiteness before any down-cast: float16 turns large finite values into inf
+    bad = ~torch.isfinite(features).all(1)
+    if bad.any():
+        first = f" (first: {paths[int(bad.nonzero()[0])]})" if paths else ""
+        raise SSLProbeError(f"'{source}' contains NaN/inf features in {int(bad.sum())} rows{first}; "
+                            "re-extract (check the backbone weights, or use --dtype float32)")
+    features, labels = features.to(dtype).contiguous(), labels.to(torch.int64)
+    if not torch.isfinite(features).all():
+        raise SSLProbeError(f"'{source}': features overflow float16; use float32 features")
+    top = int(labels.max())
+    if classes is None:
+        classes = [str(i) for i in range(top + 1)]
+    if int(labels.min()) < -1 or top >= len(classes):
+        raise SSLProbeError(f"'{source}': labels must lie in [-1, {len(classes)}) for {len(classes)} "
+                            "classes; the labels and class list disagree, re-extract")
+    if paths is not None and len(paths) != features.shape[0]:
+        raise SSLProbeError(f"'{source}': manifest lists {len(paths)} paths for {features.shape[0]} "
+                            "feature rows; re-extract the feature set")
+    return FeatureSet(features, labels, tuple(str(c) for c in classes),
+                      None if paths is None else tuple(paths), source, manifest or {})
+
+
+def as_feature_set(x: str | os.PathLike | FeatureSet, *, dtype: torch.dtype = torch.float32,
+                   labels_required: bool = True) -> FeatureSet:
+    """A path is loaded, a FeatureSet (possibly built by hand, skipping checks) is re-validated."""
+    if isinstance(x, FeatureSet):
+        return validated(x.features, x.labels, classes=x.classes, paths=x.paths, source=x.source,
+                         manifest=x.manifest, dtype=dtype)
+    return load_features(x, dtype=dtype, labels_required=labels_required)
+
+
+def load_features(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
+                  labels_required: bool = True) -> FeatureSet:
+    """Read an ``extract`` feature dir (features.safetensors + manifest.json) or a bare .safetensors.
+
+    A bare file takes class names from its metadata key "classes" (a JSON list), else "0".."K-1".
+    ``labels_required=False`` (prediction) accepts a file without labels: every row is unlabeled.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    p = Path(path)
+    if not p.exists():
+        raise SSLProbeError(f"feature set '{p}' not found; run `sslprobe extract … --out {p}` first")
+    manifest: dict = {}
+    if p.is_dir():
+        file = p / "features.safetensors"
+        if not file.is_file():
+            raise SSLProbeError(f"'{p}' has no features.safetensors; point at an `sslprobe extract` output dir")
+        if (p / "manifest.json").is_file():
+            try:
+                manifest = json.loads((p / "manifest.json").read_text())
+            except (OSError, ValueError) as e:
+                raise SSLProbeError(f"cannot read '{p / 'manifest.json'}' ({e}); re-extract") from None
+    elif p.suffix == ".safetensors":
+        file = p
+    else:
+        raise SSLProbeError(f"'{p}' is neither a feature dir nor a .safetensors file")
+    try:
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            keys = set(f.keys())
+            missing = [k for k in ("features", "labels") if k not in keys and (labels_required or k == "features")]
+            if missing:
+                raise SSLProbeError(f"'{file}' has no tensor(s) {', '.join(missing)}; "
+                                    "expected 'features' (N, D) and 'labels' (N,), re-extract")
+            features, meta = f.get_tensor("features"), f.metadata() or {}
+            labels = f.get_tensor("labels") if "labels" in keys else torch.full((features.shape[0],), -1)
+    except SSLProbeError:
+        raise
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:  # corrupt or truncated file
+        raise SSLProbeError(f"cannot read '{file}' ({e}); re-extract the feature set") from None
+    classes = manifest.get("classes")
+    if classes is None and "classes" in meta:
+        try:
+            classes = json.loads(meta["classes"])
+        except ValueError:
+            raise SSLProbeError(f"'{file}': metadata 'classes' is not a JSON list; re-extract") from None
+    return validated(features, labels, classes=classes, paths=manifest.get("paths"), source=str(p),
+                     manifest=manifest, dtype=dtype)
+
+
+def align_labels(fs: FeatureSet, names: list[str]) -> torch.Tensor:
+    """Labels of ``fs`` re-indexed into ``names`` (extended in place with unseen class names).
+
+    Sets name their classes; bare files without names ("0".."K-1") match by index instead.
+    """
+    generated = fs.classes == tuple(str(i) for i in range(len(fs.classes)))
+    if generated and not set(fs.classes) & set(names):
+        lut = list(range(len(fs.classes)))
+        names.extend(str(i) for i in range(len(names), len(fs.classes)))
+    else:
+        lut = []
+        for c in fs.classes:
+            if c not in names:
+                names.append(c)
+            lut.append(names.index(c))
+    return torch.where(fs.labels >= 0, torch.tensor(lut + [-1])[fs.labels], -1)
+
+
+def check_widths(sets: dict[str, FeatureSet | None], *, reference: str = "train") -> None:
+    """All feature sets must have the reference set's width (same model and layer)."""
+    ref = sets[reference]
+    for name, other in sets.items():
+        if other is not None and other.dim != ref.dim:
+            raise SSLProbeError(f"feature widths differ: {reference} has {ref.dim}, {name} has {other.dim}; "
+                                "extract both with the same model and layer")
+
+
+__all__ = ["FeatureSet", "align_labels", "as_feature_set", "check_widths", "load_features", "validated"]

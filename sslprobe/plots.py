@@ -1,0 +1,114 @@
+"""Probe figures (matplotlib, an optional dependency: ``pip install sslprobe[plots]``).
+
+Each function writes one PNG atomically through ``matplotlib.figure.Figure`` (no pyplot: no
+global backend state, no windows); ``write_plots`` returns the files written, or a note
+saying why none were (matplotlib missing). Nothing here is needed for the tables or JSON.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sslprobe.fileio import atomic_path
+
+
+def _save(fig: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+
+
+def confusion_png(conf: list[list[int]], classes: list[str], path: Path, *, title: str) -> None:
+    """Row-normalised confusion matrix (rows: true class, columns: prediction), counts when small."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    m = np.asarray(conf, dtype=float)
+    norm = m / np.maximum(m.sum(1, keepdims=True), 1)
+    k = len(classes)
+    fig = Figure(figsize=(min(2 + 0.45 * k, 20), min(1.6 + 0.45 * k, 20)))
+    ax = fig.subplots()
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    if k <= 40:
+        ax.set_xticks(range(k), classes, rotation=90, fontsize=7)
+        ax.set_yticks(range(k), classes, fontsize=7)
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                if m[i, j]:
+                    ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=6,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of true class")
+    _save(fig, path)
+
+
+def val_curve_png(curve: list[Mapping[str, Any]], chosen: float, path: Path) -> None:
+    """Validation top-1 (and loss) against C on a log axis, the chosen C marked."""
+    from matplotlib.figure import Figure
+
+    cs = [p["C"] for p in curve]
+    fig = Figure(figsize=(6, 3.6))
+    ax = fig.subplots()
+    ax.plot(cs, [100 * p["top1"] for p in curve], "o-", ms=3, label="val top-1")
+    ax.axvline(chosen, color="grey", ls="--", lw=1, label=f"chosen C = {chosen:.3g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("C (inverse L2 strength)")
+    ax.set_ylabel("val top-1 (%)")
+    losses = [(c, p["loss"]) for c, p in zip(cs, curve) if p.get("loss") is not None]
+    if losses:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*losses), color="tab:orange", lw=1, alpha=0.7)
+        ax2.set_ylabel("val loss", color="tab:orange")
+    ax.legend(loc="lower right", fontsize=8)
+    _save(fig, path)
+
+
+def label_efficiency_png(points: list[Mapping[str, Any]], path: Path, *, scored_on: str) -> None:
+    """Top-1 (mean ± std over seeds) against labeled train rows, linear and kNN, log x axis."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.6))
+    ax = fig.subplots()
+    for kind, marker in (("fraction", "o"), ("shots", "s")):
+        pts = sorted((p for p in points if p["kind"] == kind), key=lambda p: p["n_train"])
+        for method, colour in (("linear", "tab:blue"), ("knn", "tab:green")):
+            rows = [p for p in pts if p.get(method)]
+            if rows:
+                ax.errorbar([p["n_train"] for p in rows], [100 * p[method]["mean"] for p in rows],
+                            yerr=[100 * p[method]["std"] for p in rows], marker=marker, color=colour, capsize=3,
+                            label=f"{'kNN' if method == 'knn' else 'linear'} ({kind})")
+    ax.set_xscale("log")
+    ax.set_xlabel("labeled train rows")
+    ax.set_ylabel(f"{scored_on} top-1 (%)")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def write_plots(result: Mapping[str, Any], out: str | os.PathLike) -> tuple[list[str], str | None]:
+    """All figures for a probe result into ``out``: (file names written, note or None)."""
+    try:
+        import matplotlib.figure  # noqa: F401  (Figure objects render without pyplot or a backend switch)
+    except ImportError:
+        return [], "plots skipped: matplotlib is not installed (pip install 'sslprobe[plots]')"
+    out = Path(out)
+    written = []
+    split = "test" if result.get("test") else "val"
+    if result.get(split, {}).get("confusion"):
+        confusion_png(result[split]["confusion"], list(result["classes"]), out / "confusion.png",
+                      title=f"linear probe, {split}")
+        written.append("confusion.png")
+    if len(result.get("val_curve") or []) > 1:
+        val_curve_png(result["val_curve"], result["C"], out / "val_curve.png")
+        written.append("val_curve.png")
+    le = result.get("label_efficiency")
+    if le and le["points"]:
+        label_efficiency_png(le["points"], out / "label_efficiency.png", scored_on=le["scored_on"])
+        written.append("label_efficiency.png")
+    return written, None
+
+
+__all__ = ["confusion_png", "label_efficiency_png", "val_curve_png", "write_plots"]

@@ -1,0 +1,119 @@
+"""The L-BFGS logistic regression: sklearn's optimum, float64, chunked and float16 designs."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sslprobe.solver import Design, LogReg, Standardizer, fit, fit_logistic
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: fork/join overhead would dominate on a busy box
+    yield
+    torch.set_num_threads(n)
+
+
+def blobs(n_per: int, k: int, d: int, *, sep: float = 2.0, noise: float = 1.5, seed: int = 0):
+    g = np.random.default_rng(seed)
+    centres = g.normal(size=(k, d)) * sep / math.sqrt(2)
+    y = np.repeat(np.arange(k), n_per)
+    x = centres[y] + noise * g.normal(size=(len(y), d)) + g.normal(size=d) * 3  # offsets: standardising matters
+    return x.astype(np.float32), y
+
+
+def sk_objective(coef: np.ndarray, intercept: np.ndarray, X: np.ndarray, y: np.ndarray, lam: float) -> float:
+    """mean CE + λ/2‖W‖² in float64, sklearn's (K, D) layout."""
+    L = X.astype(np.float64) @ coef.T + intercept
+    L -= L.max(1, keepdims=True)
+    return float((np.log(np.exp(L).sum(1)) - L[np.arange(len(y)), y]).mean() + lam / 2 * (coef**2).sum())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("C", [0.003, 0.3, 30.0])
+def test_converges_to_sklearn_optimum(C, dtype):
+    """Objective value and coefficients at sklearn's optimum, not just accuracy."""
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = blobs(50, 4, 7, seed=1)
+    Xs = (X - X.mean(0)) / X.std(0)
+    sk = LogisticRegression(C=C, tol=1e-12, max_iter=100_000).fit(Xs.astype(np.float64), y)
+    ours = fit_logistic(torch.tensor(Xs), torch.tensor(y), C=C, tol=1e-8 if dtype == torch.float64 else 1e-6,
+                        max_iter=10_000, dtype=dtype)
+    assert ours.coef.dtype == dtype
+    lam = 1 / (C * len(y))
+    W, b = ours.coef.double().numpy(), ours.intercept.double().numpy()
+    f_ours, f_sk = sk_objective(W, b, Xs, y, lam), sk_objective(sk.coef_, sk.intercept_, Xs, y, lam)
+    rel = 1e-9 if dtype == torch.float64 else 1e-5
+    assert f_ours == pytest.approx(f_sk, rel=rel, abs=rel)
+    assert ours.objective == pytest.approx(f_ours, rel=1e-5)
+    scale = np.abs(sk.coef_).max()
+    atol = 1e-5 if dtype == torch.float64 else 2e-3
+    np.testing.assert_allclose(W, sk.coef_, atol=atol * scale, rtol=0)
+    # the softmax is shift-invariant: intercepts are identified only up to a shared shift
+    np.testing.assert_allclose(b - b.mean(), sk.intercept_ - sk.intercept_.mean(), atol=atol * max(1, scale))
+
+
+def test_chunked_equals_unchunked_objective_and_gradient():
+    X, y = blobs(37, 3, 5, seed=2)
+    X, y = torch.tensor(X), torch.tensor(y)
+    scaler = Standardizer.fit(X)
+    whole = Design(X, scaler=scaler, device="cpu", dtype=torch.float64)
+    chunked = Design(X, scaler=scaler, device="cpu", dtype=torch.float64, chunk_rows=10)
+    assert whole.chunk == X.shape[0] and chunked.chunk == 10 and len(list(chunked.blocks())) == 12
+    torch.testing.assert_close(chunked.class_sums(y, 3), whole.class_sums(y, 3))
+    a = fit(whole, y, C=0.7, tol=1e-9, max_iter=1)  # one step: compares the first gradient's direction
+    b = fit(chunked, y, C=0.7, tol=1e-9, max_iter=1)
+    torch.testing.assert_close(a.coef, b.coef, rtol=1e-10, atol=1e-12)
+    assert a.objective == pytest.approx(b.objective, rel=1e-12)
+    a = fit(whole, y, C=0.7, tol=1e-9)
+    b = fit(chunked, y, C=0.7, tol=1e-9)
+    torch.testing.assert_close(a.coef, b.coef, rtol=0, atol=1e-7)
+    assert a.objective == pytest.approx(b.objective, rel=1e-12) and a.n_iter == b.n_iter
+
+
+def test_float16_storage_is_close():
+    X, y = blobs(40, 3, 6, seed=3)
+    X, y = torch.tensor(X), torch.tensor(y)
+    scaler = Standardizer.fit(X)
+    full = Design(X, scaler=scaler, device="cpu")
+    half = Design(X, scaler=scaler, device="cpu", store=torch.float16, chunk_rows=16)
+    assert half.Z.dtype == torch.float16 and half.Z.element_size() == 2
+    a, b = fit(full, y, C=1.0, tol=1e-6), fit(half, y, C=1.0, tol=1e-6)
+    assert b.coef.dtype == torch.float32
+    assert b.objective == pytest.approx(a.objective, rel=1e-3)
+    torch.testing.assert_close(b.coef, a.coef, rtol=0, atol=5e-3 * float(a.coef.abs().max()))
+
+
+def test_standardizer_matches_numpy_and_keeps_constant_columns():
+    X = np.random.default_rng(0).normal(size=(100, 4)).astype(np.float32) * [1, 10, 0.01, 0] + [0, 1e4, -3, 7]
+    s = Standardizer.fit(torch.tensor(X), block=7)
+    np.testing.assert_allclose(s.mean.numpy(), X.astype(np.float64).mean(0), rtol=1e-6)
+    np.testing.assert_allclose(s.std.numpy()[:3], X.astype(np.float64).std(0)[:3], rtol=1e-5)
+    assert s.std[3] == 1.0  # constant column: scale 1, not 1/0
+    Z = s(torch.tensor(X))
+    assert torch.isfinite(Z).all() and float(Z[:, :3].mean(0).abs().max()) < 1e-3
+    assert Standardizer.fit(torch.tensor(X), on=False).mean is None
+
+
+def test_subset_design_and_scores():
+    X, y = blobs(20, 2, 3, seed=4)
+    X = torch.tensor(X)
+    d = Design(X, scaler=Standardizer.fit(X), device="cpu", chunk_rows=7)
+    rows = torch.tensor([0, 5, 9, 30])
+    sub = d.subset(rows)
+    torch.testing.assert_close(sub.Z, d.Z[rows])
+    model = LogReg(torch.randn(2, 3), torch.randn(2), 0.0, 0)
+    torch.testing.assert_close(sub.scores(model), d.scores(model)[rows])
+
+
+def test_diverging_features_raise():
+    from sslprobe.errors import SSLProbeError
+
+    X = torch.tensor([[3e38, 0.0], [-3e38, 1.0], [3e38, 2.0]])
+    with pytest.raises(SSLProbeError, match="diverged|non-finite"):
+        fit_logistic(X, torch.tensor([0, 1, 0]), C=1e5)
