@@ -97,10 +97,16 @@ def pretrain(
 def extract(
     data: Annotated[str, typer.Argument(help="Folder of images or class subfolders, or hf:NAME[:SPLIT].")],
     out: Annotated[Path, typer.Option(help="Output directory: features.safetensors + manifest.json.")],
-    weights: Annotated[str, typer.Option(help="random, pretrained (timm hub), pixels, or a .safetensors file.")] = "random",
-    model: Annotated[Optional[str], typer.Option(help="timm model name (not needed for sslprobe backbone files).")] = None,
-    image_size: Annotated[Optional[int], typer.Option(help="Override the evaluation resolution.")] = None,
+    weights: Annotated[str, typer.Option(help="random, random-rescaled (data-dependent init), pretrained (timm hub), pixels, or a .safetensors file.")] = "random",
+    model: Annotated[str | None, typer.Option(help="timm model name (not needed for sslprobe backbone files).")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Override the evaluation resolution.")] = None,
+    layer: Annotated[str, typer.Option(help="pre-logits (pooled, default) or a stage/block index, e.g. 2 or -2 (global-average-pooled).")] = "pre-logits",
+    pool: Annotated[str, typer.Option(help="auto (the model's own), cls (ViT class token) or mean (of patch tokens / feature map).")] = "auto",
+    dtype: Annotated[str, typer.Option(help="Storage dtype of features: float32 or float16.")] = "float32",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 128,
+    cache_dir: Annotated[Path | None, typer.Option(help="Embedding cache (default: $SSLPROBE_CACHE_DIR or ~/.cache/sslprobe).")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Compute everything and leave the cache untouched.")] = False,
+    decode: Annotated[str, typer.Option(help="JPEG decoding: cpu (PIL, draft mode) or gpu (nvJPEG on CUDA, CPU fallback).")] = "cpu",
     allow_pickle: Annotated[bool, typer.Option(help="Allow .pt/.pth weights (loaded with torch.load(weights_only=True)).")] = False,
     seed: Seed = 0,
     device: Device = "auto",
@@ -108,22 +114,77 @@ def extract(
     image_column: ImageCol = None,
     label_column: LabelCol = None,
 ) -> None:
-    """Embed images through a frozen backbone (or raw pixels) for the linear probe."""
+    """Embed images through a frozen backbone (or raw pixels) for the linear probe, through the cache."""
     _check_data(data)
     _positive("--batch-size", batch_size)
     _positive("--image-size", image_size)
-    if weights in ("random", "pretrained") and model is None:
+    if weights in ("random", "random-rescaled", "pretrained") and model is None:
         raise SSLProbeError(f"--weights {weights} needs --model NAME (a timm model, e.g. resnet18)")
+    for name, value, allowed in (("--dtype", dtype, ("float32", "float16")), ("--pool", pool, ("auto", "cls", "mean")),
+                                 ("--decode", decode, ("cpu", "gpu"))):
+        if value not in allowed:
+            raise SSLProbeError(f"{name} must be one of {', '.join(allowed)} (got '{value}')")
     from sslprobe.extract import extract as run
 
-    m = run(data, out=out, model=model, weights=weights, image_size=image_size, batch_size=batch_size, seed=seed,
-            device=device, workers=workers, allow_pickle=allow_pickle, image_column=image_column, label_column=label_column)
-    _err(f"{m['counts']['embedded']} images embedded ({m['dim']}-d), {m['counts']['skipped']} skipped, "
+    m = run(data, out=out, model=model, weights=weights, image_size=image_size, layer=layer, pool=pool, dtype=dtype,
+            batch_size=batch_size, seed=seed, device=device, workers=workers, allow_pickle=allow_pickle,
+            image_column=image_column, label_column=label_column, cache_dir=cache_dir, use_cache=not no_cache,
+            decode=decode)
+    if m is None:  # a torchrun rank other than 0
+        return
+    c = m["cache"]
+    cached = f", {c['hits']} from cache, {c['misses']} computed" if c["enabled"] else ""
+    _err(f"{m['counts']['embedded']} images embedded ({m['dim']}-d){cached}, {m['counts']['skipped']} skipped, "
          f"{m['seconds']:.1f} s → {out}")
+    if c["invalid_shards"]:
+        _err(f"  {c['invalid_shards']} damaged cache shard(s) ignored; their rows were recomputed")
     for s in m["skipped"][:10]:
         _err(f"  skipped {s['path']}: {s['reason']}")
     if len(m["skipped"]) > 10:
         _err(f"  … {len(m['skipped']) - 10} more in {out / 'manifest.json'}")
+
+
+cache_app = typer.Typer(help="Inspect and prune the embedding cache.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+CacheDir = Annotated[Path | None, typer.Option(help="Cache directory (default: $SSLPROBE_CACHE_DIR or ~/.cache/sslprobe).")]
+
+
+@cache_app.command("info", epilog="Example: sslprobe cache info")
+def cache_info(
+    cache_dir: CacheDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+) -> None:
+    """List the cache's stores: rows, size, model/weights, last use."""
+    import time
+
+    from sslprobe.cache import default_cache_dir, list_stores
+
+    root = cache_dir or default_cache_dir()
+    stores = list_stores(root)
+    if as_json:
+        typer.echo(json.dumps({"dir": str(root), "stores": stores}))
+        return
+    typer.echo(f"{root}: {len(stores)} store(s), {sum(s['rows'] for s in stores)} rows, "
+               f"{sum(s['bytes'] for s in stores) / 1e6:.1f} MB")
+    for s in stores:
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(s["last_used"]))
+        typer.echo(f"  {s['store']}  {s['model']}  {s['weights']} {s['weights_id'] or ''}  layer={s['layer']} "
+                   f"pool={s['pool']} {s['dtype']}  {s['rows']} rows  {s['bytes'] / 1e6:.1f} MB  last used {used}")
+
+
+@cache_app.command("clear", epilog="Example: sslprobe cache clear --older-than 30")
+def cache_clear(
+    cache_dir: CacheDir = None,
+    store: Annotated[str | None, typer.Option(help="Delete this store (an id from `sslprobe cache info`).")] = None,
+    all_stores: Annotated[bool, typer.Option("--all", help="Delete every store.")] = False,
+    older_than: Annotated[float | None, typer.Option(help="Delete stores not used for this many days.")] = None,
+) -> None:
+    """Delete cached embeddings: one store, all, or those unused for N days."""
+    from sslprobe.cache import clear_stores, default_cache_dir
+
+    root = cache_dir or default_cache_dir()
+    gone = clear_stores(root, store=store, all_stores=all_stores, older_than_days=older_than)
+    _err(f"deleted {len(gone)} store(s) from {root}")
 
 
 Search = Annotated[str, typer.Option(help="How to choose C on validation: grid (45 C's in 1e-6..1e5, warm-started, early stop) or binary (CLIP's coarse-then-bisect, ~14 fits).")]
