@@ -22,7 +22,7 @@ from sslprobe.errors import SSLProbeError
 class FeatureSet:
     """Cached embeddings with labels (-1 = unlabeled) and class names, as ``extract`` writes them."""
 
-    features: torch.Tensor  # (N, D) float32 (float16 when loaded with dtype=torch.float16)
+    features: torch.Tensor  # (N, D) float32
     labels: torch.Tensor  # (N,) int64
     classes: tuple[str, ...]
     paths: tuple[str, ...] | None = None
@@ -42,9 +42,9 @@ class FeatureSet:
 
 
 def validated(features: torch.Tensor, labels: torch.Tensor, *, classes: Sequence[str] | None = None,
-              paths: Sequence[str] | None = None, source: str = "<tensors>", manifest: dict | None = None,
-              dtype: torch.dtype = torch.float32) -> FeatureSet:
-    """Check shapes, finiteness and labels, and build a FeatureSet with features in ``dtype``."""
+              paths: Sequence[str] | None = None, source: str = "<tensors>",
+              manifest: dict | None = None) -> FeatureSet:
+    """Check shapes, finiteness and labels, and build a FeatureSet (float32 features, int64 labels)."""
     if features.ndim != 2 or features.shape[0] == 0:
         raise SSLProbeError(f"'{source}': features must be a non-empty (N, D) matrix, got shape "
                             f"{tuple(features.shape)}; re-extract the feature set")
@@ -53,15 +53,14 @@ def validated(features: torch.Tensor, labels: torch.Tensor, *, classes: Sequence
                             f"{tuple(labels.shape)}; re-extract the feature set")
     if not (features.is_floating_point() or features.dtype in (torch.int32, torch.int64, torch.uint8)):
         raise SSLProbeError(f"'{source}': features of dtype {features.dtype} are not numbers; re-extract")
-    # check finiteness before any down-cast: float16 turns large finite values into inf
     bad = ~torch.isfinite(features).all(1)
     if bad.any():
         first = f" (first: {paths[int(bad.nonzero()[0])]})" if paths else ""
         raise SSLProbeError(f"'{source}' contains NaN/inf features in {int(bad.sum())} rows{first}; "
                             "re-extract (check the backbone weights, or use --dtype float32)")
-    features, labels = features.to(dtype).contiguous(), labels.to(torch.int64)
-    if not torch.isfinite(features).all():
-        raise SSLProbeError(f"'{source}': features overflow float16; use float32 features")
+    features, labels = features.to(torch.float32).contiguous(), labels.to(torch.int64)
+    if not torch.isfinite(features).all():  # float64 values beyond float32's range
+        raise SSLProbeError(f"'{source}': features overflow float32; rescale them or re-extract")
     top = int(labels.max())
     if classes is None:
         classes = [str(i) for i in range(top + 1)]
@@ -75,17 +74,15 @@ def validated(features: torch.Tensor, labels: torch.Tensor, *, classes: Sequence
                       None if paths is None else tuple(paths), source, manifest or {})
 
 
-def as_feature_set(x: str | os.PathLike | FeatureSet, *, dtype: torch.dtype = torch.float32,
-                   labels_required: bool = True) -> FeatureSet:
+def as_feature_set(x: str | os.PathLike | FeatureSet, *, labels_required: bool = True) -> FeatureSet:
     """A path is loaded, a FeatureSet (possibly built by hand, skipping checks) is re-validated."""
     if isinstance(x, FeatureSet):
         return validated(x.features, x.labels, classes=x.classes, paths=x.paths, source=x.source,
-                         manifest=x.manifest, dtype=dtype)
-    return load_features(x, dtype=dtype, labels_required=labels_required)
+                         manifest=x.manifest)
+    return load_features(x, labels_required=labels_required)
 
 
-def load_features(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
-                  labels_required: bool = True) -> FeatureSet:
+def load_features(path: str | os.PathLike, *, labels_required: bool = True) -> FeatureSet:
     """Read an ``extract`` feature dir (features.safetensors + manifest.json) or a bare .safetensors.
 
     A bare file takes class names from its metadata key "classes" (a JSON list), else "0".."K-1".
@@ -130,7 +127,7 @@ def load_features(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32
         except ValueError:
             raise SSLProbeError(f"'{file}': metadata 'classes' is not a JSON list; re-extract") from None
     return validated(features, labels, classes=classes, paths=manifest.get("paths"), source=str(p),
-                     manifest=manifest, dtype=dtype)
+                     manifest=manifest)
 
 
 def align_labels(fs: FeatureSet, names: list[str]) -> torch.Tensor:

@@ -110,7 +110,7 @@ def probe(train: Source, *, val: Source | None = None, test: Source | None = Non
     points = parse_points(fractions, shots)
     store, cdtype = _DTYPES[feature_dtype], _DTYPES[dtype]
     warns: list[str] = []
-    sets = {name: None if x is None else as_feature_set(x, dtype=store)
+    sets = {name: None if x is None else as_feature_set(x)
             for name, x in (("train", train), ("val", val), ("test", test))}
     tr = sets["train"]
     check_widths(sets)

@@ -160,12 +160,14 @@ def render_label_efficiency(result: Mapping[str, Any], *, console: Console) -> N
     if not le or not le.get("points"):
         return
     table = Table(title=f"label efficiency ({le['scored_on']} top-1 %, mean ± std over seeds)", title_justify="left")
-    for col in ("labels", "train rows", "seeds", "linear", f"kNN (k={le.get('knn_k', 20)})", "C (median)"):
+    has_knn = any(p.get("knn") for p in le["points"])
+    for col in ("labels", "train rows", "seeds", "linear", *([f"kNN k={le.get('knn_k', 20)}"] if has_knn else []),
+                "C (median)"):
         table.add_column(col, justify="left" if col == "labels" else "right")
     for p in le["points"]:
         cs = sorted(p.get("C") or [])
-        table.add_row(_le_label(p), str(p["n_train"]), str(p["seeds"]), _le_cell(p, "linear"), _le_cell(p, "knn"),
-                      f"{cs[len(cs) // 2]:.3g}" if cs else "—")
+        table.add_row(_le_label(p), str(p["n_train"]), str(p["seeds"]), _le_cell(p, "linear"),
+                      *([_le_cell(p, "knn")] if has_knn else []), f"{cs[len(cs) // 2]:.3g}" if cs else "—")
     console.print(table)
 
 

@@ -376,3 +376,145 @@ def test_bad_arguments():
                {"device": "gpu"}):
         with pytest.raises(SSLProbeError):
             probe(fs, **kw)
+
+
+# ---------------------------------------------------------------- search modes, precision, memory
+
+def test_binary_search_matches_grid_optimum():
+    X, y = imbalanced([120, 50, 30], seed=0)
+    grid = probe(FeatureSet.from_arrays(X, y), patience=None, knn_k=())
+    binary = probe(FeatureSet.from_arrays(X, y), search="binary", patience=None, knn_k=())
+    curve = binary["val_curve"]
+    assert binary["search"] == "binary" and len(curve) <= 14 < len(grid["val_curve"])
+    cs = [p["C"] for p in curve]
+    assert cs == sorted(cs) and min(cs) == pytest.approx(1e-6) and len(set(cs)) == len(cs)
+    # bisection ends at 1/8 decade around the best: neighbours of the chosen C were both tried
+    near = [c for c in cs if abs(math.log10(c / binary["C"])) == pytest.approx(0.125)]
+    assert len(near) >= 1 and binary["C"] == max(curve, key=lambda p: (p["top1"], -p["C"]))["C"]
+    assert binary["val"]["top1"] >= grid["val"]["top1"] - 0.03  # as good as the grid, within noise
+
+
+def test_half_features_chunks_and_float64_agree():
+    X, y = blobs(50, 3, 8, sep=2.0, noise=1.5, seed=13)
+    fs, te = FeatureSet.from_arrays(X[:120], y[:120]), FeatureSet.from_arrays(X[120:], y[120:])
+    base = probe(fs, test=te, Cs=SMALL_CS, knn_k=(5,), patience=None)
+    chunked = probe(fs, test=te, Cs=SMALL_CS, knn_k=(5,), patience=None, chunk_rows=7)
+    half = probe(fs, test=te, Cs=SMALL_CS, knn_k=(5,), patience=None, feature_dtype="float16", chunk_rows=16)
+    f64 = probe(fs, test=te, Cs=SMALL_CS, knn_k=(5,), patience=None, dtype="float64")
+    for other in (chunked, f64):
+        assert [p["top1"] for p in other["val_curve"]] == [p["top1"] for p in base["val_curve"]]
+        assert other["C"] == base["C"] and other["test"]["top1"] == base["test"]["top1"]
+    assert [p["loss"] for p in chunked["val_curve"]] == pytest.approx([p["loss"] for p in base["val_curve"]], rel=1e-4)
+    assert [p["loss"] for p in half["val_curve"]] == pytest.approx([p["loss"] for p in base["val_curve"]], rel=1e-2)
+    assert half["feature_dtype"] == "float16" and f64["dtype"] == "float64" and chunked["chunk_rows"] == 7
+    assert abs(half["test"]["top1"] - base["test"]["top1"]) <= 0.05
+
+
+def test_label_efficiency_in_probe():
+    X, y = blobs(60, 4, 16, sep=3.0, noise=1.0, seed=14)
+    tr, te = FeatureSet.from_arrays(X[:200], y[:200]), FeatureSet.from_arrays(X[200:], y[200:])
+    r = probe(tr, test=te, search="binary", fractions=(0.1, 1.0), shots=(2,), seeds=2, knn_k=(20,))
+    le = r["label_efficiency"]
+    assert le["scored_on"] == "test" and [(p["kind"], p["value"]) for p in le["points"]] == \
+        [("fraction", 0.1), ("fraction", 1.0), ("shots", 2)]
+    small, full, shot = le["points"]
+    assert small["seeds"] == 2 and full["seeds"] == 1 and shot["n_train"] == 8
+    assert full["n_train"] == r["n_fit"] and full["C"] == [r["C"]]
+    assert len(small["linear"]["runs"]) == 2 and 0.25 < small["linear"]["mean"] <= 1
+    assert full["linear"]["mean"] >= shot["linear"]["mean"] - 0.1 and full["knn"]["mean"] > 0.8
+    no_test = probe(tr, shots=(1,), seeds=1, knn_k=(), C=1.0)
+    assert no_test["label_efficiency"]["scored_on"] == "val" and no_test["label_efficiency"]["points"][0]["knn"] is None
+    assert any("optimistic" in w for w in no_test["warnings"])
+
+
+def test_report_files(tmp_path):
+    pytest.importorskip("matplotlib")
+    X, y = blobs(40, 3, 6, seed=15)
+    sets = [FeatureSet.from_arrays(X[s], y[s], classes=["a", "b", "c"]) for s in (slice(0, 90), slice(90, 120))]
+    r = probe(sets[0], test=sets[1], Cs=SMALL_CS, knn_k=(5,), fractions=(0.5, 1.0), seeds=2, out=tmp_path)
+    names = {"report.json", "per_class_val.csv", "per_class_test.csv", "probe.safetensors", "confusion.png",
+             "val_curve.png", "label_efficiency.png"}
+    assert set(r["files"]["files"]) == names and r["files"]["note"] is None
+    assert names <= {p.name for p in tmp_path.iterdir()}
+    for png in ("confusion.png", "val_curve.png", "label_efficiency.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = (tmp_path / "per_class_test.csv").read_text().splitlines()
+    assert lines[0] == "class,precision,recall,f1,support" and lines[1].startswith("a,")
+    assert sum(int(line.split(",")[-1]) for line in lines[1:]) == 30
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["label_efficiency"]["points"][0]["value"] == 0.5 and saved["files"]["files"]
+
+
+def test_report_without_matplotlib(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_mpl(name, *a, **k):
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_mpl)
+    X, y = blobs(20, 2, 4, seed=16)
+    r = probe(FeatureSet.from_arrays(X, y), Cs=SMALL_CS, knn_k=(3,), out=tmp_path)
+    assert "matplotlib" in r["files"]["note"] and not list(tmp_path.glob("*.png"))
+    assert (tmp_path / "report.json").exists() and (tmp_path / "per_class_val.csv").exists()
+
+
+def test_manifests_in_report(tmp_path):
+    d = tmp_path / "feats"
+    d.mkdir()
+    X, y = blobs(10, 2, 3, seed=17)
+    save_file({"features": torch.tensor(X), "labels": torch.tensor(y)}, str(d / "features.safetensors"))
+    (d / "manifest.json").write_text(json.dumps({"paths": [f"{i}.png" for i in range(20)], "classes": ["a", "b"],
+                                                 "model": "resnet18", "fingerprint": "abc"}))
+    r = probe(d, C=1.0, knn_k=())
+    assert r["manifests"]["train"] == {"paths": "<20 entries>", "classes": ["a", "b"], "model": "resnet18",
+                                       "fingerprint": "abc"}
+
+
+def test_compare_and_resolve_sets(tmp_path):
+    from sslprobe.probe import compare, resolve_sets
+
+    for name, sep in (("good", 4.0), ("bad", 0.1)):
+        X, y = blobs(30, 3, 5, sep=sep, seed=18)
+        for split, s in (("train", slice(0, 60)), ("test", slice(60, 90))):
+            (tmp_path / name / split).mkdir(parents=True)
+            save_file({"features": torch.tensor(X[s]), "labels": torch.tensor(y[s])},
+                      str(tmp_path / name / split / "features.safetensors"))
+    assert resolve_sets(tmp_path / "good") == {"train": tmp_path / "good" / "train", "val": None,
+                                               "test": tmp_path / "good" / "test"}
+    assert resolve_sets(tmp_path / "good" / "train")["train"] == tmp_path / "good" / "train"
+    with pytest.raises(SSLProbeError, match="does not exist"):
+        resolve_sets(tmp_path / "nope")
+    rows = compare({n: resolve_sets(tmp_path / n) for n in ("good", "bad")}, out=tmp_path / "cmp", Cs=SMALL_CS,
+                   knn_k=(5,))
+    assert [n for n, _ in rows] == ["good", "bad"] and rows[0][1]["test"]["top1"] > rows[1][1]["test"]["top1"]
+    saved = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert set(saved) == {"good", "bad"} and (tmp_path / "cmp" / "good" / "report.json").exists()
+    assert "per_class" not in saved["good"]["test"]
+
+
+def test_more_bad_arguments():
+    X, y = blobs(10, 2, 3)
+    fs = FeatureSet.from_arrays(X, y)
+    for kw, needle in (({"search": "random"}, "unknown search"), ({"dtype": "float16"}, "compute dtype"),
+                       ({"feature_dtype": "int8"}, "storage dtype"), ({"fractions": (0,)}, "fractions"),
+                       ({"shots": (0,)}, "shots"), ({"fractions": (0.5,), "seeds": 0}, "seeds"),
+                       ({"chunk_rows": 0}, "chunk rows")):
+        with pytest.raises(SSLProbeError, match=needle):
+            probe(fs, C=1.0, knn_k=(), **kw)
+
+
+def test_overflow_and_labels_missing(tmp_path):
+    with pytest.raises(SSLProbeError, match="overflow float32"):
+        probe(FeatureSet.from_arrays(np.full((4, 2), 1e300), [0, 1, 0, 1]))
+    # float16 storage holds standardised values: large raw features are fine
+    r = probe(FeatureSet.from_arrays(np.array([[1e6, 0], [2e6, 1], [1e6, 0], [2e6, 1]]), [0, 1, 0, 1]),
+              feature_dtype="float16", C=1.0, val_fraction=0.5, knn_k=())
+    assert r["val"]["top1"] == 1.0
+    f = write_set(tmp_path / "f.safetensors", torch.randn(4, 2), torch.tensor([0, 1, 0, 1]))
+    save_file({"features": torch.randn(4, 2)}, str(tmp_path / "nolabels.safetensors"))
+    with pytest.raises(SSLProbeError, match="labels"):
+        probe(f, test=tmp_path / "nolabels.safetensors")

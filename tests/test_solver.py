@@ -101,7 +101,7 @@ def test_standardizer_matches_numpy_and_keeps_constant_columns():
 
 
 def test_subset_design_and_scores():
-    X, y = blobs(20, 2, 3, seed=4)
+    X, _ = blobs(20, 2, 3, seed=4)
     X = torch.tensor(X)
     d = Design(X, scaler=Standardizer.fit(X), device="cpu", chunk_rows=7)
     rows = torch.tensor([0, 5, 9, 30])

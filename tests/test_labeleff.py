@@ -1,0 +1,56 @@
+"""Label-efficiency sampling and curves."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sslprobe.errors import SSLProbeError
+from sslprobe.labeleff import label_efficiency, parse_points, stratified_sample
+
+
+def test_fraction_sample_is_stratified_and_seeded():
+    y = torch.tensor([0] * 100 + [1] * 40 + [2] * 3)
+    rows = stratified_sample(y, fraction=0.1, seed=0)
+    assert torch.bincount(y[rows], minlength=3).tolist() == [10, 4, 1]  # at least one per class
+    assert torch.equal(rows, stratified_sample(y, fraction=0.1, seed=0))
+    assert not torch.equal(rows, stratified_sample(y, fraction=0.1, seed=1))
+    assert torch.equal(stratified_sample(y, fraction=1.0, seed=3), torch.arange(len(y)))
+
+
+def test_shots_sample_caps_at_class_size():
+    y = torch.tensor([0] * 10 + [1] * 2 + [2] * 7)
+    rows = stratified_sample(y, shots=5, seed=0)
+    assert torch.bincount(y[rows], minlength=3).tolist() == [5, 2, 5]
+    assert rows.unique().numel() == rows.numel()
+    with pytest.raises(ValueError):
+        stratified_sample(y, seed=0)
+
+
+def test_parse_points_validates():
+    assert parse_points([1.0, 0.1], [5, 1]) == [("fraction", 0.1), ("fraction", 1.0), ("shots", 1), ("shots", 5)]
+    for bad in ({"fractions": [0]}, {"fractions": [1.5]}, {"shots": [0]}, {"shots": [2.5]}):
+        with pytest.raises(SSLProbeError):
+            parse_points(**bad)
+
+
+def test_curve_mean_std_and_single_run_for_whole_split():
+    y = torch.tensor([0, 1] * 50)
+    calls = []
+
+    def linear(rows):
+        calls.append(rows.numel())
+        return rows.numel() / 100, 1.0
+
+    points = label_efficiency([("fraction", 0.1), ("fraction", 1.0), ("shots", 2)], labels=y, seeds=3, seed=0,
+                              linear=linear, knn=lambda rows: 0.5)
+    assert calls == [10, 10, 10, 100, 4, 4, 4]  # fraction 1.0 draws the same rows every seed: run once
+    p = points[0]
+    assert p["n_train"] == 10 and p["seeds"] == 3 and p["linear"]["mean"] == pytest.approx(0.1)
+    assert p["linear"]["std"] == 0.0 and p["knn"]["runs"] == [0.5] * 3 and p["C"] == [1.0] * 3
+    assert points[1]["seeds"] == 1 and points[2]["kind"] == "shots" and points[2]["n_train"] == 4
+
+
+def test_curve_refuses_degenerate_subsets():
+    y = torch.tensor([0] * 99 + [1])
+    with pytest.raises(SSLProbeError, match="fewer than 2 classes"):
+        label_efficiency([("shots", 1)], labels=y[:99], seeds=1, seed=0, linear=None, knn=lambda r: 0.0)
