@@ -27,7 +27,7 @@ app = typer.Typer(
 _STATE = {"debug": False}
 
 Device = Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")]
-Workers = Annotated[Optional[int], typer.Option(help="Decode worker processes (default: cores − 1, at most 8).")]
+Workers = Annotated[Optional[int], typer.Option(min=0, help="Decode worker processes (default: cores − 1, at most 8).")]
 Seed = Annotated[int, typer.Option(help="Seed for initialisation, sampling and augmentation.")]
 ImageCol = Annotated[Optional[str], typer.Option(help="Image column of a Hugging Face dataset (default: detected).")]
 LabelCol = Annotated[Optional[str], typer.Option(help="Label column of a Hugging Face dataset (default: detected).")]
@@ -61,16 +61,16 @@ def _positive(name: str, value: Optional[int]) -> None:
 @app.command(epilog="Example: sslprobe pretrain photos/ --model resnet18 --image-size 96 --epochs 100 --out runs/byol")
 def pretrain(
     data: Annotated[str, typer.Argument(help="Folder of images (labels ignored) or hf:NAME[:SPLIT].")],
-    out: Annotated[Path, typer.Option(help="Run directory: backbone.safetensors, config.json, metrics.jsonl.")],
+    out: Annotated[Path, typer.Option(file_okay=False, help="Run directory: backbone.safetensors, config.json, metrics.jsonl.")],
     model: Annotated[str, typer.Option(help="Any timm model name.")] = "resnet18",
     image_size: Annotated[Optional[int], typer.Option(help="Training resolution (default: the model's). ≤ 64 px switches ResNets to a small-image stem.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per step (LARS is used from 256 up).")] = 256,
     epochs: Annotated[int, typer.Option(help="Passes over the data.")] = 100,
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (overrides --epochs for the schedule).")] = None,
     optimizer: Annotated[str, typer.Option(help="auto, lars, sgd or adamw (auto: LARS for batch ≥ 256, else SGD).")] = "auto",
-    lr: Annotated[Optional[float], typer.Option(help="Base learning rate per 256 images (LARS 0.2, SGD 0.06, AdamW 2e-3).")] = None,
+    lr: Annotated[Optional[float], typer.Option(min=0, help="Base learning rate per 256 images (LARS 0.2, SGD 0.06, AdamW 2e-3).")] = None,
     tau_base: Annotated[float, typer.Option(help="Target EMA start value τ_base (0.99 suits short runs).")] = 0.996,
-    warmup_epochs: Annotated[float, typer.Option(help="Linear warm-up length in epochs.")] = 10.0,
+    warmup_epochs: Annotated[float, typer.Option(min=0, help="Linear warm-up length in epochs.")] = 10.0,
     proj_hidden: Annotated[int, typer.Option(help="Hidden width of projector and predictor MLPs (paper: 4096).")] = 4096,
     proj_dim: Annotated[int, typer.Option(help="Output width of projector and predictor (paper: 256).")] = 256,
     seed: Seed = 0,
@@ -96,7 +96,7 @@ def pretrain(
 @app.command(epilog="Example: sslprobe extract photos/train --weights runs/byol/backbone.safetensors --out feats/train")
 def extract(
     data: Annotated[str, typer.Argument(help="Folder of images or class subfolders, or hf:NAME[:SPLIT].")],
-    out: Annotated[Path, typer.Option(help="Output directory: features.safetensors + manifest.json.")],
+    out: Annotated[Path, typer.Option(file_okay=False, help="Output directory: features.safetensors + manifest.json.")],
     weights: Annotated[str, typer.Option(help="random, random-rescaled (data-dependent init), pretrained (timm hub), pixels, or a .safetensors file.")] = "random",
     model: Annotated[str | None, typer.Option(help="timm model name (not needed for sslprobe backbone files).")] = None,
     image_size: Annotated[int | None, typer.Option(help="Override the evaluation resolution.")] = None,
@@ -104,7 +104,7 @@ def extract(
     pool: Annotated[str, typer.Option(help="auto (the model's own), cls (ViT class token) or mean (of patch tokens / feature map).")] = "auto",
     dtype: Annotated[str, typer.Option(help="Storage dtype of features: float32 or float16.")] = "float32",
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 128,
-    cache_dir: Annotated[Path | None, typer.Option(help="Embedding cache (default: $SSLPROBE_CACHE_DIR or ~/.cache/sslprobe).")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(file_okay=False, help="Embedding cache (default: $SSLPROBE_CACHE_DIR or ~/.cache/sslprobe).")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Compute everything and leave the cache untouched.")] = False,
     decode: Annotated[str, typer.Option(help="JPEG decoding: cpu (PIL, draft mode) or gpu (nvJPEG on CUDA, CPU fallback).")] = "cpu",
     allow_pickle: Annotated[bool, typer.Option(help="Allow .pt/.pth weights (loaded with torch.load(weights_only=True)).")] = False,
@@ -146,7 +146,7 @@ def extract(
 
 cache_app = typer.Typer(help="Inspect and prune the embedding cache.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
-CacheDir = Annotated[Path | None, typer.Option(help="Cache directory (default: $SSLPROBE_CACHE_DIR or ~/.cache/sslprobe).")]
+CacheDir = Annotated[Path | None, typer.Option(file_okay=False, help="Cache directory (default: $SSLPROBE_CACHE_DIR or ~/.cache/sslprobe).")]
 
 
 @cache_app.command("info", epilog="Example: sslprobe cache info")
@@ -246,7 +246,7 @@ def probe(
     chunk_rows: ChunkRows = None,
     seed: Seed = 0,
     device: Device = "auto",
-    out: Annotated[Path | None, typer.Option(help="Report directory: report.json, per-class CSV, plots, probe.safetensors.")] = None,
+    out: Annotated[Path | None, typer.Option(file_okay=False, help="Report directory: report.json, per-class CSV, plots, probe.safetensors.")] = None,
     as_json: AsJson = False,
 ) -> None:
     """Linear probe (multinomial logistic regression) and kNN on cached embeddings."""
@@ -283,7 +283,7 @@ def compare(
     chunk_rows: ChunkRows = None,
     seed: Seed = 0,
     device: Device = "auto",
-    out: Annotated[Path | None, typer.Option(help="Report directory: OUT/NAME/ per set and comparison.json.")] = None,
+    out: Annotated[Path | None, typer.Option(file_okay=False, help="Report directory: OUT/NAME/ per set and comparison.json.")] = None,
     as_json: AsJson = False,
 ) -> None:
     """Probe several feature sets with one protocol and print one comparison table."""
@@ -318,7 +318,7 @@ def compare(
 def predict(
     features: Annotated[str, typer.Argument(help="Features to classify: a directory from `extract` or a .safetensors file.")],
     probe_file: Annotated[Path, typer.Option("--probe", help="probe.safetensors written by `sslprobe probe --out` (or its directory).")],
-    out: Annotated[Path, typer.Option(help="CSV to write: path, prediction, probability.")],
+    out: Annotated[Path, typer.Option(dir_okay=False, help="CSV to write: path, prediction, probability.")],
 ) -> None:
     """Classify feature rows with a saved linear probe."""
     for p in (features, probe_file):
@@ -332,7 +332,7 @@ def predict(
 
 @app.command(epilog="Example: sslprobe demo --out sslprobe-demo")
 def demo(
-    out: Annotated[Path, typer.Option(help="Working directory for the sample data, runs and features.")] = Path("sslprobe-demo"),
+    out: Annotated[Path, typer.Option(file_okay=False, help="Working directory for the sample data, runs and features.")] = Path("sslprobe-demo"),
     steps: Annotated[Optional[int], typer.Option(help="BYOL steps (default: the tuned short run, ~2–3 min on 2 CPU cores).")] = None,
     device: Device = "auto",
 ) -> None:
