@@ -1,16 +1,21 @@
 """Extraction: features equal a direct timm forward; manifest; pixels; bad files; errors."""
 import json
+import os
 
+import numpy as np
 import pytest
+import timm
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
+from sslprobe import extract_loop
 from sslprobe.backbone import create_backbone, eval_transform
 from sslprobe.data import open_images
 from sslprobe.errors import SSLProbeError
 from sslprobe.extract import extract
 
-FAST = dict(workers=0, show_progress=False, batch_size=5)
+FAST = {"workers": 0, "show_progress": False, "batch_size": 5}
 
 
 def test_features_equal_direct_forward(class_folder, tmp_path):
@@ -73,3 +78,251 @@ def test_all_bad_is_an_error(tmp_path):
 def test_random_needs_model(class_folder, tmp_path):
     with pytest.raises(SSLProbeError, match="--model"):
         extract(class_folder, out=tmp_path / "f", weights="random", **FAST)
+
+
+# ---------------------------------------------------------------------------- the cache through extract
+
+NET = {"model": "test_resnet", "weights": "random", "image_size": 32, "seed": 3}
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSLPROBE_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _feats(out):
+    return load_file(str(out / "features.safetensors"))["features"]
+
+
+def _by_path(m, feats):
+    return dict(zip(m["paths"], feats))
+
+
+def test_cache_hit_is_bit_identical(class_folder, tmp_path):
+    a = extract(class_folder, out=tmp_path / "a", **NET, **FAST)
+    b = extract(class_folder, out=tmp_path / "b", **NET, **FAST)
+    assert (a["cache"]["hits"], a["cache"]["misses"]) == (0, 24)
+    assert (b["cache"]["hits"], b["cache"]["misses"]) == (24, 0) and b["cache"]["store"] == a["cache"]["store"]
+    assert torch.equal(_feats(tmp_path / "a"), _feats(tmp_path / "b")) and a["paths"] == b["paths"]
+    c = extract(class_folder, out=tmp_path / "c", **NET, **FAST, use_cache=False)
+    assert c["cache"]["enabled"] is False and c["cache"]["hits"] == 0
+    assert torch.equal(_feats(tmp_path / "c"), _feats(tmp_path / "a"))
+
+
+@pytest.mark.parametrize("change", [{"seed": 4}, {"image_size": 24}, {"layer": "2"}, {"dtype": "float16"},
+                                    {"pool": "mean"}, {"weights": "random-rescaled"}])
+def test_changing_any_fingerprint_input_is_a_miss(class_folder, tmp_path, change):
+    a = extract(class_folder, out=tmp_path / "a", **NET, **FAST)
+    b = extract(class_folder, out=tmp_path / "b", **{**NET, **change}, **FAST)
+    assert b["cache"]["store"] != a["cache"]["store"] and b["cache"]["hits"] == 0 and b["cache"]["misses"] == 24
+
+
+def test_weights_file_content_is_in_the_fingerprint(class_folder, tmp_path):
+    from sslprobe.backbone import save_backbone
+
+    for seed in (1, 2):
+        net, spec = create_backbone("test_resnet", weights="random", image_size=16, seed=seed)
+        save_backbone(net, spec, tmp_path / "b.safetensors")  # same path, new bytes
+        m = extract(class_folder, out=tmp_path / f"f{seed}", weights=str(tmp_path / "b.safetensors"), **FAST)
+        assert m["cache"]["misses"] == 24
+
+
+def test_one_changed_image_recomputes_exactly_that_row(class_folder, tmp_path):
+    extract(class_folder, out=tmp_path / "a", **NET, **FAST)
+    Image.fromarray(np.full((20, 24, 3), 99, np.uint8)).save(class_folder / "light" / "004.png")
+    (class_folder / "dark" / "001.png").rename(class_folder / "dark" / "renamed.png")
+    (class_folder / "light" / "007.png").unlink()
+    m = extract(class_folder, out=tmp_path / "b", **NET, **FAST)
+    assert (m["cache"]["hits"], m["cache"]["misses"]) == (22, 1) and m["counts"]["found"] == 23
+    assert "light/007.png" not in m["paths"] and "dark/renamed.png" in m["paths"]
+    fresh = extract(class_folder, out=tmp_path / "c", **NET, **FAST, use_cache=False)
+    assert fresh["paths"] == m["paths"]
+    assert torch.allclose(_feats(tmp_path / "b"), _feats(tmp_path / "c"), atol=1e-6)
+
+
+def test_killed_and_resumed_equals_uninterrupted(class_folder, tmp_path, monkeypatch):
+    real, calls = extract_loop._embed_batch, []
+
+    def dies_after_three(model, x):
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # as Ctrl-C inside the loop
+        calls.append(1)
+        return real(model, x)
+
+    monkeypatch.setattr(extract_loop, "_embed_batch", dies_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        extract(class_folder, out=tmp_path / "a", **NET, **FAST, shard_rows=5)
+    assert not (tmp_path / "a").exists()
+    monkeypatch.setattr(extract_loop, "_embed_batch", real)
+    m = extract(class_folder, out=tmp_path / "a", **NET, **FAST, shard_rows=5)
+    assert (m["cache"]["hits"], m["cache"]["misses"]) == (15, 9)  # three finished batches of 5 kept
+    extract(class_folder, out=tmp_path / "u", **NET, **FAST, use_cache=False)
+    assert torch.allclose(_feats(tmp_path / "a"), _feats(tmp_path / "u"), atol=1e-6)
+
+
+def test_damaged_shard_is_recomputed(class_folder, tmp_path):
+    a = extract(class_folder, out=tmp_path / "a", **NET, **FAST, shard_rows=10)
+    shards = sorted((tmp_path / "cache" / a["cache"]["store"] / "shards").iterdir())
+    assert len(shards) == 3
+    data = bytearray(shards[1].read_bytes())
+    data[-3] ^= 0x40
+    shards[1].write_bytes(bytes(data))
+    shards[2].write_bytes(shards[2].read_bytes()[:100])  # truncated
+    b = extract(class_folder, out=tmp_path / "b", **NET, **FAST)
+    assert b["cache"]["invalid_shards"] == 2 and (b["cache"]["hits"], b["cache"]["misses"]) == (10, 14)
+    assert torch.allclose(_feats(tmp_path / "a"), _feats(tmp_path / "b"), atol=1e-6)
+
+
+def test_float16_storage(class_folder, tmp_path):
+    m = extract(class_folder, out=tmp_path / "h", **NET, **FAST, dtype="float16")
+    f = _feats(tmp_path / "h")
+    extract(class_folder, out=tmp_path / "f", **NET, **FAST)
+    assert f.dtype == torch.float16 and m["dtype"] == "float16"
+    assert torch.allclose(f.float(), _feats(tmp_path / "f"), rtol=1e-2, atol=1e-3)
+
+
+def _dist_worker(rank, world, port, data, out, cache):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), SSLPROBE_CACHE_DIR=cache, OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    extract(data, out=out, **NET, **FAST, device="cpu")
+
+
+def test_two_processes_equal_one(class_folder, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    (class_folder / "light" / "bad.png").write_bytes(b"nope")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_dist_worker, args=(2, port, str(class_folder), str(tmp_path / "two"), str(tmp_path / "c2")),
+                       nprocs=2, start_method="spawn")
+    one = extract(class_folder, out=tmp_path / "one", **NET, **FAST, device="cpu", use_cache=False)
+    two = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert two["world_size"] == 2 and two["paths"] == one["paths"] and two["skipped"] == one["skipped"]
+    assert two["cache"]["misses"] == 24 and two["counts"] == one["counts"]
+    shards = os.listdir(tmp_path / "c2" / two["cache"]["store"] / "shards")
+    assert {n.split("-")[2] for n in shards} == {"r0", "r1"}  # each rank wrote its own shards
+    assert torch.allclose(_feats(tmp_path / "two"), _feats(tmp_path / "one"), atol=1e-6)
+    assert load_file(str(tmp_path / "two" / "features.safetensors"))["labels"].tolist() == [0] * 12 + [1] * 12
+
+
+# ---------------------------------------------------------------------------- layers, pooling, baselines
+
+
+def test_stage_features_equal_timm_features_only(class_folder, tmp_path):
+    from sslprobe.backbone import adapt_small_stem
+
+    m = extract(class_folder, out=tmp_path / "f", **NET, **FAST, layer="2")
+    net, spec = create_backbone("test_resnet", weights="random", image_size=32, seed=3)
+    fo = timm.create_model("test_resnet", features_only=True, out_indices=(2,))
+    adapt_small_stem(fo)
+    fo.load_state_dict({k: v for k, v in net.state_dict().items() if k in fo.state_dict()})
+    images, tf = open_images(class_folder), eval_transform(spec)
+    with torch.no_grad():
+        direct = fo.eval()(torch.stack([tf(images.read(i)) for i in range(len(images))]))[0].mean((2, 3))
+    assert m["layer"] == "stage2" and m["dim"] == direct.shape[1]
+    assert torch.allclose(_feats(tmp_path / "f"), direct, atol=1e-5)
+
+
+def test_vit_cls_and_mean_pooling(class_folder, tmp_path):
+    net, spec = create_backbone("test_vit", weights="random", image_size=32, seed=0)
+    images, tf = open_images(class_folder), eval_transform(spec)
+    with torch.no_grad():
+        tokens = net.eval().forward_features(torch.stack([tf(images.read(i)) for i in range(len(images))]))
+    kw = dict(model="test_vit", weights="random", image_size=32, seed=0, **FAST)
+    for pool, want in (("auto", tokens[:, 0]), ("cls", tokens[:, 0]), ("mean", tokens[:, net.num_prefix_tokens:].mean(1))):
+        extract(class_folder, out=tmp_path / pool, pool=pool, **kw)
+        assert torch.allclose(_feats(tmp_path / pool), want, atol=1e-5), pool
+    assert not torch.allclose(_feats(tmp_path / "cls"), _feats(tmp_path / "mean"))
+    m = extract(class_folder, out=tmp_path / "blk", layer="-2", pool="mean", **kw)
+    assert m["layer"] == f"stage{len(net.blocks) - 2}" and m["dim"] == net.num_features
+
+
+@pytest.mark.parametrize("kw, match", [({"layer": "9"}, "out of range"), ({"layer": "head"}, "stage number"),
+                                       ({"pool": "cls"}, "class token"), ({"pool": "max"}, "--pool"),
+                                       ({"dtype": "int8"}, "--dtype")])
+def test_layer_pool_dtype_errors(class_folder, tmp_path, kw, match):
+    with pytest.raises(SSLProbeError, match=match):
+        extract(class_folder, out=tmp_path / "f", **{**NET, **kw}, **FAST)
+
+
+def test_rescaled_init_gives_unit_variance():
+    from sslprobe.embed import rescale_init_
+
+    for name in ("test_resnet", "test_vit"):
+        net, _ = create_backbone(name, weights="random", image_size=32, seed=0)
+        x = torch.randn(48, 3, 32, 32) * 0.7 + 0.2
+        layers = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+        assert rescale_init_(net, x) == len(layers)
+        seen = {}
+
+        def hook(mod, _i, out, seen=seen):
+            ch = out.ndim - 1 if isinstance(mod, torch.nn.Linear) else 1
+            dims = [d for d in range(out.ndim) if d != ch]
+            seen[id(mod)] = (out.mean(dims), out.std(dims))
+
+        hs = [m.register_forward_hook(hook) for m in layers]
+        with torch.no_grad():
+            net.eval()(x)
+        [h.remove() for h in hs]
+        means = torch.cat([m for m, _ in seen.values()])
+        stds = torch.cat([s for _, s in seen.values()])
+        live = stds > 1e-3
+        assert means.abs().max() < 1e-3, name
+        assert (stds[live] - 1).abs().max() < 1e-3 and live.float().mean() > 0.9, name
+
+
+def test_random_rescaled_extract_is_seeded(class_folder, tmp_path):
+    a = extract(class_folder, out=tmp_path / "a", **{**NET, "weights": "random-rescaled"}, **FAST)
+    b = extract(class_folder, out=tmp_path / "b", **{**NET, "weights": "random-rescaled"}, **FAST)
+    c = extract(class_folder, out=tmp_path / "c", **{**NET, "weights": "random-rescaled", "seed": 9}, **FAST)
+    assert a["weights"] == "random-rescaled" and a["calibration_images"] == 24
+    assert b["cache"]["hits"] == 24 and a["weights_sha256"] == b["weights_sha256"] != c["weights_sha256"]
+    f = _feats(tmp_path / "a")
+    assert torch.isfinite(f).all() and f.std() > 0
+
+
+# ---------------------------------------------------------------------------- decoding
+
+
+def _jpeg(w=400, h=300, seed=0):
+    import io
+
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).resize((w, h)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_jpeg_draft_decodes_smaller_but_not_below_target():
+    from sslprobe.decode import decode_bytes
+
+    data = _jpeg()
+    assert decode_bytes(data).size == (400, 300)
+    assert decode_bytes(data, draft=(60, 60)).size == (100, 75)  # 1/4 scale: the smallest ≥ 60 px
+    assert decode_bytes(data, draft=(500, 500)).size == (400, 300)
+
+
+def test_gpu_decode_path_and_cpu_fallback():
+    """decode_jpeg runs on the CPU too, so the nvJPEG path's resize/crop and its fallback are testable here."""
+    from sslprobe.decode import decode_bytes, gpu_decode, uint8_transform
+
+    jpegs = [torch.frombuffer(bytearray(_jpeg(seed=s)), dtype=torch.uint8) for s in range(2)]
+    bad = torch.frombuffer(bytearray(b"\xff\xd8\xff not really a jpeg"), dtype=torch.uint8)
+    imgs, failed = gpu_decode([jpegs[0], bad, jpegs[1]], device=torch.device("cpu"), size=32, resize=36,
+                              interpolation="bicubic")
+    assert failed == [1] and imgs.shape == (2, 3, 32, 32) and imgs.dtype == torch.uint8
+    _, spec = create_backbone("test_resnet", weights="random", image_size=32)
+    from dataclasses import replace
+
+    tf = uint8_transform(eval_transform(replace(spec, crop_pct=32 / 36, interpolation="bicubic")))
+    pil = tf(decode_bytes(jpegs[0].numpy().tobytes()))
+    assert (imgs[0].float() - pil.float()).abs().mean() < 4  # same image, two decoders and resizers
+
+
+def test_gpu_decode_request_on_cpu_falls_back(class_folder, tmp_path):
+    m = extract(class_folder, out=tmp_path / "g", **NET, **FAST, decode="gpu")
+    assert m["preprocessing"]["decode"] == "pil-draft" and m["counts"]["embedded"] == 24
