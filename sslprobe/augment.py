@@ -9,7 +9,7 @@ values where the op is not applied, blur is one grouped convolution with per-ima
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -36,17 +36,64 @@ class ViewConfig:
     interpolation: str = "bicubic"
 
 
-def byol_views(image_size: int, *, blur: bool | None = None) -> tuple[ViewConfig, ViewConfig]:
-    """The paper's asymmetric pair: blur 1.0/0.1, solarise 0.0/0.2.
+def byol_views(
+    image_size: int,
+    *,
+    blur: bool | None = None,
+    crop_scale: tuple[float, float] = (0.08, 1.0),
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    flip_p: float = 0.5,
+    jitter_p: float = 0.8,
+    brightness: float = 0.4,
+    contrast: float = 0.4,
+    saturation: float = 0.2,
+    hue: float = 0.1,
+    gray_p: float = 0.2,
+    blur_p: tuple[float, float] = (1.0, 0.1),
+    blur_sigma: tuple[float, float] = (0.1, 2.0),
+    solarize_p: tuple[float, float] = (0.0, 0.2),
+) -> tuple[ViewConfig, ViewConfig]:
+    """The paper's asymmetric pair (Grill et al. 2020, Table 6); every value can be changed.
 
-    Blur is off by default at ≤ 64 px: a 10 % kernel is under 7 px there and the small-image
-    BYOL/SimCLR recipes (CIFAR, Fashion-MNIST) leave it out.
+    Defaults: blur p 1.0/0.1, solarise p 0.0/0.2 for views 1/2, the rest shared. ``blur=None``
+    turns blur off at ≤ 64 px: a 10 % kernel is under 7 px there and the small-image BYOL/SimCLR
+    recipes (CIFAR, Fashion-MNIST) leave it out. Raises ``SSLProbeError`` for values out of range.
     """
+    from sslprobe.errors import SSLProbeError
+
+    for name, p in (("flip-p", flip_p), ("jitter-p", jitter_p), ("gray-p", gray_p),
+                    *((f"blur-p (view {i + 1})", v) for i, v in enumerate(blur_p)),
+                    *((f"solarize-p (view {i + 1})", v) for i, v in enumerate(solarize_p))):
+        if not 0 <= p <= 1:
+            raise SSLProbeError(f"--{name} is a probability in [0, 1] (got {p})")
+    for name, v in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
+        if v < 0:
+            raise SSLProbeError(f"--{name} must be ≥ 0 (got {v})")
+    if not 0 <= hue <= 0.5:
+        raise SSLProbeError(f"--hue must be in [0, 0.5] (got {hue})")
+    if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
+        raise SSLProbeError(f"--crop-scale needs 0 < MIN ≤ MAX ≤ 1 (got {crop_scale[0]} {crop_scale[1]})")
+    if not 0 < crop_ratio[0] <= crop_ratio[1]:
+        raise SSLProbeError(f"crop aspect ratio needs 0 < MIN ≤ MAX (got {crop_ratio})")
+    if not 0 < blur_sigma[0] <= blur_sigma[1]:
+        raise SSLProbeError(f"--blur-sigma needs 0 < MIN ≤ MAX (got {blur_sigma[0]} {blur_sigma[1]})")
+    if len(blur_p) != 2 or len(solarize_p) != 2:
+        raise SSLProbeError("--blur-p and --solarize-p take one value per view (two numbers)")
     if blur is None:
         blur = image_size > 64
-    v1 = ViewConfig(blur_p=1.0 if blur else 0.0)
-    v2 = replace(v1, blur_p=0.1 if blur else 0.0, solarize_p=0.2)
+    shared = {"crop_scale": tuple(crop_scale), "crop_ratio": tuple(crop_ratio), "flip_p": flip_p, "jitter_p": jitter_p,
+              "brightness": brightness, "contrast": contrast, "saturation": saturation, "hue": hue, "gray_p": gray_p,
+              "blur_sigma": tuple(blur_sigma)}
+    v1 = ViewConfig(**shared, blur_p=blur_p[0] if blur else 0.0, solarize_p=solarize_p[0])
+    v2 = ViewConfig(**shared, blur_p=blur_p[1] if blur else 0.0, solarize_p=solarize_p[1])
     return v1, v2
+
+
+def blur_note(image_size: int, blur: bool | None) -> str:
+    """What config.json says about blur: on, off by request, or off automatically at ≤ 64 px."""
+    if blur is None:
+        return "on" if image_size > 64 else f"off (automatic: image size {image_size} ≤ 64 px)"
+    return "on" if blur else "off (--no-blur)"
 
 
 def _uniform(lo: float, hi: float, n: int, g: torch.Generator, device) -> torch.Tensor:

@@ -38,6 +38,15 @@ def lr_at(step: int, total: int, *, peak: float, warmup: int) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * min(max(k, 0.0), 1.0)))
 
 
+def projection_std(z: torch.Tensor) -> torch.Tensor:
+    """Collapse indicator: std over the batch of L2-normalised projections, averaged over dims.
+
+    ≈ 1/√D for well-spread outputs (D = projection width), → 0 when every image maps to one
+    point (the collapse BYOL's predictor and EMA target are there to avoid). (B, D) → 0-d.
+    """
+    return F.normalize(z.float(), dim=-1).std(0).mean()
+
+
 class BYOL(nn.Module):
     """Online (backbone → projector → predictor) and target (EMA of backbone → projector)."""
 
@@ -49,14 +58,22 @@ class BYOL(nn.Module):
         self.target_backbone = copy.deepcopy(backbone).requires_grad_(False)
         self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
 
-    def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
-        """Symmetrised loss L + L̃ averaged over the batch; the target side has no gradient."""
+    def forward(self, v1: torch.Tensor, v2: torch.Tensor, *, return_std: bool = False):
+        """Symmetrised loss L + L̃ averaged over the batch; the target side has no gradient.
+
+        With ``return_std`` also the collapse indicator (see :func:`projection_std`) of the online
+        projections, as a 0-d tensor on the device (no host sync).
+        """
         n = v1.shape[0]
         both = torch.cat([v1, v2])  # one pass per network: (2B, C, H, W)
-        p1, p2 = self.predictor(self.projector(self.backbone(both))).split(n)
+        z = self.projector(self.backbone(both))  # (2B, D)
+        p1, p2 = self.predictor(z).split(n)
         with torch.no_grad():
             z1, z2 = self.target_projector(self.target_backbone(both)).split(n)
-        return (regression_loss(p1, z2) + regression_loss(p2, z1)).mean()
+        loss = (regression_loss(p1, z2) + regression_loss(p2, z1)).mean()
+        if return_std:
+            return loss, projection_std(z.detach())
+        return loss
 
     @torch.no_grad()
     def update_target(self, tau: float) -> None:

@@ -1,77 +1,74 @@
-"""The BYOL training loop: data to the device, views there, optimiser, logging, outputs.
+"""The BYOL training loop: data to the device, views there, optimiser, checkpoints, logging, outputs.
 
 Writes into ``out``: ``backbone.safetensors`` (online backbone, timm state dict + rebuild
-metadata), ``config.json`` and ``metrics.jsonl`` (one line per logged step).
+metadata), ``config.json``, ``metrics.jsonl``, ``summary.json``, ``loss_curve.png`` (with
+matplotlib) and ``checkpoints/`` (see ``checkpoint.py``). The pieces a benchmark needs without the
+loop are :class:`PretrainConfig`, :func:`build_byol` and :class:`TrainStep`.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
+import signal
+import threading
 import time
-from dataclasses import asdict, dataclass
+import warnings
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision.transforms.functional as TF
 
-from sslprobe.augment import ViewConfig, byol_views, make_view
-from sslprobe.backbone import create_backbone, save_backbone
+from sslprobe import checkpoint as ckpts
+from sslprobe import distributed as ddp
+from sslprobe.augment import ViewConfig, blur_note, byol_views, make_view
+from sslprobe.backbone import BackboneSpec, create_backbone, save_backbone
+from sslprobe.batches import BatchSource
 from sslprobe.byol import BYOL, LARS, lr_at, param_groups, tau_at
-from sslprobe.data import ImageDataset, collate, open_images, skipped_report
+from sslprobe.data import ImageSet, open_images, skipped_report
 from sslprobe.errors import SSLProbeError
 from sslprobe.fileio import write_json
+from sslprobe.monitor import KnnEval, MetricsLog, check_collapse, describe, loss_curve
 from sslprobe.runtime import default_workers, pick_device, progress_bar
 
-RAM_CACHE_BYTES = 4 << 30  # decode once and keep in memory below this (Fashion-MNIST: 2.4 MB at 28 px)
+# Ignored when comparing a resumed run's configuration: the same run may continue on other hardware.
+RESUME_IGNORES = ("device", "precision", "sync_batchnorm")
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Everything that defines a run; saved as config.json."""
+    """Everything that defines a run (saved as config.json; a resume must match it).
 
-    data: str
-    model: str
-    image_size: int
-    small_stem: bool
-    batch_size: int
-    epochs: int
-    max_steps: int | None
-    total_steps: int
-    optimizer: str
-    lr: float
-    base_lr: float
-    weight_decay: float
-    warmup_steps: int
-    tau_base: float
-    proj_hidden: int
-    proj_dim: int
-    seed: int
-    views: tuple[ViewConfig, ViewConfig]
-    device: str
+    ``batch_size`` is per process, ``global_batch`` = batch_size × world_size, and ``lr`` is the
+    peak rate base_lr × global_batch / 256. Defaults are the paper's (Grill et al. 2020, App. C).
+    """
 
-
-class _StoreTransform:
-    """Decode-side transform: resize the short side, centre-crop square, uint8 CHW."""
-
-    def __init__(self, size: int):
-        self.size = size
-
-    def __call__(self, img) -> torch.Tensor:
-        img = TF.resize(img, self.size, interpolation=TF.InterpolationMode.BICUBIC)
-        return TF.pil_to_tensor(TF.center_crop(img, [self.size, self.size]))
-
-
-def _optimizer(name: str, model: torch.nn.Module, *, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    groups = param_groups(model, weight_decay=weight_decay)
-    if name == "lars":
-        return LARS(groups, lr=lr, momentum=0.9, trust=1e-3)
-    if name == "sgd":
-        return torch.optim.SGD([{k: v for k, v in g.items() if k != "lars"} for g in groups], lr=lr, momentum=0.9)
-    if name == "adamw":
-        return torch.optim.AdamW([{k: v for k, v in g.items() if k != "lars"} for g in groups], lr=lr)
-    raise ValueError(name)  # validated in pretrain()
+    data: str = ""
+    model: str = "resnet18"
+    image_size: int = 224
+    small_stem: bool = False
+    batch_size: int = 256
+    world_size: int = 1
+    global_batch: int = 256
+    epochs: int = 100
+    max_steps: int | None = None
+    steps_per_epoch: int = 1
+    total_steps: int = 1
+    optimizer: str = "lars"
+    lr: float = 0.2
+    base_lr: float = 0.2
+    weight_decay: float = 1.5e-6
+    warmup_steps: int = 0
+    tau_base: float = 0.996
+    proj_hidden: int = 4096
+    proj_dim: int = 256
+    seed: int = 0
+    views: tuple[ViewConfig, ViewConfig] = field(default_factory=lambda: byol_views(224))
+    blur: str = "on"
+    sync_batchnorm: str = "n/a (one process)"
+    precision: str = "float32"
+    device: str = "cpu"
 
 
 def pick_optimizer(name: str, *, batch: int) -> str:
@@ -86,194 +83,372 @@ def _default_lr(optimizer: str) -> float:
     return {"lars": 0.2, "sgd": 0.06, "adamw": 2e-3}[optimizer]
 
 
-def pretrain(
-    data: str | os.PathLike,
-    *,
-    out: str | os.PathLike,
-    model: str = "resnet18",
-    image_size: int | None = None,
-    batch_size: int = 256,
-    epochs: int = 100,
-    max_steps: int | None = None,
-    optimizer: str = "auto",
-    lr: float | None = None,
-    weight_decay: float = 1.5e-6,
-    warmup_epochs: float = 10.0,
-    tau_base: float = 0.996,
-    proj_hidden: int = 4096,
-    proj_dim: int = 256,
-    blur: bool | None = None,
-    seed: int = 0,
-    device: str = "auto",
-    workers: int | None = None,
-    log_every: int = 10,
-    image_column: str | None = None,
-    label_column: str | None = None,
-    show_progress: bool = True,
-) -> dict[str, Any]:
+def _optimizer(name: str, model: torch.nn.Module, *, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    groups = param_groups(model, weight_decay=weight_decay)
+    if name == "lars":
+        return LARS(groups, lr=lr, momentum=0.9, trust=1e-3)
+    plain = [{k: v for k, v in g.items() if k != "lars"} for g in groups]
+    if name == "sgd":
+        return torch.optim.SGD(plain, lr=lr, momentum=0.9)
+    if name == "adamw":
+        return torch.optim.AdamW(plain, lr=lr)
+    raise SSLProbeError(f"unknown optimizer '{name}'; use auto, lars, sgd or adamw")
+
+
+def build_byol(cfg: PretrainConfig, *, device: torch.device,
+               dist: ddp.Dist | None = None) -> tuple[torch.nn.Module, torch.optim.Optimizer, BackboneSpec]:
+    """The seeded BYOL module on ``device`` (DDP-wrapped when ``dist.world > 1``), its optimiser and the backbone spec."""
+    backbone, spec = create_backbone(cfg.model, weights="random", image_size=cfg.image_size,
+                                     small_stem=cfg.small_stem, seed=cfg.seed)
+    with torch.random.fork_rng(devices=[]):  # seed the heads' init without touching the caller's RNG
+        torch.manual_seed(cfg.seed)
+        net = BYOL(backbone, feature_dim=backbone.num_features, hidden=cfg.proj_hidden, out=cfg.proj_dim).to(device)
+    if device.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
+    net = ddp.wrap(net, dist or ddp.Dist(), device)
+    return net, _optimizer(cfg.optimizer, net, lr=cfg.lr, weight_decay=cfg.weight_decay), spec
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """Augmentation seed of one step on one rank (splitmix64 of the three): resumable, rank-distinct."""
+    x = (seed * 0x9E3779B97F4A7C15 + rank * 0xBF58476D1CE4E5B9 + step) & 0xFFFFFFFFFFFFFFFF
+    for mul, shift in ((0xBF58476D1CE4E5B9, 30), (0x94D049BB133111EB, 27)):
+        x = ((x ^ (x >> shift)) * mul) & 0xFFFFFFFFFFFFFFFF
+    return (x ^ (x >> 31)) & 0x7FFFFFFFFFFFFFFF
+
+
+class TrainStep:
+    """One BYOL step on a uint8 (B, 3, S, S) batch already on the device; returns device tensors, no host sync.
+
+    ``model_step(v1, v2, step)`` is the same step on ready-made views (the "model-only" rate).
+    ``mutating`` is True from the optimiser update to the EMA update: an interrupt there leaves a
+    half-updated state that must not be saved.
+    """
+
+    def __init__(self, net: torch.nn.Module, opt: torch.optim.Optimizer, *, cfg: PretrainConfig, spec: BackboneSpec,
+                 device: torch.device, rank: int = 0, compile: bool = False):
+        self.net, self.opt, self.cfg, self.spec, self.device, self.rank = net, opt, cfg, spec, device, rank
+        self.byol: BYOL = net.module if hasattr(net, "module") else net
+        self.gen = torch.Generator(device=device)
+        self.forward, self.compile_note = net, "off"
+        if compile:
+            try:
+                self.forward, self.compile_note = torch.compile(net), "on"
+            except Exception as e:  # noqa: BLE001  (no compiler on this machine, unsupported Python …)
+                self.compile_note = f"off ({type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''})"
+        self.cuda = device.type == "cuda"
+        self.mutating = False
+        self._first = True
+
+    def views(self, x: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two augmented views of step ``step`` (seeded by seed, rank and step, so resumable)."""
+        self.gen.manual_seed(step_seed(self.cfg.seed, self.rank, step))
+        kw = {"size": self.spec.image_size, "mean": self.spec.mean, "std": self.spec.std, "generator": self.gen}
+        v1, v2 = make_view(x, self.cfg.views[0], **kw), make_view(x, self.cfg.views[1], **kw)
+        if self.cuda:
+            v1, v2 = v1.contiguous(memory_format=torch.channels_last), v2.contiguous(memory_format=torch.channels_last)
+        return v1, v2
+
+    def _loss(self, v1: torch.Tensor, v2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
+            if not self._first or self.forward is self.net:
+                return self.forward(v1, v2, return_std=True)
+            self._first = False
+            try:
+                return self.forward(v1, v2, return_std=True)
+            except Exception as e:  # noqa: BLE001  (compilation happens at the first call; fall back to eager once)
+                self.forward, self.compile_note = self.net, f"off (compile failed: {type(e).__name__})"
+                warnings.warn(f"--compile failed ({type(e).__name__}); continuing without it", stacklevel=2)
+                return self.forward(v1, v2, return_std=True)
+
+    def model_step(self, v1: torch.Tensor, v2: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward, backward, optimiser and EMA update at schedule position ``step``; (loss, proj_std)."""
+        lr = lr_at(step, self.cfg.total_steps, peak=self.cfg.lr, warmup=self.cfg.warmup_steps)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        loss, proj_std = self._loss(v1, v2)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.mutating = True
+        self.opt.step()
+        self.byol.update_target(tau_at(step, self.cfg.total_steps, self.cfg.tau_base))
+        self.mutating = False
+        return loss.detach(), proj_std
+
+    def __call__(self, x: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model_step(*self.views(x, step), step)
+
+
+class PretrainInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) during pretraining; ``str()`` says what was saved and how to resume."""
+
+
+class _Signals:
+    """SIGINT/SIGTERM set a flag the loop checks between steps; a second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.hit: str | None = None
+        self.old: dict[int, Any] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.hit is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.hit = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, h in self.old.items():
+            signal.signal(sig, h)
+        return False
+
+
+def pretrain(data: str | os.PathLike, *, out: str | os.PathLike, model: str = "resnet18", image_size: int | None = None,
+             batch_size: int = 256, epochs: int = 100, max_steps: int | None = None, optimizer: str = "auto",
+             lr: float | None = None, weight_decay: float = 1.5e-6, warmup_epochs: float = 10.0, tau_base: float = 0.996,
+             proj_hidden: int = 4096, proj_dim: int = 256, blur: bool | None = None,
+             augment: Mapping[str, Any] | None = None, seed: int = 0, device: str = "auto", workers: int | None = None,
+             resume: str = "no", save_every: str = "10m", max_minutes: float | None = None, stop_at: int | None = None,
+             compile: bool = False, eval_train: str | os.PathLike | None = None,
+             eval_test: str | os.PathLike | None = None, eval_every: int = 1, log_every: int = 10,
+             image_column: str | None = None, label_column: str | None = None, show_progress: bool = True) -> dict[str, Any]:
     """BYOL-pretrain a timm backbone on the images at ``data`` (labels, if any, are ignored).
 
-    ``optimizer="auto"`` is LARS for batch ≥ 256 (the paper's) and SGD below; ``lr`` is the base
-    rate per 256 images, scaled linearly with the batch. Returns a summary dict.
+    ``optimizer="auto"`` is LARS for a global batch ≥ 256 (the paper's) and SGD below; ``lr`` is
+    the base rate per 256 images, scaled with the global batch. ``augment`` overrides
+    :func:`sslprobe.augment.byol_views` arguments. ``resume``: "no" (refuses to discard an
+    unfinished run in ``out``), "auto" (continue if a checkpoint exists) or "yes" (must continue).
+    ``save_every``: see :func:`sslprobe.checkpoint.parse_save_every`. ``max_minutes``/``stop_at``
+    stop early with a checkpoint, keeping the full run's schedule. Ctrl-C saves and raises
+    :class:`PretrainInterrupted`. Returns a summary dict (also summary.json).
     """
-    for name, val in (("batch_size", batch_size), ("epochs", epochs), ("proj_hidden", proj_hidden), ("proj_dim", proj_dim)):
+    for name, val in (("batch_size", batch_size), ("epochs", epochs), ("proj_hidden", proj_hidden),
+                      ("proj_dim", proj_dim), ("log_every", log_every), ("eval_every", eval_every)):
         if val < 1:
             raise SSLProbeError(f"--{name.replace('_', '-')} must be ≥ 1 (got {val})")
-    if max_steps is not None and max_steps < 1:
-        raise SSLProbeError(f"--max-steps must be ≥ 1 (got {max_steps})")
+    for name, val in (("max_steps", max_steps), ("stop_at", stop_at)):
+        if val is not None and val < 1:
+            raise SSLProbeError(f"--{name.replace('_', '-')} must be ≥ 1 (got {val})")
+    if max_minutes is not None and max_minutes <= 0:
+        raise SSLProbeError(f"--max-minutes must be positive (got {max_minutes})")
     if image_size is not None and image_size < 8:
         raise SSLProbeError(f"--image-size must be ≥ 8 (got {image_size})")
     if optimizer not in ("auto", "lars", "sgd", "adamw"):
         raise SSLProbeError(f"unknown optimizer '{optimizer}'; use auto, lars, sgd or adamw")
     if not 0 <= tau_base < 1:
         raise SSLProbeError(f"--tau-base must be in [0, 1) (got {tau_base})")
+    if resume not in ("no", "auto", "yes"):
+        raise SSLProbeError(f"--resume '{resume}' not understood; use --resume (must continue) or --resume auto")
+    if (eval_train is None) != (eval_test is None):
+        raise SSLProbeError("online kNN evaluation needs both --eval-train and --eval-test")
+    when = ckpts.parse_save_every(save_every)
     images = open_images(data, image_column=image_column, label_column=label_column)
-    dev = pick_device(device)
     if len(images) < 2:
         raise SSLProbeError(f"'{data}' has {len(images)} image; BYOL needs at least 2 (ideally thousands)")
-    batch = min(batch_size, len(images))
-
-    backbone, spec = create_backbone(model, weights="random", image_size=image_size, seed=seed)
-    views = byol_views(spec.image_size, blur=blur)
-    opt_name = pick_optimizer(optimizer, batch=batch)
-    base_lr = lr if lr is not None else _default_lr(opt_name)
-    steps_per_epoch = max(len(images) // batch, 1)
-    total = steps_per_epoch * epochs if max_steps is None else max_steps
-    cfg = PretrainConfig(
-        data=str(data), model=spec.model, image_size=spec.image_size, small_stem=spec.small_stem,
-        batch_size=batch, epochs=epochs, max_steps=max_steps, total_steps=total, optimizer=opt_name,
-        lr=base_lr * batch / 256, base_lr=base_lr, weight_decay=weight_decay,
-        warmup_steps=min(int(round(warmup_epochs * steps_per_epoch)), total // 2), tau_base=tau_base,
-        proj_hidden=proj_hidden, proj_dim=proj_dim, seed=seed, views=views, device=str(dev),
-    )
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", asdict(cfg))
-
-    with torch.random.fork_rng(devices=[]):  # seed the heads' init without touching the caller's RNG
-        torch.manual_seed(seed)
-        net = BYOL(backbone, feature_dim=backbone.num_features, hidden=proj_hidden, out=proj_dim).to(dev)
-    if dev.type == "cuda":
-        net = net.to(memory_format=torch.channels_last)
-    opt = _optimizer(opt_name, net, lr=cfg.lr, weight_decay=weight_decay)
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    source = _BatchSource(images, store=spec.image_size, batch=batch, device=dev, seed=seed,
-                          workers=default_workers() if workers is None else workers, show_progress=show_progress)
-
-    metrics = open(out / "metrics.jsonl", "w")
-    step, seen, t_log, loss_sum = 0, 0, time.perf_counter(), torch.zeros((), device=dev)
-    last = float("nan")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else _null()
-    net.train()
+    dev = pick_device(device)
+    dist, dev = ddp.setup(dev)
     try:
-        with progress_bar(show_progress) as bar:
-            task = bar.add_task("pretrain", total=total)
-            for epoch in range(math.ceil(total / steps_per_epoch)):
-                for x in source.epoch(epoch):
-                    if step >= total:
-                        break
-                    for gr in opt.param_groups:
-                        gr["lr"] = lr_at(step, total, peak=cfg.lr, warmup=cfg.warmup_steps)
-                    v1 = make_view(x, views[0], size=spec.image_size, mean=spec.mean, std=spec.std, generator=gen)
-                    v2 = make_view(x, views[1], size=spec.image_size, mean=spec.mean, std=spec.std, generator=gen)
-                    if dev.type == "cuda":
-                        v1, v2 = v1.contiguous(memory_format=torch.channels_last), v2.contiguous(memory_format=torch.channels_last)
-                    with autocast:
-                        loss = net(v1, v2)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    tau = tau_at(step, total, tau_base)
-                    net.update_target(tau)
-                    loss_sum += loss.detach()
-                    step += 1
-                    seen += x.shape[0]
-                    if step % log_every == 0 or step == total:
-                        n_logged = (step - 1) % log_every + 1
-                        last = float(loss_sum) / n_logged  # the only host sync: once per log
-                        loss_sum.zero_()
-                        now = time.perf_counter()
-                        rate = seen / max(now - t_log, 1e-9)
-                        seen, t_log = 0, now
-                        if not math.isfinite(last):
-                            raise SSLProbeError(
-                                f"loss became {last} at step {step}; lower --lr or use --optimizer sgd "
-                                f"(nothing was saved from this step on; {out}/backbone.safetensors is from the last good save)"
-                            )
-                        rec = dict(step=step, epoch=epoch, loss=round(last, 6), lr=opt.param_groups[0]["lr"], tau=tau, img_per_s=round(rate, 1))
-                        metrics.write(json.dumps(rec) + "\n")
-                        metrics.flush()
-                        bar.update(task, completed=step, description=f"pretrain loss {last:.3f} {rate:,.0f} img/s")
-                    else:
-                        bar.update(task, completed=step)
-                if step >= total:
-                    break
+        _, spec = create_backbone(model, weights="random", image_size=image_size, seed=seed)
+        try:
+            views = byol_views(spec.image_size, blur=blur, **(augment or {}))
+        except TypeError as e:
+            raise SSLProbeError(f"unknown augmentation option: {e}") from None
+        nw = default_workers() if workers is None else workers
+        source = BatchSource(images, store=spec.image_size, batch=batch_size, device=dev, seed=seed, workers=nw,
+                             rank=dist.rank, world=dist.world, show_progress=show_progress)
+        gb = source.batch * dist.world
+        opt_name = pick_optimizer(optimizer, batch=gb)
+        base_lr = lr if lr is not None else _default_lr(opt_name)
+        spe = source.steps_per_epoch
+        total = spe * epochs if max_steps is None else max_steps
+        cfg = PretrainConfig(
+            data=str(data), model=spec.model, image_size=spec.image_size, small_stem=spec.small_stem,
+            batch_size=source.batch, world_size=dist.world, global_batch=gb, epochs=epochs, max_steps=max_steps,
+            steps_per_epoch=spe, total_steps=total, optimizer=opt_name, lr=base_lr * gb / 256, base_lr=base_lr,
+            weight_decay=weight_decay, warmup_steps=min(round(warmup_epochs * spe), total // 2),
+            tau_base=tau_base, proj_hidden=proj_hidden, proj_dim=proj_dim, seed=seed, views=views,
+            blur=blur_note(spec.image_size, blur),
+            sync_batchnorm=("n/a (one process)" if dist.world == 1 else "yes" if ddp.sync_batchnorm_supported(dev)
+                            else "no: SyncBatchNorm has no CPU kernel, each rank normalises over its own slice"),
+            precision="bfloat16 autocast" if dev.type == "cuda" else "float32", device=dev.type,
+        )
+        return _run(cfg, source=source, images=images, out=Path(out), dist=dist, dev=dev, resume=resume, when=when,
+                    max_minutes=max_minutes, stop_at=stop_at, compile=compile, log_every=log_every,
+                    eval_every=eval_every, show_progress=show_progress,
+                    knn=KnnEval(eval_train, eval_test, size=spec.image_size, device=dev, workers=nw)
+                    if eval_train is not None and dist.main else None)
     finally:
-        metrics.close()
-    net.eval()
-    save_backbone(net.backbone, spec, out / "backbone.safetensors")
+        ddp.teardown(dist)
+
+
+def _resolve_resume(out: Path, resume: str, cfg: PretrainConfig) -> ckpts.Checkpoint | None:
+    found = ckpts.find_latest(out / "checkpoints")
+    if resume == "yes" and found is None:
+        raise SSLProbeError(f"--resume: no usable checkpoint in {out / 'checkpoints'}; run without --resume to start")
+    if found is None:
+        return None
+    done = found.step >= found.state["config"]["total_steps"]
+    if resume == "no":
+        if not done:
+            raise SSLProbeError(
+                f"'{out}' holds an unfinished run (checkpoint at step {found.step} of "
+                f"{found.state['config']['total_steps']}); continue it with --resume, or delete "
+                f"{out / 'checkpoints'} (or pick another --out) to start over")
+        return None  # a finished run is overwritten, like any output folder
+    diff = ckpts.config_diff(found.state["config"], asdict(cfg), ignore=RESUME_IGNORES)
+    if diff:
+        shown = "; ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in list(diff.items())[:8])
+        raise SSLProbeError(f"cannot resume from {found.json_path}: the configuration differs in {len(diff)} key(s): "
+                            f"{shown}; rerun with the original options, or use a new --out for a new run")
+    return found
+
+
+def _finite(net: torch.nn.Module) -> bool:
+    return bool(torch.isfinite(torch.stack([p.detach().float().sum() for p in net.parameters()])).all())
+
+
+def _run(cfg: PretrainConfig, *, source: BatchSource, images: ImageSet, out: Path, dist: ddp.Dist, dev: torch.device,
+         resume: str, when: ckpts.SaveEvery, max_minutes: float | None, stop_at: int | None, compile: bool,
+         log_every: int, eval_every: int, show_progress: bool, knn: KnnEval | None) -> dict[str, Any]:
+    found = _resolve_resume(out, resume, cfg)
+    start = found.step if found else 0
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        if found is None and (out / "checkpoints").is_dir():  # a finished run being overwritten
+            for f in (out / "checkpoints").iterdir():
+                f.unlink()
+        write_json(out / "config.json", asdict(cfg))
+    net, opt, spec = build_byol(cfg, device=dev, dist=dist)
+    step_fn = TrainStep(net, opt, cfg=cfg, spec=spec, device=dev, rank=dist.rank, compile=compile)
+    byol, spe, total = step_fn.byol, cfg.steps_per_epoch, cfg.total_steps
+    elapsed0 = 0.0
+    if found is not None:
+        t = ckpts.load_tensors(found)
+        byol.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")}, strict=True)
+        ckpts.unpack_optimizer(opt, t, found.state["optimizer"])
+        ckpts.restore_rng(t)
+        elapsed0 = float(found.state.get("elapsed_s", 0.0))
+    end = min(total, stop_at or total)
+    log = MetricsLog(out / "metrics.jsonl", resume_step=start) if dist.main else None
+    r: dict[str, Any] = {"loss": float("nan"), "ckpt": found, "knn": None, "warnings": [], "status": "complete"}
+    acc = [torch.zeros((), device=dev), torch.zeros((), device=dev), 0]  # loss sum, proj_std sum, steps
+    t_run, t_log, wait, imgs, last_save = time.monotonic(), time.perf_counter(), 0.0, 0, (start, time.monotonic())
+
+    def save(step: int) -> None:
+        if dist.main and (r["ckpt"] is None or r["ckpt"].step != step):
+            if not _finite(byol):
+                raise SSLProbeError(f"weights became non-finite by step {step}; nothing saved. " + _last_good(r["ckpt"]))
+            tensors = {f"model.{k}": v for k, v in byol.state_dict().items()}
+            opt_t, opt_meta = ckpts.pack_optimizer(opt)
+            state = {"config": asdict(cfg), "epoch": step // spe, "batch_in_epoch": step % spe, "optimizer": opt_meta,
+                     "augment_rng": "reseeded every step from (seed, rank, step) by pretrain.step_seed",
+                     "elapsed_s": elapsed0 + time.monotonic() - t_run, "loss": r["loss"]}
+            r["ckpt"] = ckpts.save(out / "checkpoints", step=step, tensors={**tensors, **opt_t, **ckpts.rng_tensors()},
+                                   state=state)
+        ddp.barrier(dist)
+
+    def flush(step: int, bar: Any, task: Any) -> None:
+        nonlocal t_log, wait, imgs
+        loss, pstd = float(acc[0]) / acc[2], float(acc[1]) / acc[2]  # the only host sync: once per log
+        acc[0].zero_(), acc[1].zero_()
+        acc[2] = 0
+        if ddp.agree([not math.isfinite(loss)], dist, dev)[0]:
+            raise SSLProbeError(f"loss became {loss} at step {step}; stopped without saving. Lower --lr or use "
+                                f"--optimizer sgd in a new run. " + _last_good(r["ckpt"]))
+        now = time.perf_counter()
+        dt = max(now - t_log, 1e-9)
+        lr, tau = opt.param_groups[0]["lr"], tau_at(step - 1, total, cfg.tau_base)
+        rec = {"step": step, "epoch": (step - 1) // spe, "loss": round(loss, 6), "lr": lr, "tau": tau,
+               "img_per_s": round(imgs / dt, 1), "data_wait": round(wait / dt, 4), "proj_std": round(pstd, 6)}
+        r["loss"] = loss
+        msg = check_collapse(pstd, proj_dim=cfg.proj_dim, step=step)
+        if msg and not r["warnings"]:
+            r["warnings"].append(msg)
+            if dist.main:
+                warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        if log is not None:
+            log.write({**rec, **({"collapsed": True} if msg else {})})
+        bar.update(task, completed=step, description=describe(epoch=rec["epoch"], step=step, total=total, loss=loss,
+                                                               lr=lr, tau=tau, rate=imgs / dt, wait=wait / dt))
+        t_log, wait, imgs = now, 0.0, 0
+
+    net.train()
+    step = start
+    try:
+        with _Signals() as sig, progress_bar(show_progress and dist.main) as bar:
+            task = bar.add_task("pretrain", total=total, completed=start)
+            batches = source.batches(start=start)
+            while step < end:
+                t0 = time.perf_counter()
+                s, x = next(batches)
+                wait += time.perf_counter() - t0
+                loss, pstd = step_fn(x, s)
+                step = s + 1
+                acc[0] += loss
+                acc[1] += pstd
+                acc[2] += 1
+                imgs += x.shape[0] * dist.world
+                logging = step % log_every == 0 or step == end
+                if logging:
+                    flush(step, bar, task)
+                if dist.world == 1 or logging:  # collective decisions only where ranks sync anyway
+                    elapsed = (time.monotonic() - t_run) / 60
+                    hit, time_up, due = ddp.agree([sig.hit is not None, max_minutes is not None and elapsed >= max_minutes,
+                                                   when.due(step=step, last_step=last_save[0],
+                                                            elapsed_min=(time.monotonic() - last_save[1]) / 60)], dist, dev)
+                    if hit:
+                        save(step)
+                        raise PretrainInterrupted(_interrupted(step, total, r["ckpt"], sig.hit or "signal"))
+                    if time_up and step < end:
+                        r["status"] = f"stopped: --max-minutes {max_minutes:g} reached"
+                        break
+                    if due and step < end:
+                        save(step)
+                        last_save = (step, time.monotonic())
+                if knn is not None and step % spe == 0 and (step // spe) % eval_every == 0:
+                    r["knn"] = knn(byol.backbone, mean=spec.mean, std=spec.std)
+                    log.write({"step": step, "epoch": step // spe - 1, "knn_top1": round(r["knn"], 4)})
+            if r["status"] == "complete" and step < total:
+                r["status"] = f"stopped: --stop-at {stop_at}"
+            if acc[2]:
+                flush(step, bar, task)
+            save(step)
+    except KeyboardInterrupt as e:
+        if isinstance(e, PretrainInterrupted):
+            raise
+        # A KeyboardInterrupt not caught by the handler (second Ctrl-C, or raised inside the step): the
+        # state is whole unless it came between the optimiser and the EMA update.
+        if dist.world == 1 and not step_fn.mutating:
+            save(step)
+        raise PretrainInterrupted(_interrupted(step, total, r["ckpt"], "KeyboardInterrupt")) from None
+    finally:
+        if log is not None:
+            log.close()
+    if dist.main:
+        save_backbone(byol.backbone, spec, out / "backbone.safetensors")
     summary = {
-        "out": str(out), "steps": step, "final_loss": last, "images": len(images),
-        "skipped": skipped_report(images, source.skipped), "model": spec.model, "image_size": spec.image_size,
-        "small_stem": spec.small_stem, "device": str(dev), "optimizer": opt_name,
+        "out": str(out), "status": r["status"], "steps": step, "total_steps": total, "resumed_from": found.step if found else None,
+        "final_loss": r["loss"], "images": len(images), "skipped": skipped_report(images, source.skipped),
+        "model": spec.model, "image_size": spec.image_size, "small_stem": spec.small_stem, "device": str(dev),
+        "world_size": dist.world, "optimizer": cfg.optimizer, "compile": step_fn.compile_note, "knn_top1": r["knn"],
+        "checkpoint": str(r["ckpt"].json_path) if r["ckpt"] else None, "warnings": r["warnings"],
+        "loss_curve": loss_curve(log.records(), out / "loss_curve.png") if log is not None else None,
     }
-    write_json(out / "summary.json", summary)
+    if dist.main:
+        write_json(out / "summary.json", summary)
     return summary
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
+def _last_good(ck: ckpts.Checkpoint | None) -> str:
+    if ck is None:
+        return "No checkpoint had been saved yet."
+    return f"The last good checkpoint (step {ck.step}) is intact: {ck.json_path}; --resume continues from it."
 
 
-class _BatchSource:
-    """uint8 (B, 3, S, S) batches on the device: from RAM when the set fits, else streamed by workers."""
-
-    def __init__(self, images, *, store: int, batch: int, device: torch.device, seed: int, workers: int, show_progress: bool):
-        self.images, self.batch, self.device, self.seed, self.workers = images, batch, device, seed, workers
-        self.dataset = ImageDataset(images, _StoreTransform(store))
-        self.skipped: list[tuple[int, str]] = []
-        self.ram: torch.Tensor | None = None
-        if len(images) * 3 * store * store <= RAM_CACHE_BYTES:
-            self.ram = self._decode_all(show_progress)
-
-    def _loader(self, *, shuffle: bool, epoch: int, drop_last: bool):
-        from torch.utils.data import DataLoader
-
-        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        return DataLoader(self.dataset, batch_size=self.batch if drop_last else 256, shuffle=shuffle, generator=g,
-                          num_workers=self.workers, collate_fn=collate, drop_last=drop_last,
-                          pin_memory=self.device.type == "cuda", persistent_workers=False)
-
-    def _decode_all(self, show_progress: bool) -> torch.Tensor:
-        parts = []
-        with progress_bar(show_progress) as bar:
-            task = bar.add_task("decode", total=len(self.images))
-            for b in self._loader(shuffle=False, epoch=0, drop_last=False):
-                self.skipped.extend(b.skipped)
-                if len(b.indices):
-                    parts.append(b.images)
-                bar.advance(task, len(b.indices) + len(b.skipped))
-        if not parts:
-            raise SSLProbeError(f"no readable image in '{self.images.source}' ({len(self.skipped)} skipped); see the reasons with `sslprobe extract`")
-        ram = torch.cat(parts)
-        if len(ram) < 2:
-            raise SSLProbeError("fewer than 2 readable images; BYOL needs at least 2")
-        self.batch = min(self.batch, len(ram))
-        return ram.to(self.device) if self.device.type == "cuda" else ram
-
-    def epoch(self, epoch: int):
-        if self.ram is not None:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            order = torch.randperm(len(self.ram), generator=g)
-            for i in range(0, len(order) - self.batch + 1, self.batch):
-                yield self.ram[order[i:i + self.batch].to(self.ram.device)]
-            return
-        for b in self._loader(shuffle=True, epoch=epoch, drop_last=True):
-            if epoch == 0:
-                self.skipped.extend(b.skipped)
-            if len(b.indices) >= 2:  # BatchNorm needs at least 2 samples
-                yield b.images.to(self.device, non_blocking=True)
+def _interrupted(step: int, total: int, ck: ckpts.Checkpoint | None, why: str) -> str:
+    where = f"checkpoint at step {ck.step} in {ck.json_path.parent}" if ck else "no checkpoint (none saved yet)"
+    return f"interrupted ({why}) at step {step} of {total}; {where}. Continue with the same command plus --resume"

@@ -9,8 +9,8 @@ from sslprobe.backbone import create_backbone
 from sslprobe.errors import SSLProbeError
 from sslprobe.pretrain import pick_optimizer, pretrain
 
-FAST = dict(model="test_resnet", image_size=16, batch_size=8, max_steps=4, proj_hidden=32, proj_dim=16,
-            workers=0, show_progress=False, log_every=2)
+FAST = {"model": "test_resnet", "image_size": 16, "batch_size": 8, "max_steps": 4, "proj_hidden": 32, "proj_dim": 16,
+        "workers": 0, "show_progress": False, "log_every": 2}
 
 
 def test_pretrain_writes_backbone_config_and_metrics(class_folder, tmp_path):
@@ -60,8 +60,8 @@ def test_batch_is_capped_to_data_size_and_lars_runs(class_folder, tmp_path):
 
 
 @pytest.mark.parametrize("bad, match", [
-    (dict(batch_size=0), "batch-size"), (dict(max_steps=0), "max-steps"), (dict(tau_base=1.0), "tau-base"),
-    (dict(optimizer="adam"), "unknown optimizer"), (dict(model="nope_net"), "unknown model"),
+    ({"batch_size": 0}, "batch-size"), ({"max_steps": 0}, "max-steps"), ({"tau_base": 1.0}, "tau-base"),
+    ({"optimizer": "adam"}, "unknown optimizer"), ({"model": "nope_net"}, "unknown model"),
 ])
 def test_bad_arguments(class_folder, tmp_path, bad, match):
     with pytest.raises(SSLProbeError, match=match):
@@ -71,3 +71,137 @@ def test_bad_arguments(class_folder, tmp_path, bad, match):
 def test_nan_loss_stops_with_clear_message(class_folder, tmp_path):
     with pytest.raises(SSLProbeError, match="loss became nan"):
         pretrain(class_folder, out=tmp_path / "x", **{**FAST, "lr": float("nan")})
+
+
+# --- never lose a run: checkpoints, exact resume, interruption, NaN -------------------------------------------
+
+def _weights(run):
+    from sslprobe.checkpoint import find_latest, load_tensors
+
+    return load_tensors(find_latest(run / "checkpoints"))
+
+
+def _assert_same(a, b):
+    model = [k for k in a if k.startswith(("model.", "optim."))]
+    assert model and set(a) == set(b)
+    for k in model:
+        assert torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-5), k
+
+
+@pytest.mark.parametrize("ram", [True, False])
+def test_stop_and_resume_equals_straight_run(class_folder, tmp_path, monkeypatch, ram):
+    if not ram:  # the streaming DataLoader path must resume mid-epoch too
+        monkeypatch.setattr("sslprobe.batches.RAM_CACHE_BYTES", 0)
+    kw = {**FAST, "max_steps": 8, "batch_size": 6}  # 4 steps per epoch: the stop falls mid-epoch 1
+    straight = pretrain(class_folder, out=tmp_path / "a", **kw)
+    first = pretrain(class_folder, out=tmp_path / "b", stop_at=5, **kw)
+    assert first["status"] == "stopped: --stop-at 5" and first["steps"] == 5
+    assert (tmp_path / "b" / "backbone.safetensors").exists()
+    second = pretrain(class_folder, out=tmp_path / "b", resume="yes", **kw)
+    assert straight["status"] == second["status"] == "complete" and second["resumed_from"] == 5
+    _assert_same(_weights(tmp_path / "a"), _weights(tmp_path / "b"))
+    steps = [json.loads(x)["step"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 4, 5, 6, 8]  # one run's log: the resumed part appended, nothing repeated
+
+
+def test_resume_refuses_changed_config_and_unfinished_overwrite(class_folder, tmp_path):
+    pretrain(class_folder, out=tmp_path / "r", stop_at=2, **FAST)
+    with pytest.raises(SSLProbeError, match=r"differs in 2 key\(s\): base_lr: 0.06 → 0.1; lr: "):
+        pretrain(class_folder, out=tmp_path / "r", resume="yes", **{**FAST, "lr": 0.1})
+    with pytest.raises(SSLProbeError, match="unfinished run .* step 2 of 4.*--resume"):
+        pretrain(class_folder, out=tmp_path / "r", **FAST)
+    with pytest.raises(SSLProbeError, match="no usable checkpoint"):
+        pretrain(class_folder, out=tmp_path / "new", resume="yes", **FAST)
+    assert pretrain(class_folder, out=tmp_path / "new2", resume="auto", **FAST)["resumed_from"] is None
+    assert pretrain(class_folder, out=tmp_path / "r", resume="auto", **FAST)["resumed_from"] == 2
+
+
+def _interrupt_at(monkeypatch, call, how):
+    """Make the ``call``-th make_view call deliver a Ctrl-C: as a real SIGINT, or a bare KeyboardInterrupt."""
+    import signal
+
+    import sslprobe.pretrain as pm
+
+    real, n = pm.make_view, [0]
+
+    def fake(*a, **k):
+        n[0] += 1
+        if n[0] == call:
+            if how == "signal":
+                signal.raise_signal(signal.SIGINT)
+            else:
+                raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(pm, "make_view", fake)
+
+
+@pytest.mark.parametrize("how, saved_step", [("signal", 3), ("raise", 2)])
+def test_ctrl_c_saves_and_resume_continues_exactly(class_folder, tmp_path, monkeypatch, how, saved_step):
+    from sslprobe.pretrain import PretrainInterrupted
+
+    kw = {**FAST, "max_steps": 6}
+    pretrain(class_folder, out=tmp_path / "a", **kw)
+    _interrupt_at(monkeypatch, 5, how)  # views of step index 2 (third step): signal → step finishes; raise → it never starts
+    with pytest.raises(PretrainInterrupted, match=f"at step {saved_step} of 6.*--resume"):
+        pretrain(class_folder, out=tmp_path / "b", **kw)
+    monkeypatch.undo()
+    assert _interrupted_step(tmp_path / "b") == saved_step
+    pretrain(class_folder, out=tmp_path / "b", resume="yes", **kw)
+    _assert_same(_weights(tmp_path / "a"), _weights(tmp_path / "b"))
+
+
+def _interrupted_step(run):
+    from sslprobe.checkpoint import find_latest
+
+    return find_latest(run / "checkpoints").step
+
+
+def test_interrupt_between_optimizer_and_ema_saves_nothing_new(class_folder, tmp_path, monkeypatch):
+    import sslprobe.pretrain as pm
+
+    real, n = pm.tau_at, [0]
+
+    def fake(*a, **k):
+        n[0] += 1
+        if n[0] == 3:  # inside step index 2, after opt.step(): a half-updated state
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(pm, "tau_at", fake)
+    with pytest.raises(pm.PretrainInterrupted, match="checkpoint at step 2"):
+        pretrain(class_folder, out=tmp_path / "r", save_every="2", **{**FAST, "max_steps": 6})
+    assert _interrupted_step(tmp_path / "r") == 2
+
+
+def test_nan_leaves_last_good_checkpoint(class_folder, tmp_path, monkeypatch):
+    import sslprobe.pretrain as pm
+
+    real = pm.lr_at
+    monkeypatch.setattr(pm, "lr_at", lambda step, *a, **k: float("nan") if step >= 2 else real(step, *a, **k))
+    with pytest.raises(SSLProbeError, match=r"loss became nan at step 4.*last good checkpoint \(step 2\) is intact"):
+        pretrain(class_folder, out=tmp_path / "r", save_every="2", **{**FAST, "max_steps": 6})
+    w = _weights(tmp_path / "r")
+    assert _interrupted_step(tmp_path / "r") == 2
+    assert all(torch.isfinite(v).all() for k, v in w.items() if k.startswith("model."))
+
+
+def test_max_minutes_stops_with_checkpoint_then_resumes(class_folder, tmp_path):
+    s = pretrain(class_folder, out=tmp_path / "r", max_minutes=1e-9, **FAST)
+    assert s["status"].startswith("stopped: --max-minutes") and s["steps"] == 1
+    assert _interrupted_step(tmp_path / "r") == 1 and (tmp_path / "r" / "backbone.safetensors").exists()
+    s = pretrain(class_folder, out=tmp_path / "r", resume="yes", **FAST)
+    assert s["status"] == "complete" and s["steps"] == 4
+
+
+def test_time_based_checkpoint_cadence(class_folder, tmp_path, monkeypatch):
+    import sslprobe.checkpoint as ck
+
+    saved = []
+    real = ck.save
+    monkeypatch.setattr(ck, "save", lambda d, *, step, **k: saved.append(step) or real(d, step=step, **k))
+    pretrain(class_folder, out=tmp_path / "r", save_every="0.000001m", **FAST)
+    assert saved == [1, 2, 3, 4]
+    saved.clear()
+    pretrain(class_folder, out=tmp_path / "e", save_every="end", **FAST)
+    assert saved == [4]

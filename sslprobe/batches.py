@@ -1,0 +1,128 @@
+"""uint8 image batches for pretraining, in an order a resumed run picks up mid-epoch.
+
+Epoch ``e`` visits the images in ``randperm(n)`` drawn from a generator seeded with
+``(seed, e)``; run step ``k`` is batch ``k mod steps_per_epoch`` of epoch ``k // steps_per_epoch``.
+So the data order is a pure function of the step: a resumed run (or a restarted worker pool)
+starts at its step without replaying anything. With several processes each global batch of
+``world × batch`` images is cut into one slice per rank.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torchvision.transforms.functional as TF
+
+from sslprobe.data import ImageDataset, ImageSet, collate
+from sslprobe.errors import SSLProbeError
+from sslprobe.runtime import progress_bar
+
+RAM_CACHE_BYTES = 4 << 30  # decode once and keep in memory below this (Fashion-MNIST: 2.4 MB at 28 px)
+
+
+class StoreTransform:
+    """Decode-side transform: resize the short side, centre-crop square, uint8 CHW.
+
+    The only work left to DataLoader workers; the random views are made on the training device.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, img) -> torch.Tensor:
+        img = TF.resize(img, self.size, interpolation=TF.InterpolationMode.BICUBIC)
+        return TF.pil_to_tensor(TF.center_crop(img, [self.size, self.size]))
+
+
+def epoch_order(n: int, *, seed: int, epoch: int) -> torch.Tensor:
+    """The permutation of ``n`` items that epoch ``epoch`` visits."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+class _Order:
+    """Index lists for this rank, step after step from ``start`` on, forever (a DataLoader batch_sampler)."""
+
+    def __init__(self, n: int, *, batch: int, rank: int, world: int, seed: int, start: int):
+        self.n, self.batch, self.rank, self.world, self.seed, self.start = n, batch, rank, world, seed, start
+        self.per_epoch = n // (batch * world)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step = self.start
+        while True:
+            epoch, k = divmod(step, self.per_epoch)
+            order = epoch_order(self.n, seed=self.seed, epoch=epoch)
+            gb = self.batch * self.world
+            for j in range(k, self.per_epoch):
+                lo = j * gb + self.rank * self.batch
+                yield order[lo:lo + self.batch].tolist()
+            step = (epoch + 1) * self.per_epoch
+
+
+class BatchSource:
+    """uint8 (B, 3, S, S) batches on the device: from RAM when the set fits, else streamed by workers.
+
+    ``batch`` is per process; it is capped so that one global batch fits in the data.
+    ``skipped`` collects (index, reason) of unreadable images (RAM: all at once; streaming: as met).
+    """
+
+    def __init__(self, images: ImageSet, *, store: int, batch: int, device: torch.device, seed: int, workers: int,
+                 rank: int = 0, world: int = 1, show_progress: bool = True, ram_limit: int | None = None):
+        self.images, self.device, self.seed, self.workers = images, device, seed, workers
+        self.rank, self.world = rank, world
+        self.dataset = ImageDataset(images, StoreTransform(store))
+        self.skipped: list[tuple[int, str]] = []
+        self.ram: torch.Tensor | None = None
+        n = len(images)
+        if n * 3 * store * store <= (RAM_CACHE_BYTES if ram_limit is None else ram_limit):
+            self.ram = self._decode_all(show_progress and rank == 0)
+            n = len(self.ram)
+        self.batch = min(batch, n // world)
+        if self.batch < 2:
+            raise SSLProbeError(f"{n} readable images cannot give each of {world} processes a batch of 2; "
+                                "BYOL's BatchNorm needs at least 2 images per process")
+        self.n = n
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.n // (self.batch * self.world)
+
+    def _decode_all(self, show_progress: bool) -> torch.Tensor:
+        from torch.utils.data import DataLoader
+
+        parts = []
+        loader = DataLoader(self.dataset, batch_size=256, num_workers=self.workers, collate_fn=collate)
+        with progress_bar(show_progress) as bar:
+            task = bar.add_task("decode", total=len(self.images))
+            for b in loader:
+                self.skipped.extend(b.skipped)
+                if len(b.indices):
+                    parts.append(b.images)
+                bar.advance(task, len(b.indices) + len(b.skipped))
+        if not parts:
+            raise SSLProbeError(f"no readable image in '{self.images.source}' ({len(self.skipped)} skipped); "
+                                "see the reasons with `sslprobe extract`")
+        ram = torch.cat(parts)
+        if self.device.type == "cuda":
+            return ram.to(self.device)
+        return ram
+
+    def batches(self, *, start: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """(step, uint8 batch on the device) from run step ``start`` on, without end."""
+        order = _Order(self.n, batch=self.batch, rank=self.rank, world=self.world, seed=self.seed, start=start)
+        step = start
+        if self.ram is not None:
+            for idx in order:
+                yield step, self.ram[torch.tensor(idx, device=self.ram.device)]
+                step += 1
+            return
+        from torch.utils.data import DataLoader
+
+        # One loader for the whole run: workers persist and prefetch across epoch boundaries.
+        loader = DataLoader(self.dataset, batch_sampler=order, num_workers=self.workers, collate_fn=collate,
+                            pin_memory=self.device.type == "cuda", prefetch_factor=4 if self.workers else None)
+        for b in loader:
+            self.skipped.extend(b.skipped)
+            if len(b.indices) >= 2:  # BatchNorm needs at least 2 samples; a step with fewer is skipped
+                yield step, b.images.to(self.device, non_blocking=True)
+            step += 1
