@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -31,8 +32,31 @@ _OPEN_ERRORS = {IsADirectoryError: "is a directory", PermissionError: "permissio
                 FileNotFoundError: "file not found (missing or broken symlink)"}
 
 
+# No valid image under the pixel limit needs more (16-bit RGBA TIFF: 8 B/px); reading a bigger
+# file whole (``read_bytes``: hashing, HF-style byte access) would only exhaust memory.
+MAX_FILE_BYTES = 1 << 30
+
+
 class BadImageError(Exception):
     """An image that cannot be used; ``str(e)`` is a short reason for the skipped-files list."""
+
+
+def _open_regular(path: str | os.PathLike) -> io.BufferedReader:
+    """Open a file for reading only if it is a regular file; raises ``BadImageError`` otherwise.
+
+    O_NONBLOCK so that a FIFO (or a link to one) named like an image can't block the open forever;
+    the type check then refuses it, devices (a link to /dev/zero would be read without end) and
+    directories before a byte is read.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except (OSError, ValueError) as e:  # ValueError: e.g. a NUL byte in the path
+        raise BadImageError(_OPEN_ERRORS.get(type(e)) or f"cannot read: {getattr(e, 'strerror', None) or e}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise BadImageError("is a directory" if stat.S_ISDIR(mode) else "not a regular file (device, pipe or socket)")
+    return os.fdopen(fd, "rb")
 
 
 def _formats() -> list[str]:
@@ -52,12 +76,13 @@ def decode_image(source: str | os.PathLike | bytes, *, max_pixels: int = 89_478_
         if len(source) == 0:
             raise BadImageError("empty file")
         return _decode(io.BytesIO(source), max_pixels)
+    f = _open_regular(source)
     try:  # _decode turns every error of its own into BadImageError: what lands here is the file's
-        with open(source, "rb") as f:
+        with f:
             if os.fstat(f.fileno()).st_size == 0:
                 raise BadImageError("empty file")
             return _decode(f, max_pixels)
-    except (OSError, ValueError) as e:  # ValueError: e.g. a NUL byte in the path
+    except (OSError, ValueError) as e:
         raise BadImageError(_OPEN_ERRORS.get(type(e)) or f"cannot read: {getattr(e, 'strerror', None) or e}") from None
 
 
@@ -74,7 +99,7 @@ def _decode(fp: io.IOBase, max_pixels: int) -> Image.Image:
             n = re.search(r"\((\d+) pixels\)", str(e))
             limit = min(max_pixels, 2 * (Image.MAX_IMAGE_PIXELS or max_pixels))
             raise BadImageError(f"too large: {n.group(1) if n else '?'} px > {limit} px limit") from None
-        except Exception as e:  # plugins raise assorted types on malformed headers
+        except Exception as e:  # noqa: BLE001 - plugins raise assorted types on malformed headers
             raise BadImageError(_reason(e)) from None
         return _finish(im, max_pixels)
 
@@ -86,15 +111,15 @@ def _finish(im: Image.Image, max_pixels: int) -> Image.Image:
         raise BadImageError(f"too large: {w}x{h} px > {max_pixels} px limit")
     try:
         im.load()  # decode now, so a truncated file fails here and not inside a transform
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any decoder failure means a bad file
         raise BadImageError(_reason(e)) from None
     try:
         ImageOps.exif_transpose(im, in_place=True)
-    except Exception:  # unreadable EXIF: the pixels are fine, keep them unrotated
+    except Exception:  # noqa: BLE001, S110 - unreadable EXIF: the pixels are fine, keep them unrotated
         pass
     try:
         return _to_rgb(im)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - a mode the conversion can't handle
         raise BadImageError(f"unsupported image mode {im.mode}: {_reason(e)}") from None
 
 
@@ -159,8 +184,12 @@ class ImageSet:
             return _finish(v, max_pixels)
         return decode_image(v, max_pixels=max_pixels)
 
-    def read_bytes(self, i: int) -> bytes:
-        """Encoded bytes of image ``i`` (PNG-encoded if the dataset holds only decoded pixels)."""
+    def read_bytes(self, i: int, *, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+        """Encoded bytes of image ``i`` (PNG-encoded if the dataset holds only decoded pixels).
+
+        Raises ``BadImageError`` for what ``decode_image`` would refuse to open and for files over
+        ``max_bytes``, so no file can make this read without bound.
+        """
         v = self._path(i) if self.kind != "hf" else self._hf_value(i)
         if isinstance(v, bytes):
             return v
@@ -168,11 +197,15 @@ class ImageSet:
             buf = io.BytesIO()
             v.save(buf, "PNG")
             return buf.getvalue()
+        f = _open_regular(v)
         try:
-            with open(v, "rb") as f:
-                return f.read()
+            with f:
+                data = f.read(max_bytes + 1)  # + 1: tells "exactly at the limit" from "over it"
         except OSError as e:
             raise BadImageError(_OPEN_ERRORS.get(type(e)) or f"cannot read: {e.strerror or e}") from None
+        if len(data) > max_bytes:
+            raise BadImageError(f"too large: file over {max_bytes} bytes")
+        return data
 
     def _hf_value(self, i: int) -> bytes | str | Image.Image:
         v = self._dataset[i][self._image_column]
@@ -288,7 +321,7 @@ def _open_hf(source: str, name: str, split: str | None, image_column: str | None
             ds = datasets.load_dataset(name, split=split or "train")
     except SSLProbeError:
         raise
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - datasets/hub raise many types; all become one line
         msg = " ".join(str(e).split())[:200]
         raise SSLProbeError(f"could not load Hugging Face dataset '{name}' ({type(e).__name__}: {msg}); check the "
                             "name and network, or pass a local image folder or a Dataset.save_to_disk folder") from None

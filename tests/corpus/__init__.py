@@ -3,7 +3,7 @@
 ``build(root)`` writes a flat folder and returns a ``Corpus`` that says what every entry should
 become: good files with the (width, height) their RGB decode must have, bad files with the
 reason they must be skipped for, and entries that are not image files at all (a directory named
-like an image). Entries the OS or filesystem can't make here (a non-UTF-8 name, a file root can
+like an image, a named pipe). Entries the OS or filesystem can't make here (a non-UTF-8 name, a file root can
 still read) are left out and listed in ``Corpus.missing``.
 """
 from __future__ import annotations
@@ -151,6 +151,19 @@ def build(root: str | os.PathLike, *, good: bool = True, bad: bool = True) -> Co
                       "dangling.png": "file not found"})
         (root / "folder.jpg").mkdir()  # a directory named like an image: not a file, not listed
         c.ignored.append("folder.jpg")
+        try:  # a named pipe: opening it for reading would block until a writer comes
+            os.mkfifo(root / "pipe.png")
+        except (OSError, AttributeError):  # no FIFOs here (Windows, some network filesystems)
+            c.missing.append("pipe.png")
+        else:
+            os.symlink("pipe.png", root / "pipe_link.jpg")  # the pipe itself isn't listed; a link to it is
+            c.ignored.append("pipe.png")
+            c.bad["pipe_link.jpg"] = "not a regular file"
+        if os.path.exists("/dev/zero"):  # a device: reading it never ends
+            os.symlink("/dev/zero", root / "zero_link.jpg")
+            c.bad["zero_link.jpg"] = "not a regular file"
+        else:
+            c.missing.append("zero_link.jpg")
         unreadable = root / "unreadable.png"
         unreadable.write_bytes(valid_png(8, 8))
         unreadable.chmod(0)
