@@ -21,3 +21,16 @@ def write_class_folder(root: Path, *, classes=("dark", "light"), per_class: int 
 @pytest.fixture
 def class_folder(tmp_path: Path) -> Path:
     return write_class_folder(tmp_path / "data")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slow", action="store_true", help="also run tests marked slow (kill -9 fault injection, …)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
