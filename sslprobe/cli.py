@@ -64,33 +64,92 @@ def pretrain(
     out: Annotated[Path, typer.Option(file_okay=False, help="Run directory: backbone.safetensors, config.json, metrics.jsonl.")],
     model: Annotated[str, typer.Option(help="Any timm model name.")] = "resnet18",
     image_size: Annotated[Optional[int], typer.Option(help="Training resolution (default: the model's). ≤ 64 px switches ResNets to a small-image stem.")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per step (LARS is used from 256 up).")] = 256,
+    batch_size: Annotated[int, typer.Option(help="Images per step and process (LARS is used from a global batch of 256 up).")] = 256,
     epochs: Annotated[int, typer.Option(help="Passes over the data.")] = 100,
-    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (overrides --epochs for the schedule).")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Run length in steps (overrides --epochs for the schedule).")] = None,
     optimizer: Annotated[str, typer.Option(help="auto, lars, sgd or adamw (auto: LARS for batch ≥ 256, else SGD).")] = "auto",
     lr: Annotated[Optional[float], typer.Option(min=0, help="Base learning rate per 256 images (LARS 0.2, SGD 0.06, AdamW 2e-3).")] = None,
     tau_base: Annotated[float, typer.Option(help="Target EMA start value τ_base (0.99 suits short runs).")] = 0.996,
     warmup_epochs: Annotated[float, typer.Option(min=0, help="Linear warm-up length in epochs.")] = 10.0,
     proj_hidden: Annotated[int, typer.Option(help="Hidden width of projector and predictor MLPs (paper: 4096).")] = 4096,
     proj_dim: Annotated[int, typer.Option(help="Output width of projector and predictor (paper: 256).")] = 256,
+    weight_decay: Annotated[float, typer.Option(min=0, help="Weight decay (paper: 1.5e-6; biases and norms excluded).")] = 1.5e-6,
+    resume: Annotated[bool, typer.Option("--resume", rich_help_panel="Checkpoints",
+        help="Continue the run in --out from its last good checkpoint (same options required); start it if there is none.")] = False,
+    save_every: Annotated[str, typer.Option(rich_help_panel="Checkpoints",
+        help="Checkpoint every STEPS (500), MINUTES (10m), both (500,10m), or only at the end (end).")] = "10m",
+    max_minutes: Annotated[Optional[float], typer.Option(rich_help_panel="Checkpoints",
+        help="Stop with a checkpoint after this many minutes (the schedule stays the full run's; --resume continues).")] = None,
+    stop_at: Annotated[Optional[int], typer.Option(rich_help_panel="Checkpoints",
+        help="Stop with a checkpoint after this step (the schedule stays the full run's; --resume continues).")] = None,
+    blur: Annotated[Optional[bool], typer.Option("--blur/--no-blur", rich_help_panel="Augmentation (paper defaults)",
+        help="Gaussian blur (default: on above 64 px, off at ≤ 64 px).", show_default=False)] = None,
+    crop_scale: Annotated[tuple[float, float], typer.Option(rich_help_panel="Augmentation (paper defaults)",
+        help="Random resized crop area range MIN MAX.")] = (0.08, 1.0),
+    flip_p: Annotated[float, typer.Option(rich_help_panel="Augmentation (paper defaults)", help="Horizontal flip probability.")] = 0.5,
+    jitter_p: Annotated[float, typer.Option(rich_help_panel="Augmentation (paper defaults)", help="Colour jitter probability.")] = 0.8,
+    brightness: Annotated[float, typer.Option(rich_help_panel="Augmentation (paper defaults)", help="Jitter brightness strength.")] = 0.4,
+    contrast: Annotated[float, typer.Option(rich_help_panel="Augmentation (paper defaults)", help="Jitter contrast strength.")] = 0.4,
+    saturation: Annotated[float, typer.Option(rich_help_panel="Augmentation (paper defaults)", help="Jitter saturation strength.")] = 0.2,
+    hue: Annotated[float, typer.Option(rich_help_panel="Augmentation (paper defaults)", help="Jitter hue strength (≤ 0.5).")] = 0.1,
+    gray_p: Annotated[float, typer.Option(rich_help_panel="Augmentation (paper defaults)", help="Grayscale probability.")] = 0.2,
+    blur_p: Annotated[tuple[float, float], typer.Option(rich_help_panel="Augmentation (paper defaults)",
+        help="Blur probability of view 1 and view 2.")] = (1.0, 0.1),
+    blur_sigma: Annotated[tuple[float, float], typer.Option(rich_help_panel="Augmentation (paper defaults)",
+        help="Blur σ range MIN MAX (kernel ≈ 10 % of the side).")] = (0.1, 2.0),
+    solarize_p: Annotated[tuple[float, float], typer.Option(rich_help_panel="Augmentation (paper defaults)",
+        help="Solarisation probability of view 1 and view 2.")] = (0.0, 0.2),
+    eval_train: Annotated[Optional[str], typer.Option(rich_help_panel="Monitoring",
+        help="Labelled class folder: kNN bank for an online evaluation (with --eval-test).")] = None,
+    eval_test: Annotated[Optional[str], typer.Option(rich_help_panel="Monitoring",
+        help="Labelled class folder scored by the online kNN evaluation.")] = None,
+    eval_every: Annotated[int, typer.Option(rich_help_panel="Monitoring", help="Online kNN evaluation every K epochs.")] = 1,
+    log_every: Annotated[int, typer.Option(rich_help_panel="Monitoring", help="Log to metrics.jsonl every N steps.")] = 10,
+    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model (falls back to eager if it fails).")] = False,
     seed: Seed = 0,
     device: Device = "auto",
     workers: Workers = None,
     image_column: ImageCol = None,
     label_column: LabelCol = None,
 ) -> None:
-    """BYOL self-supervised pretraining of a timm backbone on unlabeled images."""
+    """BYOL self-supervised pretraining of a timm backbone on unlabeled images.
+
+    Checkpoints go to OUT/checkpoints; Ctrl-C saves one and stops. Under `torchrun --nproc_per_node N -m sslprobe
+    pretrain …` the run uses DDP (--batch-size is per process; the lr scales with the global batch).
+    """
     _check_data(data)
-    for name, v in (("--batch-size", batch_size), ("--epochs", epochs), ("--max-steps", max_steps), ("--image-size", image_size)):
+    for name, v in (("--batch-size", batch_size), ("--epochs", epochs), ("--max-steps", max_steps), ("--image-size", image_size),
+                    ("--stop-at", stop_at), ("--eval-every", eval_every), ("--log-every", log_every)):
         _positive(name, v)
+    from sslprobe.pretrain import PretrainInterrupted
     from sslprobe.pretrain import pretrain as run
 
-    s = run(data, out=out, model=model, image_size=image_size, batch_size=batch_size, epochs=epochs, max_steps=max_steps,
-            optimizer=optimizer, lr=lr, tau_base=tau_base, warmup_epochs=warmup_epochs, proj_hidden=proj_hidden,
-            proj_dim=proj_dim, seed=seed, device=device,
-            workers=workers, image_column=image_column, label_column=label_column)
-    _err(f"{s['steps']} steps, final loss {s['final_loss']:.4f}; skipped {len(s['skipped'])} files; "
-         f"backbone written to {Path(s['out']) / 'backbone.safetensors'}")
+    augment = {"crop_scale": crop_scale, "flip_p": flip_p, "jitter_p": jitter_p, "brightness": brightness,
+               "contrast": contrast, "saturation": saturation, "hue": hue, "gray_p": gray_p, "blur_p": blur_p,
+               "blur_sigma": blur_sigma, "solarize_p": solarize_p}
+    try:
+        s = run(data, out=out, model=model, image_size=image_size, batch_size=batch_size, epochs=epochs, max_steps=max_steps,
+                optimizer=optimizer, lr=lr, tau_base=tau_base, warmup_epochs=warmup_epochs, proj_hidden=proj_hidden,
+                proj_dim=proj_dim, weight_decay=weight_decay, blur=blur, augment=augment, seed=seed, device=device,
+                workers=workers, resume="auto" if resume else "no", save_every=save_every, max_minutes=max_minutes, stop_at=stop_at,
+                compile=compile, eval_train=eval_train, eval_test=eval_test, eval_every=eval_every, log_every=log_every,
+                image_column=image_column, label_column=label_column)
+    except PretrainInterrupted as e:
+        _err(str(e))
+        raise typer.Exit(130) from None
+    if s["world_size"] > 1 and not _is_rank0():
+        return
+    if resume:
+        _err(f"resumed from step {s['resumed_from']}" if s["resumed_from"] is not None else "no checkpoint found: started a new run")
+    knn = f"; kNN top-1 {s['knn_top1']:.3f}" if s["knn_top1"] is not None else ""
+    _err(f"{s['status']}: {s['steps']}/{s['total_steps']} steps, final loss {s['final_loss']:.4f}{knn}; "
+         f"skipped {len(s['skipped'])} files; backbone written to {Path(s['out']) / 'backbone.safetensors'}")
+    if s["status"] != "complete":
+        _err("continue with the same command plus --resume")
+
+
+def _is_rank0() -> bool:
+    return os.environ.get("RANK", "0") == "0"
 
 
 @app.command(epilog="Example: sslprobe extract photos/train --weights runs/byol/backbone.safetensors --out feats/train")

@@ -414,6 +414,9 @@ def _run(cfg: PretrainConfig, *, source: BatchSource, images: ImageSet, out: Pat
                     log.write({"step": step, "epoch": step // spe - 1, "knn_top1": round(r["knn"], 4)})
             if r["status"] == "complete" and step < total:
                 r["status"] = f"stopped: --stop-at {stop_at}"
+            if knn is not None and step == total and step % spe:  # the final weights, when no epoch ended here
+                r["knn"] = knn(byol.backbone, mean=spec.mean, std=spec.std)
+                log.write({"step": step, "epoch": step // spe, "knn_top1": round(r["knn"], 4)})
             if acc[2]:
                 flush(step, bar, task)
             save(step)

@@ -92,3 +92,36 @@ def test_solarize_always_on_inverts_bright_pixels():
     cfg = ViewConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0, jitter_p=0, gray_p=0, blur_p=0, solarize_p=1.0)
     v = make_view(x, cfg, size=8, mean=(0, 0, 0), std=(1, 1, 1), generator=torch.Generator())
     assert torch.allclose(v, torch.full_like(v, 1 - 230 / 255), atol=1e-5)
+
+
+def test_every_view_option_overrides_the_paper_default():
+    v1, v2 = byol_views(224, crop_scale=(0.2, 0.9), flip_p=0.1, jitter_p=0.3, brightness=0.1, contrast=0.2,
+                        saturation=0.3, hue=0.05, gray_p=0.4, blur_p=(0.7, 0.3), blur_sigma=(0.5, 1.0),
+                        solarize_p=(0.1, 0.6))
+    assert (v1.crop_scale, v1.flip_p, v1.jitter_p, v1.gray_p, v1.blur_sigma) == ((0.2, 0.9), 0.1, 0.3, 0.4, (0.5, 1.0))
+    assert (v2.brightness, v2.contrast, v2.saturation, v2.hue) == (0.1, 0.2, 0.3, 0.05)
+    assert (v1.blur_p, v2.blur_p, v1.solarize_p, v2.solarize_p) == (0.7, 0.3, 0.1, 0.6)
+    assert byol_views(32, blur=True)[0].blur_p == 1.0 and byol_views(224, blur=False)[1].blur_p == 0.0
+    assert v1.crop_ratio == (3 / 4, 4 / 3) and ViewConfig().interpolation == "bicubic"
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"flip_p": 1.5}, "--flip-p"), ({"gray_p": -0.1}, "--gray-p"), ({"blur_p": (1.0, 2.0)}, r"--blur-p \(view 2\)"),
+    ({"solarize_p": (-1.0, 0.2)}, r"--solarize-p \(view 1\)"), ({"hue": 0.6}, "--hue"), ({"contrast": -1}, "--contrast"),
+    ({"crop_scale": (0.5, 0.2)}, "--crop-scale"), ({"crop_scale": (0.0, 1.0)}, "--crop-scale"),
+    ({"blur_sigma": (0.0, 2.0)}, "--blur-sigma"),
+])
+def test_view_options_are_validated(kw, match):
+    from sslprobe.errors import SSLProbeError
+
+    with pytest.raises(SSLProbeError, match=match):
+        byol_views(224, **kw)
+
+
+@pytest.mark.parametrize("size, blur, note", [
+    (224, None, "on"), (64, None, "off (automatic: image size 64 ≤ 64 px)"), (32, True, "on"), (224, False, "off (--no-blur)"),
+])
+def test_blur_note(size, blur, note):
+    from sslprobe.augment import blur_note
+
+    assert blur_note(size, blur) == note

@@ -205,3 +205,41 @@ def test_time_based_checkpoint_cadence(class_folder, tmp_path, monkeypatch):
     saved.clear()
     pretrain(class_folder, out=tmp_path / "e", save_every="end", **FAST)
     assert saved == [4]
+
+
+def test_config_records_views_blur_rule_and_augment_overrides(class_folder, tmp_path):
+    pretrain(class_folder, out=tmp_path / "r", augment={"gray_p": 0.5, "solarize_p": (0.0, 0.4)}, **FAST)
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert cfg["blur"] == "off (automatic: image size 16 ≤ 64 px)"
+    assert cfg["views"][0]["gray_p"] == 0.5 and cfg["views"][1]["solarize_p"] == 0.4 and cfg["views"][0]["blur_p"] == 0
+    assert cfg["global_batch"] == 8 and cfg["world_size"] == 1 and cfg["precision"] == "float32"
+    with pytest.raises(SSLProbeError, match="unknown augmentation option"):
+        pretrain(class_folder, out=tmp_path / "x", augment={"sharpen": 1.0}, **FAST)
+
+
+def test_lars_is_the_papers_for_global_batch_256():
+    from sslprobe.pretrain import PretrainConfig, _optimizer, build_byol
+
+    cfg = PretrainConfig(model="test_resnet", image_size=16, small_stem=True, proj_hidden=32, proj_dim=16, optimizer="lars")
+    net, opt, _ = build_byol(cfg, device=torch.device("cpu"))
+    decay, plain = opt.param_groups
+    assert type(opt).__name__ == "LARS" and decay["trust"] == 1e-3 and decay["momentum"] == 0.9
+    assert decay["lars"] and decay["weight_decay"] == 1.5e-6 and not plain["lars"] and plain["weight_decay"] == 0
+    assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim <= 1 for p in plain["params"])
+    assert not any(p is q for p in decay["params"] + plain["params"] for q in net.target_backbone.parameters())
+    assert _optimizer("sgd", net, lr=0.1, weight_decay=0.0).defaults["momentum"] == 0.9
+
+
+def test_cli_resume_flag_continues(monkeypatch, capsys, class_folder, tmp_path):
+    from tests.test_cli import run
+
+    args = ["pretrain", class_folder, "--out", tmp_path / "r", "--model", "test_resnet", "--image-size", "16",
+            "--batch-size", "8", "--max-steps", "4", "--proj-hidden", "32", "--proj-dim", "16", "--workers", "0"]
+    code, _, err = run(monkeypatch, capsys, *args, "--stop-at", "2", "--no-blur", "--gray-p", "0.3", "--blur-p", "1", "0.5")
+    assert code == 0 and "stopped: --stop-at 2" in err and "--resume" in err
+    code, _, err = run(monkeypatch, capsys, *args, "--no-blur", "--gray-p", "0.3", "--blur-p", "1", "0.5")
+    assert code == 2 and "unfinished run" in err
+    code, _, err = run(monkeypatch, capsys, *args, "--resume")
+    assert code == 2 and "gray_p" in err  # changed options are named
+    code, _, err = run(monkeypatch, capsys, *args, "--resume", "--no-blur", "--gray-p", "0.3", "--blur-p", "1", "0.5")
+    assert code == 0 and "resumed from step 2" in err and "complete: 4/4" in err
