@@ -49,6 +49,7 @@ def test_each_image_gets_its_own_crop():
 def test_crop_boxes_respect_area_and_ratio():
     b = crop_boxes(2000, ViewConfig(), torch.Generator().manual_seed(0), "cpu")
     w, h, cx, cy = b.unbind(1)
+    assert ((cy - h / 2) >= -1e-6).all() and ((cy + h / 2) <= 1 + 1e-6).all()
     area = w * h
     assert area.min() >= 0.08 - 1e-6 and area.max() <= 1 + 1e-6
     assert ((cx - w / 2) >= -1e-6).all() and ((cx + w / 2) <= 1 + 1e-6).all()

@@ -8,7 +8,14 @@ import torch
 
 from sslprobe.byol import projection_std
 from sslprobe.errors import SSLProbeError
-from sslprobe.monitor import KnnEval, MetricsLog, check_collapse, collapse_threshold, describe, loss_curve
+from sslprobe.monitor import (
+    KnnEval,
+    MetricsLog,
+    check_collapse,
+    collapse_threshold,
+    describe,
+    loss_curve,
+)
 from sslprobe.pretrain import pretrain
 from tests.test_pretrain import FAST
 
