@@ -78,8 +78,9 @@ def wrap(net: nn.Module, dist: Dist, device: torch.device) -> nn.Module:
     if sync_batchnorm_supported(device):
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     ids = [device.index] if device.type == "cuda" else None
-    # broadcast_buffers: rank 0's BN running statistics win, so the saved model is rank-independent.
-    return DDP(net, device_ids=ids, broadcast_buffers=True)
+    # DDP's default buffer sync: rank 0's BN running statistics are broadcast at every forward, so
+    # the checkpoint rank 0 writes is what every rank continues from.
+    return DDP(net, device_ids=ids)
 
 
 def agree(flags: list[bool], dist: Dist, device: torch.device) -> list[bool]:
