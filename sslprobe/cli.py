@@ -5,6 +5,7 @@ argument errors answer at once.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -433,7 +434,17 @@ def main() -> None:
     except click_exception as e:
         typer.echo(f"error: {e.format_message()}", err=True)
         sys.exit(e.exit_code)
+    except OSError as e:
+        # A full disk or an unwritable --out is the user's to fix, not a bug: one line, not a traceback.
+        if _STATE["debug"] or e.errno not in _USER_OS_ERRORS:
+            raise
+        where = f" ('{e.filename}')" if e.filename else ""
+        _err(f"error: {e.strerror or e}{where}; free some space or choose another --out/--cache-dir, then rerun")
+        sys.exit(2)
     except (KeyboardInterrupt, typer.Abort):
         typer.echo("interrupted", err=True)
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+_USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM}

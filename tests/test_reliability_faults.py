@@ -1,0 +1,255 @@
+"""Fault injection: kill -9 at random points, a disk that fills mid-file, two writers at once.
+
+Whatever happens, a later run must give exactly what an uninterrupted run gives (extract:
+bit-identical features; pretrain: allclose weights) and no file left behind may be read as
+valid when it is not. The subprocess tests are marked slow (run with --slow); the in-process
+full-disk tests run always.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sslprobe.cli import main
+from tests.conftest import write_class_folder
+
+REPO = Path(__file__).resolve().parents[1]
+N_IMAGES = 48
+# A shard every batch, so a kill mid-run leaves a partly filled cache. Shards aligned with batches (as
+# the CLI's 4096 rows are with its batch sizes) keep every rerun batch whole: CPU convolutions give
+# last-bit differences between batch sizes (1 vs 4 measured here), which "bit-identical" excludes.
+SHARD_ROWS = 4
+
+# One extract as a separate process: small shards (the CLI's are 4096 rows) so kills land between them.
+EXTRACT = (
+    "import sys\n"
+    "from sslprobe.extract import extract\n"
+    "extract(sys.argv[1], out=sys.argv[2], cache_dir=sys.argv[3], model='test_resnet', weights='random',\n"
+    "        image_size=32, batch_size=4, workers=0, shard_rows={rows}, show_progress=False)\n"
+)
+
+
+def _extract_proc(data: Path, out: Path, cache: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    return subprocess.Popen([sys.executable, "-c", EXTRACT.format(rows=SHARD_ROWS), str(data), str(out), str(cache)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _finish(p: subprocess.Popen, timeout: float = 240) -> None:
+    _, err = p.communicate(timeout=timeout)
+    assert p.returncode == 0, err.decode()[-3000:]
+
+
+def _features(out: Path) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    t = load_file(str(out / "features.safetensors"))
+    paths = json.loads((out / "manifest.json").read_text())["paths"]
+    return t["features"], t["labels"], paths
+
+
+def _shards(cache: Path) -> list[Path]:
+    return [p for p in cache.glob("*/shards/*.safetensors") if not p.name.startswith(".")]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict:
+    """A folder and the features of one uninterrupted, uncached run over it (the reference)."""
+    root = tmp_path_factory.mktemp("faults")
+    data = write_class_folder(root / "data", per_class=N_IMAGES // 2, size=(32, 32), seed=1)
+    t0 = time.perf_counter()
+    _finish(_extract_proc(data, root / "ref", root / "ref-cache"))
+    return {"data": data, "ref": _features(root / "ref"), "seconds": time.perf_counter() - t0}
+
+
+def _assert_nothing_half_trusted(out: Path, ref) -> None:
+    """Right after a kill: the output is absent or complete, never a torn file that loads."""
+    f = out / "features.safetensors"
+    if f.exists():
+        t = load_file(str(f))  # atomic rename: a features file that exists is a whole one
+        assert torch.equal(t["features"], ref[0])
+    for p in out.glob("*.json") if out.exists() else []:
+        json.loads(p.read_text())  # strict JSON: a half-written one would not parse
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_extract_killed_at_random_points_then_rerun(tiny, tmp_path, seed):
+    rng = random.Random(seed)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    shards_total = N_IMAGES // SHARD_ROWS
+    # Seed 0 kills at a random time (possibly before any work); the others once a random number of
+    # shards are on disk, plus a random delay, so the kill lands inside the embedding loop.
+    p = _extract_proc(tiny["data"], out, cache)
+    if seed == 0:
+        time.sleep(rng.uniform(0.2, 1.0) * tiny["seconds"])
+    else:
+        want = rng.randint(1, shards_total - 2)
+        deadline = time.time() + 240
+        while len(_shards(cache)) < want and p.poll() is None and time.time() < deadline:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0, 0.05))
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    _assert_nothing_half_trusted(out, tiny["ref"])
+    _finish(_extract_proc(tiny["data"], out, cache))
+    feats, labels, paths = _features(out)
+    assert paths == tiny["ref"][2] and torch.equal(labels, tiny["ref"][1])
+    assert torch.equal(feats, tiny["ref"][0])  # bit-identical, cached rows and recomputed ones alike
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["cache"]["hits"] + m["cache"]["misses"] == N_IMAGES
+    if seed:
+        assert m["cache"]["hits"] > 0  # the killed run's finished shards were used, not redone
+
+
+@pytest.mark.slow
+def test_two_extracts_share_one_cache_at_once(tiny, tmp_path):
+    cache = tmp_path / "cache"
+    procs = [_extract_proc(tiny["data"], tmp_path / f"out{k}", cache) for k in range(2)]
+    for p in procs:
+        _finish(p)
+    for k in range(2):
+        feats, _, paths = _features(tmp_path / f"out{k}")
+        assert torch.equal(feats, tiny["ref"][0]) and paths == tiny["ref"][2]
+    _finish(_extract_proc(tiny["data"], tmp_path / "out3", cache))  # a third run reads it all back
+    m = json.loads((tmp_path / "out3" / "manifest.json").read_text())
+    assert m["cache"]["hits"] == N_IMAGES and torch.equal(_features(tmp_path / "out3")[0], tiny["ref"][0])
+    assert not list(cache.glob("*/shards/.*.tmp"))
+
+
+# --- a disk that fills up mid-file (in process) --------------------------------------------------
+
+def run_cli(monkeypatch, capsys, *args) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["sslprobe", *map(str, args)])
+    with pytest.raises(SystemExit) as e:
+        main()
+    return e.value.code, capsys.readouterr().err
+
+
+def _full_disk_when(monkeypatch, pick) -> list[str]:
+    """Make safetensors writes whose file name ``pick`` selects write half the file, then fail ENOSPC."""
+    import safetensors.torch
+
+    real, hit = safetensors.torch.save_file, []
+
+    def save_file(tensors, filename, metadata=None):
+        if not pick(os.path.basename(str(filename)), str(filename)):
+            return real(tensors, filename, metadata=metadata)
+        real(tensors, filename, metadata=metadata)
+        with open(filename, "r+b") as f:
+            f.truncate(os.path.getsize(filename) // 2)
+        hit.append(str(filename))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    return hit
+
+
+def test_atomic_write_keeps_the_old_file_when_the_disk_fills(tmp_path, monkeypatch):
+    from sslprobe.fileio import write_json
+
+    target = tmp_path / "report.json"
+    write_json(target, {"old": True})
+    real = Path.write_text
+
+    def half_then_enospc(self, text, *a, **kw):
+        real(self, text[: len(text) // 2], *a, **kw)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_text", half_then_enospc)
+    with pytest.raises(OSError):
+        write_json(target, {"new": list(range(1000))})
+    monkeypatch.undo()
+    assert json.loads(target.read_text()) == {"old": True}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]  # no temp file left behind
+
+
+EX = ["--model", "test_resnet", "--weights", "random", "--image-size", "16", "--batch-size", "4", "--workers", "0"]
+
+
+def test_extract_on_a_full_disk_fails_cleanly_and_trusts_nothing(monkeypatch, capsys, class_folder, tmp_path):
+    out, cache = tmp_path / "f", tmp_path / "cache"
+    code, err = run_cli(monkeypatch, capsys, "extract", class_folder, "--out", tmp_path / "ref", "--no-cache", *EX)
+    assert code == 0, err
+    ref = load_file(str(tmp_path / "ref" / "features.safetensors"))["features"]
+
+    hit = _full_disk_when(monkeypatch, lambda name, full: "features.safetensors" in name)
+    code, err = run_cli(monkeypatch, capsys, "extract", class_folder, "--out", out, "--cache-dir", cache, *EX)
+    assert hit and code != 0
+    lines = [line for line in err.splitlines() if line.strip() and "━" not in line]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "space" in lines[0].lower(), err
+    assert not (out / "features.safetensors").exists() and not list(out.glob(".*.tmp"))
+    monkeypatch.undo()
+    code, err = run_cli(monkeypatch, capsys, "extract", class_folder, "--out", out, "--cache-dir", cache, *EX)
+    assert code == 0, err
+    assert torch.equal(load_file(str(out / "features.safetensors"))["features"], ref)
+
+
+def test_cache_shard_on_a_full_disk_is_never_trusted(monkeypatch, capsys, class_folder, tmp_path):
+    out, cache = tmp_path / "f", tmp_path / "cache"
+    code, err = run_cli(monkeypatch, capsys, "extract", class_folder, "--out", tmp_path / "ref", "--no-cache", *EX)
+    assert code == 0, err
+    ref = load_file(str(tmp_path / "ref" / "features.safetensors"))["features"]
+
+    hit = _full_disk_when(monkeypatch, lambda name, full: f"{os.sep}shards{os.sep}" in full)
+    code, err = run_cli(monkeypatch, capsys, "extract", class_folder, "--out", out, "--cache-dir", cache, *EX)
+    assert hit and code != 0
+    lines = [line for line in err.splitlines() if line.strip() and "━" not in line]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "space" in lines[0].lower(), err
+    assert not _shards(cache) and not list(cache.glob("*/shards/.*"))  # the torn shard went with its temp name
+    monkeypatch.undo()
+    code, err = run_cli(monkeypatch, capsys, "extract", class_folder, "--out", out, "--cache-dir", cache, *EX)
+    assert code == 0, err
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["cache"]["hits"] == 0 and m["cache"]["invalid_shards"] == 0
+    assert torch.equal(load_file(str(out / "features.safetensors"))["features"], ref)
+
+
+def test_features_and_manifest_of_different_runs_are_never_paired(monkeypatch, capsys, tmp_path):
+    """Killed (or out of space) between writing features.safetensors and manifest.json: the probe
+    must not read the new features with the previous run's class names and paths."""
+    from sslprobe.errors import SSLProbeError
+
+    try:
+        from sslprobe.features import load_features
+    except ImportError:
+        from sslprobe.probe import load_features
+
+    a = write_class_folder(tmp_path / "a", classes=("cat", "dog"), per_class=4, size=(16, 16), seed=0)
+    b = write_class_folder(tmp_path / "b", classes=("car", "van"), per_class=4, size=(16, 16), seed=5)
+    out = tmp_path / "f"
+    code, err = run_cli(monkeypatch, capsys, "extract", a, "--out", out, "--no-cache", *EX)
+    assert code == 0, err
+    import sslprobe.fileio
+
+    real = sslprobe.fileio.write_json
+
+    def crash_on_manifest(path, obj):
+        if Path(path).name == "manifest.json":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(path, obj)
+
+    for mod in list(sys.modules.values()):  # wherever extract imported it from
+        if getattr(mod, "write_json", None) is real and mod.__name__.startswith("sslprobe."):
+            monkeypatch.setattr(mod, "write_json", crash_on_manifest)
+    code, _ = run_cli(monkeypatch, capsys, "extract", b, "--out", out, "--no-cache", *EX)
+    assert code != 0
+    monkeypatch.undo()
+    try:
+        fs = load_features(out)
+    except SSLProbeError:
+        return  # refusing the mismatched pair is right
+    # Or whatever loads is one run's consistent pair (class names match the images the rows came from).
+    manifest_classes = json.loads((out / "manifest.json").read_text())["classes"]
+    b_feats = load_file(str(out / "features.safetensors"))["features"]
+    assert not (fs.classes == tuple(manifest_classes) == ("cat", "dog") and torch.equal(fs.features, b_feats)), \
+        "run b's features were read with run a's manifest (classes cat/dog)"
