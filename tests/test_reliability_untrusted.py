@@ -262,3 +262,40 @@ def test_feature_manifest_paths_must_stay_inside(monkeypatch, capsys, tmp_path, 
 def test_feature_manifest_with_plain_relative_paths_loads(tmp_path):
     fs = load_features(_feature_dir(tmp_path / "f", ["a/1.png", "a/..b.png", "b/2.png", "b/c/3.png"]))
     assert fs.paths == ("a/1.png", "a/..b.png", "b/2.png", "b/c/3.png")
+
+
+# --- the embedding cache never reaches outside its directory ------------------------------------
+
+def _fingerprint(model: str = "test_resnet"):
+    from sslprobe.cache import Fingerprint
+
+    return Fingerprint(model=model, weights="random", weights_id="seed=0", preprocessing="{}", layer="pre-logits",
+                       pool="auto", dtype="float32", compute="float32", sslprobe_major="0")
+
+
+def test_cache_clear_never_follows_a_linked_store(tmp_path):
+    from sslprobe.cache import clear_stores
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep me")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / ("ab" * 12)).symlink_to(victim, target_is_directory=True)  # named like a store id
+    assert clear_stores(cache, all_stores=True) == []
+    assert clear_stores(cache, store="ab" * 12) == []
+    assert (victim / "precious.txt").read_text() == "keep me"
+
+
+def test_cache_shard_from_another_store_is_not_trusted(tmp_path):
+    """A shard copied (by hand, by a sync tool) into the wrong store must not feed its rows to it."""
+    from sslprobe.cache import Store
+
+    keys = [bytes([i]) * 32 for i in range(3)]
+    vit = Store.open(tmp_path, _fingerprint("test_vit"))
+    stray = vit.write_shard(keys, torch.randn(3, 4))
+    resnet = Store.open(tmp_path, _fingerprint("test_resnet"))
+    (resnet.shard_dir / stray.name).write_bytes(stray.read_bytes())
+    resnet.refresh()
+    _, found = resnet.get(keys)
+    assert found == [False, False, False]
