@@ -8,6 +8,7 @@ values where the op is not applied, blur is one grouped convolution with per-ima
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -96,6 +97,13 @@ def blur_note(image_size: int, blur: bool | None) -> str:
     return "on" if blur else "off (--no-blur)"
 
 
+@functools.lru_cache(maxsize=64)
+def _const(values: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    # A host→GPU copy of a fresh tensor waits for the GPU to finish its queue (a hidden sync per
+    # step); each constant is copied once per device instead.
+    return torch.tensor(values, dtype=dtype).to(device)
+
+
 def _uniform(lo: float, hi: float, n: int, g: torch.Generator, device) -> torch.Tensor:
     return torch.rand(n, generator=g, device=device) * (hi - lo) + lo
 
@@ -166,7 +174,7 @@ def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
     # Sector i picks (r, g, b) from (v, q, p, t) in the classic table; gather does it per pixel.
     table = torch.stack([v, q, p, t], 1)  # (B, 4, H, W)
-    order = torch.tensor([[0, 3, 2], [1, 0, 2], [2, 0, 3], [2, 1, 0], [3, 2, 0], [0, 2, 1]], device=x.device)
+    order = _const(((0, 3, 2), (1, 0, 2), (2, 0, 3), (2, 1, 0), (3, 2, 0), (0, 2, 1)), x.device, torch.long)
     idx = order[i].permute(0, 3, 1, 2)  # (B, 3, H, W)
     return table.gather(1, idx)
 
@@ -236,6 +244,6 @@ def make_view(
         x = gaussian_blur(x, torch.where(_bernoulli(cfg.blur_p, n, g, dev), sig, torch.zeros_like(sig)))
     sol = _bernoulli(cfg.solarize_p, n, g, dev).view(n, 1, 1, 1)
     x = torch.where(sol & (x >= 0.5), 1 - x, x)
-    m = torch.tensor(mean, device=dev, dtype=x.dtype).view(1, -1, 1, 1)
-    sd = torch.tensor(std, device=dev, dtype=x.dtype).view(1, -1, 1, 1)
+    m = _const(tuple(mean), dev, x.dtype).view(1, -1, 1, 1)
+    sd = _const(tuple(std), dev, x.dtype).view(1, -1, 1, 1)
     return (x - m) / sd

@@ -109,14 +109,13 @@ class BatchSource:
 
     def batches(self, *, start: int) -> Iterator[tuple[int, torch.Tensor]]:
         """(step, uint8 batch on the device) from run step ``start`` on, without end."""
-        order = _Order(self.n, batch=self.batch, rank=self.rank, world=self.world, seed=self.seed, start=start)
-        step = start
         if self.ram is not None:
-            for idx in order:
-                yield step, self.ram[torch.tensor(idx, device=self.ram.device)]
-                step += 1
+            yield from self._ram_batches(start)
             return
         from torch.utils.data import DataLoader
+
+        order = _Order(self.n, batch=self.batch, rank=self.rank, world=self.world, seed=self.seed, start=start)
+        step = start
 
         # One loader for the whole run: workers persist and prefetch across epoch boundaries.
         loader = DataLoader(self.dataset, batch_sampler=order, num_workers=self.workers, collate_fn=collate,
@@ -126,3 +125,15 @@ class BatchSource:
             if len(b.indices) >= 2:  # BatchNorm needs at least 2 samples; a step with fewer is skipped
                 yield step, b.images.to(self.device, non_blocking=True)
             step += 1
+
+    def _ram_batches(self, start: int) -> Iterator[tuple[int, torch.Tensor]]:
+        # Same order as _Order, but the permutation goes to the device once per epoch: a per-step
+        # host→GPU index copy would make the host wait for the GPU every step.
+        spe, gb, step = self.steps_per_epoch, self.batch * self.world, start
+        while True:
+            epoch, k = divmod(step, spe)
+            order = epoch_order(self.n, seed=self.seed, epoch=epoch).to(self.ram.device)
+            for j in range(k, spe):
+                lo = j * gb + self.rank * self.batch
+                yield step, self.ram[order[lo:lo + self.batch]]
+                step += 1

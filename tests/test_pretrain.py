@@ -243,3 +243,42 @@ def test_cli_resume_flag_continues(monkeypatch, capsys, class_folder, tmp_path):
     assert code == 2 and "gray_p" in err  # changed options are named
     code, _, err = run(monkeypatch, capsys, *args, "--resume", "--no-blur", "--gray-p", "0.3", "--blur-p", "1", "0.5")
     assert code == 0 and "resumed from step 2" in err and "complete: 4/4" in err
+
+
+def test_ram_and_streaming_give_the_same_batches(class_folder):
+    from sslprobe.batches import BatchSource
+    from sslprobe.data import open_images
+
+    images = open_images(class_folder)
+    kw = {"store": 8, "batch": 5, "device": torch.device("cpu"), "seed": 3, "workers": 0, "show_progress": False}
+    ram, stream = BatchSource(images, **kw), BatchSource(images, **kw, ram_limit=0)
+    assert ram.ram is not None and stream.ram is None and ram.steps_per_epoch == stream.steps_per_epoch == 4
+    a, b = ram.batches(start=3), stream.batches(start=3)  # from mid-epoch 0 into epoch 2
+    for _ in range(6):
+        (sa, xa), (sb, xb) = next(a), next(b)
+        assert sa == sb and torch.equal(xa, xb)
+    r0 = BatchSource(images, **kw, rank=0, world=2)
+    r1 = BatchSource(images, **kw, rank=1, world=2)
+    (_, x0), (_, x1) = next(r0.batches(start=0)), next(r1.batches(start=0))
+    assert r0.steps_per_epoch == 2 and not any(torch.equal(u, v) for u in x0 for v in x1)  # disjoint rank slices
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_step_never_waits_for_the_gpu():
+    from sslprobe.pretrain import PretrainConfig, TrainStep, build_byol
+
+    dev = torch.device("cuda")
+    cfg = PretrainConfig(model="test_resnet", image_size=32, small_stem=True, batch_size=16, proj_hidden=64,
+                         proj_dim=32, optimizer="lars", total_steps=10, warmup_steps=2)
+    net, opt, spec = build_byol(cfg, device=dev)
+    step = TrainStep(net, opt, cfg=cfg, spec=spec, device=dev)
+    x = torch.randint(0, 255, (16, 3, 32, 32), dtype=torch.uint8, device=dev)
+    step(x, 0)  # warm-up: constants copied once, cuDNN plans chosen
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for i in range(1, 4):
+            loss, std = step(x, i)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(loss) and std > 0
