@@ -1,28 +1,34 @@
 #!/usr/bin/env python3
-"""sslprobe's whole linear probe (C path over the 45-point grid + refit) vs ONE sklearn fit.
+"""sslprobe's whole linear probe (C search + refit) vs ONE scikit-learn fit, same data, one run.
 
-Both run in this process on the same data: sslprobe picks C on its 20 % hold-out and refits on
-train+val; sklearn then fits once (LogisticRegression, lbfgs, max_iter=1000) at that C on the same
+sslprobe picks C on its stratified 20 % hold-out (``--search grid``: the 45-point path with early
+stop; ``binary``: CLIP's coarse-then-bisect) and refits on train+val; scikit-learn then fits once
+(LogisticRegression, lbfgs, max_iter=1000, default tol) at the C sslprobe chose, on the same
 standardised train+val rows, and both score the same test rows. Prints times, test top-1 and the
-ratio. kNN is left out of the timed run (sklearn does none); --knn prints its cost separately.
+ratio (sslprobe full probe / one sklearn fit: below 1 means the whole protocol is faster than a
+single sklearn fit). kNN is left out of the timed run (sklearn does none).
 
-    python bench/probe_vs_sklearn.py --features feats/train --test feats/test [--knn]
+    python bench/probe_vs_sklearn.py --features feats/train --test feats/test --search grid binary
+    python bench/probe_vs_sklearn.py --fmnist-idx ~/.cache/fashion-mnist-deb/usr/share/datasets/fashion-mnist
     python bench/probe_vs_sklearn.py --synthetic 5000 256 10
 
-On a CPU shared with other busy processes, OpenMP's default spin-waiting can cost ~8 ms per
-parallel op (torch's and sklearn's alike); OMP_WAIT_POLICY=PASSIVE in the environment avoids it.
+Run timings on a quiet machine (``flock /tmp/bench.lock …``, OMP_WAIT_POLICY=PASSIVE: busy-waiting
+OpenMP threads of either library cost ~8 ms per parallel op when another process holds a core).
 """
 from __future__ import annotations
 
 import argparse
+import gzip
 import math
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from sslprobe.probe import FeatureSet, load_features, probe, stratified_split
+from sslprobe.features import FeatureSet, load_features
+from sslprobe.probe import probe
 
 
 def synthetic(n: int, d: int, k: int, *, seed: int = 0) -> tuple[FeatureSet, FeatureSet]:
@@ -47,35 +53,20 @@ def synthetic(n: int, d: int, k: int, *, seed: int = 0) -> tuple[FeatureSet, Fea
     return draw(n, seed + 1), draw(max(n // 5, k), seed + 2)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--features", help="train feature dir (or .safetensors) from `sslprobe extract`")
-    src.add_argument("--synthetic", nargs=3, type=int, metavar=("N", "D", "K"))
-    ap.add_argument("--test", help="test feature dir (required with --features)")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--full-grid", action="store_true", help="evaluate all 45 C's (no early stop)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--knn", action="store_true", help="also time kNN (k = 10, 20, 200) separately")
-    a = ap.parse_args()
-    if a.features and not a.test:
-        ap.error("--features needs --test")
-    train, test = synthetic(*a.synthetic, seed=a.seed) if a.synthetic else (load_features(a.features),
-                                                                            load_features(a.test))
-    n, d = train.features.shape
-    print(f"data: train {n}x{d}, test {test.features.shape[0]}, {len(set(train.labels.tolist()) - {-1})} classes; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+def fmnist_pixels(idx_dir: str) -> tuple[FeatureSet, FeatureSet]:
+    """Fashion-MNIST raw pixels (784-d, /255) straight from the IDX files: 60k train, 10k test."""
+    def read(prefix: str) -> FeatureSet:
+        with gzip.open(Path(idx_dir) / f"{prefix}-images-idx3-ubyte.gz") as f:
+            x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 784)
+        with gzip.open(Path(idx_dir) / f"{prefix}-labels-idx1-ubyte.gz") as f:
+            y = np.frombuffer(f.read(), np.uint8, offset=8)
+        return FeatureSet.from_arrays(x.astype(np.float32) / 255, y.astype(np.int64), source=f"fmnist {prefix} pixels")
 
-    # warm-up so one-time costs (kernel loading, CUDA context) are not billed to the run
-    probe(FeatureSet.from_arrays(train.features[:64], train.labels[:64]), C=1.0, knn_k=(), device=a.device)
-    # timed without kNN (sklearn does no kNN); kNN's cost is printed from a second, untimed run
-    t = time.perf_counter()
-    r = probe(train, test=test, seed=a.seed, device=a.device, patience=None if a.full_grid else 5, knn_k=())
-    t_ours = time.perf_counter() - t
-    iters = sum(p["iters"] for p in r["val_curve"])
-    knn = probe(train, test=test, seed=a.seed, device=a.device, C=r["C"]) if a.knn else None
+    return read("train"), read("t10k")
 
-    # sklearn: same rows as sslprobe's refit (labeled train = fit split + hold-out), same C
+
+def sklearn_fit(train: FeatureSet, test: FeatureSet, C: float) -> tuple[float, float, int, bool]:
+    """One LogisticRegression fit on the standardised labeled train rows: (seconds, test top-1, n_iter, converged)."""
     from sklearn.linear_model import LogisticRegression
 
     keep = train.labels >= 0
@@ -85,27 +76,63 @@ def main() -> None:
     Xs = ((X - mean) / std).astype(np.float32)
     t_lab = test.labels >= 0
     Xt = ((test.features[t_lab].numpy() - mean) / std).astype(np.float32)
-    yt = test.labels[t_lab].numpy()
     t = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        sk = LogisticRegression(C=r["C"], max_iter=1000).fit(Xs, y)
-    t_sk = time.perf_counter() - t
-    sk_top1 = float((sk.predict(Xt) == yt).mean())
+        sk = LogisticRegression(C=C, max_iter=1000).fit(Xs, y)
+    seconds = time.perf_counter() - t
     converged = not any("converge" in str(w.message) for w in caught)
-    _, held = stratified_split(torch.as_tensor(y), fraction=0.2, seed=a.seed)
+    return seconds, float((sk.predict(Xt) == test.labels[t_lab].numpy()).mean()), int(sk.n_iter_[0]), converged
 
-    tm = r["timing"]
-    print(f"sslprobe : {len(r['val_curve'])}-point C path + refit   {t_ours:8.2f} s   "
-          f"test top-1 {r['test']['top1']:.4f}   (C={r['C']:.3g}, {iters} L-BFGS iters on the path, "
-          f"{r['refit_iters']} in the refit, hold-out {held.numel()} rows, device {r['device']})")
-    print(f"           search {tm['search']:.2f} s, refit {tm['refit']:.2f} s, checks {tm['load']:.2f} s")
-    if knn:
-        print(f"           kNN (k = {', '.join(knn['knn']['by_k'])}, not in the ratio) {knn['timing']['knn']:.2f} s, "
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--features", help="train feature dir (or .safetensors) from `sslprobe extract`")
+    src.add_argument("--fmnist-idx", help="dir with Fashion-MNIST's *-idx*-ubyte.gz files (raw 784-d pixels)")
+    src.add_argument("--synthetic", nargs=3, type=int, metavar=("N", "D", "K"))
+    ap.add_argument("--test", help="test feature dir (required with --features)")
+    ap.add_argument("--search", nargs="+", choices=("grid", "binary"), default=["grid", "binary"])
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--full-grid", action="store_true", help="evaluate all 45 C's (no early stop)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--knn", action="store_true", help="also time kNN (k = 10, 20, 200) separately")
+    a = ap.parse_args()
+    if a.features and not a.test:
+        ap.error("--features needs --test")
+    if a.synthetic:
+        train, test = synthetic(*a.synthetic, seed=a.seed)
+    elif a.fmnist_idx:
+        train, test = fmnist_pixels(a.fmnist_idx)
+    else:
+        train, test = load_features(a.features), load_features(a.test)
+    n, d = train.features.shape
+    print(f"data: {train.source}: train {n}x{d}, test {test.features.shape[0]}, "
+          f"{len(set(train.labels.tolist()) - {-1})} classes; torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+    # warm-up so one-time costs (kernel loading, CUDA context) are not billed to the run
+    probe(FeatureSet.from_arrays(train.features[:64], train.labels[:64]), C=1.0, knn_k=(), device=a.device)
+    sk_cache: dict[float, tuple[float, float, int, bool]] = {}
+    for mode in a.search:
+        t = time.perf_counter()
+        r = probe(train, test=test, seed=a.seed, device=a.device, search=mode,
+                  patience=None if a.full_grid else 5, knn_k=())
+        t_ours = time.perf_counter() - t
+        if r["C"] not in sk_cache:
+            sk_cache[r["C"]] = sklearn_fit(train, test, r["C"])
+        t_sk, sk_top1, sk_iter, converged = sk_cache[r["C"]]
+        tm, iters = r["timing"], sum(p["iters"] for p in r["val_curve"])
+        print(f"[{mode}] sslprobe: {len(r['val_curve'])} fits + refit {t_ours:8.2f} s  test top-1 {r['test']['top1']:.4f}  "
+              f"(C={r['C']:.3g}; {iters} L-BFGS iters on the path, {r['refit_iters']} in the refit; "
+              f"search {tm['search']:.1f} s, refit {tm['refit']:.1f} s; device {r['device']})")
+        print(f"[{mode}] sklearn : one lbfgs fit at C={r['C']:.3g} {t_sk:8.2f} s  test top-1 {sk_top1:.4f}  "
+              f"(n_iter {sk_iter}{'' if converged else ', hit max_iter'})")
+        print(f"[{mode}] ratio   : sslprobe full probe / one sklearn fit = {t_ours / t_sk:.2f}x   "
+              f"top-1 difference {100 * (r['test']['top1'] - sk_top1):+.2f} points")
+    if a.knn:
+        knn = probe(train, test=test, seed=a.seed, device=a.device, C=1.0)
+        print(f"kNN (k = {', '.join(knn['knn']['by_k'])}, not in the ratio) {knn['timing']['knn']:.2f} s, "
               f"test top-1 @{knn['knn']['k']} {knn['knn']['test']['top1']:.4f}")
-    print(f"sklearn  : one lbfgs fit at that C         {t_sk:8.2f} s   test top-1 {sk_top1:.4f}   "
-          f"(n_iter {int(sk.n_iter_[0])}{'' if converged else ', hit max_iter'})")
-    print(f"ratio    : sklearn single fit / sslprobe full probe = {t_sk / t_ours:.2f}x")
 
 
 if __name__ == "__main__":

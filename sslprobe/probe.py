@@ -94,7 +94,8 @@ def probe(train: Source, *, val: Source | None = None, test: Source | None = Non
 
     ``search="grid"`` walks ``Cs`` (default: 45 log-spaced in [1e-6, 1e5]) small → large with warm
     starts and stops after ``patience`` C's that beat neither the best val top-1 nor the lowest val
-    loss (``patience=None``: the whole grid); ``"binary"`` is CLIP's coarse-then-bisect search.
+    loss (``patience=None``: the whole grid); ``"binary"`` is CLIP's coarse-then-bisect search
+    (its 2-decade coarse sweep stops one point past the peak unless ``patience=None``).
     ``C`` fixes it. Ties go to the smaller C. Without a test set there is no refit: val metrics come
     from the search fit at the chosen C. ``knn_k=()`` skips kNN (result["knn"] is None).
     ``fractions``/``shots`` add a label-efficiency curve (``seeds`` draws per point) scored on test
@@ -177,7 +178,7 @@ def probe(train: Source, *, val: Source | None = None, test: Source | None = Non
         if C is not None:
             state.evaluate(float(C))
         elif search == "binary":
-            binary_search(state, patience=None if patience is None else min(patience, 2))
+            binary_search(state, patience=None if patience is None else 1)
         else:
             grid_search(state, Cs or DEFAULT_CS, patience=patience)
 
