@@ -210,7 +210,7 @@ def color_jitter(x: torch.Tensor, cfg: ViewConfig, g: torch.Generator) -> torch.
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Blur each image with its own σ (B,), kernel ≈ 10 % of the side; σ ≤ 0 means no blur."""
     n, c, hgt, wid = x.shape
-    k = max(3, int(round(0.1 * min(hgt, wid))) // 2 * 2 + 1)
+    k = max(3, round(0.1 * min(hgt, wid)) // 2 * 2 + 1)
     r = torch.arange(k, device=x.device, dtype=x.dtype) - k // 2
     s = sigma.clamp(min=1e-3).to(x.dtype).view(n, 1)
     ker = torch.exp(-(r.view(1, k) ** 2) / (2 * s**2))  # (B, k)

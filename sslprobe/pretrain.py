@@ -2,8 +2,8 @@
 
 Writes into ``out``: ``backbone.safetensors`` (online backbone, timm state dict + rebuild
 metadata), ``config.json``, ``metrics.jsonl``, ``summary.json``, ``loss_curve.png`` (with
-matplotlib) and ``checkpoints/`` (see ``checkpoint.py``). The pieces a benchmark needs without the
-loop are :class:`PretrainConfig`, :func:`build_byol` and :class:`TrainStep`.
+matplotlib) and ``checkpoints/`` (see ``checkpoint.py``). One step (config, model, optimiser,
+views, update) is ``trainstep.py``; the data order ``batches.py``; logging ``monitor.py``.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import threading
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,161 +22,29 @@ import torch
 
 from sslprobe import checkpoint as ckpts
 from sslprobe import distributed as ddp
-from sslprobe.augment import ViewConfig, blur_note, byol_views, make_view
-from sslprobe.backbone import BackboneSpec, create_backbone, save_backbone
+from sslprobe.augment import blur_note, byol_views
+from sslprobe.backbone import create_backbone, save_backbone
 from sslprobe.batches import BatchSource
-from sslprobe.byol import BYOL, LARS, lr_at, param_groups, tau_at
+from sslprobe.byol import tau_at
 from sslprobe.data import ImageSet, open_images, skipped_report
 from sslprobe.errors import SSLProbeError
 from sslprobe.fileio import write_json
 from sslprobe.monitor import KnnEval, MetricsLog, check_collapse, describe, loss_curve
 from sslprobe.runtime import default_workers, pick_device, progress_bar
 
+# The step's pieces live in trainstep.py; importable from here too (benchmarks, older callers).
+from sslprobe.trainstep import (  # noqa: F401
+    PretrainConfig,
+    TrainStep,
+    _default_lr,
+    _optimizer,
+    build_byol,
+    pick_optimizer,
+    step_seed,
+)
+
 # Ignored when comparing a resumed run's configuration: the same run may continue on other hardware.
 RESUME_IGNORES = ("device", "precision", "sync_batchnorm")
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    """Everything that defines a run (saved as config.json; a resume must match it).
-
-    ``batch_size`` is per process, ``global_batch`` = batch_size × world_size, and ``lr`` is the
-    peak rate base_lr × global_batch / 256. Defaults are the paper's (Grill et al. 2020, App. C).
-    """
-
-    data: str = ""
-    model: str = "resnet18"
-    image_size: int = 224
-    small_stem: bool = False
-    batch_size: int = 256
-    world_size: int = 1
-    global_batch: int = 256
-    epochs: int = 100
-    max_steps: int | None = None
-    steps_per_epoch: int = 1
-    total_steps: int = 1
-    optimizer: str = "lars"
-    lr: float = 0.2
-    base_lr: float = 0.2
-    weight_decay: float = 1.5e-6
-    warmup_steps: int = 0
-    tau_base: float = 0.996
-    proj_hidden: int = 4096
-    proj_dim: int = 256
-    seed: int = 0
-    views: tuple[ViewConfig, ViewConfig] = field(default_factory=lambda: byol_views(224))
-    blur: str = "on"
-    sync_batchnorm: str = "n/a (one process)"
-    precision: str = "float32"
-    device: str = "cpu"
-
-
-def pick_optimizer(name: str, *, batch: int) -> str:
-    """``auto`` → LARS from batch 256 (the paper's setting), plain momentum SGD below it."""
-    if name != "auto":
-        return name
-    return "lars" if batch >= 256 else "sgd"
-
-
-def _default_lr(optimizer: str) -> float:
-    # Base lr per 256 images: 0.2 is the paper's LARS value; AdamW wants a far smaller step.
-    return {"lars": 0.2, "sgd": 0.06, "adamw": 2e-3}[optimizer]
-
-
-def _optimizer(name: str, model: torch.nn.Module, *, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    groups = param_groups(model, weight_decay=weight_decay)
-    if name == "lars":
-        return LARS(groups, lr=lr, momentum=0.9, trust=1e-3)
-    plain = [{k: v for k, v in g.items() if k != "lars"} for g in groups]
-    if name == "sgd":
-        return torch.optim.SGD(plain, lr=lr, momentum=0.9)
-    if name == "adamw":
-        return torch.optim.AdamW(plain, lr=lr)
-    raise SSLProbeError(f"unknown optimizer '{name}'; use auto, lars, sgd or adamw")
-
-
-def build_byol(cfg: PretrainConfig, *, device: torch.device,
-               dist: ddp.Dist | None = None) -> tuple[torch.nn.Module, torch.optim.Optimizer, BackboneSpec]:
-    """The seeded BYOL module on ``device`` (DDP-wrapped when ``dist.world > 1``), its optimiser and the backbone spec."""
-    backbone, spec = create_backbone(cfg.model, weights="random", image_size=cfg.image_size,
-                                     small_stem=cfg.small_stem, seed=cfg.seed)
-    with torch.random.fork_rng(devices=[]):  # seed the heads' init without touching the caller's RNG
-        torch.manual_seed(cfg.seed)
-        net = BYOL(backbone, feature_dim=backbone.num_features, hidden=cfg.proj_hidden, out=cfg.proj_dim).to(device)
-    if device.type == "cuda":
-        net = net.to(memory_format=torch.channels_last)
-    net = ddp.wrap(net, dist or ddp.Dist(), device)
-    return net, _optimizer(cfg.optimizer, net, lr=cfg.lr, weight_decay=cfg.weight_decay), spec
-
-
-def step_seed(seed: int, rank: int, step: int) -> int:
-    """Augmentation seed of one step on one rank (splitmix64 of the three): resumable, rank-distinct."""
-    x = (seed * 0x9E3779B97F4A7C15 + rank * 0xBF58476D1CE4E5B9 + step) & 0xFFFFFFFFFFFFFFFF
-    for mul, shift in ((0xBF58476D1CE4E5B9, 30), (0x94D049BB133111EB, 27)):
-        x = ((x ^ (x >> shift)) * mul) & 0xFFFFFFFFFFFFFFFF
-    return (x ^ (x >> 31)) & 0x7FFFFFFFFFFFFFFF
-
-
-class TrainStep:
-    """One BYOL step on a uint8 (B, 3, S, S) batch already on the device; returns device tensors, no host sync.
-
-    ``model_step(v1, v2, step)`` is the same step on ready-made views (the "model-only" rate).
-    ``mutating`` is True from the optimiser update to the EMA update: an interrupt there leaves a
-    half-updated state that must not be saved.
-    """
-
-    def __init__(self, net: torch.nn.Module, opt: torch.optim.Optimizer, *, cfg: PretrainConfig, spec: BackboneSpec,
-                 device: torch.device, rank: int = 0, compile: bool = False):
-        self.net, self.opt, self.cfg, self.spec, self.device, self.rank = net, opt, cfg, spec, device, rank
-        self.byol: BYOL = net.module if hasattr(net, "module") else net
-        self.gen = torch.Generator(device=device)
-        self.forward, self.compile_note = net, "off"
-        if compile:
-            try:
-                self.forward, self.compile_note = torch.compile(net), "on"
-            except Exception as e:  # noqa: BLE001  (no compiler on this machine, unsupported Python …)
-                self.compile_note = f"off ({type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''})"
-        self.cuda = device.type == "cuda"
-        self.mutating = False
-        self._first = True
-
-    def views(self, x: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The two augmented views of step ``step`` (seeded by seed, rank and step, so resumable)."""
-        self.gen.manual_seed(step_seed(self.cfg.seed, self.rank, step))
-        kw = {"size": self.spec.image_size, "mean": self.spec.mean, "std": self.spec.std, "generator": self.gen}
-        v1, v2 = make_view(x, self.cfg.views[0], **kw), make_view(x, self.cfg.views[1], **kw)
-        if self.cuda:
-            v1, v2 = v1.contiguous(memory_format=torch.channels_last), v2.contiguous(memory_format=torch.channels_last)
-        return v1, v2
-
-    def _loss(self, v1: torch.Tensor, v2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
-            if not self._first or self.forward is self.net:
-                return self.forward(v1, v2, return_std=True)
-            self._first = False
-            try:
-                return self.forward(v1, v2, return_std=True)
-            except Exception as e:  # noqa: BLE001  (compilation happens at the first call; fall back to eager once)
-                self.forward, self.compile_note = self.net, f"off (compile failed: {type(e).__name__})"
-                warnings.warn(f"--compile failed ({type(e).__name__}); continuing without it", stacklevel=2)
-                return self.forward(v1, v2, return_std=True)
-
-    def model_step(self, v1: torch.Tensor, v2: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward, backward, optimiser and EMA update at schedule position ``step``; (loss, proj_std)."""
-        lr = lr_at(step, self.cfg.total_steps, peak=self.cfg.lr, warmup=self.cfg.warmup_steps)
-        for g in self.opt.param_groups:
-            g["lr"] = lr
-        loss, proj_std = self._loss(v1, v2)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.mutating = True
-        self.opt.step()
-        self.byol.update_target(tau_at(step, self.cfg.total_steps, self.cfg.tau_base))
-        self.mutating = False
-        return loss.detach(), proj_std
-
-    def __call__(self, x: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model_step(*self.views(x, step), step)
 
 
 class PretrainInterrupted(KeyboardInterrupt):

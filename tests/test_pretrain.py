@@ -120,9 +120,9 @@ def _interrupt_at(monkeypatch, call, how):
     """Make the ``call``-th make_view call deliver a Ctrl-C: as a real SIGINT, or a bare KeyboardInterrupt."""
     import signal
 
-    import sslprobe.pretrain as pm
+    import sslprobe.trainstep as ts
 
-    real, n = pm.make_view, [0]
+    real, n = ts.make_view, [0]
 
     def fake(*a, **k):
         n[0] += 1
@@ -133,7 +133,7 @@ def _interrupt_at(monkeypatch, call, how):
                 raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(pm, "make_view", fake)
+    monkeypatch.setattr(ts, "make_view", fake)
 
 
 @pytest.mark.parametrize("how, saved_step", [("signal", 3), ("raise", 2)])
@@ -159,8 +159,9 @@ def _interrupted_step(run):
 
 def test_interrupt_between_optimizer_and_ema_saves_nothing_new(class_folder, tmp_path, monkeypatch):
     import sslprobe.pretrain as pm
+    import sslprobe.trainstep as ts
 
-    real, n = pm.tau_at, [0]
+    real, n = ts.tau_at, [0]
 
     def fake(*a, **k):
         n[0] += 1
@@ -168,17 +169,17 @@ def test_interrupt_between_optimizer_and_ema_saves_nothing_new(class_folder, tmp
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(pm, "tau_at", fake)
+    monkeypatch.setattr(ts, "tau_at", fake)
     with pytest.raises(pm.PretrainInterrupted, match="checkpoint at step 2"):
         pretrain(class_folder, out=tmp_path / "r", save_every="2", **{**FAST, "max_steps": 6})
     assert _interrupted_step(tmp_path / "r") == 2
 
 
 def test_nan_leaves_last_good_checkpoint(class_folder, tmp_path, monkeypatch):
-    import sslprobe.pretrain as pm
+    import sslprobe.trainstep as ts
 
-    real = pm.lr_at
-    monkeypatch.setattr(pm, "lr_at", lambda step, *a, **k: float("nan") if step >= 2 else real(step, *a, **k))
+    real = ts.lr_at
+    monkeypatch.setattr(ts, "lr_at", lambda step, *a, **k: float("nan") if step >= 2 else real(step, *a, **k))
     with pytest.raises(SSLProbeError, match=r"loss became nan at step 4.*last good checkpoint \(step 2\) is intact"):
         pretrain(class_folder, out=tmp_path / "r", save_every="2", **{**FAST, "max_steps": 6})
     w = _weights(tmp_path / "r")
@@ -282,3 +283,14 @@ def test_cuda_step_never_waits_for_the_gpu():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(loss) and std > 0
+
+
+def test_cli_ctrl_c_exits_130_saying_how_to_resume(monkeypatch, capsys, class_folder, tmp_path):
+    from tests.test_cli import run
+
+    _interrupt_at(monkeypatch, 3, "signal")
+    code, _, err = run(monkeypatch, capsys, "pretrain", class_folder, "--out", tmp_path / "r", "--model", "test_resnet",
+                       "--image-size", "16", "--batch-size", "8", "--max-steps", "4", "--proj-hidden", "32",
+                       "--workers", "0")
+    assert code == 130 and "interrupted (SIGINT) at step 2 of 4" in err and "--resume" in err
+    assert _interrupted_step(tmp_path / "r") == 2
