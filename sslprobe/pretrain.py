@@ -202,7 +202,9 @@ def _run(cfg: PretrainConfig, *, source: BatchSource, images: ImageSet, out: Pat
         elapsed0 = float(found.state.get("elapsed_s", 0.0))
     end = min(total, stop_at or total)
     log = MetricsLog(out / "metrics.jsonl", resume_step=start) if dist.main else None
-    r: dict[str, Any] = {"loss": float("nan"), "ckpt": found, "knn": None, "warnings": [], "status": "complete"}
+    loss0 = found.state.get("loss") if found is not None else None  # a resumed finished run logs nothing new
+    r: dict[str, Any] = {"loss": float("nan") if loss0 is None else loss0, "ckpt": found, "knn": None, "warnings": [],
+                         "status": "complete"}
     acc = [torch.zeros((), device=dev), torch.zeros((), device=dev), 0]  # loss sum, proj_std sum, steps
     t_run, t_log, wait, imgs, last_save = time.monotonic(), time.perf_counter(), 0.0, 0, (start, time.monotonic())
 

@@ -294,3 +294,11 @@ def test_cli_ctrl_c_exits_130_saying_how_to_resume(monkeypatch, capsys, class_fo
                        "--workers", "0")
     assert code == 130 and "interrupted (SIGINT) at step 2 of 4" in err and "--resume" in err
     assert _interrupted_step(tmp_path / "r") == 2
+
+
+def test_resuming_a_finished_run_rewrites_outputs_and_keeps_its_loss(class_folder, tmp_path):
+    first = pretrain(class_folder, out=tmp_path / "r", **FAST)
+    (tmp_path / "r" / "backbone.safetensors").unlink()  # as if killed right after the last checkpoint
+    again = pretrain(class_folder, out=tmp_path / "r", resume="auto", **FAST)
+    assert again["resumed_from"] == 4 and again["final_loss"] == pytest.approx(first["final_loss"])
+    assert (tmp_path / "r" / "backbone.safetensors").exists()
