@@ -104,28 +104,34 @@ class LARS(torch.optim.Optimizer):
     """
 
     def __init__(self, params, lr: float, *, momentum: float = 0.9, weight_decay: float = 0.0, trust: float = 1e-3):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust=trust, lars=True))
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "trust": trust, "lars": True})
 
     @torch.no_grad()
-    def step(self, closure=None):  # noqa: D102
+    def step(self, closure=None):
         loss = closure() if closure is not None else None
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                d = p.grad
-                if group["lars"]:
-                    if group["weight_decay"]:
-                        d = d.add(p, alpha=group["weight_decay"])
-                    w_norm, d_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(d)
-                    # ratio stays on the device: no host sync per parameter
-                    ratio = torch.where((w_norm > 0) & (d_norm > 0), group["trust"] * w_norm / d_norm, torch.ones_like(w_norm))
-                    d = d * ratio
-                state = self.state[p]
-                buf = state.get("momentum_buffer")
-                if buf is None:
-                    buf = state["momentum_buffer"] = d.clone()
-                else:
-                    buf.mul_(group["momentum"]).add_(d)
-                p.add_(buf, alpha=-group["lr"])
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            # Whole-group (foreach) ops: a handful of kernel launches per group instead of ~8 per
+            # parameter, and the trust ratios stay on the device (no host sync).
+            grads = [p.grad for p in params]
+            if group["lars"]:
+                wd = group["weight_decay"]
+                d = torch._foreach_add(grads, params, alpha=wd) if wd else torch._foreach_mul(grads, 1.0)
+                w_norm, d_norm = torch.stack(torch._foreach_norm(params)), torch.stack(torch._foreach_norm(d))
+                ratio = torch.where((w_norm > 0) & (d_norm > 0), group["trust"] * w_norm / d_norm, torch.ones_like(w_norm))
+                torch._foreach_mul_(d, list(ratio.unbind(0)))
+            else:
+                d = grads
+            state = [self.state[p] for p in params]
+            have = [i for i, st in enumerate(state) if "momentum_buffer" in st]
+            if have:  # buf ← μ·buf + d
+                bufs = [state[i]["momentum_buffer"] for i in have]
+                torch._foreach_mul_(bufs, group["momentum"])
+                torch._foreach_add_(bufs, [d[i] for i in have])
+            for st, di in zip(state, d):
+                if "momentum_buffer" not in st:  # first step: buf = d
+                    st["momentum_buffer"] = di.clone()
+            torch._foreach_add_(params, [st["momentum_buffer"] for st in state], alpha=-group["lr"])
         return loss

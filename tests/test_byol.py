@@ -108,3 +108,28 @@ def test_forward_is_symmetric_and_only_online_gets_gradients():
     assert all(p.grad is not None for p in net.predictor.parameters())
     assert all(p.grad is None for p in net.target_backbone.parameters())
     assert 0 <= a.item() <= 8
+
+
+def test_lars_matches_the_per_parameter_definition_over_steps():
+    """The batched (foreach) LARS equals the textbook per-tensor update, momentum included."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4), nn.Linear(4, 3))
+    ref = [p.detach().clone() for p in net.parameters()]
+    bufs = [None] * len(ref)
+    groups = param_groups(net, weight_decay=0.01)
+    lars_of = {id(p): g["lars"] for g in groups for p in g["params"]}
+    flags = [lars_of[id(p)] for p in net.parameters()]
+    opt = LARS(groups, lr=0.5, momentum=0.9, trust=1e-3)
+    for step in range(3):
+        grads = [torch.randn_like(p) for p in net.parameters()]
+        for p, g in zip(net.parameters(), grads):
+            p.grad = g.clone()
+        opt.step()
+        for i, (w, g, lars) in enumerate(zip(ref, grads, flags)):
+            d = g + 0.01 * w if lars else g
+            if lars:
+                d = d * (1e-3 * w.norm() / d.norm())
+            bufs[i] = d.clone() if bufs[i] is None else 0.9 * bufs[i] + d
+            ref[i] = w - 0.5 * bufs[i]
+        for p, r in zip(net.parameters(), ref):
+            assert torch.allclose(p.detach(), r, atol=1e-6), step
