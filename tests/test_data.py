@@ -14,8 +14,16 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from sslprobe.data import (IMAGE_EXTENSIONS, BadImageError, ImageDataset, ImageSet, collate, decode_image,
-                           open_images, skipped_report)
+from sslprobe.data import (
+    IMAGE_EXTENSIONS,
+    BadImageError,
+    ImageDataset,
+    ImageSet,
+    collate,
+    decode_image,
+    open_images,
+    skipped_report,
+)
 from sslprobe.errors import SSLProbeError
 
 

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from sslprobe.cli import main
+from tests.corpus import user_lines
 
 PT = ["--out", "{tmp}/r", "--model", "test_resnet", "--image-size", "16", "--max-steps", "1", "--workers", "0"]
 EX = ["--out", "{tmp}/f", "--workers", "0", "--cache-dir", "{tmp}/cache"]
@@ -135,7 +136,7 @@ def test_misuse_exits_2_with_one_line(monkeypatch, capsys, places, args, needle)
     with pytest.raises(SystemExit) as e:
         main()
     out, err = capsys.readouterr()
-    lines = [line for line in err.splitlines() if line.strip() and "━" not in line]  # minus progress bars
+    lines = user_lines(err)
     assert e.value.code == 2, err
     assert len(lines) == 1, err
     assert lines[0].startswith("error: ") and needle.lower() in lines[0].lower(), lines[0]

@@ -153,7 +153,7 @@ def test_only_bad_files_exit_2_with_one_line(monkeypatch, capsys, only_bad, tmp_
     args = [command, only_bad.root, "--out", tmp_path / "o", "--workers", "0", "--image-size", "16"]
     args += ["--weights", "pixels"] if command == "extract" else ["--model", "test_resnet", "--max-steps", "1"]
     code, _, err = run(monkeypatch, capsys, *args)
-    lines = [line for line in err.splitlines() if line.strip() and "━" not in line]  # minus the progress bar
+    lines = corpus.user_lines(err)
     assert code == 2 and len(lines) == 1, err
     assert lines[0].startswith("error: no readable image") and str(only_bad.root) in lines[0]
     assert not (tmp_path / "o" / "features.safetensors").exists()

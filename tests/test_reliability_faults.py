@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 
 from sslprobe.cli import main
 from tests.conftest import write_class_folder
+from tests.corpus import user_lines
 
 REPO = Path(__file__).resolve().parents[1]
 N_IMAGES = 48
@@ -185,7 +186,7 @@ def test_extract_on_a_full_disk_fails_cleanly_and_trusts_nothing(monkeypatch, ca
     hit = _full_disk_when(monkeypatch, lambda name, full: "features.safetensors" in name)
     code, err = run_cli(monkeypatch, capsys, "extract", class_folder, "--out", out, "--cache-dir", cache, *EX)
     assert hit and code != 0
-    lines = [line for line in err.splitlines() if line.strip() and "━" not in line]
+    lines = user_lines(err)
     assert len(lines) == 1 and lines[0].startswith("error: ") and "space" in lines[0].lower(), err
     assert not (out / "features.safetensors").exists() and not list(out.glob(".*.tmp"))
     monkeypatch.undo()
@@ -203,7 +204,7 @@ def test_cache_shard_on_a_full_disk_is_never_trusted(monkeypatch, capsys, class_
     hit = _full_disk_when(monkeypatch, lambda name, full: f"{os.sep}shards{os.sep}" in full)
     code, err = run_cli(monkeypatch, capsys, "extract", class_folder, "--out", out, "--cache-dir", cache, *EX)
     assert hit and code != 0
-    lines = [line for line in err.splitlines() if line.strip() and "━" not in line]
+    lines = user_lines(err)
     assert len(lines) == 1 and lines[0].startswith("error: ") and "space" in lines[0].lower(), err
     assert not _shards(cache) and not list(cache.glob("*/shards/.*"))  # the torn shard went with its temp name
     monkeypatch.undo()
@@ -253,3 +254,123 @@ def test_features_and_manifest_of_different_runs_are_never_paired(monkeypatch, c
     b_feats = load_file(str(out / "features.safetensors"))["features"]
     assert not (fs.classes == tuple(manifest_classes) == ("cat", "dog") and torch.equal(fs.features, b_feats)), \
         "run b's features were read with run a's manifest (classes cat/dog)"
+
+
+# --- pretrain: kill -9, then --resume -------------------------------------------------------------
+
+PRETRAIN = ["--model", "test_resnet", "--image-size", "16", "--batch-size", "8", "--max-steps", "16",
+            "--proj-hidden", "32", "--proj-dim", "16", "--workers", "0", "--save-every", "2", "--log-every", "1"]
+
+
+def _pretrain_proc(data: Path, out: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    return subprocess.Popen([sys.executable, "-m", "sslprobe", "pretrain", str(data), "--out", str(out), *PRETRAIN,
+                             *extra], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _saved_step(out: Path) -> int:
+    steps = [int(p.stem.split("-")[1]) for p in (out / "checkpoints").glob("step-*.json")] if out.exists() else []
+    return max(steps, default=0)
+
+
+def _backbone(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "backbone.safetensors"))
+
+
+def _assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k, v in a.items():
+        assert torch.allclose(v.float(), b[k].float(), rtol=1e-5, atol=1e-6), k
+
+
+@pytest.fixture(scope="module")
+def pretrained(tiny, tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("pretrain-ref")
+    t0 = time.perf_counter()
+    _finish(_pretrain_proc(tiny["data"], root / "ref"))
+    return {"ref": _backbone(root / "ref"), "seconds": time.perf_counter() - t0}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pretrain_killed_at_random_points_then_resumed(tiny, pretrained, tmp_path, seed):
+    from sslprobe import checkpoint as ckpts
+
+    rng = random.Random(seed)
+    out = tmp_path / "run"
+    p = _pretrain_proc(tiny["data"], out)
+    if seed == 0:
+        time.sleep(rng.uniform(0.2, 1.0) * pretrained["seconds"])
+    else:  # once a random checkpoint is on disk, plus a little: the kill lands mid-training or mid-save
+        want = rng.randrange(2, 14, 2)
+        deadline = time.time() + 240
+        while _saved_step(out) < want and p.poll() is None and time.time() < deadline:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0, 0.2))
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    latest = ckpts.find_latest(out / "checkpoints")
+    if latest is not None:  # whatever verifies also loads: no torn checkpoint passes the check
+        assert ckpts.load_tensors(latest)
+    if (out / "backbone.safetensors").exists():  # written last and atomically: only a finished run has one
+        _assert_close(_backbone(out), pretrained["ref"])
+    if seed:
+        assert latest is not None and latest.step >= 2
+    _finish(_pretrain_proc(tiny["data"], out, "--resume"))
+    _assert_close(_backbone(out), pretrained["ref"])
+    assert not list((out / "checkpoints").glob(".*.tmp"))
+
+
+def test_pretrain_checkpoint_on_a_full_disk_then_resume(monkeypatch, capsys, class_folder, tmp_path):
+    args = ["--model", "test_resnet", "--image-size", "16", "--batch-size", "8", "--max-steps", "6", "--proj-hidden",
+            "16", "--proj-dim", "8", "--workers", "0", "--save-every", "2"]
+    code, err = run_cli(monkeypatch, capsys, "pretrain", class_folder, "--out", tmp_path / "ref", *args)
+    assert code == 0, err
+    calls = []
+
+    def pick(name, full):  # the second checkpoint's tensors
+        if name.startswith(".step-"):
+            calls.append(name)
+            return len(calls) == 2
+        return False
+
+    hit = _full_disk_when(monkeypatch, pick)
+    out = tmp_path / "run"
+    code, err = run_cli(monkeypatch, capsys, "pretrain", class_folder, "--out", out, *args)
+    assert hit and code == 2
+    lines = user_lines(err)
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "space" in lines[0].lower(), err
+    from sslprobe import checkpoint as ckpts
+
+    assert ckpts.find_latest(out / "checkpoints").step == 2  # the first one, intact
+    assert not (out / "backbone.safetensors").exists()
+    monkeypatch.undo()
+    code, err = run_cli(monkeypatch, capsys, "pretrain", class_folder, "--out", out, *args, "--resume")
+    assert code == 0, err
+    _assert_close(_backbone(out), _backbone(tmp_path / "ref"))
+
+
+def test_forged_checkpoint_never_runs_code(monkeypatch, capsys, class_folder, tmp_path):
+    """A checkpoint JSON that verifies (right size and sha256) but names a pickle as its tensors."""
+    import hashlib
+    import pickle
+
+    from tests.test_reliability_untrusted import Payload
+
+    args = ["--model", "test_resnet", "--image-size", "16", "--batch-size", "8", "--max-steps", "6", "--proj-hidden",
+            "16", "--proj-dim", "8", "--workers", "0", "--save-every", "2"]
+    out = tmp_path / "run"
+    code, err = run_cli(monkeypatch, capsys, "pretrain", class_folder, "--out", out, *args, "--stop-at", "2")
+    assert code == 0, err
+    marker = tmp_path / "pwned"
+    evil = out / "checkpoints" / "evil.safetensors"
+    evil.write_bytes(pickle.dumps({"model.x": Payload(marker)}))
+    real = json.loads((out / "checkpoints" / "step-000000002.json").read_text())
+    forged = {**real, "step": 4, "tensors": evil.name, "bytes": evil.stat().st_size,
+              "sha256": hashlib.sha256(evil.read_bytes()).hexdigest()}
+    (out / "checkpoints" / "step-000000004.json").write_text(json.dumps(forged))
+    code, err = run_cli(monkeypatch, capsys, "pretrain", class_folder, "--out", out, *args, "--resume")
+    assert not marker.exists()
+    lines = user_lines(err)
+    assert "Traceback" not in err
+    assert code == 0 or (code == 2 and len(lines) == 1 and lines[0].startswith("error: ")), err

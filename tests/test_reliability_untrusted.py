@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 from sslprobe.cli import main
 from sslprobe.errors import SSLProbeError
+from tests.corpus import user_lines
 
 try:  # the probe's loader moved to its own module; either place is tested
     from sslprobe.features import load_features
@@ -34,7 +35,7 @@ def run(monkeypatch, capsys, *args) -> tuple[int, str, str]:
 
 
 def assert_one_error_line(code: int, err: str, *needles: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip() and "━" not in line]  # minus progress bars
+    lines = user_lines(err)
     assert code == 2, err
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert "Traceback" not in err

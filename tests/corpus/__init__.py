@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -196,3 +197,11 @@ def restore_permissions(root: str | os.PathLike) -> None:
     p = Path(root) / "unreadable.png"
     if p.exists() and not p.is_symlink():
         p.chmod(0o644)
+
+
+_PROGRESS = re.compile(r"\d+/\d+\s+\d+:\d\d:\d\d")  # rich's "12/48 0:00:03" columns
+
+
+def user_lines(stderr: str) -> list[str]:
+    """The non-blank stderr lines a user reads as messages: progress-bar lines left out."""
+    return [line for line in stderr.splitlines() if line.strip() and "━" not in line and not _PROGRESS.search(line)]
