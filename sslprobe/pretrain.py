@@ -101,6 +101,8 @@ def pretrain(data: str | os.PathLike, *, out: str | os.PathLike, model: str = "r
     for name, val in (("max_steps", max_steps), ("stop_at", stop_at)):
         if val is not None and val < 1:
             raise SSLProbeError(f"--{name.replace('_', '-')} must be ≥ 1 (got {val})")
+    if lr is not None and not lr > 0:  # also refuses NaN
+        raise SSLProbeError(f"--lr must be a positive number (got {lr})")
     if max_minutes is not None and max_minutes <= 0:
         raise SSLProbeError(f"--max-minutes must be positive (got {max_minutes})")
     if image_size is not None and image_size < 8:

@@ -62,15 +62,20 @@ def test_batch_is_capped_to_data_size_and_lars_runs(class_folder, tmp_path):
 @pytest.mark.parametrize("bad, match", [
     ({"batch_size": 0}, "batch-size"), ({"max_steps": 0}, "max-steps"), ({"tau_base": 1.0}, "tau-base"),
     ({"optimizer": "adam"}, "unknown optimizer"), ({"model": "nope_net"}, "unknown model"),
+    ({"lr": 0.0}, "--lr must be a positive"), ({"lr": float("nan")}, "--lr must be a positive"),
+    ({"max_minutes": 0}, "--max-minutes"), ({"stop_at": 0}, "--stop-at"), ({"resume": "maybe"}, "--resume"),
+    ({"save_every": "often"}, "--save-every"), ({"log_every": 0}, "--log-every"),
 ])
 def test_bad_arguments(class_folder, tmp_path, bad, match):
     with pytest.raises(SSLProbeError, match=match):
         pretrain(class_folder, out=tmp_path / "x", **{**FAST, **bad})
 
 
-def test_nan_loss_stops_with_clear_message(class_folder, tmp_path):
-    with pytest.raises(SSLProbeError, match="loss became nan"):
-        pretrain(class_folder, out=tmp_path / "x", **{**FAST, "lr": float("nan")})
+def test_nan_loss_stops_with_clear_message(class_folder, tmp_path, monkeypatch):
+    monkeypatch.setattr("sslprobe.trainstep.lr_at", lambda *a, **k: float("nan"))
+    with pytest.raises(SSLProbeError, match="loss became nan at step 2; stopped without saving.*No checkpoint"):
+        pretrain(class_folder, out=tmp_path / "x", **FAST)
+    assert not (tmp_path / "x" / "backbone.safetensors").exists()
 
 
 # --- never lose a run: checkpoints, exact resume, interruption, NaN -------------------------------------------
