@@ -104,13 +104,24 @@ def save(directory: str | os.PathLike, *, step: int, tensors: Mapping[str, torch
 
 
 def _verified(jpath: Path) -> Checkpoint | None:
+    """The checkpoint if its JSON parses, names its own step's tensors file, and that file has the
+    recorded size and sha256 and a readable safetensors header; else None."""
+    from safetensors import safe_open
+
     try:
         state = json.loads(jpath.read_text())
-        tpath = jpath.with_name(state["tensors"])
-        if state.get("format") != FORMAT or tpath.stat().st_size != state["bytes"] or _sha256(tpath) != state["sha256"]:
+        step = int(state["step"])
+        name = f"step-{step:09d}"
+        # Only our own file names: a JSON cannot point the loader at another file (a pickle, ../x).
+        if jpath.name != f"{name}.json" or state.get("format") != FORMAT or state["tensors"] != f"{name}.safetensors":
             return None
-        return Checkpoint(jpath, tpath, int(state["step"]), state)
-    except (OSError, ValueError, KeyError, TypeError):
+        tpath = jpath.with_name(state["tensors"])
+        if tpath.stat().st_size != state["bytes"] or _sha256(tpath) != state["sha256"]:
+            return None
+        with safe_open(str(tpath), framework="pt") as f:
+            f.keys()
+        return Checkpoint(jpath, tpath, step, state)
+    except Exception:  # noqa: BLE001  (any unreadable or forged checkpoint is simply not used)
         return None
 
 
@@ -131,7 +142,11 @@ def load_tensors(ckpt: Checkpoint, *, device: torch.device | str = "cpu") -> dic
     """All tensors of a checkpoint."""
     from safetensors.torch import load_file
 
-    return load_file(str(ckpt.tensors_path), device=str(device))
+    try:
+        return load_file(str(ckpt.tensors_path), device=str(device))
+    except Exception as e:  # noqa: BLE001  (changed on disk since it verified)
+        raise SSLProbeError(f"checkpoint {ckpt.tensors_path} cannot be read ({type(e).__name__}); "
+                            "delete it to resume from an older one, or start a new run") from None
 
 
 def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:

@@ -198,9 +198,14 @@ def _run(cfg: PretrainConfig, *, source: BatchSource, images: ImageSet, out: Pat
     elapsed0 = 0.0
     if found is not None:
         t = ckpts.load_tensors(found)
-        byol.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")}, strict=True)
-        ckpts.unpack_optimizer(opt, t, found.state["optimizer"])
-        ckpts.restore_rng(t)
+        try:
+            byol.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")}, strict=True)
+            ckpts.unpack_optimizer(opt, t, found.state["optimizer"])
+            ckpts.restore_rng(t)
+        except (RuntimeError, KeyError, ValueError, TypeError) as e:
+            raise SSLProbeError(f"checkpoint {found.json_path} does not fit this model/optimiser "
+                                f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
+                                "delete it or use a new --out") from None
         elapsed0 = float(found.state.get("elapsed_s", 0.0))
     end = min(total, stop_at or total)
     log = MetricsLog(out / "metrics.jsonl", resume_step=start) if dist.main else None

@@ -98,3 +98,23 @@ def test_rng_round_trip():
     x = torch.rand(3)
     ck.restore_rng(saved)
     assert torch.equal(torch.rand(3), x)
+
+
+def test_json_cannot_point_at_another_file(tmp_path):
+    import hashlib
+
+    d = tmp_path / "ck"
+    good = ck.save(d, step=2, tensors={"a": torch.ones(2)}, state={})
+    other = d / "other.safetensors"
+    other.write_bytes(good.tensors_path.read_bytes())
+    meta = json.loads(good.json_path.read_text())
+    forged = {**meta, "step": 4, "tensors": other.name, "bytes": other.stat().st_size,
+              "sha256": hashlib.sha256(other.read_bytes()).hexdigest()}
+    (d / "step-000000004.json").write_text(json.dumps(forged))
+    (d / "step-000000006.json").write_text(json.dumps({**forged, "step": 6, "tensors": "../../x.safetensors"}))
+    assert ck.find_latest(d).step == 2
+    bad = d / "step-000000008.safetensors"
+    bad.write_bytes(b"\xff" * 64)  # right size and hash recorded, but not safetensors
+    (d / "step-000000008.json").write_text(json.dumps({**meta, "step": 8, "tensors": bad.name, "bytes": 64,
+                                                       "sha256": hashlib.sha256(bad.read_bytes()).hexdigest()}))
+    assert ck.find_latest(d).step == 2
