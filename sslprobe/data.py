@@ -75,18 +75,21 @@ def decode_image(source: str | os.PathLike | bytes, *, max_pixels: int = 89_478_
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise BadImageError("empty file")
-        return _decode(io.BytesIO(source), max_pixels)
+        return _decode(io.BytesIO(source), max_pixels, len(source))
     f = _open_regular(source)
     try:  # _decode turns every error of its own into BadImageError: what lands here is the file's
         with f:
-            if os.fstat(f.fileno()).st_size == 0:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
                 raise BadImageError("empty file")
-            return _decode(f, max_pixels)
+            return _decode(f, max_pixels, size)
     except (OSError, ValueError) as e:
         raise BadImageError(_OPEN_ERRORS.get(type(e)) or f"cannot read: {getattr(e, 'strerror', None) or e}") from None
 
 
-def _decode(fp: io.IOBase, max_pixels: int) -> Image.Image:
+def _decode(fp: io.IOBase, max_pixels: int, size: int) -> Image.Image:
+    head = fp.read(_HEAD_BYTES)  # for the JPEG coding type (_too_small); the markers before SOF are short
+    fp.seek(0)
     # Plugins warn per file (corrupt EXIF, bomb warning, ...); the problems that matter become
     # BadImageError, and a million-image folder would otherwise flood the log.
     with warnings.catch_warnings():
@@ -101,14 +104,23 @@ def _decode(fp: io.IOBase, max_pixels: int) -> Image.Image:
             raise BadImageError(f"too large: {n.group(1) if n else '?'} px > {limit} px limit") from None
         except Exception as e:  # noqa: BLE001 - plugins raise assorted types on malformed headers
             raise BadImageError(_reason(e)) from None
-        return _finish(im, max_pixels)
+        return _finish(im, max_pixels, size=size, head=head)
 
 
-def _finish(im: Image.Image, max_pixels: int) -> Image.Image:
-    """Size check, load, orientation and RGB conversion of an opened (lazy) image."""
+def _finish(im: Image.Image, max_pixels: int, *, size: int | None = None, head: bytes = b"") -> Image.Image:
+    """Size checks, load, orientation and RGB conversion of an opened (lazy) image.
+
+    ``size`` (the encoded byte count) and ``head`` (its first bytes) enable the check that the
+    file can hold the pixels its header claims; when not given they are read from the image's
+    open file, if it still has one.
+    """
     w, h = im.size
     if w * h > max_pixels:
         raise BadImageError(f"too large: {w}x{h} px > {max_pixels} px limit")
+    if size is None:
+        size, head = _size_and_head(im)
+    if size is not None and _too_small(im, size, head):
+        raise BadImageError(f"truncated image ({w}x{h} px claimed by a {size}-byte file)")
     try:
         im.load()  # decode now, so a truncated file fails here and not inside a transform
     except Exception as e:  # noqa: BLE001 - any decoder failure means a bad file
@@ -121,6 +133,54 @@ def _finish(im: Image.Image, max_pixels: int) -> Image.Image:
         return _to_rgb(im)
     except Exception as e:  # noqa: BLE001 - a mode the conversion can't handle
         raise BadImageError(f"unsupported image mode {im.mode}: {_reason(e)}") from None
+
+
+# Pillow decodes a file whose data ends early "successfully" when the codec stream itself ends
+# (padding with grey or black): an 854-byte JPEG claiming 9000×9000 became a 243 MB image in 0.3 s.
+# So a header that claims more pixels than the format could code in the file's bytes is refused:
+# deflate can't beat 1032:1 and a PNG row needs ≥ 1 bit per pixel plus a filter byte; a Huffman
+# JPEG spends ≥ 1 bit per 8×8 luma block. Both floors get a 2× margin; arithmetic-coded JPEGs have
+# no such floor and are not checked.
+_DEFLATE_MAX_RATIO = 1032
+_HEAD_BYTES = 1 << 16
+
+
+def _too_small(im: Image.Image, size: int, head: bytes) -> bool:
+    w, h = im.size
+    if im.format == "PNG":
+        return 2 * _DEFLATE_MAX_RATIO * size < h * (1 + (w + 7) // 8)
+    if im.format in ("JPEG", "MPO") and _jpeg_sof(head) in (0xC0, 0xC1, 0xC2):  # Huffman DCT
+        return 2 * 8 * size < ((w + 7) // 8) * ((h + 7) // 8)
+    return False
+
+
+def _size_and_head(im: Image.Image) -> tuple[int | None, bytes]:
+    fp = getattr(im, "fp", None)
+    try:
+        pos = fp.tell()
+        size = fp.seek(0, io.SEEK_END)
+        fp.seek(0)
+        head = fp.read(_HEAD_BYTES)
+        fp.seek(pos)
+    except (AttributeError, OSError, ValueError):  # no file (decoded in memory) or not seekable
+        return None, b""
+    return size, head
+
+
+def _jpeg_sof(head: bytes) -> int | None:
+    """The SOF marker (0xC0 baseline, 0xC2 progressive, 0xC9 arithmetic, …) among a JPEG's first bytes."""
+    i = 2
+    while i + 4 <= len(head) and head[i] == 0xFF:
+        m = head[i + 1]
+        if m == 0xFF:  # fill byte
+            i += 1
+            continue
+        if 0xC0 <= m <= 0xCF and m not in (0xC4, 0xC8, 0xCC):  # not DHT, JPG, DAC
+            return m
+        if m == 0xDA:  # scan data before any SOF: not ours to judge
+            return None
+        i += 2 + int.from_bytes(head[i + 2:i + 4], "big")
+    return None
 
 
 def _reason(e: BaseException) -> str:

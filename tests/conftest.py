@@ -23,6 +23,12 @@ def class_folder(tmp_path: Path) -> Path:
     return write_class_folder(tmp_path / "data")
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads or writes the user's embedding cache: a stale row there would hide a change."""
+    monkeypatch.setenv("SSLPROBE_CACHE_DIR", str(tmp_path_factory.mktemp("sslprobe-cache")))
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--slow", action="store_true", help="also run tests marked slow (kill -9 fault injection, …)")
 

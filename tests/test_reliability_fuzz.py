@@ -17,7 +17,14 @@ import pytest
 from PIL import Image
 
 from sslprobe.data import BadImageError, decode_image
-from tests.corpus import encode, jpeg_with_size, noise, valid_jpeg, valid_png
+from tests.corpus import (
+    encode,
+    jpeg_with_size,
+    noise,
+    png_claiming,
+    valid_jpeg,
+    valid_png,
+)
 
 PER_FILE_S = 5.0  # generous: the slowest case measured takes < 1 s on a loaded 2-core machine
 
@@ -140,6 +147,25 @@ def test_mutations_raise_only_bad_image_error(fuzz_seed):
 def test_small_files_claiming_large_sizes_finish_quickly(data, what):
     """Decode cost is bounded by ``max_pixels`` however few bytes claim the size."""
     _check(data, what)
+
+
+@pytest.mark.parametrize("data", [jpeg_with_size(9000, 9000), jpeg_with_size(2000, 2000), png_claiming(9000, 9000),
+                                  png_claiming(3000, 100)], ids=["jpeg-9000", "jpeg-2000", "png-9000", "png-3000x100"])
+def test_headers_claiming_more_pixels_than_the_bytes_hold_are_truncated(data):
+    with pytest.raises(BadImageError, match="truncated image"):
+        decode_image(data)
+
+
+@pytest.mark.parametrize("im, fmt, kw", [
+    (Image.new("1", (2000, 2000)), "PNG", {"optimize": True}),  # ~990:1, the deflate ceiling is 1032:1
+    (Image.new("RGB", (2000, 2000)), "PNG", {"compress_level": 9}),
+    (Image.new("RGB", (2000, 2000)), "JPEG", {"optimize": True, "progressive": True, "quality": 5}),
+    (Image.new("L", (2000, 2000)), "JPEG", {"optimize": True, "quality": 1}),
+    (Image.new("RGB", (2000, 2000), (255, 255, 255)), "JPEG", {"quality": 100}),
+], ids=["png-1bit-black", "png-rgb-black", "jpeg-progressive-black", "jpeg-gray-q1", "jpeg-white-q100"])
+def test_extreme_but_real_compression_is_accepted(im, fmt, kw):
+    """The byte-count floor has a margin: the most compressible real images still decode."""
+    assert decode_image(encode(im, fmt, **kw)).size == im.size
 
 
 def test_pixel_bound_caps_decode_work():

@@ -59,6 +59,14 @@ def png_header(w: int, h: int) -> bytes:
             + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
 
 
+def png_claiming(w: int, h: int) -> bytes:
+    """An 8-bit RGB PNG whose IHDR claims w×h but whose (valid, complete) zlib stream holds one row."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * (1 + 3 * w))) + chunk(b"IEND", b""))
+
+
 def jpeg_with_size(w: int, h: int) -> bytes:
     """A small real JPEG whose SOF marker is patched to claim w×h (≤ 65535 each)."""
     data = bytearray(valid_jpeg(16, 16))
@@ -125,6 +133,9 @@ def bad_files() -> dict[str, tuple[bytes, str]]:
         "bomb.png": (png_header(40_000, 40_000), "too large"),  # past 2× Pillow's limit: raises in open()
         "big.png": (png_header(10_000, 10_000), "too large"),  # past the limit, under 2×: our header check
         "bomb.jpg": (jpeg_with_size(60_000, 60_000), "too large"),
+        # Under the pixel limit, but far more pixels than the bytes can code (Pillow would pad them).
+        "claims_9000.jpg": (jpeg_with_size(9000, 9000), "truncated"),
+        "claims_9000.png": (png_claiming(9000, 9000), "truncated"),
     }
 
 
