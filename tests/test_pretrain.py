@@ -132,8 +132,8 @@ def _interrupt_at(monkeypatch, call, how):
     def fake(*a, **k):
         n[0] += 1
         if n[0] == call:
-            if how == "signal":
-                signal.raise_signal(signal.SIGINT)
+            if how in ("signal", "sigterm"):  # SIGTERM: what a scheduler (or torchrun) sends on preemption
+                signal.raise_signal(signal.SIGINT if how == "signal" else signal.SIGTERM)
             else:
                 raise KeyboardInterrupt
         return real(*a, **k)
@@ -141,7 +141,7 @@ def _interrupt_at(monkeypatch, call, how):
     monkeypatch.setattr(ts, "make_view", fake)
 
 
-@pytest.mark.parametrize("how, saved_step", [("signal", 3), ("raise", 2)])
+@pytest.mark.parametrize("how, saved_step", [("signal", 3), ("sigterm", 3), ("raise", 2)])
 def test_ctrl_c_saves_and_resume_continues_exactly(class_folder, tmp_path, monkeypatch, how, saved_step):
     from sslprobe.pretrain import PretrainInterrupted
 
