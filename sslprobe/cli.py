@@ -190,7 +190,7 @@ def extract(
             batch_size=batch_size, seed=seed, device=device, workers=workers, allow_pickle=allow_pickle,
             image_column=image_column, label_column=label_column, cache_dir=cache_dir, use_cache=not no_cache,
             decode=decode)
-    if m is None:  # a torchrun rank other than 0
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports for all
         return
     c = m["cache"]
     cached = f", {c['hits']} from cache, {c['misses']} computed" if c["enabled"] else ""

@@ -114,6 +114,12 @@ class KeyedBatch:
     def __len__(self) -> int:
         return len(self.new_idx) + len(self.cached_idx) + len(self.jpeg_idx) + len(self.skipped)
 
+    def pin_memory(self) -> KeyedBatch:
+        """Called by the DataLoader's pin-memory thread (CUDA): page-locked images copy asynchronously."""
+        if self.images is not None:
+            self.images = self.images.pin_memory()
+        return self
+
 
 def collate_keyed(items: list[tuple]) -> KeyedBatch:
     """DataLoader ``collate_fn`` for ``HashedImages``."""

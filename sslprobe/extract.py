@@ -105,9 +105,8 @@ def extract(
             torch.cuda.set_device(dev)
         built = _build(images, model=model, weights=weights, image_size=image_size, layer=layer, pool=pool,
                        seed=seed, allow_pickle=allow_pickle, decode=decode if dev.type == "cuda" else "cpu")
-        fmodel = built["model"].to(dev).eval()
-        if dev.type == "cuda":
-            fmodel = fmodel.to(memory_format=torch.channels_last)
+        # channels_last on CPU too: with BatchNorm folded, oneDNN convs run ~1.1-1.3x faster in it
+        fmodel = built["model"].to(dev).eval().to(memory_format=torch.channels_last)
         fp = Fingerprint(model=built["model_name"], weights=built["weights_kind"], weights_id=built["weights_id"],
                          preprocessing=json.dumps(built["preprocessing"], sort_keys=True), layer=built["layer"],
                          pool=pool, dtype=dtype, compute="bfloat16" if dev.type == "cuda" else "float32",
@@ -229,7 +228,7 @@ def _assemble(images: Any, state: dict, *, ranks: Any, store: Any) -> dict[str, 
     mine = have.nonzero().flatten().tolist()
     part = {"idx": mine, "keys": [state["keys"][i] for i in mine], "skipped": state["skipped"],
             "hits": state["hits"], "misses": state["misses"],
-            "feats": None if store is not None or ranks.world == 1 else state["feats"][have]}
+            "feats": None if store is not None or ranks.world == 1 or not mine else state["feats"][have]}
     parts = ranks.gather(part)
     if not ranks.main:
         return None

@@ -42,8 +42,8 @@ def run_pass(images: Any, order: list[int], state: dict, *, model: torch.nn.Modu
 
     def embed(x: torch.Tensor, idx: list[int], keys: list[bytes]) -> None:
         x = x.to(device, non_blocking=True)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        if x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)  # (B, 3, H, W), NHWC in memory
         with forward_context(device):
             f = _embed_batch(model, x)  # (B, D)
         f = f.to(store_dtype)
