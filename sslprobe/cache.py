@@ -111,6 +111,9 @@ class Store:
         from sslprobe.fileio import write_json
 
         store = cls(Path(cache_dir), fingerprint)
+        if store.root.is_symlink() or store.shard_dir.is_symlink():
+            raise SSLProbeError(f"cache store '{store.root}' is a symbolic link, which sslprobe never follows; "
+                                "delete it or pass another --cache-dir")
         try:
             store.shard_dir.mkdir(parents=True, exist_ok=True)
             meta = store.root / STORE_FILE

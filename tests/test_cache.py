@@ -113,6 +113,12 @@ def test_store_ignores_foreign_names_and_symlinks(tmp_path):
     (s.shard_dir / "..evil.safetensors").write_bytes(outside.read_bytes())  # not a shard name we write
     s.refresh()
     assert len(s) == 0 and s.invalid == ["link.safetensors"]
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    s.shard_dir.rename(tmp_path / "old_shards")
+    s.shard_dir.symlink_to(other, target_is_directory=True)
+    with pytest.raises(SSLProbeError, match="symbolic link"):
+        Store.open(tmp_path, FP)
 
 
 def test_concurrent_writers_both_land(tmp_path):
