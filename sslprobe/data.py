@@ -1,7 +1,7 @@
 """Find images (class folders, plain folders, Hugging Face datasets) and decode them safely.
 
 A DATA argument becomes an ``ImageSet``: ids, labels and class names in a deterministic order.
-Decoding goes through ``decode_image``, which turns every way a file can be bad into a
+Decoding goes through ``decode_image`` (``imagefile.py``), which turns every way a file can be bad into a
 ``BadImageError`` with a short reason; ``ImageDataset`` + ``collate`` carry those reasons through
 a DataLoader as skipped items, so one bad file never stops a run. No PIL global is ever changed.
 """
@@ -9,206 +9,24 @@ from __future__ import annotations
 
 import io
 import os
-import re
-import stat
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from sslprobe.errors import SSLProbeError
+from sslprobe.imagefile import (
+    _OPEN_ERRORS,
+    MAX_FILE_BYTES,
+    BadImageError,
+    _finish,
+    _open_regular,
+    decode_image,
+)
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
-# Raster formats we let PIL identify. Others (EPS runs Ghostscript, PSD, FITS, ...) are refused:
-# a mislabelled file from an untrusted folder must not reach a rarely-hardened decoder.
-_SAFE_FORMATS = ("JPEG", "PNG", "BMP", "DIB", "GIF", "TIFF", "WEBP", "PPM", "AVIF")
-_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
-_OPEN_ERRORS = {IsADirectoryError: "is a directory", PermissionError: "permission denied",
-                FileNotFoundError: "file not found (missing or broken symlink)"}
-
-
-# No valid image under the pixel limit needs more (16-bit RGBA TIFF: 8 B/px); reading a bigger
-# file whole (``read_bytes``: hashing, HF-style byte access) would only exhaust memory.
-MAX_FILE_BYTES = 1 << 30
-
-
-class BadImageError(Exception):
-    """An image that cannot be used; ``str(e)`` is a short reason for the skipped-files list."""
-
-
-def _open_regular(path: str | os.PathLike) -> io.BufferedReader:
-    """Open a file for reading only if it is a regular file; raises ``BadImageError`` otherwise.
-
-    O_NONBLOCK so that a FIFO (or a link to one) named like an image can't block the open forever;
-    the type check then refuses it, devices (a link to /dev/zero would be read without end) and
-    directories before a byte is read.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    except (OSError, ValueError) as e:  # ValueError: e.g. a NUL byte in the path
-        raise BadImageError(_OPEN_ERRORS.get(type(e)) or f"cannot read: {getattr(e, 'strerror', None) or e}") from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise BadImageError("is a directory" if stat.S_ISDIR(mode) else "not a regular file (device, pipe or socket)")
-    return os.fdopen(fd, "rb")
-
-
-def _formats() -> list[str]:
-    Image.init()  # registers plugins; Image.open raises KeyError for a format name it doesn't know
-    return [f for f in _SAFE_FORMATS if f in Image.OPEN]
-
-
-def decode_image(source: str | os.PathLike | bytes, *, max_pixels: int = 89_478_485) -> Image.Image:
-    """Decode one image (path or encoded bytes) to RGB with its EXIF orientation applied.
-
-    ``max_pixels`` is checked on the header, before any pixel is decoded. PIL's own bomb check
-    (2 × ``Image.MAX_IMAGE_PIXELS``) still applies on top and is reported the same way. Alpha is
-    composited on white; 16-bit and integer images are scaled from 0–65535, float ones from 0–1
-    (else min–max). Animated images give their first frame. Raises ``BadImageError``.
-    """
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        if len(source) == 0:
-            raise BadImageError("empty file")
-        return _decode(io.BytesIO(source), max_pixels, len(source))
-    f = _open_regular(source)
-    try:  # _decode turns every error of its own into BadImageError: what lands here is the file's
-        with f:
-            size = os.fstat(f.fileno()).st_size
-            if size == 0:
-                raise BadImageError("empty file")
-            return _decode(f, max_pixels, size)
-    except (OSError, ValueError) as e:
-        raise BadImageError(_OPEN_ERRORS.get(type(e)) or f"cannot read: {getattr(e, 'strerror', None) or e}") from None
-
-
-def _decode(fp: io.IOBase, max_pixels: int, size: int) -> Image.Image:
-    head = fp.read(_HEAD_BYTES)  # for the JPEG coding type (_too_small); the markers before SOF are short
-    fp.seek(0)
-    # Plugins warn per file (corrupt EXIF, bomb warning, ...); the problems that matter become
-    # BadImageError, and a million-image folder would otherwise flood the log.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            im = Image.open(fp, formats=_formats())
-        except Image.UnidentifiedImageError:
-            raise BadImageError("not an image (cannot identify)") from None
-        except Image.DecompressionBombError as e:
-            n = re.search(r"\((\d+) pixels\)", str(e))
-            limit = min(max_pixels, 2 * (Image.MAX_IMAGE_PIXELS or max_pixels))
-            raise BadImageError(f"too large: {n.group(1) if n else '?'} px > {limit} px limit") from None
-        except Exception as e:  # noqa: BLE001 - plugins raise assorted types on malformed headers
-            raise BadImageError(_reason(e)) from None
-        return _finish(im, max_pixels, size=size, head=head)
-
-
-def _finish(im: Image.Image, max_pixels: int, *, size: int | None = None, head: bytes = b"") -> Image.Image:
-    """Size checks, load, orientation and RGB conversion of an opened (lazy) image.
-
-    ``size`` (the encoded byte count) and ``head`` (its first bytes) enable the check that the
-    file can hold the pixels its header claims; when not given they are read from the image's
-    open file, if it still has one.
-    """
-    w, h = im.size
-    if w * h > max_pixels:
-        raise BadImageError(f"too large: {w}x{h} px > {max_pixels} px limit")
-    if size is None:
-        size, head = _size_and_head(im)
-    if size is not None and _too_small(im, size, head):
-        raise BadImageError(f"truncated image ({w}x{h} px claimed by a {size}-byte file)")
-    try:
-        im.load()  # decode now, so a truncated file fails here and not inside a transform
-    except Exception as e:  # noqa: BLE001 - any decoder failure means a bad file
-        raise BadImageError(_reason(e)) from None
-    try:
-        ImageOps.exif_transpose(im, in_place=True)
-    except Exception:  # noqa: BLE001, S110 - unreadable EXIF: the pixels are fine, keep them unrotated
-        pass
-    try:
-        return _to_rgb(im)
-    except Exception as e:  # noqa: BLE001 - a mode the conversion can't handle
-        raise BadImageError(f"unsupported image mode {im.mode}: {_reason(e)}") from None
-
-
-# Pillow decodes a file whose data ends early "successfully" when the codec stream itself ends
-# (padding with grey or black): an 854-byte JPEG claiming 9000×9000 became a 243 MB image in 0.3 s.
-# So a header that claims more pixels than the format could code in the file's bytes is refused:
-# deflate can't beat 1032:1 and a PNG row needs ≥ 1 bit per pixel plus a filter byte; a Huffman
-# JPEG spends ≥ 1 bit per 8×8 luma block. Both floors get a 2× margin; arithmetic-coded JPEGs have
-# no such floor and are not checked.
-_DEFLATE_MAX_RATIO = 1032
-_HEAD_BYTES = 1 << 16
-
-
-def _too_small(im: Image.Image, size: int, head: bytes) -> bool:
-    w, h = im.size
-    if im.format == "PNG":
-        return 2 * _DEFLATE_MAX_RATIO * size < h * (1 + (w + 7) // 8)
-    if im.format in ("JPEG", "MPO") and _jpeg_sof(head) in (0xC0, 0xC1, 0xC2):  # Huffman DCT
-        return 2 * 8 * size < ((w + 7) // 8) * ((h + 7) // 8)
-    return False
-
-
-def _size_and_head(im: Image.Image) -> tuple[int | None, bytes]:
-    fp = getattr(im, "fp", None)
-    try:
-        pos = fp.tell()
-        size = fp.seek(0, io.SEEK_END)
-        fp.seek(0)
-        head = fp.read(_HEAD_BYTES)
-        fp.seek(pos)
-    except (AttributeError, OSError, ValueError):  # no file (decoded in memory) or not seekable
-        return None, b""
-    return size, head
-
-
-def _jpeg_sof(head: bytes) -> int | None:
-    """The SOF marker (0xC0 baseline, 0xC2 progressive, 0xC9 arithmetic, …) among a JPEG's first bytes."""
-    i = 2
-    while i + 4 <= len(head) and head[i] == 0xFF:
-        m = head[i + 1]
-        if m == 0xFF:  # fill byte
-            i += 1
-            continue
-        if 0xC0 <= m <= 0xCF and m not in (0xC4, 0xC8, 0xCC):  # not DHT, JPG, DAC
-            return m
-        if m == 0xDA:  # scan data before any SOF: not ours to judge
-            return None
-        i += 2 + int.from_bytes(head[i + 2:i + 4], "big")
-    return None
-
-
-def _reason(e: BaseException) -> str:
-    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-    if "truncated" in msg.lower() or isinstance(e, EOFError):
-        return "truncated image"
-    return f"corrupt image ({type(e).__name__}: {msg[:120]})"
-
-
-def _to_rgb(im: Image.Image) -> Image.Image:
-    if im.mode == "RGB":
-        return im
-    if im.mode.startswith("I") or im.mode == "F":
-        # convert("L") clips these to 0/255; scale instead so mid-grey stays mid-grey.
-        a = np.nan_to_num(np.asarray(im).astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-        lo, hi = float(a.min()), float(a.max())
-        if im.mode == "F" and lo >= 0 and hi <= 1:
-            a = a * 255
-        elif im.mode != "F" and lo >= 0 and hi <= 65535:  # I;16*, and I as PIL gives for 16-bit PPM
-            a = a / 257
-        else:
-            a = (a - lo) * (255 / (hi - lo)) if hi > lo else np.zeros_like(a)
-        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
-    if im.mode in _ALPHA_MODES or "transparency" in im.info:
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return im.convert("RGB")
 
 
 @dataclass(frozen=True)
