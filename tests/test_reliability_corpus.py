@@ -167,3 +167,22 @@ def test_only_bad_files_through_the_library_list_the_reasons(only_bad, tmp_path)
     with pytest.raises(SSLProbeError) as e:
         extract(only_bad.root, out=tmp_path / "o", weights="pixels", workers=0, show_progress=False)
     assert f"all {len(only_bad.bad)} files were skipped" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_extract_over_the_corpus_as_a_hugging_face_dataset(monkeypatch, capsys, tmp_path):
+    """The same bytes as dataset rows (the bytes path of the loader): good rows kept, bad rows listed."""
+    datasets = pytest.importorskip("datasets")
+    good, bad = corpus.good_files(), corpus.bad_files()
+    names = sorted(good) + sorted(bad)
+    rows = [{"bytes": (good.get(n) or bad[n])[0], "path": None} for n in names]
+    ds = datasets.Dataset.from_dict({"image": rows}, features=datasets.Features({"image": datasets.Image()}))
+    ds.save_to_disk(str(tmp_path / "ds"))
+    out = tmp_path / "f"
+    code, _, err = run(monkeypatch, capsys, "extract", tmp_path / "ds", "--out", out, "--weights", "pixels",
+                       "--image-size", "8", "--workers", "0")
+    assert code == 0, err
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["kind"] == "hf" and m["counts"]["embedded"] == len(good) and m["counts"]["skipped"] == len(bad)
+    assert sorted(names[int(p)] for p in m["paths"]) == sorted(good)
+    for s in m["skipped"]:
+        assert bad[names[int(s["path"])]][1] in s["reason"], s
