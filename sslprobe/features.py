@@ -10,7 +10,7 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
@@ -45,12 +45,16 @@ def validated(features: torch.Tensor, labels: torch.Tensor, *, classes: Sequence
               paths: Sequence[str] | None = None, source: str = "<tensors>",
               manifest: dict | None = None) -> FeatureSet:
     """Check shapes, finiteness and labels, and build a FeatureSet (float32 features, int64 labels)."""
-    if features.ndim != 2 or features.shape[0] == 0:
+    if features.ndim != 2 or features.shape[0] == 0 or features.shape[1] == 0:
         raise SSLProbeError(f"'{source}': features must be a non-empty (N, D) matrix, got shape "
                             f"{tuple(features.shape)}; re-extract the feature set")
     if labels.ndim != 1 or labels.shape[0] != features.shape[0]:
         raise SSLProbeError(f"'{source}': {features.shape[0]} feature rows but labels of shape "
                             f"{tuple(labels.shape)}; re-extract the feature set")
+    if labels.is_floating_point() and not bool((labels == labels.round()).all()):  # NaN ≠ NaN fails too
+        raise SSLProbeError(f"'{source}': labels must be whole numbers (class indices, -1 = unlabeled); re-extract")
+    if labels.dtype == torch.bool or labels.is_complex():
+        raise SSLProbeError(f"'{source}': labels of dtype {labels.dtype} are not class indices; re-extract")
     if not (features.is_floating_point() or features.dtype in (torch.int32, torch.int64, torch.uint8)):
         raise SSLProbeError(f"'{source}': features of dtype {features.dtype} are not numbers; re-extract")
     bad = ~torch.isfinite(features).all(1)
@@ -64,9 +68,15 @@ def validated(features: torch.Tensor, labels: torch.Tensor, *, classes: Sequence
     top = int(labels.max())
     if classes is None:
         classes = [str(i) for i in range(top + 1)]
+    if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence) or \
+            not all(isinstance(c, (str, int)) for c in classes):
+        raise SSLProbeError(f"'{source}': the class list must be a list of names; re-extract the feature set")
     if int(labels.min()) < -1 or top >= len(classes):
         raise SSLProbeError(f"'{source}': labels must lie in [-1, {len(classes)}) for {len(classes)} "
                             "classes; the labels and class list disagree, re-extract")
+    if paths is not None and (isinstance(paths, (str, bytes)) or not isinstance(paths, Sequence)
+                              or not all(isinstance(p, str) for p in paths)):
+        raise SSLProbeError(f"'{source}': manifest 'paths' must be a list of file names; re-extract")
     if paths is not None and len(paths) != features.shape[0]:
         raise SSLProbeError(f"'{source}': manifest lists {len(paths)} paths for {features.shape[0]} "
                             "feature rows; re-extract the feature set")
@@ -120,6 +130,14 @@ def load_features(path: str | os.PathLike, *, labels_required: bool = True) -> F
         raise
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:  # corrupt or truncated file
         raise SSLProbeError(f"cannot read '{file}' ({e}); re-extract the feature set") from None
+    if not isinstance(manifest, dict):
+        raise SSLProbeError(f"'{p}': manifest.json is not a JSON object; re-extract")
+    # a run interrupted between writing the two files leaves a new features file next to the old
+    # manifest; when both carry the writer's run id they must agree
+    if manifest and "run_id" in meta and manifest.get("run_id") != meta["run_id"]:
+        raise SSLProbeError(f"'{p}': features.safetensors and manifest.json come from different extract runs "
+                            "(interrupted?); re-run the extract")
+    _check_inside(manifest.get("paths"), p)
     classes = manifest.get("classes")
     if classes is None and "classes" in meta:
         try:
@@ -128,6 +146,20 @@ def load_features(path: str | os.PathLike, *, labels_required: bool = True) -> F
             raise SSLProbeError(f"'{file}': metadata 'classes' is not a JSON list; re-extract") from None
     return validated(features, labels, classes=classes, paths=manifest.get("paths"), source=str(p),
                      manifest=manifest)
+
+
+def _check_inside(paths: Any, source: Path) -> None:
+    """Manifest paths are relative names inside the data folder: no absolute paths, no '..'.
+
+    They are reported and written to CSVs, and a path escaping its folder means the manifest was
+    not written by ``extract`` (or was tampered with).
+    """
+    if not isinstance(paths, list):
+        return  # absent, or the wrong type: ``validated`` says so
+    for q in paths:
+        if isinstance(q, str) and (q.startswith("/") or ".." in PurePosixPath(q).parts):
+            raise SSLProbeError(f"'{source}': manifest path '{q}' points outside the data folder; "
+                                "re-extract the feature set")
 
 
 def align_labels(fs: FeatureSet, names: list[str]) -> torch.Tensor:

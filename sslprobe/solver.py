@@ -203,7 +203,10 @@ def lbfgs(fg: Callable[[torch.Tensor], tuple[float, torch.Tensor]], x: torch.Ten
             break  # no acceptable step: converged as far as the precision allows
         s, y = x_new - x, g_new - g
         ys = float(y.dot(s))
-        if ys > 1e-12:
+        # relative curvature test (as L-BFGS-B): an absolute floor drops the tiny, valid pairs of
+        # directions whose curvature is far below the rest (the unpenalised bias at strong
+        # regularisation), and without them float32 steps along such directions never progress
+        if ys > 1e-10 * float(y.dot(y)) and ys > 0:
             pairs.append((s, y, 1.0 / ys))
             del pairs[:-history]
         x, f, g, it = x_new, f_new, g_new, it + 1
@@ -249,7 +252,7 @@ def fit(design: Design, y: torch.Tensor, *, C: float, init: LogReg | None = None
     if pairs and memory["lam"] != lam:
         dl = lam - memory["lam"]
         patched = [(s, _penalise(y_, s, kd, dl)) for s, y_, _ in pairs]
-        pairs[:] = [(s, y_, 1.0 / float(y_.dot(s))) for s, y_ in patched if float(y_.dot(s)) > 1e-12]
+        pairs[:] = [(s, y_, 1.0 / float(y_.dot(s))) for s, y_ in patched if float(y_.dot(s)) > 0]
     memory["lam"] = lam
     w0 = init.flat().to(design.device, design.dtype).clone() if init is not None else \
         torch.zeros(kd + k, dtype=design.dtype, device=design.device)

@@ -518,3 +518,38 @@ def test_overflow_and_labels_missing(tmp_path):
     save_file({"features": torch.randn(4, 2)}, str(tmp_path / "nolabels.safetensors"))
     with pytest.raises(SSLProbeError, match="labels"):
         probe(f, test=tmp_path / "nolabels.safetensors")
+
+
+def test_features_and_manifest_from_different_runs(tmp_path):
+    d = tmp_path / "f"
+    d.mkdir()
+    save_file({"features": torch.randn(4, 2), "labels": torch.tensor([0, 1, 0, 1])}, str(d / "features.safetensors"),
+              metadata={"run_id": "new"})
+    (d / "manifest.json").write_text(json.dumps({"classes": ["a", "b"], "run_id": "old"}))
+    with pytest.raises(SSLProbeError, match="different extract runs"):
+        load_features(d)
+    (d / "manifest.json").write_text(json.dumps({"classes": ["a", "b"], "run_id": "new"}))
+    assert load_features(d).classes == ("a", "b")
+
+
+@pytest.mark.parametrize("bad", ["../x.png", "/etc/passwd", "a/../../x.png"])
+def test_manifest_paths_stay_inside(tmp_path, bad):
+    d = tmp_path / "f"
+    d.mkdir()
+    save_file({"features": torch.randn(2, 2), "labels": torch.tensor([0, 1])}, str(d / "features.safetensors"))
+    (d / "manifest.json").write_text(json.dumps({"classes": ["a", "b"], "paths": ["ok.png", bad]}))
+    with pytest.raises(SSLProbeError, match="manifest path"):
+        load_features(d)
+
+
+@pytest.mark.parametrize("tensors, meta, needle", [
+    ({"features": torch.zeros(4, 0), "labels": torch.tensor([0, 1] * 2)}, None, "non-empty"),
+    ({"features": torch.randn(4, 3), "labels": torch.tensor([0.5, 1.5] * 2)}, None, "whole numbers"),
+    ({"features": torch.randn(4, 3), "labels": torch.tensor([0.0, float("nan")] * 2)}, None, "whole numbers"),
+    ({"features": torch.randn(4, 3), "labels": torch.tensor([0, 1] * 2)}, {"classes": "5"}, "list of names"),
+])
+def test_malformed_feature_files(tmp_path, tensors, meta, needle):
+    f = tmp_path / "x.safetensors"
+    save_file(tensors, str(f), metadata=meta)
+    with pytest.raises(SSLProbeError, match=needle):
+        load_features(f)
