@@ -182,7 +182,7 @@ def probe(train: Source, *, val: Source | None = None, test: Source | None = Non
         else:
             grid_search(state, Cs or DEFAULT_CS, patience=patience)
 
-    n_fits = 1 if C is not None else len(Cs or DEFAULT_CS) if search == "grid" else 14
+    n_fits = 1 if C is not None else len(Cs or DEFAULT_CS) if search == "grid" else 12  # binary: ~12
     with progress_bar(show_progress) as bar:
         task = bar.add_task("C path", total=n_fits)
         state = new_path(Zf, yf_d, on_fit=lambda p: bar.update(task, advance=1, description=f"C path (C={p['C']:.2g})"))
