@@ -78,6 +78,40 @@ def decode_image(source: str | os.PathLike | bytes, *, max_pixels: int = 89_478_
         raise BadImageError(_OPEN_ERRORS.get(type(e)) or f"cannot read: {getattr(e, 'strerror', None) or e}") from None
 
 
+def check_header(data: bytes, *, max_pixels: int = 89_478_485) -> tuple[int, int]:
+    """(width, height) of encoded image bytes, from the header only; no pixel is decoded.
+
+    Raises ``BadImageError`` when ``decode_image`` would refuse the bytes on their header alone:
+    empty, not an identifiable image, over ``max_pixels``, or claiming more pixels than the bytes
+    can code. For decoders that skip ``decode_image`` (nvJPEG) so they are never handed a bomb.
+    """
+    if len(data) == 0:
+        raise BadImageError("empty file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        im = _open(io.BytesIO(data), max_pixels)
+    w, h = im.size
+    if w * h > max_pixels:
+        raise BadImageError(f"too large: {w}x{h} px > {max_pixels} px limit")
+    if _too_small(im, len(data), data[:_HEAD_BYTES]):
+        raise BadImageError(f"truncated image ({w}x{h} px claimed by a {len(data)}-byte file)")
+    return w, h
+
+
+def _open(fp: io.IOBase, max_pixels: int) -> Image.Image:
+    """``Image.open`` (lazy: header only) restricted to safe formats; every failure a BadImageError."""
+    try:
+        return Image.open(fp, formats=_formats())
+    except Image.UnidentifiedImageError:
+        raise BadImageError("not an image (cannot identify)") from None
+    except Image.DecompressionBombError as e:
+        n = re.search(r"\((\d+) pixels\)", str(e))
+        limit = min(max_pixels, 2 * (Image.MAX_IMAGE_PIXELS or max_pixels))
+        raise BadImageError(f"too large: {n.group(1) if n else '?'} px > {limit} px limit") from None
+    except Exception as e:  # noqa: BLE001 - plugins raise assorted types on malformed headers
+        raise BadImageError(_reason(e)) from None
+
+
 def _decode(fp: io.IOBase, max_pixels: int, size: int) -> Image.Image:
     head = fp.read(_HEAD_BYTES)  # for the JPEG coding type (_too_small); the markers before SOF are short
     fp.seek(0)
@@ -85,17 +119,7 @@ def _decode(fp: io.IOBase, max_pixels: int, size: int) -> Image.Image:
     # BadImageError, and a million-image folder would otherwise flood the log.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
-            im = Image.open(fp, formats=_formats())
-        except Image.UnidentifiedImageError:
-            raise BadImageError("not an image (cannot identify)") from None
-        except Image.DecompressionBombError as e:
-            n = re.search(r"\((\d+) pixels\)", str(e))
-            limit = min(max_pixels, 2 * (Image.MAX_IMAGE_PIXELS or max_pixels))
-            raise BadImageError(f"too large: {n.group(1) if n else '?'} px > {limit} px limit") from None
-        except Exception as e:  # noqa: BLE001 - plugins raise assorted types on malformed headers
-            raise BadImageError(_reason(e)) from None
-        return _finish(im, max_pixels, size=size, head=head)
+        return _finish(_open(fp, max_pixels), max_pixels, size=size, head=head)
 
 
 def _finish(im: Image.Image, max_pixels: int, *, size: int | None = None, head: bytes = b"") -> Image.Image:

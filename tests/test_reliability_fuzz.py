@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from sslprobe.data import BadImageError, decode_image
+from sslprobe.imagefile import check_header
 from tests.corpus import (
     encode,
     jpeg_with_size,
@@ -168,6 +169,41 @@ def test_headers_claiming_more_pixels_than_the_bytes_hold_are_truncated(data):
 def test_extreme_but_real_compression_is_accepted(im, fmt, kw):
     """The byte-count floor has a margin: the most compressible real images still decode."""
     assert decode_image(encode(im, fmt, **kw)).size == im.size
+
+
+def test_check_header_refuses_what_decode_refuses_on_the_header():
+    """``check_header`` (for decoders that bypass decode_image, e.g. nvJPEG) never passes a bomb or a
+    byte-count lie that decode_image refuses, and never refuses a file decode_image accepts."""
+    from tests.corpus import bad_files, good_files
+
+    for name, (data, _) in {**good_files(), **bad_files()}.items():
+        try:
+            decoded = decode_image(data)
+        except BadImageError as e:
+            decoded = str(e)
+        try:
+            header = check_header(data)
+        except BadImageError as e:
+            assert str(e) == decoded, name  # the same words as the full decode
+            continue
+        if isinstance(decoded, str):  # only what needs the pixels to notice may pass the header check
+            assert decoded.startswith("truncated image") and "claimed" not in decoded, (name, decoded)
+        else:
+            assert sorted(header) == sorted(decoded.size), name  # (EXIF rotation may swap them)
+
+
+def test_check_header_raises_only_bad_image_error_on_mutations():
+    rng = random.Random(7)
+    seeds = _seeds()
+    for case in range(200):
+        name = list(seeds)[case % len(seeds)]
+        op, data = mutate(rng, seeds[name])
+        with time_limit(PER_FILE_S, f"case {case}: {op} of {name}"):
+            try:
+                w, h = check_header(data)
+            except BadImageError:
+                continue
+        assert w * h <= 89_478_485
 
 
 def test_pixel_bound_caps_decode_work():
