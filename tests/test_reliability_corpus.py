@@ -186,3 +186,16 @@ def test_extract_over_the_corpus_as_a_hugging_face_dataset(monkeypatch, capsys, 
     assert sorted(names[int(p)] for p in m["paths"]) == sorted(good)
     for s in m["skipped"]:
         assert bad[names[int(s["path"])]][1] in s["reason"], s
+
+
+def test_gpu_decode_path_is_handed_no_file_the_cpu_path_refuses_on_its_header(files):
+    """extract --decode gpu sends raw JPEG bytes to nvJPEG, bypassing decode_image: bombs and byte-count
+    lies must be caught before (``imagefile.check_header``), not decoded into huge padded images."""
+    from sslprobe.decode import HashedImages
+
+    s = open_images(files.root)
+    ds = HashedImages(s, lambda im: im, order=list(range(len(s))), raw_jpeg=True)
+    for name in ("bomb.jpg", "claims_9000.jpg"):
+        *_, data, kind = ds[s.ids.index(name)]
+        assert kind != "jpeg" and data is None, (name, kind)
+        assert files.bad[name] in kind
