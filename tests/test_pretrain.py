@@ -307,3 +307,30 @@ def test_resuming_a_finished_run_rewrites_outputs_and_keeps_its_loss(class_folde
     again = pretrain(class_folder, out=tmp_path / "r", resume="auto", **FAST)
     assert again["resumed_from"] == 4 and again["final_loss"] == pytest.approx(first["final_loss"])
     assert (tmp_path / "r" / "backbone.safetensors").exists()
+
+
+def test_store_decode_uses_jpeg_draft_and_reports_bad_files(tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    from sslprobe.batches import StoreImages, collate_store
+    from sslprobe.data import open_images
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (600, 800, 3), dtype=np.uint8)).save(d / "big.jpg", quality=90)
+    Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(d / "small.png")
+    (d / "zero.jpg").write_bytes(b"")
+    asked = []
+    from PIL import JpegImagePlugin
+
+    real = JpegImagePlugin.JpegImageFile.draft
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft",
+                        lambda self, mode, size: asked.append(size) or real(self, mode, size))
+    ds = StoreImages(open_images(d), 32)
+    items = [ds[i] for i in range(len(ds))]
+    assert asked == [(32, 32)]  # only the JPEG, at the store size
+    b = collate_store(items)
+    assert b.images.shape == (2, 3, 32, 32) and b.images.dtype == torch.uint8
+    assert [ds.images.ids[i] for i, _ in b.skipped] == ["zero.jpg"] and "empty" in b.skipped[0][1]
