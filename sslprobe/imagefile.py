@@ -23,8 +23,9 @@ _OPEN_ERRORS = {IsADirectoryError: "is a directory", PermissionError: "permissio
                 FileNotFoundError: "file not found (missing or broken symlink)"}
 
 
-# No valid image under the pixel limit needs more (16-bit RGBA TIFF: 8 B/px); reading a bigger
-# file whole (``read_bytes``: hashing, HF-style byte access) would only exhaust memory.
+# No single-frame image under the pixel limit needs more (uncompressed 16-bit RGBA: 8 B/px, 716 MB);
+# reading a bigger file whole (``ImageSet.read_bytes``: hashing for the cache) could exhaust memory.
+# (A multi-page TIFF past it is skipped although its first page would decode.)
 MAX_FILE_BYTES = 1 << 30
 
 
