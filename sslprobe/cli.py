@@ -180,6 +180,8 @@ def extract(
     _positive("--image-size", image_size)
     if weights in ("random", "random-rescaled", "pretrained") and model is None:
         raise SSLProbeError(f"--weights {weights} needs --model NAME (a timm model, e.g. resnet18)")
+    if no_cache and cache_dir is not None:
+        raise SSLProbeError("--no-cache and --cache-dir contradict each other; pass one of them")
     for name, value, allowed in (("--dtype", dtype, ("float32", "float16")), ("--pool", pool, ("auto", "cls", "mean")),
                                  ("--decode", decode, ("cpu", "gpu"))):
         if value not in allowed:
