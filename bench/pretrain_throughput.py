@@ -18,6 +18,8 @@ CPU) and blur policy (sslprobe's: blur 1.0/0.1, off at ≤ 64 px; lightly gets t
 
 img/s counts source images (each gives two views). Warm-up steps are excluded; each number is
 the median over --repeats (rows are interleaved, so drift on a shared machine hits all of them).
+img/CPU-s divides by the CPU time of the process and its DataLoader workers: on a CPU shared
+with other jobs it is the fairer comparison (wall rates favour the pipeline with more processes).
 
     python bench/pretrain_throughput.py --model test_resnet --image-size 64 --batch-size 64
     python bench/pretrain_throughput.py --model test_resnet --image-size 32 --batch-size 128 --proj-hidden 512
@@ -130,6 +132,29 @@ class FileImages(Dataset):
         return self.transform(img)
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and all its descendants (DataLoader workers), Linux only.
+
+    Images per CPU-second is the rate that a machine shared with other jobs cannot skew the way it
+    skews wall-clock rates (a pipeline of more processes gets more of a busy machine's time).
+    """
+    tick, tree = os.sysconf("SC_CLK_TCK"), {}
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # exited meanwhile
+            tree[int(p)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, utime + stime
+    total, todo = 0, [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        total += tree.get(pid, (0, 0))[1]
+        todo += [c for c, (ppid, _) in tree.items() if ppid == pid]
+    return total / tick
+
+
 def _forever(make: Callable[[int], Iterator]) -> Iterator:
     epoch = 0
     while True:
@@ -199,6 +224,8 @@ class Bench:
         self.compiled = TrainStep(net, opt, cfg=self.cfg, spec=self.spec, device=self.dev, compile=True) if a.compile else None
         self.lightly = LightlySide(self, opt_name=opt_name, lr=self.cfg.lr)
         self.k = 0  # global step counter for the schedules
+        self.cpu_rates: dict[str, list[float]] = {}  # row → images per CPU-second, per repeat
+        self.row = ""
         self.loss_sum = torch.zeros((), device=self.dev)
         g = torch.Generator(device=self.dev).manual_seed(a.seed + 1)
         shape = (self.batch, 3, self.size, self.size)
@@ -215,11 +242,14 @@ class Bench:
         for _ in range(self.a.warmup):
             step()
         self.sync()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), cpu_seconds()
         for _ in range(self.a.steps):
             step()
         self.sync()
-        return self.a.steps * self.batch / (time.perf_counter() - t)
+        wall, cpu = time.perf_counter() - t, cpu_seconds() - c
+        n = self.a.steps * self.batch
+        self.cpu_rates.setdefault(self.row, []).append(n / cpu if cpu > 0 else float("nan"))
+        return n / wall
 
     def _sslprobe_train(self, source: BatchSource, train: TrainStep) -> float:
         """pretrain()'s inner loop: next (step, batch), TrainStep, accumulate the loss on the device."""
@@ -497,6 +527,7 @@ def run_config(a: argparse.Namespace) -> dict:
     runs: dict[str, list[float]] = {k: [] for k in rows}
     for _ in range(a.repeats):
         for name, fn in rows.items():
+            b.row = name
             runs[name].append(fn())
     med = {k: statistics.median(v) for k, v in runs.items()}
     if a.e2e and a.small_stem in (None, b.size <= SMALL_INPUT):  # pretrain() picks the stem by this rule
@@ -520,8 +551,10 @@ def run_config(a: argparse.Namespace) -> dict:
         "ram_cache": b.source.ram is not None, "decode_to_store_s": round(b.decode_s, 2),
         "warmup": a.warmup, "steps": a.steps, "repeats": a.repeats,
     }
-    print_table(head, med, runs)
-    return {"config": head, "median_img_per_s": med, "runs": runs}
+    cpu = {k: statistics.median(v) for k, v in b.cpu_rates.items()}
+    print_table(head, med, runs, cpu)
+    return {"config": head, "median_img_per_s": med, "runs": runs, "median_img_per_cpu_s": cpu,
+            "cpu_runs": b.cpu_rates}
 
 
 def _cpu_name() -> str:
@@ -534,7 +567,7 @@ def _cpu_name() -> str:
     return f"{os.cpu_count()} cores"
 
 
-def print_table(head: dict, med: dict[str, float], runs: dict[str, list[float]]) -> None:
+def print_table(head: dict, med: dict[str, float], runs: dict[str, list[float]], cpu: dict[str, float]) -> None:
     h = head
     print(f"\n{h['model']} {h['image_size']} px{' small stem' if h['small_stem'] else ''}, batch {h['batch']}, "
           f"heads {h['heads']}, {h['optimizer']}, {h['precision']}, blur p {h['blur_p'][0]}/{h['blur_p'][1]}")
@@ -546,10 +579,13 @@ def print_table(head: dict, med: dict[str, float], runs: dict[str, list[float]])
     lightly = next((v for k, v in med.items() if k.startswith("lightly:")), float("nan"))
     model = med.get(MODEL_ONLY, float("nan"))
     width = max(len(k) for k in med) + 2
-    print(f"\n{'pipeline':<{width}}{'img/s':>9}{'x lightly':>11}{'x model-only':>14}   runs")
+    lcpu = next((v for k, v in cpu.items() if k.startswith("lightly:")), float("nan"))
+    print(f"\n{'pipeline':<{width}}{'img/s':>9}{'x lightly':>11}{'x model-only':>14}{'img/CPU-s':>11}"
+          f"{'x lightly':>11}   img/s per repeat")
     for k, v in med.items():
         spread = " ".join(f"{x:,.0f}" for x in runs.get(k, []))
-        print(f"{k:<{width}}{v:>9,.0f}{v / lightly:>11.2f}{v / model:>14.2f}   {spread}")
+        c = cpu.get(k, float("nan"))
+        print(f"{k:<{width}}{v:>9,.0f}{v / lightly:>11.2f}{v / model:>14.2f}{c:>11,.1f}{c / lcpu:>11.2f}   {spread}")
 
 
 PRESETS = {
