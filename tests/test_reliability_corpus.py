@@ -153,9 +153,8 @@ def test_only_bad_files_exit_2_with_one_line(monkeypatch, capsys, only_bad, tmp_
     args = [command, only_bad.root, "--out", tmp_path / "o", "--workers", "0", "--image-size", "16"]
     args += ["--weights", "pixels"] if command == "extract" else ["--model", "test_resnet", "--max-steps", "1"]
     code, _, err = run(monkeypatch, capsys, *args)
-    lines = corpus.user_lines(err)
-    assert code == 2 and len(lines) == 1, err
-    assert lines[0].startswith("error: no readable image") and str(only_bad.root) in lines[0]
+    line = corpus.error_line(err)
+    assert code == 2 and line.startswith("error: no readable image") and str(only_bad.root) in line
     assert not (tmp_path / "o" / "features.safetensors").exists()
     assert not (tmp_path / "o" / "backbone.safetensors").exists()
 

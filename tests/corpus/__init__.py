@@ -216,3 +216,16 @@ _PROGRESS = re.compile(r"\d+/\d+\s+\d+:\d\d:\d\d")  # rich's "12/48 0:00:03" col
 def user_lines(stderr: str) -> list[str]:
     """The non-blank stderr lines a user reads as messages: progress-bar lines left out."""
     return [line for line in stderr.splitlines() if line.strip() and "━" not in line and not _PROGRESS.search(line)]
+
+
+def error_line(stderr: str) -> str:
+    """The one ``error:`` line of a failed command: exactly one, the last line, no traceback.
+
+    Lines before it may only be progress bars (whose layout each command chooses), so they are
+    not inspected further than "nothing else starts with error: or Traceback".
+    """
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], stderr
+    assert "Traceback" not in stderr, stderr
+    return errors[0]
