@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 N_IMAGES = 48
 # A shard every batch, so a kill mid-run leaves a partly filled cache. Shards aligned with batches (as
 # the CLI's 4096 rows are with its batch sizes) keep every rerun batch whole: CPU convolutions give
-# last-bit differences between batch sizes (1 vs 4 measured here), which "bit-identical" excludes.
+# last-bit differences between batch sizes (batch 1 vs 8 measured on test_resnet), which "bit-identical" excludes.
 SHARD_ROWS = 4
 
 # One extract as a separate process: small shards (the CLI's are 4096 rows) so kills land between them.
