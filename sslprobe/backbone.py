@@ -8,7 +8,9 @@ needs no ``--model``.
 from __future__ import annotations
 
 import json
+import math
 import os
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -41,10 +43,38 @@ class BackboneSpec:
         return meta
 
     @classmethod
-    def from_metadata(cls, meta: dict[str, str]) -> BackboneSpec:
-        fields = cls.__dataclass_fields__
-        vals = {k: json.loads(meta[k]) for k in fields}
-        vals["mean"], vals["std"] = tuple(vals["mean"]), tuple(vals["std"])
+    def from_metadata(cls, meta: dict[str, str], *, source: str = "the weights file") -> BackboneSpec:
+        """Parse and check file metadata; anything malformed is an SSLProbeError naming the key."""
+        vals = {}
+        for k in cls.__dataclass_fields__:
+            try:
+                vals[k] = json.loads(meta[k])
+            except (KeyError, TypeError, ValueError):
+                raise SSLProbeError(f"{source}: metadata '{k}' is missing or not JSON; re-save the backbone "
+                                    "with sslprobe, or pass --model NAME for a plain state dict") from None
+
+        def bad(k: str, want: str) -> SSLProbeError:
+            return SSLProbeError(f"{source}: metadata '{k}' = {meta[k][:40]!r} is not {want}; re-save the backbone")
+
+        def number(v: object) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        if not isinstance(vals["model"], str) or not vals["model"]:
+            raise bad("model", "a timm model name")
+        if not isinstance(vals["image_size"], int) or isinstance(vals["image_size"], bool) or vals["image_size"] < 1:
+            raise bad("image_size", "a positive integer")
+        for k in ("mean", "std"):
+            v = vals[k]
+            if not isinstance(v, list) or len(v) != 3 or not all(number(x) for x in v) or (
+                    k == "std" and min(v) <= 0):
+                raise bad(k, "three finite numbers" + (" > 0" if k == "std" else ""))
+            vals[k] = tuple(float(x) for x in v)
+        if not isinstance(vals["interpolation"], str):
+            raise bad("interpolation", "a name such as bicubic")
+        if not number(vals["crop_pct"]) or not 0 < vals["crop_pct"] <= 4:
+            raise bad("crop_pct", "a number in (0, 4]")
+        if not isinstance(vals["small_stem"], bool):
+            raise bad("small_stem", "true or false")
         return cls(**vals)
 
 
@@ -166,7 +196,7 @@ def _from_file(path: Path, *, model: str | None, image_size: int | None, small_s
         raise SSLProbeError(f"weights file '{path}' not found; use --weights random|pretrained or a .safetensors path")
     state, meta = read_weights(path, allow_pickle=allow_pickle)
     if meta.get("format") == FORMAT:
-        spec = BackboneSpec.from_metadata(meta)
+        spec = BackboneSpec.from_metadata(meta, source=f"'{path}'")
         if model is not None and model != spec.model:
             raise SSLProbeError(f"'{path}' holds a {spec.model} backbone but --model {model} was given; drop --model")
         if image_size is not None:
@@ -205,7 +235,9 @@ def read_weights(path: Path, *, allow_pickle: bool = False) -> tuple[dict[str, t
                 "or pass --allow-pickle to load it with torch.load(weights_only=True)"
             )
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns about pickle protocols: the verdict is the message
+                warnings.simplefilter("ignore")
+                obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
             raise SSLProbeError(f"refused to load '{path}' with weights_only=True: {str(e).splitlines()[0][:200]}") from e
         obj = obj.get("state_dict", obj.get("model", obj)) if isinstance(obj, dict) else obj
@@ -215,7 +247,7 @@ def read_weights(path: Path, *, allow_pickle: bool = False) -> tuple[dict[str, t
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            return {k: f.get_tensor(k) for k in f.keys()}, meta
+            return {k: f.get_tensor(k) for k in f.keys()}, meta  # noqa: SIM118 - safe_open is not iterable
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise SSLProbeError(f"'{path}' is not a valid safetensors file ({str(e)[:120]}); export weights with safetensors") from e
 

@@ -134,7 +134,7 @@ class Store:
         for name in sorted(os.listdir(self.shard_dir)):
             if not _SHARD_NAME.match(name):
                 continue  # temp files of writers in flight, and anything else that isn't ours
-            shard = _read_header(self.shard_dir / name, self.fingerprint.dtype)
+            shard = _read_header(self.shard_dir / name, self.fingerprint.dtype, store=self.fingerprint.store_id)
             if shard is None:
                 self._reject(name)
                 continue
@@ -229,7 +229,7 @@ def _regular_file(path: Path) -> bool:
         return False
 
 
-def _read_header(path: Path, dtype: str) -> Shard | None:
+def _read_header(path: Path, dtype: str, *, store: str | None = None) -> Shard | None:
     """The keys of a shard whose header, metadata, dtypes and shapes agree; None if anything is off."""
     from safetensors import safe_open
 
@@ -239,6 +239,8 @@ def _read_header(path: Path, dtype: str) -> Shard | None:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
             if set(f.keys()) != {"features", "keys"} or meta.get("format") != FORMAT:
+                return None
+            if store is not None and meta.get("store") != store:  # copied in from another store
                 return None
             fs, ks = f.get_slice("features"), f.get_slice("keys")
             n, dim = int(meta["rows"]), int(meta["dim"])
@@ -292,7 +294,7 @@ def list_stores(cache_dir: str | os.PathLike) -> list[dict[str, Any]]:
                 continue
             size += p.stat().st_size
             if _SHARD_NAME.match(f):
-                s = _read_header(p, fp.get("dtype", "float32"))
+                s = _read_header(p, fp.get("dtype", "float32"), store=name)
                 if s is not None:
                     rows, shards = rows + len(s.keys), shards + 1
         used = d / "used"

@@ -90,6 +90,12 @@ class HashedImages(torch.utils.data.Dataset):
         if key in self.known:
             return i, key, None, "cached"
         if self.raw_jpeg and is_jpeg(data):
+            from sslprobe.imagefile import check_header
+
+            try:  # nvJPEG skips decode_image's guards: refuse bombs and byte-count lies on the header first
+                check_header(data, max_pixels=MAX_PIXELS)
+            except BadImageError as e:
+                return i, key, None, str(e)
             return i, key, torch.frombuffer(bytearray(data), dtype=torch.uint8), "jpeg"
         try:
             return i, key, self.transform(decode_bytes(data, draft=self.draft)), "new"

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import platform
+import secrets
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -272,12 +273,19 @@ def _write(images: Any, r: dict, *, out: Path, data: Any, built: dict, fp: Any, 
                             "(or use --dtype float32 if float16 overflowed)")
     labels = torch.tensor([images.labels[i] for i in rows], dtype=torch.int64)
     out.mkdir(parents=True, exist_ok=True)
+    # The previous run's manifest goes first: a crash between the two writes must not pair the new
+    # features with old class names and paths. The features file carries its classes and a run id
+    # the manifest repeats, so it stands alone and a reader can check the pair.
+    (out / MANIFEST).unlink(missing_ok=True)
+    run_id = secrets.token_hex(8)
     with atomic_path(out / FEATURES) as tmp:
-        save_file({"features": features.contiguous(), "labels": labels}, str(tmp))
+        save_file({"features": features.contiguous(), "labels": labels}, str(tmp),
+                  metadata={"classes": json.dumps(list(images.classes)), "run_id": run_id})
     import timm
 
     manifest = {
         "format": "sslprobe-features",
+        "run_id": run_id,
         "source": str(data),
         "kind": images.kind,
         "model": built["model_name"],
@@ -302,5 +310,9 @@ def _write(images: Any, r: dict, *, out: Path, data: Any, built: dict, fp: Any, 
         "versions": {"sslprobe": __version__, "torch": torch.__version__, "timm": timm.__version__,
                      "python": platform.python_version()},
     }
-    write_json(out / MANIFEST, manifest)
+    try:
+        write_json(out / MANIFEST, manifest)
+    except BaseException:  # a features file without its manifest would lose paths: leave neither
+        (out / FEATURES).unlink(missing_ok=True)
+        raise
     return manifest
