@@ -28,12 +28,16 @@ lightly is a bench-only dependency (``pip install -e .[bench]``); ``--no-lightly
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+# As the CLI does: busy-waiting OpenMP threads slow 4-20x when another process holds a core.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
@@ -47,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FMNIST_SCRIPT = ROOT.parent / "shared" / "data" / "fashion_mnist.py"
 
 PROFILES = {
-    "cpu": {"model": "test_resnet", "image_size": 32, "batch": 128, "budgets": (250, 1000), "proj_hidden": 512,
+    "cpu": {"model": "test_resnet", "image_size": 32, "batch": 128, "budgets": (200, 600), "proj_hidden": 512,
                 "optimizer": "sgd", "lr": 0.1, "tau_base": 0.99, "warmup_epochs": 0.2, "workers": 1, "extract_batch": 256},
     "gpu": {"model": "resnet18", "image_size": 32, "batch": 512, "budgets": (500, 1000, 2000), "proj_hidden": 4096,
                 "optimizer": "lars", "lr": None, "tau_base": 0.99, "warmup_epochs": 1.0, "workers": 8, "extract_batch": 1024},
