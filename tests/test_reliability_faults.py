@@ -319,7 +319,6 @@ def test_pretrain_killed_at_random_points_then_resumed(tiny, pretrained, tmp_pat
     assert not list((out / "checkpoints").glob(".*.tmp"))
 
 
-@pytest.mark.slow  # three short training runs: ~20 s idle, a minute on a busy 2-core machine
 def test_pretrain_checkpoint_on_a_full_disk_then_resume(monkeypatch, capsys, class_folder, tmp_path):
     args = ["--model", "test_resnet", "--image-size", "16", "--batch-size", "8", "--max-steps", "4", "--proj-hidden",
             "16", "--proj-dim", "8", "--workers", "0", "--save-every", "2"]
