@@ -100,8 +100,14 @@ def predict(features: str | os.PathLike | FeatureSet, *, probe: str | os.PathLik
         with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=["path", "prediction", "probability"])
             w.writeheader()
-            w.writerows({**r, "probability": f"{r['probability']:.6f}"} for r in rows)
+            w.writerows({**r, "path": _cell(r["path"]), "prediction": _cell(r["prediction"]),
+                         "probability": f"{r['probability']:.6f}"} for r in rows)
     return rows
+
+
+def _cell(text: str) -> str:
+    """A CSV cell a spreadsheet shows as text: a file named '=HYPERLINK(…).png' must not run as a formula."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 __all__ = ["ProbeModel", "predict"]

@@ -62,3 +62,11 @@ def test_bad_probe_files(tmp_path):
               str(tmp_path / "bad.safetensors"), metadata={"classes": json.dumps(["only-one"])})
     with pytest.raises(SSLProbeError, match="inconsistent"):
         ProbeModel.load(tmp_path / "bad.safetensors")
+
+
+def test_csv_cells_never_become_spreadsheet_formulas(tmp_path):
+    from sslprobe.predict import _cell
+
+    assert _cell("=HYPERLINK(\"http://x\").png") == "'=HYPERLINK(\"http://x\").png"
+    assert _cell("@cmd.jpg") == "'@cmd.jpg"
+    assert _cell("cats/001.png") == "cats/001.png"
