@@ -75,6 +75,76 @@ def test_hsv_roundtrip_and_known_colours():
     assert torch.allclose(hsv_to_rgb(green_hsv).flatten(), torch.tensor([0.0, 1.0, 0.0]), atol=1e-6)
 
 
+def _hsv_to_rgb_sector_table(x):
+    # The previous formulation (int64 sector index + gather), kept as the reference the closed form must match.
+    h, s, v = x.unbind(1)
+    h6 = h * 6
+    i = torch.floor(h6)
+    f = h6 - i
+    i = i.long() % 6
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    table = torch.stack([v, q, p, t], 1)
+    order = torch.tensor(((0, 3, 2), (1, 0, 2), (2, 0, 3), (2, 1, 0), (3, 2, 0), (0, 2, 1)))
+    return table.gather(1, order[i].permute(0, 3, 1, 2))
+
+
+def _pixels(n=4000, seed=1):
+    """Random RGB pixels as (1, 3, 1, n), with grey pixels, two-channel ties, black, white and pure hues."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(3, n, generator=g)
+    x[:, :200] = x[0, :200]  # grey: r = g = b
+    x[1, 200:300] = x[0, 200:300]  # r = g is the max or not
+    x[2, 300:400] = x[1, 300:400]  # g = b
+    x[2, 400:500] = x[0, 400:500]  # r = b
+    x[:, 500] = 0.0
+    x[:, 501] = 1.0
+    x[:, 502:508] = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 1, 1], [0, 0, 1], [1, 0, 1]]).T.float()
+    return x.view(1, 3, 1, n)
+
+
+def test_rgb_to_hsv_matches_colorsys_including_grey_and_ties():
+    import colorsys
+
+    x = _pixels()
+    got = rgb_to_hsv(x).view(3, -1).T
+    want = torch.tensor([colorsys.rgb_to_hsv(*map(float, px)) for px in x.view(3, -1).T], dtype=torch.float32)
+    assert torch.allclose(got[:, 1:], want[:, 1:], atol=1e-6)
+    # Hue is circular: compare the distance around the circle (0.999 and 0.001 are close).
+    dh = (got[:, 0] - want[:, 0]).abs()
+    assert torch.minimum(dh, 1 - dh).max() < 2e-6
+    assert (got[:200, 0] == 0).all() and (got[:200, 1] == 0).all()  # grey: hue and saturation exactly 0
+    assert ((got[:, 0] >= 0) & (got[:, 0] < 1)).all()
+
+
+def test_hsv_to_rgb_matches_colorsys_and_the_sector_table_across_the_hue_wrap():
+    import colorsys
+
+    g = torch.Generator().manual_seed(2)
+    n = 4000
+    hsv = torch.rand(3, n, generator=g)
+    hsv[0, :100] = 1 - torch.rand(100, generator=g) * 1e-4  # just below the wrap
+    hsv[0, 100:200] = torch.rand(100, generator=g) * 1e-4  # just above it
+    hsv[0, 200:207] = torch.tensor([0.0, 1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1.0])  # sector borders and h = 1
+    hsv[1, 300:400] = 0.0  # grey
+    hsv = hsv.view(1, 3, 1, n)
+    got = hsv_to_rgb(hsv)
+    assert torch.allclose(got, _hsv_to_rgb_sector_table(hsv), atol=1e-6)
+    want = torch.tensor([colorsys.hsv_to_rgb(*map(float, px)) for px in hsv.view(3, -1).T], dtype=torch.float32)
+    assert torch.allclose(got.view(3, -1).T, want, atol=1e-6)
+    at_zero = hsv.clone()
+    at_zero[0, 0, 0, 206] = 0.0
+    assert torch.allclose(got[..., 206], hsv_to_rgb(at_zero)[..., 206])  # h = 1 is h = 0
+
+
+def test_hue_shift_roundtrip_wraps_around():
+    x = _pixels()
+    hsv = rgb_to_hsv(x)
+    for shift in (0.3, -0.3, 0.999):
+        shifted = torch.cat([(hsv[:, :1] + shift) % 1.0, hsv[:, 1:]], 1)
+        assert torch.allclose(hsv_to_rgb(shifted), _hsv_to_rgb_sector_table(shifted), atol=1e-6)
+    assert torch.allclose(hsv_to_rgb(hsv), x, atol=1e-6)
+
+
 def test_grayscale_weights():
     x = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
     assert grayscale(x).item() == pytest.approx(0.299)
