@@ -219,6 +219,40 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return y.view(n, c, hgt, wid)
 
 
+def solarize(x: torch.Tensor) -> torch.Tensor:
+    """Invert the pixels at or above one half."""
+    return torch.where(x >= 0.5, 1 - x, x)
+
+
+def _on_drawn(x: torch.Tensor, on: torch.Tensor, op, *args: torch.Tensor) -> torch.Tensor:
+    """``op`` applied to the images where ``on`` (B,) is set; the others pass through unchanged.
+
+    On CPU only the drawn images are computed and written back into ``x`` in place (view 2 blurs
+    10 % of its images, so it pays ~10 % of the blur; a copy of the batch would cost more than
+    that). On CUDA every image goes through ``op`` with the rest masked out: picking the subset
+    needs its size on the host, a sync per call.
+    """
+    n = x.shape[0]
+    if x.device.type == "cuda":
+        return torch.where(on.view(n, 1, 1, 1), op(x, *args), x)
+    idx = on.nonzero().squeeze(1)
+    if len(idx) == n:
+        return op(x, *args)
+    if len(idx):
+        x.index_copy_(0, idx, op(x[idx], *(a[idx] for a in args)))
+    return x
+
+
+def blur_drawn(x: torch.Tensor, sigma: torch.Tensor, on: torch.Tensor) -> torch.Tensor:
+    """:func:`gaussian_blur` with ``sigma`` (B,) on the images where ``on`` (B,) is set, the others untouched.
+
+    May write into ``x`` (CPU); pass a tensor the caller no longer needs.
+    """
+    if x.device.type == "cuda":  # one kernel for all: σ = 0 is the identity kernel
+        return gaussian_blur(x, torch.where(on, sigma, torch.zeros_like(sigma)))
+    return _on_drawn(x, on, gaussian_blur, sigma)
+
+
 def make_view(
     x: torch.Tensor,
     cfg: ViewConfig,
@@ -237,9 +271,10 @@ def make_view(
     x = torch.where(gray, grayscale(x).expand_as(x), x)
     if cfg.blur_p > 0:
         sig = _uniform(*cfg.blur_sigma, n, g, dev)
-        x = gaussian_blur(x, torch.where(_bernoulli(cfg.blur_p, n, g, dev), sig, torch.zeros_like(sig)))
-    sol = _bernoulli(cfg.solarize_p, n, g, dev).view(n, 1, 1, 1)
-    x = torch.where(sol & (x >= 0.5), 1 - x, x)
+        x = blur_drawn(x, sig, _bernoulli(cfg.blur_p, n, g, dev))
+    sol = _bernoulli(cfg.solarize_p, n, g, dev)  # drawn even at p = 0: later draws keep their place in the stream
+    if cfg.solarize_p > 0:
+        x = _on_drawn(x, sol, solarize)
     m = _const(tuple(mean), dev, x.dtype).view(1, -1, 1, 1)
     sd = _const(tuple(std), dev, x.dtype).view(1, -1, 1, 1)
     return (x - m) / sd

@@ -4,7 +4,9 @@ import torch
 
 from sslprobe.augment import (
     ViewConfig,
+    blur_drawn,
     byol_views,
+    color_jitter,
     crop_boxes,
     gaussian_blur,
     grayscale,
@@ -156,6 +158,51 @@ def test_blur_zero_sigma_is_identity_and_preserves_mean():
     assert torch.allclose(out[0], x[0])
     assert out[2].std() < x[2].std()  # smoother
     assert out[1].mean().item() == pytest.approx(x[1].mean().item(), abs=0.02)
+
+
+def _make_view_all_images(x, cfg, *, size, mean, std, generator):
+    # make_view as it was before blur/solarise ran on the drawn images only: every image convolved
+    # (σ = 0 where not drawn), solarise masked over the whole batch. Same draws in the same order.
+    from sslprobe.augment import _bernoulli, _uniform
+
+    g, n = generator, x.shape[0]
+    x = x.float().div_(255)
+    x = resized_crop(x, crop_boxes(n, cfg, g, "cpu"), _bernoulli(cfg.flip_p, n, g, "cpu"), size, cfg.interpolation)
+    x = color_jitter(x, cfg, g)
+    gray = _bernoulli(cfg.gray_p, n, g, "cpu").view(n, 1, 1, 1)
+    x = torch.where(gray, grayscale(x).expand_as(x), x)
+    if cfg.blur_p > 0:
+        sig = _uniform(*cfg.blur_sigma, n, g, "cpu")
+        x = gaussian_blur(x, torch.where(_bernoulli(cfg.blur_p, n, g, "cpu"), sig, torch.zeros_like(sig)))
+    sol = _bernoulli(cfg.solarize_p, n, g, "cpu").view(n, 1, 1, 1)
+    x = torch.where(sol & (x >= 0.5), 1 - x, x)
+    m, sd = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+    return (x - m) / sd
+
+
+@pytest.mark.parametrize("blur_p", [(1.0, 0.1), (0.5, 0.0), (0.0, 1.0)])
+def test_blurring_only_drawn_images_gives_the_same_views_and_draws(blur_p):
+    x = _batch(n=24, s=72, seed=3)
+    v1, v2 = byol_views(72, blur=True, blur_p=blur_p, solarize_p=(0.3, 0.2))
+    kw = {"size": 64, "mean": MEAN, "std": STD}
+    for seed in range(4):
+        g_new, g_old = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        for cfg in (v1, v2):  # the same generator runs on into view 2, as in TrainStep.views
+            new = make_view(x, cfg, generator=g_new, **kw)
+            old = _make_view_all_images(x, cfg, generator=g_old, **kw)
+            assert torch.allclose(new, old, atol=1e-6, rtol=0)
+        assert torch.equal(g_new.get_state(), g_old.get_state())  # same number of draws: resume stays exact
+
+
+def test_blur_drawn_touches_only_drawn_images():
+    x = torch.rand(6, 3, 20, 20)
+    sigma = torch.linspace(0.5, 2.0, 6)
+    on = torch.tensor([True, False, False, True, False, False])
+    out = blur_drawn(x.clone(), sigma, on)
+    assert torch.equal(out[~on], x[~on])
+    assert torch.allclose(out[on], gaussian_blur(x[on], sigma[on]), atol=1e-6)
+    assert torch.allclose(out, gaussian_blur(x, torch.where(on, sigma, torch.zeros_like(sigma))), atol=1e-6)
+    assert torch.equal(blur_drawn(x.clone(), sigma, torch.zeros(6, dtype=torch.bool)), x)
 
 
 def test_solarize_always_on_inverts_bright_pixels():
