@@ -28,6 +28,7 @@ import torch
 from sslprobe import __version__
 from sslprobe.errors import SSLProbeError
 from sslprobe.fileio import atomic_path, write_json
+from sslprobe.imagefile import DECODE_POLICY
 from sslprobe.runtime import default_workers, pick_device, progress_bar
 
 FEATURES = "features.safetensors"
@@ -109,7 +110,8 @@ def extract(
         # channels_last on CPU too: with BatchNorm folded, oneDNN convs run ~1.1-1.3x faster in it
         fmodel = built["model"].to(dev).eval().to(memory_format=torch.channels_last)
         fp = Fingerprint(model=built["model_name"], weights=built["weights_kind"], weights_id=built["weights_id"],
-                         preprocessing=json.dumps(built["preprocessing"], sort_keys=True), layer=built["layer"],
+                         preprocessing=json.dumps({**built["preprocessing"], "decode_policy": DECODE_POLICY}, sort_keys=True),
+                         layer=built["layer"],
                          pool=pool, dtype=dtype, compute="bfloat16" if dev.type == "cuda" else "float32",
                          sslprobe_major=__version__.split(".")[0])
         cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()

@@ -27,6 +27,9 @@ _OPEN_ERRORS = {IsADirectoryError: "is a directory", PermissionError: "permissio
 # reading a bigger file whole (``ImageSet.read_bytes``: hashing for the cache) could exhaust memory.
 # (A multi-page TIFF past it is skipped although its first page would decode.)
 MAX_FILE_BYTES = 1 << 30
+# Bump whenever a rule here changes which files decode or what they decode to: it is part of the
+# embedding-cache fingerprint, so rows computed under older rules are not reused.
+DECODE_POLICY = 2
 
 
 class BadImageError(Exception):

@@ -117,6 +117,15 @@ def test_changing_any_fingerprint_input_is_a_miss(class_folder, tmp_path, change
     assert b["cache"]["store"] != a["cache"]["store"] and b["cache"]["hits"] == 0 and b["cache"]["misses"] == 24
 
 
+def test_a_new_decode_policy_is_a_miss(class_folder, tmp_path, monkeypatch):
+    import sslprobe.extract
+
+    a = extract(class_folder, out=tmp_path / "a", **NET, **FAST)
+    monkeypatch.setattr(sslprobe.extract, "DECODE_POLICY", sslprobe.extract.DECODE_POLICY + 1)
+    b = extract(class_folder, out=tmp_path / "b", **NET, **FAST)
+    assert b["cache"]["store"] != a["cache"]["store"] and b["cache"]["misses"] == 24
+
+
 def test_weights_file_content_is_in_the_fingerprint(class_folder, tmp_path):
     from sslprobe.backbone import save_backbone
 
