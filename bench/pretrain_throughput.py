@@ -61,14 +61,14 @@ from sslprobe.fileio import write_json
 from sslprobe.runtime import pick_device
 
 # pretrain()'s own pieces (its model + optimiser builder and its step; BatchSource above is its data
-# source), so the bench times sslprobe's real code path. _optimizer/_default_lr give lightly the
+# source), so the bench times sslprobe's real code path. make_optimizer/default_lr give lightly the
 # same optimiser.
 from sslprobe.trainstep import (
     PretrainConfig,
     TrainStep,
-    _default_lr,
-    _optimizer,
     build_byol,
+    default_lr,
+    make_optimizer,
     pick_optimizer,
     step_seed,
 )
@@ -211,7 +211,7 @@ class Bench:
                                    workers=a.workers, show_progress=False, ram_limit=-1)
                        if a.stream != "auto" and self.source.ram is not None else None)
         opt_name = pick_optimizer(a.optimizer, batch=self.batch)
-        base_lr = _default_lr(opt_name)
+        base_lr = default_lr(opt_name)
         total = 1_000_000  # schedule horizon: the lr/τ values do not change the cost of a step
         self.cfg = PretrainConfig(
             data=str(data), model=spec.model, image_size=self.size, small_stem=spec.small_stem, batch_size=self.batch,
@@ -444,7 +444,7 @@ class LightlySide:
         if b.cuda:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.net.train()
-        self.opt = _optimizer(opt_name, self.net, lr=lr, weight_decay=b.cfg.weight_decay)
+        self.opt = make_optimizer(opt_name, self.net, lr=lr, weight_decay=b.cfg.weight_decay)
         self.criterion = NegativeCosineSimilarity()
         v1, v2 = b.views
         norm = {"mean": list(b.spec.mean), "std": list(b.spec.std)}

@@ -8,8 +8,11 @@ starts at its step without replaying anything. With several processes each globa
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+import signal
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torchvision.transforms.functional as TF
@@ -91,6 +94,31 @@ def epoch_order(n: int, *, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
+def _worker_ignores_stop_signals(_: int) -> None:
+    # Ctrl-C reaches the whole process group: a worker that died of it would take the batch the
+    # training process is waiting for, which then fails instead of saving a checkpoint. The
+    # training process decides when to stop; its workers end with it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class _MappedSteps(torch.utils.data.Dataset):
+    """Item ``step`` = ``(step, fn(uint8 batch of that step, step))`` from the RAM cache, for DataLoader workers."""
+
+    def __init__(self, ram: torch.Tensor, fn: Callable[[torch.Tensor, int], Any], *, batch: int, rank: int,
+                 world: int, seed: int):
+        self.ram, self.fn, self.batch, self.rank, self.world, self.seed = ram, fn, batch, rank, world, seed
+        self.per_epoch = len(ram) // (batch * world)
+        self._order: tuple[int, torch.Tensor | None] = (-1, None)  # one permutation per epoch, per worker
+
+    def __getitem__(self, step: int) -> tuple[int, Any]:
+        epoch, j = divmod(step, self.per_epoch)
+        if self._order[0] != epoch:
+            self._order = (epoch, epoch_order(len(self.ram), seed=self.seed, epoch=epoch))
+        lo = j * self.batch * self.world + self.rank * self.batch
+        return step, self.fn(self.ram[self._order[1][lo:lo + self.batch]], step)
+
+
 class _Order:
     """Index lists for this rank, step after step from ``start`` on, forever (a DataLoader batch_sampler)."""
 
@@ -170,12 +198,34 @@ class BatchSource:
 
         # One loader for the whole run: workers persist and prefetch across epoch boundaries.
         loader = DataLoader(self.dataset, batch_sampler=order, num_workers=self.workers, collate_fn=collate_store,
-                            pin_memory=self.device.type == "cuda", prefetch_factor=4 if self.workers else None)
+                            pin_memory=self.device.type == "cuda", prefetch_factor=4 if self.workers else None,
+                            worker_init_fn=_worker_ignores_stop_signals)
         for b in loader:
             self.skipped.extend(b.skipped)
             if len(b.indices) >= 2:  # BatchNorm needs at least 2 samples; a step with fewer is skipped
                 yield step, b.images.to(self.device, non_blocking=True)
             step += 1
+
+    @property
+    def can_map(self) -> bool:
+        """Whether :meth:`mapped` can run: the images are cached in host memory and there are workers."""
+        return self.ram is not None and self.ram.device.type == "cpu" and self.workers >= 1
+
+    def mapped(self, fn: Callable[[torch.Tensor, int], Any], *, start: int) -> Iterator[tuple[int, Any]]:
+        """(step, fn(uint8 batch, step)) from run step ``start`` on, ``fn`` run in the DataLoader workers.
+
+        The batches are those :meth:`batches` gives (same order, same rank slice), so a pure ``fn``
+        (the CPU view maker) returns what it would in this process while the model step runs beside
+        it. Needs :attr:`can_map`; ``fn`` must be picklable where workers are spawned.
+        """
+        from torch.utils.data import DataLoader
+
+        if not self.can_map:
+            raise SSLProbeError("BatchSource.mapped needs the images cached in host memory and at least one worker")
+        ds = _MappedSteps(self.ram, fn, batch=self.batch, rank=self.rank, world=self.world, seed=self.seed)
+        loader = DataLoader(ds, batch_size=None, sampler=itertools.count(start), num_workers=self.workers,
+                            prefetch_factor=2, worker_init_fn=_worker_ignores_stop_signals)
+        yield from loader
 
     def _ram_batches(self, start: int) -> Iterator[tuple[int, torch.Tensor]]:
         # Same order as _Order, but the permutation goes to the device once per epoch: a per-step

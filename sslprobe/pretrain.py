@@ -39,6 +39,8 @@ from sslprobe.trainstep import (  # noqa: F401
     _default_lr,
     _optimizer,
     build_byol,
+    default_lr,
+    make_optimizer,
     pick_optimizer,
     step_seed,
 )
@@ -132,7 +134,7 @@ def pretrain(data: str | os.PathLike, *, out: str | os.PathLike, model: str = "r
                              rank=dist.rank, world=dist.world, show_progress=show_progress)
         gb = source.batch * dist.world
         opt_name = pick_optimizer(optimizer, batch=gb)
-        base_lr = lr if lr is not None else _default_lr(opt_name)
+        base_lr = lr if lr is not None else default_lr(opt_name)
         spe = source.steps_per_epoch
         total = spe * epochs if max_steps is None else max_steps
         cfg = PretrainConfig(
@@ -258,17 +260,20 @@ def _run(cfg: PretrainConfig, *, source: BatchSource, images: ImageSet, out: Pat
     try:
         with _Signals() as sig, progress_bar(show_progress and dist.main) as bar:
             task = bar.add_task("pretrain", total=total, completed=start)
-            batches = source.batches(start=start)
+            # On CPU the views are made in the DataLoader workers, beside the model step (the same
+            # views: a pure function of seed, rank and step); on a GPU they are made there, faster.
+            in_workers = dev.type == "cpu" and source.can_map
+            batches = source.mapped(step_fn.make_views, start=start) if in_workers else source.batches(start=start)
             while step < end:
                 t0 = time.perf_counter()
-                s, x = next(batches)
+                s, item = next(batches)
                 wait += time.perf_counter() - t0
-                loss, pstd = step_fn(x, s)
+                loss, pstd = step_fn.model_step(*item, s) if in_workers else step_fn(item, s)
                 step = s + 1
                 acc[0] += loss
                 acc[1] += pstd
                 acc[2] += 1
-                imgs += x.shape[0] * dist.world
+                imgs += (item[0] if in_workers else item).shape[0] * dist.world
                 logging = step % log_every == 0 or step == end
                 if logging:
                     flush(step, bar, task)
@@ -306,6 +311,8 @@ def _run(cfg: PretrainConfig, *, source: BatchSource, images: ImageSet, out: Pat
             save(step)
         raise PretrainInterrupted(_interrupted(step, total, r["ckpt"], "KeyboardInterrupt")) from None
     finally:
+        if "batches" in locals():
+            batches.close()  # shuts the workers down now, not when the generator is collected
         if log is not None:
             log.close()
     if dist.main:

@@ -60,12 +60,14 @@ def pick_optimizer(name: str, *, batch: int) -> str:
     return "lars" if batch >= 256 else "sgd"
 
 
-def _default_lr(optimizer: str) -> float:
-    # Base lr per 256 images: 0.2 is the paper's LARS value; AdamW wants a far smaller step.
+def default_lr(optimizer: str) -> float:
+    """Base learning rate per 256 images for ``lars``, ``sgd`` or ``adamw``."""
+    # 0.2 is the paper's LARS value; AdamW wants a far smaller step.
     return {"lars": 0.2, "sgd": 0.06, "adamw": 2e-3}[optimizer]
 
 
-def _optimizer(name: str, model: torch.nn.Module, *, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def make_optimizer(name: str, model: torch.nn.Module, *, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """LARS, momentum SGD or AdamW over ``model`` with BYOL's parameter groups (no decay/LARS on biases and norms)."""
     groups = param_groups(model, weight_decay=weight_decay)
     if name == "lars":
         return LARS(groups, lr=lr, momentum=0.9, trust=1e-3)
@@ -75,6 +77,9 @@ def _optimizer(name: str, model: torch.nn.Module, *, lr: float, weight_decay: fl
     if name == "adamw":
         return torch.optim.AdamW(plain, lr=lr)
     raise SSLProbeError(f"unknown optimizer '{name}'; use auto, lars, sgd or adamw")
+
+
+_default_lr, _optimizer = default_lr, make_optimizer  # the earlier private names, still imported by older callers
 
 
 def build_byol(cfg: PretrainConfig, *, device: torch.device,
@@ -88,7 +93,7 @@ def build_byol(cfg: PretrainConfig, *, device: torch.device,
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
     net = ddp.wrap(net, dist or ddp.Dist(), device)
-    return net, _optimizer(cfg.optimizer, net, lr=cfg.lr, weight_decay=cfg.weight_decay), spec
+    return net, make_optimizer(cfg.optimizer, net, lr=cfg.lr, weight_decay=cfg.weight_decay), spec
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:
@@ -97,6 +102,29 @@ def step_seed(seed: int, rank: int, step: int) -> int:
     for mul, shift in ((0xBF58476D1CE4E5B9, 30), (0x94D049BB133111EB, 27)):
         x = ((x ^ (x >> shift)) * mul) & 0xFFFFFFFFFFFFFFFF
     return (x ^ (x >> 31)) & 0x7FFFFFFFFFFFFFFF
+
+
+@dataclass(frozen=True)
+class ViewMaker:
+    """The two views of one step as a pure function of (seed, rank, step) and the batch.
+
+    Picklable and free of the model, so DataLoader workers can run it (the CPU path) and give the
+    same views, bit for bit, as the training process would: a resume needs nothing but the step.
+    """
+
+    views: tuple[ViewConfig, ViewConfig]
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    seed: int
+    rank: int = 0
+
+    def __call__(self, x: torch.Tensor, step: int, *,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        g = generator if generator is not None else torch.Generator(device=x.device)
+        g.manual_seed(step_seed(self.seed, self.rank, step))
+        kw = {"size": self.size, "mean": self.mean, "std": self.std, "generator": g}
+        return make_view(x, self.views[0], **kw), make_view(x, self.views[1], **kw)
 
 
 class TrainStep:
@@ -112,6 +140,7 @@ class TrainStep:
         self.net, self.opt, self.cfg, self.spec, self.device, self.rank = net, opt, cfg, spec, device, rank
         self.byol: BYOL = net.module if hasattr(net, "module") else net
         self.gen = torch.Generator(device=device)
+        self.make_views = ViewMaker(cfg.views, spec.image_size, tuple(spec.mean), tuple(spec.std), cfg.seed, rank)
         self.forward, self.compile_note = net, "off"
         if compile:
             try:
@@ -124,9 +153,7 @@ class TrainStep:
 
     def views(self, x: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The two augmented views of step ``step`` (seeded by seed, rank and step, so resumable)."""
-        self.gen.manual_seed(step_seed(self.cfg.seed, self.rank, step))
-        kw = {"size": self.spec.image_size, "mean": self.spec.mean, "std": self.spec.std, "generator": self.gen}
-        v1, v2 = make_view(x, self.cfg.views[0], **kw), make_view(x, self.cfg.views[1], **kw)
+        v1, v2 = self.make_views(x, step, generator=self.gen)
         if self.cuda:
             v1, v2 = v1.contiguous(memory_format=torch.channels_last), v2.contiguous(memory_format=torch.channels_last)
         return v1, v2

@@ -334,3 +334,78 @@ def test_store_decode_uses_jpeg_draft_and_reports_bad_files(tmp_path, monkeypatc
     b = collate_store(items)
     assert b.images.shape == (2, 3, 32, 32) and b.images.dtype == torch.uint8
     assert [ds.images.ids[i] for i, _ in b.skipped] == ["zero.jpg"] and "empty" in b.skipped[0][1]
+
+
+# --- CPU: views made in DataLoader workers, beside the model step ---------------------------------------------
+
+def _stop_signal_handlers(x, step):
+    import os
+    import signal
+
+    return os.getpid(), signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+
+
+def test_worker_views_equal_in_process_views(class_folder):
+    import os
+    import signal
+
+    from sslprobe.augment import byol_views
+    from sslprobe.batches import BatchSource
+    from sslprobe.data import open_images
+    from sslprobe.trainstep import ViewMaker
+
+    images = open_images(class_folder)
+    src = BatchSource(images, store=24, batch=5, device=torch.device("cpu"), seed=3, workers=1, show_progress=False)
+    assert src.can_map and src.steps_per_epoch == 4
+    make = ViewMaker(byol_views(24, blur=True, solarize_p=(0.5, 0.5)), 16, (0.5,) * 3, (0.25,) * 3, seed=3)
+    here, there = src.batches(start=3), src.mapped(make, start=3)  # from mid-epoch 0 into epoch 2
+    for _ in range(6):
+        (s, x), (t, (w1, w2)) = next(here), next(there)
+        v1, v2 = make(x, s)
+        assert s == t and w1.shape == (5, 3, 16, 16)
+        assert torch.equal(v1, w1) and torch.equal(v2, w2)
+    there.close()
+    pid, on_int, on_term = next(src.mapped(_stop_signal_handlers, start=0))[1]
+    assert pid != os.getpid() and on_int == on_term == signal.SIG_IGN  # Ctrl-C is the training process's to handle
+    assert not BatchSource(images, store=24, batch=5, device=torch.device("cpu"), seed=3, workers=0,
+                           show_progress=False).can_map
+
+
+def test_worker_views_train_and_resume_exactly_like_in_process(class_folder, tmp_path, monkeypatch):
+    import sslprobe.trainstep as ts
+
+    kw = {**FAST, "max_steps": 8, "batch_size": 6}
+    straight = pretrain(class_folder, out=tmp_path / "a", **kw)  # workers=0: views in this process
+    in_process = []
+    real = ts.TrainStep.__call__
+    monkeypatch.setattr(ts.TrainStep, "__call__", lambda self, *a: in_process.append(1) or real(self, *a))
+    first = pretrain(class_folder, out=tmp_path / "b", stop_at=5, **{**kw, "workers": 1})
+    second = pretrain(class_folder, out=tmp_path / "b", resume="yes", **{**kw, "workers": 1})
+    assert not in_process  # every step's views came from the worker
+    assert first["steps"] == 5 and second["resumed_from"] == 5 and straight["status"] == second["status"] == "complete"
+    _assert_same(_weights(tmp_path / "a"), _weights(tmp_path / "b"))
+    assert second["final_loss"] == pytest.approx(straight["final_loss"], rel=1e-5)
+
+
+def test_ctrl_c_with_worker_views_saves_and_resumes(class_folder, tmp_path, monkeypatch):
+    import signal
+
+    import sslprobe.trainstep as ts
+    from sslprobe.pretrain import PretrainInterrupted
+
+    kw = {**FAST, "max_steps": 6, "workers": 1}
+    pretrain(class_folder, out=tmp_path / "a", **kw)
+    real, n = ts.TrainStep.model_step, [0]
+
+    def step_then_sigint(self, *a):
+        n[0] += 1
+        if n[0] == 3:
+            signal.raise_signal(signal.SIGINT)  # mid-step: the step finishes, then the loop saves
+        return real(self, *a)
+
+    monkeypatch.setattr(ts.TrainStep, "model_step", step_then_sigint)
+    with pytest.raises(PretrainInterrupted, match="at step 3 of 6.*--resume"):
+        pretrain(class_folder, out=tmp_path / "b", **kw)
+    monkeypatch.undo()
+    pretrain(class_folder, out=tmp_path / "b", resume="yes", **kw)
+    _assert_same(_weights(tmp_path / "a"), _weights(tmp_path / "b"))
