@@ -224,7 +224,14 @@ def test_config_records_views_blur_rule_and_augment_overrides(class_folder, tmp_
 
 
 def test_lars_is_the_papers_for_global_batch_256():
-    from sslprobe.pretrain import PretrainConfig, _optimizer, build_byol
+    from sslprobe.pretrain import (
+        PretrainConfig,
+        _default_lr,
+        _optimizer,
+        build_byol,
+        default_lr,
+        make_optimizer,
+    )
 
     cfg = PretrainConfig(model="test_resnet", image_size=16, small_stem=True, proj_hidden=32, proj_dim=16, optimizer="lars")
     net, opt, _ = build_byol(cfg, device=torch.device("cpu"))
@@ -233,7 +240,10 @@ def test_lars_is_the_papers_for_global_batch_256():
     assert decay["lars"] and decay["weight_decay"] == 1.5e-6 and not plain["lars"] and plain["weight_decay"] == 0
     assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim <= 1 for p in plain["params"])
     assert not any(p is q for p in decay["params"] + plain["params"] for q in net.target_backbone.parameters())
-    assert _optimizer("sgd", net, lr=0.1, weight_decay=0.0).defaults["momentum"] == 0.9
+    assert make_optimizer("sgd", net, lr=0.1, weight_decay=0.0).defaults["momentum"] == 0.9
+    assert make_optimizer("adamw", net, lr=1e-3, weight_decay=0.0).param_groups[1]["weight_decay"] == 0
+    assert default_lr("lars") == 0.2 and default_lr("sgd") == 0.06
+    assert _optimizer is make_optimizer and _default_lr is default_lr  # old names still importable (bench, study)
 
 
 def test_cli_resume_flag_continues(monkeypatch, capsys, class_folder, tmp_path):
