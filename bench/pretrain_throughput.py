@@ -266,6 +266,21 @@ class Bench:
         finally:
             it.close()  # a streamed source shuts its workers down
 
+    def _sslprobe_mapped(self) -> float:
+        """pretrain()'s CPU path: views made in the DataLoader workers (BatchSource.mapped), model step here."""
+        it = self.source.mapped(self.train.make_views, start=self.k)
+
+        def one() -> None:
+            k, (v1, v2) = next(it)
+            loss, _ = self.train.model_step(v1, v2, k)
+            self.loss_sum += loss
+            self.k = k + 1
+
+        try:
+            return self.timed(one)
+        finally:
+            it.close()  # shuts the workers down
+
     def _model_only(self) -> float:
         def one() -> None:
             loss, _ = self.train.model_step(*self.synthetic, self.k)
@@ -294,6 +309,8 @@ class Bench:
         r: dict[str, Callable[[], float]] = {f"lightly: BYOLTransform in {w} workers + step": lt.train}
         if self.source.ram is not None and self.a.stream != "only":
             r[f"sslprobe: RAM cache + views on {d}"] = lambda: self._sslprobe_train(self.source, self.train)
+            if not self.cuda and self.source.can_map:
+                r[f"sslprobe: RAM cache + views in {w} workers (pretrain's CPU path)"] = self._sslprobe_mapped
             if self.compiled is not None:
                 r[f"sslprobe: RAM cache + views on {d}, compiled"] = lambda: self._sslprobe_train(self.source, self.compiled)
         stream = self.stream or (self.source if self.source.ram is None else None)
@@ -311,7 +328,7 @@ class Bench:
         return r
 
 
-MODEL_ONLY = "model-only: sslprobe step (one 2B pass)"
+MODEL_ONLY = "model-only: sslprobe step (per-view passes)"
 
 
 # ----------------------------------------------------------------------------- prototypes (CPU fixes)

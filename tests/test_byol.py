@@ -133,3 +133,15 @@ def test_lars_matches_the_per_parameter_definition_over_steps():
             ref[i] = w - 0.5 * bufs[i]
         for p, r in zip(net.parameters(), ref):
             assert torch.allclose(p.detach(), r, atol=1e-6), step
+
+
+def test_batchnorm_sees_each_view_on_its_own():
+    """The paper runs one forward pass per view: BatchNorm statistics must not mix the two views."""
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.BatchNorm2d(3, affine=False), nn.Flatten(), nn.Linear(3 * 4 * 4, 6))
+    net = BYOL(backbone, feature_dim=6, hidden=16, out=4).train()
+    v1 = torch.randn(8, 3, 4, 4)
+    v2 = 3 * v1 + 5  # the same images up to a per-batch affine map: per-view BN makes them identical
+    loss_same = net(v1, v1)
+    loss_shifted = net(v1, v2)
+    assert torch.allclose(loss_same, loss_shifted, atol=1e-5)  # a joint 2B batch norm would differ
