@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "pretrain", "extract", "probe", "SSLProbeError"]
+__all__ = ["SSLProbeError", "__version__", "extract", "pretrain", "probe"]
 
 _LAZY = {
     "pretrain": "sslprobe.pretrain",
@@ -18,7 +18,7 @@ _LAZY = {
     "probe": "sslprobe.probe",
 }
 
-from sslprobe.errors import SSLProbeError  # noqa: E402  (light: no heavy imports)
+from sslprobe.errors import SSLProbeError
 
 if TYPE_CHECKING:  # pragma: no cover
     from sslprobe.extract import extract

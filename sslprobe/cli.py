@@ -10,7 +10,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -28,10 +28,10 @@ app = typer.Typer(
 _STATE = {"debug": False}
 
 Device = Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")]
-Workers = Annotated[Optional[int], typer.Option(min=0, help="Decode worker processes (default: cores − 1, at most 8).")]
+Workers = Annotated[int | None, typer.Option(min=0, help="Decode worker processes (default: cores − 1, at most 8).")]
 Seed = Annotated[int, typer.Option(help="Seed for initialisation, sampling and augmentation.")]
-ImageCol = Annotated[Optional[str], typer.Option(help="Image column of a Hugging Face dataset (default: detected).")]
-LabelCol = Annotated[Optional[str], typer.Option(help="Label column of a Hugging Face dataset (default: detected).")]
+ImageCol = Annotated[str | None, typer.Option(help="Image column of a Hugging Face dataset (default: detected).")]
+LabelCol = Annotated[str | None, typer.Option(help="Label column of a Hugging Face dataset (default: detected).")]
 
 
 def _version(value: bool) -> None:
@@ -54,7 +54,7 @@ def _check_data(data: str) -> None:
         raise SSLProbeError(f"'{data}' does not exist; pass a folder of images (or class subfolders) or hf:NAME[:SPLIT]")
 
 
-def _positive(name: str, value: Optional[int]) -> None:
+def _positive(name: str, value: int | None) -> None:
     if value is not None and value < 1:
         raise SSLProbeError(f"{name} must be a positive integer (got {value})")
 
@@ -64,12 +64,12 @@ def pretrain(
     data: Annotated[str, typer.Argument(help="Folder of images (labels ignored) or hf:NAME[:SPLIT].")],
     out: Annotated[Path, typer.Option(file_okay=False, help="Run directory: backbone.safetensors, config.json, metrics.jsonl.")],
     model: Annotated[str, typer.Option(help="Any timm model name.")] = "resnet18",
-    image_size: Annotated[Optional[int], typer.Option(help="Training resolution (default: the model's). ≤ 64 px switches ResNets to a small-image stem.")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Training resolution (default: the model's). ≤ 64 px switches ResNets to a small-image stem.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per step and process (LARS is used from a global batch of 256 up).")] = 256,
     epochs: Annotated[int, typer.Option(help="Passes over the data.")] = 100,
-    max_steps: Annotated[Optional[int], typer.Option(help="Run length in steps (overrides --epochs for the schedule).")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Run length in steps (overrides --epochs for the schedule).")] = None,
     optimizer: Annotated[str, typer.Option(help="auto, lars, sgd or adamw (auto: LARS for batch ≥ 256, else SGD).")] = "auto",
-    lr: Annotated[Optional[float], typer.Option(min=0, help="Base learning rate per 256 images (LARS 0.2, SGD 0.06, AdamW 2e-3).")] = None,
+    lr: Annotated[float | None, typer.Option(min=0, help="Base learning rate per 256 images (LARS 0.2, SGD 0.06, AdamW 2e-3).")] = None,
     tau_base: Annotated[float, typer.Option(help="Target EMA start value τ_base (0.99 suits short runs).")] = 0.996,
     warmup_epochs: Annotated[float, typer.Option(min=0, help="Linear warm-up length in epochs.")] = 10.0,
     proj_hidden: Annotated[int, typer.Option(help="Hidden width of projector and predictor MLPs (paper: 4096).")] = 4096,
@@ -79,11 +79,11 @@ def pretrain(
         help="Continue the run in --out from its last good checkpoint (same options required); start it if there is none.")] = False,
     save_every: Annotated[str, typer.Option(rich_help_panel="Checkpoints",
         help="Checkpoint every STEPS (500), MINUTES (10m), both (500,10m), or only at the end (end).")] = "10m",
-    max_minutes: Annotated[Optional[float], typer.Option(rich_help_panel="Checkpoints",
+    max_minutes: Annotated[float | None, typer.Option(rich_help_panel="Checkpoints",
         help="Stop with a checkpoint after this many minutes (the schedule stays the full run's; --resume continues).")] = None,
-    stop_at: Annotated[Optional[int], typer.Option(rich_help_panel="Checkpoints",
+    stop_at: Annotated[int | None, typer.Option(rich_help_panel="Checkpoints",
         help="Stop with a checkpoint after this step (the schedule stays the full run's; --resume continues).")] = None,
-    blur: Annotated[Optional[bool], typer.Option("--blur/--no-blur", rich_help_panel="Augmentation (paper defaults)",
+    blur: Annotated[bool | None, typer.Option("--blur/--no-blur", rich_help_panel="Augmentation (paper defaults)",
         help="Gaussian blur (default: on above 64 px, off at ≤ 64 px).", show_default=False)] = None,
     crop_scale: Annotated[tuple[float, float], typer.Option(rich_help_panel="Augmentation (paper defaults)",
         help="Random resized crop area range MIN MAX.")] = (0.08, 1.0),
@@ -100,9 +100,9 @@ def pretrain(
         help="Blur σ range MIN MAX (kernel ≈ 10 % of the side).")] = (0.1, 2.0),
     solarize_p: Annotated[tuple[float, float], typer.Option(rich_help_panel="Augmentation (paper defaults)",
         help="Solarisation probability of view 1 and view 2.")] = (0.0, 0.2),
-    eval_train: Annotated[Optional[str], typer.Option(rich_help_panel="Monitoring",
+    eval_train: Annotated[str | None, typer.Option(rich_help_panel="Monitoring",
         help="Labelled class folder: kNN bank for an online evaluation (with --eval-test).")] = None,
-    eval_test: Annotated[Optional[str], typer.Option(rich_help_panel="Monitoring",
+    eval_test: Annotated[str | None, typer.Option(rich_help_panel="Monitoring",
         help="Labelled class folder scored by the online kNN evaluation.")] = None,
     eval_every: Annotated[int, typer.Option(rich_help_panel="Monitoring", help="Online kNN evaluation every K epochs.")] = 1,
     log_every: Annotated[int, typer.Option(rich_help_panel="Monitoring", help="Log to metrics.jsonl every N steps.")] = 10,
@@ -395,7 +395,7 @@ def predict(
 @app.command(epilog="Example: sslprobe demo --out sslprobe-demo")
 def demo(
     out: Annotated[Path, typer.Option(file_okay=False, help="Working directory for the sample data, runs and features.")] = Path("sslprobe-demo"),
-    steps: Annotated[Optional[int], typer.Option(help="BYOL steps (default: the tuned short run, ~2–3 min on 2 CPU cores).")] = None,
+    steps: Annotated[int | None, typer.Option(help="BYOL steps (default: the tuned short run, ~2–3 min on 2 CPU cores).")] = None,
     device: Device = "auto",
 ) -> None:
     """Run pretrain → extract → probe on the built-in Fashion-MNIST sample and compare baselines."""

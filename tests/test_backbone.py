@@ -6,7 +6,13 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from sslprobe.backbone import adapt_small_stem, create_backbone, eval_transform, read_weights, save_backbone
+from sslprobe.backbone import (
+    adapt_small_stem,
+    create_backbone,
+    eval_transform,
+    read_weights,
+    save_backbone,
+)
 from sslprobe.errors import SSLProbeError
 
 
