@@ -70,7 +70,6 @@ from sslprobe.trainstep import (
     default_lr,
     make_optimizer,
     pick_optimizer,
-    step_seed,
 )
 
 FMNIST_SCRIPT = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion_mnist.py"
@@ -323,123 +322,10 @@ class Bench:
         r[f"aug-only: sslprobe views x2 on {d}"] = lambda: self._sslprobe_views(src)
         if stream is not None:
             r[f"data-only: sslprobe decode+resize, {w} workers"] = lambda: self._source_only(stream)
-        if self.a.proto and not self.cuda and self.source.ram is not None:
-            r.update(proto_rows(self))
         return r
 
 
 MODEL_ONLY = "model-only: sslprobe step (per-view passes)"
-
-
-# ----------------------------------------------------------------------------- prototypes (CPU fixes)
-# Measured here so the proposed changes to sslprobe/augment.py and pretrain.py come with numbers;
-# the changes themselves belong in sslprobe/ (issue 3).
-
-def hsv_to_rgb_fast(x: torch.Tensor) -> torch.Tensor:
-    """Closed-form HSV → RGB: c_n = v − v·s·clamp(min(k, 4 − k), 0, 1), k = (n + 6h) mod 6, n = 5, 3, 1.
-
-    Elementwise only (no int64 sector index, no gather); equal to sslprobe.augment.hsv_to_rgb to ~1e-7.
-    """
-    h, s, v = x.unbind(1)
-    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    k = (n + 6 * h.unsqueeze(1)) % 6  # (B, 3, H, W)
-    return v.unsqueeze(1) - (v * s).unsqueeze(1) * torch.minimum(k, 4 - k).clamp_(0, 1)
-
-
-def rgb_to_hsv_fast(x: torch.Tensor) -> torch.Tensor:
-    """RGB → HSV with one max/argmax pass and one reciprocal; same values as sslprobe.augment.rgb_to_hsv."""
-    r, g, b = x.unbind(1)
-    maxc, arg = x.max(1)  # first index on ties: r before g before b, as the nested where() picks
-    delta = maxc - x.amin(1)
-    inv = 1 / torch.where(delta > 0, delta, torch.ones_like(delta))
-    h = torch.where(arg == 0, ((g - b) * inv) % 6, torch.where(arg == 1, (b - r) * inv + 2, (r - g) * inv + 4))
-    h = torch.where(delta > 0, h / 6, torch.zeros_like(h))
-    s = torch.where(maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)), torch.zeros_like(maxc))
-    return torch.stack([h, s, maxc], 1)
-
-
-class fast_hsv:
-    """Context: sslprobe.augment's colour jitter with the two functions above."""
-
-    def __enter__(self):
-        import sslprobe.augment as aug
-
-        self.saved = aug.rgb_to_hsv, aug.hsv_to_rgb
-        aug.rgb_to_hsv, aug.hsv_to_rgb = rgb_to_hsv_fast, hsv_to_rgb_fast
-        return self
-
-    def __exit__(self, *exc):
-        import sslprobe.augment as aug
-
-        aug.rgb_to_hsv, aug.hsv_to_rgb = self.saved
-        return False
-
-
-class WorkerViews(Dataset):
-    """CPU path prototype: item k = the two views of run step k, made in a DataLoader worker.
-
-    Same batch (epoch_order) and same augmentation seed (step_seed) as TrainStep on the RAM
-    cache, so the views are identical to the in-process path; the model step then overlaps the
-    next batch's augmentation as lightly's workers do.
-    """
-
-    def __init__(self, b: Bench):
-        self.ram, self.cfg, self.spec, self.batch, self.fast = b.source.ram, b.cfg, b.spec, b.batch, False
-        self.per_epoch = len(self.ram) // self.batch
-
-    def __len__(self) -> int:
-        return 1 << 40
-
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from sslprobe.augment import make_view
-        from sslprobe.batches import epoch_order
-
-        epoch, j = divmod(k, self.per_epoch)
-        idx = epoch_order(len(self.ram), seed=self.cfg.seed, epoch=epoch)[j * self.batch:(j + 1) * self.batch]
-        g = torch.Generator().manual_seed(step_seed(self.cfg.seed, 0, k))
-        kw = {"size": self.spec.image_size, "mean": self.spec.mean, "std": self.spec.std, "generator": g}
-        x = self.ram[idx]
-        if self.fast:
-            with fast_hsv():
-                return make_view(x, self.cfg.views[0], **kw), make_view(x, self.cfg.views[1], **kw)
-        return make_view(x, self.cfg.views[0], **kw), make_view(x, self.cfg.views[1], **kw)
-
-
-def proto_rows(b: Bench) -> dict[str, Callable[[], float]]:
-    """Prototype rows (CPU with a RAM cache): faster hue maths, views in workers, both."""
-    w, r = b.a.workers, {}
-
-    def fast_in_process() -> float:
-        with fast_hsv():
-            return b._sslprobe_train(b.source, b.train)
-
-    def in_workers(fast: bool) -> float:
-        ds = WorkerViews(b)
-        ds.fast = fast
-        loader = DataLoader(ds, batch_size=None, sampler=itertools.count(b.k), num_workers=w,
-                            prefetch_factor=2, persistent_workers=False)
-        it = [iter(loader)]
-
-        def one() -> None:
-            v1, v2 = next(it[0])
-            loss, _ = b.train.model_step(v1, v2, b.k)
-            b.loss_sum += loss
-            b.k += 1
-
-        try:
-            return b.timed(one)
-        finally:
-            it.clear()  # the last reference: the iterator shuts its workers down
-
-    def fast_views_only() -> float:
-        with fast_hsv():
-            return b._sslprobe_views(b.source)
-
-    r["proto: RAM cache + fast hue, views on cpu"] = fast_in_process
-    r[f"proto: RAM cache + views in {w} workers"] = lambda: in_workers(False)
-    r[f"proto: RAM cache + fast hue, views in {w} workers"] = lambda: in_workers(True)
-    r["proto aug-only: sslprobe views x2, fast hue"] = fast_views_only
-    return r
 
 
 class LightlySide:
@@ -641,8 +527,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--compile", action="store_true", help="also time sslprobe's step under torch.compile")
     ap.add_argument("--stream", default="auto", choices=["auto", "also", "only"],
                     help="sslprobe's streamed source (no RAM cache): auto = only where pretrain() would stream")
-    ap.add_argument("--no-proto", dest="proto", action="store_false",
-                    help="skip the prototype rows (CPU fixes measured for issue 3)")
+    ap.add_argument("--no-proto", action="store_true",
+                    help="accepted for old command lines; the prototype rows became sslprobe's own CPU path")
     ap.add_argument("--only", nargs="+", metavar="WORD", help="time only the rows whose name holds one of these")
     ap.add_argument("--no-e2e", dest="e2e", action="store_false", help="skip the pretrain() cross-check")
     ap.add_argument("--seed", type=int, default=0)

@@ -16,18 +16,26 @@ import torch
 from sslprobe.errors import SSLProbeError
 
 
-def stratified_sample(labels: torch.Tensor, *, seed: int, fraction: float | None = None,
-                      shots: int | None = None) -> torch.Tensor:
-    """Sorted indices of round(fraction·n_c) (at least 1) or min(shots, n_c) rows of each class c."""
-    if (fraction is None) == (shots is None):
-        raise ValueError("give exactly one of fraction and shots")
+def class_ranks(labels: torch.Tensor, *, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(order, rank, counts): row indices grouped by class in a seeded random order within each
+    class, each ordered row's position inside its class, and the class sizes (the stratified draws'
+    common core)."""
     g = torch.Generator().manual_seed(seed)
     labels = labels.cpu()
     perm = torch.randperm(labels.numel(), generator=g)
     order = perm[torch.sort(labels[perm], stable=True).indices]  # grouped by class, random within
     counts = torch.bincount(labels)
     start = torch.cumsum(counts, 0) - counts
-    rank = torch.arange(labels.numel()) - start[labels[order]]
+    return order, torch.arange(labels.numel()) - start[labels[order]], counts
+
+
+def stratified_sample(labels: torch.Tensor, *, seed: int, fraction: float | None = None,
+                      shots: int | None = None) -> torch.Tensor:
+    """Sorted indices of round(fraction·n_c) (at least 1) or min(shots, n_c) rows of each class c."""
+    if (fraction is None) == (shots is None):
+        raise ValueError("give exactly one of fraction and shots")
+    labels = labels.cpu()
+    order, rank, counts = class_ranks(labels, seed=seed)
     if fraction is not None:
         take = torch.floor(counts * fraction + 0.5).long().clamp_min(1)
     else:
@@ -90,4 +98,4 @@ def label_efficiency(points: Sequence[tuple[str, float]], *, labels: torch.Tenso
     return rows_out
 
 
-__all__ = ["label_efficiency", "parse_points", "stratified_sample"]
+__all__ = ["class_ranks", "label_efficiency", "parse_points", "stratified_sample"]

@@ -39,14 +39,10 @@ Source = str | os.PathLike | FeatureSet
 
 def stratified_split(labels: torch.Tensor, *, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices (keep, held_out): round(fraction·n_c) of each class held out, at least one kept."""
-    g = torch.Generator().manual_seed(seed)
-    labels = labels.cpu()
-    perm = torch.randperm(labels.numel(), generator=g)
-    order = perm[torch.sort(labels[perm], stable=True).indices]  # grouped by class, random within
-    counts = torch.bincount(labels)
-    start = torch.cumsum(counts, 0) - counts
-    sorted_labels = labels[order]
-    rank = torch.arange(labels.numel()) - start[sorted_labels]
+    from sslprobe.labeleff import class_ranks
+
+    order, rank, counts = class_ranks(labels, seed=seed)
+    sorted_labels = labels.cpu()[order]
     n_out = torch.minimum(torch.floor(counts * fraction + 0.5).long(), (counts - 1).clamp_min(0))
     out = rank < n_out[sorted_labels]
     return order[~out].sort().values, order[out].sort().values

@@ -3,22 +3,13 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from sslprobe.cli import main
-
-
-def run(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["sslprobe", *map(str, args)])
-    with pytest.raises(SystemExit) as e:
-        main()
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
+from tests.clirun import run
 
 
 def write_feats(path, *, n_per=20, k=3, d=6, sep=4.0, seed=0, classes=("ant", "bee", "cat"), labels=True):

@@ -6,16 +6,15 @@ manifest/summary and on stderr; exit code 0. A folder of only bad files exits 2 
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from sslprobe.cli import main
 from sslprobe.data import ImageDataset, collate, open_images
 from tests import corpus
+from tests.clirun import run
 
 
 @pytest.fixture
@@ -30,14 +29,6 @@ def only_bad(tmp_path):
     c = corpus.build(tmp_path / "bad", good=False)
     yield c
     corpus.restore_permissions(c.root)
-
-
-def run(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["sslprobe", *map(str, args)])
-    with pytest.raises(SystemExit) as e:
-        main()
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
 
 
 def _to_tensor(im) -> torch.Tensor:

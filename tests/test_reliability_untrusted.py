@@ -9,29 +9,20 @@ from __future__ import annotations
 import json
 import pickle
 import struct
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from sslprobe.cli import main
 from sslprobe.errors import SSLProbeError
+from tests.clirun import run
 from tests.corpus import error_line
 
 try:  # the probe's loader moved to its own module; either place is tested
     from sslprobe.features import load_features
 except ImportError:
     from sslprobe.probe import load_features
-
-
-def run(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["sslprobe", *map(str, args)])
-    with pytest.raises(SystemExit) as e:
-        main()
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
 
 
 def assert_one_error_line(code: int, err: str, *needles: str) -> str:
