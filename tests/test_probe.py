@@ -20,28 +20,9 @@ from sslprobe.probe import (
     probe,
     stratified_split,
 )
+from tests.blobs import blobs, one_thread  # noqa: F401  (autouse fixture)
 
 SMALL_CS = [1e-3, 1e-2, 1e-1, 1.0, 10.0]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Matrices here are tiny: on a busy 2-core box each OpenMP fork/join can cost a scheduler
-    slice (~10 ms), which would dominate the run time. The library itself never changes threads."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def blobs(n_per: int, k: int, d: int, *, sep: float = 4.0, seed: int = 0, noise: float = 1.0):
-    """Gaussian blobs: (k·n_per, d) float32 features and int64 labels, class centres ``sep`` apart."""
-    g = np.random.default_rng(seed)
-    centres = g.normal(size=(k, d)) * sep / math.sqrt(2)
-    y = np.repeat(np.arange(k), n_per)
-    x = centres[y] + noise * g.normal(size=(len(y), d))
-    p = g.permutation(len(y))
-    return x[p].astype(np.float32), y[p]
 
 
 def objective(W: np.ndarray, b: np.ndarray, X: np.ndarray, y: np.ndarray, lam: float) -> float:

@@ -1,29 +1,18 @@
 """The L-BFGS logistic regression: sklearn's optimum, float64, chunked and float16 designs."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
 
 from sslprobe.solver import Design, LogReg, Standardizer, fit, fit_logistic
+from tests.blobs import blobs as _blobs
+from tests.blobs import one_thread  # noqa: F401  (autouse fixture)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: fork/join overhead would dominate on a busy box
-    yield
-    torch.set_num_threads(n)
-
-
-def blobs(n_per: int, k: int, d: int, *, sep: float = 2.0, noise: float = 1.5, seed: int = 0):
-    g = np.random.default_rng(seed)
-    centres = g.normal(size=(k, d)) * sep / math.sqrt(2)
-    y = np.repeat(np.arange(k), n_per)
-    x = centres[y] + noise * g.normal(size=(len(y), d)) + g.normal(size=d) * 3  # offsets: standardising matters
-    return x.astype(np.float32), y
+def blobs(n_per: int, k: int, d: int, *, seed: int = 0):
+    """Overlapping classes with shifted features: the optimum is interior and standardising matters."""
+    return _blobs(n_per, k, d, sep=2.0, noise=1.5, offset=3.0, shuffle=False, seed=seed)
 
 
 def sk_objective(coef: np.ndarray, intercept: np.ndarray, X: np.ndarray, y: np.ndarray, lam: float) -> float:
