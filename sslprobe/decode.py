@@ -18,6 +18,7 @@ from PIL import Image
 
 from sslprobe.cache import content_key
 from sslprobe.data import BadImageError, ImageSet, _finish, decode_image
+from sslprobe.imagefile import check_header
 
 MAX_PIXELS = 89_478_485
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -52,6 +53,9 @@ def decode_bytes(data: bytes, *, draft: tuple[int, int] | None = None, max_pixel
     """RGB image from encoded bytes; JPEGs at no less than ``draft`` (w, h) via PIL draft mode."""
     if draft is None or not is_jpeg(data):
         return decode_image(data, max_pixels=max_pixels)
+    # The header checks (pixel limit, bytes enough for the pixels claimed) must see the full size:
+    # after draft() the image claims up to 64x fewer pixels and a truncated bomb would pass.
+    check_header(data, max_pixels=max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

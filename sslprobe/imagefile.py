@@ -29,7 +29,7 @@ _OPEN_ERRORS = {IsADirectoryError: "is a directory", PermissionError: "permissio
 MAX_FILE_BYTES = 1 << 30
 # Bump whenever a rule here changes which files decode or what they decode to: it is part of the
 # embedding-cache fingerprint, so rows computed under older rules are not reused.
-DECODE_POLICY = 2
+DECODE_POLICY = 3
 
 
 class BadImageError(Exception):

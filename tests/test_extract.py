@@ -315,6 +315,18 @@ def test_jpeg_draft_decodes_smaller_but_not_below_target():
     assert decode_bytes(data, draft=(500, 500)).size == (400, 300)
 
 
+def test_jpeg_draft_refuses_what_a_full_decode_refuses():
+    """Draft mode shrinks the claimed size: the byte-count check must run on the full header first."""
+    from sslprobe.data import BadImageError
+    from sslprobe.decode import decode_bytes
+    from tests.corpus import jpeg_with_size
+
+    bomb = jpeg_with_size(8000, 8000)  # a few hundred bytes claiming 64 M pixels
+    for draft in (None, (60, 60), (224, 224)):
+        with pytest.raises(BadImageError, match="truncated"):
+            decode_bytes(bomb, draft=draft)
+
+
 def test_gpu_decode_path_and_cpu_fallback():
     """decode_jpeg runs on the CPU too, so the nvJPEG path's resize/crop and its fallback are testable here."""
     from sslprobe.decode import decode_bytes, gpu_decode, uint8_transform
