@@ -54,3 +54,8 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     text = json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n"
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def csv_text(text: str) -> str:
+    """A CSV cell a spreadsheet shows as text: a file or class named '=HYPERLINK(…)' must not run as a formula."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text

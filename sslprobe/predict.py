@@ -15,7 +15,7 @@ import torch
 
 from sslprobe.errors import SSLProbeError
 from sslprobe.features import FeatureSet, as_feature_set
-from sslprobe.fileio import atomic_path
+from sslprobe.fileio import atomic_path, csv_text
 from sslprobe.solver import LogReg, Standardizer, exact_fp32
 
 
@@ -100,14 +100,10 @@ def predict(features: str | os.PathLike | FeatureSet, *, probe: str | os.PathLik
         with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=["path", "prediction", "probability"])
             w.writeheader()
-            w.writerows({**r, "path": _cell(r["path"]), "prediction": _cell(r["prediction"]),
+            w.writerows({**r, "path": csv_text(r["path"]), "prediction": csv_text(r["prediction"]),
                          "probability": f"{r['probability']:.6f}"} for r in rows)
     return rows
 
-
-def _cell(text: str) -> str:
-    """A CSV cell a spreadsheet shows as text: a file named '=HYPERLINK(…).png' must not run as a formula."""
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 __all__ = ["ProbeModel", "predict"]

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sslprobe.fileio import atomic_path, write_json
+from sslprobe.fileio import atomic_path, csv_text, write_json
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
@@ -210,7 +210,7 @@ def write_per_class_csv(metrics: Mapping[str, Any], classes: Sequence[str], path
         w = csv.writer(f)
         w.writerow(["class", "precision", "recall", "f1", "support"])
         for row in metrics["per_class"]:
-            w.writerow([classes[row["class"]], f"{row['precision']:.6f}", f"{row['recall']:.6f}",
+            w.writerow([csv_text(classes[row["class"]]), f"{row['precision']:.6f}", f"{row['recall']:.6f}",
                         f"{row['f1']:.6f}", row["support"]])
 
 

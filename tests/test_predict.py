@@ -65,8 +65,12 @@ def test_bad_probe_files(tmp_path):
 
 
 def test_csv_cells_never_become_spreadsheet_formulas(tmp_path):
-    from sslprobe.predict import _cell
+    from sslprobe.fileio import csv_text
+    from sslprobe.report import write_per_class_csv
 
-    assert _cell("=HYPERLINK(\"http://x\").png") == "'=HYPERLINK(\"http://x\").png"
-    assert _cell("@cmd.jpg") == "'@cmd.jpg"
-    assert _cell("cats/001.png") == "cats/001.png"
+    assert csv_text("=HYPERLINK(\"http://x\").png") == "'=HYPERLINK(\"http://x\").png"
+    assert csv_text("@cmd.jpg") == "'@cmd.jpg"
+    assert csv_text("cats/001.png") == "cats/001.png"
+    metrics = {"per_class": [{"class": 0, "precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 3}]}
+    write_per_class_csv(metrics, ["=cmd|' /C calc'!A0"], tmp_path / "c.csv")
+    assert (tmp_path / "c.csv").read_text().splitlines()[1].startswith("'=cmd")
