@@ -10,7 +10,6 @@ at any instant leaves at least one good checkpoint (after the first save).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -22,7 +21,7 @@ from typing import Any
 import torch
 
 from sslprobe.errors import SSLProbeError
-from sslprobe.fileio import _jsonable, atomic_path, write_json
+from sslprobe.fileio import _jsonable, atomic_path, file_sha256, write_json
 
 FORMAT = "sslprobe-checkpoint"
 _NAME = re.compile(r"^step-(\d{9})\.json$")
@@ -68,14 +67,6 @@ class Checkpoint:
     state: dict[str, Any]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save(directory: str | os.PathLike, *, step: int, tensors: Mapping[str, torch.Tensor],
          state: Mapping[str, Any]) -> Checkpoint:
     """Write checkpoint ``step`` (tensors + JSON state), verify it, then delete the older ones."""
@@ -89,7 +80,7 @@ def save(directory: str | os.PathLike, *, step: int, tensors: Mapping[str, torch
     with atomic_path(tpath) as tmp:
         save_file(cpu, str(tmp), metadata={"format": FORMAT})
     record = {"format": FORMAT, "step": step, "tensors": tpath.name, "bytes": tpath.stat().st_size,
-              "sha256": _sha256(tpath), **state}
+              "sha256": file_sha256(tpath), **state}
     write_json(jpath, record)
     ckpt = _verified(jpath)  # read back what is on disk before anything older goes
     if ckpt is None:
@@ -116,7 +107,7 @@ def _verified(jpath: Path) -> Checkpoint | None:
         if jpath.name != f"{name}.json" or state.get("format") != FORMAT or state["tensors"] != f"{name}.safetensors":
             return None
         tpath = jpath.with_name(state["tensors"])
-        if tpath.stat().st_size != state["bytes"] or _sha256(tpath) != state["sha256"]:
+        if tpath.stat().st_size != state["bytes"] or file_sha256(tpath) != state["sha256"]:
             return None
         with safe_open(str(tpath), framework="pt") as f:
             f.keys()

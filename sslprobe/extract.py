@@ -27,7 +27,7 @@ import torch
 
 from sslprobe import __version__
 from sslprobe.errors import SSLProbeError
-from sslprobe.fileio import atomic_path, write_json
+from sslprobe.fileio import atomic_path, file_sha256, write_json
 from sslprobe.imagefile import DECODE_POLICY
 from sslprobe.runtime import default_workers, pick_device, progress_bar
 
@@ -37,14 +37,6 @@ WEIGHTS = ("random", "random-rescaled", "pretrained", "pixels")
 DTYPES = ("float32", "float16")
 DECODES = ("cpu", "gpu")
 CALIBRATION_IMAGES = 64
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _state_sha256(net: torch.nn.Module) -> str:
@@ -188,15 +180,16 @@ def _build(images: Any, *, model: str | None, weights: str, image_size: int | No
         x = _calibration_batch(images, tf, seed=seed)
         rescale_init_(net, FeatureModel(net, mean=spec.mean, std=spec.std).normalize(x))
         kind = "random-rescaled"
-        wid = f"seed={seed};timm={timm.__version__};sha256={_state_sha256(net)}"
-        info.update(seed=seed, calibration_images=int(x.shape[0]), weights_sha256=_state_sha256(net))
+        sha = _state_sha256(net)
+        wid = f"seed={seed};timm={timm.__version__};sha256={sha}"
+        info.update(seed=seed, calibration_images=int(x.shape[0]), weights_sha256=sha)
     elif weights == "pretrained":
         cfg = getattr(net, "pretrained_cfg", {}) or {}
         kind, wid = "pretrained", json.dumps({k_: cfg.get(k_) for k_ in ("hf_hub_id", "tag", "url", "file")},
                                              sort_keys=True)
         info["pretrained_tag"] = cfg.get("tag")
     else:
-        kind, wid = "file", _file_sha256(Path(weights))
+        kind, wid = "file", file_sha256(weights)
         info["weights_sha256"] = wid
     fold_batchnorm_(net)
     use_gpu = decode == "gpu"
