@@ -26,7 +26,7 @@ from sslprobe.features import (
     load_features,
 )
 from sslprobe.knn import knn_votes
-from sslprobe.labeleff import label_efficiency, parse_points
+from sslprobe.labeleff import class_ranks, label_efficiency, parse_points
 from sslprobe.report import classification_metrics, summary, write_reports
 from sslprobe.runtime import pick_device, progress_bar
 from sslprobe.search import DEFAULT_CS, PathState, binary_search, grid_search
@@ -39,8 +39,6 @@ Source = str | os.PathLike | FeatureSet
 
 def stratified_split(labels: torch.Tensor, *, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices (keep, held_out): round(fraction·n_c) of each class held out, at least one kept."""
-    from sslprobe.labeleff import class_ranks
-
     order, rank, counts = class_ranks(labels, seed=seed)
     sorted_labels = labels.cpu()[order]
     n_out = torch.minimum(torch.floor(counts * fraction + 0.5).long(), (counts - 1).clamp_min(0))
@@ -105,6 +103,8 @@ def probe(train: Source, *, val: Source | None = None, test: Source | None = Non
     t0 = time.perf_counter()
     _check_args(C, Cs, search, val_fraction, knn_k, knn_temperature, dtype, feature_dtype)
     points = parse_points(fractions, shots)
+    if points and seeds < 1:  # before the C search, not after it
+        raise SSLProbeError(f"--seeds must be ≥ 1 (got {seeds})")
     store, cdtype = _DTYPES[feature_dtype], _DTYPES[dtype]
     warns: list[str] = []
     sets = {name: None if x is None else as_feature_set(x)

@@ -54,3 +54,12 @@ def test_curve_refuses_degenerate_subsets():
     y = torch.tensor([0] * 99 + [1])
     with pytest.raises(SSLProbeError, match="fewer than 2 classes"):
         label_efficiency([("shots", 1)], labels=y[:99], seeds=1, seed=0, linear=None, knn=lambda r: 0.0)
+
+
+def test_probe_refuses_zero_seeds_before_any_work(monkeypatch):
+    import sslprobe.probe as P
+    from sslprobe.errors import SSLProbeError
+
+    monkeypatch.setattr(P, "as_feature_set", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded data")))
+    with pytest.raises(SSLProbeError, match="--seeds"):
+        P.probe("unused", fractions=[0.1], seeds=0)
