@@ -260,9 +260,12 @@ def make_view(
     std: tuple[float, ...],
     generator: torch.Generator,
 ) -> torch.Tensor:
-    """One augmented, normalised view (B, 3, size, size) of a uint8 (B, 3, H, W) batch."""
+    """One augmented, normalised view (B, 3, size, size) of a (B, 3, H, W) batch of 0…255 values (uint8 or float).
+
+    ``x`` is left as it is: the second view of a step is made from the same batch.
+    """
     g, n, dev = generator, x.shape[0], x.device
-    x = x.float().div_(255)
+    x = x.to(torch.float32, copy=True).div_(255)  # copy: .float() of a float batch is the batch itself
     x = resized_crop(x, crop_boxes(n, cfg, g, dev), _bernoulli(cfg.flip_p, n, g, dev), size, cfg.interpolation)
     x = color_jitter(x, cfg, g)
     gray = _bernoulli(cfg.gray_p, n, g, dev).view(n, 1, 1, 1)

@@ -41,6 +41,28 @@ def test_make_view_shape_and_determinism():
     assert v.min() >= -1 - 1e-5 and v.max() <= 1 + 1e-5
 
 
+def test_make_view_leaves_a_float_batch_alone():
+    # ViewMaker makes both views from one batch: an in-place /255 made view 2 from x/255².
+    x8 = _batch()
+    x = x8.float()
+    before = x.clone()
+    kw = {"size": 20, "mean": MEAN, "std": STD}
+    v = make_view(x, ViewConfig(), generator=torch.Generator().manual_seed(1), **kw)
+    assert torch.equal(x, before)
+    again = make_view(x, ViewConfig(), generator=torch.Generator().manual_seed(1), **kw)
+    assert torch.equal(v, again)
+    assert torch.equal(v, make_view(x8, ViewConfig(), generator=torch.Generator().manual_seed(1), **kw))
+
+
+def test_view_maker_gives_float_and_uint8_batches_the_same_two_views():
+    from sslprobe.trainstep import ViewMaker
+
+    x8 = _batch()
+    make = ViewMaker(byol_views(20), 20, MEAN, STD, seed=3)
+    for a, b in zip(make(x8.float(), 5), make(x8, 5)):
+        assert torch.equal(a, b)
+
+
 def test_each_image_gets_its_own_crop():
     same = _batch(1).expand(8, -1, -1, -1).contiguous()
     v = make_view(same, ViewConfig(), size=16, mean=MEAN, std=STD, generator=torch.Generator().manual_seed(0))
