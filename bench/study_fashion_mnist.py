@@ -9,9 +9,25 @@ C chosen on a 20 % hold-out and refit, kNN k=20, label-efficiency curves):
   BYOL N steps        ``sslprobe.pretrain`` snapshots of ONE run at increasing step budgets
                       (``stop_at`` + ``resume``; the schedule is the full run's, so a snapshot is
                       "this run after N steps", as in a training curve)
-  lightly BYOL        lightly's recipe (BYOLTransform in DataLoader workers, its heads, loss and
-                      momentum update) on the same backbone, heads, optimiser, batch and step
-                      budget as the largest BYOL row: the reference of issue 7
+  lightly BYOL        lightly's implementation (BYOLTransform in DataLoader workers, its heads, loss
+                      and momentum update) on the same backbone, heads, optimiser, lr schedule,
+                      batch and step budget as the largest BYOL row: the reference of issue 7
+
+The lightly row's loss is scaled to sslprobe's gradient (option (b) of the fairness fix, not
+"lightly's own recipe"). sslprobe's loss (``sslprobe.byol``) is the paper's symmetrised
+‖p̂₁ − ẑ₂‖² + ‖p̂₂ − ẑ₁‖² = (2 − 2cos₁₂) + (2 − 2cos₂₁) = 4 − 2(cos₁₂ + cos₂₁) per image, while
+lightly's is 0.5·(NCS(p₀, z₁) + NCS(p₁, z₀)) = −0.5(cos₀₁ + cos₁₀), NCS = −mean cos. So
+sslprobe's = 4 + 4 × lightly's, and its gradient is exactly 4× lightly's: trained with lightly's
+loss as is but sslprobe's optimiser and lr, the lightly row took 4× smaller SGD steps on every
+weight (under LARS the trust ratio cancels the scale on the adapted weights, not on biases and
+BatchNorm), which confounded the BYOL-vs-lightly comparison. The row therefore minimises
+``LIGHTLY_LOSS_SCALE`` (= 4) × lightly's loss: the same gradient as sslprobe's loss, hence the same
+step under SGD and under LARS, and the same weight decay (multiplying the lr by 4 instead would
+also have multiplied the decay, so it is the loss that is scaled). Why not (a), lightly's
+examples/pytorch/byol.py recipe: it differs from sslprobe's in far more than the lr (plain SGD
+lr 0.06 with no momentum, no weight decay, no warm-up or lr schedule, the momentum τ stepped per
+epoch from 0.996, batch 256), so its row would measure those choices, not the implementation.
+study.json's "lightly" entry records the optimiser, lrs, warm-up, weight decay and loss scale used.
 
 Profiles:
   cpu  timm test_resnet (0.37 M params), 32 px, small-image stem, 512-wide heads, batch 128 —
@@ -28,6 +44,7 @@ lightly is a bench-only dependency (``pip install -e .[bench]``); ``--no-lightly
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -69,8 +86,18 @@ def fashion_mnist(root: Path, *, per_class: int | None) -> Path:
     return root
 
 
-def train_lightly(data: Path, *, out: Path, p: dict, steps: int, seed: int, device: str) -> float:
-    """lightly's BYOL loop (its examples/pytorch/byol.py) for ``steps`` steps; returns wall seconds."""
+# sslprobe's loss = 4 + LIGHTLY_LOSS_SCALE × lightly's (module docstring): the same gradient, hence step.
+LIGHTLY_LOSS_SCALE = 4.0
+
+
+def lightly_row(steps: int) -> str:
+    """The lightly row's name, saying how it was made fair (it is also the table and plot label)."""
+    return f"lightly BYOL {steps} steps (lightly loss ×{LIGHTLY_LOSS_SCALE:g} = sslprobe's gradient scale)"
+
+
+def train_lightly(data: Path, *, out: Path, p: dict, steps: int, seed: int, device: str) -> dict:
+    """lightly's BYOL loop (its examples/pytorch/byol.py) for ``steps`` steps with sslprobe's optimiser, lr
+    schedule and gradient scale; returns what was used (optimiser, lrs, loss scale, ...) and the wall seconds."""
     import copy
 
     from lightly.loss import NegativeCosineSimilarity
@@ -81,6 +108,7 @@ def train_lightly(data: Path, *, out: Path, p: dict, steps: int, seed: int, devi
     from torch.utils.data import DataLoader
     from torchvision.datasets import ImageFolder
 
+    from sslprobe.byol import lr_at
     from sslprobe.pretrain import _default_lr, _optimizer
 
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
@@ -104,20 +132,19 @@ def train_lightly(data: Path, *, out: Path, p: dict, steps: int, seed: int, devi
                         generator=torch.Generator().manual_seed(seed))
     opt_name = p["optimizer"]
     base = p["lr"] if p["lr"] is not None else _default_lr(opt_name)
-    opt = _optimizer(opt_name, online, lr=base * p["batch"] / 256, weight_decay=1.5e-6)
-    lrs = [g["lr"] for g in opt.param_groups]
+    peak, wd = base * p["batch"] / 256, 1.5e-6  # as pretrain(): base lr per 256 images, its weight decay
+    opt = _optimizer(opt_name, online, lr=peak, weight_decay=wd)
     crit = NegativeCosineSimilarity()
-    warm = max(1, round(p["warmup_epochs"] * len(loader)))
+    warm = min(round(p["warmup_epochs"] * len(loader)), steps // 2)  # pretrain()'s warm-up steps
     cuda = dev.type == "cuda"
     t0, k = time.perf_counter(), 0
     while k < steps:
         for (x0, x1), _ in loader:
             if k == steps:
                 break
-            scale = (k + 1) / warm if k < warm else 0.5 * (1 + torch.cos(torch.tensor(torch.pi * (k - warm) /
-                                                                                     max(1, steps - warm)))).item()
-            for g, lr in zip(opt.param_groups, lrs):
-                g["lr"] = lr * scale
+            lr = lr_at(k, steps, peak=peak, warmup=warm)  # pretrain()'s schedule, every group alike
+            for g in opt.param_groups:
+                g["lr"] = lr
             m = cosine_schedule(k, steps, p["tau_base"], 1)
             update_momentum(bb, bb_m, m=m)
             update_momentum(proj, proj_m, m=m)
@@ -126,17 +153,31 @@ def train_lightly(data: Path, *, out: Path, p: dict, steps: int, seed: int, devi
                 p0, p1 = pred(proj(bb(x0))), pred(proj(bb(x1)))
                 with torch.no_grad():
                     z0, z1 = proj_m(bb_m(x0)), proj_m(bb_m(x1))
-                loss = 0.5 * (crit(p0.float(), z1.float()) + crit(p1.float(), z0.float()))
-            loss.backward()
+                loss = 0.5 * (crit(p0.float(), z1.float()) + crit(p1.float(), z0.float()))  # lightly's loss
+            (LIGHTLY_LOSS_SCALE * loss).backward()  # sslprobe's gradient scale (module docstring)
             opt.step()
             opt.zero_grad(set_to_none=True)
             k += 1
             if k % 50 == 0:
-                print(f"  lightly step {k}/{steps} loss {loss.item():.4f} "
+                print(f"  lightly step {k}/{steps} loss {loss.item():.4f} (as sslprobe's: "
+                      f"{4 + LIGHTLY_LOSS_SCALE * loss.item():.4f}) "
                       f"{k * p['batch'] / (time.perf_counter() - t0):.0f} img/s", file=sys.stderr)
     secs = time.perf_counter() - t0
     save_backbone(bb, spec, out)
-    return secs
+    return {"fairness": f"(b) identical gradient scale: lightly's loss x {LIGHTLY_LOSS_SCALE:g} (= sslprobe's "
+                        "gradient), sslprobe's optimiser, lr and lr schedule",
+            "loss": "loss_scale * 0.5 * (NCS(p0, z1) + NCS(p1, z0))",
+            "loss_scale": LIGHTLY_LOSS_SCALE, "optimizer": opt_name, "base_lr": base, "peak_lr": peak,
+            "lr_schedule": "sslprobe.byol.lr_at (linear warm-up, cosine to 0)", "warmup_steps": warm,
+            "weight_decay": wd, "momentum": 0.9 if opt_name in ("sgd", "lars") else None,
+            "tau": f"lightly cosine_schedule(step, {steps}, {p['tau_base']}, 1), EMA before each step",
+            "batch": p["batch"], "steps": steps, "lightly": _lightly_version(), "train_s": round(secs, 1)}
+
+
+def _lightly_version() -> str:
+    import lightly
+
+    return getattr(lightly, "__version__", "?")
 
 
 def main() -> None:
@@ -179,12 +220,18 @@ def main() -> None:
             shutil.copyfile(run / "backbone.safetensors", snap)
         times[f"BYOL {b} steps (training, cumulative)"] = round(t_train, 1)
         weights[f"BYOL {b} steps"] = {"weights": str(snap)}
+    lightly_info = None
     if not a.no_lightly:
-        snap = work / f"lightly-{budgets[-1]}.safetensors"
-        if not snap.exists():
-            times[f"lightly BYOL {budgets[-1]} steps (training)"] = round(
-                train_lightly(train, out=snap, p=p, steps=budgets[-1], seed=a.seed, device=a.device), 1)
-        weights[f"lightly BYOL {budgets[-1]} steps"] = {"weights": str(snap)}
+        # A new name: a snapshot from before the fix (lightly-N.safetensors, unscaled loss) is not reused.
+        snap = work / f"lightly-{budgets[-1]}-loss-x{LIGHTLY_LOSS_SCALE:g}.safetensors"
+        info_path = snap.with_suffix(".json")
+        if not (snap.exists() and info_path.exists()):
+            lightly_info = train_lightly(train, out=snap, p=p, steps=budgets[-1], seed=a.seed, device=a.device)
+            write_json(info_path, lightly_info)
+        else:
+            lightly_info = json.loads(info_path.read_text())
+        times[f"lightly BYOL {budgets[-1]} steps (training)"] = lightly_info["train_s"]
+        weights[lightly_row(budgets[-1])] = {"weights": str(snap)}
 
     sets = {}
     for name, w in weights.items():
@@ -205,7 +252,7 @@ def main() -> None:
     result = {"profile": a.profile, "recipe": p, "fractions": FRACTIONS, "shots": SHOTS, "seeds": 3,
               "hardware": f"{platform.machine()}, {torch.get_num_threads()} threads, "
                           + (torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU only"),
-              "torch": torch.__version__, "times_s": times, "rows": {}}
+              "torch": torch.__version__, "lightly": lightly_info, "times_s": times, "rows": {}}
     for name, r in rows:
         result["rows"][name] = {"linear_top1": r["test"]["top1"], "knn_top1": r["knn"]["test"]["top1"]
                                 if r.get("knn") else None, "C": r["C"], "dim": r.get("dim"),
