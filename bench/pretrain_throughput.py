@@ -197,7 +197,7 @@ class Bench:
         if self.images.kind == "hf":
             raise SystemExit("--data must be a folder of image files (lightly reads files)")
         self.files = [os.path.join(self.images.root or "", *i.split("/")) for i in self.images.ids]
-        _, spec = create_backbone(a.model, image_size=a.image_size, small_stem=a.small_stem, seed=a.seed)
+        _, spec = create_backbone(a.model, init="train", image_size=a.image_size, small_stem=a.small_stem, seed=a.seed)
         self.size = spec.image_size
         self.views = byol_views(self.size, blur=a.blur)
         # sslprobe's data source, as pretrain() builds it; the RAM-cache decode is a one-off cost
@@ -340,7 +340,7 @@ class LightlySide:
         )
 
         self.b, a = b, b.a
-        bb, _ = create_backbone(a.model, image_size=a.image_size, small_stem=b.spec.small_stem, seed=a.seed)
+        bb, _ = create_backbone(a.model, init="train", image_size=a.image_size, small_stem=b.spec.small_stem, seed=a.seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(a.seed)
             self.net = LightlyBYOL(bb, feature_dim=bb.num_features, hidden=a.proj_hidden, out=a.proj_dim).to(b.dev)

@@ -113,7 +113,7 @@ def train_lightly(data: Path, *, out: Path, p: dict, steps: int, seed: int, devi
 
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        "cpu" if device == "auto" else device)
-    bb, spec = create_backbone(p["model"], image_size=p["image_size"], seed=seed)
+    bb, spec = create_backbone(p["model"], init="train", image_size=p["image_size"], seed=seed)  # as pretrain()
     torch.manual_seed(seed)
     proj = BYOLProjectionHead(bb.num_features, p["proj_hidden"], 256)
     pred = BYOLPredictionHead(256, p["proj_hidden"], 256)

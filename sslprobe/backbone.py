@@ -1,4 +1,5 @@
-"""timm backbones: random init, timm (hub) weights or local files; small-input stems; saving.
+"""timm backbones: random init (fair for frozen features, or timm's for training), timm (hub) weights or
+local files; small-input stems; saving.
 
 A backbone here is a timm model created with ``num_classes=0`` so its output is the pooled
 pre-logits feature vector (B, D). Files written by sslprobe are safetensors with metadata that
@@ -13,6 +14,7 @@ import os
 import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -20,9 +22,11 @@ from torch import nn
 
 from sslprobe import __version__
 from sslprobe.errors import SSLProbeError
+from sslprobe.fairinit import repair_init_
 
-SMALL_INPUT = 64  # images at or below this many pixels get the CIFAR-style stem (DESIGN §2)
+SMALL_INPUT = 64  # random nets for images at or below this many pixels get the CIFAR-style stem (DESIGN §2)
 FORMAT = "sslprobe-backbone"
+INITS = ("fair", "train")  # random init for frozen features / for training (see random_backbone)
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,10 @@ def adapt_small_stem(net: nn.Module) -> bool:
 
 
 def default_spec(net: nn.Module, *, model: str, image_size: int | None, small_stem: bool | None) -> BackboneSpec:
-    """Preprocessing from timm's data config for this model, with an optional size override."""
+    """Preprocessing from timm's data config for this model, with an optional size override.
+
+    ``small_stem=None`` is the rule for training from scratch: the small-image stem at ≤ 64 px.
+    """
     from timm.data import resolve_model_data_config
 
     cfg = resolve_model_data_config(net)
@@ -128,15 +135,51 @@ def default_spec(net: nn.Module, *, model: str, image_size: int | None, small_st
     )
 
 
-def _create(model: str, *, pretrained: bool, image_size: int | None, **kw) -> nn.Module:
+def _create(model: str, *, pretrained: bool, image_size: int | None, seed: int | None = None,
+            **kw: Any) -> tuple[nn.Module, set[str]]:
+    """timm.create_model with keywords not every family takes; returns the model and the keywords it took."""
     check_model_name(model)
-    extra = {}
     if image_size is not None and any(t in model for t in ("vit", "deit", "eva", "beit")):
-        extra["img_size"] = image_size  # ViTs need the position embedding sized for the input
-    try:
-        return timm.create_model(model, pretrained=pretrained, num_classes=0, **extra, **kw)
-    except TypeError:
-        return timm.create_model(model, pretrained=pretrained, num_classes=0, **kw)
+        kw["img_size"] = image_size  # ViTs need the position embedding sized for the input
+    fixed: set[str] = set()
+    while True:
+        if seed is not None:
+            torch.manual_seed(seed)  # a refused attempt must not shift the init of the next
+        try:
+            return timm.create_model(model, pretrained=pretrained, num_classes=0, **kw), set(kw) | fixed
+        except TypeError as e:
+            if not kw:
+                raise
+            named = {k for k in kw if f"'{k}'" in str(e)}
+            if "multiple values" in str(e):
+                fixed |= named  # the entry point sets it itself (regnetz: zero_init_last=False)
+            kw = {k: v for k, v in kw.items() if k not in (named or set(kw))}
+
+
+def random_backbone(model: str, *, image_size: int | None = None, small_stem: bool | None = None, seed: int = 0,
+                    init: str = "fair") -> tuple[nn.Module, BackboneSpec, str]:
+    """A seeded random backbone and a one-line note on its init (for the extract manifest).
+
+    ``init="fair"`` is the architecture's ordinary random init, as a frozen feature extractor
+    needs it: timm's ``zero_init_last`` off where the family has the switch, then
+    :func:`sslprobe.fairinit.repair_init_` for zeroed norms, gains and tiny layer scales.
+    ``init="train"`` is timm's init as is, the better start for training (BYOL pretraining).
+    """
+    if init not in INITS:
+        raise SSLProbeError(f"init must be one of {', '.join(INITS)} (got '{init}')")
+    with torch.random.fork_rng(devices=[]):
+        if init == "fair":
+            net, took = _create(model, pretrained=False, image_size=image_size, seed=seed, zero_init_last=False)
+            note = repair_init_(net).note(switch="zero_init_last" in took)
+        else:
+            net, _ = _create(model, pretrained=False, image_size=image_size, seed=seed)
+            note = "timm default (training init: zeroed residual branches and layer scales kept)"
+        spec = default_spec(net, model=model, image_size=image_size, small_stem=small_stem)
+        if spec.small_stem and not adapt_small_stem(net):  # its new conv draws here, not from the caller's RNG
+            spec = replace(spec, small_stem=False)
+    if spec.small_stem:
+        _reinit_stem(net, seed)
+    return net, spec, note
 
 
 def create_backbone(
@@ -147,12 +190,16 @@ def create_backbone(
     small_stem: bool | None = None,
     seed: int = 0,
     allow_pickle: bool = False,
+    init: str = "fair",
 ) -> tuple[nn.Module, BackboneSpec]:
     """Build a backbone: ``weights`` is ``random`` (seeded), ``pretrained`` (timm hub) or a file path.
 
-    A file written by sslprobe carries its model name and stem; a plain timm state dict in
-    safetensors needs ``model``. Pickle files (.pt/.pth) load only with ``allow_pickle`` and then
-    only through ``torch.load(weights_only=True)``.
+    ``init`` (random only, see :func:`random_backbone`): ``fair`` for frozen random features,
+    ``train`` for training from scratch. ``small_stem=None`` picks the small-image stem for random
+    weights at ≤ 64 px; trained weights keep the stem they were trained with, and asking for the
+    other one is an error. A file written by sslprobe carries its model name and stem; a plain
+    timm state dict in safetensors needs ``model``. Pickle files (.pt/.pth) load only with
+    ``allow_pickle`` and then only through ``torch.load(weights_only=True)``.
     """
     if weights not in ("random", "pretrained"):
         return _from_file(Path(weights), model=model, image_size=image_size, small_stem=small_stem,
@@ -160,26 +207,35 @@ def create_backbone(
     if model is None:
         raise SSLProbeError(f"--weights {weights} needs --model NAME (a timm model, e.g. resnet18)")
     if weights == "random":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net = _create(model, pretrained=False, image_size=image_size)
-    else:
-        try:
-            net = _create(model, pretrained=True, image_size=image_size)
-        except SSLProbeError:
-            raise
-        except Exception as e:  # hub unreachable, no weights for this name, …
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise SSLProbeError(
-                f"could not load timm pretrained weights for '{model}' ({first}); "
-                "go online once to cache them, or use --weights random or --weights FILE.safetensors"
-            ) from e
-    spec = default_spec(net, model=model, image_size=image_size, small_stem=small_stem)
-    if spec.small_stem and not adapt_small_stem(net):
-        spec = replace(spec, small_stem=False)
-    if weights == "random" and spec.small_stem:
-        _reinit_stem(net, seed)
-    return net, spec
+        net, spec, _ = random_backbone(model, image_size=image_size, small_stem=small_stem, seed=seed, init=init)
+        return net, spec
+    stem = stem_for_weights(requested=small_stem, trained=False, source=f"timm's pretrained {model}")
+    try:
+        net, _ = _create(model, pretrained=True, image_size=image_size)
+    except SSLProbeError:
+        raise
+    except Exception as e:  # hub unreachable, no weights for this name, …
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise SSLProbeError(
+            f"could not load timm pretrained weights for '{model}' ({first}); "
+            "go online once to cache them, or use --weights random or --weights FILE.safetensors"
+        ) from e
+    return net, default_spec(net, model=model, image_size=image_size, small_stem=stem)
+
+
+def stem_for_weights(*, requested: bool | None, trained: bool | None, source: str, kernel: str = "") -> bool:
+    """The stem for trained weights: the one they were trained with (``trained``; None: the file cannot tell).
+
+    The small-image stem is a choice for training from scratch; swapping a trained 7×7 stem for a
+    random 3×3 one would throw the first layer away, so a ``requested`` stem that differs is an error.
+    """
+    if trained is None:
+        return bool(requested)
+    if requested is not None and requested != trained:
+        what = f"small-image{kernel} stem" if trained else f"standard{kernel} stem"
+        flag = "--no-small-stem" if trained else "--small-stem"
+        raise SSLProbeError(f"{source} was trained with the {what}; drop {flag}")
+    return trained
 
 
 def _reinit_stem(net: nn.Module, seed: int) -> None:
@@ -188,6 +244,19 @@ def _reinit_stem(net: nn.Module, seed: int) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + 1)
         nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+
+
+def _state_stem(state: dict[str, torch.Tensor], net: nn.Module) -> tuple[bool | None, str]:
+    """Whether a plain state dict has the small-image stem (None: its shapes cannot tell), and its kernel."""
+    conv1, w = getattr(net, "conv1", None), state.get("conv1.weight")
+    if not isinstance(getattr(net, "maxpool", None), nn.Module) or conv1 is None:
+        return False, ""  # no ResNet-style stem: there is only the standard one
+    if not isinstance(conv1, nn.Conv2d) or w is None or w.ndim != 4:
+        return None, ""  # a deep stem only loses its max-pool: no tensor shape shows it
+    k = tuple(w.shape[-2:])
+    if k == tuple(conv1.weight.shape[-2:]):
+        return False, f" {k[0]}×{k[1]}"
+    return (True, " 3×3") if k == (3, 3) else (None, "")  # another kernel: the load reports the mismatch
 
 
 def _from_file(path: Path, *, model: str | None, image_size: int | None, small_stem: bool | None,
@@ -199,16 +268,19 @@ def _from_file(path: Path, *, model: str | None, image_size: int | None, small_s
         spec = BackboneSpec.from_metadata(meta, source=f"'{path}'")
         if model is not None and model != spec.model:
             raise SSLProbeError(f"'{path}' holds a {spec.model} backbone but --model {model} was given; drop --model")
+        stem_for_weights(requested=small_stem, trained=spec.small_stem, source=f"'{path}'")
         if image_size is not None:
             spec = replace(spec, image_size=int(image_size))
-        net = _create(spec.model, pretrained=False, image_size=spec.image_size)
+        net, _ = _create(spec.model, pretrained=False, image_size=spec.image_size)
         if spec.small_stem:
             adapt_small_stem(net)
     else:
         if model is None:
             raise SSLProbeError(f"'{path}' has no sslprobe metadata; say which timm model it is with --model NAME")
-        net = _create(model, pretrained=False, image_size=image_size)
-        spec = default_spec(net, model=model, image_size=image_size, small_stem=small_stem)
+        net, _ = _create(model, pretrained=False, image_size=image_size)
+        trained, kernel = _state_stem(state, net)
+        stem = stem_for_weights(requested=small_stem, trained=trained, source=f"'{path}'", kernel=kernel)
+        spec = default_spec(net, model=model, image_size=image_size, small_stem=stem)
         if spec.small_stem and not adapt_small_stem(net):
             spec = replace(spec, small_stem=False)
     state = {k: v for k, v in state.items() if not k.startswith(("fc.", "head.", "classifier."))}

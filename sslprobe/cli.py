@@ -32,6 +32,10 @@ Workers = Annotated[int | None, typer.Option(min=0, help="Decode worker processe
 Seed = Annotated[int, typer.Option(help="Seed for initialisation, sampling and augmentation.")]
 ImageCol = Annotated[str | None, typer.Option(help="Image column of a Hugging Face dataset (default: detected).")]
 LabelCol = Annotated[str | None, typer.Option(help="Label column of a Hugging Face dataset (default: detected).")]
+SmallStem = Annotated[bool | None, typer.Option(
+    "--small-stem/--no-small-stem", show_default=False,
+    help="ResNet small-image stem: 3×3 stride-1 first conv, no max-pool (default: for networks trained from "
+         "scratch at ≤ 64 px; trained weights keep the stem they were trained with).")]
 
 
 def _version(value: bool) -> None:
@@ -65,6 +69,7 @@ def pretrain(
     out: Annotated[Path, typer.Option(file_okay=False, help="Run directory: backbone.safetensors, config.json, metrics.jsonl.")],
     model: Annotated[str, typer.Option(help="Any timm model name.")] = "resnet18",
     image_size: Annotated[int | None, typer.Option(help="Training resolution (default: the model's). ≤ 64 px switches ResNets to a small-image stem.")] = None,
+    small_stem: SmallStem = None,
     batch_size: Annotated[int, typer.Option(help="Images per step and process (LARS is used from a global batch of 256 up).")] = 256,
     epochs: Annotated[int, typer.Option(help="Passes over the data.")] = 100,
     max_steps: Annotated[int | None, typer.Option(help="Run length in steps (overrides --epochs for the schedule).")] = None,
@@ -129,10 +134,11 @@ def pretrain(
                "contrast": contrast, "saturation": saturation, "hue": hue, "gray_p": gray_p, "blur_p": blur_p,
                "blur_sigma": blur_sigma, "solarize_p": solarize_p}
     try:
-        s = run(data, out=out, model=model, image_size=image_size, batch_size=batch_size, epochs=epochs, max_steps=max_steps,
-                optimizer=optimizer, lr=lr, tau_base=tau_base, warmup_epochs=warmup_epochs, proj_hidden=proj_hidden,
-                proj_dim=proj_dim, weight_decay=weight_decay, blur=blur, augment=augment, seed=seed, device=device,
-                workers=workers, resume="auto" if resume else "no", save_every=save_every, max_minutes=max_minutes, stop_at=stop_at,
+        s = run(data, out=out, model=model, image_size=image_size, small_stem=small_stem, batch_size=batch_size,
+                epochs=epochs, max_steps=max_steps, optimizer=optimizer, lr=lr, tau_base=tau_base,
+                warmup_epochs=warmup_epochs, proj_hidden=proj_hidden, proj_dim=proj_dim, weight_decay=weight_decay,
+                blur=blur, augment=augment, seed=seed, device=device, workers=workers,
+                resume="auto" if resume else "no", save_every=save_every, max_minutes=max_minutes, stop_at=stop_at,
                 compile=compile, eval_train=eval_train, eval_test=eval_test, eval_every=eval_every, log_every=log_every,
                 image_column=image_column, label_column=label_column)
     except PretrainInterrupted as e:
@@ -160,6 +166,7 @@ def extract(
     weights: Annotated[str, typer.Option(help="random, random-rescaled (data-dependent init), pretrained (timm hub), pixels, or a .safetensors file.")] = "random",
     model: Annotated[str | None, typer.Option(help="timm model name (not needed for sslprobe backbone files).")] = None,
     image_size: Annotated[int | None, typer.Option(help="Override the evaluation resolution.")] = None,
+    small_stem: SmallStem = None,
     layer: Annotated[str, typer.Option(help="pre-logits (pooled, default) or a stage/block index, e.g. 2 or -2 (global-average-pooled).")] = "pre-logits",
     pool: Annotated[str, typer.Option(help="auto (the model's own), cls (ViT class token) or mean (of patch tokens / feature map).")] = "auto",
     dtype: Annotated[str, typer.Option(help="Storage dtype of features: float32 or float16.")] = "float32",
@@ -188,10 +195,10 @@ def extract(
             raise SSLProbeError(f"{name} must be one of {', '.join(allowed)} (got '{value}')")
     from sslprobe.extract import extract as run
 
-    m = run(data, out=out, model=model, weights=weights, image_size=image_size, layer=layer, pool=pool, dtype=dtype,
-            batch_size=batch_size, seed=seed, device=device, workers=workers, allow_pickle=allow_pickle,
-            image_column=image_column, label_column=label_column, cache_dir=cache_dir, use_cache=not no_cache,
-            decode=decode)
+    m = run(data, out=out, model=model, weights=weights, image_size=image_size, small_stem=small_stem, layer=layer,
+            pool=pool, dtype=dtype, batch_size=batch_size, seed=seed, device=device, workers=workers,
+            allow_pickle=allow_pickle, image_column=image_column, label_column=label_column, cache_dir=cache_dir,
+            use_cache=not no_cache, decode=decode)
     if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports for all
         return
     c = m["cache"]

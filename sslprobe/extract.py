@@ -54,6 +54,7 @@ def extract(
     model: str | None = None,
     weights: str = "random",
     image_size: int | None = None,
+    small_stem: bool | None = None,
     layer: str | int = "pre-logits",
     pool: str = "auto",
     dtype: str = "float32",
@@ -72,10 +73,12 @@ def extract(
 ) -> dict[str, Any]:
     """Embed every readable image at ``data``; bad files are skipped and listed. Returns the manifest.
 
-    ``weights``: ``random`` (seeded by ``seed``), ``random-rescaled`` (random, then data-dependent
-    rescaling on a seeded sample of the images), ``pretrained`` (timm hub), ``pixels`` or a path
-    to a .safetensors backbone (sslprobe's own need no ``model``). ``layer``: ``pre-logits`` or a
-    stage index; ``pool``: auto, cls or mean. ``decode="gpu"`` decodes JPEGs with nvJPEG on CUDA.
+    ``weights``: ``random`` (seeded by ``seed``; the architecture's ordinary init, no zeroed residual
+    branches), ``random-rescaled`` (that, then data-dependent rescaling on a seeded sample of the
+    images), ``pretrained`` (timm hub), ``pixels`` or a path to a .safetensors backbone (sslprobe's
+    own need no ``model``). ``small_stem``: None picks the small-image stem for random weights at
+    ≤ 64 px; trained weights keep theirs. ``layer``: ``pre-logits`` or a stage index; ``pool``: auto,
+    cls or mean. ``decode="gpu"`` decodes JPEGs with nvJPEG on CUDA.
     """
     from sslprobe.cache import Fingerprint, Store, default_cache_dir
     from sslprobe.data import open_images
@@ -97,8 +100,9 @@ def extract(
         if ranks.world > 1 and dev.type == "cuda":
             dev = torch.device("cuda", ranks.local_rank)
             torch.cuda.set_device(dev)
-        built = _build(images, model=model, weights=weights, image_size=image_size, layer=layer, pool=pool,
-                       seed=seed, allow_pickle=allow_pickle, decode=decode if dev.type == "cuda" else "cpu")
+        built = _build(images, model=model, weights=weights, image_size=image_size, small_stem=small_stem,
+                       layer=layer, pool=pool, seed=seed, allow_pickle=allow_pickle,
+                       decode=decode if dev.type == "cuda" else "cpu")
         # channels_last on CPU too: with BatchNorm folded, oneDNN convs run ~1.1-1.3x faster in it
         fmodel = built["model"].to(dev).eval().to(memory_format=torch.channels_last)
         fp = Fingerprint(model=built["model_name"], weights=built["weights_kind"], weights_id=built["weights_id"],
@@ -143,8 +147,8 @@ def extract(
         ranks.close()
 
 
-def _build(images: Any, *, model: str | None, weights: str, image_size: int | None, layer: str | int, pool: str,
-           seed: int, allow_pickle: bool, decode: str) -> dict[str, Any]:
+def _build(images: Any, *, model: str | None, weights: str, image_size: int | None, small_stem: bool | None,
+           layer: str | int, pool: str, seed: int, allow_pickle: bool, decode: str) -> dict[str, Any]:
     """The feature model, its worker transform and everything the fingerprint needs."""
     from torchvision import transforms as T
 
@@ -152,8 +156,8 @@ def _build(images: Any, *, model: str | None, weights: str, image_size: int | No
     from sslprobe.embed import FeatureModel, Pixels, fold_batchnorm_, resolve_layer
 
     if weights == "pixels":
-        if str(layer) not in ("pre-logits", "") or pool != "auto":
-            raise SSLProbeError("--weights pixels has no layers or pooling; drop --layer/--pool")
+        if str(layer) not in ("pre-logits", "") or pool != "auto" or small_stem is not None:
+            raise SSLProbeError("--weights pixels has no layers, pooling or stem; drop --layer/--pool/--small-stem")
         size = image_size or 32
         tf = T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size), T.PILToTensor()])
         pre = {"image_size": size, "interpolation": "bicubic", "crop_pct": 1.0, "mean": None, "std": None}
@@ -161,36 +165,20 @@ def _build(images: Any, *, model: str | None, weights: str, image_size: int | No
                 "weights_kind": "pixels", "weights_id": "", "weights_info": {"weights": "pixels"},
                 "preprocessing": {**pre, "decode": "pil-draft"}, "layer": "pre-logits", "draft": resize_target(tf),
                 "size": size, "interpolation": "bicubic", "decode": "cpu"}
-    import timm
+    from sslprobe.backbone import create_backbone, eval_transform, random_backbone
 
-    from sslprobe.backbone import create_backbone, eval_transform
-
-    base = "random" if weights == "random-rescaled" else weights
-    net, spec = create_backbone(model, weights=base, image_size=image_size, seed=seed, allow_pickle=allow_pickle)
+    init = ""
+    if weights in ("random", "random-rescaled"):
+        if model is None:
+            raise SSLProbeError(f"--weights {weights} needs --model NAME (a timm model, e.g. resnet18)")
+        net, spec, init = random_backbone(model, image_size=image_size, small_stem=small_stem, seed=seed)
+    else:
+        net, spec = create_backbone(model, weights=weights, image_size=image_size, small_stem=small_stem, seed=seed,
+                                    allow_pickle=allow_pickle)
     net.eval()
     tf = uint8_transform(eval_transform(spec))
     k = resolve_layer(net, layer)
-    info: dict[str, Any] = {"weights": weights}
-    if weights == "random":
-        kind, wid = "random", f"seed={seed};timm={timm.__version__}"
-        info["seed"] = seed
-    elif weights == "random-rescaled":
-        from sslprobe.embed import rescale_init_
-
-        x = _calibration_batch(images, tf, seed=seed)
-        rescale_init_(net, FeatureModel(net, mean=spec.mean, std=spec.std).normalize(x))
-        kind = "random-rescaled"
-        sha = _state_sha256(net)
-        wid = f"seed={seed};timm={timm.__version__};sha256={sha}"
-        info.update(seed=seed, calibration_images=int(x.shape[0]), weights_sha256=sha)
-    elif weights == "pretrained":
-        cfg = getattr(net, "pretrained_cfg", {}) or {}
-        kind, wid = "pretrained", json.dumps({k_: cfg.get(k_) for k_ in ("hf_hub_id", "tag", "url", "file")},
-                                             sort_keys=True)
-        info["pretrained_tag"] = cfg.get("tag")
-    else:
-        kind, wid = "file", file_sha256(weights)
-        info["weights_sha256"] = wid
+    kind, wid, info = _identify(net, spec, images, tf, weights=weights, seed=seed, init=init)
     fold_batchnorm_(net)
     use_gpu = decode == "gpu"
     pre = {**asdict(spec), "decode": "nvjpeg" if use_gpu else "pil-draft"}
@@ -198,6 +186,38 @@ def _build(images: Any, *, model: str | None, weights: str, image_size: int | No
             "model_name": spec.model, "weights_kind": kind, "weights_id": wid, "weights_info": info,
             "preprocessing": pre, "layer": "pre-logits" if k is None else f"stage{k}", "draft": resize_target(tf),
             "size": spec.image_size, "interpolation": spec.interpolation, "decode": decode}
+
+
+def _identify(net: torch.nn.Module, spec: Any, images: Any, tf: Any, *, weights: str, seed: int,
+              init: str) -> tuple[str, str, dict[str, Any]]:
+    """Weights kind, the id that pins them down in the cache fingerprint, and their manifest entries.
+
+    ``random-rescaled`` rescales ``net`` here, on a seeded sample of ``images``.
+    """
+    import timm
+
+    from sslprobe.embed import FeatureModel, rescale_init_
+    from sslprobe.fairinit import POLICY
+
+    info: dict[str, Any] = {"weights": weights}
+    if weights == "random":
+        # init= keeps rows of the zero-residual init of earlier versions (no init= then) out of this store
+        info.update(seed=seed, init=init)
+        return "random", f"seed={seed};timm={timm.__version__};init={POLICY}", info
+    if weights == "random-rescaled":
+        x = _calibration_batch(images, tf, seed=seed)
+        rescale_init_(net, FeatureModel(net, mean=spec.mean, std=spec.std).normalize(x))
+        sha = _state_sha256(net)
+        info.update(seed=seed, init=f"{init}; then rescaled (Krähenbühl et al. 2015)",
+                    calibration_images=int(x.shape[0]), weights_sha256=sha)
+        return "random-rescaled", f"seed={seed};timm={timm.__version__};init={POLICY};sha256={sha}", info
+    if weights == "pretrained":
+        cfg = getattr(net, "pretrained_cfg", {}) or {}
+        info["pretrained_tag"] = cfg.get("tag")
+        tag = json.dumps({k: cfg.get(k) for k in ("hf_hub_id", "tag", "url", "file")}, sort_keys=True)
+        return "pretrained", tag, info
+    info["weights_sha256"] = file_sha256(weights)
+    return "file", info["weights_sha256"], info
 
 
 def _calibration_batch(images: Any, tf: Any, *, seed: int) -> torch.Tensor:

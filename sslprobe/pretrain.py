@@ -78,9 +78,9 @@ class _Signals:
 
 
 def pretrain(data: str | os.PathLike, *, out: str | os.PathLike, model: str = "resnet18", image_size: int | None = None,
-             batch_size: int = 256, epochs: int = 100, max_steps: int | None = None, optimizer: str = "auto",
-             lr: float | None = None, weight_decay: float = 1.5e-6, warmup_epochs: float = 10.0, tau_base: float = 0.996,
-             proj_hidden: int = 4096, proj_dim: int = 256, blur: bool | None = None,
+             small_stem: bool | None = None, batch_size: int = 256, epochs: int = 100, max_steps: int | None = None,
+             optimizer: str = "auto", lr: float | None = None, weight_decay: float = 1.5e-6, warmup_epochs: float = 10.0,
+             tau_base: float = 0.996, proj_hidden: int = 4096, proj_dim: int = 256, blur: bool | None = None,
              augment: Mapping[str, Any] | None = None, seed: int = 0, device: str = "auto", workers: int | None = None,
              resume: str = "no", save_every: str = "10m", max_minutes: float | None = None, stop_at: int | None = None,
              compile: bool = False, eval_train: str | os.PathLike | None = None,
@@ -93,8 +93,9 @@ def pretrain(data: str | os.PathLike, *, out: str | os.PathLike, model: str = "r
     :func:`sslprobe.augment.byol_views` arguments. ``resume``: "no" (refuses to discard an
     unfinished run in ``out``), "auto" (continue if a checkpoint exists) or "yes" (must continue).
     ``save_every``: see :func:`sslprobe.checkpoint.parse_save_every`. ``max_minutes``/``stop_at``
-    stop early with a checkpoint, keeping the full run's schedule. Ctrl-C saves and raises
-    :class:`PretrainInterrupted`. Returns a summary dict (also summary.json).
+    stop early with a checkpoint, keeping the full run's schedule. ``small_stem``: the small-image
+    stem for ResNets (default: at ≤ 64 px); config.json records it, so a resume must match.
+    Ctrl-C saves and raises :class:`PretrainInterrupted`. Returns a summary dict (also summary.json).
     """
     for name, val in (("batch_size", batch_size), ("epochs", epochs), ("proj_hidden", proj_hidden),
                       ("proj_dim", proj_dim), ("log_every", log_every), ("eval_every", eval_every)):
@@ -124,7 +125,9 @@ def pretrain(data: str | os.PathLike, *, out: str | os.PathLike, model: str = "r
     dev = pick_device(device)
     dist, dev = ddp.setup(dev)
     try:
-        _, spec = create_backbone(model, weights="random", image_size=image_size, seed=seed)
+        # timm's training init (zero-initialised residual branches), not extract's fair one
+        _, spec = create_backbone(model, weights="random", init="train", image_size=image_size, small_stem=small_stem,
+                                  seed=seed)
         try:
             views = byol_views(spec.image_size, blur=blur, **(augment or {}))
         except TypeError as e:

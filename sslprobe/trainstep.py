@@ -85,7 +85,7 @@ _default_lr, _optimizer = default_lr, make_optimizer  # the earlier private name
 def build_byol(cfg: PretrainConfig, *, device: torch.device,
                dist: ddp.Dist | None = None) -> tuple[torch.nn.Module, torch.optim.Optimizer, BackboneSpec]:
     """The seeded BYOL module on ``device`` (DDP-wrapped when ``dist.world > 1``), its optimiser and the backbone spec."""
-    backbone, spec = create_backbone(cfg.model, weights="random", image_size=cfg.image_size,
+    backbone, spec = create_backbone(cfg.model, weights="random", init="train", image_size=cfg.image_size,
                                      small_stem=cfg.small_stem, seed=cfg.seed)
     with torch.random.fork_rng(devices=[]):  # seed the heads' init without touching the caller's RNG
         torch.manual_seed(cfg.seed)

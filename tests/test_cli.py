@@ -57,3 +57,34 @@ def test_help_and_arg_errors_import_no_torch():
 def test_python_dash_m_runs():
     r = subprocess.run([sys.executable, "-m", "sslprobe", "--version"], check=False, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.startswith("sslprobe ")
+
+
+def test_extract_small_stem_flags(monkeypatch, capsys, class_folder, tmp_path):
+    base = ("extract", class_folder, "--weights", "random", "--model", "test_resnet", "--workers", "0", "--no-cache")
+    for flag, size, want in (("--small-stem", "96", True), ("--no-small-stem", "32", False)):
+        code, _, err = run(monkeypatch, capsys, *base, "--image-size", size, flag, "--out", tmp_path / flag)
+        assert code == 0, err
+        assert json.loads((tmp_path / flag / "manifest.json").read_text())["preprocessing"]["small_stem"] is want
+
+
+def test_extract_stem_that_does_not_fit_the_weights_exits_2(monkeypatch, capsys, class_folder, tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    path = tmp_path / "resnet18.safetensors"
+    save_file({k: v.contiguous() for k, v in timm.create_model("resnet18").state_dict().items()}, str(path))
+    code, _, err = run(monkeypatch, capsys, "extract", class_folder, "--weights", path, "--model", "resnet18",
+                       "--image-size", "32", "--small-stem", "--out", tmp_path / "f", "--workers", "0")
+    assert code == 2 and err.strip().count("\n") == 0
+    assert "was trained with the standard 7×7 stem; drop --small-stem" in err
+    assert not (tmp_path / "f").exists()
+
+
+def test_pretrain_records_the_stem_and_resume_must_match(monkeypatch, capsys, class_folder, tmp_path):
+    args = ("pretrain", class_folder, "--out", tmp_path / "run", "--model", "test_resnet", "--image-size", "16",
+            "--batch-size", "8", "--max-steps", "4", "--stop-at", "2", "--proj-hidden", "32", "--workers", "0")
+    code, _, err = run(monkeypatch, capsys, *args, "--no-small-stem")
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["small_stem"] is False
+    code, _, err = run(monkeypatch, capsys, *args, "--resume")  # the default would pick the small stem at 16 px
+    assert code == 2 and "small_stem: False → True" in err

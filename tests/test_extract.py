@@ -294,6 +294,35 @@ def test_random_rescaled_extract_is_seeded(class_folder, tmp_path):
     assert torch.isfinite(f).all() and f.std() > 0
 
 
+def test_random_manifest_records_the_fair_init(class_folder, tmp_path):
+    m = extract(class_folder, out=tmp_path / "a", **NET, **FAST)
+    assert m["init"].startswith("timm default, zero_init_last off")
+    r = extract(class_folder, out=tmp_path / "b", **{**NET, "weights": "random-rescaled"}, **FAST)
+    assert r["init"].startswith("timm default, zero_init_last off") and "rescaled" in r["init"]
+    assert "init=" in m["cache"]["fingerprint"]["weights_id"] and "init=" in r["cache"]["fingerprint"]["weights_id"]
+
+
+def test_rows_of_the_silenced_random_init_in_an_old_cache_are_not_reused(class_folder, tmp_path):
+    from sslprobe.cache import Fingerprint, Store, content_key
+
+    fresh = extract(class_folder, out=tmp_path / "fresh", **NET, **FAST, use_cache=False)
+    # The store an earlier version filled for these images: same fingerprint but for the weights id.
+    old = Fingerprint(**{**fresh["cache"]["fingerprint"], "weights_id": f"seed=3;timm={timm.__version__}"})
+    keys = [content_key((class_folder / p).read_bytes()) for p in fresh["paths"]]
+    Store.open(tmp_path / "cache", old).write_shard(keys, torch.zeros(len(keys), fresh["dim"]))
+    m = extract(class_folder, out=tmp_path / "f", **NET, **FAST)
+    assert m["cache"]["hits"] == 0 and torch.equal(_feats(tmp_path / "f"), _feats(tmp_path / "fresh"))
+
+
+def test_small_stem_choice_reaches_the_features(class_folder, tmp_path):
+    m = extract(class_folder, out=tmp_path / "a", **{**NET, "image_size": 40}, small_stem=False, **FAST)
+    s = extract(class_folder, out=tmp_path / "b", **{**NET, "image_size": 40}, **FAST)
+    assert not m["preprocessing"]["small_stem"] and s["preprocessing"]["small_stem"]
+    assert m["cache"]["store"] != s["cache"]["store"]
+    with pytest.raises(SSLProbeError, match="drop --layer/--pool/--small-stem"):
+        extract(class_folder, out=tmp_path / "p", weights="pixels", small_stem=True, **FAST)
+
+
 # ---------------------------------------------------------------------------- decoding
 
 
