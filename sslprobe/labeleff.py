@@ -1,8 +1,10 @@
 """Label efficiency: the probe trained on stratified subsets of the labels, several seeds each.
 
 Each point (a fraction of every class, or k shots per class) is drawn ``seeds`` times; the linear
-probe chooses its own C on the same validation split (the path is cheap on small subsets), kNN
-uses the subset as its bank, and both are scored on the same evaluation rows, giving mean ± std.
+probe chooses its C with the subset's own labels only (k-fold cross-validation inside the subset,
+see ``probe``): a "1 % labels" point that chose C on the full validation split would be using
+25× the labels it claims. kNN uses the subset as its bank; both are scored on the same
+evaluation rows, giving mean ± std over the draws.
 The standardisation of the full fit split and its stored design matrix are reused throughout;
 only row indices change, so the whole curve costs about as much as one probe.
 """
@@ -44,6 +46,14 @@ def stratified_sample(labels: torch.Tensor, *, seed: int, fraction: float | None
     return order[rank < take[labels[order]]].sort().values
 
 
+def stratified_folds(labels: torch.Tensor, *, k: int, seed: int) -> list[torch.Tensor]:
+    """``k`` disjoint sorted index sets; each class's rows are dealt round-robin in a seeded order, so
+    every fold holds ⌊n_c/k⌋ or ⌈n_c/k⌉ rows of class c (scikit-learn's StratifiedKFold's rule)."""
+    order, rank, _ = class_ranks(labels, seed=seed)
+    fold = rank % k
+    return [order[fold == i].sort().values for i in range(k)]
+
+
 def parse_points(fractions: Sequence[float] = (), shots: Sequence[int] = ()) -> list[tuple[str, float]]:
     """Validated curve points [("fraction", f) …, ("shots", k) …], each kind ascending."""
     for f in fractions:
@@ -66,23 +76,24 @@ def label_efficiency(points: Sequence[tuple[str, float]], *, labels: torch.Tenso
                      progress: Callable[[], None] | None = None) -> list[dict]:
     """One row per point: subset sizes and mean ± std of linear and kNN top-1 over ``seeds`` draws.
 
-    ``linear(rows) -> (top1, C)`` and ``knn(rows) -> top1`` train on the fit-split ``rows`` and
-    score the evaluation rows. A draw that equals the whole split (fraction 1, or shots ≥ every class
-    size) is the same for every seed and runs once.
+    ``linear(rows) -> (top1, C, rule)`` and ``knn(rows) -> top1`` train on the fit-split ``rows`` and
+    score the evaluation rows; ``rule`` says how C was chosen. A draw that equals the whole split
+    (fraction 1, or shots ≥ every class size) is the same for every seed and runs once.
     """
     if seeds < 1:
         raise SSLProbeError(f"--seeds must be ≥ 1 (got {seeds})")
     rows_out = []
     for kind, value in points:
-        runs: dict[str, list] = {"linear": [], "C": [], "knn": [], "n": []}
+        runs: dict[str, list] = {"linear": [], "C": [], "knn": [], "n": [], "rule": []}
         for s in range(seeds):
             rows = stratified_sample(labels, seed=seed + 1000 * s, **{kind: value})
             if torch.unique(labels[rows]).numel() < 2:
                 raise SSLProbeError(f"{kind} {value:g} leaves fewer than 2 classes; use a larger value")
             if linear is not None:
-                top1, c = linear(rows)
+                top1, c, rule = linear(rows)
                 runs["linear"].append(top1)
                 runs["C"].append(c)
+                runs["rule"].append(rule)
             if knn is not None:
                 runs["knn"].append(knn(rows))
             runs["n"].append(int(rows.numel()))
@@ -93,9 +104,10 @@ def label_efficiency(points: Sequence[tuple[str, float]], *, labels: torch.Tenso
         rows_out.append({
             "kind": kind, "value": value, "n_train": runs["n"][0], "seeds": len(runs["n"]),
             "linear": _stats(runs["linear"]) if runs["linear"] else None, "C": runs["C"],
+            "C_rule": sorted(set(runs["rule"])),
             "knn": _stats(runs["knn"]) if runs["knn"] else None,
         })
     return rows_out
 
 
-__all__ = ["class_ranks", "label_efficiency", "parse_points", "stratified_sample"]
+__all__ = ["class_ranks", "label_efficiency", "parse_points", "stratified_folds", "stratified_sample"]

@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from sslprobe.predict import ProbeModel
 
-_BULKY = ("per_class", "confusion")
+_BULKY = ("per_class", "confusion", "predictions", "test_labels", "test_paths")
 
 
 def classification_metrics(scores: torch.Tensor, labels: torch.Tensor, *, num_classes: int) -> dict:
@@ -88,6 +88,26 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.2f}%"
 
 
+def _with_ci(metrics: Mapping[str, Any] | None, key: str) -> str:
+    """'84.51% [83.80, 85.22]': the value and its 95 % bootstrap interval when the metrics carry one."""
+    if not metrics or metrics.get(key) is None:
+        return "—"
+    ci = (metrics.get("ci") or {}).get(key)
+    return _pct(metrics[key]) + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
+
+
+_SELECT_NAMES = {"top1": "top-1", "balanced": "balanced accuracy"}
+
+
+def _selection_line(result: Mapping[str, Any]) -> str | None:
+    sel = result.get("selection")
+    if not sel:
+        return None
+    std = "standardised" if result.get("standardize", True) else "not standardised"
+    return (f"C and kNN k chosen by validation {_SELECT_NAMES.get(sel['metric'], sel['metric'])} "
+            f"({sel['reason']}); ties → lower val loss; features {std}; [..] = 95 % bootstrap interval")
+
+
 def _headline(result: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]]:
     """The split to headline: test when there is one, else validation."""
     return ("test", result["test"]) if result.get("test") else ("val", result.get("val", {}))
@@ -104,7 +124,7 @@ def render_probe(result: Mapping[str, Any], *, console: Console, title: str | No
         head.add_column(s, justify="right")
     for key, name in (("top1", "top-1"), ("top5", "top-5"), ("balanced_accuracy", "balanced acc"),
                       ("macro_f1", "macro-F1")):
-        head.add_row(name, *(_pct(result[s].get(key)) for s in splits))
+        head.add_row(name, *(_with_ci(result[s], key) for s in splits))
     head.add_row("n", *(str(result[s].get("n", "")) for s in splits))
     console.print(head)
     info = [f"C = {result['C']:.3g}" + (f" ({result['search']}, {len(result['val_curve'])} fits)"
@@ -118,6 +138,8 @@ def render_probe(result: Mapping[str, Any], *, console: Console, title: str | No
     if "seconds" in result:
         info.append(f"{result['seconds']:.2f} s")
     console.print("  ".join(info), style="dim")
+    if _selection_line(result):
+        console.print(_selection_line(result), style="dim", markup=False, highlight=False)
 
     knn = result.get("knn")
     if knn and knn.get("by_k"):
@@ -128,7 +150,7 @@ def render_probe(result: Mapping[str, Any], *, console: Console, title: str | No
             table.add_column(f"{s} top-1", justify="right")
         for k, row in knn["by_k"].items():
             mark = " *" if str(k) == str(knn.get("k")) else ""
-            table.add_row(f"{k}{mark}", *(_pct((row.get(s) or {}).get("top1")) for s in kn_splits))
+            table.add_row(f"{k}{mark}", *(_with_ci(row.get(s), "top1") for s in kn_splits))
         console.print(table)
     render_label_efficiency(result, console=console)
     files = result.get("files")
@@ -148,6 +170,11 @@ def _le_cell(point: Mapping[str, Any] | None, method: str) -> str:
     return f"{100 * stats['mean']:.2f} ± {100 * stats['std']:.2f}" if point["seeds"] > 1 else _pct(stats["mean"])
 
 
+def _le_rule(point: Mapping[str, Any]) -> str:
+    rules = point.get("C_rule") or []
+    return "; ".join(r.replace(" (a class has 1 label: nothing to cross-validate)", " (1 label/class)") for r in rules)
+
+
 def _le_label(point: Mapping[str, Any]) -> str:
     return f"{point['value']:g}" if point["kind"] == "fraction" else f"{point['value']}-shot"
 
@@ -162,26 +189,29 @@ def render_label_efficiency(result: Mapping[str, Any], *, console: Console) -> N
     table = Table(title=f"label efficiency ({le['scored_on']} top-1 %, mean ± std over seeds)", title_justify="left")
     has_knn = any(p.get("knn") for p in le["points"])
     for col in ("labels", "train rows", "seeds", "linear", *([f"kNN k={le.get('knn_k', 20)}"] if has_knn else []),
-                "C (median)"):
+                "C (median)", "C chosen by"):
         table.add_column(col, justify="left" if col == "labels" else "right")
     for p in le["points"]:
         cs = sorted(p.get("C") or [])
         table.add_row(_le_label(p), str(p["n_train"]), str(p["seeds"]), _le_cell(p, "linear"),
-                      *([_le_cell(p, "knn")] if has_knn else []), f"{cs[len(cs) // 2]:.3g}" if cs else "—")
+                      *([_le_cell(p, "knn")] if has_knn else []), f"{cs[len(cs) // 2]:.3g}" if cs else "—",
+                      _le_rule(p))
     console.print(table)
 
 
 def render_comparison(rows: Sequence[tuple[str, Mapping[str, Any]]], *, console: Console,
                       title: str | None = None) -> None:
-    """One table comparing several probe results (e.g. random vs ImageNet vs BYOL features).
+    """One table comparing several probe results (e.g. random vs ImageNet vs BYOL features), then
+    the paired tests between them and one verdict sentence that respects the intervals.
 
     Label-efficiency points (when the results have them) become extra linear / kNN columns.
     """
     from rich.table import Table
 
     split = "test" if all(r.get("test") for _, r in rows) else "val"
-    table = Table(title=title or f"linear probe comparison ({split})", title_justify="left")
-    for col in ("features", "linear top-1", "kNN top-1 (k=20)", "balanced acc", "C"):
+    table = Table(title=title or f"linear probe comparison ({split})", title_justify="left",
+                  caption="[..] = 95 % bootstrap interval over test rows", caption_justify="left")
+    for col in ("features", "linear top-1", "balanced acc", "kNN top-1", "C"):
         table.add_column(col, justify="left" if col == "features" else "right")
     le_points: list[tuple[str, float]] = []
     for _, r in rows:
@@ -194,14 +224,70 @@ def render_comparison(rows: Sequence[tuple[str, Mapping[str, Any]]], *, console:
         table.add_column(f"kNN @{label}", justify="right")
     for name, r in rows:
         knn = r.get("knn") or {}
-        knn_top1 = (knn.get(split) or {}).get("top1")
-        knn_cell = _pct(knn_top1) + (f" (k={knn['k']})" if knn.get("k") not in (None, 20) else "")
-        cells = [name, _pct(r[split].get("top1")), knn_cell, _pct(r[split].get("balanced_accuracy")), f"{r['C']:.3g}"]
+        knn_cell = _with_ci(knn.get(split), "top1") + (f" (k={knn['k']})" if knn.get("k") is not None else "")
+        cells = [name, _with_ci(r[split], "top1"), _with_ci(r[split], "balanced_accuracy"), knn_cell, f"{r['C']:.3g}"]
         pts = {(p["kind"], p["value"]): p for p in (r.get("label_efficiency") or {}).get("points", [])}
         for key in le_points:
             cells += [_le_cell(pts.get(key), "linear"), _le_cell(pts.get(key), "knn")]
         table.add_row(*cells)
     console.print(table)
+    if le_points:
+        seeds = sorted({p["seeds"] for _, r in rows for p in (r.get("label_efficiency") or {}).get("points", [])})
+        console.print(f"label-efficiency cells: mean ± std over {'/'.join(map(str, seeds))} seeded draws; each "
+                      "subset chose C by k-fold CV on its own labels", style="dim", markup=False, highlight=False)
+    if _selection_line(rows[0][1]):
+        console.print(_selection_line(rows[0][1]), style="dim", markup=False, highlight=False)
+    pairs = rows[0][1].get("paired_tests") or []
+    render_paired(pairs, console=console)
+
+
+def render_paired(pairs: Sequence[Mapping[str, Any]], *, console: Console) -> None:
+    """Paired differences of linear test top-1 (same test images), significance and a verdict."""
+    from rich.table import Table
+
+    if not pairs:
+        return
+    table = Table(title="paired tests on the same test images (linear top-1, A − B)", title_justify="left")
+    for col in ("A", "B", "Δ top-1 [95 % CI]", "Δ balanced acc [95 % CI]", "McNemar p", "verdict"):
+        table.add_column(col, justify="left" if col in ("A", "B", "verdict") else "right")
+    for p in pairs:
+        if not p.get("paired"):
+            table.add_row(p["a"], p["b"], "—", "—", "—", f"not paired: {p['reason']}")
+            continue
+        table.add_row(p["a"], p["b"], _signed_ci(p["top1"], p["top1_ci"]),
+                      _signed_ci(p["balanced_accuracy"], p["balanced_accuracy_ci"]), f"{p['mcnemar_p']:.3g}",
+                      _pair_verdict(p))
+    console.print(table)
+    console.print(verdict_sentence(pairs), markup=False, highlight=False)
+
+
+def _signed_ci(d: float, ci: Sequence[float]) -> str:
+    return f"{100 * d:+.2f} [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
+
+
+def _pair_verdict(p: Mapping[str, Any]) -> str:
+    if not p["significant"]:
+        return "within noise"
+    return f"{p['a'] if p['top1'] > 0 else p['b']} better"
+
+
+def verdict_sentence(pairs: Sequence[Mapping[str, Any]]) -> str:
+    """One sentence per paired comparison that respects the intervals, e.g. 'byol beats random by
+    3.1 points (95 % CI 1.9 to 4.3)' or 'byol and random are not distinguishable on this test set'."""
+    out = []
+    for p in pairs:
+        if not p.get("paired"):
+            continue
+        lo, hi = (100 * v for v in p["top1_ci"])
+        if p["significant"]:
+            win, lose, d = (p["a"], p["b"], 1) if p["top1"] > 0 else (p["b"], p["a"], -1)
+            a_lo, a_hi = sorted((d * lo, d * hi))
+            out.append(f"{win} beats {lose} by {100 * abs(p['top1']):.1f} points of test top-1 "
+                       f"(95 % CI {a_lo:.1f} to {a_hi:.1f})")
+        else:
+            out.append(f"{p['a']} and {p['b']} are not distinguishable on this test set "
+                       f"(Δ {100 * p['top1']:+.1f} points, 95 % CI {lo:+.1f} to {hi:+.1f})")
+    return "; ".join(out) + "." if out else ""
 
 
 def write_per_class_csv(metrics: Mapping[str, Any], classes: Sequence[str], path: str | os.PathLike) -> None:
@@ -237,5 +323,5 @@ def write_reports(result: dict, out: str | os.PathLike, *, probe_model: ProbeMod
     return info
 
 
-__all__ = ["classification_metrics", "render_comparison", "render_label_efficiency", "render_probe", "summary",
-           "write_json", "write_per_class_csv", "write_reports"]
+__all__ = ["classification_metrics", "render_comparison", "render_label_efficiency", "render_paired", "render_probe",
+           "summary", "verdict_sentence", "write_json", "write_per_class_csv", "write_reports"]

@@ -20,6 +20,7 @@ from sslprobe.probe import (
     probe,
     stratified_split,
 )
+from sslprobe.report import summary
 from tests.blobs import blobs, one_thread  # noqa: F401  (autouse fixture)
 
 SMALL_CS = [1e-3, 1e-2, 1e-1, 1.0, 10.0]
@@ -112,12 +113,16 @@ def test_path_picks_interior_C():
     r = probe(FeatureSet.from_arrays(X, y), test=FeatureSet.from_arrays(Xt, yt), patience=None, knn_k=(20,))
     curve = r["val_curve"]
     assert len(curve) == 45 and [p["C"] for p in curve] == pytest.approx(list(DEFAULT_CS))
-    best = max(p["top1"] for p in curve)
-    assert r["C"] == next(p["C"] for p in curve if p["top1"] == best)  # ties → smaller C
-    assert r["val"]["top1"] == pytest.approx(best)
+    # 120:50:30 is imbalanced > 2:1, so C is chosen by balanced accuracy; ties → lower val loss
+    assert r["selection"]["metric"] == "balanced"
+    best = max(p["balanced_accuracy"] for p in curve)
+    tied = [p for p in curve if p["balanced_accuracy"] == best]
+    assert r["C"] == min(tied, key=lambda p: p["loss"])["C"]
+    assert r["val"]["balanced_accuracy"] == pytest.approx(best)
     assert 1e-4 < r["C"] < 10
     assert curve[0]["top1"] == pytest.approx(0.6)  # majority class only
-    assert curve[-1]["top1"] < best  # overfitting at weak regularisation
+    assert curve[-1]["balanced_accuracy"] < best  # overfitting at weak regularisation
+    assert all(p["converged"] for p in curve)
     assert r["test"]["top1"] > 0.75  # chance: 0.33 uniform, 0.6 majority
 
 
@@ -363,15 +368,18 @@ def test_bad_arguments():
 
 def test_binary_search_matches_grid_optimum():
     X, y = imbalanced([120, 50, 30], seed=0)
-    grid = probe(FeatureSet.from_arrays(X, y), patience=None, knn_k=())
-    binary = probe(FeatureSet.from_arrays(X, y), search="binary", patience=None, knn_k=())
+    # top-1 selection: this set's balanced-accuracy curve is bimodal (0.65 at C = 0.03, 0.56 from
+    # C = 560 on), which a 2-decade coarse sweep can miss by design
+    grid = probe(FeatureSet.from_arrays(X, y), patience=None, knn_k=(), select="top1")
+    binary = probe(FeatureSet.from_arrays(X, y), search="binary", patience=None, knn_k=(), select="top1")
     curve = binary["val_curve"]
     assert binary["search"] == "binary" and len(curve) <= 14 < len(grid["val_curve"])
     cs = [p["C"] for p in curve]
     assert cs == sorted(cs) and min(cs) == pytest.approx(1e-6) and len(set(cs)) == len(cs)
     # bisection ends at 1/8 decade around the best: neighbours of the chosen C were both tried
     near = [c for c in cs if abs(math.log10(c / binary["C"])) == pytest.approx(0.125)]
-    assert len(near) >= 1 and binary["C"] == max(curve, key=lambda p: (p["top1"], -p["C"]))["C"]
+    assert len(near) >= 1
+    assert binary["C"] == max(curve, key=lambda p: (p["top1"], -p["loss"], -p["C"]))["C"]
     assert binary["val"]["top1"] >= grid["val"]["top1"] - 0.03  # as good as the grid, within noise
 
 
@@ -473,8 +481,11 @@ def test_compare_and_resolve_sets(tmp_path):
                    knn_k=(5,))
     assert [n for n, _ in rows] == ["good", "bad"] and rows[0][1]["test"]["top1"] > rows[1][1]["test"]["top1"]
     saved = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
-    assert set(saved) == {"good", "bad"} and (tmp_path / "cmp" / "good" / "report.json").exists()
-    assert "per_class" not in saved["good"]["test"]
+    assert set(saved["sets"]) == {"good", "bad"} and (tmp_path / "cmp" / "good" / "report.json").exists()
+    assert "per_class" not in saved["sets"]["good"]["test"] and "predictions" not in saved["sets"]["good"]["test"]
+    (pair,) = saved["paired_tests"]
+    assert pair["a"] == "good" and pair["b"] == "bad" and pair["paired"] and pair["n"] == 30
+    assert pair["top1"] == pytest.approx(rows[0][1]["test"]["top1"] - rows[1][1]["test"]["top1"])
 
 
 def test_more_bad_arguments():
@@ -534,3 +545,48 @@ def test_malformed_feature_files(tmp_path, tensors, meta, needle):
     save_file(tensors, str(f), metadata=meta)
     with pytest.raises(SSLProbeError, match=needle):
         load_features(f)
+
+
+# ---------------------------------------------------------------- an honest verdict (issue 11)
+
+def test_label_subsets_choose_C_with_their_own_labels_only():
+    """A 10 % point must not pick C with the validation split's labels: scramble them, same choice."""
+    X, y = blobs(80, 4, 12, sep=2.0, noise=1.5, seed=21)
+    tr, te = FeatureSet.from_arrays(X[:240], y[:240]), FeatureSet.from_arrays(X[240:], y[240:])
+    va = FeatureSet.from_arrays(X[240:], y[240:])
+    scrambled = FeatureSet.from_arrays(X[240:], np.roll(y[240:], 7))
+    kw = {"test": te, "fractions": (0.25,), "shots": (1, 4), "seeds": 2, "knn_k": ()}
+    a, b = probe(tr, val=va, **kw), probe(tr, val=scrambled, **kw)
+    assert a["C"] != b["C"] or a["val_curve"] != b["val_curve"]  # the main search does use val
+    for pa, pb in zip(a["label_efficiency"]["points"], b["label_efficiency"]["points"]):
+        assert pa["C"] == pb["C"] and pa["linear"] == pb["linear"]
+    frac, one, four = a["label_efficiency"]["points"]
+    assert frac["C_rule"] == ["5-fold CV within the subset"] and four["C_rule"] == ["4-fold CV within the subset"]
+    assert one["C_rule"][0].startswith("default C=1") and one["C"] == [1.0, 1.0]
+    assert "k-fold CV" in a["label_efficiency"]["C_selection"]
+
+
+def test_test_metrics_carry_bootstrap_intervals():
+    X, y = blobs(60, 3, 8, sep=2.0, noise=1.5, seed=22)
+    r = probe(FeatureSet.from_arrays(X[:120], y[:120]), test=FeatureSet.from_arrays(X[120:], y[120:]), knn_k=(5,))
+    for m in (r["test"], r["val"], r["knn"]["test"]):
+        lo, hi = m["ci"]["top1"]
+        assert lo <= m["top1"] <= hi and hi > lo
+        assert m["ci"]["balanced_accuracy"][0] <= m["balanced_accuracy"] <= m["ci"]["balanced_accuracy"][1]
+    assert len(r["test"]["predictions"]) == 60 and r["test_labels"] == y[120:].tolist()
+    assert "predictions" not in summary(r)["test"]
+
+
+def test_selection_metric_defaults_to_balanced_on_imbalanced_classes():
+    X, y = imbalanced([150, 30, 20], seed=3)  # 7.5 : 1
+    auto = probe(FeatureSet.from_arrays(X, y), knn_k=(1, 5, 50))
+    assert auto["selection"]["metric"] == "balanced" and auto["selection"]["reason"].startswith("auto")
+    assert auto["knn"]["selected_by"] == "balanced"
+    ks = auto["knn"]["by_k"]
+    assert auto["knn"]["k"] == max((1, 5, 50), key=lambda k: (ks[str(k)]["val"]["balanced_accuracy"], k == 20, -k))
+    top1 = probe(FeatureSet.from_arrays(X, y), knn_k=(), select="top1")
+    assert top1["selection"] == {**top1["selection"], "metric": "top1", "reason": "asked"}
+    Xb, yb = blobs(40, 3, 6, seed=23)
+    assert probe(FeatureSet.from_arrays(Xb, yb), knn_k=())["selection"]["metric"] == "top1"
+    with pytest.raises(SSLProbeError, match="--select"):
+        probe(FeatureSet.from_arrays(Xb, yb), select="f1")

@@ -157,3 +157,22 @@ def test_summary_drops_bulky_fields():
     assert s["val"]["top1"] == r["val"]["top1"] and s["val_curve"] == r["val_curve"]
     assert "per_class" in r["val"]  # the input is not modified
     json.dumps(s, allow_nan=False)
+
+
+def test_paired_table_and_verdict_respect_the_interval():
+    from sslprobe.report import verdict_sentence
+
+    win = {"a": "byol", "b": "random", "paired": True, "top1": 0.031, "top1_ci": [0.019, 0.043],
+           "balanced_accuracy": 0.03, "balanced_accuracy_ci": [0.018, 0.042], "mcnemar_p": 1e-4, "significant": True}
+    tie = {**win, "b": "imagenet", "top1": 0.004, "top1_ci": [-0.006, 0.014], "significant": False, "mcnemar_p": 0.4}
+    lose = {**win, "b": "pixels", "top1": -0.05, "top1_ci": [-0.07, -0.03]}
+    text = verdict_sentence([win, tie, lose, {"a": "x", "b": "y", "paired": False, "reason": "no test set on both sides"}])
+    assert "byol beats random by 3.1 points of test top-1 (95 % CI 1.9 to 4.3)" in text
+    assert "byol and imagenet are not distinguishable on this test set" in text
+    assert "pixels beats byol by 5.0 points of test top-1 (95 % CI 3.0 to 7.0)" in text
+    r = fake_result()
+    r["paired_tests"] = [win, tie]
+    buf = io.StringIO()
+    render_comparison([("byol", r), ("random", fake_result())], console=Console(file=buf, width=160))
+    out = buf.getvalue()
+    assert "within noise" in out and "byol better" in out and "+3.10 [+1.9, +4.3]" in out
