@@ -264,7 +264,8 @@ KnnT = Annotated[float, typer.Option(help="kNN temperature T (votes weigh exp(si
 Fractions = Annotated[str | None, typer.Option(help="Label-efficiency fractions of each class, e.g. 0.01,0.1,1.0.")]
 Shots = Annotated[str | None, typer.Option(help="Label-efficiency shots per class, e.g. 1,5,10,25.")]
 Seeds = Annotated[int, typer.Option(help="Draws per label-efficiency point (mean ± std).")]
-Float64 = Annotated[bool, typer.Option("--float64", help="Solve in float64 (default float32, TF32 always off).")]
+Float64 = Annotated[bool, typer.Option("--float64", help="Solve in float64 (default: float64 for small problems, else float32; TF32 always off).")]
+Select = Annotated[str, typer.Option(help="Metric that chooses C and kNN k on validation: auto (balanced accuracy when classes are imbalanced > 2:1, else top-1), top1 or balanced.")]
 HalfFeatures = Annotated[bool, typer.Option("--half-features", help="Store standardised features in float16 (half the memory and bytes per pass).")]
 ChunkRows = Annotated[int | None, typer.Option(help="Rows per block when streaming the loss/gradient (default: all at once when they fit).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")]
@@ -281,12 +282,14 @@ def _numbers(name: str, text: str | None, kind: type) -> tuple:
 
 
 def _probe_options(c: float | None, search: str, knn_k: str, fractions: str | None, shots: str | None,
-                   seeds: int, chunk_rows: int | None, float64: bool, half_features: bool) -> dict:
+                   seeds: int, chunk_rows: int | None, float64: bool, half_features: bool, select: str) -> dict:
     """Validate the options probe and compare share (before torch loads) into probe() keywords."""
     if c is not None and c <= 0:
         raise SSLProbeError(f"--C must be positive (got {c})")
     if search not in ("grid", "binary"):
         raise SSLProbeError(f"--search must be grid or binary (got '{search}')")
+    if select not in ("auto", "top1", "balanced"):
+        raise SSLProbeError(f"--select must be auto, top1 or balanced (got '{select}')")
     _positive("--seeds", seeds)
     _positive("--chunk-rows", chunk_rows)
     ks = _numbers("--knn-k", knn_k, int)
@@ -294,7 +297,8 @@ def _probe_options(c: float | None, search: str, knn_k: str, fractions: str | No
         raise SSLProbeError(f"--knn-k values must be ≥ 1 (got {knn_k})")
     return {"C": c, "search": search, "knn_k": ks, "fractions": _numbers("--fractions", fractions, float),
             "shots": _numbers("--shots", shots, int), "seeds": seeds, "chunk_rows": chunk_rows,
-            "dtype": "float64" if float64 else "float32", "feature_dtype": "float16" if half_features else "float32"}
+            "dtype": "float64" if float64 else "auto", "feature_dtype": "float16" if half_features else "float32",
+            "select": select}
 
 
 @app.command(epilog="Example: sslprobe probe feats/train --test feats/test --search binary --fractions 0.01,0.1,1 --out reports/byol")
@@ -310,6 +314,7 @@ def probe(
     fractions: Fractions = None,
     shots: Shots = None,
     seeds: Seeds = 3,
+    select: Select = "auto",
     float64: Float64 = False,
     half_features: HalfFeatures = False,
     chunk_rows: ChunkRows = None,
@@ -322,7 +327,7 @@ def probe(
     for p in (train, val, test):
         if p is not None and not Path(p).exists():
             raise SSLProbeError(f"'{p}' does not exist; pass a feature directory from `sslprobe extract` or a .safetensors file")
-    kw = _probe_options(c, search, knn_k, fractions, shots, seeds, chunk_rows, float64, half_features)
+    kw = _probe_options(c, search, knn_k, fractions, shots, seeds, chunk_rows, float64, half_features, select)
     from sslprobe.probe import probe as run
     from sslprobe.report import render_probe, summary
 
@@ -347,6 +352,7 @@ def compare(
     fractions: Fractions = None,
     shots: Shots = None,
     seeds: Seeds = 3,
+    select: Select = "auto",
     float64: Float64 = False,
     half_features: HalfFeatures = False,
     chunk_rows: ChunkRows = None,
@@ -364,7 +370,7 @@ def compare(
         if name in pairs:
             raise SSLProbeError(f"the name '{name}' is used twice; give each feature set its own name")
         pairs[name] = path
-    kw = _probe_options(c, search, knn_k, fractions, shots, seeds, chunk_rows, float64, half_features)
+    kw = _probe_options(c, search, knn_k, fractions, shots, seeds, chunk_rows, float64, half_features, select)
     from sslprobe.probe import compare as run
     from sslprobe.probe import resolve_sets
     from sslprobe.report import render_comparison, summary

@@ -410,7 +410,7 @@ def probe(train: Source, *, val: Source | None = None, test: Source | None = Non
     result: dict[str, Any] = {"C": C_best, "val": scored(_scores(Zv.scores(m_best), state.cols, splits.K), yv_d,
                                                           num_classes=splits.K, seed=seed)}
     curve = state.sorted_curve()
-    unconverged = [p["C"] for p in curve if not p["converged"]]
+    unconverged = [p["C"] for p in curve if not p["converged"] or p["floor_limited"]]
     marks["search"] = time.perf_counter() - t0 - sum(marks.values())
 
     ks = sorted({int(k) for k in knn_k})
@@ -442,8 +442,8 @@ def probe(train: Source, *, val: Source | None = None, test: Source | None = Non
     if ks and ks[-1] > splits.Xf.shape[0]:
         splits.warns.append(f"kNN: k > {splits.Xf.shape[0]} train rows was clipped to the train size")
     if unconverged:
-        splits.warns.append(f"{len(unconverged)} C's of the path stopped at the {dtype} precision floor before "
-                            f"converging (C ≥ {min(unconverged):.3g}); --float64 resolves them")
+        splits.warns.append(f"{len(unconverged)} of {len(curve)} C's of the path were resolved only to the {dtype} "
+                            f"precision floor (C ≥ {min(unconverged):.3g}); --float64 resolves them")
     marks["knn"] = time.perf_counter() - t0 - sum(marks.values())
     result.update({
         "val_curve": curve, "search": "fixed" if C is not None else search,

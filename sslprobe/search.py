@@ -28,6 +28,11 @@ BINARY_RESOLUTION = 0.125
 # one near-tie at C = 3e-6 flipped, and the old absolute 1e-3 alone moved the chosen C 2.5 decades.
 SEARCH_TOL = 1e-6
 SEARCH_RTOL = 1e-5
+# ... or once L-BFGS's estimate of the suboptimality, ½gᵀH⁻¹g ≈ f − f*, is below 1e-10·‖W‖²/K
+# (a relative logit error of ~1e-5): at weak regularisation on ill-conditioned features the
+# gradient stop needs thousands of iterations (Fashion-MNIST pixels: the 7 weakest C's of the
+# path ran max_iter = 1000 each) for no change in any prediction the curve reports.
+SEARCH_DEC_RTOL = 1e-10
 SELECT_METRICS = ("top1", "balanced")
 
 
@@ -55,6 +60,7 @@ class PathState:
     max_iter: int
     tol: float = SEARCH_TOL
     rtol: float | None = SEARCH_RTOL
+    dec_rtol: float | None = SEARCH_DEC_RTOL
     select: str = "top1"
     on_fit: Callable[[dict], None] | None = None
     points: dict[float, tuple[float, float, LogReg]] = field(default_factory=dict)  # C → (score, loss, model)
@@ -76,7 +82,7 @@ class PathState:
         near = min(self.points, key=lambda p: (abs(math.log(p / c)), p), default=None)
         init = None if near is None else self.points[near][2]
         model = fit(self.Zf, self.yk, C=c, init=init, max_iter=self.max_iter, tol=self.tol,
-                    num_classes=self.cols.numel(), class_sums=self.sums, memory=self.memory, rtol=self.rtol)
+                    num_classes=self.cols.numel(), class_sums=self.sums, memory=self.memory, rtol=self.rtol, dec_rtol=self.dec_rtol)
         logits = self.Zv.scores(model)  # (N_val, K_fit)
         pred = self.cols[logits.argmax(1)]
         seen = self.seen
@@ -86,7 +92,7 @@ class PathState:
         score = top1 if self.select == "top1" else balanced
         self.points[c] = (score, loss, model)
         point = {"C": c, "top1": top1, "balanced_accuracy": balanced, "loss": loss if loss < math.inf else None,
-                 "iters": model.n_iter, "converged": model.converged}
+                 "iters": model.n_iter, "converged": model.converged, "floor_limited": model.floor_limited}
         self.curve.append(point)
         if self.on_fit:
             self.on_fit(point)
@@ -190,6 +196,7 @@ def n_fits(*, C: float | None, Cs: Sequence[float] | None, search: str) -> int:
     return 1 if C is not None else len(Cs or DEFAULT_CS) if search == "grid" else 12
 
 
-__all__ = ["BINARY_COARSE_STEP", "BINARY_RESOLUTION", "DEFAULT_CS", "SEARCH_RTOL", "SEARCH_TOL", "SELECT_METRICS",
+__all__ = ["BINARY_COARSE_STEP", "BINARY_RESOLUTION", "DEFAULT_CS", "SEARCH_DEC_RTOL", "SEARCH_RTOL", "SEARCH_TOL",
+           "SELECT_METRICS",
            "FoldedPath", "PathState", "binary_search", "grid_search", "n_fits", "run_search", "selection_score",
            "walk"]

@@ -161,7 +161,8 @@ class LogReg:
     intercept: torch.Tensor  # (K,)
     objective: float
     n_iter: int
-    converged: bool = True  # False: stopped at max_iter or the precision floor before the tolerance
+    converged: bool = True  # False: stopped at max_iter or when no step helped, before the tolerance
+    floor_limited: bool = False  # the relative stop was below what the dtype resolves (see precision_floor)
 
     def flat(self) -> torch.Tensor:
         """Parameters as the solver's vector [coef.ravel(), intercept]."""
@@ -183,7 +184,9 @@ def fit_logistic(X: torch.Tensor, y: torch.Tensor, *, C: float, init: LogReg | N
 
 def lbfgs(fg: Callable[[torch.Tensor], tuple[float, torch.Tensor]], x: torch.Tensor, *, tol: float,
           max_iter: int, pairs: list, history: int = 50,
-          tol_at: Callable[[torch.Tensor], float] | None = None) -> tuple[torch.Tensor, float, int, bool]:
+          tol_at: Callable[[torch.Tensor], float] | None = None,
+          dec_at: Callable[[torch.Tensor, float], float] | None = None,
+          min_iter: int = 0) -> tuple[torch.Tensor, float, int, bool]:
     """Minimise a smooth convex f with L-BFGS from x; ``fg(x) -> (f, grad)``; returns (x, f, iters, converged).
 
     ``pairs`` [(s, y, 1/yᵀs)] is the curvature memory, updated in place. Steps meet Armijo or, once
@@ -197,7 +200,7 @@ def lbfgs(fg: Callable[[torch.Tensor], tuple[float, torch.Tensor]], x: torch.Ten
         g_max = float(g.abs().max())
         if not math.isfinite(g_max):  # overflowing features: report it rather than return a zero model
             return x, math.nan, it, False
-        if g_max <= (tol if tol_at is None else min(tol, tol_at(x))):
+        if it >= min_iter and g_max <= (tol if tol_at is None else min(tol, tol_at(x))):
             return x, f, it, True
         q, alphas = g.neg(), []  # two-loop recursion; 0-dim tensors avoid a device sync per pair
         for s, y, rho in reversed(pairs):
@@ -208,6 +211,8 @@ def lbfgs(fg: Callable[[torch.Tensor], tuple[float, torch.Tensor]], x: torch.Ten
         for (s, y, rho), a in zip(pairs, reversed(alphas)):
             q.add_((a - rho * y.dot(q)) * s)
         gtd = float(g.dot(q))
+        if dec_at is not None and pairs and it >= 1 and 0 <= -0.5 * gtd <= dec_at(x, f):
+            return x, f, it, True  # estimated suboptimality ½gᵀH⁻¹g below what is asked, or resolvable
         if gtd >= 0:  # memory from an earlier problem misleads: restart from steepest descent
             if not pairs:
                 break  # even steepest descent has no slope left (the precision floor)
@@ -237,13 +242,17 @@ def lbfgs(fg: Callable[[torch.Tensor], tuple[float, torch.Tensor]], x: torch.Ten
 
 def fit(design: Design, y: torch.Tensor, *, C: float, init: LogReg | None = None, max_iter: int = 1000,
         tol: float = 1e-4, num_classes: int | None = None, class_sums: torch.Tensor | None = None,
-        memory: dict | None = None, rtol: float | None = None) -> LogReg:
+        memory: dict | None = None, rtol: float | None = None, dec_rtol: float | None = None) -> LogReg:
     """``fit_logistic`` on a Design; ``class_sums`` = Yᵀ Z (K, D) if the caller caches it.
 
-    ``rtol`` adds a stop relative to the problem: max|grad| ≤ rtol·λ·max|W|. At the optimum the
+    ``rtol`` adds a stop relative to the problem: max|grad| ≤ rtol·λ·max|W| (floored where the
+    dtype cannot resolve the gradient); ``dec_rtol`` (float32 only) also stops once L-BFGS's
+    estimate of f − f*, ½gᵀH⁻¹g, is below dec_rtol·‖W‖²/K. At the optimum the
     data gradient equals −λW, so this bounds the residual relative to the penalty it balances. An
     absolute ``tol`` alone is vacuous on a warm-started C path: at weak regularisation the start's
-    gradient Δλ·W is already below it, and whole stretches of the path would score one stale model.
+    gradient Δλ·W is already below it, and whole stretches of the path would score one stale model;
+    with ``rtol`` a warm-started fit also takes at least one step (a quasi-Newton step for the new λ
+    from the patched curvature pairs), even where the dtype's floor is above its gradient.
 
     Hand-written gradient, no autograd: (softmax − Y)ᵀ Z / n + λW for the weights, column sums for
     the bias. ``memory`` carries L-BFGS pairs from call to call: a step along the C path changes the
@@ -286,13 +295,37 @@ def fit(design: Design, y: torch.Tensor, *, C: float, init: LogReg | None = None
     # a long history cuts evaluations ~30% vs scipy's m=10; cap its memory (2 vectors per pair) at 256 MiB
     history = int(min(50, max(10, 2**28 // (8 * w0.numel()))))
     with torch.no_grad(), exact_fp32(), threads_for(n * kd):
-        tol_at = None if rtol is None else (lambda w: rtol * lam * float(w[:kd].abs().max()))
+        floor = precision_floor(sums, n, design.dtype)
+        # the suboptimality stop is for float32, whose gradient cannot reach the relative stop on
+        # ill-conditioned features; float64 keeps the gradient stop alone (the exact curve)
+        # (floored at 16·eps·f: f − f* below the resolution of f itself means nothing in this dtype)
+        eps = torch.finfo(design.dtype).eps
+        dec_at = None if dec_rtol is None or design.dtype == torch.float64 else \
+            (lambda w, f: max(dec_rtol * float(w[:kd].pow(2).sum()) / k, FLOOR_EPS / 4 * eps * abs(f)))
+        tol_at = None if rtol is None else (lambda w: max(floor, rtol * lam * float(w[:kd].abs().max())))
         w, objective, n_iter, converged = lbfgs(fg, w0, tol=tol, max_iter=max_iter, pairs=pairs, history=history,
-                                                tol_at=tol_at)
+                                                tol_at=tol_at, dec_at=dec_at,
+                                                min_iter=1 if rtol is not None and init is not None else 0)
     if not math.isfinite(objective):
         raise SSLProbeError("the logistic regression diverged (non-finite loss); check the features for "
                             "extreme values or use --float64")
-    return LogReg(w[:kd].view(k, d), w[kd:], objective, n_iter, converged)
+    limited = rtol is not None and floor > rtol * lam * float(w[:kd].abs().max())
+    return LogReg(w[:kd].view(k, d), w[kd:], objective, n_iter, converged, limited)
+
+
+# The relative stop is floored where the dtype cannot resolve the gradient: a sum of n terms of
+# size ~G carries rounding error ~eps·G·√(log n) per entry; 64·eps·G leaves a margin. Float32 on
+# Fashion-MNIST pixels without it: the 7 weakest C's of the path each ran max_iter = 1000
+# iterations of noise (618 s); float64's floor (1e-14·G) is below any tolerance used here.
+FLOOR_EPS = 64
+
+
+def precision_floor(class_sums: torch.Tensor, n: int, dtype: torch.dtype) -> float:
+    """The smallest max|grad| worth asking for in ``dtype``: FLOOR_EPS·eps·G, where G is the
+    largest entry of the data gradient at w = 0 (uniform softmax), the scale of every later one."""
+    k = class_sums.shape[0]
+    g0 = class_sums.sum(0, keepdim=True) / k - class_sums  # (K, D) = n·(P − Y)ᵀZ at P = 1/K
+    return FLOOR_EPS * torch.finfo(dtype).eps * float(g0.abs().max()) / n
 
 
 def _penalise(y: torch.Tensor, s: torch.Tensor, kd: int, dl: float) -> torch.Tensor:
@@ -302,4 +335,5 @@ def _penalise(y: torch.Tensor, s: torch.Tensor, kd: int, dl: float) -> torch.Ten
     return out
 
 
-__all__ = ["Design", "LogReg", "Standardizer", "exact_fp32", "fit", "fit_logistic", "lbfgs", "threads_for"]
+__all__ = ["FLOOR_EPS", "Design", "LogReg", "Standardizer", "exact_fp32", "fit", "fit_logistic", "lbfgs",
+           "precision_floor", "threads_for"]
