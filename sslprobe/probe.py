@@ -27,7 +27,7 @@ from sslprobe.features import (
     check_widths,
     load_features,
 )
-from sslprobe.knn import knn_votes
+from sslprobe.knn import knn_val_test, knn_votes
 from sslprobe.labeleff import (
     class_ranks,
     label_efficiency,
@@ -343,16 +343,15 @@ def knn_step(solver: Solver, splits: Splits, *, ks: list[int], temperature: floa
         return None
     by_k: dict[str, dict] = {str(k): {} for k in ks}
     val_score: dict[int, float] = {}
-    banks = [("val", splits.Xf, splits.yf, splits.Xv, splits.yv)]
-    if splits.test is not None:
-        banks.append(("test", splits.Xall, splits.yall, *splits.test))
-    for name, bank, bank_y, Xq, yq in banks:
-        votes = knn_votes(bank, bank_y, Xq, ks=ks, num_classes=splits.K, temperature=temperature,
-                          device=solver.device)
+    votes_val, votes_test = knn_val_test(splits.Xf, splits.yf, splits.Xv, splits.yv,
+                                         splits.test[0] if splits.test is not None else None, ks=ks,
+                                         num_classes=splits.K, temperature=temperature, device=solver.device)
+    for name, votes, yq in (("val", votes_val, splits.yv), ("test", votes_test, splits.test and splits.test[1])):
+        if votes is None:
+            continue
         yq_d = yq.to(solver.device)
         for k in ks:
-            m = scored(votes[k], yq_d, num_classes=splits.K, seed=seed)
-            by_k[str(k)][name] = summary(m)
+            by_k[str(k)][name] = summary(scored(votes[k], yq_d, num_classes=splits.K, seed=seed))
             if name == "val":
                 val_score[k] = selection_score(votes[k].argmax(1), yq_d, metric=solver.select,
                                                num_classes=splits.K)

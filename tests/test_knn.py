@@ -34,3 +34,19 @@ def test_half_precision_rows_and_device_argument():
     b = direct(bank.half().float(), labels, q.half().float(), 5, 3, 0.07)
     assert a.dtype == torch.float32
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_shared_val_test_pass_equals_two_separate_calls():
+    from sslprobe.knn import knn_val_test
+
+    g = torch.Generator().manual_seed(3)
+    fit, val, test = torch.randn(70, 5, generator=g), torch.randn(25, 5, generator=g), torch.randn(30, 5, generator=g)
+    yf, yv = torch.randint(0, 4, (70,), generator=g), torch.randint(0, 4, (25,), generator=g)
+    ks = [1, 7, 200]
+    vv, vt = knn_val_test(fit, yf, val, yv, test, ks=ks, num_classes=4, temperature=0.1)
+    ref_v = knn_votes(fit, yf, val, ks=ks, num_classes=4, temperature=0.1)
+    ref_t = knn_votes(torch.cat([fit, val]), torch.cat([yf, yv]), test, ks=ks, num_classes=4, temperature=0.1)
+    for k in ks:
+        torch.testing.assert_close(vv[k], ref_v[k], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(vt[k], ref_t[k], rtol=1e-5, atol=1e-6)
+    assert knn_val_test(fit, yf, val, yv, None, ks=ks, num_classes=4)[1] is None
