@@ -254,9 +254,15 @@ def main() -> None:
                           + (torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU only"),
               "torch": torch.__version__, "lightly": lightly_info, "times_s": times, "rows": {}}
     for name, r in rows:
-        result["rows"][name] = {"linear_top1": r["test"]["top1"], "knn_top1": r["knn"]["test"]["top1"]
-                                if r.get("knn") else None, "C": r["C"], "dim": r.get("dim"),
+        knn = r.get("knn") or {}
+        result["rows"][name] = {"linear_top1": r["test"]["top1"], "linear_top1_ci": r["test"]["ci"]["top1"],
+                                "balanced_accuracy": r["test"]["balanced_accuracy"],
+                                "knn_top1": (knn.get("test") or {}).get("top1"),
+                                "knn_top1_ci": ((knn.get("test") or {}).get("ci") or {}).get("top1"),
+                                "knn_k": knn.get("k"), "C": r["C"], "dim": r.get("dim"),
+                                "selection": r.get("selection"), "warnings": r.get("warnings"),
                                 "label_efficiency": (r.get("label_efficiency") or {}).get("points")}
+    result["paired_tests"] = rows[0][1].get("paired_tests", [])
     write_json(work / "study.json", result)
     md = table(result)
     (work / "study.md").write_text(md)
@@ -273,18 +279,31 @@ def _cell(point: dict | None, method: str) -> str:
     return f"{100 * s['mean']:.1f}" + (f" ± {100 * s['std']:.1f}" if s.get("std") else "")
 
 
+def _ci(value: float, ci: list[float] | None) -> str:
+    return f"{100 * value:.1f} %" + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
+
+
 def table(result: dict) -> str:
     """Markdown: linear and kNN top-1 per row, then the label-efficiency points (linear, mean ± std)."""
     pts = next(iter(result["rows"].values()))["label_efficiency"] or []
     heads = [f"{100 * q['value']:g} %" if q["kind"] == "fraction" else f"{q['value']:g}-shot" for q in pts]
-    out = ["| features | linear top-1 | kNN top-1 (k=20) | " + " | ".join(f"linear {h}" for h in heads) + " |",
-           "| --- | --- | --- | " + " | ".join("---" for _ in heads) + " |"]
+    out = ["| features | linear top-1 [95 % CI] | kNN top-1 [95 % CI] | " + " | ".join(f"linear {h}" for h in heads)
+           + " |", "| --- | --- | --- | " + " | ".join("---" for _ in heads) + " |"]
     for name, r in result["rows"].items():
         le = r["label_efficiency"] or []
-        knn = "–" if r["knn_top1"] is None else f"{100 * r['knn_top1']:.1f} %"
-        out.append(f"| {name} | {100 * r['linear_top1']:.1f} % | {knn} | "
+        knn = "–" if r["knn_top1"] is None else f"{_ci(r['knn_top1'], r.get('knn_top1_ci'))} (k={r.get('knn_k')})"
+        out.append(f"| {name} | {_ci(r['linear_top1'], r.get('linear_top1_ci'))} | {knn} | "
                    + " | ".join(_cell(q, "linear") for q in le) + " |")
     out.append("")
+    pairs = [q for q in result.get("paired_tests", []) if q.get("paired")]
+    if pairs:
+        from sslprobe.report import verdict_sentence
+
+        out += ["| A | B | Δ linear top-1 [95 % paired CI] | McNemar p | significant |", "| --- | --- | --- | --- | --- |"]
+        out += [f"| {q['a']} | {q['b']} | {100 * q['top1']:+.1f} [{100 * q['top1_ci'][0]:+.1f}, "
+                f"{100 * q['top1_ci'][1]:+.1f}] | {q['mcnemar_p']:.2g} | {'yes' if q['significant'] else 'no'} |"
+                for q in pairs]
+        out += ["", verdict_sentence(pairs), ""]
     out.append("Wall times (s): " + "; ".join(f"{k} {v}" for k, v in result["times_s"].items()))
     return "\n".join(out) + "\n"
 

@@ -56,7 +56,7 @@ def run_demo(*, out: Path, steps: int | None = None, device: str = "auto", conso
     """Run the three commands for three feature sets and print one comparison table."""
     from sslprobe.extract import extract
     from sslprobe.pretrain import pretrain
-    from sslprobe.probe import probe
+    from sslprobe.probe import compare, resolve_sets
     from sslprobe.report import render_comparison
 
     console = console or Console()
@@ -82,19 +82,18 @@ def run_demo(*, out: Path, steps: int | None = None, device: str = "auto", conso
 
     backbone = run_dir / "backbone.safetensors"
     sets = {
-        "raw pixels": dict(weights="pixels", image_size=r.image_size),
-        "random init": dict(weights="random", model=r.model, image_size=r.image_size),
-        "BYOL (this run)": dict(weights=str(backbone)),
+        "pixels": {"weights": "pixels", "image_size": r.image_size},
+        "random": {"weights": "random", "model": r.model, "image_size": r.image_size},
+        "byol": {"weights": str(backbone)},
     }
-    rows = []
-    for name, kw in sets.items():
-        tag = kw["weights"] if kw["weights"] in ("pixels", "random") else "byol"
+    for tag, kw in sets.items():
         flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in kw.items())
         for split, src in (("train", train), ("test", test)):
             say(f"sslprobe extract {src} --out {out / 'feats' / tag / split} {flags}")
             extract(src, out=out / "feats" / tag / split, device=device, workers=0, show_progress=False, **kw)
-        say(f"sslprobe probe {out / 'feats' / tag / 'train'} --test {out / 'feats' / tag / 'test'}")
-        rows.append((name, probe(out / "feats" / tag / "train", test=out / "feats" / tag / "test", device=device)))
+    # compare: one protocol for all three, paired tests on the same 500 test images, one verdict
+    say("sslprobe compare " + " ".join(f"{tag}={out / 'feats' / tag}" for tag in sets) + f" --out {out / 'reports'}")
+    rows = compare({tag: resolve_sets(out / "feats" / tag) for tag in sets}, out=out / "reports", device=device)
 
     console.print()
     render_comparison(rows, console=console)
