@@ -145,3 +145,26 @@ def test_batchnorm_sees_each_view_on_its_own():
     loss_same = net(v1, v1)
     loss_shifted = net(v1, v2)
     assert torch.allclose(loss_same, loss_shifted, atol=1e-5)  # a joint 2B batch norm would differ
+
+
+def test_lightly_reference_loss_scale_matches_sslprobes_gradient():
+    """bench/study_fashion_mnist.py trains lightly's row on LIGHTLY_LOSS_SCALE × lightly's loss,
+    0.5·(NCS(p0, z1) + NCS(p1, z0)) with NCS = −mean cos: it must have sslprobe's gradient."""
+    import ast
+    from pathlib import Path
+
+    src = (Path(__file__).parents[1] / "bench" / "study_fashion_mnist.py").read_text()
+    scale = next(node.value.value for node in ast.walk(ast.parse(src)) if isinstance(node, ast.Assign)
+                 and any(getattr(t, "id", None) == "LIGHTLY_LOSS_SCALE" for t in node.targets))
+    g = torch.Generator().manual_seed(0)
+    p0, p1, z0, z1 = (torch.randn(8, 16, generator=g, requires_grad=True) for _ in range(4))
+    ours = (regression_loss(p0, z1) + regression_loss(p1, z0)).mean()
+    def ncs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return -torch.nn.functional.cosine_similarity(a, b, dim=1).mean()
+
+    lightly = 0.5 * (ncs(p0, z1) + ncs(p1, z0))
+    assert float(ours) == pytest.approx(4 + 4 * float(lightly), rel=1e-5)
+    g_ours = torch.autograd.grad(ours, (p0, p1))
+    g_lightly = torch.autograd.grad(scale * lightly, (p0, p1))
+    for a, b in zip(g_ours, g_lightly):
+        torch.testing.assert_close(a, b)
