@@ -84,6 +84,15 @@ def _scores(logits: torch.Tensor, cols: torch.Tensor, num_classes: int) -> torch
     return out
 
 
+def model_columns(labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cols, lut): the classes present in ``labels`` (= a model's columns) and the class → column
+    table (−1 for absent classes), on the labels' device."""
+    cols = torch.unique(labels)
+    lut = torch.full((num_classes,), -1, dtype=torch.long, device=labels.device)
+    lut[cols] = torch.arange(cols.numel(), device=labels.device)
+    return cols, lut
+
+
 def _offload(n: int, d: int, store: torch.dtype, dev: torch.device) -> bool:
     """Keep features in host memory (streamed per block) when they'd take over half the free GPU memory."""
     if dev.type != "cuda":
@@ -211,9 +220,7 @@ class Solver:
 
     def path(self, Zf: Design, yf: torch.Tensor, Zv: Design, yv: torch.Tensor, *, on_fit=None) -> PathState:
         """A C path fitting ``Zf`` (labels ``yf`` in [0, K)) scored on ``Zv``."""
-        cols = torch.unique(yf)
-        lut = torch.full((self.num_classes,), -1, dtype=torch.long, device=self.device)
-        lut[cols] = torch.arange(cols.numel(), device=self.device)
+        cols, lut = model_columns(yf, self.num_classes)
         return PathState(Zf, lut[yf], Zv, yv, cols, self.num_classes, self.max_iter, select=self.select,
                          on_fit=on_fit)
 
@@ -292,9 +299,7 @@ def label_curve(solver: Solver, splits: Splits, Zf: Design, Ze: Design, ye: torc
             rows_d = rows.to(solver.device)
             Zs, ys = Zf.subset(rows_d), yf_d[rows_d]
             c, rule = subset_c(solver, Zs, ys, spec=spec, seed=seed)
-            cols = torch.unique(ys)
-            lut = torch.full((solver.num_classes,), -1, dtype=torch.long, device=solver.device)
-            lut[cols] = torch.arange(cols.numel(), device=solver.device)
+            cols, lut = model_columns(ys, solver.num_classes)
             model = fit(Zs, lut[ys], C=c, max_iter=solver.max_iter, num_classes=cols.numel())
         return float((cols[Ze.scores(model).argmax(1)] == ye).float().mean()), c, rule
 
@@ -325,9 +330,7 @@ def refit_and_test(solver: Solver, splits: Splits, *, C: float, init: LogReg, st
     """Step: refit on train+val at the chosen C (λ uses the refit n), then touch the test set once."""
     scaler = Standardizer.fit(splits.Xall, on=standardize)
     Zall, yall = solver.design(splits.Xall, scaler), splits.yall.to(solver.device)
-    cols = torch.unique(yall)
-    lut = torch.full((splits.K,), -1, dtype=torch.long, device=solver.device)
-    lut[cols] = torch.arange(cols.numel(), device=solver.device)
+    cols, lut = model_columns(yall, splits.K)
     warm = init if cols.numel() == init.coef.shape[0] else None
     final = fit(Zall, lut[yall], C=C, init=warm, max_iter=solver.max_iter, tol=tol,
                 num_classes=cols.numel())  # new data: curvature memory would mislead
