@@ -285,10 +285,14 @@ def subset_c(solver: Solver, Z: Design, y: torch.Tensor, *, spec: SearchSpec, se
     return cv.best_c(), f"{k}-fold CV within the subset"
 
 
-def label_curve(solver: Solver, splits: Splits, Zf: Design, Ze: Design, ye: torch.Tensor, *,
+def label_curve(solver: Solver, splits: Splits, Zf: Design, Zv: Design, scaler: Standardizer, *,
                 spec: SearchSpec, points: list, seeds: int, seed: int, main: tuple[float, LogReg, torch.Tensor],
-                knn_temperature: float, with_knn: bool, show_progress: bool) -> list[dict]:
-    """Step: the label-efficiency points, each subset choosing C with its own labels, scored on ``Ze``."""
+                knn_temperature: float, with_knn: bool, show_progress: bool) -> dict:
+    """Step: the label-efficiency points, each subset choosing C with its own labels, scored on test
+    (else on val, with a warning: the full-split point chose its C on those rows)."""
+    ev_name = "test" if splits.test is not None else "val"
+    Ze = Zv if splits.test is None else solver.design(splits.test[0], scaler)
+    ye = (splits.test[1] if splits.test is not None else splits.yv).to(solver.device)
     yf_d = splits.yf.to(solver.device)
 
     def linear(rows: torch.Tensor) -> tuple[float, float, str]:
@@ -312,8 +316,14 @@ def label_curve(solver: Solver, splits: Splits, Zf: Design, Ze: Design, ye: torc
     n_runs = sum(1 if kind == "fraction" and v == 1 else seeds for kind, v in points)
     with progress_bar(show_progress) as bar:
         task = bar.add_task("label efficiency", total=n_runs)
-        return label_efficiency(points, labels=splits.yf, seeds=seeds, seed=seed, linear=linear,
-                                knn=knn if with_knn else None, progress=lambda: bar.advance(task))
+        curve = label_efficiency(points, labels=splits.yf, seeds=seeds, seed=seed, linear=linear,
+                                 knn=knn if with_knn else None, progress=lambda: bar.advance(task))
+    if ev_name == "val":
+        splits.warns.append("label efficiency scored on val (no --test): the full-split point chose C on "
+                            "the same rows, so it is optimistic")
+    return {"scored_on": ev_name, "knn_k": _HEADLINE_K, "points": curve,
+            "C_selection": f"each subset by stratified k-fold CV on its own labels (k = min({CV_FOLDS}, smallest "
+                           f"class), binary search over C); 1 label in a class: C = {FEW_SHOT_C:g}"}
 
 
 def scored(scores: torch.Tensor, labels: torch.Tensor, *, num_classes: int, seed: int) -> dict:
@@ -421,20 +431,10 @@ def probe(train: Source, *, val: Source | None = None, test: Source | None = Non
 
     ks = sorted({int(k) for k in knn_k})
     if points:  # before the refit: the curve trains on fit-split subsets with the fit statistics
-        ev_name = "test" if splits.test is not None else "val"
-        Ze = Zv if ev_name == "val" else solver.design(splits.test[0], scale_f)
-        ye = (splits.test[1] if splits.test is not None else splits.yv).to(dev)
-        curve_le = label_curve(solver, splits, Zf, Ze, ye, spec=spec, points=points, seeds=seeds, seed=seed,
-                               main=(C_best, m_best, state.cols), knn_temperature=knn_temperature,
-                               with_knn=bool(ks), show_progress=show_progress)
-        result["label_efficiency"] = {"scored_on": ev_name, "knn_k": _HEADLINE_K, "points": curve_le,
-                                      "C_selection": "each subset by stratified k-fold CV on its own labels "
-                                                     f"(k = min({CV_FOLDS}, smallest class), binary search over C); "
-                                                     f"1 label in a class: C = {FEW_SHOT_C:g}"}
-        if ev_name == "val":
-            splits.warns.append("label efficiency scored on val (no --test): the full-split point chose C on "
-                                "the same rows, so it is optimistic")
-        del Ze
+        result["label_efficiency"] = label_curve(solver, splits, Zf, Zv, scale_f, spec=spec, points=points,
+                                                 seeds=seeds, seed=seed, main=(C_best, m_best, state.cols),
+                                                 knn_temperature=knn_temperature, with_knn=bool(ks),
+                                                 show_progress=show_progress)
         marks["label_efficiency"] = time.perf_counter() - t0 - sum(marks.values())
     del Zf, Zv, state  # free them: the refit needs the memory more (big feature sets on a GPU)
 
