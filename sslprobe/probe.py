@@ -218,11 +218,13 @@ class Solver:
         return Design(rows, scaler=scaler, device=self.device, dtype=self.dtype, store=self.store,
                       chunk_rows=self.chunk_rows, offload=self.offload)
 
-    def path(self, Zf: Design, yf: torch.Tensor, Zv: Design, yv: torch.Tensor, *, on_fit=None) -> PathState:
-        """A C path fitting ``Zf`` (labels ``yf`` in [0, K)) scored on ``Zv``."""
+    def path(self, Zf: Design, yf: torch.Tensor, Zv: Design, yv: torch.Tensor, *, on_fit=None,
+             **stops: Any) -> PathState:
+        """A C path fitting ``Zf`` (labels ``yf`` in [0, K)) scored on ``Zv``; ``stops`` override
+        PathState's tol / rtol / max_iter."""
         cols, lut = model_columns(yf, self.num_classes)
-        return PathState(Zf, lut[yf], Zv, yv, cols, self.num_classes, self.max_iter, select=self.select,
-                         on_fit=on_fit)
+        return PathState(Zf, lut[yf], Zv, yv, cols, self.num_classes, **{"max_iter": self.max_iter, **stops},
+                         select=self.select, on_fit=on_fit)
 
 
 def resolve_dtype(dtype: str, n: int, d: int) -> str:
@@ -277,9 +279,8 @@ def subset_c(solver: Solver, Z: Design, y: torch.Tensor, *, spec: SearchSpec, se
         mask = torch.ones(y.numel(), dtype=torch.bool)
         mask[held] = False
         rows, held_d = mask.nonzero().flatten().to(Z.device), held.to(Z.device)
-        fold = solver.path(Z.subset(rows), y[rows], Z.subset(held_d), y[held_d])
-        fold.tol, fold.rtol, fold.max_iter = CV_TOL, CV_RTOL, CV_MAX_ITER
-        folds.append(fold)
+        folds.append(solver.path(Z.subset(rows), y[rows], Z.subset(held_d), y[held_d], tol=CV_TOL, rtol=CV_RTOL,
+                                 max_iter=CV_MAX_ITER))
     cv = FoldedPath(folds)
     run_search(cv, C=None, Cs=None, search="binary", patience=1)
     return cv.best_c(), f"{k}-fold CV within the subset"

@@ -119,15 +119,12 @@ class FoldedPath:
     """
 
     folds: list[PathState]
-    curve: list[dict] = field(default_factory=list)
-    points: dict[float, tuple[float, float]] = field(default_factory=dict)
+    points: dict[float, tuple[float, float]] = field(default_factory=dict)  # C → (mean score, mean loss)
 
     def evaluate(self, c: float) -> tuple[float, float]:
         if c not in self.points:
             scores, losses = zip(*(f.evaluate(c) for f in self.folds))
             self.points[c] = (sum(scores) / len(scores), sum(losses) / len(losses))
-            self.curve.append({"C": c, "score": self.points[c][0], "loss": self.points[c][1],
-                               "converged": all(f.points[c][2].converged for f in self.folds)})
         return self.points[c]
 
     def best_c(self) -> float:

@@ -42,8 +42,8 @@ def threads_for(work: int) -> Iterator[None]:
     """One intra-op thread while the per-op work (multiply-adds) is below 2^21, restored after.
 
     Tiny fits (label subsets, CV folds) are dispatch-bound: a fork/join per op costs more than
-    the op, and far more when another process holds a core (a 300-row study's label curve: 11.0 s
-    with 2 threads vs 7.1 s with one on the 2-core machine).
+    the op, and far more when another process holds a core (a 300-row probe with a 6-point label
+    curve on the quiet 2-core machine: 11.3–12.4 s with this vs 15.4–16.6 s without, 1.35×).
     """
     n = torch.get_num_threads()
     if work >= 2**21 or n == 1:
@@ -245,19 +245,18 @@ def fit(design: Design, y: torch.Tensor, *, C: float, init: LogReg | None = None
         memory: dict | None = None, rtol: float | None = None, dec_rtol: float | None = None) -> LogReg:
     """``fit_logistic`` on a Design; ``class_sums`` = Yᵀ Z (K, D) if the caller caches it.
 
-    ``rtol`` adds a stop relative to the problem: max|grad| ≤ rtol·λ·max|W| (floored where the
-    dtype cannot resolve the gradient); ``dec_rtol`` (float32 only) also stops once L-BFGS's
-    estimate of f − f*, ½gᵀH⁻¹g, is below dec_rtol·‖W‖²/K. At the optimum the
+    ``rtol`` adds a stop relative to the problem: max|grad| ≤ rtol·λ·max|W|. At the optimum the
     data gradient equals −λW, so this bounds the residual relative to the penalty it balances. An
     absolute ``tol`` alone is vacuous on a warm-started C path: at weak regularisation the start's
-    gradient Δλ·W is already below it, and whole stretches of the path would score one stale model;
-    with ``rtol`` a warm-started fit also takes at least one step (a quasi-Newton step for the new λ
-    from the patched curvature pairs), even where the dtype's floor is above its gradient.
+    gradient Δλ·W is already below it, and whole stretches of the path would score one stale model.
+    With ``rtol`` a warm-started fit takes at least one step (a quasi-Newton step for the new λ from
+    the patched curvature pairs), and the stop is floored where the dtype cannot resolve the
+    gradient; ``dec_rtol`` (float32 only) also stops once L-BFGS's estimate of f − f*, ½gᵀH⁻¹g, is
+    below dec_rtol·‖W‖²/K (see ``StopRules``).
 
-    Hand-written gradient, no autograd: (softmax − Y)ᵀ Z / n + λW for the weights, column sums for
-    the bias. ``memory`` carries L-BFGS pairs from call to call: a step along the C path changes the
-    Hessian by exactly Δλ on the weights, so patched pairs stay valid (3-4× fewer iterations than
-    restarting, on Fashion-MNIST pixels).
+    Hand-written gradient: (softmax − Y)ᵀ Z / n + λW, column sums for the bias. ``memory`` carries
+    L-BFGS pairs across calls: a C-path step changes the Hessian by exactly Δλ on the weights, so
+    patched pairs stay valid (3-4× fewer iterations than restarting, on Fashion-MNIST pixels).
     """
     n, d = design.n, design.d
     y = y.to(design.device)
@@ -283,34 +282,61 @@ def fit(design: Design, y: torch.Tensor, *, C: float, init: LogReg | None = None
         gA.add_(A, alpha=lam)
         return float(ce / n + 0.5 * lam * A.pow(2).sum()), grad
 
-    memory = {} if memory is None else memory
+    pairs = _carried_pairs({} if memory is None else memory, lam=lam, kd=kd)
+    w0 = init.flat().to(design.device, design.dtype).clone() if init is not None else \
+        torch.zeros(kd + k, dtype=design.dtype, device=design.device)
+    # a long history cuts evaluations ~30% vs scipy's m=10; cap its memory (2 vectors per pair) at 256 MiB
+    history = int(min(50, max(10, 2**28 // (8 * w0.numel()))))
+    stops = StopRules(floor=precision_floor(sums, n, design.dtype), lam=lam, k=k, kd=kd, rtol=rtol,
+                      dec_rtol=None if design.dtype == torch.float64 else dec_rtol,
+                      eps=torch.finfo(design.dtype).eps)
+    with torch.no_grad(), exact_fp32(), threads_for(n * kd):
+        w, objective, n_iter, converged = lbfgs(
+            fg, w0, tol=tol, max_iter=max_iter, pairs=pairs, history=history,
+            tol_at=stops.gradient if rtol is not None else None,
+            dec_at=stops.suboptimality if stops.dec_rtol is not None else None,
+            min_iter=1 if rtol is not None and init is not None else 0)
+    if not math.isfinite(objective):
+        raise SSLProbeError("the logistic regression diverged (non-finite loss); check the features for "
+                            "extreme values or use --float64")
+    return LogReg(w[:kd].view(k, d), w[kd:], objective, n_iter, converged, stops.floor_limited(w))
+
+
+@dataclass(frozen=True)
+class StopRules:
+    """The problem-relative stops of a fit (see ``fit``), as functions of the weights w (and f)."""
+
+    floor: float  # precision_floor: the smallest max|grad| the dtype resolves
+    lam: float
+    k: int
+    kd: int
+    rtol: float | None
+    dec_rtol: float | None  # None in float64: its gradient reaches the relative stop (the exact curve)
+    eps: float
+
+    def gradient(self, w: torch.Tensor) -> float:
+        """max|grad| to reach: rtol·λ·max|W|, floored at the precision floor."""
+        return max(self.floor, self.rtol * self.lam * float(w[:self.kd].abs().max()))
+
+    def suboptimality(self, w: torch.Tensor, f: float) -> float:
+        """½gᵀH⁻¹g to reach: dec_rtol·‖W‖²/K (a relative logit error ~1e-5), floored at
+        FLOOR_EPS/4·eps·|f|: f − f* below the resolution of f itself means nothing in this dtype."""
+        return max(self.dec_rtol * float(w[:self.kd].pow(2).sum()) / self.k, FLOOR_EPS / 4 * self.eps * abs(f))
+
+    def floor_limited(self, w: torch.Tensor) -> bool:
+        """Whether the relative stop asked for less than the dtype resolves at the solution."""
+        return self.rtol is not None and self.floor > self.rtol * self.lam * float(w[:self.kd].abs().max())
+
+
+def _carried_pairs(memory: dict, *, lam: float, kd: int) -> list:
+    """The L-BFGS pairs in ``memory``, patched to the new λ (y + Δλ·s on the weights), in place."""
     pairs = memory.setdefault("pairs", [])
     if pairs and memory["lam"] != lam:
         dl = lam - memory["lam"]
         patched = [(s, _penalise(y_, s, kd, dl)) for s, y_, _ in pairs]
         pairs[:] = [(s, y_, 1.0 / float(y_.dot(s))) for s, y_ in patched if float(y_.dot(s)) > 0]
     memory["lam"] = lam
-    w0 = init.flat().to(design.device, design.dtype).clone() if init is not None else \
-        torch.zeros(kd + k, dtype=design.dtype, device=design.device)
-    # a long history cuts evaluations ~30% vs scipy's m=10; cap its memory (2 vectors per pair) at 256 MiB
-    history = int(min(50, max(10, 2**28 // (8 * w0.numel()))))
-    with torch.no_grad(), exact_fp32(), threads_for(n * kd):
-        floor = precision_floor(sums, n, design.dtype)
-        # the suboptimality stop is for float32, whose gradient cannot reach the relative stop on
-        # ill-conditioned features; float64 keeps the gradient stop alone (the exact curve)
-        # (floored at 16·eps·f: f − f* below the resolution of f itself means nothing in this dtype)
-        eps = torch.finfo(design.dtype).eps
-        dec_at = None if dec_rtol is None or design.dtype == torch.float64 else \
-            (lambda w, f: max(dec_rtol * float(w[:kd].pow(2).sum()) / k, FLOOR_EPS / 4 * eps * abs(f)))
-        tol_at = None if rtol is None else (lambda w: max(floor, rtol * lam * float(w[:kd].abs().max())))
-        w, objective, n_iter, converged = lbfgs(fg, w0, tol=tol, max_iter=max_iter, pairs=pairs, history=history,
-                                                tol_at=tol_at, dec_at=dec_at,
-                                                min_iter=1 if rtol is not None and init is not None else 0)
-    if not math.isfinite(objective):
-        raise SSLProbeError("the logistic regression diverged (non-finite loss); check the features for "
-                            "extreme values or use --float64")
-    limited = rtol is not None and floor > rtol * lam * float(w[:kd].abs().max())
-    return LogReg(w[:kd].view(k, d), w[kd:], objective, n_iter, converged, limited)
+    return pairs
 
 
 # The relative stop is floored where the dtype cannot resolve the gradient: a sum of n terms of
@@ -335,5 +361,5 @@ def _penalise(y: torch.Tensor, s: torch.Tensor, kd: int, dl: float) -> torch.Ten
     return out
 
 
-__all__ = ["FLOOR_EPS", "Design", "LogReg", "Standardizer", "exact_fp32", "fit", "fit_logistic", "lbfgs",
+__all__ = ["FLOOR_EPS", "Design", "LogReg", "Standardizer", "StopRules", "exact_fp32", "fit", "fit_logistic", "lbfgs",
            "precision_floor", "threads_for"]
