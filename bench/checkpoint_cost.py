@@ -11,7 +11,7 @@ import time
 import torch
 
 from sslprobe import checkpoint as ck
-from sslprobe.trainstep import PretrainConfig, TrainStep, build_byol
+from sslprobe.pretraining.trainstep import PretrainConfig, TrainStep, build_byol
 
 for model, size in (("resnet18", 32), ("resnet50", 224)):
     cfg = PretrainConfig(model=model, image_size=size, small_stem=size <= 64, optimizer="lars", total_steps=10)

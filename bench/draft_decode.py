@@ -11,8 +11,8 @@ import time
 import numpy as np
 from PIL import Image
 
-from sslprobe.batches import StoreImages, StoreTransform
-from sslprobe.data import open_images
+from sslprobe.images.folders import open_images
+from sslprobe.pretraining.batches import StoreImages, StoreTransform
 
 with tempfile.TemporaryDirectory() as d:
     base = np.random.default_rng(0).integers(0, 255, (375, 500, 3), dtype=np.uint8)

@@ -65,7 +65,7 @@ def main() -> None:
     import torch
     from safetensors.torch import load_file
 
-    from sslprobe.extract import extract
+    from sslprobe.extraction.extract import extract
     from sslprobe.runtime import default_workers
 
     workers = default_workers() if args.workers is None else args.workers

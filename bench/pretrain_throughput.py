@@ -11,8 +11,8 @@ CPU) and blur policy (sslprobe's: blur 1.0/0.1, off at ≤ 64 px; lightly gets t
                  BYOLProjectionHead/BYOLPredictionHead, NegativeCosineSimilarity, update_momentum
                  with a cosine schedule — the loop of lightly's examples/pytorch/byol.py
   sslprobe       what `sslprobe pretrain` runs: uint8 "store" batches (RAM cache when the set fits,
-                 else streamed from decode workers), both views made by sslprobe.augment.make_view
-                 on the training device, one sslprobe.byol.BYOL step (lr and τ schedules, EMA)
+                 else streamed from decode workers), both views made by sslprobe.pretraining.augment.make_view
+                 on the training device, one sslprobe.pretraining.byol.BYOL step (lr and τ schedules, EMA)
   model-only     the same step on synthetic views already on the device (the ceiling)
   aug-only       each side's augmentation alone (lightly: its DataLoader; sslprobe: make_view ×2)
 
@@ -52,18 +52,17 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import sslprobe
-import sslprobe.pretrain as sp
-from sslprobe.augment import blur_note, byol_views
+import sslprobe.pretraining.pretrain as sp
 from sslprobe.backbone import SMALL_INPUT, create_backbone
-from sslprobe.batches import BatchSource
-from sslprobe.data import open_images
 from sslprobe.fileio import write_json
-from sslprobe.runtime import pick_device
+from sslprobe.images.folders import open_images
+from sslprobe.pretraining.augment import blur_note, byol_views
+from sslprobe.pretraining.batches import BatchSource
 
 # pretrain()'s own pieces (its model + optimiser builder and its step; BatchSource above is its data
 # source), so the bench times sslprobe's real code path. make_optimizer/default_lr give lightly the
 # same optimiser.
-from sslprobe.trainstep import (
+from sslprobe.pretraining.trainstep import (
     PretrainConfig,
     TrainStep,
     build_byol,
@@ -71,6 +70,7 @@ from sslprobe.trainstep import (
     make_optimizer,
     pick_optimizer,
 )
+from sslprobe.runtime import pick_device
 
 FMNIST_SCRIPT = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion_mnist.py"
 
@@ -397,7 +397,7 @@ class LightlySide:
 # ----------------------------------------------------------------------------- end to end
 
 def pretrain_e2e(a: argparse.Namespace, data: Path) -> float:
-    """Cross-check: img/s of ``sslprobe.pretrain.pretrain`` itself from its metrics.jsonl (first window dropped)."""
+    """Cross-check: img/s of ``sslprobe.pretraining.pretrain.pretrain`` itself from its metrics.jsonl (first window dropped)."""
     with tempfile.TemporaryDirectory() as out:
         sp.pretrain(data, out=out, model=a.model, image_size=a.image_size, batch_size=a.batch_size,
                     max_steps=a.warmup + a.steps, optimizer=a.optimizer, tau_base=a.tau_base,

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sslprobe.features import FeatureSet, load_features
-from sslprobe.probe import probe
+from sslprobe.probing.features import FeatureSet, load_features
+from sslprobe.probing.probe import probe
 
 
 def synthetic(n: int, d: int, k: int, *, seed: int = 0) -> tuple[FeatureSet, FeatureSet]:
@@ -86,8 +86,8 @@ def sklearn_protocol(train: FeatureSet, *, seed: int) -> tuple[float, float]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss
 
-    from sslprobe.probe import stratified_split
-    from sslprobe.search import DEFAULT_CS
+    from sslprobe.probing.probe import stratified_split
+    from sslprobe.probing.search import DEFAULT_CS
 
     keep = train.labels >= 0
     X, y = train.features[keep].double().numpy(), train.labels[keep].numpy()

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """The study a user would run: does BYOL on Fashion-MNIST beat the baselines, with how many labels?
 
-Every row goes through the same path (``sslprobe.extract`` → ``sslprobe.probe``: linear probe with
+Every row goes through the same path (``sslprobe.extraction.extract`` → ``sslprobe.probing.probe``: linear probe with
 C chosen on a 20 % hold-out and refit, kNN k=20, label-efficiency curves):
 
   raw pixels          the resized pixels themselves (``--weights pixels``)
   random init         the backbone at its seeded random initialisation
-  BYOL N steps        ``sslprobe.pretrain`` snapshots of ONE run at increasing step budgets
+  BYOL N steps        ``sslprobe.pretraining.pretrain`` snapshots of ONE run at increasing step budgets
                       (``stop_at`` + ``resume``; the schedule is the full run's, so a snapshot is
                       "this run after N steps", as in a training curve)
   lightly BYOL        lightly's implementation (BYOLTransform in DataLoader workers, its heads, loss
@@ -14,7 +14,7 @@ C chosen on a 20 % hold-out and refit, kNN k=20, label-efficiency curves):
                       batch and step budget as the largest BYOL row: the reference of issue 7
 
 The lightly row's loss is scaled to sslprobe's gradient (option (b) of the fairness fix, not
-"lightly's own recipe"). sslprobe's loss (``sslprobe.byol``) is the paper's symmetrised
+"lightly's own recipe"). sslprobe's loss (``sslprobe.pretraining.byol``) is the paper's symmetrised
 ‖p̂₁ − ẑ₂‖² + ‖p̂₂ − ẑ₁‖² = (2 − 2cos₁₂) + (2 − 2cos₂₁) = 4 − 2(cos₁₂ + cos₂₁) per image, while
 lightly's is 0.5·(NCS(p₀, z₁) + NCS(p₁, z₀)) = −0.5(cos₀₁ + cos₁₀), NCS = −mean cos. So
 sslprobe's = 4 + 4 × lightly's, and its gradient is exactly 4× lightly's: trained with lightly's
@@ -59,10 +59,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch
 
 from sslprobe.backbone import create_backbone, save_backbone
-from sslprobe.extract import extract
+from sslprobe.extraction.extract import extract
 from sslprobe.fileio import write_json
-from sslprobe.pretrain import pretrain
-from sslprobe.probe import compare
+from sslprobe.pretraining.pretrain import pretrain
+from sslprobe.probing.probe import compare
 
 ROOT = Path(__file__).resolve().parents[1]
 FMNIST_SCRIPT = ROOT.parent / "shared" / "data" / "fashion_mnist.py"
@@ -108,8 +108,8 @@ def train_lightly(data: Path, *, out: Path, p: dict, steps: int, seed: int, devi
     from torch.utils.data import DataLoader
     from torchvision.datasets import ImageFolder
 
-    from sslprobe.byol import lr_at
-    from sslprobe.pretrain import _default_lr, _optimizer
+    from sslprobe.pretraining.byol import lr_at
+    from sslprobe.pretraining.pretrain import _default_lr, _optimizer
 
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        "cpu" if device == "auto" else device)
@@ -168,7 +168,7 @@ def train_lightly(data: Path, *, out: Path, p: dict, steps: int, seed: int, devi
                         "gradient), sslprobe's optimiser, lr and lr schedule",
             "loss": "loss_scale * 0.5 * (NCS(p0, z1) + NCS(p1, z0))",
             "loss_scale": LIGHTLY_LOSS_SCALE, "optimizer": opt_name, "base_lr": base, "peak_lr": peak,
-            "lr_schedule": "sslprobe.byol.lr_at (linear warm-up, cosine to 0)", "warmup_steps": warm,
+            "lr_schedule": "sslprobe.pretraining.byol.lr_at (linear warm-up, cosine to 0)", "warmup_steps": warm,
             "weight_decay": wd, "momentum": 0.9 if opt_name in ("sgd", "lars") else None,
             "tau": f"lightly cosine_schedule(step, {steps}, {p['tau_base']}, 1), EMA before each step",
             "batch": p["batch"], "steps": steps, "lightly": _lightly_version(), "train_s": round(secs, 1)}
@@ -297,7 +297,7 @@ def table(result: dict) -> str:
     out.append("")
     pairs = [q for q in result.get("paired_tests", []) if q.get("paired")]
     if pairs:
-        from sslprobe.report import verdict_sentence
+        from sslprobe.probing.report import verdict_sentence
 
         out += ["| A | B | Δ linear top-1 [95 % paired CI] | McNemar p | significant |", "| --- | --- | --- | --- | --- |"]
         out += [f"| {q['a']} | {q['b']} | {100 * q['top1']:+.1f} [{100 * q['top1_ci'][0]:+.1f}, "

@@ -1,7 +1,7 @@
 """sslprobe: BYOL pretraining, cached embeddings and linear probes on your own image folders.
 
-``from sslprobe import pretrain, extract, probe`` gives the library functions behind the three
-commands. They are imported lazily so that ``import sslprobe`` (and ``sslprobe --help``) stays
+``from sslprobe import pretrain, extract, probe, compare, predict`` gives the library functions behind
+the commands. They are imported lazily so that ``import sslprobe`` (and ``sslprobe --help``) stays
 fast and loads no torch.
 """
 from __future__ import annotations
@@ -10,20 +10,23 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["SSLProbeError", "__version__", "extract", "pretrain", "probe"]
+__all__ = ["SSLProbeError", "__version__", "compare", "extract", "predict", "pretrain", "probe"]
 
 _LAZY = {
-    "pretrain": "sslprobe.pretrain",
-    "extract": "sslprobe.extract",
-    "probe": "sslprobe.probe",
+    "pretrain": "sslprobe.pretraining.pretrain",
+    "extract": "sslprobe.extraction.extract",
+    "probe": "sslprobe.probing.probe",
+    "compare": "sslprobe.probing.probe",
+    "predict": "sslprobe.probing.predict",
 }
 
 from sslprobe.errors import SSLProbeError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from sslprobe.extract import extract
-    from sslprobe.pretrain import pretrain
-    from sslprobe.probe import probe
+    from sslprobe.extraction.extract import extract
+    from sslprobe.pretraining.pretrain import pretrain
+    from sslprobe.probing.predict import predict
+    from sslprobe.probing.probe import compare, probe
 
 
 def __getattr__(name: str) -> Any:

@@ -127,8 +127,8 @@ def pretrain(
     for name, v in (("--batch-size", batch_size), ("--epochs", epochs), ("--max-steps", max_steps), ("--image-size", image_size),
                     ("--stop-at", stop_at), ("--eval-every", eval_every), ("--log-every", log_every)):
         _positive(name, v)
-    from sslprobe.pretrain import PretrainInterrupted
-    from sslprobe.pretrain import pretrain as run
+    from sslprobe.pretraining.pretrain import PretrainInterrupted
+    from sslprobe.pretraining.pretrain import pretrain as run
 
     augment = {"crop_scale": crop_scale, "flip_p": flip_p, "jitter_p": jitter_p, "brightness": brightness,
                "contrast": contrast, "saturation": saturation, "hue": hue, "gray_p": gray_p, "blur_p": blur_p,
@@ -193,7 +193,7 @@ def extract(
                                  ("--decode", decode, ("cpu", "gpu"))):
         if value not in allowed:
             raise SSLProbeError(f"{name} must be one of {', '.join(allowed)} (got '{value}')")
-    from sslprobe.extract import extract as run
+    from sslprobe.extraction.extract import extract as run
 
     m = run(data, out=out, model=model, weights=weights, image_size=image_size, small_stem=small_stem, layer=layer,
             pool=pool, dtype=dtype, batch_size=batch_size, seed=seed, device=device, workers=workers,
@@ -328,8 +328,8 @@ def probe(
         if p is not None and not Path(p).exists():
             raise SSLProbeError(f"'{p}' does not exist; pass a feature directory from `sslprobe extract` or a .safetensors file")
     kw = _probe_options(c, search, knn_k, fractions, shots, seeds, chunk_rows, float64, half_features, select)
-    from sslprobe.probe import probe as run
-    from sslprobe.report import render_probe, summary
+    from sslprobe.probing.probe import probe as run
+    from sslprobe.probing.report import render_probe, summary
 
     result = run(train, val=val, test=test, standardize=standardize, knn_temperature=knn_t, seed=seed,
                  device=device, out=out, show_progress=not as_json and sys.stderr.isatty(), **kw)
@@ -371,9 +371,9 @@ def compare(
             raise SSLProbeError(f"the name '{name}' is used twice; give each feature set its own name")
         pairs[name] = path
     kw = _probe_options(c, search, knn_k, fractions, shots, seeds, chunk_rows, float64, half_features, select)
-    from sslprobe.probe import compare as run
-    from sslprobe.probe import resolve_sets
-    from sslprobe.report import render_comparison, summary
+    from sslprobe.probing.probe import compare as run
+    from sslprobe.probing.probe import resolve_sets
+    from sslprobe.probing.report import render_comparison, summary
 
     rows = run({name: resolve_sets(path) for name, path in pairs.items()}, out=out, standardize=standardize,
                knn_temperature=knn_t, seed=seed, device=device, **kw)
@@ -399,7 +399,7 @@ def predict(
     for p in (features, probe_file):
         if not Path(p).exists():
             raise SSLProbeError(f"'{p}' does not exist")
-    from sslprobe.predict import predict as run
+    from sslprobe.probing.predict import predict as run
 
     rows = run(features, probe=probe_file, out=out)
     _err(f"{len(rows)} rows classified → {out}")

@@ -54,10 +54,10 @@ def write_sample(out: Path) -> Path:
 
 def run_demo(*, out: Path, steps: int | None = None, device: str = "auto", console: Console | None = None) -> list[tuple[str, dict]]:
     """Run the three commands for three feature sets and print one comparison table."""
-    from sslprobe.extract import extract
-    from sslprobe.pretrain import pretrain
-    from sslprobe.probe import compare, resolve_sets
-    from sslprobe.report import render_comparison
+    from sslprobe.extraction.extract import extract
+    from sslprobe.pretraining.pretrain import pretrain
+    from sslprobe.probing.probe import compare, resolve_sets
+    from sslprobe.probing.report import render_comparison
 
     console = console or Console()
     r = DemoRecipe() if steps is None else DemoRecipe(steps=steps)

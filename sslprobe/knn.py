@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from sslprobe.solver import exact_fp32
+from sslprobe.runtime import exact_fp32
 
 
 def _normalised(x: torch.Tensor, dev: torch.device, block: int = 65536) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Where work runs and how it shows progress: device choice, worker count, progress bars."""
+"""Where work runs and how it shows progress: device choice, exact float32 matmuls, worker count, progress bars."""
 from __future__ import annotations
 
 import contextlib
@@ -21,6 +21,26 @@ def pick_device(device: str = "auto") -> torch.device:
         return torch.device(device)
     except RuntimeError as e:
         raise SSLProbeError(f"unknown device '{device}'; use auto, cpu or cuda") from e
+
+
+@contextlib.contextmanager
+def exact_fp32() -> Iterator[None]:
+    """Full float32 matmuls inside (TF32's 10-bit mantissa stalls L-BFGS line searches at weak
+    regularisation); only leaves not already exact are touched, and restored exactly after."""
+    leaves = [torch.backends.cuda.matmul, torch.backends.mkldnn.matmul]
+    inherit_exact = torch.backends.fp32_precision in ("none", "ieee")
+    saved = []
+    for leaf in leaves:
+        prev = leaf.fp32_precision
+        if prev == "ieee" or (prev == "none" and inherit_exact):
+            continue
+        saved.append((leaf, prev))
+        leaf.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        for leaf, prev in saved:
+            leaf.fp32_precision = prev
 
 
 def default_workers() -> int:

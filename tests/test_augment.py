@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from sslprobe.augment import (
+from sslprobe.pretraining.augment import (
     ViewConfig,
     blur_drawn,
     byol_views,
@@ -55,7 +55,7 @@ def test_make_view_leaves_a_float_batch_alone():
 
 
 def test_view_maker_gives_float_and_uint8_batches_the_same_two_views():
-    from sslprobe.trainstep import ViewMaker
+    from sslprobe.pretraining.trainstep import ViewMaker
 
     x8 = _batch()
     make = ViewMaker(byol_views(20), 20, MEAN, STD, seed=3)
@@ -185,7 +185,7 @@ def test_blur_zero_sigma_is_identity_and_preserves_mean():
 def _make_view_all_images(x, cfg, *, size, mean, std, generator):
     # make_view as it was before blur/solarise ran on the drawn images only: every image convolved
     # (σ = 0 where not drawn), solarise masked over the whole batch. Same draws in the same order.
-    from sslprobe.augment import _bernoulli, _uniform
+    from sslprobe.pretraining.augment import _bernoulli, _uniform
 
     g, n = generator, x.shape[0]
     x = x.float().div_(255)
@@ -262,6 +262,6 @@ def test_view_options_are_validated(kw, match):
     (224, None, "on"), (64, None, "off (automatic: image size 64 ≤ 64 px)"), (32, True, "on"), (224, False, "off (--no-blur)"),
 ])
 def test_blur_note(size, blur, note):
-    from sslprobe.augment import blur_note
+    from sslprobe.pretraining.augment import blur_note
 
     assert blur_note(size, blur) == note

@@ -188,7 +188,7 @@ def test_fair_random_init_has_no_silent_residual_branch(model):
 
 def test_training_init_keeps_timms_zero_init_last():
     # BYOL pretraining starts from timm's init: zeroed branches train faster (Goyal et al. 2017).
-    from sslprobe.trainstep import PretrainConfig, build_byol
+    from sslprobe.pretraining.trainstep import PretrainConfig, build_byol
 
     net, _ = create_backbone("test_resnet", weights="random", image_size=32, seed=0, init="train")
     assert all(not o.any() for o in _branch_outputs(net, 32).values())

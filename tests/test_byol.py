@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from sslprobe.byol import BYOL, LARS, lr_at, mlp, param_groups, regression_loss, tau_at
+from sslprobe.pretraining.byol import BYOL, LARS, lr_at, mlp, param_groups, regression_loss, tau_at
 
 
 def test_mlp_shape_is_paper_head():

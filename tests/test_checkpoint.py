@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from sslprobe import checkpoint as ck
-from sslprobe.byol import LARS, param_groups
 from sslprobe.errors import SSLProbeError
+from sslprobe.pretraining.byol import LARS, param_groups
 
 
 @pytest.mark.parametrize("text, steps, minutes", [

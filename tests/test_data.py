@@ -1,4 +1,4 @@
-"""sslprobe.data: finding images, decoding every kind of bad or unusual file, HF datasets."""
+"""sslprobe.images.folders: finding images, decoding every kind of bad or unusual file, HF datasets."""
 from __future__ import annotations
 
 import io
@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from sslprobe.data import (
+from sslprobe.errors import SSLProbeError
+from sslprobe.images.folders import (
     IMAGE_EXTENSIONS,
     BadImageError,
     ImageDataset,
@@ -24,7 +25,6 @@ from sslprobe.data import (
     open_images,
     skipped_report,
 )
-from sslprobe.errors import SSLProbeError
 
 
 def _img(w: int = 8, h: int = 6, color=(200, 30, 30), mode: str = "RGB") -> Image.Image:
@@ -297,7 +297,7 @@ def test_unsafe_format_refused():
 
 
 def test_pil_globals_untouched(tmp_path):
-    import sslprobe.data  # noqa: F401
+    import sslprobe.images.folders  # noqa: F401
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing leaks out as a warning either

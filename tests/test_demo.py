@@ -1,6 +1,6 @@
 """The built-in sample: what the demo materialises."""
-from sslprobe.data import open_images
 from sslprobe.demo import DemoRecipe, write_sample
+from sslprobe.images.folders import open_images
 
 
 def test_sample_is_stratified_fashion_mnist(tmp_path):

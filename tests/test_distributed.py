@@ -13,7 +13,7 @@ def _worker(rank: int, world: int, port: int, data: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
-    import sslprobe.pretrain as pm
+    import sslprobe.pretraining.pretrain as pm
 
     seen = {}
     init = pm.TrainStep.__init__

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from sslprobe.backbone import adapt_small_stem
-from sslprobe.pretrain import pretrain
+from sslprobe.pretraining.pretrain import pretrain
 from tests.test_pretrain import FAST
 
 
@@ -40,7 +40,7 @@ def test_small_stem_backbone_loads_strictly_after_the_same_stem_change(class_fol
 
 
 def test_extract_reads_the_backbone(class_folder, tmp_path):
-    from sslprobe.extract import extract
+    from sslprobe.extraction.extract import extract
 
     path = _trained(class_folder, tmp_path, 16)
     m = extract(class_folder, out=tmp_path / "feats", weights=str(path), device="cpu", workers=0, show_progress=False)

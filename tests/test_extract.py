@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from sslprobe import extract_loop
 from sslprobe.backbone import create_backbone, eval_transform
-from sslprobe.data import open_images
 from sslprobe.errors import SSLProbeError
-from sslprobe.extract import extract
+from sslprobe.extraction import loop as extract_loop
+from sslprobe.extraction.extract import extract
+from sslprobe.images.folders import open_images
 
 FAST = {"workers": 0, "show_progress": False, "batch_size": 5}
 
@@ -41,7 +41,7 @@ def test_bad_files_skipped_and_listed(class_folder, tmp_path):
     assert [s["path"] for s in m["skipped"]] == ["light/empty.jpg", "light/fake.png"]
     assert all(s["reason"] for s in m["skipped"])
     t = load_file(str(tmp_path / "f" / "features.safetensors"))
-    assert t["features"].shape == (24, 3 * 8 * 8) and 0 <= t["features"].min() and t["features"].max() <= 1
+    assert t["features"].shape == (24, 3 * 8 * 8) and t["features"].min() >= 0 and t["features"].max() <= 1
     assert "light/empty.jpg" not in m["paths"] and len(m["paths"]) == 24
 
 
@@ -118,10 +118,10 @@ def test_changing_any_fingerprint_input_is_a_miss(class_folder, tmp_path, change
 
 
 def test_a_new_decode_policy_is_a_miss(class_folder, tmp_path, monkeypatch):
-    import sslprobe.extract
+    import sslprobe.extraction.extract
 
     a = extract(class_folder, out=tmp_path / "a", **NET, **FAST)
-    monkeypatch.setattr(sslprobe.extract, "DECODE_POLICY", sslprobe.extract.DECODE_POLICY + 1)
+    monkeypatch.setattr(sslprobe.extraction.extract, "DECODE_POLICY", sslprobe.extraction.extract.DECODE_POLICY + 1)
     b = extract(class_folder, out=tmp_path / "b", **NET, **FAST)
     assert b["cache"]["store"] != a["cache"]["store"] and b["cache"]["misses"] == 24
 
@@ -259,7 +259,7 @@ def test_layer_pool_dtype_errors(class_folder, tmp_path, kw, match):
 
 
 def test_rescaled_init_gives_unit_variance():
-    from sslprobe.embed import rescale_init_
+    from sslprobe.extraction.embed import rescale_init_
 
     for name in ("test_resnet", "test_vit"):
         net, _ = create_backbone(name, weights="random", image_size=32, seed=0)
@@ -336,7 +336,7 @@ def _jpeg(w=400, h=300, seed=0):
 
 
 def test_jpeg_draft_decodes_smaller_but_not_below_target():
-    from sslprobe.decode import decode_bytes
+    from sslprobe.images.decode import decode_bytes
 
     data = _jpeg()
     assert decode_bytes(data).size == (400, 300)
@@ -346,8 +346,8 @@ def test_jpeg_draft_decodes_smaller_but_not_below_target():
 
 def test_jpeg_draft_refuses_what_a_full_decode_refuses():
     """Draft mode shrinks the claimed size: the byte-count check must run on the full header first."""
-    from sslprobe.data import BadImageError
-    from sslprobe.decode import decode_bytes
+    from sslprobe.images.decode import decode_bytes
+    from sslprobe.images.folders import BadImageError
     from tests.corpus import jpeg_with_size
 
     bomb = jpeg_with_size(8000, 8000)  # a few hundred bytes claiming 64 M pixels
@@ -358,7 +358,7 @@ def test_jpeg_draft_refuses_what_a_full_decode_refuses():
 
 def test_gpu_decode_path_and_cpu_fallback():
     """decode_jpeg runs on the CPU too, so the nvJPEG path's resize/crop and its fallback are testable here."""
-    from sslprobe.decode import decode_bytes, gpu_decode, uint8_transform
+    from sslprobe.images.decode import decode_bytes, gpu_decode, uint8_transform
 
     jpegs = [torch.frombuffer(bytearray(_jpeg(seed=s)), dtype=torch.uint8) for s in range(2)]
     bad = torch.frombuffer(bytearray(b"\xff\xd8\xff not really a jpeg"), dtype=torch.uint8)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sslprobe.errors import SSLProbeError
-from sslprobe.labeleff import label_efficiency, parse_points, stratified_sample
+from sslprobe.probing.labeleff import label_efficiency, parse_points, stratified_sample
 
 
 def test_fraction_sample_is_stratified_and_seeded():
@@ -58,7 +58,7 @@ def test_curve_refuses_degenerate_subsets():
 
 
 def test_probe_refuses_zero_seeds_before_any_work(monkeypatch):
-    import sslprobe.probe as P
+    import sslprobe.probing.probe as P
     from sslprobe.errors import SSLProbeError
 
     monkeypatch.setattr(P, "as_feature_set", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded data")))

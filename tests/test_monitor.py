@@ -6,9 +6,9 @@ import sys
 import pytest
 import torch
 
-from sslprobe.byol import projection_std
 from sslprobe.errors import SSLProbeError
-from sslprobe.monitor import (
+from sslprobe.pretraining.byol import projection_std
+from sslprobe.pretraining.monitor import (
     KnnEval,
     MetricsLog,
     check_collapse,
@@ -16,7 +16,7 @@ from sslprobe.monitor import (
     describe,
     loss_curve,
 )
-from sslprobe.pretrain import pretrain
+from sslprobe.pretraining.pretrain import pretrain
 from tests.test_pretrain import FAST
 
 
@@ -51,7 +51,7 @@ def test_metrics_log_trims_to_checkpoint_and_drops_half_lines(tmp_path):
 
 
 def test_collapse_is_logged_and_warned(class_folder, tmp_path, monkeypatch):
-    monkeypatch.setattr("sslprobe.byol.projection_std", lambda z: torch.zeros((), device=z.device))
+    monkeypatch.setattr("sslprobe.pretraining.byol.projection_std", lambda z: torch.zeros((), device=z.device))
     with pytest.warns(RuntimeWarning, match="collapsed"):
         s = pretrain(class_folder, out=tmp_path / "r", **FAST)
     lines = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]

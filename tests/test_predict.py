@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import save_file
 
 from sslprobe.errors import SSLProbeError
-from sslprobe.features import FeatureSet
-from sslprobe.predict import ProbeModel, predict
-from sslprobe.probe import probe
+from sslprobe.probing.features import FeatureSet
+from sslprobe.probing.predict import ProbeModel, predict
+from sslprobe.probing.probe import probe
 
 
 def blobs(n_per: int, k: int, d: int, seed: int = 0):
@@ -30,7 +30,7 @@ def test_saved_probe_reproduces_test_predictions(tmp_path):
     r = probe(tr, test=te, Cs=[0.01, 0.1, 1.0], knn_k=(), out=tmp_path / "rep")
     assert "probe.safetensors" in r["files"]["files"]
     model = ProbeModel.load(tmp_path / "rep")  # a directory finds probe.safetensors inside
-    assert model.classes == ("ant", "bee", "cat") and model.C == r["C"]
+    assert model.classes == ("ant", "bee", "cat") and r["C"] == model.C
     rows = predict(te, probe=tmp_path / "rep" / "probe.safetensors", out=tmp_path / "preds.csv")
     hits = sum(row["prediction"] == ["ant", "bee", "cat"][t] for row, t in zip(rows, yt))
     assert hits / len(yt) == pytest.approx(r["test"]["top1"])
@@ -66,7 +66,7 @@ def test_bad_probe_files(tmp_path):
 
 def test_csv_cells_never_become_spreadsheet_formulas(tmp_path):
     from sslprobe.fileio import csv_text
-    from sslprobe.report import write_per_class_csv
+    from sslprobe.probing.report import write_per_class_csv
 
     assert csv_text("=HYPERLINK(\"http://x\").png") == "'=HYPERLINK(\"http://x\").png"
     assert csv_text("@cmd.jpg") == "'@cmd.jpg"

@@ -7,7 +7,7 @@ from safetensors import safe_open
 
 from sslprobe.backbone import create_backbone
 from sslprobe.errors import SSLProbeError
-from sslprobe.pretrain import pick_optimizer, pretrain
+from sslprobe.pretraining.pretrain import pick_optimizer, pretrain
 
 FAST = {"model": "test_resnet", "image_size": 16, "batch_size": 8, "max_steps": 4, "proj_hidden": 32, "proj_dim": 16,
         "workers": 0, "show_progress": False, "log_every": 2}
@@ -72,7 +72,7 @@ def test_bad_arguments(class_folder, tmp_path, bad, match):
 
 
 def test_nan_loss_stops_with_clear_message(class_folder, tmp_path, monkeypatch):
-    monkeypatch.setattr("sslprobe.trainstep.lr_at", lambda *a, **k: float("nan"))
+    monkeypatch.setattr("sslprobe.pretraining.trainstep.lr_at", lambda *a, **k: float("nan"))
     with pytest.raises(SSLProbeError, match="loss became nan at step 2; stopped without saving.*No checkpoint"):
         pretrain(class_folder, out=tmp_path / "x", **FAST)
     assert not (tmp_path / "x" / "backbone.safetensors").exists()
@@ -96,7 +96,7 @@ def _assert_same(a, b):
 @pytest.mark.parametrize("ram", [True, False])
 def test_stop_and_resume_equals_straight_run(class_folder, tmp_path, monkeypatch, ram):
     if not ram:  # the streaming DataLoader path must resume mid-epoch too
-        monkeypatch.setattr("sslprobe.batches.RAM_CACHE_BYTES", 0)
+        monkeypatch.setattr("sslprobe.pretraining.batches.RAM_CACHE_BYTES", 0)
     kw = {**FAST, "max_steps": 8, "batch_size": 6}  # 4 steps per epoch: the stop falls mid-epoch 1
     straight = pretrain(class_folder, out=tmp_path / "a", **kw)
     first = pretrain(class_folder, out=tmp_path / "b", stop_at=5, **kw)
@@ -125,7 +125,7 @@ def _interrupt_at(monkeypatch, call, how):
     """Make the ``call``-th make_view call deliver a Ctrl-C: as a real SIGINT, or a bare KeyboardInterrupt."""
     import signal
 
-    import sslprobe.trainstep as ts
+    import sslprobe.pretraining.trainstep as ts
 
     real, n = ts.make_view, [0]
 
@@ -143,7 +143,7 @@ def _interrupt_at(monkeypatch, call, how):
 
 @pytest.mark.parametrize("how, saved_step", [("signal", 3), ("sigterm", 3), ("raise", 2)])
 def test_ctrl_c_saves_and_resume_continues_exactly(class_folder, tmp_path, monkeypatch, how, saved_step):
-    from sslprobe.pretrain import PretrainInterrupted
+    from sslprobe.pretraining.pretrain import PretrainInterrupted
 
     kw = {**FAST, "max_steps": 6}
     pretrain(class_folder, out=tmp_path / "a", **kw)
@@ -163,8 +163,8 @@ def _interrupted_step(run):
 
 
 def test_interrupt_between_optimizer_and_ema_saves_nothing_new(class_folder, tmp_path, monkeypatch):
-    import sslprobe.pretrain as pm
-    import sslprobe.trainstep as ts
+    import sslprobe.pretraining.pretrain as pm
+    import sslprobe.pretraining.trainstep as ts
 
     real, n = ts.tau_at, [0]
 
@@ -181,7 +181,7 @@ def test_interrupt_between_optimizer_and_ema_saves_nothing_new(class_folder, tmp
 
 
 def test_nan_leaves_last_good_checkpoint(class_folder, tmp_path, monkeypatch):
-    import sslprobe.trainstep as ts
+    import sslprobe.pretraining.trainstep as ts
 
     real = ts.lr_at
     monkeypatch.setattr(ts, "lr_at", lambda step, *a, **k: float("nan") if step >= 2 else real(step, *a, **k))
@@ -224,7 +224,7 @@ def test_config_records_views_blur_rule_and_augment_overrides(class_folder, tmp_
 
 
 def test_lars_is_the_papers_for_global_batch_256():
-    from sslprobe.pretrain import (
+    from sslprobe.pretraining.pretrain import (
         PretrainConfig,
         _default_lr,
         _optimizer,
@@ -262,8 +262,8 @@ def test_cli_resume_flag_continues(monkeypatch, capsys, class_folder, tmp_path):
 
 
 def test_ram_and_streaming_give_the_same_batches(class_folder):
-    from sslprobe.batches import BatchSource
-    from sslprobe.data import open_images
+    from sslprobe.images.folders import open_images
+    from sslprobe.pretraining.batches import BatchSource
 
     images = open_images(class_folder)
     kw = {"store": 8, "batch": 5, "device": torch.device("cpu"), "seed": 3, "workers": 0, "show_progress": False}
@@ -281,7 +281,7 @@ def test_ram_and_streaming_give_the_same_batches(class_folder):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_step_never_waits_for_the_gpu():
-    from sslprobe.pretrain import PretrainConfig, TrainStep, build_byol
+    from sslprobe.pretraining.pretrain import PretrainConfig, TrainStep, build_byol
 
     dev = torch.device("cuda")
     cfg = PretrainConfig(model="test_resnet", image_size=32, small_stem=True, batch_size=16, proj_hidden=64,
@@ -323,8 +323,8 @@ def test_store_decode_uses_jpeg_draft_and_reports_bad_files(tmp_path, monkeypatc
     import numpy as np
     from PIL import Image
 
-    from sslprobe.batches import StoreImages, collate_store
-    from sslprobe.data import open_images
+    from sslprobe.images.folders import open_images
+    from sslprobe.pretraining.batches import StoreImages, collate_store
 
     d = tmp_path / "imgs"
     d.mkdir()
@@ -359,10 +359,10 @@ def test_worker_views_equal_in_process_views(class_folder):
     import os
     import signal
 
-    from sslprobe.augment import byol_views
-    from sslprobe.batches import BatchSource
-    from sslprobe.data import open_images
-    from sslprobe.trainstep import ViewMaker
+    from sslprobe.images.folders import open_images
+    from sslprobe.pretraining.augment import byol_views
+    from sslprobe.pretraining.batches import BatchSource
+    from sslprobe.pretraining.trainstep import ViewMaker
 
     images = open_images(class_folder)
     src = BatchSource(images, store=24, batch=5, device=torch.device("cpu"), seed=3, workers=1, show_progress=False)
@@ -382,7 +382,7 @@ def test_worker_views_equal_in_process_views(class_folder):
 
 
 def test_worker_views_train_and_resume_exactly_like_in_process(class_folder, tmp_path, monkeypatch):
-    import sslprobe.trainstep as ts
+    import sslprobe.pretraining.trainstep as ts
 
     kw = {**FAST, "max_steps": 8, "batch_size": 6}
     straight = pretrain(class_folder, out=tmp_path / "a", **kw)  # workers=0: views in this process
@@ -400,8 +400,8 @@ def test_worker_views_train_and_resume_exactly_like_in_process(class_folder, tmp
 def test_ctrl_c_with_worker_views_saves_and_resumes(class_folder, tmp_path, monkeypatch):
     import signal
 
-    import sslprobe.trainstep as ts
-    from sslprobe.pretrain import PretrainInterrupted
+    import sslprobe.pretraining.trainstep as ts
+    from sslprobe.pretraining.pretrain import PretrainInterrupted
 
     kw = {**FAST, "max_steps": 6, "workers": 1}
     pretrain(class_folder, out=tmp_path / "a", **kw)

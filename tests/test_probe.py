@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from sslprobe.errors import SSLProbeError
-from sslprobe.probe import (
+from sslprobe.probing.probe import (
     DEFAULT_CS,
     FeatureSet,
     fit_logistic,
@@ -20,7 +20,7 @@ from sslprobe.probe import (
     probe,
     stratified_split,
 )
-from sslprobe.report import summary
+from sslprobe.probing.report import summary
 from tests.blobs import blobs, one_thread  # noqa: F401  (autouse fixture)
 
 SMALL_CS = [1e-3, 1e-2, 1e-1, 1.0, 10.0]
@@ -464,7 +464,7 @@ def test_manifests_in_report(tmp_path):
 
 
 def test_compare_and_resolve_sets(tmp_path):
-    from sslprobe.probe import compare, resolve_sets
+    from sslprobe.probing.probe import compare, resolve_sets
 
     for name, sep in (("good", 4.0), ("bad", 0.1)):
         X, y = blobs(30, 3, 5, sep=sep, seed=18)

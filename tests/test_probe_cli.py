@@ -91,7 +91,7 @@ def test_predict_writes_csv(monkeypatch, capsys, tmp_path):
     (["predict", "{wide}", "--probe", "{probe}", "--out", "{tmp}/p.csv"], "width"),
 ])
 def test_misuse_exits_2_with_one_line(monkeypatch, capsys, tmp_path, args, needle):
-    from sslprobe.predict import ProbeModel
+    from sslprobe.probing.predict import ProbeModel
 
     subs = {"{tr}": write_feats(tmp_path / "tr"), "{tmp}": tmp_path, "{nolab}": write_feats(tmp_path / "nl", labels=False),
             "{wide}": write_feats(tmp_path / "wide", d=7), "{one}": tmp_path / "one.safetensors",

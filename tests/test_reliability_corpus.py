@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sslprobe.data import ImageDataset, collate, open_images
+from sslprobe.images.folders import ImageDataset, collate, open_images
 from tests import corpus
 from tests.clirun import run
 
@@ -47,7 +47,7 @@ def test_corpus_covers_the_issue(files):
 
 def test_reading_bytes_is_bounded(files):
     """Hashing reads whole files: a device, a pipe or a file over the limit is refused, not read."""
-    from sslprobe.data import BadImageError
+    from sslprobe.images.folders import BadImageError
 
     s = open_images(files.root)
     for name in files.bad.keys() & {"pipe_link.jpg", "zero_link.jpg"}:
@@ -116,7 +116,7 @@ def test_extract_over_the_corpus(monkeypatch, capsys, files, tmp_path, weights, 
 
 def test_extract_pixels_match_the_decoded_shapes(files, tmp_path):
     """Pixel features of a 1×1 and a rotated image are what the decode gives, not garbage."""
-    from sslprobe.extract import extract
+    from sslprobe.extraction.extract import extract
 
     m = extract(files.root, out=tmp_path / "f", weights="pixels", image_size=4, workers=0, show_progress=False)
     t = load_file(str(tmp_path / "f" / "features.safetensors"))["features"]
@@ -152,7 +152,7 @@ def test_only_bad_files_exit_2_with_one_line(monkeypatch, capsys, only_bad, tmp_
 
 def test_only_bad_files_through_the_library_list_the_reasons(only_bad, tmp_path):
     from sslprobe.errors import SSLProbeError
-    from sslprobe.extract import extract
+    from sslprobe.extraction.extract import extract
 
     with pytest.raises(SSLProbeError) as e:
         extract(only_bad.root, out=tmp_path / "o", weights="pixels", workers=0, show_progress=False)
@@ -181,7 +181,7 @@ def test_extract_over_the_corpus_as_a_hugging_face_dataset(monkeypatch, capsys, 
 def test_gpu_decode_path_is_handed_no_file_the_cpu_path_refuses_on_its_header(files):
     """extract --decode gpu sends raw JPEG bytes to nvJPEG, bypassing decode_image: bombs and byte-count
     lies must be caught before (``imagefile.check_header``), not decoded into huge padded images."""
-    from sslprobe.decode import HashedImages
+    from sslprobe.images.decode import HashedImages
 
     s = open_images(files.root)
     ds = HashedImages(s, lambda im: im, order=list(range(len(s))), raw_jpeg=True)

@@ -35,7 +35,7 @@ SHARD_ROWS = 4
 # One extract as a separate process: small shards (the CLI's are 4096 rows) so kills land between them.
 EXTRACT = (
     "import sys\n"
-    "from sslprobe.extract import extract\n"
+    "from sslprobe.extraction.extract import extract\n"
     "extract(sys.argv[1], out=sys.argv[2], cache_dir=sys.argv[3], model='test_resnet', weights='random',\n"
     "        image_size=32, batch_size=4, workers=0, shard_rows={rows}, show_progress=False)\n"
 )
@@ -219,9 +219,9 @@ def test_features_and_manifest_of_different_runs_are_never_paired(monkeypatch, c
     from sslprobe.errors import SSLProbeError
 
     try:
-        from sslprobe.features import load_features
+        from sslprobe.probing.features import load_features
     except ImportError:
-        from sslprobe.probe import load_features
+        from sslprobe.probing.probe import load_features
 
     a = write_class_folder(tmp_path / "a", classes=("cat", "dog"), per_class=4, size=(16, 16), seed=0)
     b = write_class_folder(tmp_path / "b", classes=("car", "van"), per_class=4, size=(16, 16), seed=5)

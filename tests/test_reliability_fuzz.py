@@ -16,8 +16,8 @@ import zlib
 import pytest
 from PIL import Image
 
-from sslprobe.data import BadImageError, decode_image
-from sslprobe.imagefile import check_header
+from sslprobe.images.folders import BadImageError, decode_image
+from sslprobe.images.headers import check_header
 from tests.corpus import (
     encode,
     jpeg_with_size,

@@ -20,9 +20,9 @@ from tests.clirun import run
 from tests.corpus import error_line
 
 try:  # the probe's loader moved to its own module; either place is tested
-    from sslprobe.features import load_features
+    from sslprobe.probing.features import load_features
 except ImportError:
-    from sslprobe.probe import load_features
+    from sslprobe.probing.probe import load_features
 
 
 def assert_one_error_line(code: int, err: str, *needles: str) -> str:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from rich.console import Console
 
-from sslprobe.report import (
+from sslprobe.probing.report import (
     classification_metrics,
     render_comparison,
     render_probe,
@@ -160,7 +160,7 @@ def test_summary_drops_bulky_fields():
 
 
 def test_paired_table_and_verdict_respect_the_interval():
-    from sslprobe.report import verdict_sentence
+    from sslprobe.probing.report import verdict_sentence
 
     win = {"a": "byol", "b": "random", "paired": True, "top1": 0.031, "top1_ci": [0.019, 0.043],
            "balanced_accuracy": 0.03, "balanced_accuracy_ci": [0.018, 0.042], "mcnemar_p": 1e-4, "significant": True}

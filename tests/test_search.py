@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from sslprobe.features import FeatureSet
-from sslprobe.probe import probe, stratified_split
-from sslprobe.search import (
+from sslprobe.probing.features import FeatureSet
+from sslprobe.probing.probe import probe, stratified_split
+from sslprobe.probing.search import (
     DEFAULT_CS,
     FoldedPath,
     PathState,
     grid_search,
     selection_score,
 )
-from sslprobe.solver import Design, Standardizer
+from sslprobe.probing.solver import Design, Standardizer
 from tests.blobs import one_thread  # noqa: F401  (autouse fixture)
 
 
@@ -92,7 +92,7 @@ def test_float32_path_never_scores_a_stale_model():
 
 
 def test_precision_floor_scales_with_dtype_and_gradient():
-    from sslprobe.solver import precision_floor
+    from sslprobe.probing.solver import precision_floor
 
     sums = torch.tensor([[10.0, -4.0], [-10.0, 4.0]])
     f32, f64 = precision_floor(sums, 100, torch.float32), precision_floor(sums, 100, torch.float64)

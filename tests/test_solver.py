@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from sslprobe.solver import Design, LogReg, Standardizer, fit, fit_logistic
+from sslprobe.probing.solver import Design, LogReg, Standardizer, fit, fit_logistic
 from tests.blobs import blobs as _blobs
 from tests.blobs import one_thread  # noqa: F401  (autouse fixture)
 

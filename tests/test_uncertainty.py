@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from sslprobe.pairs import paired_tests
-from sslprobe.uncertainty import bootstrap_intervals, mcnemar_p, paired_difference
+from sslprobe.probing.pairs import paired_tests
+from sslprobe.probing.uncertainty import bootstrap_intervals, mcnemar_p, paired_difference
 
 
 def predictions(n: int, acc: float, k: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

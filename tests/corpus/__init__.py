@@ -22,7 +22,7 @@ from PIL import Image
 
 @dataclass
 class Corpus:
-    """What ``build`` wrote. Keys are ids as ``sslprobe.data.open_images`` gives them."""
+    """What ``build`` wrote. Keys are ids as ``sslprobe.images.folders.open_images`` gives them."""
 
     root: Path
     good: dict[str, tuple[int, int]] = field(default_factory=dict)  # id -> decoded (w, h)

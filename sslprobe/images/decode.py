@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 
 from sslprobe.cache import content_key
-from sslprobe.data import BadImageError, ImageSet, _finish, decode_image
-from sslprobe.imagefile import check_header
+from sslprobe.images.folders import BadImageError, ImageSet, _finish, decode_image
+from sslprobe.images.headers import check_header
 
 MAX_PIXELS = 89_478_485
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -94,7 +94,7 @@ class HashedImages(torch.utils.data.Dataset):
         if key in self.known:
             return i, key, None, "cached"
         if self.raw_jpeg and is_jpeg(data):
-            from sslprobe.imagefile import check_header
+            from sslprobe.images.headers import check_header
 
             try:  # nvJPEG skips decode_image's guards: refuse bombs and byte-count lies on the header first
                 check_header(data, max_pixels=MAX_PIXELS)

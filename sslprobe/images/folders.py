@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from sslprobe.errors import SSLProbeError
-from sslprobe.imagefile import (
+from sslprobe.images.headers import (
     _OPEN_ERRORS,
     MAX_FILE_BYTES,
     BadImageError,

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from sslprobe.uncertainty import paired_difference
+from sslprobe.probing.uncertainty import paired_difference
 
 
 def _test_rows(r: Mapping[str, Any]) -> tuple[list[str], list[int], list[int]] | None:

@@ -15,26 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from sslprobe.errors import SSLProbeError
-
-
-@contextlib.contextmanager
-def exact_fp32() -> Iterator[None]:
-    """Full float32 matmuls inside (TF32's 10-bit mantissa stalls L-BFGS line searches at weak
-    regularisation); only leaves not already exact are touched, and restored exactly after."""
-    leaves = [torch.backends.cuda.matmul, torch.backends.mkldnn.matmul]
-    inherit_exact = torch.backends.fp32_precision in ("none", "ieee")
-    saved = []
-    for leaf in leaves:
-        prev = leaf.fp32_precision
-        if prev == "ieee" or (prev == "none" and inherit_exact):
-            continue
-        saved.append((leaf, prev))
-        leaf.fp32_precision = "ieee"
-    try:
-        yield
-    finally:
-        for leaf, prev in saved:
-            leaf.fp32_precision = prev
+from sslprobe.runtime import exact_fp32
 
 
 @contextlib.contextmanager
@@ -361,5 +342,5 @@ def _penalise(y: torch.Tensor, s: torch.Tensor, kd: int, dl: float) -> torch.Ten
     return out
 
 
-__all__ = ["FLOOR_EPS", "Design", "LogReg", "Standardizer", "StopRules", "exact_fp32", "fit", "fit_logistic", "lbfgs",
+__all__ = ["FLOOR_EPS", "Design", "LogReg", "Standardizer", "StopRules", "fit", "fit_logistic", "lbfgs",
            "precision_floor", "threads_for"]

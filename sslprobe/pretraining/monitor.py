@@ -79,9 +79,9 @@ class KnnEval:
 
     def __init__(self, train: str | os.PathLike, test: str | os.PathLike, *, size: int, device: torch.device,
                  workers: int, k: int = 20):
-        from sslprobe.batches import StoreTransform
-        from sslprobe.data import ImageDataset, collate, open_images
         from sslprobe.errors import SSLProbeError
+        from sslprobe.images.folders import ImageDataset, collate, open_images
+        from sslprobe.pretraining.batches import StoreTransform
 
         self.device, self.k = device, k
         sets = []
@@ -115,7 +115,7 @@ class KnnEval:
 
     def __call__(self, backbone: torch.nn.Module, *, mean: tuple[float, ...], std: tuple[float, ...]) -> float:
         """kNN (k=20, cosine, temperature-weighted) top-1 of ``backbone`` features; BN in eval mode."""
-        from sslprobe.probe import knn_votes
+        from sslprobe.probing.probe import knn_votes
 
         m = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
         s = torch.tensor(std, device=self.device).view(1, -1, 1, 1)

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 import torchvision.transforms.functional as TF
 
-from sslprobe.data import BadImageError, ImageSet
 from sslprobe.errors import SSLProbeError
+from sslprobe.images.folders import BadImageError, ImageSet
 from sslprobe.runtime import progress_bar
 
 RAM_CACHE_BYTES = 4 << 30  # decode once and keep in memory below this (Fashion-MNIST: 2.4 MB at 28 px)
@@ -54,7 +54,7 @@ class StoreImages(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
-        from sslprobe.decode import decode_bytes
+        from sslprobe.images.decode import decode_bytes
 
         try:
             if self.images.kind == "hf":  # rows may hold decoded images: re-encoding them would cost more

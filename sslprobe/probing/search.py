@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from sslprobe.solver import Design, LogReg, fit
+from sslprobe.probing.solver import Design, LogReg, fit
 
 DEFAULT_CS: tuple[float, ...] = tuple(10.0 ** (-6 + 11 * i / 44) for i in range(45))
 # CLIP (Radford et al. 2021, appendix A.3): a coarse sweep every 2 decades, then the interval

@@ -22,18 +22,17 @@ import torch
 
 from sslprobe import checkpoint as ckpts
 from sslprobe import distributed as ddp
-from sslprobe.augment import blur_note, byol_views
 from sslprobe.backbone import create_backbone, save_backbone
-from sslprobe.batches import BatchSource
-from sslprobe.byol import tau_at
-from sslprobe.data import ImageSet, open_images, skipped_report
 from sslprobe.errors import SSLProbeError
 from sslprobe.fileio import write_json
-from sslprobe.monitor import KnnEval, MetricsLog, check_collapse, describe, loss_curve
-from sslprobe.runtime import default_workers, pick_device, progress_bar
+from sslprobe.images.folders import ImageSet, open_images, skipped_report
+from sslprobe.pretraining.augment import blur_note, byol_views
+from sslprobe.pretraining.batches import BatchSource
+from sslprobe.pretraining.byol import tau_at
+from sslprobe.pretraining.monitor import KnnEval, MetricsLog, check_collapse, describe, loss_curve
 
 # The step's pieces live in trainstep.py; importable from here too (benchmarks, older callers).
-from sslprobe.trainstep import (  # noqa: F401
+from sslprobe.pretraining.trainstep import (  # noqa: F401
     PretrainConfig,
     TrainStep,
     _default_lr,
@@ -44,6 +43,7 @@ from sslprobe.trainstep import (  # noqa: F401
     pick_optimizer,
     step_seed,
 )
+from sslprobe.runtime import default_workers, pick_device, progress_bar
 
 # Ignored when comparing a resumed run's configuration: the same run may continue on other hardware.
 RESUME_IGNORES = ("device", "precision", "sync_batchnorm")
@@ -90,7 +90,7 @@ def pretrain(data: str | os.PathLike, *, out: str | os.PathLike, model: str = "r
 
     ``optimizer="auto"`` is LARS for a global batch ≥ 256 (the paper's) and SGD below; ``lr`` is
     the base rate per 256 images, scaled with the global batch. ``augment`` overrides
-    :func:`sslprobe.augment.byol_views` arguments. ``resume``: "no" (refuses to discard an
+    :func:`sslprobe.pretraining.augment.byol_views` arguments. ``resume``: "no" (refuses to discard an
     unfinished run in ``out``), "auto" (continue if a checkpoint exists) or "yes" (must continue).
     ``save_every``: see :func:`sslprobe.checkpoint.parse_save_every`. ``max_minutes``/``stop_at``
     stop early with a checkpoint, keeping the full run's schedule. ``small_stem``: the small-image

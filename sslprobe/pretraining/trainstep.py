@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 import torch
 
 from sslprobe import distributed as ddp
-from sslprobe.augment import ViewConfig, byol_views, make_view
 from sslprobe.backbone import BackboneSpec, create_backbone
-from sslprobe.byol import BYOL, LARS, lr_at, param_groups, tau_at
 from sslprobe.errors import SSLProbeError
+from sslprobe.pretraining.augment import ViewConfig, byol_views, make_view
+from sslprobe.pretraining.byol import BYOL, LARS, lr_at, param_groups, tau_at
 
 
 @dataclass(frozen=True)

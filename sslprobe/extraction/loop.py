@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from sslprobe.embed import forward_context
+from sslprobe.extraction.embed import forward_context
 
 
 def _embed_batch(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -29,8 +29,8 @@ def run_pass(images: Any, order: list[int], state: dict, *, model: torch.nn.Modu
     """Embed ``order`` into ``state``; returns the indices whose cached rows failed validation."""
     from torch.utils.data import DataLoader
 
-    from sslprobe.data import BadImageError
-    from sslprobe.decode import HashedImages, collate_keyed, decode_bytes, gpu_decode
+    from sslprobe.images.decode import HashedImages, collate_keyed, decode_bytes, gpu_decode
+    from sslprobe.images.folders import BadImageError
 
     known = store.keys() if store is not None else frozenset()
     ds = HashedImages(images, built["transform"], order=order, known=known, draft=built["draft"],

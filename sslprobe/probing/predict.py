@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 
 from sslprobe.errors import SSLProbeError
-from sslprobe.features import FeatureSet, as_feature_set
 from sslprobe.fileio import atomic_path, csv_text
-from sslprobe.solver import LogReg, Standardizer, exact_fp32
+from sslprobe.probing.features import FeatureSet, as_feature_set
+from sslprobe.probing.solver import LogReg, Standardizer
+from sslprobe.runtime import exact_fp32
 
 
 @dataclass(frozen=True)

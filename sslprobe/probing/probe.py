@@ -20,23 +20,22 @@ from typing import Any
 import torch
 
 from sslprobe.errors import SSLProbeError
-from sslprobe.features import (
+from sslprobe.knn import knn_val_test, knn_votes
+from sslprobe.probing.features import (
     FeatureSet,
     align_labels,
     as_feature_set,
     check_widths,
     load_features,
 )
-from sslprobe.knn import knn_val_test, knn_votes
-from sslprobe.labeleff import (
+from sslprobe.probing.labeleff import (
     class_ranks,
     label_efficiency,
     parse_points,
     stratified_folds,
 )
-from sslprobe.report import classification_metrics, summary, write_reports
-from sslprobe.runtime import pick_device, progress_bar
-from sslprobe.search import (
+from sslprobe.probing.report import classification_metrics, summary, write_reports
+from sslprobe.probing.search import (
     DEFAULT_CS,
     SELECT_METRICS,
     FoldedPath,
@@ -45,8 +44,9 @@ from sslprobe.search import (
     run_search,
     selection_score,
 )
-from sslprobe.solver import Design, LogReg, Standardizer, fit, fit_logistic
-from sslprobe.uncertainty import bootstrap_intervals
+from sslprobe.probing.solver import Design, LogReg, Standardizer, fit, fit_logistic
+from sslprobe.probing.uncertainty import bootstrap_intervals
+from sslprobe.runtime import pick_device, progress_bar
 
 _HEADLINE_K = 20  # DINO's k: the tie-break when several k score the same on validation
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16}
@@ -466,7 +466,7 @@ def probe(train: Source, *, val: Source | None = None, test: Source | None = Non
         "manifests": {k: _manifest_summary(v.manifest) for k, v in sets.items() if v is not None and v.manifest},
     })
     if out is not None:
-        from sslprobe.predict import ProbeModel
+        from sslprobe.probing.predict import ProbeModel
 
         model = ProbeModel.from_fit(final, scaler, classes=[splits.names[i] for i in final_cols.tolist()], C=C_best)
         result["files"] = write_reports(result, out, probe_model=model)
@@ -504,7 +504,7 @@ def compare(sets: Mapping[str, Mapping[str, Source | None]], *, out: str | os.Pa
     the paired tests between every two sets scored on the same test images (``paired_tests``).
     """
     from sslprobe.fileio import write_json
-    from sslprobe.pairs import paired_tests
+    from sslprobe.probing.pairs import paired_tests
 
     if not sets:
         raise SSLProbeError("nothing to compare; pass NAME=FEATURES pairs")

@@ -1,7 +1,7 @@
 """Metrics, rich tables and report files for probe results.
 
 ``classification_metrics`` is the one place accuracies are computed (linear and kNN alike).
-rich is imported inside the render functions so ``sslprobe.probe`` stays cheap to import;
+rich is imported inside the render functions so ``sslprobe.probing.probe`` stays cheap to import;
 figures live in plots.py (matplotlib optional).
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from sslprobe.fileio import atomic_path, csv_text, write_json
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
 
-    from sslprobe.predict import ProbeModel
+    from sslprobe.probing.predict import ProbeModel
 
 _BULKY = ("per_class", "confusion", "predictions", "test_labels", "test_paths")
 

@@ -28,7 +28,7 @@ import torch
 from sslprobe import __version__
 from sslprobe.errors import SSLProbeError
 from sslprobe.fileio import atomic_path, file_sha256, write_json
-from sslprobe.imagefile import DECODE_POLICY
+from sslprobe.images.headers import DECODE_POLICY
 from sslprobe.runtime import default_workers, pick_device, progress_bar
 
 FEATURES = "features.safetensors"
@@ -81,8 +81,8 @@ def extract(
     cls or mean. ``decode="gpu"`` decodes JPEGs with nvJPEG on CUDA.
     """
     from sslprobe.cache import Fingerprint, Store, default_cache_dir
-    from sslprobe.data import open_images
-    from sslprobe.shardwriter import ShardWriter, join_ranks
+    from sslprobe.extraction.shards import ShardWriter, join_ranks
+    from sslprobe.images.folders import open_images
 
     if batch_size < 1:
         raise SSLProbeError(f"--batch-size must be ≥ 1 (got {batch_size})")
@@ -116,7 +116,7 @@ def extract(
             store.refresh()
         t_setup = time.perf_counter() - t0
 
-        from sslprobe.extract_loop import run_pass
+        from sslprobe.extraction.loop import run_pass
 
         n = len(images)
         order = list(range(ranks.rank, n, ranks.world))
@@ -152,8 +152,8 @@ def _build(images: Any, *, model: str | None, weights: str, image_size: int | No
     """The feature model, its worker transform and everything the fingerprint needs."""
     from torchvision import transforms as T
 
-    from sslprobe.decode import resize_target, uint8_transform
-    from sslprobe.embed import FeatureModel, Pixels, fold_batchnorm_, resolve_layer
+    from sslprobe.extraction.embed import FeatureModel, Pixels, fold_batchnorm_, resolve_layer
+    from sslprobe.images.decode import resize_target, uint8_transform
 
     if weights == "pixels":
         if str(layer) not in ("pre-logits", "") or pool != "auto" or small_stem is not None:
@@ -196,7 +196,7 @@ def _identify(net: torch.nn.Module, spec: Any, images: Any, tf: Any, *, weights:
     """
     import timm
 
-    from sslprobe.embed import FeatureModel, rescale_init_
+    from sslprobe.extraction.embed import FeatureModel, rescale_init_
     from sslprobe.fairinit import POLICY
 
     info: dict[str, Any] = {"weights": weights}
@@ -222,7 +222,7 @@ def _identify(net: torch.nn.Module, spec: Any, images: Any, tf: Any, *, weights:
 
 def _calibration_batch(images: Any, tf: Any, *, seed: int) -> torch.Tensor:
     """uint8 (B, 3, H, W) of up to 64 readable images, picked by a seeded hash of their ids."""
-    from sslprobe.data import BadImageError
+    from sslprobe.images.folders import BadImageError
 
     order = sorted(range(len(images)), key=lambda i: hashlib.sha256(f"{seed}:{images.ids[i]}".encode()).digest())
     picked = []
@@ -275,7 +275,7 @@ def _write(images: Any, r: dict, *, out: Path, data: Any, built: dict, fp: Any, 
            dev: torch.device, ranks: Any, writer: Any, timings: dict, t0: float) -> dict[str, Any]:
     from safetensors.torch import save_file
 
-    from sslprobe.data import skipped_report
+    from sslprobe.images.folders import skipped_report
 
     rows, skipped = r["idx"], r["skipped"]
     if not rows:

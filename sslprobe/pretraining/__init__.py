@@ -1,0 +1,1 @@
+"""`sslprobe pretrain`: BYOL on a folder of images (see docs/architecture.md)."""
