@@ -15,7 +15,9 @@ from typing import Annotated
 import typer
 
 from sslprobe import __version__
+from sslprobe import options as opt
 from sslprobe.errors import SSLProbeError
+from sslprobe.options import EXTRACT, PRETRAIN, PROBE, VIEWS
 
 app = typer.Typer(
     name="sslprobe",
@@ -26,6 +28,7 @@ app = typer.Typer(
     add_completion=False,
 )
 _STATE = {"debug": False}
+AUG, CKPT, MON = "Augmentation (paper defaults)", "Checkpoints", "Monitoring"  # --help panels
 
 Device = Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")]
 Workers = Annotated[int | None, typer.Option(min=0, help="Decode worker processes (default: cores − 1, at most 8).")]
@@ -46,72 +49,80 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
 ) -> None:
     _STATE["debug"] = debug
 
 
-def _check_data(data: str) -> None:
-    """Fail fast on a missing folder before any heavy import."""
-    if not data.startswith("hf:") and not Path(data).exists():
-        raise SSLProbeError(f"'{data}' does not exist; pass a folder of images (or class subfolders) or hf:NAME[:SPLIT]")
-
-
-def _positive(name: str, value: int | None) -> None:
-    if value is not None and value < 1:
-        raise SSLProbeError(f"{name} must be a positive integer (got {value})")
-
-
 @app.command(epilog="Example: sslprobe pretrain photos/ --model resnet18 --image-size 96 --epochs 100 --out runs/byol")
 def pretrain(
     data: Annotated[str, typer.Argument(help="Folder of images (labels ignored) or hf:NAME[:SPLIT].")],
-    out: Annotated[Path, typer.Option(file_okay=False, help="Run directory: backbone.safetensors, config.json, metrics.jsonl.")],
-    model: Annotated[str, typer.Option(help="Any timm model name.")] = "resnet18",
-    image_size: Annotated[int | None, typer.Option(help="Training resolution (default: the model's). ≤ 64 px switches ResNets to a small-image stem.")] = None,
+    out: Annotated[Path, typer.Option(
+        file_okay=False, help="Run directory: backbone.safetensors, config.json, metrics.jsonl.")],
+    model: Annotated[str, typer.Option(help="Any timm model name.")] = PRETRAIN.model,
+    image_size: Annotated[int | None, typer.Option(
+        help="Training resolution (default: the model's). ≤ 64 px switches ResNets to a small-image stem.")] = None,
     small_stem: SmallStem = None,
-    batch_size: Annotated[int, typer.Option(help="Images per step and process (LARS is used from a global batch of 256 up).")] = 256,
-    epochs: Annotated[int, typer.Option(help="Passes over the data.")] = 100,
-    max_steps: Annotated[int | None, typer.Option(help="Run length in steps (overrides --epochs for the schedule).")] = None,
-    optimizer: Annotated[str, typer.Option(help="auto, lars, sgd or adamw (auto: LARS for batch ≥ 256, else SGD).")] = "auto",
-    lr: Annotated[float | None, typer.Option(min=0, help="Base learning rate per 256 images (LARS 0.2, SGD 0.06, AdamW 2e-3).")] = None,
-    tau_base: Annotated[float, typer.Option(help="Target EMA start value τ_base (0.99 suits short runs).")] = 0.996,
-    warmup_epochs: Annotated[float, typer.Option(min=0, help="Linear warm-up length in epochs.")] = 10.0,
-    proj_hidden: Annotated[int, typer.Option(help="Hidden width of projector and predictor MLPs (paper: 4096).")] = 4096,
-    proj_dim: Annotated[int, typer.Option(help="Output width of projector and predictor (paper: 256).")] = 256,
-    weight_decay: Annotated[float, typer.Option(min=0, help="Weight decay (paper: 1.5e-6; biases and norms excluded).")] = 1.5e-6,
-    resume: Annotated[bool, typer.Option("--resume", rich_help_panel="Checkpoints",
-        help="Continue the run in --out from its last good checkpoint (same options required); start it if there is none.")] = False,
-    save_every: Annotated[str, typer.Option(rich_help_panel="Checkpoints",
-        help="Checkpoint every STEPS (500), MINUTES (10m), both (500,10m), or only at the end (end).")] = "10m",
-    max_minutes: Annotated[float | None, typer.Option(rich_help_panel="Checkpoints",
-        help="Stop with a checkpoint after this many minutes (the schedule stays the full run's; --resume continues).")] = None,
-    stop_at: Annotated[int | None, typer.Option(rich_help_panel="Checkpoints",
+    batch_size: Annotated[int, typer.Option(
+        help="Images per step and process (LARS is used from a global batch of 256 up).")] = PRETRAIN.batch_size,
+    epochs: Annotated[int, typer.Option(help="Passes over the data.")] = PRETRAIN.epochs,
+    max_steps: Annotated[int | None, typer.Option(
+        help="Run length in steps (overrides --epochs for the schedule).")] = None,
+    optimizer: Annotated[str, typer.Option(
+        help="auto, lars, sgd or adamw (auto: LARS for batch ≥ 256, else SGD).")] = PRETRAIN.optimizer,
+    lr: Annotated[float | None, typer.Option(
+        help="Base learning rate per 256 images (LARS 0.2, SGD 0.06, AdamW 2e-3).")] = None,
+    tau_base: Annotated[float, typer.Option(
+        help="Target EMA start value τ_base (0.99 suits short runs).")] = PRETRAIN.tau_base,
+    warmup_epochs: Annotated[float, typer.Option(help="Linear warm-up length in epochs.")] = PRETRAIN.warmup_epochs,
+    proj_hidden: Annotated[int, typer.Option(
+        help="Hidden width of projector and predictor MLPs (paper: 4096).")] = PRETRAIN.proj_hidden,
+    proj_dim: Annotated[int, typer.Option(
+        help="Output width of projector and predictor (paper: 256).")] = PRETRAIN.proj_dim,
+    weight_decay: Annotated[float, typer.Option(
+        help="Weight decay (paper: 1.5e-6; biases and norms excluded).")] = PRETRAIN.weight_decay,
+    resume: Annotated[bool, typer.Option("--resume", rich_help_panel=CKPT,
+        help="Continue the run in --out from its last good checkpoint (same options required); "
+             "start it if there is none.")] = False,
+    save_every: Annotated[str, typer.Option(rich_help_panel=CKPT,
+        help="Checkpoint every STEPS (500), MINUTES (10m), both (500,10m), or only at the end (end)."
+    )] = PRETRAIN.save_every,
+    max_minutes: Annotated[float | None, typer.Option(rich_help_panel=CKPT,
+        help="Stop with a checkpoint after this many minutes (the schedule stays the full run's; "
+             "--resume continues).")] = None,
+    stop_at: Annotated[int | None, typer.Option(rich_help_panel=CKPT,
         help="Stop with a checkpoint after this step (the schedule stays the full run's; --resume continues).")] = None,
-    blur: Annotated[bool | None, typer.Option("--blur/--no-blur", rich_help_panel="Augmentation (paper defaults)",
+    blur: Annotated[bool | None, typer.Option("--blur/--no-blur", rich_help_panel=AUG,
         help="Gaussian blur (default: on above 64 px, off at ≤ 64 px).", show_default=False)] = None,
-    crop_scale: Annotated[tuple[float, float], typer.Option(rich_help_panel="Augmentation (paper defaults)",
-        help="Random resized crop area range MIN MAX.")] = (0.08, 1.0),
-    flip_p: Annotated[float, typer.Option(rich_help_panel="Augmentation (paper defaults)", help="Horizontal flip probability.")] = 0.5,
-    jitter_p: Annotated[float, typer.Option(rich_help_panel="Augmentation (paper defaults)", help="Colour jitter probability.")] = 0.8,
-    brightness: Annotated[float, typer.Option(rich_help_panel="Augmentation (paper defaults)", help="Jitter brightness strength.")] = 0.4,
-    contrast: Annotated[float, typer.Option(rich_help_panel="Augmentation (paper defaults)", help="Jitter contrast strength.")] = 0.4,
-    saturation: Annotated[float, typer.Option(rich_help_panel="Augmentation (paper defaults)", help="Jitter saturation strength.")] = 0.2,
-    hue: Annotated[float, typer.Option(rich_help_panel="Augmentation (paper defaults)", help="Jitter hue strength (≤ 0.5).")] = 0.1,
-    gray_p: Annotated[float, typer.Option(rich_help_panel="Augmentation (paper defaults)", help="Grayscale probability.")] = 0.2,
-    blur_p: Annotated[tuple[float, float], typer.Option(rich_help_panel="Augmentation (paper defaults)",
-        help="Blur probability of view 1 and view 2.")] = (1.0, 0.1),
-    blur_sigma: Annotated[tuple[float, float], typer.Option(rich_help_panel="Augmentation (paper defaults)",
-        help="Blur σ range MIN MAX (kernel ≈ 10 % of the side).")] = (0.1, 2.0),
-    solarize_p: Annotated[tuple[float, float], typer.Option(rich_help_panel="Augmentation (paper defaults)",
-        help="Solarisation probability of view 1 and view 2.")] = (0.0, 0.2),
-    eval_train: Annotated[str | None, typer.Option(rich_help_panel="Monitoring",
+    crop_scale: Annotated[tuple[float, float], typer.Option(rich_help_panel=AUG,
+        help="Random resized crop area range MIN MAX.")] = VIEWS.crop_scale,
+    flip_p: Annotated[float, typer.Option(rich_help_panel=AUG, help="Horizontal flip probability.")] = VIEWS.flip_p,
+    jitter_p: Annotated[float, typer.Option(rich_help_panel=AUG, help="Colour jitter probability.")] = VIEWS.jitter_p,
+    brightness: Annotated[float, typer.Option(
+        rich_help_panel=AUG, help="Jitter brightness strength.")] = VIEWS.brightness,
+    contrast: Annotated[float, typer.Option(rich_help_panel=AUG, help="Jitter contrast strength.")] = VIEWS.contrast,
+    saturation: Annotated[float, typer.Option(
+        rich_help_panel=AUG, help="Jitter saturation strength.")] = VIEWS.saturation,
+    hue: Annotated[float, typer.Option(rich_help_panel=AUG, help="Jitter hue strength (≤ 0.5).")] = VIEWS.hue,
+    gray_p: Annotated[float, typer.Option(rich_help_panel=AUG, help="Grayscale probability.")] = VIEWS.gray_p,
+    blur_p: Annotated[tuple[float, float], typer.Option(rich_help_panel=AUG,
+        help="Blur probability of view 1 and view 2.")] = VIEWS.blur_p,
+    blur_sigma: Annotated[tuple[float, float], typer.Option(rich_help_panel=AUG,
+        help="Blur σ range MIN MAX (kernel ≈ 10 % of the side).")] = VIEWS.blur_sigma,
+    solarize_p: Annotated[tuple[float, float], typer.Option(rich_help_panel=AUG,
+        help="Solarisation probability of view 1 and view 2.")] = VIEWS.solarize_p,
+    eval_train: Annotated[str | None, typer.Option(rich_help_panel=MON,
         help="Labelled class folder: kNN bank for an online evaluation (with --eval-test).")] = None,
-    eval_test: Annotated[str | None, typer.Option(rich_help_panel="Monitoring",
+    eval_test: Annotated[str | None, typer.Option(rich_help_panel=MON,
         help="Labelled class folder scored by the online kNN evaluation.")] = None,
-    eval_every: Annotated[int, typer.Option(rich_help_panel="Monitoring", help="Online kNN evaluation every K epochs.")] = 1,
-    log_every: Annotated[int, typer.Option(rich_help_panel="Monitoring", help="Log to metrics.jsonl every N steps.")] = 10,
-    compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model (falls back to eager if it fails).")] = False,
+    eval_every: Annotated[int, typer.Option(rich_help_panel=MON,
+        help="Online kNN evaluation every K epochs.")] = PRETRAIN.eval_every,
+    log_every: Annotated[int, typer.Option(rich_help_panel=MON,
+        help="Log to metrics.jsonl every N steps.")] = PRETRAIN.log_every,
+    compile: Annotated[bool, typer.Option("--compile/--no-compile",
+        help="torch.compile the model (falls back to eager if it fails).")] = False,
     seed: Seed = 0,
     device: Device = "auto",
     workers: Workers = None,
@@ -123,10 +134,11 @@ def pretrain(
     Checkpoints go to OUT/checkpoints; Ctrl-C saves one and stops. Under `torchrun --nproc_per_node N -m sslprobe
     pretrain …` the run uses DDP (--batch-size is per process; the lr scales with the global batch).
     """
-    _check_data(data)
-    for name, v in (("--batch-size", batch_size), ("--epochs", epochs), ("--max-steps", max_steps), ("--image-size", image_size),
-                    ("--stop-at", stop_at), ("--eval-every", eval_every), ("--log-every", log_every)):
-        _positive(name, v)
+    opt.image_source(data)
+    opt.check_pretrain(batch_size=batch_size, epochs=epochs, max_steps=max_steps, image_size=image_size,
+                       stop_at=stop_at, eval_every=eval_every, log_every=log_every, lr=lr, max_minutes=max_minutes,
+                       optimizer=optimizer, tau_base=tau_base, warmup_epochs=warmup_epochs, proj_hidden=proj_hidden,
+                       proj_dim=proj_dim, weight_decay=weight_decay, eval_train=eval_train, eval_test=eval_test)
     from sslprobe.pretraining.pretrain import PretrainInterrupted
     from sslprobe.pretraining.pretrain import pretrain as run
 
@@ -147,7 +159,8 @@ def pretrain(
     if s["world_size"] > 1 and not _is_rank0():
         return
     if resume:
-        _err(f"resumed from step {s['resumed_from']}" if s["resumed_from"] is not None else "no checkpoint found: started a new run")
+        resumed = s["resumed_from"]
+        _err(f"resumed from step {resumed}" if resumed is not None else "no checkpoint found: started a new run")
     knn = f"; kNN top-1 {s['knn_top1']:.3f}" if s["knn_top1"] is not None else ""
     _err(f"{s['status']}: {s['steps']}/{s['total_steps']} steps, final loss {s['final_loss']:.4f}{knn}; "
          f"skipped {len(s['skipped'])} files; backbone written to {Path(s['out']) / 'backbone.safetensors'}")
@@ -163,18 +176,25 @@ def _is_rank0() -> bool:
 def extract(
     data: Annotated[str, typer.Argument(help="Folder of images or class subfolders, or hf:NAME[:SPLIT].")],
     out: Annotated[Path, typer.Option(file_okay=False, help="Output directory: features.safetensors + manifest.json.")],
-    weights: Annotated[str, typer.Option(help="random, random-rescaled (data-dependent init), pretrained (timm hub), pixels, or a .safetensors file.")] = "random",
+    weights: Annotated[str, typer.Option(help="random, random-rescaled (data-dependent init), pretrained (timm hub), "
+                                               "pixels, or a .safetensors file.")] = EXTRACT.weights,
     model: Annotated[str | None, typer.Option(help="timm model name (not needed for sslprobe backbone files).")] = None,
     image_size: Annotated[int | None, typer.Option(help="Override the evaluation resolution.")] = None,
     small_stem: SmallStem = None,
-    layer: Annotated[str, typer.Option(help="pre-logits (pooled, default) or a stage/block index, e.g. 2 or -2 (global-average-pooled).")] = "pre-logits",
-    pool: Annotated[str, typer.Option(help="auto (the model's own), cls (ViT class token) or mean (of patch tokens / feature map).")] = "auto",
-    dtype: Annotated[str, typer.Option(help="Storage dtype of features: float32 or float16.")] = "float32",
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 128,
-    cache_dir: Annotated[Path | None, typer.Option(file_okay=False, help="Embedding cache (default: $SSLPROBE_CACHE_DIR or ~/.cache/sslprobe).")] = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Compute everything and leave the cache untouched.")] = False,
-    decode: Annotated[str, typer.Option(help="JPEG decoding: cpu (PIL, draft mode) or gpu (nvJPEG on CUDA, CPU fallback).")] = "cpu",
-    allow_pickle: Annotated[bool, typer.Option(help="Allow .pt/.pth weights (loaded with torch.load(weights_only=True)).")] = False,
+    layer: Annotated[str, typer.Option(help="pre-logits (pooled, default) or a stage/block index, e.g. 2 or -2 "
+                                            "(global-average-pooled).")] = EXTRACT.layer,
+    pool: Annotated[str, typer.Option(help="auto (the model's own), cls (ViT class token) or mean (of patch tokens / "
+                                           "feature map).")] = EXTRACT.pool,
+    dtype: Annotated[str, typer.Option(help="Storage dtype of features: float32 or float16.")] = EXTRACT.dtype,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = EXTRACT.batch_size,
+    cache_dir: Annotated[Path | None, typer.Option(file_okay=False, help="Embedding cache (default: "
+                                                   "$SSLPROBE_CACHE_DIR or ~/.cache/sslprobe).")] = None,
+    no_cache: Annotated[bool, typer.Option(
+        "--no-cache", help="Compute everything and leave the cache untouched.")] = False,
+    decode: Annotated[str, typer.Option(help="JPEG decoding: cpu (PIL, draft mode) or gpu (nvJPEG on CUDA, CPU "
+                                             "fallback).")] = EXTRACT.decode,
+    allow_pickle: Annotated[bool, typer.Option(
+        help="Allow .pt/.pth weights (loaded with torch.load(weights_only=True)).")] = False,
     seed: Seed = 0,
     device: Device = "auto",
     workers: Workers = None,
@@ -182,17 +202,9 @@ def extract(
     label_column: LabelCol = None,
 ) -> None:
     """Embed images through a frozen backbone (or raw pixels) for the linear probe, through the cache."""
-    _check_data(data)
-    _positive("--batch-size", batch_size)
-    _positive("--image-size", image_size)
-    if weights in ("random", "random-rescaled", "pretrained") and model is None:
-        raise SSLProbeError(f"--weights {weights} needs --model NAME (a timm model, e.g. resnet18)")
-    if no_cache and cache_dir is not None:
-        raise SSLProbeError("--no-cache and --cache-dir contradict each other; pass one of them")
-    for name, value, allowed in (("--dtype", dtype, ("float32", "float16")), ("--pool", pool, ("auto", "cls", "mean")),
-                                 ("--decode", decode, ("cpu", "gpu"))):
-        if value not in allowed:
-            raise SSLProbeError(f"{name} must be one of {', '.join(allowed)} (got '{value}')")
+    opt.image_source(data)
+    opt.check_extract(weights=weights, model=model, batch_size=batch_size, image_size=image_size, pool=pool,
+                      dtype=dtype, decode=decode, no_cache=no_cache, cache_dir=cache_dir)
     from sslprobe.extraction.extract import extract as run
 
     m = run(data, out=out, model=model, weights=weights, image_size=image_size, small_stem=small_stem, layer=layer,
@@ -215,7 +227,8 @@ def extract(
 
 cache_app = typer.Typer(help="Inspect and prune the embedding cache.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
-CacheDir = Annotated[Path | None, typer.Option(file_okay=False, help="Cache directory (default: $SSLPROBE_CACHE_DIR or ~/.cache/sslprobe).")]
+CacheDir = Annotated[Path | None, typer.Option(
+    file_okay=False, help="Cache directory (default: $SSLPROBE_CACHE_DIR or ~/.cache/sslprobe).")]
 
 
 @cache_app.command("info", epilog="Example: sslprobe cache info")
@@ -256,78 +269,60 @@ def cache_clear(
     _err(f"deleted {len(gone)} store(s) from {root}")
 
 
-Search = Annotated[str, typer.Option(help="How to choose C on validation: grid (45 C's in 1e-6..1e5, warm-started, early stop) or binary (CLIP's coarse-then-bisect, ~14 fits).")]
-FixedC = Annotated[float | None, typer.Option("--C", help="Fix the inverse regularisation C (scikit-learn convention) instead of searching.")]
+Search = Annotated[str, typer.Option(
+    help="How to choose C on validation: grid (45 C's in 1e-6..1e5, warm-started, early stop) or binary "
+         "(CLIP's coarse-then-bisect, ~14 fits).")]
+FixedC = Annotated[float | None, typer.Option(
+    "--C", help="Fix the inverse regularisation C (scikit-learn convention) instead of searching.")]
 Standardize = Annotated[bool, typer.Option(help="Standardise features with training statistics.")]
 KnnK = Annotated[str, typer.Option(help="kNN k values, comma-separated (cosine, T-weighted votes); 'none' skips kNN.")]
 KnnT = Annotated[float, typer.Option(help="kNN temperature T (votes weigh exp(similarity / T)).")]
 Fractions = Annotated[str | None, typer.Option(help="Label-efficiency fractions of each class, e.g. 0.01,0.1,1.0.")]
 Shots = Annotated[str | None, typer.Option(help="Label-efficiency shots per class, e.g. 1,5,10,25.")]
 Seeds = Annotated[int, typer.Option(help="Draws per label-efficiency point (mean ± std).")]
-Float64 = Annotated[bool, typer.Option("--float64", help="Solve in float64 (default: float64 for small problems, else float32; TF32 always off).")]
-Select = Annotated[str, typer.Option(help="Metric that chooses C and kNN k on validation: auto (balanced accuracy when classes are imbalanced > 2:1, else top-1), top1 or balanced.")]
-HalfFeatures = Annotated[bool, typer.Option("--half-features", help="Store standardised features in float16 (half the memory and bytes per pass).")]
-ChunkRows = Annotated[int | None, typer.Option(help="Rows per block when streaming the loss/gradient (default: all at once when they fit).")]
+Float64 = Annotated[bool, typer.Option(
+    "--float64", help="Solve in float64 (default: float64 for small problems, else float32; TF32 always off).")]
+Select = Annotated[str, typer.Option(
+    help="Metric that chooses C and kNN k on validation: auto (balanced accuracy when classes are imbalanced "
+         "> 2:1, else top-1), top1 or balanced.")]
+HalfFeatures = Annotated[bool, typer.Option(
+    "--half-features", help="Store standardised features in float16 (half the memory and bytes per pass).")]
+ChunkRows = Annotated[int | None, typer.Option(
+    help="Rows per block when streaming the loss/gradient (default: all at once when they fit).")]
+KNN_K = ",".join(map(str, PROBE.knn_k))
 AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")]
 
 
-def _numbers(name: str, text: str | None, kind: type) -> tuple:
-    """'0.01,0.1,1' → (0.01, 0.1, 1.0); a bad item is a one-line error naming the option."""
-    if text is None or text.strip().lower() in ("", "none"):
-        return ()
-    try:
-        return tuple(kind(t) for t in text.replace(" ", "").split(",") if t)
-    except ValueError:
-        raise SSLProbeError(f"{name} takes comma-separated {'integers' if kind is int else 'numbers'}, got '{text}'") from None
-
-
-def _probe_options(c: float | None, search: str, knn_k: str, fractions: str | None, shots: str | None,
-                   seeds: int, chunk_rows: int | None, float64: bool, half_features: bool, select: str) -> dict:
-    """Validate the options probe and compare share (before torch loads) into probe() keywords."""
-    if c is not None and c <= 0:
-        raise SSLProbeError(f"--C must be positive (got {c})")
-    if search not in ("grid", "binary"):
-        raise SSLProbeError(f"--search must be grid or binary (got '{search}')")
-    if select not in ("auto", "top1", "balanced"):
-        raise SSLProbeError(f"--select must be auto, top1 or balanced (got '{select}')")
-    _positive("--seeds", seeds)
-    _positive("--chunk-rows", chunk_rows)
-    ks = _numbers("--knn-k", knn_k, int)
-    if any(k < 1 for k in ks):
-        raise SSLProbeError(f"--knn-k values must be ≥ 1 (got {knn_k})")
-    return {"C": c, "search": search, "knn_k": ks, "fractions": _numbers("--fractions", fractions, float),
-            "shots": _numbers("--shots", shots, int), "seeds": seeds, "chunk_rows": chunk_rows,
-            "dtype": "float64" if float64 else "auto", "feature_dtype": "float16" if half_features else "float32",
-            "select": select}
-
-
-@app.command(epilog="Example: sslprobe probe feats/train --test feats/test --search binary --fractions 0.01,0.1,1 --out reports/byol")
+@app.command(epilog="Example: sslprobe probe feats/train --test feats/test --search binary --fractions 0.01,0.1,1 "
+                    "--out reports/byol")
 def probe(
     train: Annotated[str, typer.Argument(help="Training features: a directory from `extract` or a .safetensors file.")],
-    val: Annotated[str | None, typer.Option(help="Validation features (default: a stratified 20 % hold-out of TRAIN).")] = None,
+    val: Annotated[str | None, typer.Option(
+        help="Validation features (default: a stratified 20 % hold-out of TRAIN).")] = None,
     test: Annotated[str | None, typer.Option(help="Test features.")] = None,
     c: FixedC = None,
-    search: Search = "grid",
+    search: Search = PROBE.search,
     standardize: Standardize = True,
-    knn_k: KnnK = "10,20,200",
-    knn_t: KnnT = 0.07,
+    knn_k: KnnK = KNN_K,
+    knn_t: KnnT = PROBE.knn_temperature,
     fractions: Fractions = None,
     shots: Shots = None,
-    seeds: Seeds = 3,
-    select: Select = "auto",
+    seeds: Seeds = PROBE.seeds,
+    select: Select = PROBE.select,
     float64: Float64 = False,
     half_features: HalfFeatures = False,
     chunk_rows: ChunkRows = None,
     seed: Seed = 0,
     device: Device = "auto",
-    out: Annotated[Path | None, typer.Option(file_okay=False, help="Report directory: report.json, per-class CSV, plots, probe.safetensors.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        file_okay=False, help="Report directory: report.json, per-class CSV, plots, probe.safetensors.")] = None,
     as_json: AsJson = False,
 ) -> None:
     """Linear probe (multinomial logistic regression) and kNN on cached embeddings."""
     for p in (train, val, test):
-        if p is not None and not Path(p).exists():
-            raise SSLProbeError(f"'{p}' does not exist; pass a feature directory from `sslprobe extract` or a .safetensors file")
-    kw = _probe_options(c, search, knn_k, fractions, shots, seeds, chunk_rows, float64, half_features, select)
+        opt.feature_source(p)
+    kw = opt.probe_keywords(C=c, search=search, knn_k=knn_k, fractions=fractions, shots=shots, seeds=seeds,
+                            chunk_rows=chunk_rows, float64=float64, half_features=half_features, select=select)
     from sslprobe.probing.probe import probe as run
     from sslprobe.probing.report import render_probe, summary
 
@@ -341,24 +336,27 @@ def probe(
         render_probe(result, console=Console())
 
 
-@app.command(epilog="Example: sslprobe compare byol=feats/byol random=feats/random pixels=feats/pixels --out reports/cmp")
+@app.command(epilog="Example: sslprobe compare byol=feats/byol random=feats/random pixels=feats/pixels "
+                    "--out reports/cmp")
 def compare(
-    sets: Annotated[list[str], typer.Argument(help="NAME=DIR pairs; DIR is a feature dir, or holds train/ (val/, test/) feature dirs.", show_default=False)],
+    sets: Annotated[list[str], typer.Argument(
+        help="NAME=DIR pairs; DIR is a feature dir, or holds train/ (val/, test/) feature dirs.", show_default=False)],
     c: FixedC = None,
-    search: Search = "grid",
+    search: Search = PROBE.search,
     standardize: Standardize = True,
-    knn_k: KnnK = "10,20,200",
-    knn_t: KnnT = 0.07,
+    knn_k: KnnK = KNN_K,
+    knn_t: KnnT = PROBE.knn_temperature,
     fractions: Fractions = None,
     shots: Shots = None,
-    seeds: Seeds = 3,
-    select: Select = "auto",
+    seeds: Seeds = PROBE.seeds,
+    select: Select = PROBE.select,
     float64: Float64 = False,
     half_features: HalfFeatures = False,
     chunk_rows: ChunkRows = None,
     seed: Seed = 0,
     device: Device = "auto",
-    out: Annotated[Path | None, typer.Option(file_okay=False, help="Report directory: OUT/NAME/ per set and comparison.json.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        file_okay=False, help="Report directory: OUT/NAME/ per set and comparison.json.")] = None,
     as_json: AsJson = False,
 ) -> None:
     """Probe several feature sets with one protocol and print one comparison table."""
@@ -370,7 +368,8 @@ def compare(
         if name in pairs:
             raise SSLProbeError(f"the name '{name}' is used twice; give each feature set its own name")
         pairs[name] = path
-    kw = _probe_options(c, search, knn_k, fractions, shots, seeds, chunk_rows, float64, half_features, select)
+    kw = opt.probe_keywords(C=c, search=search, knn_k=knn_k, fractions=fractions, shots=shots, seeds=seeds,
+                            chunk_rows=chunk_rows, float64=float64, half_features=half_features, select=select)
     from sslprobe.probing.probe import compare as run
     from sslprobe.probing.probe import resolve_sets
     from sslprobe.probing.report import render_comparison, summary
@@ -391,8 +390,10 @@ def compare(
 
 @app.command(epilog="Example: sslprobe predict feats/new --probe reports/byol/probe.safetensors --out preds.csv")
 def predict(
-    features: Annotated[str, typer.Argument(help="Features to classify: a directory from `extract` or a .safetensors file.")],
-    probe_file: Annotated[Path, typer.Option("--probe", help="probe.safetensors written by `sslprobe probe --out` (or its directory).")],
+    features: Annotated[str, typer.Argument(
+        help="Features to classify: a directory from `extract` or a .safetensors file.")],
+    probe_file: Annotated[Path, typer.Option(
+        "--probe", help="probe.safetensors written by `sslprobe probe --out` (or its directory).")],
     out: Annotated[Path, typer.Option(dir_okay=False, help="CSV to write: path, prediction, probability.")],
 ) -> None:
     """Classify feature rows with a saved linear probe."""
@@ -407,12 +408,14 @@ def predict(
 
 @app.command(epilog="Example: sslprobe demo --out sslprobe-demo")
 def demo(
-    out: Annotated[Path, typer.Option(file_okay=False, help="Working directory for the sample data, runs and features.")] = Path("sslprobe-demo"),
-    steps: Annotated[int | None, typer.Option(help="BYOL steps (default: the tuned short run, ~2–3 min on 2 CPU cores).")] = None,
+    out: Annotated[Path, typer.Option(
+        file_okay=False, help="Working directory for the sample data, runs and features.")] = Path("sslprobe-demo"),
+    steps: Annotated[int | None, typer.Option(
+        help="BYOL steps (default: the tuned short run, ~2–3 min on 2 CPU cores).")] = None,
     device: Device = "auto",
 ) -> None:
     """Run pretrain → extract → probe on the built-in Fashion-MNIST sample and compare baselines."""
-    _positive("--steps", steps)
+    opt.at_least("--steps", steps)
     from rich.console import Console
 
     from sslprobe.demo import run_demo

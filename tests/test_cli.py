@@ -3,17 +3,7 @@ import json
 import subprocess
 import sys
 
-import pytest
-
-from sslprobe.cli import main
-
-
-def run(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["sslprobe", *map(str, args)])
-    with pytest.raises(SystemExit) as e:
-        main()
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
+from tests.clirun import run
 
 
 def test_pretrain_extract_probe_end_to_end(monkeypatch, capsys, class_folder, tmp_path):
@@ -50,12 +40,14 @@ def test_help_and_arg_errors_import_no_torch():
              "try:\n    main()\nexcept SystemExit:\n    pass\n"
              "print(sorted(m for m in ('torch', 'timm', 'datasets', 'matplotlib') if m in sys.modules))")
     for args in ("'--help'", "'pretrain', '--help'", "'extract', 'missing-folder', '--out', 'x'"):
-        r = subprocess.run([sys.executable, "-c", probe.format(args=args)], check=False, capture_output=True, text=True, timeout=60)
+        r = subprocess.run([sys.executable, "-c", probe.format(args=args)], check=False, capture_output=True,
+                           text=True, timeout=60)
         assert r.stdout.strip().splitlines()[-1] == "[]", (args, r.stdout, r.stderr)
 
 
 def test_python_dash_m_runs():
-    r = subprocess.run([sys.executable, "-m", "sslprobe", "--version"], check=False, capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-m", "sslprobe", "--version"], check=False, capture_output=True, text=True,
+                       timeout=60)
     assert r.returncode == 0 and r.stdout.startswith("sslprobe ")
 
 

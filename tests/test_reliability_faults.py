@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sslprobe.cli import main
+from tests.clirun import run
 from tests.conftest import write_class_folder
 from tests.corpus import error_line
 
@@ -129,13 +129,6 @@ def test_two_extracts_share_one_cache_at_once(tiny, tmp_path):
 
 # --- a disk that fills up mid-file (in process) --------------------------------------------------
 
-def run_cli(monkeypatch, capsys, *args) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["sslprobe", *map(str, args)])
-    with pytest.raises(SystemExit) as e:
-        main()
-    return e.value.code, capsys.readouterr().err
-
-
 def _full_disk_when(monkeypatch, pick) -> list[str]:
     """Make safetensors writes whose file name ``pick`` selects write half the file, then fail ENOSPC."""
     import safetensors.torch
@@ -179,34 +172,34 @@ EX = ["--model", "test_resnet", "--weights", "random", "--image-size", "16", "--
 
 def test_extract_on_a_full_disk_fails_cleanly_and_trusts_nothing(monkeypatch, capsys, class_folder, tmp_path):
     out, cache = tmp_path / "f", tmp_path / "cache"
-    code, err = run_cli(monkeypatch, capsys, "extract", class_folder, "--out", tmp_path / "ref", "--no-cache", *EX)
+    code, _, err = run(monkeypatch, capsys, "extract", class_folder, "--out", tmp_path / "ref", "--no-cache", *EX)
     assert code == 0, err
     ref = load_file(str(tmp_path / "ref" / "features.safetensors"))["features"]
 
     hit = _full_disk_when(monkeypatch, lambda name, full: "features.safetensors" in name)
-    code, err = run_cli(monkeypatch, capsys, "extract", class_folder, "--out", out, "--cache-dir", cache, *EX)
+    code, _, err = run(monkeypatch, capsys, "extract", class_folder, "--out", out, "--cache-dir", cache, *EX)
     assert hit and code != 0
     assert "space" in error_line(err).lower()
     assert not (out / "features.safetensors").exists() and not list(out.glob(".*.tmp"))
     monkeypatch.undo()
-    code, err = run_cli(monkeypatch, capsys, "extract", class_folder, "--out", out, "--cache-dir", cache, *EX)
+    code, _, err = run(monkeypatch, capsys, "extract", class_folder, "--out", out, "--cache-dir", cache, *EX)
     assert code == 0, err
     assert torch.equal(load_file(str(out / "features.safetensors"))["features"], ref)
 
 
 def test_cache_shard_on_a_full_disk_is_never_trusted(monkeypatch, capsys, class_folder, tmp_path):
     out, cache = tmp_path / "f", tmp_path / "cache"
-    code, err = run_cli(monkeypatch, capsys, "extract", class_folder, "--out", tmp_path / "ref", "--no-cache", *EX)
+    code, _, err = run(monkeypatch, capsys, "extract", class_folder, "--out", tmp_path / "ref", "--no-cache", *EX)
     assert code == 0, err
     ref = load_file(str(tmp_path / "ref" / "features.safetensors"))["features"]
 
     hit = _full_disk_when(monkeypatch, lambda name, full: f"{os.sep}shards{os.sep}" in full)
-    code, err = run_cli(monkeypatch, capsys, "extract", class_folder, "--out", out, "--cache-dir", cache, *EX)
+    code, _, err = run(monkeypatch, capsys, "extract", class_folder, "--out", out, "--cache-dir", cache, *EX)
     assert hit and code != 0
     assert "space" in error_line(err).lower()
     assert not _shards(cache) and not list(cache.glob("*/shards/.*"))  # the torn shard went with its temp name
     monkeypatch.undo()
-    code, err = run_cli(monkeypatch, capsys, "extract", class_folder, "--out", out, "--cache-dir", cache, *EX)
+    code, _, err = run(monkeypatch, capsys, "extract", class_folder, "--out", out, "--cache-dir", cache, *EX)
     assert code == 0, err
     m = json.loads((out / "manifest.json").read_text())
     assert m["cache"]["hits"] == 0 and m["cache"]["invalid_shards"] == 0
@@ -226,7 +219,7 @@ def test_features_and_manifest_of_different_runs_are_never_paired(monkeypatch, c
     a = write_class_folder(tmp_path / "a", classes=("cat", "dog"), per_class=4, size=(16, 16), seed=0)
     b = write_class_folder(tmp_path / "b", classes=("car", "van"), per_class=4, size=(16, 16), seed=5)
     out = tmp_path / "f"
-    code, err = run_cli(monkeypatch, capsys, "extract", a, "--out", out, "--no-cache", *EX)
+    code, _, err = run(monkeypatch, capsys, "extract", a, "--out", out, "--no-cache", *EX)
     assert code == 0, err
     import sslprobe.fileio
 
@@ -240,7 +233,7 @@ def test_features_and_manifest_of_different_runs_are_never_paired(monkeypatch, c
     for mod in list(sys.modules.values()):  # wherever extract imported it from
         if getattr(mod, "write_json", None) is real and mod.__name__.startswith("sslprobe."):
             monkeypatch.setattr(mod, "write_json", crash_on_manifest)
-    code, _ = run_cli(monkeypatch, capsys, "extract", b, "--out", out, "--no-cache", *EX)
+    code, _, _ = run(monkeypatch, capsys, "extract", b, "--out", out, "--no-cache", *EX)
     assert code != 0
     monkeypatch.undo()
     try:
@@ -322,7 +315,7 @@ def test_pretrain_killed_at_random_points_then_resumed(tiny, pretrained, tmp_pat
 def test_pretrain_checkpoint_on_a_full_disk_then_resume(monkeypatch, capsys, class_folder, tmp_path):
     args = ["--model", "test_resnet", "--image-size", "16", "--batch-size", "8", "--max-steps", "4", "--proj-hidden",
             "16", "--proj-dim", "8", "--workers", "0", "--save-every", "2"]
-    code, err = run_cli(monkeypatch, capsys, "pretrain", class_folder, "--out", tmp_path / "ref", *args)
+    code, _, err = run(monkeypatch, capsys, "pretrain", class_folder, "--out", tmp_path / "ref", *args)
     assert code == 0, err
     calls = []
 
@@ -334,7 +327,7 @@ def test_pretrain_checkpoint_on_a_full_disk_then_resume(monkeypatch, capsys, cla
 
     hit = _full_disk_when(monkeypatch, pick)
     out = tmp_path / "run"
-    code, err = run_cli(monkeypatch, capsys, "pretrain", class_folder, "--out", out, *args)
+    code, _, err = run(monkeypatch, capsys, "pretrain", class_folder, "--out", out, *args)
     assert hit and code == 2
     assert "space" in error_line(err).lower()
     from sslprobe import checkpoint as ckpts
@@ -342,7 +335,7 @@ def test_pretrain_checkpoint_on_a_full_disk_then_resume(monkeypatch, capsys, cla
     assert ckpts.find_latest(out / "checkpoints").step == 2  # the first one, intact
     assert not (out / "backbone.safetensors").exists()
     monkeypatch.undo()
-    code, err = run_cli(monkeypatch, capsys, "pretrain", class_folder, "--out", out, *args, "--resume")
+    code, _, err = run(monkeypatch, capsys, "pretrain", class_folder, "--out", out, *args, "--resume")
     assert code == 0, err
     _assert_close(_backbone(out), _backbone(tmp_path / "ref"))
 
@@ -357,7 +350,7 @@ def test_forged_checkpoint_never_runs_code(monkeypatch, capsys, class_folder, tm
     args = ["--model", "test_resnet", "--image-size", "16", "--batch-size", "8", "--max-steps", "6", "--proj-hidden",
             "16", "--proj-dim", "8", "--workers", "0", "--save-every", "2"]
     out = tmp_path / "run"
-    code, err = run_cli(monkeypatch, capsys, "pretrain", class_folder, "--out", out, *args, "--stop-at", "2")
+    code, _, err = run(monkeypatch, capsys, "pretrain", class_folder, "--out", out, *args, "--stop-at", "2")
     assert code == 0, err
     marker = tmp_path / "pwned"
     evil = out / "checkpoints" / "evil.safetensors"
@@ -366,7 +359,7 @@ def test_forged_checkpoint_never_runs_code(monkeypatch, capsys, class_folder, tm
     forged = {**real, "step": 4, "tensors": evil.name, "bytes": evil.stat().st_size,
               "sha256": hashlib.sha256(evil.read_bytes()).hexdigest()}
     (out / "checkpoints" / "step-000000004.json").write_text(json.dumps(forged))
-    code, err = run_cli(monkeypatch, capsys, "pretrain", class_folder, "--out", out, *args, "--resume")
+    code, _, err = run(monkeypatch, capsys, "pretrain", class_folder, "--out", out, *args, "--resume")
     assert not marker.exists()
     assert "Traceback" not in err
     assert code == 0 or (code == 2 and error_line(err)), err

@@ -1,0 +1,188 @@
+"""Option defaults and the rules that check them, in one torch-free place.
+
+The command line runs these checks before torch loads (an argument error answers at once); the
+library functions run the same ones, so a Python caller gets the same one-line message. Each rule
+is written once here (docs/architecture.md, "Options").
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from sslprobe.errors import SSLProbeError
+
+N = TypeVar("N", int, float)
+
+
+@dataclass(frozen=True)
+class PretrainDefaults:
+    """What `sslprobe pretrain` and `sslprobe.pretrain()` use when an option is not given."""
+
+    model: str = "resnet18"
+    batch_size: int = 256
+    epochs: int = 100
+    optimizer: str = "auto"
+    tau_base: float = 0.996
+    warmup_epochs: float = 10.0
+    proj_hidden: int = 4096
+    proj_dim: int = 256
+    weight_decay: float = 1.5e-6
+    save_every: str = "10m"
+    eval_every: int = 1
+    log_every: int = 10
+
+
+@dataclass(frozen=True)
+class ViewDefaults:
+    """BYOL's augmentations as the paper gives them (Grill et al. 2020, Table 6): view 1, view 2."""
+
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.1
+    gray_p: float = 0.2
+    blur_p: tuple[float, float] = (1.0, 0.1)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: tuple[float, float] = (0.0, 0.2)
+
+
+@dataclass(frozen=True)
+class ExtractDefaults:
+    weights: str = "random"
+    layer: str = "pre-logits"
+    pool: str = "auto"
+    dtype: str = "float32"
+    batch_size: int = 128
+    decode: str = "cpu"
+
+
+@dataclass(frozen=True)
+class ProbeDefaults:
+    search: str = "grid"
+    knn_k: tuple[int, ...] = (10, 20, 200)
+    knn_temperature: float = 0.07
+    seeds: int = 3
+    select: str = "auto"
+
+
+PRETRAIN = PretrainDefaults()
+VIEWS = ViewDefaults()
+EXTRACT = ExtractDefaults()
+PROBE = ProbeDefaults()
+
+OPTIMIZERS = ("auto", "lars", "sgd", "adamw")
+POOLS = ("auto", "cls", "mean")
+FEATURE_DTYPES = ("float32", "float16")
+DECODERS = ("cpu", "gpu")
+SEARCHES = ("grid", "binary")
+SELECTS = ("auto", "top1", "balanced")
+NAMED_WEIGHTS = ("random", "random-rescaled", "pretrained", "pixels")
+
+
+def at_least(name: str, value: N | None, low: N = 1) -> None:
+    """``--epochs 0`` → "--epochs must be ≥ 1 (got 0)"; None means "not given" and passes."""
+    if value is not None and not value >= low:  # `not >=` also rejects NaN
+        raise SSLProbeError(f"{name} must be ≥ {low} (got {value})")
+
+
+def positive(name: str, value: float | None) -> None:
+    """A strictly positive, finite number (learning rates, C, minutes)."""
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise SSLProbeError(f"{name} must be a positive number (got {value})")
+
+
+def one_of(name: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise SSLProbeError(f"{name} must be one of {', '.join(allowed)} (got '{value}')")
+
+
+def numbers(name: str, text: str | None, kind: type[N]) -> tuple[N, ...]:
+    """'0.01,0.1,1' → (0.01, 0.1, 1.0); empty or 'none' → (); a bad item names the option."""
+    if text is None or text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        return tuple(kind(t) for t in text.replace(" ", "").split(",") if t)
+    except ValueError:
+        what = "integers" if kind is int else "numbers"
+        raise SSLProbeError(f"{name} takes comma-separated {what}, got '{text}'") from None
+
+
+def image_source(data: str) -> None:
+    """A folder (or file list) that exists, or ``hf:NAME[:SPLIT]``; checked before any heavy import."""
+    if not data.startswith("hf:") and not Path(data).exists():
+        raise SSLProbeError(f"'{data}' does not exist; pass a folder of images (or class subfolders) "
+                            "or hf:NAME[:SPLIT]")
+
+
+def feature_source(path: str | None) -> None:
+    if path is not None and not Path(path).exists():
+        raise SSLProbeError(f"'{path}' does not exist; pass a feature directory from `sslprobe extract` "
+                            "or a .safetensors file")
+
+
+def check_extract(*, weights: str, model: str | None, batch_size: int, image_size: int | None, pool: str,
+                  dtype: str, decode: str, no_cache: bool = False, cache_dir: object = None) -> None:
+    """Every `extract` rule that needs no model or data."""
+    at_least("--batch-size", batch_size)
+    at_least("--image-size", image_size)
+    if weights in ("random", "random-rescaled", "pretrained") and model is None:
+        raise SSLProbeError(f"--weights {weights} needs --model NAME (a timm model, e.g. resnet18)")
+    if no_cache and cache_dir is not None:
+        raise SSLProbeError("--no-cache and --cache-dir contradict each other; pass one of them")
+    one_of("--dtype", dtype, FEATURE_DTYPES)
+    one_of("--pool", pool, POOLS)
+    one_of("--decode", decode, DECODERS)
+
+
+def check_probe(*, C: float | None, search: str, select: str, seeds: int, chunk_rows: int | None,
+                knn_k: Sequence[int]) -> None:
+    """Every `probe`/`compare` rule that needs no features."""
+    positive("--C", C)
+    one_of("--search", search, SEARCHES)
+    one_of("--select", select, SELECTS)
+    at_least("--seeds", seeds)
+    at_least("--chunk-rows", chunk_rows)
+    for k in knn_k:
+        at_least("--knn-k", k)
+
+
+def probe_keywords(*, C: float | None, search: str, knn_k: str, fractions: str | None, shots: str | None,
+                   seeds: int, chunk_rows: int | None, float64: bool, half_features: bool, select: str) -> dict:
+    """The command line's probe/compare options, checked, as `probe()`'s keywords."""
+    ks = numbers("--knn-k", knn_k, int)
+    check_probe(C=C, search=search, select=select, seeds=seeds, chunk_rows=chunk_rows, knn_k=ks)
+    return {"C": C, "search": search, "knn_k": ks, "fractions": numbers("--fractions", fractions, float),
+            "shots": numbers("--shots", shots, int), "seeds": seeds, "chunk_rows": chunk_rows,
+            "dtype": "float64" if float64 else "auto", "feature_dtype": "float16" if half_features else "float32",
+            "select": select}
+
+
+def check_pretrain(*, batch_size: int, epochs: int, max_steps: int | None, image_size: int | None,
+                   stop_at: int | None, eval_every: int, log_every: int, lr: float | None,
+                   max_minutes: float | None, optimizer: str, tau_base: float, warmup_epochs: float,
+                   proj_hidden: int, proj_dim: int, weight_decay: float, resume: str = "no",
+                   eval_train: object = None, eval_test: object = None) -> None:
+    """Every `pretrain` rule that needs no model or data."""
+    for name, v in (("--batch-size", batch_size), ("--epochs", epochs), ("--max-steps", max_steps),
+                    ("--stop-at", stop_at), ("--eval-every", eval_every), ("--log-every", log_every),
+                    ("--proj-hidden", proj_hidden), ("--proj-dim", proj_dim)):
+        at_least(name, v)
+    at_least("--image-size", image_size, 8)
+    positive("--lr", lr)
+    positive("--max-minutes", max_minutes)
+    one_of("--optimizer", optimizer, OPTIMIZERS)
+    if not 0 <= tau_base < 1:
+        raise SSLProbeError(f"--tau-base must be in [0, 1) (got {tau_base})")
+    at_least("--warmup-epochs", warmup_epochs, 0)
+    at_least("--weight-decay", weight_decay, 0)
+    if resume not in ("no", "auto", "yes"):
+        raise SSLProbeError(f"--resume '{resume}' not understood; use --resume (must continue) or --resume auto")
+    if (eval_train is None) != (eval_test is None):
+        raise SSLProbeError("online kNN evaluation needs both --eval-train and --eval-test")
