@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from sslprobe import __version__
+from sslprobe import __version__, distributed
 from sslprobe.errors import SSLProbeError
 from sslprobe.fileio import atomic_path, file_sha256, write_json
 from sslprobe.images.headers import DECODE_POLICY
@@ -81,7 +81,7 @@ def extract(
     cls or mean. ``decode="gpu"`` decodes JPEGs with nvJPEG on CUDA.
     """
     from sslprobe.cache import Fingerprint, Store, default_cache_dir
-    from sslprobe.extraction.shards import ShardWriter, join_ranks
+    from sslprobe.extraction.shards import ShardWriter
     from sslprobe.images.folders import open_images
 
     if batch_size < 1:
@@ -94,12 +94,8 @@ def extract(
         raise SSLProbeError(f"--decode must be cpu or gpu (got '{decode}')")
     t0 = time.perf_counter()
     images = open_images(data, image_column=image_column, label_column=label_column)
-    dev = pick_device(device)
-    ranks = join_ranks(cuda=dev.type == "cuda")
+    ranks, dev = distributed.setup(pick_device(device))
     try:
-        if ranks.world > 1 and dev.type == "cuda":
-            dev = torch.device("cuda", ranks.local_rank)
-            torch.cuda.set_device(dev)
         built = _build(images, model=model, weights=weights, image_size=image_size, small_stem=small_stem,
                        layer=layer, pool=pool, seed=seed, allow_pickle=allow_pickle,
                        decode=decode if dev.type == "cuda" else "cpu")
@@ -142,9 +138,9 @@ def extract(
             manifest = _write(images, result, out=Path(out), data=data, built=built, fp=fp, store=store,
                               cache_root=cache_root, dev=dev, ranks=ranks, writer=writer,
                               timings={"setup": t_setup, "embed": t_embed, "write_shards": writer.seconds}, t0=t0)
-        return ranks.broadcast(manifest)
+        return distributed.broadcast(manifest, ranks)
     finally:
-        ranks.close()
+        distributed.teardown(ranks)
 
 
 def _build(images: Any, *, model: str | None, weights: str, image_size: int | None, small_stem: bool | None,
@@ -245,7 +241,7 @@ def _assemble(images: Any, state: dict, *, ranks: Any, store: Any) -> dict[str, 
     part = {"idx": mine, "keys": [state["keys"][i] for i in mine], "skipped": state["skipped"],
             "hits": state["hits"], "misses": state["misses"],
             "feats": None if store is not None or ranks.world == 1 or not mine else state["feats"][have]}
-    parts = ranks.gather(part)
+    parts = distributed.gather(part, ranks)
     if not ranks.main:
         return None
     feats = state["feats"]

@@ -1,12 +1,10 @@
-"""Cache writes off the compute thread, and the rank bookkeeping of a torchrun extract."""
+"""Cache writes off the compute thread: the shard writer of ``extract``."""
 from __future__ import annotations
 
-import os
 import queue
 import threading
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -28,7 +26,7 @@ class ShardWriter:
         self.pending = 0
         self.shards = 0
         self.seconds = 0.0
-        self._q: queue.Queue = queue.Queue(maxsize=4)
+        self._q: queue.Queue[tuple[list[bytes], torch.Tensor] | None] = queue.Queue(maxsize=4)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="sslprobe-shard-writer", daemon=True)
         if store is not None:
@@ -52,8 +50,6 @@ class ShardWriter:
             self.keys, self.feats, self.pending = [], [], 0
 
     def _run(self) -> None:
-        import time
-
         while True:
             item = self._q.get()
             if item is None:
@@ -76,62 +72,3 @@ class ShardWriter:
         self._thread.join()
         if self._error is not None:
             raise self._error
-
-
-@dataclass
-class Ranks:
-    """This process's place in a torchrun job (world 1 when not distributed)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    owns_group: bool = False
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def gather(self, obj: Any) -> list[Any] | None:
-        """Every rank's ``obj`` on rank 0 (None elsewhere)."""
-        if self.world == 1:
-            return [obj]
-        import torch.distributed as dist
-
-        out = [None] * self.world if self.main else None
-        dist.gather_object(obj, out, dst=0)
-        return out
-
-    def broadcast(self, obj: Any) -> Any:
-        if self.world == 1:
-            return obj
-        import torch.distributed as dist
-
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def close(self) -> None:
-        if self.owns_group:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-
-
-def join_ranks(*, cuda: bool) -> Ranks:
-    """Join the torchrun process group when ``WORLD_SIZE`` > 1 (gloo on CPU, nccl on CUDA)."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world <= 1:
-        return Ranks()
-    import torch.distributed as dist
-
-    owns = False
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-        owns = True
-    return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0") or 0), owns)
