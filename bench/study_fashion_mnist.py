@@ -109,7 +109,7 @@ def train_lightly(data: Path, *, out: Path, p: dict, steps: int, seed: int, devi
     from torchvision.datasets import ImageFolder
 
     from sslprobe.pretraining.byol import lr_at
-    from sslprobe.pretraining.pretrain import _default_lr, _optimizer
+    from sslprobe.pretraining.trainstep import default_lr, make_optimizer
 
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        "cpu" if device == "auto" else device)
@@ -131,9 +131,9 @@ def train_lightly(data: Path, *, out: Path, p: dict, steps: int, seed: int, devi
                         num_workers=p["workers"], persistent_workers=p["workers"] > 0, pin_memory=dev.type == "cuda",
                         generator=torch.Generator().manual_seed(seed))
     opt_name = p["optimizer"]
-    base = p["lr"] if p["lr"] is not None else _default_lr(opt_name)
+    base = p["lr"] if p["lr"] is not None else default_lr(opt_name)
     peak, wd = base * p["batch"] / 256, 1.5e-6  # as pretrain(): base lr per 256 images, its weight decay
-    opt = _optimizer(opt_name, online, lr=peak, weight_decay=wd)
+    opt = make_optimizer(opt_name, online, lr=peak, weight_decay=wd)
     crit = NegativeCosineSimilarity()
     warm = min(round(p["warmup_epochs"] * len(loader)), steps // 2)  # pretrain()'s warm-up steps
     cuda = dev.type == "cuda"

@@ -7,7 +7,8 @@ from safetensors import safe_open
 
 from sslprobe.backbone import create_backbone
 from sslprobe.errors import SSLProbeError
-from sslprobe.pretraining.pretrain import pick_optimizer, pretrain
+from sslprobe.pretraining.pretrain import pretrain
+from sslprobe.pretraining.trainstep import pick_optimizer
 
 FAST = {"model": "test_resnet", "image_size": 16, "batch_size": 8, "max_steps": 4, "proj_hidden": 32, "proj_dim": 16,
         "workers": 0, "show_progress": False, "log_every": 2}
@@ -224,14 +225,7 @@ def test_config_records_views_blur_rule_and_augment_overrides(class_folder, tmp_
 
 
 def test_lars_is_the_papers_for_global_batch_256():
-    from sslprobe.pretraining.pretrain import (
-        PretrainConfig,
-        _default_lr,
-        _optimizer,
-        build_byol,
-        default_lr,
-        make_optimizer,
-    )
+    from sslprobe.pretraining.trainstep import PretrainConfig, build_byol, default_lr, make_optimizer
 
     cfg = PretrainConfig(model="test_resnet", image_size=16, small_stem=True, proj_hidden=32, proj_dim=16, optimizer="lars")
     net, opt, _ = build_byol(cfg, device=torch.device("cpu"))
@@ -243,7 +237,6 @@ def test_lars_is_the_papers_for_global_batch_256():
     assert make_optimizer("sgd", net, lr=0.1, weight_decay=0.0).defaults["momentum"] == 0.9
     assert make_optimizer("adamw", net, lr=1e-3, weight_decay=0.0).param_groups[1]["weight_decay"] == 0
     assert default_lr("lars") == 0.2 and default_lr("sgd") == 0.06
-    assert _optimizer is make_optimizer and _default_lr is default_lr  # old names still importable (bench, study)
 
 
 def test_cli_resume_flag_continues(monkeypatch, capsys, class_folder, tmp_path):
@@ -281,7 +274,7 @@ def test_ram_and_streaming_give_the_same_batches(class_folder):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_step_never_waits_for_the_gpu():
-    from sslprobe.pretraining.pretrain import PretrainConfig, TrainStep, build_byol
+    from sslprobe.pretraining.trainstep import PretrainConfig, TrainStep, build_byol
 
     dev = torch.device("cuda")
     cfg = PretrainConfig(model="test_resnet", image_size=32, small_stem=True, batch_size=16, proj_hidden=64,

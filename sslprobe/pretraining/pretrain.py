@@ -31,18 +31,7 @@ from sslprobe.pretraining.batches import BatchSource
 from sslprobe.pretraining.byol import tau_at
 from sslprobe.pretraining.monitor import KnnEval, MetricsLog, check_collapse, describe, loss_curve
 
-# The step's pieces live in trainstep.py; importable from here too (benchmarks, older callers).
-from sslprobe.pretraining.trainstep import (  # noqa: F401
-    PretrainConfig,
-    TrainStep,
-    _default_lr,
-    _optimizer,
-    build_byol,
-    default_lr,
-    make_optimizer,
-    pick_optimizer,
-    step_seed,
-)
+from sslprobe.pretraining.trainstep import PretrainConfig, TrainStep, build_byol, default_lr, pick_optimizer
 from sslprobe.runtime import default_workers, pick_device, progress_bar
 
 # Ignored when comparing a resumed run's configuration: the same run may continue on other hardware.

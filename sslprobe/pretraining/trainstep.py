@@ -79,9 +79,6 @@ def make_optimizer(name: str, model: torch.nn.Module, *, lr: float, weight_decay
     raise SSLProbeError(f"unknown optimizer '{name}'; use auto, lars, sgd or adamw")
 
 
-_default_lr, _optimizer = default_lr, make_optimizer  # the earlier private names, still imported by older callers
-
-
 def build_byol(cfg: PretrainConfig, *, device: torch.device,
                dist: ddp.Dist | None = None) -> tuple[torch.nn.Module, torch.optim.Optimizer, BackboneSpec]:
     """The seeded BYOL module on ``device`` (DDP-wrapped when ``dist.world > 1``), its optimiser and the backbone spec."""
