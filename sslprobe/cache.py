@@ -26,9 +26,12 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sslprobe.errors import SSLProbeError
+
+if TYPE_CHECKING:  # torch is imported where tensors are used, not when the module is
+    import torch
 
 FORMAT = "sslprobe-cache"
 STORE_FILE = "store.json"
@@ -103,7 +106,7 @@ class Store:
         self.shard_dir = self.root / "shards"
         self.invalid: list[str] = []  # names of shards that failed validation in this session
         self._index: dict[bytes, tuple[Shard, int]] = {}
-        self._loaded: dict[Path, Any] = {}
+        self._loaded: dict[Path, torch.Tensor | None] = {}  # shard → its features (None: failed validation)
 
     @classmethod
     def open(cls, cache_dir: str | os.PathLike, fingerprint: Fingerprint) -> Store:
@@ -150,12 +153,12 @@ class Store:
     def __len__(self) -> int:
         return len(self._index)
 
-    def get(self, keys: Sequence[bytes]) -> tuple[Any, list[bool]]:
+    def get(self, keys: Sequence[bytes]) -> tuple[torch.Tensor, list[bool]]:
         """Features (len(keys), D) for known keys and a found-mask; rows of bad shards read as missing."""
         import torch
 
         found = [False] * len(keys)
-        rows: list[Any] = [None] * len(keys)
+        rows: list[torch.Tensor | None] = [None] * len(keys)
         for i, key in enumerate(keys):
             hit = self._index.get(key)
             if hit is None:
@@ -167,7 +170,7 @@ class Store:
         out = torch.stack([r for r in rows if r is not None]) if dim else torch.empty(0, 0)
         return out, found
 
-    def _features(self, shard: Shard) -> Any:
+    def _features(self, shard: Shard) -> torch.Tensor | None:
         if shard.path in self._loaded:
             return self._loaded[shard.path]
         feats = _read_features(shard, self.fingerprint.dtype)
@@ -182,7 +185,7 @@ class Store:
     def _reject(self, name: str) -> None:
         self.invalid.append(name)
 
-    def write_shard(self, keys: Sequence[bytes], features: Any, *, tag: str = "") -> Path:
+    def write_shard(self, keys: Sequence[bytes], features: torch.Tensor, *, tag: str = "") -> Path:
         """Write one immutable shard atomically under a name no other writer can pick."""
         import torch
         from safetensors.torch import save_file
@@ -203,7 +206,7 @@ class Store:
         return path
 
 
-def _checksum(keys: Any, feats: Any) -> str:
+def _checksum(keys: torch.Tensor, feats: torch.Tensor) -> str:
     """sha256 over the key bytes and the raw feature bytes (catches flipped bits the header can't)."""
     import torch
 
@@ -257,7 +260,7 @@ def _read_header(path: Path, dtype: str, *, store: str | None = None) -> Shard |
 _ST_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 
 
-def _read_features(shard: Shard, dtype: str) -> Any:
+def _read_features(shard: Shard, dtype: str) -> torch.Tensor | None:
     from safetensors.torch import load_file
 
     try:
