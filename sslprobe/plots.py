@@ -1,4 +1,4 @@
-"""Probe figures (matplotlib, an optional dependency: ``pip install sslprobe[plots]``).
+"""Probe figures and the pretraining loss curve (matplotlib, an optional dependency: ``pip install sslprobe[plots]``).
 
 Each function writes one PNG atomically through ``matplotlib.figure.Figure`` (no pyplot: no
 global backend state, no windows); ``write_plots`` returns the files written, or a note
@@ -88,6 +88,23 @@ def label_efficiency_png(points: list[Mapping[str, Any]], path: Path, *, scored_
     _save(fig, path)
 
 
+def loss_curve_png(losses: list[tuple[int, float]], knn: list[tuple[int, float]], path: Path) -> None:
+    """Pretraining loss against step, the online kNN top-1 on a second axis when it was logged."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    ax.plot(*zip(*losses), label="BYOL loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    if knn:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*knn), "o-", color="tab:orange", label="kNN top-1")
+        ax2.set_ylabel("kNN top-1")
+    ax.set_title("BYOL pretraining")
+    _save(fig, path)
+
+
 def write_plots(result: Mapping[str, Any], out: str | os.PathLike) -> tuple[list[str], str | None]:
     """All figures for a probe result into ``out``: (file names written, note or None)."""
     try:
@@ -111,4 +128,4 @@ def write_plots(result: Mapping[str, Any], out: str | os.PathLike) -> tuple[list
     return written, None
 
 
-__all__ = ["confusion_png", "label_efficiency_png", "val_curve_png", "write_plots"]
+__all__ = ["confusion_png", "label_efficiency_png", "loss_curve_png", "val_curve_png", "write_plots"]

@@ -7,14 +7,16 @@ kill), so the file reads as one uninterrupted run.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from sslprobe.knn import knn_votes
 
 COLLAPSE_FRACTION = 0.1  # warn below this fraction of the healthy 1/√D
 
@@ -40,7 +42,6 @@ class MetricsLog:
                     keep.append(line)
         self.path.write_text("".join(x + "\n" for x in keep))
         self.f = open(self.path, "a")  # noqa: SIM115  (held for the run; close() ends it)
-        self.collapsed_warned = False
 
     def write(self, rec: dict[str, Any]) -> None:
         self.f.write(json.dumps(rec) + "\n")
@@ -52,10 +53,8 @@ class MetricsLog:
     def records(self) -> list[dict[str, Any]]:
         out = []
         for line in self.path.read_text().splitlines():
-            try:
+            with contextlib.suppress(ValueError):  # a line cut short by a kill
                 out.append(json.loads(line))
-            except ValueError:
-                pass
         return out
 
 
@@ -115,8 +114,6 @@ class KnnEval:
 
     def __call__(self, backbone: torch.nn.Module, *, mean: tuple[float, ...], std: tuple[float, ...]) -> float:
         """kNN (k=20, cosine, temperature-weighted) top-1 of ``backbone`` features; BN in eval mode."""
-        from sslprobe.probing.probe import knn_votes
-
         m = torch.tensor(mean, device=self.device).view(1, -1, 1, 1)
         s = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
         was = backbone.training
@@ -130,33 +127,16 @@ class KnnEval:
 
 
 def loss_curve(records: list[dict[str, Any]], path: str | os.PathLike) -> str:
-    """Plot loss (and kNN top-1 when logged) against step into a PNG; returns what happened."""
+    """Plot loss (and kNN top-1 when logged) against step into a PNG; returns the path or why not."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.figure  # noqa: F401  (drawn through Figure objects, as every sslprobe plot: plots.py)
     except ImportError:
         return "skipped: matplotlib is not installed (pip install matplotlib)"
-    from sslprobe.fileio import atomic_path
+    from sslprobe.plots import loss_curve_png
 
     pts = [(r["step"], r["loss"]) for r in records if "loss" in r and r["loss"] is not None]
     knn = [(r["step"], r["knn_top1"]) for r in records if "knn_top1" in r]
     if not pts:
         return "skipped: no logged loss"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fig, ax = plt.subplots(figsize=(7, 4))
-        ax.plot(*zip(*pts), label="BYOL loss")
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss")
-        if knn:
-            ax2 = ax.twinx()
-            ax2.plot(*zip(*knn), "o-", color="tab:orange", label="kNN top-1")
-            ax2.set_ylabel("kNN top-1")
-        ax.set_title("BYOL pretraining")
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
-        plt.close(fig)
+    loss_curve_png(pts, knn, Path(path))
     return str(path)
