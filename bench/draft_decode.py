@@ -11,8 +11,9 @@ import time
 import numpy as np
 from PIL import Image
 
+from sslprobe.images.datasets import ImageDataset
 from sslprobe.images.folders import open_images
-from sslprobe.pretraining.batches import StoreImages, StoreTransform
+from sslprobe.images.transforms import Uint8Transform
 
 with tempfile.TemporaryDirectory() as d:
     base = np.random.default_rng(0).integers(0, 255, (375, 500, 3), dtype=np.uint8)
@@ -20,7 +21,8 @@ with tempfile.TemporaryDirectory() as d:
         Image.fromarray(base).resize((w, h)).save(f"{d}/{i:02d}_{w}x{h}.jpg", quality=90)
     imgs = open_images(d)
     for size in (96, 224):
-        draft, full = StoreImages(imgs, size), StoreTransform(size)
+        full = Uint8Transform(size=size)
+        draft = ImageDataset(imgs, full, draft=full.draft)  # what pretraining's workers run
         for label, idx in (("12 MP (4000x3000)", range(8)), ("500x375", range(8, 16))):
             t = time.perf_counter()
             for i in idx:
@@ -32,4 +34,5 @@ with tempfile.TemporaryDirectory() as d:
                 for _ in range(3):
                     full(imgs.read(i))
             b = (time.perf_counter() - t) / 24
-            print(f"store {size} px, {label}: draft {a * 1e3:.1f} ms/img, full decode {b * 1e3:.1f} ms/img, {b / a:.2f}x")
+            print(f"store {size} px, {label}: draft {a * 1e3:.1f} ms/img, "
+                  f"full decode {b * 1e3:.1f} ms/img, {b / a:.2f}x")

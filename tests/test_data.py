@@ -1,4 +1,5 @@
-"""sslprobe.images.folders: finding images, decoding every kind of bad or unusual file, HF datasets."""
+"""sslprobe.images: finding images (folders), decoding every kind of bad or unusual file (decode), HF datasets,
+the DataLoader dataset (datasets) and the uint8 transform (transforms)."""
 from __future__ import annotations
 
 import io
@@ -15,16 +16,9 @@ import torch
 from PIL import Image, ImageFile
 
 from sslprobe.errors import SSLProbeError
-from sslprobe.images.folders import (
-    IMAGE_EXTENSIONS,
-    BadImageError,
-    ImageDataset,
-    ImageSet,
-    collate,
-    decode_image,
-    open_images,
-    skipped_report,
-)
+from sslprobe.images.datasets import ImageDataset, collate
+from sslprobe.images.decode import BadImageError, decode_image
+from sslprobe.images.folders import IMAGE_EXTENSIONS, ImageSet, open_images, skipped_report
 
 
 def _img(w: int = 8, h: int = 6, color=(200, 30, 30), mode: str = "RGB") -> Image.Image:
@@ -40,7 +34,8 @@ def _encode(im: Image.Image, fmt: str, **kw) -> bytes:
 def _write(path: Path, data: bytes | Image.Image, fmt: str | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(data, Image.Image):
-        data = _encode(data, fmt or {"jpg": "JPEG", "tif": "TIFF"}.get(path.suffix[1:].lower(), path.suffix[1:].upper()))
+        ext = path.suffix[1:]
+        data = _encode(data, fmt or {"jpg": "JPEG", "tif": "TIFF"}.get(ext.lower(), ext.upper()))
     path.write_bytes(data)
     return path
 
@@ -225,6 +220,62 @@ def test_transform_errors(tmp_path):
         ImageDataset(open_images(tmp_path), lambda im: 1 / 0)[0]
 
 
+def test_draft_decodes_jpeg_files_smaller(tmp_path):
+    """With ``draft`` a JPEG file decodes in draft mode (read as bytes, so the file-size bound holds);
+    a path decodes as its bytes do."""
+    path = _write(tmp_path / "a.jpg", _noise(400, 300))
+    def size(im: Image.Image) -> torch.Tensor:
+        return torch.tensor(im.size)
+
+    assert ImageDataset(open_images(tmp_path), size, draft=(60, 60))[0][1].tolist() == [100, 75]  # 1/4: smallest >= 60
+    assert ImageDataset(open_images(tmp_path), size)[0][1].tolist() == [400, 300]
+    assert decode_image(path, draft=(60, 60)).tobytes() == decode_image(path.read_bytes(), draft=(60, 60)).tobytes()
+
+
+def test_uint8_transform_is_torchvision_resize_crop_to_uint8():
+    """The one uint8 transform gives the pixels of torchvision's Resize, CenterCrop, PILToTensor; from timm's eval
+    transform it keeps timm's resize, crop and interpolation."""
+    from torchvision import transforms as T
+
+    from sslprobe.backbone import create_backbone, eval_transform
+    from sslprobe.images.transforms import Uint8Transform
+
+    im = _noise(50, 37)
+    for size, resize in ((16, None), (32, 36), (64, 64)):
+        tf = Uint8Transform(size=size, resize=resize)
+        ref = T.Compose([T.Resize(resize or size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size),
+                         T.PILToTensor()])
+        assert torch.equal(tf(im), ref(im)) and tf(im).dtype == torch.uint8
+        assert tf.draft == (resize or size,) * 2
+    _, spec = create_backbone("test_resnet", weights="random", image_size=32)
+    timm_tf = eval_transform(spec)
+    tf = Uint8Transform.from_timm(timm_tf)
+    assert (tf.size, tf.resize, tf.interpolation) == (32, 33, spec.interpolation)
+    assert torch.equal(tf(im), T.Compose([*timm_tf.transforms[:2], T.PILToTensor()])(im))
+    with pytest.raises(ValueError, match="Resize then CenterCrop"):
+        Uint8Transform.from_timm(T.Compose([T.RandomResizedCrop(32), T.ToTensor()]))
+    with pytest.raises(ValueError):
+        Uint8Transform(size=8, interpolation="sideways")
+
+
+def test_one_pixel_limit_is_pils_default():
+    from sslprobe.images.decode import MAX_PIXELS
+
+    assert MAX_PIXELS == Image.MAX_IMAGE_PIXELS  # (PIL's global itself is never changed: see below)
+
+
+def test_images_and_pretraining_data_import_no_cache_or_extraction():
+    """images/ is a leaf for the commands; pretraining's data path must not pull in extraction or the cache."""
+    import subprocess
+    import sys
+
+    code = ("import sys, sslprobe.images.decode, sslprobe.images.folders, sslprobe.images.datasets, "
+            "sslprobe.images.transforms, sslprobe.pretraining.batches, sslprobe.pretraining.monitor\n"
+            "bad = [m for m in sys.modules if m == 'sslprobe.cache' or m.startswith('sslprobe.extraction')]\n"
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def _palette_with_transparency() -> Image.Image:
     im = Image.new("P", (2, 1))
     im.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
@@ -297,7 +348,9 @@ def test_unsafe_format_refused():
 
 
 def test_pil_globals_untouched(tmp_path):
+    import sslprobe.images.datasets  # noqa: F401
     import sslprobe.images.folders  # noqa: F401
+    import sslprobe.images.transforms  # noqa: F401
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing leaks out as a warning either

@@ -336,40 +336,40 @@ def _jpeg(w=400, h=300, seed=0):
 
 
 def test_jpeg_draft_decodes_smaller_but_not_below_target():
-    from sslprobe.images.decode import decode_bytes
+    from sslprobe.images.decode import decode_image
 
     data = _jpeg()
-    assert decode_bytes(data).size == (400, 300)
-    assert decode_bytes(data, draft=(60, 60)).size == (100, 75)  # 1/4 scale: the smallest ≥ 60 px
-    assert decode_bytes(data, draft=(500, 500)).size == (400, 300)
+    assert decode_image(data).size == (400, 300)
+    assert decode_image(data, draft=(60, 60)).size == (100, 75)  # 1/4 scale: the smallest ≥ 60 px
+    assert decode_image(data, draft=(500, 500)).size == (400, 300)
 
 
 def test_jpeg_draft_refuses_what_a_full_decode_refuses():
     """Draft mode shrinks the claimed size: the byte-count check must run on the full header first."""
-    from sslprobe.images.decode import decode_bytes
-    from sslprobe.images.folders import BadImageError
+    from sslprobe.images.decode import BadImageError, decode_image
     from tests.corpus import jpeg_with_size
 
     bomb = jpeg_with_size(8000, 8000)  # a few hundred bytes claiming 64 M pixels
     for draft in (None, (60, 60), (224, 224)):
         with pytest.raises(BadImageError, match="truncated"):
-            decode_bytes(bomb, draft=draft)
+            decode_image(bomb, draft=draft)
 
 
 def test_gpu_decode_path_and_cpu_fallback():
     """decode_jpeg runs on the CPU too, so the nvJPEG path's resize/crop and its fallback are testable here."""
-    from sslprobe.images.decode import decode_bytes, gpu_decode, uint8_transform
+    from sslprobe.images.decode import decode_image, gpu_decode
+    from sslprobe.images.transforms import Uint8Transform
 
     jpegs = [torch.frombuffer(bytearray(_jpeg(seed=s)), dtype=torch.uint8) for s in range(2)]
     bad = torch.frombuffer(bytearray(b"\xff\xd8\xff not really a jpeg"), dtype=torch.uint8)
-    imgs, failed = gpu_decode([jpegs[0], bad, jpegs[1]], device=torch.device("cpu"), size=32, resize=36,
-                              interpolation="bicubic")
+    imgs, failed = gpu_decode([jpegs[0], bad, jpegs[1]], device=torch.device("cpu"),
+                              transform=Uint8Transform(size=32, resize=36, interpolation="bicubic"))
     assert failed == [1] and imgs.shape == (2, 3, 32, 32) and imgs.dtype == torch.uint8
     _, spec = create_backbone("test_resnet", weights="random", image_size=32)
     from dataclasses import replace
 
-    tf = uint8_transform(eval_transform(replace(spec, crop_pct=32 / 36, interpolation="bicubic")))
-    pil = tf(decode_bytes(jpegs[0].numpy().tobytes()))
+    tf = Uint8Transform.from_timm(eval_transform(replace(spec, crop_pct=32 / 36, interpolation="bicubic")))
+    pil = tf(decode_image(jpegs[0].numpy().tobytes()))
     assert (imgs[0].float() - pil.float()).abs().mean() < 4  # same image, two decoders and resizers
 
 

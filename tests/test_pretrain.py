@@ -316,8 +316,9 @@ def test_store_decode_uses_jpeg_draft_and_reports_bad_files(tmp_path, monkeypatc
     import numpy as np
     from PIL import Image
 
+    from sslprobe.images.datasets import ImageDataset, collate
     from sslprobe.images.folders import open_images
-    from sslprobe.pretraining.batches import StoreImages, collate_store
+    from sslprobe.images.transforms import Uint8Transform
 
     d = tmp_path / "imgs"
     d.mkdir()
@@ -331,10 +332,10 @@ def test_store_decode_uses_jpeg_draft_and_reports_bad_files(tmp_path, monkeypatc
     real = JpegImagePlugin.JpegImageFile.draft
     monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft",
                         lambda self, mode, size: asked.append(size) or real(self, mode, size))
-    ds = StoreImages(open_images(d), 32)
+    ds = ImageDataset(open_images(d), Uint8Transform(size=32), draft=(32, 32))
     items = [ds[i] for i in range(len(ds))]
     assert asked == [(32, 32)]  # only the JPEG, at the store size
-    b = collate_store(items)
+    b = collate(items)
     assert b.images.shape == (2, 3, 32, 32) and b.images.dtype == torch.uint8
     assert [ds.images.ids[i] for i, _ in b.skipped] == ["zero.jpg"] and "empty" in b.skipped[0][1]
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sslprobe.images.folders import ImageDataset, collate, open_images
+from sslprobe.images.datasets import ImageDataset, collate
+from sslprobe.images.folders import open_images
 from tests import corpus
 from tests.clirun import run
 
@@ -47,7 +48,7 @@ def test_corpus_covers_the_issue(files):
 
 def test_reading_bytes_is_bounded(files):
     """Hashing reads whole files: a device, a pipe or a file over the limit is refused, not read."""
-    from sslprobe.images.folders import BadImageError
+    from sslprobe.images.decode import BadImageError
 
     s = open_images(files.root)
     for name in files.bad.keys() & {"pipe_link.jpg", "zero_link.jpg"}:
@@ -180,8 +181,8 @@ def test_extract_over_the_corpus_as_a_hugging_face_dataset(monkeypatch, capsys, 
 
 def test_gpu_decode_path_is_handed_no_file_the_cpu_path_refuses_on_its_header(files):
     """extract --decode gpu sends raw JPEG bytes to nvJPEG, bypassing decode_image: bombs and byte-count
-    lies must be caught before (``imagefile.check_header``), not decoded into huge padded images."""
-    from sslprobe.images.decode import HashedImages
+    lies must be caught before (``images.decode.check_header``), not decoded into huge padded images."""
+    from sslprobe.extraction.hashed import HashedImages
 
     s = open_images(files.root)
     ds = HashedImages(s, lambda im: im, order=list(range(len(s))), raw_jpeg=True)

@@ -16,8 +16,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from sslprobe.images.folders import BadImageError, decode_image
-from sslprobe.images.headers import check_header
+from sslprobe.images.decode import BadImageError, check_header, decode_image
 from tests.corpus import (
     encode,
     jpeg_with_size,
@@ -151,7 +150,8 @@ def test_small_files_claiming_large_sizes_finish_quickly(data, what):
 
 
 @pytest.mark.parametrize("data", [jpeg_with_size(9000, 9000), jpeg_with_size(2000, 2000), png_claiming(9000, 9000),
-                                  png_claiming(20000, 4000)], ids=["jpeg-9000", "jpeg-2000", "png-9000", "png-20000x4000"])
+                                  png_claiming(20000, 4000)],
+                         ids=["jpeg-9000", "jpeg-2000", "png-9000", "png-20000x4000"])
 def test_headers_claiming_more_pixels_than_the_bytes_hold_are_truncated(data):
     # (A claim the bytes *could* code, e.g. 3000×100 in 100 bytes, still decodes with its missing rows
     # black: Pillow reports no error when the zlib stream ends cleanly, and no bound can tell.)

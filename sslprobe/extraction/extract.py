@@ -28,7 +28,7 @@ import torch
 from sslprobe import __version__, distributed
 from sslprobe.errors import SSLProbeError
 from sslprobe.fileio import atomic_path, file_sha256, write_json
-from sslprobe.images.headers import DECODE_POLICY
+from sslprobe.images.decode import DECODE_POLICY
 from sslprobe.runtime import default_workers, pick_device, progress_bar
 
 FEATURES = "features.safetensors"
@@ -146,21 +146,19 @@ def extract(
 def _build(images: Any, *, model: str | None, weights: str, image_size: int | None, small_stem: bool | None,
            layer: str | int, pool: str, seed: int, allow_pickle: bool, decode: str) -> dict[str, Any]:
     """The feature model, its worker transform and everything the fingerprint needs."""
-    from torchvision import transforms as T
-
     from sslprobe.extraction.embed import FeatureModel, Pixels, fold_batchnorm_, resolve_layer
-    from sslprobe.images.decode import resize_target, uint8_transform
+    from sslprobe.images.transforms import Uint8Transform
 
     if weights == "pixels":
         if str(layer) not in ("pre-logits", "") or pool != "auto" or small_stem is not None:
             raise SSLProbeError("--weights pixels has no layers, pooling or stem; drop --layer/--pool/--small-stem")
         size = image_size or 32
-        tf = T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size), T.PILToTensor()])
+        tf = Uint8Transform(size=size)
         pre = {"image_size": size, "interpolation": "bicubic", "crop_pct": 1.0, "mean": None, "std": None}
         return {"model": FeatureModel(Pixels(), mean=None, std=None), "transform": tf, "model_name": "pixels",
                 "weights_kind": "pixels", "weights_id": "", "weights_info": {"weights": "pixels"},
-                "preprocessing": {**pre, "decode": "pil-draft"}, "layer": "pre-logits", "draft": resize_target(tf),
-                "size": size, "interpolation": "bicubic", "decode": "cpu"}
+                "preprocessing": {**pre, "decode": "pil-draft"}, "layer": "pre-logits", "draft": tf.draft,
+                "decode": "cpu"}
     from sslprobe.backbone import create_backbone, eval_transform, random_backbone
 
     init = ""
@@ -172,7 +170,7 @@ def _build(images: Any, *, model: str | None, weights: str, image_size: int | No
         net, spec = create_backbone(model, weights=weights, image_size=image_size, small_stem=small_stem, seed=seed,
                                     allow_pickle=allow_pickle)
     net.eval()
-    tf = uint8_transform(eval_transform(spec))
+    tf = Uint8Transform.from_timm(eval_transform(spec))
     k = resolve_layer(net, layer)
     kind, wid, info = _identify(net, spec, images, tf, weights=weights, seed=seed, init=init)
     fold_batchnorm_(net)
@@ -180,8 +178,8 @@ def _build(images: Any, *, model: str | None, weights: str, image_size: int | No
     pre = {**asdict(spec), "decode": "nvjpeg" if use_gpu else "pil-draft"}
     return {"model": FeatureModel(net, mean=spec.mean, std=spec.std, layer=k, pool=pool), "transform": tf,
             "model_name": spec.model, "weights_kind": kind, "weights_id": wid, "weights_info": info,
-            "preprocessing": pre, "layer": "pre-logits" if k is None else f"stage{k}", "draft": resize_target(tf),
-            "size": spec.image_size, "interpolation": spec.interpolation, "decode": decode}
+            "preprocessing": pre, "layer": "pre-logits" if k is None else f"stage{k}", "draft": tf.draft,
+            "decode": decode}
 
 
 def _identify(net: torch.nn.Module, spec: Any, images: Any, tf: Any, *, weights: str, seed: int,
@@ -218,7 +216,7 @@ def _identify(net: torch.nn.Module, spec: Any, images: Any, tf: Any, *, weights:
 
 def _calibration_batch(images: Any, tf: Any, *, seed: int) -> torch.Tensor:
     """uint8 (B, 3, H, W) of up to 64 readable images, picked by a seeded hash of their ids."""
-    from sslprobe.images.folders import BadImageError
+    from sslprobe.images.decode import BadImageError
 
     order = sorted(range(len(images)), key=lambda i: hashlib.sha256(f"{seed}:{images.ids[i]}".encode()).digest())
     picked = []

@@ -29,8 +29,8 @@ def run_pass(images: Any, order: list[int], state: dict, *, model: torch.nn.Modu
     """Embed ``order`` into ``state``; returns the indices whose cached rows failed validation."""
     from torch.utils.data import DataLoader
 
-    from sslprobe.images.decode import HashedImages, collate_keyed, decode_bytes, gpu_decode
-    from sslprobe.images.folders import BadImageError
+    from sslprobe.extraction.hashed import HashedImages, collate_keyed
+    from sslprobe.images.decode import BadImageError, decode_image, gpu_decode
 
     known = store.keys() if store is not None else frozenset()
     ds = HashedImages(images, built["transform"], order=order, known=known, draft=built["draft"],
@@ -64,14 +64,13 @@ def run_pass(images: Any, order: list[int], state: dict, *, model: torch.nn.Modu
         if b.images is not None:
             embed(b.images, b.new_idx, b.new_keys)
         if b.jpeg_idx:
-            imgs, failed = gpu_decode(b.jpeg_data, device=device, size=built["size"], resize=built["draft"][0],
-                                      interpolation=built["interpolation"])
+            imgs, failed = gpu_decode(b.jpeg_data, device=device, transform=built["transform"])
             good = [k for k in range(len(b.jpeg_idx)) if k not in set(failed)]
             if imgs is not None:
                 embed(imgs, [b.jpeg_idx[k] for k in good], [b.jpeg_keys[k] for k in good])
             for k in failed:  # nvJPEG could not: the CPU decoder decides (and words any skip reason)
                 try:
-                    x = built["transform"](decode_bytes(b.jpeg_data[k].numpy().tobytes(), draft=built["draft"]))
+                    x = built["transform"](decode_image(b.jpeg_data[k].numpy().tobytes(), draft=built["draft"]))
                 except BadImageError as e:
                     state["skipped"].append((b.jpeg_idx[k], str(e)))
                     continue

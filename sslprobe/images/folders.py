@@ -1,30 +1,21 @@
-"""Find images (class folders, plain folders, Hugging Face datasets) and decode them safely.
+"""Find images: class folders, plain folders, Hugging Face datasets.
 
-A DATA argument becomes an ``ImageSet``: ids, labels and class names in a deterministic order.
-Decoding goes through ``decode_image`` (``imagefile.py``), which turns every way a file can be bad into a
-``BadImageError`` with a short reason; ``ImageDataset`` + ``collate`` carry those reasons through
-a DataLoader as skipped items, so one bad file never stops a run. No PIL global is ever changed.
+A DATA argument becomes an ``ImageSet``: ids, labels and class names in a deterministic order, and
+reads of one image (decoded or as bytes) that go through ``images.decode``, so every way a file can
+be bad is a ``BadImageError`` with a short reason. ``skipped_report`` lists those reasons by path.
 """
 from __future__ import annotations
 
 import io
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from PIL import Image
 
 from sslprobe.errors import SSLProbeError
-from sslprobe.images.headers import (
-    _OPEN_ERRORS,
-    MAX_FILE_BYTES,
-    BadImageError,
-    _finish,
-    _open_regular,
-    decode_image,
-)
+from sslprobe.images.decode import MAX_FILE_BYTES, MAX_PIXELS, BadImageError, decode_image, read_image_bytes
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -53,14 +44,9 @@ class ImageSet:
     def _path(self, i: int) -> str:
         return os.path.join(self.root or "", *self.ids[i].split("/"))
 
-    def read(self, i: int, *, max_pixels: int = 89_478_485) -> Image.Image:
+    def read(self, i: int, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
         """Image ``i`` as RGB; raises ``BadImageError``."""
-        if self.kind != "hf":
-            return decode_image(self._path(i), max_pixels=max_pixels)
-        v = self._hf_value(i)
-        if isinstance(v, Image.Image):
-            return _finish(v, max_pixels)
-        return decode_image(v, max_pixels=max_pixels)
+        return decode_image(self._path(i) if self.kind != "hf" else self._hf_value(i), max_pixels=max_pixels)
 
     def read_bytes(self, i: int, *, max_bytes: int = MAX_FILE_BYTES) -> bytes:
         """Encoded bytes of image ``i`` (PNG-encoded if the dataset holds only decoded pixels).
@@ -75,15 +61,7 @@ class ImageSet:
             buf = io.BytesIO()
             v.save(buf, "PNG")
             return buf.getvalue()
-        f = _open_regular(v)
-        try:
-            with f:
-                data = f.read(max_bytes + 1)  # + 1: tells "exactly at the limit" from "over it"
-        except OSError as e:
-            raise BadImageError(_OPEN_ERRORS.get(type(e)) or f"cannot read: {e.strerror or e}") from None
-        if len(data) > max_bytes:
-            raise BadImageError(f"too large: file over {max_bytes} bytes")
-        return data
+        return read_image_bytes(v, max_bytes=max_bytes)
 
     def _hf_value(self, i: int) -> bytes | str | Image.Image:
         v = self._dataset[i][self._image_column]
@@ -185,58 +163,17 @@ def _open_hf(source: str, name: str, split: str | None, image_column: str | None
              label_column: str | None) -> ImageSet:
     import datasets
 
-    try:
-        if os.path.isdir(name) and _is_saved_dataset(name):
-            ds = datasets.load_from_disk(name)
-            if isinstance(ds, datasets.DatasetDict):
-                if (split or "train") not in ds:
-                    raise SSLProbeError(f"'{name}' has no split '{split or 'train'}' (splits: {', '.join(ds)}); "
-                                        f"pass hf:{name}:SPLIT")
-                ds = ds[split or "train"]
-            elif split:
-                raise SSLProbeError(f"'{name}' is a single dataset without splits; drop ':{split}'")
-        else:
-            ds = datasets.load_dataset(name, split=split or "train")
-    except SSLProbeError:
-        raise
-    except Exception as e:  # noqa: BLE001 - datasets/hub raise many types; all become one line
-        msg = " ".join(str(e).split())[:200]
-        raise SSLProbeError(f"could not load Hugging Face dataset '{name}' ({type(e).__name__}: {msg}); check the "
-                            "name and network, or pass a local image folder or a Dataset.save_to_disk folder") from None
+    ds = _load_hf(name, split)
     if len(ds) == 0:
         raise SSLProbeError(f"'{source}' has no rows; pass a dataset (or split) that holds images")
     ds = ds.with_format(None)
     feats = ds.features
-    cols = ", ".join(feats)
-
-    def pick(given: str | None, ftype: type, names: tuple[str, ...], what: str) -> str | None:
-        if given is not None:
-            if given not in feats:
-                raise SSLProbeError(f"no column '{given}' in '{source}' (columns: {cols}); pass --{what}-column NAME")
-            return given
-        return next((c for c, f in feats.items() if isinstance(f, ftype)), None) or \
-            next((c for c in names if c in feats), None)
-
-    icol = pick(image_column, datasets.Image, ("image", "img"), "image")
+    icol = _pick_column(feats, image_column, datasets.Image, ("image", "img"), what="image", source=source)
     if icol is None:
-        raise SSLProbeError(f"no image column found in '{source}' (columns: {cols}); pass --image-column NAME")
-    lcol = pick(label_column, datasets.ClassLabel, ("label", "labels"), "label")
-    labels: tuple[int, ...] = (-1,) * len(ds)
-    classes: tuple[str, ...] = ()
-    if lcol is not None:
-        values = list(ds[lcol])
-        if isinstance(feats[lcol], datasets.ClassLabel):
-            classes = tuple(feats[lcol].names)
-            labels = tuple(-1 if v is None else int(v) for v in values)
-        else:  # plain values: classes are their sorted distinct values
-            uniq = {v for v in values if v is not None}
-            try:
-                order = sorted(uniq)
-            except TypeError:
-                order = sorted(uniq, key=str)
-            index = {v: k for k, v in enumerate(order)}
-            classes = tuple(str(v) for v in order)
-            labels = tuple(-1 if v is None else index[v] for v in values)
+        raise SSLProbeError(f"no image column found in '{source}' (columns: {', '.join(feats)}); "
+                            "pass --image-column NAME")
+    lcol = _pick_column(feats, label_column, datasets.ClassLabel, ("label", "labels"), what="label", source=source)
+    labels, classes = _hf_labels(ds, lcol)
     img = ds.select_columns([icol])
     if isinstance(feats[icol], datasets.Image):  # bad bytes then reach decode_image instead of crashing
         img = img.cast_column(icol, datasets.Image(decode=False))
@@ -244,47 +181,57 @@ def _open_hf(source: str, name: str, split: str | None, image_column: str | None
                     _dataset=img, _image_column=icol)
 
 
-class ImageDataset(torch.utils.data.Dataset):
-    """An ``ImageSet`` through a transform; items are ``(i, tensor | None, label, reason | None)``.
+def _load_hf(name: str, split: str | None) -> Any:
+    """The dataset (one split) at a ``save_to_disk`` folder or on the hub; every failure one SSLProbeError line."""
+    import datasets
 
-    A ``BadImageError`` from decode or transform becomes ``(i, None, label, reason)``, so bad
-    files never crash a DataLoader; any other exception is a bug and propagates.
-    """
-
-    def __init__(self, images: ImageSet, transform: Callable[[Image.Image], torch.Tensor]) -> None:
-        self.images = images
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, int, str | None]:
-        label = self.images.labels[i]
-        try:
-            return i, self.transform(self.images.read(i)), label, None
-        except BadImageError as e:
-            return i, None, label, str(e)
-
-
-@dataclass
-class Batch:
-    """The good samples of a batch, stacked, plus the (index, reason) of the skipped ones."""
-
-    images: torch.Tensor  # (B, C, H, W); (0,) when every item was bad
-    labels: torch.Tensor  # (B,) int64
-    indices: torch.Tensor  # (B,) int64 into the ImageSet
-    skipped: list[tuple[int, str]]
+    try:
+        if not (os.path.isdir(name) and _is_saved_dataset(name)):
+            return datasets.load_dataset(name, split=split or "train")
+        ds = datasets.load_from_disk(name)
+    except Exception as e:  # noqa: BLE001 - datasets/hub raise many types; all become one line
+        msg = " ".join(str(e).split())[:200]
+        raise SSLProbeError(f"could not load Hugging Face dataset '{name}' ({type(e).__name__}: {msg}); check the "
+                            "name and network, or pass a local image folder or a Dataset.save_to_disk folder") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if (split or "train") not in ds:
+            raise SSLProbeError(f"'{name}' has no split '{split or 'train'}' (splits: {', '.join(ds)}); "
+                                f"pass hf:{name}:SPLIT")
+        return ds[split or "train"]
+    if split:
+        raise SSLProbeError(f"'{name}' is a single dataset without splits; drop ':{split}'")
+    return ds
 
 
-def collate(items: list[tuple]) -> Batch:
-    """DataLoader ``collate_fn`` for ``ImageDataset`` items."""
-    good = [it for it in items if it[1] is not None]
-    return Batch(
-        images=torch.stack([it[1] for it in good]) if good else torch.empty(0),
-        labels=torch.tensor([it[2] for it in good], dtype=torch.int64),
-        indices=torch.tensor([it[0] for it in good], dtype=torch.int64),
-        skipped=[(int(it[0]), str(it[3])) for it in items if it[1] is None],
-    )
+def _pick_column(feats: dict, given: str | None, ftype: type, names: tuple[str, ...], *, what: str,
+                 source: str) -> str | None:
+    """``given`` (which must exist), else the first column of feature type ``ftype``, else the first of ``names``."""
+    if given is not None:
+        if given not in feats:
+            raise SSLProbeError(f"no column '{given}' in '{source}' (columns: {', '.join(feats)}); "
+                                f"pass --{what}-column NAME")
+        return given
+    return next((c for c, f in feats.items() if isinstance(f, ftype)), None) or \
+        next((c for c in names if c in feats), None)
+
+
+def _hf_labels(ds: Any, lcol: str | None) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """(labels, classes) of column ``lcol``: a ClassLabel's names, else the sorted distinct values; -1 unlabeled."""
+    import datasets
+
+    if lcol is None:
+        return (-1,) * len(ds), ()
+    values = list(ds[lcol])
+    feat = ds.features[lcol]
+    if isinstance(feat, datasets.ClassLabel):
+        return tuple(-1 if v is None else int(v) for v in values), tuple(feat.names)
+    uniq = {v for v in values if v is not None}
+    try:
+        order = sorted(uniq)
+    except TypeError:
+        order = sorted(uniq, key=str)
+    index = {v: k for k, v in enumerate(order)}
+    return tuple(-1 if v is None else index[v] for v in values), tuple(str(v) for v in order)
 
 
 def skipped_report(images: ImageSet, skipped: Iterable[tuple[int, str]]) -> list[dict]:

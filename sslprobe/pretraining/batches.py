@@ -11,81 +11,17 @@ from __future__ import annotations
 import itertools
 import signal
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torchvision.transforms.functional as TF
 
 from sslprobe.errors import SSLProbeError
-from sslprobe.images.folders import BadImageError, ImageSet
+from sslprobe.images.datasets import ImageDataset, collate
+from sslprobe.images.folders import ImageSet
+from sslprobe.images.transforms import Uint8Transform
 from sslprobe.runtime import progress_bar
 
 RAM_CACHE_BYTES = 4 << 30  # decode once and keep in memory below this (Fashion-MNIST: 2.4 MB at 28 px)
-
-
-class StoreTransform:
-    """Decode-side transform: resize the short side, centre-crop square, uint8 CHW.
-
-    The only work left to DataLoader workers; the random views are made on the training device.
-    """
-
-    def __init__(self, size: int):
-        self.size = size
-
-    def __call__(self, img) -> torch.Tensor:
-        img = TF.resize(img, self.size, interpolation=TF.InterpolationMode.BICUBIC)
-        return TF.pil_to_tensor(TF.center_crop(img, [self.size, self.size]))
-
-
-class StoreImages(torch.utils.data.Dataset):
-    """Items ``(i, uint8 (3, S, S) | None, reason | None)``: decode, resize, centre-crop, nothing else.
-
-    Files are read as bytes and JPEGs decoded in PIL draft mode (DCT-domain downscaling to no less
-    than the store size: a 12 MP photo decodes at 1/8 the pixels) through ``decode.decode_bytes``,
-    which falls back to the guarded ``data.decode_image`` for anything else or anything odd.
-    Unreadable images become ``(i, None, reason)``, never an exception.
-    """
-
-    def __init__(self, images: ImageSet, size: int):
-        self.images, self.size, self.transform = images, size, StoreTransform(size)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
-        from sslprobe.images.decode import decode_bytes
-
-        try:
-            if self.images.kind == "hf":  # rows may hold decoded images: re-encoding them would cost more
-                img = self.images.read(i)
-            else:
-                img = decode_bytes(self.images.read_bytes(i), draft=(self.size, self.size))
-            return i, self.transform(img), None
-        except BadImageError as e:
-            return i, None, str(e)
-
-
-@dataclass
-class StoreBatch:
-    """Stacked good images (B, 3, S, S) uint8 + their indices + (index, reason) of the bad ones."""
-
-    images: torch.Tensor
-    indices: list[int]
-    skipped: list[tuple[int, str]]
-
-    def pin_memory(self) -> StoreBatch:
-        # The DataLoader's pin thread calls this; without it a dataclass batch stays pageable and
-        # the non_blocking copy to the GPU silently becomes a blocking one.
-        self.images = self.images.pin_memory()
-        return self
-
-
-def collate_store(items: list[tuple]) -> StoreBatch:
-    """DataLoader ``collate_fn`` for :class:`StoreImages`."""
-    good = [it for it in items if it[1] is not None]
-    return StoreBatch(images=torch.stack([it[1] for it in good]) if good else torch.empty(0, dtype=torch.uint8),
-                      indices=[it[0] for it in good], skipped=[(it[0], it[2]) for it in items if it[1] is None])
 
 
 def epoch_order(n: int, *, seed: int, epoch: int) -> torch.Tensor:
@@ -149,7 +85,9 @@ class BatchSource:
                  rank: int = 0, world: int = 1, show_progress: bool = True, ram_limit: int | None = None):
         self.images, self.device, self.seed, self.workers = images, device, seed, workers
         self.rank, self.world = rank, world
-        self.dataset = StoreImages(images, store)
+        # Decode, resize, centre-crop, nothing else in the workers: the random views are made on the device.
+        tf = Uint8Transform(size=store)
+        self.dataset = ImageDataset(images, tf, draft=tf.draft)
         self.skipped: list[tuple[int, str]] = []
         self.ram: torch.Tensor | None = None
         n = len(images)
@@ -170,7 +108,7 @@ class BatchSource:
         from torch.utils.data import DataLoader
 
         parts = []
-        loader = DataLoader(self.dataset, batch_size=256, num_workers=self.workers, collate_fn=collate_store)
+        loader = DataLoader(self.dataset, batch_size=256, num_workers=self.workers, collate_fn=collate)
         with progress_bar(show_progress) as bar:
             task = bar.add_task("decode", total=len(self.images))
             for b in loader:
@@ -197,7 +135,7 @@ class BatchSource:
         step = start
 
         # One loader for the whole run: workers persist and prefetch across epoch boundaries.
-        loader = DataLoader(self.dataset, batch_sampler=order, num_workers=self.workers, collate_fn=collate_store,
+        loader = DataLoader(self.dataset, batch_sampler=order, num_workers=self.workers, collate_fn=collate,
                             pin_memory=self.device.type == "cuda", prefetch_factor=4 if self.workers else None,
                             worker_init_fn=_worker_ignores_stop_signals)
         for b in loader:

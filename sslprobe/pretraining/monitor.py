@@ -79,8 +79,9 @@ class KnnEval:
     def __init__(self, train: str | os.PathLike, test: str | os.PathLike, *, size: int, device: torch.device,
                  workers: int, k: int = 20):
         from sslprobe.errors import SSLProbeError
-        from sslprobe.images.folders import ImageDataset, collate, open_images
-        from sslprobe.pretraining.batches import StoreTransform
+        from sslprobe.images.datasets import ImageDataset, collate
+        from sslprobe.images.folders import open_images
+        from sslprobe.images.transforms import Uint8Transform
 
         self.device, self.k = device, k
         sets = []
@@ -88,7 +89,7 @@ class KnnEval:
             images = open_images(path)
             if not images.classes:
                 raise SSLProbeError(f"{name} '{path}' has no class subfolders; kNN evaluation needs labelled images")
-            loader = torch.utils.data.DataLoader(ImageDataset(images, StoreTransform(size)), batch_size=256,
+            loader = torch.utils.data.DataLoader(ImageDataset(images, Uint8Transform(size=size)), batch_size=256,
                                                  num_workers=workers, collate_fn=collate)
             xs, ys = [], []
             for b in loader:
