@@ -16,6 +16,8 @@ import torch.nn.functional as F
 
 from sslprobe.runtime import exact_fp32
 
+HEADLINE_K = 20  # DINO's k: the probe's headline kNN (label curves; the tie-break between k's scoring the same)
+
 
 def _normalised(x: torch.Tensor, dev: torch.device, block: int = 65536) -> torch.Tensor:
     """Unit rows of ``x`` in float32 on ``dev``, normalised block by block."""
@@ -79,7 +81,8 @@ def knn_votes(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tens
 
 def knn_val_test(fit: torch.Tensor, fit_labels: torch.Tensor, val: torch.Tensor, val_labels: torch.Tensor,
                  test: torch.Tensor | None, *, ks: Sequence[int], num_classes: int, temperature: float = 0.07,
-                 device: torch.device | str | None = None) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor] | None]:
+                 device: torch.device | str | None = None
+                 ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor] | None]:
     """The probe's kNN: val queries against the fit split, test queries against fit + val.
 
     Same votes as two ``knn_votes`` calls (tests/test_knn.py), with the shared work done once.
@@ -102,4 +105,4 @@ def knn_val_test(fit: torch.Tensor, fit_labels: torch.Tensor, val: torch.Tensor,
     return votes_val, votes_test
 
 
-__all__ = ["knn_val_test", "knn_votes", "nearest"]
+__all__ = ["HEADLINE_K", "knn_val_test", "knn_votes", "nearest"]

@@ -10,12 +10,12 @@ import pytest
 import torch
 from rich.console import Console
 
+from sslprobe.fileio import write_json
 from sslprobe.probing.report import (
     classification_metrics,
     render_comparison,
     render_probe,
     summary,
-    write_json,
 )
 
 
@@ -166,7 +166,8 @@ def test_paired_table_and_verdict_respect_the_interval():
            "balanced_accuracy": 0.03, "balanced_accuracy_ci": [0.018, 0.042], "mcnemar_p": 1e-4, "significant": True}
     tie = {**win, "b": "imagenet", "top1": 0.004, "top1_ci": [-0.006, 0.014], "significant": False, "mcnemar_p": 0.4}
     lose = {**win, "b": "pixels", "top1": -0.05, "top1_ci": [-0.07, -0.03]}
-    text = verdict_sentence([win, tie, lose, {"a": "x", "b": "y", "paired": False, "reason": "no test set on both sides"}])
+    unpaired = {"a": "x", "b": "y", "paired": False, "reason": "no test set on both sides"}
+    text = verdict_sentence([win, tie, lose, unpaired])
     assert "byol beats random by 3.1 points of test top-1 (95 % CI 1.9 to 4.3)" in text
     assert "byol and imagenet are not distinguishable on this test set" in text
     assert "pixels beats byol by 5.0 points of test top-1 (95 % CI 3.0 to 7.0)" in text

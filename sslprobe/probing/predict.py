@@ -58,7 +58,8 @@ class ProbeModel:
         if p.is_dir():
             p = p / "probe.safetensors"
         if not p.is_file():
-            raise SSLProbeError(f"probe '{p}' not found; run `sslprobe probe … --out DIR` and pass DIR/probe.safetensors")
+            raise SSLProbeError(f"probe '{p}' not found; run `sslprobe probe … --out DIR` and pass "
+                                "DIR/probe.safetensors")
         try:
             with safe_open(str(p), framework="pt", device="cpu") as f:
                 meta = f.metadata() or {}
@@ -66,10 +67,12 @@ class ProbeModel:
             classes = tuple(json.loads(meta["classes"]))
             C = float(meta.get("C", "nan"))
         except (SafetensorError, OSError, ValueError, KeyError, RuntimeError) as e:
-            raise SSLProbeError(f"cannot read probe '{p}' ({e}); it must be a probe.safetensors from `sslprobe probe`") from None
+            raise SSLProbeError(f"cannot read probe '{p}' ({e}); it must be a probe.safetensors from "
+                                "`sslprobe probe`") from None
         k, d = t["weight"].shape
         if t["bias"].shape != (k,) or t["mean"].shape != (d,) or t["std"].shape != (d,) or len(classes) != k:
-            raise SSLProbeError(f"probe '{p}' is inconsistent (weight {k}×{d}, {len(classes)} classes); re-run the probe")
+            raise SSLProbeError(f"probe '{p}' is inconsistent (weight {k}×{d}, {len(classes)} classes); "
+                                "re-run the probe")
         return cls(t["weight"].float(), t["bias"].float(), t["mean"].float(), t["std"].float(), classes, C)
 
     def probabilities(self, features: torch.Tensor, *, block: int = 65536) -> torch.Tensor:
@@ -104,7 +107,6 @@ def predict(features: str | os.PathLike | FeatureSet, *, probe: str | os.PathLik
             w.writerows({**r, "path": csv_text(r["path"]), "prediction": csv_text(r["prediction"]),
                          "probability": f"{r['probability']:.6f}"} for r in rows)
     return rows
-
 
 
 __all__ = ["ProbeModel", "predict"]

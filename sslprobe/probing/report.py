@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from sslprobe.fileio import atomic_path, csv_text, write_json
+from sslprobe.probing.uncertainty import bootstrap_intervals
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
@@ -72,6 +73,15 @@ def classification_metrics(scores: torch.Tensor, labels: torch.Tensor, *, num_cl
     }
 
 
+def scored(scores: torch.Tensor, labels: torch.Tensor, *, num_classes: int, seed: int) -> dict:
+    """Metrics of ``scores`` with bootstrap intervals of top-1 and balanced accuracy, and the predictions."""
+    metrics = classification_metrics(scores, labels, num_classes=num_classes)
+    pred = scores.argmax(1)
+    metrics["ci"] = bootstrap_intervals(pred, labels, num_classes=num_classes, seed=seed)
+    metrics["predictions"] = pred.cpu().tolist()
+    return metrics
+
+
 def summary(result: Mapping[str, Any]) -> dict:
     """A copy of ``result`` without per-class tables and confusion matrices (for ``--json``)."""
     def strip(obj: Any) -> Any:
@@ -108,11 +118,6 @@ def _selection_line(result: Mapping[str, Any]) -> str | None:
             f"({sel['reason']}); ties → lower val loss; features {std}; [..] = 95 % bootstrap interval")
 
 
-def _headline(result: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]]:
-    """The split to headline: test when there is one, else validation."""
-    return ("test", result["test"]) if result.get("test") else ("val", result.get("val", {}))
-
-
 def render_probe(result: Mapping[str, Any], *, console: Console, title: str | None = None) -> None:
     """Print the chosen C, linear-probe metrics per split, kNN top-1 by k and warnings."""
     from rich.table import Table
@@ -127,8 +132,8 @@ def render_probe(result: Mapping[str, Any], *, console: Console, title: str | No
         head.add_row(name, *(_with_ci(result[s], key) for s in splits))
     head.add_row("n", *(str(result[s].get("n", "")) for s in splits))
     console.print(head)
-    info = [f"C = {result['C']:.3g}" + (f" ({result['search']}, {len(result['val_curve'])} fits)"
-                                        if result.get("search") not in (None, "fixed") and result.get("val_curve") else "")]
+    searched = result.get("search") not in (None, "fixed") and result.get("val_curve")
+    info = [f"C = {result['C']:.3g}" + (f" ({result['search']}, {len(result['val_curve'])} fits)" if searched else "")]
     if "n_train" in result:
         info.append(f"train n = {result['n_train']}")
     if "dim" in result:
@@ -324,4 +329,4 @@ def write_reports(result: dict, out: str | os.PathLike, *, probe_model: ProbeMod
 
 
 __all__ = ["classification_metrics", "render_comparison", "render_label_efficiency", "render_paired", "render_probe",
-           "summary", "verdict_sentence", "write_json", "write_per_class_csv", "write_reports"]
+           "scored", "summary", "verdict_sentence", "write_per_class_csv", "write_reports"]

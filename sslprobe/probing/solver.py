@@ -1,6 +1,6 @@
 """Multinomial L2 logistic regression by full-batch L-BFGS, over features read in row blocks.
 
-Objective (DESIGN.md §3): mean cross-entropy + λ/2‖W‖², λ = 1/(C·n), bias unpenalised — the same
+Objective (docs/probe.md): mean cross-entropy + λ/2‖W‖², λ = 1/(C·n), bias unpenalised — the same
 minimiser as scikit-learn's ``LogisticRegression(C)``, whose objective is C·n times this one. The
 features live in a ``Design``: standardised once, stored in float32, float64 or float16, and read
 in row blocks, so the bytes touched per iteration (not device memory) bound the problem size.
@@ -148,6 +148,27 @@ class LogReg:
     def flat(self) -> torch.Tensor:
         """Parameters as the solver's vector [coef.ravel(), intercept]."""
         return torch.cat([self.coef.reshape(-1), self.intercept])
+
+
+def column_table(cols: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(num_classes,) class → model column (−1 for a class the model lacks) for a model with columns ``cols``."""
+    lut = torch.full((num_classes,), -1, dtype=torch.long, device=cols.device)
+    lut[cols] = torch.arange(cols.numel(), device=cols.device)
+    return lut
+
+
+def model_columns(labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cols, lut): the classes present in ``labels`` (a model fitted on them has these columns,
+    in this order) and the class → column table, on the labels' device."""
+    cols = torch.unique(labels)
+    return cols, column_table(cols, num_classes)
+
+
+def class_scores(logits: torch.Tensor, cols: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(N, num_classes) scores from model-column logits; classes the model never saw get -inf."""
+    out = logits.new_full((logits.shape[0], num_classes), -math.inf)
+    out[:, cols] = logits
+    return out
 
 
 def fit_logistic(X: torch.Tensor, y: torch.Tensor, *, C: float, init: LogReg | None = None,
@@ -342,5 +363,5 @@ def _penalise(y: torch.Tensor, s: torch.Tensor, kd: int, dl: float) -> torch.Ten
     return out
 
 
-__all__ = ["FLOOR_EPS", "Design", "LogReg", "Standardizer", "StopRules", "fit", "fit_logistic", "lbfgs",
-           "precision_floor", "threads_for"]
+__all__ = ["FLOOR_EPS", "Design", "LogReg", "Standardizer", "StopRules", "class_scores", "column_table", "fit",
+           "fit_logistic", "lbfgs", "model_columns", "precision_floor", "threads_for"]
