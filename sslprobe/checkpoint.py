@@ -159,7 +159,8 @@ def config_diff(saved: Mapping[str, Any], current: Mapping[str, Any], *,
     """``{dotted key: (saved value, current value)}`` where two configurations differ (compared as JSON)."""
     a, b = _flat(json.loads(json.dumps(_jsonable(saved)))), _flat(json.loads(json.dumps(_jsonable(current))))
     keys = sorted(k for k in set(a) | set(b) if k.split(".")[0] not in ignore)
-    return {k: (a.get(k, "<absent>"), b.get(k, "<absent>")) for k in keys if a.get(k, "<absent>") != b.get(k, "<absent>")}
+    return {k: (a.get(k, "<absent>"), b.get(k, "<absent>")) for k in keys
+            if a.get(k, "<absent>") != b.get(k, "<absent>")}
 
 
 def pack_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

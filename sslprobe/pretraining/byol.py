@@ -14,7 +14,8 @@ from torch import nn
 
 def mlp(in_dim: int, hidden: int = 4096, out: int = 256) -> nn.Sequential:
     """Projector/predictor: Linear → BatchNorm1d → ReLU → Linear (paper §3.3)."""
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out))
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                         nn.Linear(hidden, out))
 
 
 def regression_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -107,7 +108,8 @@ class LARS(torch.optim.Optimizer):
     """
 
     def __init__(self, params, lr: float, *, momentum: float = 0.9, weight_decay: float = 0.0, trust: float = 1e-3):
-        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "trust": trust, "lars": True})
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "trust": trust,
+                                  "lars": True})
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -123,7 +125,8 @@ class LARS(torch.optim.Optimizer):
                 wd = group["weight_decay"]
                 d = torch._foreach_add(grads, params, alpha=wd) if wd else torch._foreach_mul(grads, 1.0)
                 w_norm, d_norm = torch.stack(torch._foreach_norm(params)), torch.stack(torch._foreach_norm(d))
-                ratio = torch.where((w_norm > 0) & (d_norm > 0), group["trust"] * w_norm / d_norm, torch.ones_like(w_norm))
+                ratio = torch.where((w_norm > 0) & (d_norm > 0), group["trust"] * w_norm / d_norm,
+                                    torch.ones_like(w_norm))
                 torch._foreach_mul_(d, list(ratio.unbind(0)))
             else:
                 d = grads

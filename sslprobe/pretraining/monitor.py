@@ -3,7 +3,9 @@
 metrics.jsonl has one JSON object per logged step (``step, epoch, loss, lr, tau, img_per_s,
 data_wait, proj_std``) plus ``{"epoch", "step", "knn_top1"}`` lines from the online kNN check. A
 resumed run first drops every line past its checkpoint's step (and a line half-written by a
-kill), so the file reads as one uninterrupted run.
+kill), so the file reads as one uninterrupted run. Between two logged steps a :class:`LossMeter`
+sums the steps' losses on the device; :class:`RunLog` sends each logged window to the file, the
+progress bar and, once, the collapse warning.
 """
 from __future__ import annotations
 
@@ -11,12 +13,16 @@ import contextlib
 import json
 import math
 import os
+import time
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from sslprobe.knn import knn_votes
+from sslprobe.runtime import progress_bar
 
 COLLAPSE_FRACTION = 0.1  # warn below this fraction of the healthy 1/√D
 
@@ -71,6 +77,100 @@ def describe(*, epoch: int, step: int, total: int, loss: float, lr: float, tau: 
     """The progress bar's text: epoch, step, loss, lr, τ, throughput and data-wait share."""
     return (f"pretrain ep {epoch} · step {step}/{total} · loss {loss:.4f} · lr {lr:.3g} · τ {tau:.5f} · "
             f"{rate:,.0f} img/s · data wait {wait:.0%}")
+
+
+@dataclass(frozen=True)
+class Window:
+    """Means over the steps since the previous log: loss, proj_std, throughput and data-wait share."""
+
+    loss: float
+    proj_std: float
+    img_per_s: float
+    data_wait: float
+
+
+class LossMeter:
+    """The steps' loss and proj_std summed on the device between two logs, with images and data wait beside.
+
+    Adding is asynchronous (device tensors, no host sync); :meth:`take` reads the sums once per log.
+    ``loss`` is the mean of the last window taken: what a checkpoint and the summary record.
+    """
+
+    def __init__(self, device: torch.device, *, loss: float | None = None):
+        self._loss, self._std = torch.zeros((), device=device), torch.zeros((), device=device)
+        self.steps, self.images, self.wait = 0, 0, 0.0
+        self.since = time.perf_counter()
+        self.loss = float("nan") if loss is None else loss  # a resumed run starts from its checkpoint's
+
+    def add(self, loss: torch.Tensor, proj_std: torch.Tensor, *, images: int, wait: float) -> None:
+        """One step's loss and proj_std (device scalars), the images it used and the seconds it waited for them."""
+        self._loss += loss
+        self._std += proj_std
+        self.steps += 1
+        self.images += images
+        self.wait += wait
+
+    def take(self) -> Window:
+        """The window since the last take (needs a step added since), and a fresh one started."""
+        loss, std = float(self._loss) / self.steps, float(self._std) / self.steps  # the only host sync
+        now = time.perf_counter()
+        dt = max(now - self.since, 1e-9)
+        window = Window(loss=loss, proj_std=std, img_per_s=self.images / dt, data_wait=self.wait / dt)
+        self._loss.zero_(), self._std.zero_()
+        self.steps, self.images, self.wait, self.since, self.loss = 0, 0, 0.0, now, loss
+        return window
+
+
+class RunLog:
+    """Where each logged window goes: metrics.jsonl (main rank: ``log``), the progress bar, the collapse warning.
+
+    A context manager: the progress bar (``show``) lives inside the ``with``. The first collapsed
+    window warns (``warn``: on the rank that prints); every collapsed record says so in the file.
+    ``warnings`` collects the texts for the summary.
+    """
+
+    def __init__(self, log: MetricsLog | None, *, show: bool, start: int, total: int, steps_per_epoch: int,
+                 proj_dim: int, warn: bool):
+        self.log, self.show, self.start, self.total, self.spe = log, show, start, total, steps_per_epoch
+        self.proj_dim, self.warn = proj_dim, warn
+        self.warnings: list[str] = []
+        self._bar: contextlib.AbstractContextManager[Any] | None = None
+
+    def __enter__(self) -> RunLog:
+        self._bar = progress_bar(self.show)
+        self.bar = self._bar.__enter__()
+        self.task = self.bar.add_task("pretrain", total=self.total, completed=self.start)
+        return self
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        return self._bar.__exit__(*exc) if self._bar is not None else None
+
+    def window(self, step: int, w: Window, *, lr: float, tau: float) -> None:
+        """Record the window that ends after run step ``step`` (1-based count of steps done)."""
+        epoch = (step - 1) // self.spe
+        msg = check_collapse(w.proj_std, proj_dim=self.proj_dim, step=step)
+        if msg and not self.warnings:
+            self.warnings.append(msg)
+            if self.warn:
+                warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        if self.log is not None:
+            self.log.write({"step": step, "epoch": epoch, "loss": round(w.loss, 6), "lr": lr, "tau": tau,
+                            "img_per_s": round(w.img_per_s, 1), "data_wait": round(w.data_wait, 4),
+                            "proj_std": round(w.proj_std, 6), **({"collapsed": True} if msg else {})})
+        self.bar.update(self.task, completed=step, description=describe(
+            epoch=epoch, step=step, total=self.total, loss=w.loss, lr=lr, tau=tau, rate=w.img_per_s, wait=w.data_wait))
+
+    def knn(self, step: int, top1: float) -> None:
+        if self.log is not None:
+            self.log.write({"step": step, "epoch": (step - 1) // self.spe, "knn_top1": round(top1, 4)})
+
+
+def knn_due(step: int, *, steps_per_epoch: int, every: int, total: int, final: bool) -> bool:
+    """Whether the online kNN runs after ``step`` steps: at the end of every ``every``-th epoch, and
+    (``final``, once the loop is over) for the last weights of the schedule when no epoch ended there."""
+    if final:
+        return step == total and step % steps_per_epoch != 0
+    return step % steps_per_epoch == 0 and (step // steps_per_epoch) % every == 0
 
 
 class KnnEval:

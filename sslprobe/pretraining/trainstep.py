@@ -3,10 +3,12 @@
 Used by the loop in ``pretrain.py`` and, on their own, by benchmarks that time the step without
 the loop (``bench/pretrain_throughput.py``): build a :class:`PretrainConfig`, call
 :func:`build_byol`, then call a :class:`TrainStep` on uint8 batches already on the device.
+:class:`StepFeed` gives the loop each step's inputs, wherever the views are made.
 """
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -14,7 +16,8 @@ import torch
 from sslprobe import distributed as ddp
 from sslprobe.backbone import BackboneSpec, create_backbone
 from sslprobe.errors import SSLProbeError
-from sslprobe.pretraining.augment import ViewConfig, byol_views, make_view
+from sslprobe.pretraining.augment import ViewConfig, blur_note, byol_views, make_view
+from sslprobe.pretraining.batches import BatchSource
 from sslprobe.pretraining.byol import BYOL, LARS, lr_at, param_groups, tau_at
 
 
@@ -53,6 +56,32 @@ class PretrainConfig:
     device: str = "cpu"
 
 
+def run_config(*, data: str, spec: BackboneSpec, batch: int, steps_per_epoch: int, dist: ddp.Dist,
+               device: torch.device, epochs: int, max_steps: int | None, optimizer: str, lr: float | None,
+               weight_decay: float, warmup_epochs: float, tau_base: float, proj_hidden: int, proj_dim: int, seed: int,
+               views: tuple[ViewConfig, ViewConfig], blur: bool | None) -> PretrainConfig:
+    """The configuration of a run from ``pretrain()``'s options, the backbone it builds and the data it has.
+
+    ``batch`` and ``steps_per_epoch`` are the data's (the batch capped to the images); the derived
+    values are computed here alone: global batch, optimiser choice, scaled lr, schedule length and
+    warm-up (at most half the run), and the notes on blur, SyncBatchNorm and precision.
+    """
+    gb = batch * dist.world
+    name = pick_optimizer(optimizer, batch=gb)
+    base_lr = lr if lr is not None else default_lr(name)
+    total = steps_per_epoch * epochs if max_steps is None else max_steps
+    sync = ("n/a (one process)" if dist.world == 1 else "yes" if ddp.sync_batchnorm_supported(device)
+            else "no: SyncBatchNorm has no CPU kernel, each rank normalises over its own slice")
+    return PretrainConfig(
+        data=data, model=spec.model, image_size=spec.image_size, small_stem=spec.small_stem, batch_size=batch,
+        world_size=dist.world, global_batch=gb, epochs=epochs, max_steps=max_steps, steps_per_epoch=steps_per_epoch,
+        total_steps=total, optimizer=name, lr=base_lr * gb / 256, base_lr=base_lr, weight_decay=weight_decay,
+        warmup_steps=min(round(warmup_epochs * steps_per_epoch), total // 2), tau_base=tau_base,
+        proj_hidden=proj_hidden, proj_dim=proj_dim, seed=seed, views=views, blur=blur_note(spec.image_size, blur),
+        sync_batchnorm=sync, precision="bfloat16 autocast" if device.type == "cuda" else "float32",
+        device=device.type)
+
+
 def pick_optimizer(name: str, *, batch: int) -> str:
     """``auto`` → LARS from batch 256 (the paper's setting), plain momentum SGD below it."""
     if name != "auto":
@@ -81,7 +110,7 @@ def make_optimizer(name: str, model: torch.nn.Module, *, lr: float, weight_decay
 
 def build_byol(cfg: PretrainConfig, *, device: torch.device,
                dist: ddp.Dist | None = None) -> tuple[torch.nn.Module, torch.optim.Optimizer, BackboneSpec]:
-    """The seeded BYOL module on ``device`` (DDP-wrapped when ``dist.world > 1``), its optimiser and the backbone spec."""
+    """The seeded BYOL module on ``device`` (DDP-wrapped when ``dist.world > 1``), its optimiser, the backbone spec."""
     backbone, spec = create_backbone(cfg.model, weights="random", init="train", image_size=cfg.image_size,
                                      small_stem=cfg.small_stem, seed=cfg.seed)
     with torch.random.fork_rng(devices=[]):  # seed the heads' init without touching the caller's RNG
@@ -183,3 +212,30 @@ class TrainStep:
 
     def __call__(self, x: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model_step(*self.views(x, step), step)
+
+
+class StepFeed:
+    """Each step's inputs from run step ``start`` on, and the step that takes them, for both places views are made.
+
+    On CPU with the images cached in host memory and workers to spare, the DataLoader workers make
+    the views beside the model step (the same views: a pure function of seed, rank and step); else
+    the uint8 batch goes to the device and :class:`TrainStep` makes them there (faster on a GPU).
+    """
+
+    def __init__(self, source: BatchSource, step: TrainStep, *, start: int):
+        self.in_workers = step.device.type == "cpu" and source.can_map
+        self._batches = source.mapped(step.make_views, start=start) if self.in_workers else source.batches(start=start)
+        self._train: Callable[..., tuple[torch.Tensor, torch.Tensor]] = step.model_step if self.in_workers else step
+
+    def next(self) -> tuple[int, tuple[torch.Tensor, ...]]:
+        """``(step, inputs)``: the two views, or the one uint8 batch to make them from; ``inputs[0]`` has B rows."""
+        s, item = next(self._batches)
+        return s, tuple(item) if self.in_workers else (item,)
+
+    def train(self, inputs: tuple[torch.Tensor, ...], step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training step on ``next()``'s inputs: (loss, proj_std) as device tensors."""
+        return self._train(*inputs, step)
+
+    def close(self) -> None:
+        """Shut the DataLoader workers down now, not when the generator is collected."""
+        self._batches.close()
