@@ -1,2 +1,3 @@
-"""Images: safe decoding, discovery of folders and datasets, and the uint8 transforms (shared by
-pretraining and extraction; see docs/architecture.md)."""
+"""Images, shared by pretraining and extraction (see docs/architecture.md): the guarded decoder (decode),
+discovery of folders and datasets (folders), the DataLoader dataset (datasets) and the uint8 transform
+(transforms)."""
