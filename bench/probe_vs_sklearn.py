@@ -86,8 +86,8 @@ def sklearn_protocol(train: FeatureSet, *, seed: int) -> tuple[float, float]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss
 
-    from sslprobe.probing.probe import stratified_split
     from sslprobe.probing.search import DEFAULT_CS
+    from sslprobe.probing.splits import stratified_split
 
     keep = train.labels >= 0
     X, y = train.features[keep].double().numpy(), train.labels[keep].numpy()
@@ -153,7 +153,8 @@ def main() -> None:
         train, test = load_features(a.features), load_features(a.test)
     n, d = train.features.shape
     print(f"data: {train.source}: train {n}x{d}, test {test.features.shape[0]}, "
-          f"{len(set(train.labels.tolist()) - {-1})} classes; torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"{len(set(train.labels.tolist()) - {-1})} classes; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
 
     # warm-up so one-time costs (kernel loading, CUDA context) are not billed to the run
     step = max(1, n // 256)  # strided: feature files are often sorted by class
@@ -168,7 +169,8 @@ def main() -> None:
             sk_cache[r["C"]] = sklearn_fit(train, test, r["C"])
         t_sk, sk_top1, sk_iter, converged = sk_cache[r["C"]]
         tm, iters = r["timing"], sum(p["iters"] for p in r["val_curve"])
-        print(f"[{mode}] sslprobe: {len(r['val_curve'])} fits + refit {t_ours:8.2f} s  test top-1 {r['test']['top1']:.4f}  "
+        print(f"[{mode}] sslprobe: {len(r['val_curve'])} fits + refit {t_ours:8.2f} s  "
+              f"test top-1 {r['test']['top1']:.4f}  "
               f"(C={r['C']:.3g}; {iters} L-BFGS iters on the path, {r['refit_iters']} in the refit; "
               f"search {tm['search']:.1f} s, refit {tm['refit']:.1f} s; device {r['device']})")
         print(f"[{mode}] sklearn : one lbfgs fit at C={r['C']:.3g} {t_sk:8.2f} s  test top-1 {sk_top1:.4f}  "
@@ -177,8 +179,9 @@ def main() -> None:
               f"top-1 difference {100 * (r['test']['top1'] - sk_top1):+.2f} points")
         if a.exact:
             c_sk, t_exact = sklearn_protocol(train, seed=a.seed)
+            same = math.isclose(c_sk, r["C"], rel_tol=1e-6)
             print(f"[{mode}] exact   : scikit-learn's 45 tight fits choose C={c_sk:.3g} ({t_exact:.1f} s); "
-                  f"sslprobe chose C={r['C']:.3g} -> {'same' if math.isclose(c_sk, r['C'], rel_tol=1e-6) else 'DIFFERENT'}")
+                  f"sslprobe chose C={r['C']:.3g} -> {'same' if same else 'DIFFERENT'}")
     if a.knn:  # the whole default probe, linear and kNN phases timed in the same run
         r = probe(train, test=test, seed=a.seed, device=a.device)
         tm = r["timing"]

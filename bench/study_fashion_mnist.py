@@ -62,7 +62,7 @@ from sslprobe.backbone import create_backbone, save_backbone
 from sslprobe.extraction.extract import extract
 from sslprobe.fileio import write_json
 from sslprobe.pretraining.pretrain import pretrain
-from sslprobe.probing.probe import compare
+from sslprobe.probing.compare import compare
 
 ROOT = Path(__file__).resolve().parents[1]
 FMNIST_SCRIPT = ROOT.parent / "shared" / "data" / "fashion_mnist.py"

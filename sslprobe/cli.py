@@ -370,8 +370,8 @@ def compare(
         pairs[name] = path
     kw = opt.probe_keywords(C=c, search=search, knn_k=knn_k, fractions=fractions, shots=shots, seeds=seeds,
                             chunk_rows=chunk_rows, float64=float64, half_features=half_features, select=select)
-    from sslprobe.probing.probe import compare as run
-    from sslprobe.probing.probe import resolve_sets
+    from sslprobe.probing.compare import compare as run
+    from sslprobe.probing.features import resolve_sets
     from sslprobe.probing.report import render_comparison, summary
 
     rows = run({name: resolve_sets(path) for name, path in pairs.items()}, out=out, standardize=standardize,

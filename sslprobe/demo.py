@@ -56,7 +56,8 @@ def run_demo(*, out: Path, steps: int | None = None, device: str = "auto", conso
     """Run the three commands for three feature sets and print one comparison table."""
     from sslprobe.extraction.extract import extract
     from sslprobe.pretraining.pretrain import pretrain
-    from sslprobe.probing.probe import compare, resolve_sets
+    from sslprobe.probing.compare import compare
+    from sslprobe.probing.features import resolve_sets
     from sslprobe.probing.report import render_comparison
 
     console = console or Console()

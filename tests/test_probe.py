@@ -11,16 +11,13 @@ import torch
 from safetensors.torch import save_file
 
 from sslprobe.errors import SSLProbeError
-from sslprobe.probing.probe import (
-    DEFAULT_CS,
-    FeatureSet,
-    fit_logistic,
-    knn_votes,
-    load_features,
-    probe,
-    stratified_split,
-)
+from sslprobe.knn import knn_votes
+from sslprobe.probing.features import FeatureSet, load_features
+from sslprobe.probing.probe import probe
 from sslprobe.probing.report import summary
+from sslprobe.probing.search import DEFAULT_CS
+from sslprobe.probing.solver import fit_logistic
+from sslprobe.probing.splits import stratified_split
 from tests.blobs import blobs, one_thread  # noqa: F401  (autouse fixture)
 
 SMALL_CS = [1e-3, 1e-2, 1e-1, 1.0, 10.0]
@@ -245,7 +242,8 @@ def test_load_feature_dir(tmp_path):
     feats = torch.randn(6, 4).half()
     save_file({"features": feats, "labels": torch.tensor([0, 1, 0, 1, -1, 1])}, str(d / "features.safetensors"))
     paths = [f"img{i}.png" for i in range(6)]
-    (d / "manifest.json").write_text(json.dumps({"paths": paths, "classes": ["cat", "dog"], "model": "m", "weights": None}))
+    (d / "manifest.json").write_text(json.dumps({"paths": paths, "classes": ["cat", "dog"], "model": "m",
+                                                 "weights": None}))
     fs = load_features(d)
     assert fs.features.dtype == torch.float32 and fs.features.shape == (6, 4)
     torch.testing.assert_close(fs.features, feats.float())
@@ -464,7 +462,8 @@ def test_manifests_in_report(tmp_path):
 
 
 def test_compare_and_resolve_sets(tmp_path):
-    from sslprobe.probing.probe import compare, resolve_sets
+    from sslprobe.probing.compare import compare
+    from sslprobe.probing.features import resolve_sets
 
     for name, sep in (("good", 4.0), ("bad", 0.1)):
         X, y = blobs(30, 3, 5, sep=sep, seed=18)

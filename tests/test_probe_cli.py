@@ -22,7 +22,8 @@ def write_feats(path, *, n_per=20, k=3, d=6, sep=4.0, seed=0, classes=("ant", "b
     if labels:
         tensors["labels"] = torch.tensor(y)
     save_file(tensors, str(path / "features.safetensors"))
-    (path / "manifest.json").write_text(json.dumps({"classes": list(classes), "paths": [f"img/{i}.png" for i in range(len(y))]}))
+    (path / "manifest.json").write_text(json.dumps({"classes": list(classes),
+                                                    "paths": [f"img/{i}.png" for i in range(len(y))]}))
     return path
 
 
@@ -93,7 +94,8 @@ def test_predict_writes_csv(monkeypatch, capsys, tmp_path):
 def test_misuse_exits_2_with_one_line(monkeypatch, capsys, tmp_path, args, needle):
     from sslprobe.probing.predict import ProbeModel
 
-    subs = {"{tr}": write_feats(tmp_path / "tr"), "{tmp}": tmp_path, "{nolab}": write_feats(tmp_path / "nl", labels=False),
+    subs = {"{tr}": write_feats(tmp_path / "tr"), "{tmp}": tmp_path,
+            "{nolab}": write_feats(tmp_path / "nl", labels=False),
             "{wide}": write_feats(tmp_path / "wide", d=7), "{one}": tmp_path / "one.safetensors",
             "{nan}": tmp_path / "nan.safetensors", "{probe}": tmp_path / "p.safetensors"}
     save_file({"features": torch.randn(6, 4), "labels": torch.zeros(6, dtype=torch.long)}, str(subs["{one}"]))

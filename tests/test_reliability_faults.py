@@ -210,11 +210,7 @@ def test_features_and_manifest_of_different_runs_are_never_paired(monkeypatch, c
     """Killed (or out of space) between writing features.safetensors and manifest.json: the probe
     must not read the new features with the previous run's class names and paths."""
     from sslprobe.errors import SSLProbeError
-
-    try:
-        from sslprobe.probing.features import load_features
-    except ImportError:
-        from sslprobe.probing.probe import load_features
+    from sslprobe.probing.features import load_features
 
     a = write_class_folder(tmp_path / "a", classes=("cat", "dog"), per_class=4, size=(16, 16), seed=0)
     b = write_class_folder(tmp_path / "b", classes=("car", "van"), per_class=4, size=(16, 16), seed=5)

@@ -16,13 +16,9 @@ import torch
 from safetensors.torch import save_file
 
 from sslprobe.errors import SSLProbeError
+from sslprobe.probing.features import load_features
 from tests.clirun import run
 from tests.corpus import error_line
-
-try:  # the probe's loader moved to its own module; either place is tested
-    from sslprobe.probing.features import load_features
-except ImportError:
-    from sslprobe.probing.probe import load_features
 
 
 def assert_one_error_line(code: int, err: str, *needles: str) -> str:

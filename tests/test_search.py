@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sslprobe.probing.features import FeatureSet
-from sslprobe.probing.probe import probe, stratified_split
+from sslprobe.probing.probe import probe
 from sslprobe.probing.search import (
     DEFAULT_CS,
     FoldedPath,
@@ -17,6 +17,7 @@ from sslprobe.probing.search import (
     selection_score,
 )
 from sslprobe.probing.solver import Design, Standardizer
+from sslprobe.probing.splits import stratified_split
 from tests.blobs import one_thread  # noqa: F401  (autouse fixture)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -180,7 +180,7 @@ def align_labels(fs: FeatureSet, names: list[str]) -> torch.Tensor:
     return torch.where(fs.labels >= 0, torch.tensor(lut + [-1])[fs.labels], -1)
 
 
-def check_widths(sets: dict[str, FeatureSet | None], *, reference: str = "train") -> None:
+def check_widths(sets: Mapping[str, FeatureSet | None], *, reference: str = "train") -> None:
     """All feature sets must have the reference set's width (same model and layer)."""
     ref = sets[reference]
     for name, other in sets.items():
@@ -189,4 +189,28 @@ def check_widths(sets: dict[str, FeatureSet | None], *, reference: str = "train"
                                 "extract both with the same model and layer")
 
 
-__all__ = ["FeatureSet", "align_labels", "as_feature_set", "check_widths", "load_features", "validated"]
+def resolve_sets(path: str | os.PathLike) -> dict[str, Path | None]:
+    """A feature dir → {"train": it}; a dir holding train/ (val/, test/) feature dirs → each of them."""
+    p = Path(path)
+    if not p.exists():
+        raise SSLProbeError(f"'{p}' does not exist; pass a feature dir from `sslprobe extract` or a folder "
+                            "with train/ and test/ feature dirs")
+    if (p / "train").is_dir():
+        return {s: (p / s if (p / s).exists() else None) for s in ("train", "val", "test")}
+    return {"train": p, "val": None, "test": None}
+
+
+def labelled_paths(fs: FeatureSet | None) -> list[str] | None:
+    """Row paths of the labelled rows of ``fs`` (the rows the test metrics score), if it has paths."""
+    if fs is None or not fs.paths:
+        return None
+    return [p for p, y in zip(fs.paths, fs.labels.tolist()) if y >= 0]
+
+
+def manifest_summary(manifest: Mapping[str, Any]) -> dict:
+    """The feature manifest without its per-row lists (paths can be millions of entries)."""
+    return {k: (f"<{len(v)} entries>" if k == "paths" and isinstance(v, list) else v) for k, v in manifest.items()}
+
+
+__all__ = ["FeatureSet", "align_labels", "as_feature_set", "check_widths", "labelled_paths", "load_features",
+           "manifest_summary", "resolve_sets", "validated"]

@@ -2,7 +2,7 @@
 
 Each point (a fraction of every class, or k shots per class) is drawn ``seeds`` times; the linear
 probe chooses its C with the subset's own labels only (k-fold cross-validation inside the subset,
-see ``probe``): a "1 % labels" point that chose C on the full validation split would be using
+``subset_c``): a "1 % labels" point that chose C on the full validation split would be using
 25× the labels it claims. kNN uses the subset as its bank; both are scored on the same
 evaluation rows, giving mean ± std over the draws.
 The standardisation of the full fit split and its stored design matrix are reused throughout;
@@ -10,48 +10,31 @@ only row indices change, so the whole curve costs about as much as one probe.
 """
 from __future__ import annotations
 
+import functools
 import statistics
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from sslprobe.errors import SSLProbeError
+from sslprobe.knn import HEADLINE_K, knn_votes
+from sslprobe.probing.compute import Solver
+from sslprobe.probing.search import FoldedPath, PathState, SearchSpec, run_search
+from sslprobe.probing.solver import Design, Standardizer, fit, model_columns
+from sslprobe.probing.splits import Splits, stratified_folds, stratified_sample
+from sslprobe.runtime import progress_bar
 
-
-def class_ranks(labels: torch.Tensor, *, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(order, rank, counts): row indices grouped by class in a seeded random order within each
-    class, each ordered row's position inside its class, and the class sizes (the stratified draws'
-    common core)."""
-    g = torch.Generator().manual_seed(seed)
-    labels = labels.cpu()
-    perm = torch.randperm(labels.numel(), generator=g)
-    order = perm[torch.sort(labels[perm], stable=True).indices]  # grouped by class, random within
-    counts = torch.bincount(labels)
-    start = torch.cumsum(counts, 0) - counts
-    return order, torch.arange(labels.numel()) - start[labels[order]], counts
-
-
-def stratified_sample(labels: torch.Tensor, *, seed: int, fraction: float | None = None,
-                      shots: int | None = None) -> torch.Tensor:
-    """Sorted indices of round(fraction·n_c) (at least 1) or min(shots, n_c) rows of each class c."""
-    if (fraction is None) == (shots is None):
-        raise ValueError("give exactly one of fraction and shots")
-    labels = labels.cpu()
-    order, rank, counts = class_ranks(labels, seed=seed)
-    if fraction is not None:
-        take = torch.floor(counts * fraction + 0.5).long().clamp_min(1)
-    else:
-        take = torch.full_like(counts, int(shots))
-    take = torch.minimum(take, counts)
-    return order[rank < take[labels[order]]].sort().values
-
-
-def stratified_folds(labels: torch.Tensor, *, k: int, seed: int) -> list[torch.Tensor]:
-    """``k`` disjoint sorted index sets; each class's rows are dealt round-robin in a seeded order, so
-    every fold holds ⌊n_c/k⌋ or ⌈n_c/k⌉ rows of class c (scikit-learn's StratifiedKFold's rule)."""
-    order, rank, _ = class_ranks(labels, seed=seed)
-    fold = rank % k
-    return [order[fold == i].sort().values for i in range(k)]
+CV_FOLDS = 5
+# Fold fits of a subset's CV stop 100× looser than the main path's (search.SEARCH_TOL/RTOL): a
+# fold's held-out rows are few (one row is points of accuracy), so the ranking is coarser than
+# that tolerance, and on a 300-row study this cut the label curve's solver time ~2.5×.
+CV_TOL, CV_RTOL = 1e-4, 1e-3
+# A small subset is linearly separable in a wide feature space (480 Fashion-MNIST images in 784-d):
+# at weak regularisation its optimum runs off to large weights and a fold fit could spend the full
+# 1,000 iterations climbing; 100 bound each fold fit (flagged unconverged) where the ranking is settled.
+CV_MAX_ITER = 100
+FEW_SHOT_C = 1.0  # scikit-learn's default C: used when a subset has a class with one label (no CV possible)
 
 
 def parse_points(fractions: Sequence[float] = (), shots: Sequence[int] = ()) -> list[tuple[str, float]]:
@@ -110,4 +93,121 @@ def label_efficiency(points: Sequence[tuple[str, float]], *, labels: torch.Tenso
     return rows_out
 
 
-__all__ = ["class_ranks", "label_efficiency", "parse_points", "stratified_folds", "stratified_sample"]
+@dataclass(frozen=True)
+class CurvePlan:
+    """What the label curve draws: its points, the draws per point and their base seed, and the kNN
+    temperature (None: no kNN column)."""
+
+    points: list[tuple[str, float]]
+    seeds: int
+    seed: int
+    knn_temperature: float | None
+
+    @classmethod
+    def from_args(cls, *, fractions: Sequence[float], shots: Sequence[int], seeds: int, seed: int,
+                  knn_temperature: float | None) -> CurvePlan | None:
+        """The validated plan, or None without points; checked before the C search, not after it."""
+        points = parse_points(fractions, shots)
+        if not points:
+            return None
+        if seeds < 1:
+            raise SSLProbeError(f"--seeds must be ≥ 1 (got {seeds})")
+        return cls(points, seeds, seed, knn_temperature)
+
+    @property
+    def n_runs(self) -> int:
+        """Draws the curve makes (a whole-split fraction runs once): the progress bar's total."""
+        return sum(1 if kind == "fraction" and v == 1 else self.seeds for kind, v in self.points)
+
+
+def _fold_path(solver: Solver, Z: Design, y: torch.Tensor, held: torch.Tensor) -> PathState:
+    """One CV fold of a subset: fit on its other rows, score on ``held``, with the looser fold stops."""
+    mask = torch.ones(y.numel(), dtype=torch.bool)
+    mask[held] = False
+    rows, held_d = mask.nonzero().flatten().to(Z.device), held.to(Z.device)
+    return solver.path(Z.subset(rows), y[rows], Z.subset(held_d), y[held_d], tol=CV_TOL, rtol=CV_RTOL,
+                       max_iter=CV_MAX_ITER)
+
+
+def subset_c(solver: Solver, Z: Design, y: torch.Tensor, *, spec: SearchSpec, seed: int) -> tuple[float, str]:
+    """C for a label subset from its own labels only: stratified k-fold CV inside the subset.
+
+    k = min(5, smallest class count), each C scored by the folds' mean; the C's are walked by
+    CLIP's binary search (~12 fits per fold, 1/8-decade resolution) whatever the main search: k
+    folds × every point × seeds would make the grid's ~30 fits per fold the probe's main cost.
+    A subset with a class of one label cannot hold any of it out, so it takes scikit-learn's
+    default C = 1 (documented in docs/probe.md), chosen by no label.
+    """
+    if spec.C is not None:
+        return float(spec.C), "fixed"
+    k = min(CV_FOLDS, int(torch.bincount(y)[torch.unique(y)].min()))
+    if k < 2:
+        return FEW_SHOT_C, f"default C={FEW_SHOT_C:g} (a class has 1 label: nothing to cross-validate)"
+    cv = FoldedPath([_fold_path(solver, Z, y, held) for held in stratified_folds(y.cpu(), k=k, seed=seed)])
+    run_search(cv, C=None, Cs=None, search="binary", patience=1)
+    return cv.best_c(), f"{k}-fold CV within the subset"
+
+
+@dataclass
+class CurveLearners:
+    """The curve's two learners on fit-split row subsets, both scored on the same evaluation rows.
+
+    The designs are the main search's (standardised with the full fit split's statistics): a draw
+    only selects rows of them.
+    """
+
+    solver: Solver
+    splits: Splits
+    Zf: Design  # the fit split
+    Ze: Design  # the evaluation rows (``splits.evaluation``)
+    spec: SearchSpec
+    plan: CurvePlan
+    main: PathState  # the main search: its C and model serve the whole-split point
+
+    def __post_init__(self) -> None:
+        _, self.Xe, ye = self.splits.evaluation
+        self.yf, self.ye = self.splits.yf.to(self.solver.device), ye.to(self.solver.device)
+
+    def linear(self, rows: torch.Tensor) -> tuple[float, float, str]:
+        """(top-1, C, how C was chosen) of the linear probe trained on ``rows``."""
+        if rows.numel() == self.splits.yf.numel():  # the whole fit split: the main search chose its C
+            (c, model), cols, rule = self.main.best(), self.main.cols, "validation split"
+        else:
+            rows_d = rows.to(self.solver.device)
+            Zs, ys = self.Zf.subset(rows_d), self.yf[rows_d]
+            c, rule = subset_c(self.solver, Zs, ys, spec=self.spec, seed=self.plan.seed)
+            cols, lut = model_columns(ys, self.solver.num_classes)
+            model = fit(Zs, lut[ys], C=c, max_iter=self.solver.max_iter, num_classes=cols.numel())
+        return float((cols[self.Ze.scores(model).argmax(1)] == self.ye).float().mean()), c, rule
+
+    def knn(self, rows: torch.Tensor) -> float:
+        """Top-1 of kNN (k = 20) with the raw fit rows ``rows`` as its bank."""
+        votes = knn_votes(self.splits.Xf[rows], self.splits.yf[rows], self.Xe, ks=[HEADLINE_K],
+                          num_classes=self.solver.num_classes, temperature=self.plan.knn_temperature,
+                          device=self.solver.device)[HEADLINE_K]
+        return float((votes.argmax(1) == self.ye).float().mean())
+
+
+def label_curve(solver: Solver, splits: Splits, Zf: Design, Zv: Design, scaler: Standardizer, *,
+                spec: SearchSpec, plan: CurvePlan, main: PathState, show_progress: bool) -> dict:
+    """Step: the label-efficiency points, each subset choosing C with its own labels, scored on test
+    (else on val, with a warning: the full-split point chose its C on those rows)."""
+    ev_name = splits.evaluation[0]
+    Ze = Zv if splits.test is None else solver.design(splits.test[0], scaler)
+    learners = CurveLearners(solver, splits, Zf, Ze, spec=spec, plan=plan, main=main)
+    with progress_bar(show_progress) as bar:
+        task = bar.add_task("label efficiency", total=plan.n_runs)
+        curve = label_efficiency(plan.points, labels=splits.yf, seeds=plan.seeds, seed=plan.seed,
+                                 linear=learners.linear,
+                                 knn=learners.knn if plan.knn_temperature is not None else None,
+                                 progress=functools.partial(bar.advance, task))
+    if ev_name == "val":
+        splits.warns.append("label efficiency scored on val (no --test): the full-split point chose C on "
+                            "the same rows, so it is optimistic")
+    return {"scored_on": ev_name, "knn_k": HEADLINE_K, "points": curve,
+            "C_selection": f"each subset by stratified k-fold CV on its own labels (k = min({CV_FOLDS}, smallest "
+                           f"class), binary search over C); 1 label in a class: C = {FEW_SHOT_C:g}"}
+
+
+__all__ = ["CV_FOLDS", "CV_MAX_ITER", "CV_RTOL", "CV_TOL", "FEW_SHOT_C", "CurveLearners", "CurvePlan", "label_curve",
+           "label_efficiency", "parse_points", "subset_c"]

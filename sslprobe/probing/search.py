@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from sslprobe.probing.solver import Design, LogReg, fit
+from sslprobe.probing.solver import Design, LogReg, column_table, fit
 
 DEFAULT_CS: tuple[float, ...] = tuple(10.0 ** (-6 + 11 * i / 44) for i in range(45))
 # CLIP (Radford et al. 2021, appendix A.3): a coarse sweep every 2 decades, then the interval
@@ -52,7 +52,7 @@ class PathState:
     """Fits of one search on one (fit, validation) pair: scores per C and the shared warm-start state."""
 
     Zf: Design
-    yk: torch.Tensor  # (N_fit,) labels as model columns
+    yf: torch.Tensor  # (N_fit,) labels in [0, num_classes)
     Zv: Design
     yv: torch.Tensor  # (N_val,) labels in [0, num_classes)
     cols: torch.Tensor  # (K_fit,) classes the fit split has (= model columns)
@@ -69,8 +69,8 @@ class PathState:
     sums: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        self.lut = torch.full((self.num_classes,), -1, dtype=torch.long, device=self.cols.device)
-        self.lut[self.cols] = torch.arange(self.cols.numel(), device=self.cols.device)
+        self.lut = column_table(self.cols, self.num_classes)
+        self.yk = self.lut[self.yf]  # (N_fit,) labels as model columns
         self.seen = torch.isin(self.yv, self.cols)
 
     def evaluate(self, c: float) -> tuple[float, float]:
@@ -82,7 +82,8 @@ class PathState:
         near = min(self.points, key=lambda p: (abs(math.log(p / c)), p), default=None)
         init = None if near is None else self.points[near][2]
         model = fit(self.Zf, self.yk, C=c, init=init, max_iter=self.max_iter, tol=self.tol,
-                    num_classes=self.cols.numel(), class_sums=self.sums, memory=self.memory, rtol=self.rtol, dec_rtol=self.dec_rtol)
+                    num_classes=self.cols.numel(), class_sums=self.sums, memory=self.memory, rtol=self.rtol,
+                    dec_rtol=self.dec_rtol)
         logits = self.Zv.scores(model)  # (N_val, K_fit)
         pred = self.cols[logits.argmax(1)]
         seen = self.seen
@@ -188,12 +189,23 @@ def run_search(state: Search, *, C: float | None, Cs: Sequence[float] | None, se
         grid_search(state, Cs or DEFAULT_CS, patience=patience)
 
 
-def n_fits(*, C: float | None, Cs: Sequence[float] | None, search: str) -> int:
-    """Fits a search makes at most (for a progress bar): 1, len(Cs) or ~12 for the binary search."""
-    return 1 if C is not None else len(Cs or DEFAULT_CS) if search == "grid" else 12
+@dataclass(frozen=True)
+class SearchSpec:
+    """How the probe chooses C: fixed, or a grid / binary search with early-stop patience."""
+
+    C: float | None
+    Cs: Sequence[float] | None
+    search: str  # "grid" or "binary"
+    patience: int | None
+
+    def run(self, state: Search) -> None:
+        run_search(state, C=self.C, Cs=self.Cs, search=self.search, patience=self.patience)
+
+    def n_fits(self) -> int:
+        """Fits the search makes at most (for a progress bar): 1, len(Cs) or ~12 for the binary search."""
+        return 1 if self.C is not None else len(self.Cs or DEFAULT_CS) if self.search == "grid" else 12
 
 
 __all__ = ["BINARY_COARSE_STEP", "BINARY_RESOLUTION", "DEFAULT_CS", "SEARCH_DEC_RTOL", "SEARCH_RTOL", "SEARCH_TOL",
-           "SELECT_METRICS",
-           "FoldedPath", "PathState", "binary_search", "grid_search", "n_fits", "run_search", "selection_score",
-           "walk"]
+           "SELECT_METRICS", "FoldedPath", "PathState", "Search", "SearchSpec", "binary_search", "grid_search",
+           "run_search", "selection_score", "walk"]

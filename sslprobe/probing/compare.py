@@ -1,0 +1,41 @@
+"""`sslprobe compare`: several feature sets through one probe protocol, then paired tests between them
+(``pairs.paired_tests``: is A's lead over B more than the noise of the test set?)."""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sslprobe.errors import SSLProbeError
+from sslprobe.fileio import write_json
+from sslprobe.probing.pairs import paired_tests
+from sslprobe.probing.probe import Source, probe
+from sslprobe.probing.report import summary
+
+
+def compare(sets: Mapping[str, Mapping[str, Source | None]], *, out: str | os.PathLike | None = None,
+            **probe_kwargs: Any) -> list[tuple[str, dict]]:
+    """Probe several feature sets ({name: {"train": …, "val": …, "test": …}}) with one protocol.
+
+    Each gets its own report dir ``out/NAME``; ``out/comparison.json`` holds the headline rows and
+    the paired tests between every two sets scored on the same test images (``paired_tests``).
+    """
+    if not sets:
+        raise SSLProbeError("nothing to compare; pass NAME=FEATURES pairs")
+    rows = []
+    for name, s in sets.items():
+        r = probe(s["train"], val=s.get("val"), test=s.get("test"),
+                  out=None if out is None else Path(out) / name, **probe_kwargs)
+        rows.append((name, r))
+    pairs = paired_tests(rows, seed=probe_kwargs.get("seed", 0))
+    for _, r in rows:
+        r["paired_tests"] = pairs
+    if out is not None:
+        write_json(Path(out) / "comparison.json",
+                   {"sets": {name: summary({k: v for k, v in r.items() if k not in ("val_curve", "paired_tests")})
+                             for name, r in rows}, "paired_tests": pairs})
+    return rows
+
+
+__all__ = ["compare"]
