@@ -82,16 +82,17 @@ def scored(scores: torch.Tensor, labels: torch.Tensor, *, num_classes: int, seed
     return metrics
 
 
+def _strip(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {k: _strip(v) for k, v in obj.items() if k not in _BULKY}
+    if isinstance(obj, list):
+        return [_strip(v) for v in obj]
+    return obj
+
+
 def summary(result: Mapping[str, Any]) -> dict:
     """A copy of ``result`` without per-class tables and confusion matrices (for ``--json``)."""
-    def strip(obj: Any) -> Any:
-        if isinstance(obj, Mapping):
-            return {k: strip(v) for k, v in obj.items() if k not in _BULKY}
-        if isinstance(obj, list):
-            return [strip(v) for v in obj]
-        return obj
-
-    return strip(result)
+    return _strip(result)
 
 
 def _pct(x: float | None) -> str:

@@ -66,6 +66,13 @@ def mcnemar_p(a_only: int, b_only: int) -> float:
     return min(1.0, 2 * tail)
 
 
+def _balanced(hit: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
+    """Balanced accuracy of the hits ``hit`` (N,): mean recall over the classes present in ``labels``."""
+    support = torch.bincount(labels, minlength=num_classes).double()
+    per = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, labels, hit.double())
+    return float((per[support > 0] / support[support > 0]).mean())
+
+
 def paired_difference(pred_a: torch.Tensor, pred_b: torch.Tensor, labels: torch.Tensor, *, num_classes: int,
                       resamples: int = RESAMPLES, level: float = LEVEL, seed: int = 0) -> dict:
     """A − B on the same test rows: differences of top-1 and balanced accuracy with paired-bootstrap
@@ -77,15 +84,10 @@ def paired_difference(pred_a: torch.Tensor, pred_b: torch.Tensor, labels: torch.
     d_top1, d_bal = top1[0] - top1[1], bal[0] - bal[1]
     ci_top1, ci_bal = _interval(d_top1, level), _interval(d_bal, level)
     a_only, b_only = int((hit_a & ~hit_b).sum()), int((hit_b & ~hit_a).sum())
-
-    def point(hit: torch.Tensor) -> float:
-        support = torch.bincount(labels, minlength=num_classes).double()
-        per = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, labels, hit.double())
-        return float((per[support > 0] / support[support > 0]).mean())
-
     return {
         "top1": float(hit_a.double().mean() - hit_b.double().mean()), "top1_ci": ci_top1,
-        "balanced_accuracy": point(hit_a) - point(hit_b), "balanced_accuracy_ci": ci_bal,
+        "balanced_accuracy": _balanced(hit_a, labels, num_classes) - _balanced(hit_b, labels, num_classes),
+        "balanced_accuracy_ci": ci_bal,
         "a_only_correct": a_only, "b_only_correct": b_only, "mcnemar_p": mcnemar_p(a_only, b_only),
         "significant": ci_top1[0] > 0 or ci_top1[1] < 0, "level": level, "resamples": resamples,
     }
