@@ -1,4 +1,5 @@
-"""Checkpoint files: save cadence parsing, atomic verified saves, config diffs, optimiser round trips."""
+"""Checkpoint files: save cadence parsing, atomic verified saves, config diffs, optimiser round trips; the
+run's Checkpointer: cadence counted from the last save, one save per step, stop messages, non-finite refusal."""
 import json
 
 import pytest
@@ -55,7 +56,8 @@ def test_save_keeps_only_the_newest_verified_and_ignores_corrupt(tmp_path):
 def test_config_diff_names_nested_keys():
     a = {"lr": 0.1, "views": [{"blur_p": 1.0}, {"blur_p": 0.1}], "device": "cpu"}
     b = {"lr": 0.2, "views": [{"blur_p": 1.0}, {"blur_p": 0.0}], "device": "cuda", "new": 1}
-    assert ck.config_diff(a, b, ignore=("device",)) == {"lr": (0.1, 0.2), "new": ("<absent>", 1), "views.1.blur_p": (0.1, 0.0)}
+    assert ck.config_diff(a, b, ignore=("device",)) == {"lr": (0.1, 0.2), "new": ("<absent>", 1),
+                                                        "views.1.blur_p": (0.1, 0.0)}
     assert ck.config_diff(a, dict(a)) == {}
     assert ck.config_diff({"t": (1, 2)}, {"t": [1, 2]}) == {}  # tuples and lists are the same JSON
 
@@ -118,3 +120,49 @@ def test_json_cannot_point_at_another_file(tmp_path):
     (d / "step-000000008.json").write_text(json.dumps({**meta, "step": 8, "tensors": bad.name, "bytes": 64,
                                                        "sha256": hashlib.sha256(bad.read_bytes()).hexdigest()}))
     assert ck.find_latest(d).step == 2
+
+
+# --- the run's Checkpointer (pretraining/checkpointer.py) ------------------------------------------------------
+
+def _checkpointer(tmp_path, monkeypatch, when):
+    import sslprobe.pretraining.checkpointer as cp
+    from sslprobe.distributed import Dist
+    from sslprobe.pretraining.trainstep import PretrainConfig, build_byol
+
+    clock = [100.0]
+    monkeypatch.setattr(cp.time, "monotonic", lambda: clock[0])
+    cfg = PretrainConfig(model="test_resnet", image_size=16, small_stem=True, proj_hidden=32, proj_dim=16,
+                         optimizer="sgd", steps_per_epoch=3, total_steps=9)
+    net, opt, _ = build_byol(cfg, device=torch.device("cpu"))
+    saved = []
+    real = ck.save
+    monkeypatch.setattr(ck, "save", lambda d, *, step, **k: saved.append(step) or real(d, step=step, **k))
+    c = cp.Checkpointer(tmp_path / "checkpoints", byol=net, opt=opt, cfg=cfg, dist=Dist(), when=when, found=None)
+    return c, net, clock, saved
+
+
+def test_checkpointer_cadence_counts_from_the_last_save(tmp_path, monkeypatch):
+    c, _, clock, saved = _checkpointer(tmp_path, monkeypatch, ck.SaveEvery(steps=3, minutes=5))
+    assert [s for s in range(1, 4) if c.due(s)] == [3]
+    clock[0] += 60
+    c.save(2, loss=0.5)  # any save (here: not a due one) restarts both clocks
+    assert not c.due(4) and c.due(5)
+    clock[0] += 5 * 60
+    assert c.due(3)  # the minutes ran out before the steps
+    c.save(2, loss=0.5)  # the same step again: nothing new written
+    assert saved == [2] and c.last.step == 2 and c.last.state["loss"] == 0.5
+    assert c.last.state["epoch"] == 0 and c.last.state["batch_in_epoch"] == 2 and c.last.state["elapsed_s"] == 60
+
+
+def test_checkpointer_stop_messages_and_non_finite_refusal(tmp_path, monkeypatch):
+    c, net, _, saved = _checkpointer(tmp_path, monkeypatch, ck.SaveEvery())
+    assert c.last_good() == "No checkpoint had been saved yet."
+    assert c.stop(1, loss=1.0, why="SIGTERM", save=False).startswith(
+        "interrupted (SIGTERM) at step 1 of 9; no checkpoint (none saved yet)")
+    msg = c.stop(2, loss=1.0, why="SIGINT")
+    assert saved == [2] and f"checkpoint at step 2 in {tmp_path / 'checkpoints'}" in msg and msg.endswith("--resume")
+    with torch.no_grad():
+        next(net.parameters()).fill_(float("nan"))
+    with pytest.raises(SSLProbeError, match=r"non-finite by step 4; nothing saved. The last good checkpoint \(step 2"):
+        c.save(4, loss=1.0)
+    assert saved == [2] and ck.find_latest(tmp_path / "checkpoints").step == 2

@@ -1,4 +1,5 @@
-"""Monitoring: collapse indicator and warning, metrics log trimming on resume, online kNN, loss curve, compile flag."""
+"""Monitoring: collapse indicator and warning, metrics log trimming on resume, the loss meter and run log, online
+kNN and its cadence, loss curve, compile flag."""
 import json
 import math
 import sys
@@ -10,10 +11,13 @@ from sslprobe.errors import SSLProbeError
 from sslprobe.pretraining.byol import projection_std
 from sslprobe.pretraining.monitor import (
     KnnEval,
+    LossMeter,
     MetricsLog,
+    RunLog,
     check_collapse,
     collapse_threshold,
     describe,
+    knn_due,
     loss_curve,
 )
 from sslprobe.pretraining.pretrain import pretrain
@@ -27,7 +31,8 @@ def test_projection_std_on_known_vectors():
     assert projection_std(z).item() == pytest.approx(1 / 16, rel=0.02)  # healthy ≈ 1/√D
 
 
-@pytest.mark.parametrize("std, warns", [(0.0, True), (0.1 / 16 - 1e-4, True), (0.1 / 16 + 1e-4, False), (1 / 16, False)])
+@pytest.mark.parametrize("std, warns", [(0.0, True), (0.1 / 16 - 1e-4, True), (0.1 / 16 + 1e-4, False),
+                                        (1 / 16, False)])
 def test_collapse_warning_threshold(std, warns):
     assert collapse_threshold(256) == pytest.approx(0.1 / 16)
     assert (check_collapse(std, proj_dim=256, step=7) is not None) is warns
@@ -48,6 +53,51 @@ def test_metrics_log_trims_to_checkpoint_and_drops_half_lines(tmp_path):
     assert [r["step"] for r in log.records()] == [2, 4, 6] and log.records()[-1]["loss"] == 0.5
     MetricsLog(p, resume_step=None).close()  # a fresh run starts an empty log
     assert p.read_text() == ""
+
+
+def test_loss_meter_means_each_window_and_starts_afresh(monkeypatch):
+    import sslprobe.pretraining.monitor as mon
+
+    clock = [10.0]
+    monkeypatch.setattr(mon.time, "perf_counter", lambda: clock[0])
+    m = LossMeter(torch.device("cpu"))
+    assert math.isnan(m.loss) and LossMeter(torch.device("cpu"), loss=0.7).loss == 0.7  # resumed: the checkpoint's
+    for loss, std in ((1.0, 0.2), (3.0, 0.4)):
+        m.add(torch.tensor(loss), torch.tensor(std), images=8, wait=0.5)
+    clock[0] += 4.0
+    w = m.take()
+    assert (w.loss, w.proj_std, w.img_per_s, w.data_wait) == (2.0, pytest.approx(0.3), 4.0, 0.25) and m.loss == 2.0
+    assert m.steps == m.images == 0 and m.wait == 0
+    m.add(torch.tensor(5.0), torch.tensor(0.1), images=8, wait=0.0)
+    clock[0] += 2.0
+    assert m.take().loss == 5.0 and m.loss == 5.0  # the second window holds only its own step
+
+
+def test_run_log_records_windows_warns_once_and_logs_knn(tmp_path):
+    from sslprobe.pretraining.monitor import Window
+
+    log = MetricsLog(tmp_path / "m.jsonl", resume_step=None)
+    healthy, collapsed = Window(1.5, 0.25, 100.0, 0.1), Window(1.4, 0.0, 100.0, 0.1)
+    with RunLog(log, show=False, start=0, total=6, steps_per_epoch=3, proj_dim=16, warn=True) as run:
+        run.window(2, healthy, lr=0.1, tau=0.99)
+        with pytest.warns(RuntimeWarning, match="step 4: projections look collapsed"):
+            run.window(4, collapsed, lr=0.1, tau=0.99)
+        run.window(6, collapsed, lr=0.1, tau=0.99)  # collapsed again: recorded, not warned again
+        run.knn(6, 0.51234)
+    log.close()
+    recs = log.records()
+    assert [(r["step"], r["epoch"], r.get("collapsed")) for r in recs[:3]] == [(2, 0, None), (4, 1, True), (6, 1, True)]
+    assert recs[0]["img_per_s"] == 100.0 and recs[3] == {"step": 6, "epoch": 1, "knn_top1": 0.5123}
+    assert len(run.warnings) == 1
+
+
+@pytest.mark.parametrize("total, final, due", [
+    (7, False, [6]),  # every 2nd epoch of 3 steps ends at step 6
+    (7, True, [7]),  # the last weights, no epoch ending there
+    (6, True, []),  # the schedule ends with an epoch: the in-loop check covers it
+])
+def test_knn_cadence(total, final, due):
+    assert [s for s in range(1, total + 1) if knn_due(s, steps_per_epoch=3, every=2, total=total, final=final)] == due
 
 
 def test_collapse_is_logged_and_warned(class_folder, tmp_path, monkeypatch):

@@ -148,7 +148,8 @@ def test_ctrl_c_saves_and_resume_continues_exactly(class_folder, tmp_path, monke
 
     kw = {**FAST, "max_steps": 6}
     pretrain(class_folder, out=tmp_path / "a", **kw)
-    _interrupt_at(monkeypatch, 5, how)  # views of step index 2 (third step): signal → step finishes; raise → it never starts
+    # views of step index 2 (third step): signal → the step finishes; raise → it never starts
+    _interrupt_at(monkeypatch, 5, how)
     with pytest.raises(PretrainInterrupted, match=f"at step {saved_step} of 6.*--resume"):
         pretrain(class_folder, out=tmp_path / "b", **kw)
     monkeypatch.undo()
@@ -227,7 +228,8 @@ def test_config_records_views_blur_rule_and_augment_overrides(class_folder, tmp_
 def test_lars_is_the_papers_for_global_batch_256():
     from sslprobe.pretraining.trainstep import PretrainConfig, build_byol, default_lr, make_optimizer
 
-    cfg = PretrainConfig(model="test_resnet", image_size=16, small_stem=True, proj_hidden=32, proj_dim=16, optimizer="lars")
+    cfg = PretrainConfig(model="test_resnet", image_size=16, small_stem=True, proj_hidden=32, proj_dim=16,
+                         optimizer="lars")
     net, opt, _ = build_byol(cfg, device=torch.device("cpu"))
     decay, plain = opt.param_groups
     assert type(opt).__name__ == "LARS" and decay["trust"] == 1e-3 and decay["momentum"] == 0.9
@@ -239,12 +241,31 @@ def test_lars_is_the_papers_for_global_batch_256():
     assert default_lr("lars") == 0.2 and default_lr("sgd") == 0.06
 
 
+def test_run_config_derives_schedule_lr_and_notes():
+    from sslprobe.distributed import Dist
+    from sslprobe.pretraining.augment import byol_views
+    from sslprobe.pretraining.trainstep import run_config
+
+    _, spec = create_backbone("test_resnet", weights="random", image_size=16)
+    kw = {"data": "d", "spec": spec, "batch": 8, "steps_per_epoch": 3, "device": torch.device("cpu"), "epochs": 10,
+          "max_steps": None, "optimizer": "auto", "lr": None, "weight_decay": 1e-6, "warmup_epochs": 10.0,
+          "tau_base": 0.99, "proj_hidden": 32, "proj_dim": 16, "seed": 1, "views": byol_views(16), "blur": None}
+    one = run_config(dist=Dist(), **kw)
+    assert (one.total_steps, one.warmup_steps, one.optimizer, one.global_batch) == (30, 15, "sgd", 8)  # warm-up ≤ half
+    assert one.lr == pytest.approx(0.06 * 8 / 256) and one.base_lr == 0.06 and one.small_stem
+    assert one.sync_batchnorm == "n/a (one process)" and one.precision == "float32" and one.blur.startswith("off")
+    two = run_config(dist=Dist(rank=1, world=64), **{**kw, "max_steps": 100, "lr": 0.3, "warmup_epochs": 1.0})
+    assert (two.total_steps, two.warmup_steps, two.optimizer, two.global_batch) == (100, 3, "lars", 512)
+    assert two.lr == pytest.approx(0.3 * 2) and two.sync_batchnorm.startswith("no: SyncBatchNorm has no CPU kernel")
+
+
 def test_cli_resume_flag_continues(monkeypatch, capsys, class_folder, tmp_path):
     from tests.test_cli import run
 
     args = ["pretrain", class_folder, "--out", tmp_path / "r", "--model", "test_resnet", "--image-size", "16",
             "--batch-size", "8", "--max-steps", "4", "--proj-hidden", "32", "--proj-dim", "16", "--workers", "0"]
-    code, _, err = run(monkeypatch, capsys, *args, "--stop-at", "2", "--no-blur", "--gray-p", "0.3", "--blur-p", "1", "0.5")
+    code, _, err = run(monkeypatch, capsys, *args, "--stop-at", "2", "--no-blur", "--gray-p", "0.3", "--blur-p", "1",
+                       "0.5")
     assert code == 0 and "stopped: --stop-at 2" in err and "--resume" in err
     code, _, err = run(monkeypatch, capsys, *args, "--no-blur", "--gray-p", "0.3", "--blur-p", "1", "0.5")
     assert code == 2 and "unfinished run" in err
@@ -373,6 +394,31 @@ def test_worker_views_equal_in_process_views(class_folder):
     assert pid != os.getpid() and on_int == on_term == signal.SIG_IGN  # Ctrl-C is the training process's to handle
     assert not BatchSource(images, store=24, batch=5, device=torch.device("cpu"), seed=3, workers=0,
                            show_progress=False).can_map
+
+
+def test_step_feed_gives_the_same_inputs_on_both_view_paths(class_folder):
+    from sslprobe.images.folders import open_images
+    from sslprobe.pretraining.batches import BatchSource
+    from sslprobe.pretraining.trainstep import PretrainConfig, StepFeed, TrainStep, build_byol
+
+    cfg = PretrainConfig(model="test_resnet", image_size=16, small_stem=True, batch_size=5, proj_hidden=32,
+                         proj_dim=16, optimizer="sgd", total_steps=10)
+    net, opt, spec = build_byol(cfg, device=torch.device("cpu"))
+    step = TrainStep(net, opt, cfg=cfg, spec=spec, device=torch.device("cpu"))
+    kw = {"store": 16, "batch": 5, "device": torch.device("cpu"), "seed": 3, "show_progress": False}
+    images = open_images(class_folder)
+    here = StepFeed(BatchSource(images, workers=0, **kw), step, start=3)
+    there = StepFeed(BatchSource(images, workers=1, **kw), step, start=3)
+    try:
+        assert not here.in_workers and there.in_workers
+        for _ in range(3):
+            (s, (x,)), (t, (w1, w2)) = here.next(), there.next()
+            v1, v2 = step.views(x, s)
+            assert s == t and x.dtype == torch.uint8 and torch.equal(v1, w1) and torch.equal(v2, w2)
+        loss, proj_std = there.train((w1, w2), t)
+        assert torch.isfinite(loss) and proj_std > 0
+    finally:
+        here.close(), there.close()
 
 
 def test_worker_views_train_and_resume_exactly_like_in_process(class_folder, tmp_path, monkeypatch):
