@@ -229,7 +229,8 @@ def test_blur_drawn_touches_only_drawn_images():
 
 def test_solarize_always_on_inverts_bright_pixels():
     x = torch.full((2, 3, 8, 8), 230, dtype=torch.uint8)
-    cfg = ViewConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0, jitter_p=0, gray_p=0, blur_p=0, solarize_p=1.0)
+    cfg = ViewConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0, jitter_p=0, gray_p=0, blur_p=0,
+                     solarize_p=1.0)
     v = make_view(x, cfg, size=8, mean=(0, 0, 0), std=(1, 1, 1), generator=torch.Generator())
     assert torch.allclose(v, torch.full_like(v, 1 - 230 / 255), atol=1e-5)
 
@@ -247,7 +248,8 @@ def test_every_view_option_overrides_the_paper_default():
 
 @pytest.mark.parametrize("kw, match", [
     ({"flip_p": 1.5}, "--flip-p"), ({"gray_p": -0.1}, "--gray-p"), ({"blur_p": (1.0, 2.0)}, r"--blur-p \(view 2\)"),
-    ({"solarize_p": (-1.0, 0.2)}, r"--solarize-p \(view 1\)"), ({"hue": 0.6}, "--hue"), ({"contrast": -1}, "--contrast"),
+    ({"solarize_p": (-1.0, 0.2)}, r"--solarize-p \(view 1\)"), ({"hue": 0.6}, "--hue"),
+    ({"contrast": -1}, "--contrast"),
     ({"crop_scale": (0.5, 0.2)}, "--crop-scale"), ({"crop_scale": (0.0, 1.0)}, "--crop-scale"),
     ({"blur_sigma": (0.0, 2.0)}, "--blur-sigma"),
 ])
@@ -259,7 +261,8 @@ def test_view_options_are_validated(kw, match):
 
 
 @pytest.mark.parametrize("size, blur, note", [
-    (224, None, "on"), (64, None, "off (automatic: image size 64 ≤ 64 px)"), (32, True, "on"), (224, False, "off (--no-blur)"),
+    (224, None, "on"), (64, None, "off (automatic: image size 64 ≤ 64 px)"), (32, True, "on"),
+    (224, False, "off (--no-blur)"),
 ])
 def test_blur_note(size, blur, note):
     from sslprobe.pretraining.augment import blur_note
