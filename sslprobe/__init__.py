@@ -16,7 +16,7 @@ _LAZY = {
     "pretrain": "sslprobe.pretraining.pretrain",
     "extract": "sslprobe.extraction.extract",
     "probe": "sslprobe.probing.probe",
-    "compare": "sslprobe.probing.probe",
+    "compare": "sslprobe.probing.compare",
     "predict": "sslprobe.probing.predict",
 }
 
@@ -26,7 +26,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from sslprobe.extraction.extract import extract
     from sslprobe.pretraining.pretrain import pretrain
     from sslprobe.probing.predict import predict
-    from sslprobe.probing.probe import compare, probe
+    from sslprobe.probing.compare import compare
+    from sslprobe.probing.probe import probe
 
 
 def __getattr__(name: str) -> Any:
