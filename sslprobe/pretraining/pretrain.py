@@ -139,8 +139,8 @@ def pretrain(data: str | os.PathLike, *, out: str | os.PathLike, model: str = "r
                          dist=dist, device=dev, epochs=epochs, max_steps=max_steps, optimizer=optimizer, lr=lr,
                          weight_decay=weight_decay, warmup_epochs=warmup_epochs, tau_base=tau_base,
                          proj_hidden=proj_hidden, proj_dim=proj_dim, seed=seed, views=views, blur=blur)
-        knn = KnnEval(eval_train, eval_test, size=spec.image_size, device=dev, workers=nw) \
-            if eval_train is not None and dist.main else None
+        knn = (KnnEval(eval_train, eval_test, size=spec.image_size, device=dev, workers=nw)
+               if eval_train is not None and dist.main else None)
         return _Session(cfg, source=source, images=images, out=Path(out), dist=dist, device=dev, loop=loop,
                         knn=knn).run()
     finally:
