@@ -10,6 +10,11 @@ Every row goes through the content-addressed cache (``sslprobe.cache``): known i
 read back, new ones computed and written in shards as the run goes, so a rerun costs a read and
 a hash per file, an interrupted run resumes where its last shard ended, and renamed files cost
 nothing. Under torchrun each rank embeds every WORLD_SIZE-th file and rank 0 writes the output.
+
+``extract`` reads as its steps: check the options, build the feature model (``_build``), open
+the cache (``_open_cache``), embed this rank's files (``_embed_all``, the loop is
+``loop.Embedder``), collect every rank's rows on rank 0 (``_assemble``) and write the pair of
+files (``_write``).
 """
 from __future__ import annotations
 
@@ -19,17 +24,27 @@ import os
 import platform
 import secrets
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from sslprobe import __version__, distributed
+from sslprobe.cache import Fingerprint, Store, default_cache_dir
+from sslprobe.distributed import Dist
 from sslprobe.errors import SSLProbeError
+from sslprobe.extraction.embed import FeatureModel
+from sslprobe.extraction.loop import Embedder, Rows
+from sslprobe.extraction.shards import ShardWriter
 from sslprobe.fileio import atomic_path, file_sha256, write_json
 from sslprobe.images.decode import DECODE_POLICY
+from sslprobe.images.folders import ImageSet, open_images, skipped_report
+from sslprobe.images.transforms import Uint8Transform
 from sslprobe.runtime import default_workers, pick_device, progress_bar
+
+if TYPE_CHECKING:
+    from sslprobe.backbone import BackboneSpec
 
 FEATURES = "features.safetensors"
 MANIFEST = "manifest.json"
@@ -37,6 +52,61 @@ WEIGHTS = ("random", "random-rescaled", "pretrained", "pixels")
 DTYPES = ("float32", "float16")
 DECODES = ("cpu", "gpu")
 CALIBRATION_IMAGES = 64
+
+
+@dataclass(frozen=True)
+class Featurizer:
+    """What the weights become: the feature model, its input transform, and what names it in cache and manifest."""
+
+    model: FeatureModel
+    transform: Uint8Transform  # the decode workers' (and the nvJPEG path's) resize and crop
+    gpu: bool  # JPEGs decoded with nvJPEG on the device
+    model_name: str
+    weights_kind: str  # the fingerprint's ``weights``: random, random-rescaled, pretrained, pixels or file
+    weights_id: str  # what pins the weights down in the fingerprint (seed, hub tag or sha256)
+    weights_info: dict[str, Any]  # the manifest's weights entries
+    preprocessing: dict[str, Any]
+    layer: str  # "pre-logits" or "stage{k}"
+
+
+@dataclass(frozen=True)
+class CacheUse:
+    """This run's fingerprint and the store its rows go through (``store`` None with ``use_cache=False``)."""
+
+    fingerprint: Fingerprint
+    root: Path
+    store: Store | None
+
+    def entry(self, *, hits: int, misses: int, shards_written: int) -> dict[str, Any]:
+        """The manifest's ``cache`` entry."""
+        fp, store = self.fingerprint, self.store
+        return {"enabled": store is not None, "dir": str(self.root) if store is not None else None,
+                "store": fp.store_id, "fingerprint": asdict(fp), "hits": hits, "misses": misses,
+                "invalid_shards": len(store.invalid) if store is not None else 0,
+                "shards_written": shards_written}
+
+
+@dataclass(frozen=True)
+class Part:
+    """One rank's share, gathered on rank 0; ``feats`` only when no store holds its rows (no cache)."""
+
+    idx: list[int]
+    keys: list[bytes]
+    skipped: list[tuple[int, str]]
+    hits: int
+    misses: int
+    feats: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class Assembled:
+    """Every rank's rows in file order (rank 0): ``features`` (len(idx), D), None when no image was readable."""
+
+    idx: list[int]
+    features: torch.Tensor | None
+    skipped: list[tuple[int, str]]
+    hits: int
+    misses: int
 
 
 def _state_sha256(net: torch.nn.Module) -> str:
@@ -80,10 +150,35 @@ def extract(
     ≤ 64 px; trained weights keep theirs. ``layer``: ``pre-logits`` or a stage index; ``pool``: auto,
     cls or mean. ``decode="gpu"`` decodes JPEGs with nvJPEG on CUDA.
     """
-    from sslprobe.cache import Fingerprint, Store, default_cache_dir
-    from sslprobe.extraction.shards import ShardWriter
-    from sslprobe.images.folders import open_images
+    _check_options(batch_size=batch_size, image_size=image_size, dtype=dtype, decode=decode)
+    t0 = time.perf_counter()
+    images = open_images(data, image_column=image_column, label_column=label_column)
+    dist, dev = distributed.setup(pick_device(device))
+    try:
+        feat = _build(images, model=model, weights=weights, image_size=image_size, small_stem=small_stem,
+                      layer=layer, pool=pool, seed=seed, allow_pickle=allow_pickle,
+                      decode=decode if dev.type == "cuda" else "cpu")
+        # channels_last on CPU too: with BatchNorm folded, oneDNN convs run ~1.1-1.3x faster in it
+        feat.model.to(dev).eval().to(memory_format=torch.channels_last)
+        cache = _open_cache(feat, pool=pool, dtype=dtype, dev=dev, cache_dir=cache_dir, use_cache=use_cache)
+        t_setup = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        rows, writer = _embed_all(images, feat, store=cache.store, dist=dist, dev=dev, dtype=dtype,
+                                  batch_size=batch_size, workers=default_workers() if workers is None else workers,
+                                  shard_rows=shard_rows, show_progress=show_progress)
+        t_embed = time.perf_counter() - t1
+        result = _assemble(images, rows, dist=dist, store=cache.store)
+        manifest = None
+        if result is not None:  # rank 0
+            manifest = _write(images, result, out=Path(out), data=data, feat=feat, cache=cache, dev=dev,
+                              world=dist.world, shards_written=writer.shards, t0=t0,
+                              timings={"setup": t_setup, "embed": t_embed, "write_shards": writer.seconds})
+        return distributed.broadcast(manifest, dist)
+    finally:
+        distributed.teardown(dist)
 
+
+def _check_options(*, batch_size: int, image_size: int | None, dtype: str, decode: str) -> None:
     if batch_size < 1:
         raise SSLProbeError(f"--batch-size must be ≥ 1 (got {batch_size})")
     if image_size is not None and image_size < 1:
@@ -92,73 +187,15 @@ def extract(
         raise SSLProbeError(f"--dtype must be float32 or float16 (got '{dtype}')")
     if decode not in DECODES:
         raise SSLProbeError(f"--decode must be cpu or gpu (got '{decode}')")
-    t0 = time.perf_counter()
-    images = open_images(data, image_column=image_column, label_column=label_column)
-    ranks, dev = distributed.setup(pick_device(device))
-    try:
-        built = _build(images, model=model, weights=weights, image_size=image_size, small_stem=small_stem,
-                       layer=layer, pool=pool, seed=seed, allow_pickle=allow_pickle,
-                       decode=decode if dev.type == "cuda" else "cpu")
-        # channels_last on CPU too: with BatchNorm folded, oneDNN convs run ~1.1-1.3x faster in it
-        fmodel = built["model"].to(dev).eval().to(memory_format=torch.channels_last)
-        fp = Fingerprint(model=built["model_name"], weights=built["weights_kind"], weights_id=built["weights_id"],
-                         preprocessing=json.dumps({**built["preprocessing"], "decode_policy": DECODE_POLICY}, sort_keys=True),
-                         layer=built["layer"],
-                         pool=pool, dtype=dtype, compute="bfloat16" if dev.type == "cuda" else "float32",
-                         sslprobe_major=__version__.split(".")[0])
-        cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        store = Store.open(cache_root, fp) if use_cache else None
-        if store is not None:
-            store.refresh()
-        t_setup = time.perf_counter() - t0
-
-        from sslprobe.extraction.loop import run_pass
-
-        n = len(images)
-        order = list(range(ranks.rank, n, ranks.world))
-        writer = ShardWriter(store, rows=shard_rows, tag=f"r{ranks.rank}")
-        state = {"hits": 0, "misses": 0, "skipped": [], "feats": None, "have": torch.zeros(n, dtype=torch.bool),
-                 "keys": [None] * n}
-        nworkers = default_workers() if workers is None else workers
-        t1 = time.perf_counter()
-        try:
-            with progress_bar(show_progress and ranks.main) as bar:
-                task = bar.add_task("extract", total=len(order))
-                retry = run_pass(images, order, state, model=fmodel, store=store, writer=writer, built=built,
-                                 device=dev, dtype=dtype, batch_size=batch_size, workers=nworkers, bar=bar, task=task)
-                if retry:  # rows of shards that failed their checksum: recompute, never trust
-                    run_pass(images, retry, state, model=fmodel, store=None, writer=writer, built=built, device=dev,
-                             dtype=dtype, batch_size=batch_size, workers=nworkers, bar=bar, task=None)
-        finally:
-            writer.close()  # finished rows are kept even when the run is interrupted
-        t_embed = time.perf_counter() - t1
-        result = _assemble(images, state, ranks=ranks, store=store)
-        manifest = None
-        if ranks.main:
-            manifest = _write(images, result, out=Path(out), data=data, built=built, fp=fp, store=store,
-                              cache_root=cache_root, dev=dev, ranks=ranks, writer=writer,
-                              timings={"setup": t_setup, "embed": t_embed, "write_shards": writer.seconds}, t0=t0)
-        return distributed.broadcast(manifest, ranks)
-    finally:
-        distributed.teardown(ranks)
 
 
-def _build(images: Any, *, model: str | None, weights: str, image_size: int | None, small_stem: bool | None,
-           layer: str | int, pool: str, seed: int, allow_pickle: bool, decode: str) -> dict[str, Any]:
+def _build(images: ImageSet, *, model: str | None, weights: str, image_size: int | None, small_stem: bool | None,
+           layer: str | int, pool: str, seed: int, allow_pickle: bool, decode: str) -> Featurizer:
     """The feature model, its worker transform and everything the fingerprint needs."""
-    from sslprobe.extraction.embed import FeatureModel, Pixels, fold_batchnorm_, resolve_layer
-    from sslprobe.images.transforms import Uint8Transform
+    from sslprobe.extraction.embed import fold_batchnorm_, resolve_layer
 
     if weights == "pixels":
-        if str(layer) not in ("pre-logits", "") or pool != "auto" or small_stem is not None:
-            raise SSLProbeError("--weights pixels has no layers, pooling or stem; drop --layer/--pool/--small-stem")
-        size = image_size or 32
-        tf = Uint8Transform(size=size)
-        pre = {"image_size": size, "interpolation": "bicubic", "crop_pct": 1.0, "mean": None, "std": None}
-        return {"model": FeatureModel(Pixels(), mean=None, std=None), "transform": tf, "model_name": "pixels",
-                "weights_kind": "pixels", "weights_id": "", "weights_info": {"weights": "pixels"},
-                "preprocessing": {**pre, "decode": "pil-draft"}, "layer": "pre-logits", "draft": tf.draft,
-                "decode": "cpu"}
+        return _pixels(image_size=image_size, small_stem=small_stem, layer=layer, pool=pool)
     from sslprobe.backbone import create_backbone, eval_transform, random_backbone
 
     init = ""
@@ -175,22 +212,35 @@ def _build(images: Any, *, model: str | None, weights: str, image_size: int | No
     kind, wid, info = _identify(net, spec, images, tf, weights=weights, seed=seed, init=init)
     fold_batchnorm_(net)
     use_gpu = decode == "gpu"
-    pre = {**asdict(spec), "decode": "nvjpeg" if use_gpu else "pil-draft"}
-    return {"model": FeatureModel(net, mean=spec.mean, std=spec.std, layer=k, pool=pool), "transform": tf,
-            "model_name": spec.model, "weights_kind": kind, "weights_id": wid, "weights_info": info,
-            "preprocessing": pre, "layer": "pre-logits" if k is None else f"stage{k}", "draft": tf.draft,
-            "decode": decode}
+    return Featurizer(model=FeatureModel(net, mean=spec.mean, std=spec.std, layer=k, pool=pool), transform=tf,
+                      gpu=use_gpu, model_name=spec.model, weights_kind=kind, weights_id=wid, weights_info=info,
+                      preprocessing={**asdict(spec), "decode": "nvjpeg" if use_gpu else "pil-draft"},
+                      layer="pre-logits" if k is None else f"stage{k}")
 
 
-def _identify(net: torch.nn.Module, spec: Any, images: Any, tf: Any, *, weights: str, seed: int,
-              init: str) -> tuple[str, str, dict[str, Any]]:
+def _pixels(*, image_size: int | None, small_stem: bool | None, layer: str | int, pool: str) -> Featurizer:
+    """The raw-pixel baseline: the image resized and centre-cropped (32 px by default), flattened."""
+    from sslprobe.extraction.embed import Pixels
+
+    if str(layer) not in ("pre-logits", "") or pool != "auto" or small_stem is not None:
+        raise SSLProbeError("--weights pixels has no layers, pooling or stem; drop --layer/--pool/--small-stem")
+    size = image_size or 32
+    pre = {"image_size": size, "interpolation": "bicubic", "crop_pct": 1.0, "mean": None, "std": None}
+    return Featurizer(model=FeatureModel(Pixels(), mean=None, std=None), transform=Uint8Transform(size=size),
+                      gpu=False, model_name="pixels", weights_kind="pixels", weights_id="",
+                      weights_info={"weights": "pixels"}, preprocessing={**pre, "decode": "pil-draft"},
+                      layer="pre-logits")
+
+
+def _identify(net: torch.nn.Module, spec: BackboneSpec, images: ImageSet, tf: Uint8Transform, *, weights: str,
+              seed: int, init: str) -> tuple[str, str, dict[str, Any]]:
     """Weights kind, the id that pins them down in the cache fingerprint, and their manifest entries.
 
     ``random-rescaled`` rescales ``net`` here, on a seeded sample of ``images``.
     """
     import timm
 
-    from sslprobe.extraction.embed import FeatureModel, rescale_init_
+    from sslprobe.extraction.embed import rescale_init_
     from sslprobe.fairinit import POLICY
 
     info: dict[str, Any] = {"weights": weights}
@@ -214,7 +264,7 @@ def _identify(net: torch.nn.Module, spec: Any, images: Any, tf: Any, *, weights:
     return "file", info["weights_sha256"], info
 
 
-def _calibration_batch(images: Any, tf: Any, *, seed: int) -> torch.Tensor:
+def _calibration_batch(images: ImageSet, tf: Uint8Transform, *, seed: int) -> torch.Tensor:
     """uint8 (B, 3, H, W) of up to 64 readable images, picked by a seeded hash of their ids."""
     from sslprobe.images.decode import BadImageError
 
@@ -232,55 +282,80 @@ def _calibration_batch(images: Any, tf: Any, *, seed: int) -> torch.Tensor:
     return torch.stack(picked)
 
 
-def _assemble(images: Any, state: dict, *, ranks: Any, store: Any) -> dict[str, Any] | None:
+def _open_cache(feat: Featurizer, *, pool: str, dtype: str, dev: torch.device, cache_dir: str | os.PathLike | None,
+                use_cache: bool) -> CacheUse:
+    """The fingerprint of this run's rows (in the manifest even without a cache) and, with one, its store."""
+    fp = Fingerprint(model=feat.model_name, weights=feat.weights_kind, weights_id=feat.weights_id,
+                     preprocessing=json.dumps({**feat.preprocessing, "decode_policy": DECODE_POLICY}, sort_keys=True),
+                     layer=feat.layer, pool=pool, dtype=dtype, compute="bfloat16" if dev.type == "cuda" else "float32",
+                     sslprobe_major=__version__.split(".")[0])
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    store = Store.open(root, fp) if use_cache else None
+    if store is not None:
+        store.refresh()
+    return CacheUse(fingerprint=fp, root=root, store=store)
+
+
+def _embed_all(images: ImageSet, feat: Featurizer, *, store: Store | None, dist: Dist, dev: torch.device, dtype: str,
+               batch_size: int, workers: int, shard_rows: int, show_progress: bool) -> tuple[Rows, ShardWriter]:
+    """This rank's files (every WORLD_SIZE-th) through the cache; the writer is closed (its shards on disk)."""
+    order = list(range(dist.rank, len(images), dist.world))
+    rows = Rows.empty(len(images))
+    writer = ShardWriter(store, rows=shard_rows, tag=f"r{dist.rank}")
+    embedder = Embedder(feat.model, transform=feat.transform, gpu=feat.gpu, rows=rows, writer=writer, device=dev,
+                        dtype=dtype, batch_size=batch_size, workers=workers)
+    try:
+        with progress_bar(show_progress and dist.main) as bar:
+            task = bar.add_task("extract", total=len(order))
+            retry = embedder.run_pass(images, order, store=store, bar=bar, task=task)
+            if retry:  # rows of shards that failed their checksum: recompute, never trust
+                embedder.run_pass(images, retry, store=None, bar=bar, task=None)
+    finally:
+        writer.close()  # finished rows are kept even when the run is interrupted
+    return rows, writer
+
+
+def _assemble(images: ImageSet, rows: Rows, *, dist: Dist, store: Store | None) -> Assembled | None:
     """Rows in file order on rank 0: this rank's, plus the other ranks' (from the store or gathered)."""
-    have = state["have"]
-    mine = have.nonzero().flatten().tolist()
-    part = {"idx": mine, "keys": [state["keys"][i] for i in mine], "skipped": state["skipped"],
-            "hits": state["hits"], "misses": state["misses"],
-            "feats": None if store is not None or ranks.world == 1 or not mine else state["feats"][have]}
-    parts = distributed.gather(part, ranks)
-    if not ranks.main:
+    mine = rows.have.nonzero().flatten().tolist()
+    send = None if store is not None or dist.world == 1 or not mine else rows.feats[rows.have]
+    part = Part(idx=mine, keys=[rows.keys[i] for i in mine], skipped=rows.skipped, hits=rows.hits,
+                misses=rows.misses, feats=send)
+    parts = distributed.gather(part, dist)
+    if parts is None:
         return None
-    feats = state["feats"]
-    if ranks.world > 1:
+    if dist.world > 1:
         if store is not None:
             store.refresh()  # the other ranks' shards are written: their writers closed before gather
         for p in parts[1:]:
-            if not p["idx"]:
-                continue
-            if store is not None:
-                rows, found = store.get(p["keys"])
-                if not all(found):
-                    raise SSLProbeError("another rank's cache shard could not be read back; rerun extract")
-            else:
-                rows = p["feats"]
-            if feats is None:
-                feats = torch.empty(len(images), rows.shape[1], dtype=rows.dtype)
-            feats[p["idx"]] = rows.to(feats.dtype)
-            have[p["idx"]] = True
-    idx = have.nonzero().flatten()
-    return {"idx": idx.tolist(), "features": None if feats is None else feats[idx],
-            "skipped": [s for p in parts for s in p["skipped"]],
-            "hits": sum(p["hits"] for p in parts), "misses": sum(p["misses"] for p in parts)}
+            _take(rows, p, store=store)
+    idx = rows.have.nonzero().flatten()
+    return Assembled(idx=idx.tolist(), features=None if rows.feats is None else rows.feats[idx],
+                     skipped=[s for p in parts for s in p.skipped], hits=sum(p.hits for p in parts),
+                     misses=sum(p.misses for p in parts))
 
 
-def _write(images: Any, r: dict, *, out: Path, data: Any, built: dict, fp: Any, store: Any, cache_root: Path,
-           dev: torch.device, ranks: Any, writer: Any, timings: dict, t0: float) -> dict[str, Any]:
+def _take(rows: Rows, part: Part, *, store: Store | None) -> None:
+    """Another rank's rows into ``rows``: read from the store its writer filled, or as it sent them."""
+    if not part.idx:
+        return
+    if store is None:
+        got = part.feats
+    else:
+        got, found = store.get(part.keys)
+        if not all(found):
+            raise SSLProbeError("another rank's cache shard could not be read back; rerun extract")
+    rows.put(part.idx, part.keys, got)
+
+
+def _write(images: ImageSet, r: Assembled, *, out: Path, data: str | os.PathLike, feat: Featurizer, cache: CacheUse,
+           dev: torch.device, world: int, shards_written: int, timings: dict[str, float],
+           t0: float) -> dict[str, Any]:
+    """features.safetensors, then manifest.json; returns the manifest."""
     from safetensors.torch import save_file
 
-    from sslprobe.images.folders import skipped_report
-
-    rows, skipped = r["idx"], r["skipped"]
-    if not rows:
-        raise SSLProbeError(f"no readable image in '{data}': all {len(skipped)} files were skipped "
-                            f"(first: {skipped_report(images, skipped)[:1]}); check the folder")
-    features = r["features"]  # (N, D)
-    if not torch.isfinite(features).all():
-        bad = int((~torch.isfinite(features)).any(1).sum())
-        raise SSLProbeError(f"the backbone produced NaN/inf features for {bad} images; check --weights "
-                            "(or use --dtype float32 if float16 overflowed)")
-    labels = torch.tensor([images.labels[i] for i in rows], dtype=torch.int64)
+    features = _checked_features(images, r, data=data)  # (N, D)
+    labels = torch.tensor([images.labels[i] for i in r.idx], dtype=torch.int64)
     out.mkdir(parents=True, exist_ok=True)
     # The previous run's manifest goes first: a crash between the two writes must not pair the new
     # features with old class names and paths. The features file carries its classes and a run id
@@ -290,38 +365,56 @@ def _write(images: Any, r: dict, *, out: Path, data: Any, built: dict, fp: Any, 
     with atomic_path(out / FEATURES) as tmp:
         save_file({"features": features.contiguous(), "labels": labels}, str(tmp),
                   metadata={"classes": json.dumps(list(images.classes)), "run_id": run_id})
-    import timm
-
-    manifest = {
-        "format": "sslprobe-features",
-        "run_id": run_id,
-        "source": str(data),
-        "kind": images.kind,
-        "model": built["model_name"],
-        **built["weights_info"],
-        "preprocessing": built["preprocessing"],
-        "layer": built["layer"],
-        "pool": fp.pool,
-        "dtype": fp.dtype,
-        "dim": int(features.shape[1]),
-        "classes": list(images.classes),
-        "paths": [images.ids[i] for i in rows],
-        "counts": {"found": len(images), "embedded": len(rows), "skipped": len(skipped)},
-        "skipped": skipped_report(images, skipped),
-        "cache": {"enabled": store is not None, "dir": str(cache_root) if store is not None else None,
-                  "store": fp.store_id, "fingerprint": asdict(fp), "hits": r["hits"], "misses": r["misses"],
-                  "invalid_shards": len(store.invalid) if store is not None else 0,
-                  "shards_written": writer.shards},
-        "device": str(dev),
-        "world_size": ranks.world,
-        "timings": {k: round(v, 3) for k, v in timings.items()},
-        "seconds": round(time.perf_counter() - t0, 3),
-        "versions": {"sslprobe": __version__, "torch": torch.__version__, "timm": timm.__version__,
-                     "python": platform.python_version()},
-    }
+    manifest = _manifest(images, r, run_id=run_id, dim=int(features.shape[1]), data=data, feat=feat, cache=cache,
+                         dev=dev, world=world, shards_written=shards_written, timings=timings, t0=t0)
     try:
         write_json(out / MANIFEST, manifest)
     except BaseException:  # a features file without its manifest would lose paths: leave neither
         (out / FEATURES).unlink(missing_ok=True)
         raise
     return manifest
+
+
+def _checked_features(images: ImageSet, r: Assembled, *, data: str | os.PathLike) -> torch.Tensor:
+    """The features to write; refuses a run with no readable image or with non-finite features."""
+    if not r.idx:
+        raise SSLProbeError(f"no readable image in '{data}': all {len(r.skipped)} files were skipped "
+                            f"(first: {skipped_report(images, r.skipped)[:1]}); check the folder")
+    features = r.features
+    if not torch.isfinite(features).all():
+        bad = int((~torch.isfinite(features)).any(1).sum())
+        raise SSLProbeError(f"the backbone produced NaN/inf features for {bad} images; check --weights "
+                            "(or use --dtype float32 if float16 overflowed)")
+    return features
+
+
+def _manifest(images: ImageSet, r: Assembled, *, run_id: str, dim: int, data: str | os.PathLike, feat: Featurizer,
+              cache: CacheUse, dev: torch.device, world: int, shards_written: int, timings: dict[str, float],
+              t0: float) -> dict[str, Any]:
+    import timm
+
+    fp = cache.fingerprint
+    return {
+        "format": "sslprobe-features",
+        "run_id": run_id,
+        "source": str(data),
+        "kind": images.kind,
+        "model": feat.model_name,
+        **feat.weights_info,
+        "preprocessing": feat.preprocessing,
+        "layer": feat.layer,
+        "pool": fp.pool,
+        "dtype": fp.dtype,
+        "dim": dim,
+        "classes": list(images.classes),
+        "paths": [images.ids[i] for i in r.idx],
+        "counts": {"found": len(images), "embedded": len(r.idx), "skipped": len(r.skipped)},
+        "skipped": skipped_report(images, r.skipped),
+        "cache": cache.entry(hits=r.hits, misses=r.misses, shards_written=shards_written),
+        "device": str(dev),
+        "world_size": world,
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+        "seconds": round(time.perf_counter() - t0, 3),
+        "versions": {"sslprobe": __version__, "torch": torch.__version__, "timm": timm.__version__,
+                     "python": platform.python_version()},
+    }
