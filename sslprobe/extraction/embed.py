@@ -9,6 +9,7 @@ or the mean of the patch tokens.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -176,7 +177,7 @@ def _set(root: nn.Module, name: str, module: nn.Module) -> None:
 
 
 @contextlib.contextmanager
-def forward_context(device: torch.device):
+def forward_context(device: torch.device) -> Iterator[None]:
     """inference_mode everywhere; bf16 autocast on CUDA (fp32 on CPU keeps the numbers exact)."""
     with torch.inference_mode():
         if device.type == "cuda":
