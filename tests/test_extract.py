@@ -242,7 +242,8 @@ def test_vit_cls_and_mean_pooling(class_folder, tmp_path):
     with torch.no_grad():
         tokens = net.eval().forward_features(torch.stack([tf(images.read(i)) for i in range(len(images))]))
     kw = dict(model="test_vit", weights="random", image_size=32, seed=0, **FAST)
-    for pool, want in (("auto", tokens[:, 0]), ("cls", tokens[:, 0]), ("mean", tokens[:, net.num_prefix_tokens:].mean(1))):
+    patches = tokens[:, net.num_prefix_tokens:].mean(1)
+    for pool, want in (("auto", tokens[:, 0]), ("cls", tokens[:, 0]), ("mean", patches)):
         extract(class_folder, out=tmp_path / pool, pool=pool, **kw)
         assert torch.allclose(_feats(tmp_path / pool), want, atol=1e-5), pool
     assert not torch.allclose(_feats(tmp_path / "cls"), _feats(tmp_path / "mean"))
