@@ -25,8 +25,8 @@ from sslprobe.errors import SSLProbeError
 if TYPE_CHECKING:  # pragma: no cover
     from sslprobe.extraction.extract import extract
     from sslprobe.pretraining.pretrain import pretrain
-    from sslprobe.probing.predict import predict
     from sslprobe.probing.compare import compare
+    from sslprobe.probing.predict import predict
     from sslprobe.probing.probe import probe
 
 

@@ -16,6 +16,7 @@ import typer
 
 from sslprobe import __version__
 from sslprobe import options as opt
+from sslprobe.distributed import env_rank
 from sslprobe.errors import SSLProbeError
 from sslprobe.options import EXTRACT, PRETRAIN, PROBE, VIEWS
 
@@ -139,12 +140,13 @@ def pretrain(
                        stop_at=stop_at, eval_every=eval_every, log_every=log_every, lr=lr, max_minutes=max_minutes,
                        optimizer=optimizer, tau_base=tau_base, warmup_epochs=warmup_epochs, proj_hidden=proj_hidden,
                        proj_dim=proj_dim, weight_decay=weight_decay, eval_train=eval_train, eval_test=eval_test)
-    from sslprobe.pretraining.pretrain import PretrainInterrupted
-    from sslprobe.pretraining.pretrain import pretrain as run
-
     augment = {"crop_scale": crop_scale, "flip_p": flip_p, "jitter_p": jitter_p, "brightness": brightness,
                "contrast": contrast, "saturation": saturation, "hue": hue, "gray_p": gray_p, "blur_p": blur_p,
                "blur_sigma": blur_sigma, "solarize_p": solarize_p}
+    opt.check_views(crop_ratio=VIEWS.crop_ratio, **augment)
+    from sslprobe.pretraining.pretrain import PretrainInterrupted
+    from sslprobe.pretraining.pretrain import pretrain as run
+
     try:
         s = run(data, out=out, model=model, image_size=image_size, small_stem=small_stem, batch_size=batch_size,
                 epochs=epochs, max_steps=max_steps, optimizer=optimizer, lr=lr, tau_base=tau_base,
@@ -156,7 +158,7 @@ def pretrain(
     except PretrainInterrupted as e:
         _err(str(e))
         raise typer.Exit(130) from None
-    if s["world_size"] > 1 and not _is_rank0():
+    if env_rank() != 0:  # torchrun: rank 0 reports for all
         return
     if resume:
         resumed = s["resumed_from"]
@@ -166,10 +168,6 @@ def pretrain(
          f"skipped {len(s['skipped'])} files; backbone written to {Path(s['out']) / 'backbone.safetensors'}")
     if s["status"] != "complete":
         _err("continue with the same command plus --resume")
-
-
-def _is_rank0() -> bool:
-    return os.environ.get("RANK", "0") == "0"
 
 
 @app.command(epilog="Example: sslprobe extract photos/train --weights runs/byol/backbone.safetensors --out feats/train")
@@ -211,7 +209,7 @@ def extract(
             pool=pool, dtype=dtype, batch_size=batch_size, seed=seed, device=device, workers=workers,
             allow_pickle=allow_pickle, image_column=image_column, label_column=label_column, cache_dir=cache_dir,
             use_cache=not no_cache, decode=decode)
-    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports for all
+    if env_rank() != 0:  # torchrun: rank 0 reports for all
         return
     c = m["cache"]
     cached = f", {c['hits']} from cache, {c['misses']} computed" if c["enabled"] else ""
@@ -321,12 +319,13 @@ def probe(
     """Linear probe (multinomial logistic regression) and kNN on cached embeddings."""
     for p in (train, val, test):
         opt.feature_source(p)
-    kw = opt.probe_keywords(C=c, search=search, knn_k=knn_k, fractions=fractions, shots=shots, seeds=seeds,
-                            chunk_rows=chunk_rows, float64=float64, half_features=half_features, select=select)
+    kw = opt.probe_keywords(C=c, search=search, knn_k=knn_k, knn_t=knn_t, fractions=fractions, shots=shots,
+                            seeds=seeds, chunk_rows=chunk_rows, float64=float64, half_features=half_features,
+                            select=select)
     from sslprobe.probing.probe import probe as run
     from sslprobe.probing.report import render_probe, summary
 
-    result = run(train, val=val, test=test, standardize=standardize, knn_temperature=knn_t, seed=seed,
+    result = run(train, val=val, test=test, standardize=standardize, seed=seed,
                  device=device, out=out, show_progress=not as_json and sys.stderr.isatty(), **kw)
     if as_json:
         typer.echo(json.dumps(summary(result)))
@@ -368,14 +367,15 @@ def compare(
         if name in pairs:
             raise SSLProbeError(f"the name '{name}' is used twice; give each feature set its own name")
         pairs[name] = path
-    kw = opt.probe_keywords(C=c, search=search, knn_k=knn_k, fractions=fractions, shots=shots, seeds=seeds,
-                            chunk_rows=chunk_rows, float64=float64, half_features=half_features, select=select)
+    kw = opt.probe_keywords(C=c, search=search, knn_k=knn_k, knn_t=knn_t, fractions=fractions, shots=shots,
+                            seeds=seeds, chunk_rows=chunk_rows, float64=float64, half_features=half_features,
+                            select=select)
     from sslprobe.probing.compare import compare as run
     from sslprobe.probing.features import resolve_sets
     from sslprobe.probing.report import render_comparison, summary
 
     rows = run({name: resolve_sets(path) for name, path in pairs.items()}, out=out, standardize=standardize,
-               knn_temperature=knn_t, seed=seed, device=device, **kw)
+               seed=seed, device=device, **kw)
     if as_json:
         typer.echo(json.dumps({name: summary(r) for name, r in rows}))
         return

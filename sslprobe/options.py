@@ -72,10 +72,33 @@ class ProbeDefaults:
     select: str = "auto"
 
 
+@dataclass(frozen=True)
+class FinetuneDefaults:
+    """What `sslprobe finetune` and `sslprobe.finetune()` use when an option is not given (docs/finetune.md:
+    the recipe and its sources)."""
+
+    weights: str = "random"
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3  # AdamW peak rate of the head per 256 images (MAE's base rate)
+    weight_decay: float = 0.05
+    warmup_epochs: float = 5.0
+    label_smoothing: float = 0.1
+    backbone_lr_scale: float = 0.1  # trained CNN backbones; random weights train at 1.0
+    layer_decay: float = 0.75  # trained ViTs, per block from the head down
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    flip_p: float = 0.5
+    val_fraction: float = 0.2
+    seeds: int = 3
+    select: str = "auto"
+    save_every: str = "10m"
+
+
 PRETRAIN = PretrainDefaults()
 VIEWS = ViewDefaults()
 EXTRACT = ExtractDefaults()
 PROBE = ProbeDefaults()
+FINETUNE = FinetuneDefaults()
 
 OPTIMIZERS = ("auto", "lars", "sgd", "adamw")
 POOLS = ("auto", "cls", "mean")
@@ -142,23 +165,34 @@ def check_extract(*, weights: str, model: str | None, batch_size: int, image_siz
 
 
 def check_probe(*, C: float | None, search: str, select: str, seeds: int, chunk_rows: int | None,
-                knn_k: Sequence[int]) -> None:
+                knn_k: Sequence[int], knn_temperature: float = PROBE.knn_temperature, Cs: Sequence[float] | None = None,
+                val_fraction: float = 0.2, dtype: str = "auto", feature_dtype: str = "float32") -> None:
     """Every `probe`/`compare` rule that needs no features."""
     positive("--C", C)
+    if Cs is not None and (not Cs or not min(Cs) > 0):
+        raise SSLProbeError("C values must be positive (e.g. --C 1.0)")
     one_of("--search", search, SEARCHES)
     one_of("--select", select, SELECTS)
     at_least("--seeds", seeds)
     at_least("--chunk-rows", chunk_rows)
     for k in knn_k:
         at_least("--knn-k", k)
+    positive("--knn-t (the kNN temperature)", knn_temperature)
+    if not 0 < val_fraction < 1:
+        raise SSLProbeError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    one_of("compute dtype", dtype, ("auto", "float32", "float64"))
+    one_of("feature storage dtype", feature_dtype, FEATURE_DTYPES)
 
 
-def probe_keywords(*, C: float | None, search: str, knn_k: str, fractions: str | None, shots: str | None,
-                   seeds: int, chunk_rows: int | None, float64: bool, half_features: bool, select: str) -> dict:
+def probe_keywords(*, C: float | None, search: str, knn_k: str, knn_t: float, fractions: str | None,
+                   shots: str | None, seeds: int, chunk_rows: int | None, float64: bool, half_features: bool,
+                   select: str) -> dict:
     """The command line's probe/compare options, checked, as `probe()`'s keywords."""
     ks = numbers("--knn-k", knn_k, int)
-    check_probe(C=C, search=search, select=select, seeds=seeds, chunk_rows=chunk_rows, knn_k=ks)
-    return {"C": C, "search": search, "knn_k": ks, "fractions": numbers("--fractions", fractions, float),
+    check_probe(C=C, search=search, select=select, seeds=seeds, chunk_rows=chunk_rows, knn_k=ks,
+                knn_temperature=knn_t)
+    return {"C": C, "search": search, "knn_k": ks, "knn_temperature": knn_t,
+            "fractions": numbers("--fractions", fractions, float),
             "shots": numbers("--shots", shots, int), "seeds": seeds, "chunk_rows": chunk_rows,
             "dtype": "float64" if float64 else "auto", "feature_dtype": "float16" if half_features else "float32",
             "select": select}
@@ -177,7 +211,8 @@ def check_pretrain(*, batch_size: int, epochs: int, max_steps: int | None, image
     at_least("--image-size", image_size, 8)
     positive("--lr", lr)
     positive("--max-minutes", max_minutes)
-    one_of("--optimizer", optimizer, OPTIMIZERS)
+    if optimizer not in OPTIMIZERS:
+        raise SSLProbeError(f"unknown optimizer '{optimizer}'; use {', '.join(OPTIMIZERS)}")
     if not 0 <= tau_base < 1:
         raise SSLProbeError(f"--tau-base must be in [0, 1) (got {tau_base})")
     at_least("--warmup-epochs", warmup_epochs, 0)
@@ -186,3 +221,72 @@ def check_pretrain(*, batch_size: int, epochs: int, max_steps: int | None, image
         raise SSLProbeError(f"--resume '{resume}' not understood; use --resume (must continue) or --resume auto")
     if (eval_train is None) != (eval_test is None):
         raise SSLProbeError("online kNN evaluation needs both --eval-train and --eval-test")
+
+
+def check_views(*, crop_scale: Sequence[float], crop_ratio: Sequence[float], flip_p: float, jitter_p: float,
+                brightness: float, contrast: float, saturation: float, hue: float, gray_p: float,
+                blur_p: Sequence[float], blur_sigma: Sequence[float], solarize_p: Sequence[float]) -> None:
+    """Every augmentation rule: probabilities in [0, 1], strengths ≥ 0, ranges MIN ≤ MAX, one value per view."""
+    for name, p in (("flip-p", flip_p), ("jitter-p", jitter_p), ("gray-p", gray_p),
+                    *((f"blur-p (view {i + 1})", v) for i, v in enumerate(blur_p)),
+                    *((f"solarize-p (view {i + 1})", v) for i, v in enumerate(solarize_p))):
+        if not 0 <= p <= 1:
+            raise SSLProbeError(f"--{name} is a probability in [0, 1] (got {p})")
+    for name, v in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
+        if v < 0:
+            raise SSLProbeError(f"--{name} must be ≥ 0 (got {v})")
+    if not 0 <= hue <= 0.5:
+        raise SSLProbeError(f"--hue must be in [0, 0.5] (got {hue})")
+    if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
+        raise SSLProbeError(f"--crop-scale needs 0 < MIN ≤ MAX ≤ 1 (got {crop_scale[0]} {crop_scale[1]})")
+    if not 0 < crop_ratio[0] <= crop_ratio[1]:
+        raise SSLProbeError(f"crop aspect ratio needs 0 < MIN ≤ MAX (got {crop_ratio})")
+    if not 0 < blur_sigma[0] <= blur_sigma[1]:
+        raise SSLProbeError(f"--blur-sigma needs 0 < MIN ≤ MAX (got {blur_sigma[0]} {blur_sigma[1]})")
+    if len(blur_p) != 2 or len(solarize_p) != 2:
+        raise SSLProbeError("--blur-p and --solarize-p take one value per view (two numbers)")
+
+
+def check_finetune(*, weights: str, model: str | None, epochs: int | None, minutes: float | None, batch_size: int,
+                   image_size: int | None, lr: float | None, lrs: Sequence[float], backbone_lr_scale: float | None,
+                   layer_decay: float | None, weight_decay: float, warmup_epochs: float, label_smoothing: float,
+                   crop_scale: Sequence[float], flip_p: float, val_fraction: float, select: str, seeds: int,
+                   fractions: Sequence[float], shots: Sequence[int]) -> None:
+    """Every `finetune` rule that needs no model or data."""
+    if weights == "pixels":
+        raise SSLProbeError("--weights pixels has no network to fine-tune; use random, random-rescaled, pretrained "
+                            "or a backbone .safetensors file")
+    if weights in ("random", "random-rescaled", "pretrained") and model is None:
+        raise SSLProbeError(f"--weights {weights} needs --model NAME (a timm model, e.g. resnet18)")
+    if epochs is not None and minutes is not None:
+        raise SSLProbeError("--epochs and --minutes are both budgets; give one of them")
+    at_least("--epochs", epochs)
+    positive("--minutes", minutes)
+    at_least("--batch-size", batch_size, 2)  # BatchNorm needs two images per step
+    at_least("--image-size", image_size, 8)
+    if lr is not None and lrs:
+        raise SSLProbeError("--lr fixes the learning rate and --lrs searches a grid; give one of them")
+    for v in (lr, *lrs):
+        positive("--lr" if lr is not None else "--lrs", v)
+    positive("--backbone-lr-scale", backbone_lr_scale)
+    if backbone_lr_scale is not None and layer_decay is not None:
+        raise SSLProbeError("--backbone-lr-scale and --layer-decay both set the backbone's rate; give one of them")
+    if layer_decay is not None and not 0 < layer_decay <= 1:
+        raise SSLProbeError(f"--layer-decay must be in (0, 1] (got {layer_decay})")
+    at_least("--weight-decay", weight_decay, 0)
+    at_least("--warmup-epochs", warmup_epochs, 0)
+    if not 0 <= label_smoothing < 1:
+        raise SSLProbeError(f"--label-smoothing must be in [0, 1) (got {label_smoothing})")
+    if len(crop_scale) != 2 or not 0 < crop_scale[0] <= crop_scale[1] <= 1:
+        raise SSLProbeError(f"--crop-scale needs 0 < MIN ≤ MAX ≤ 1 (got {' '.join(map(str, crop_scale))})")
+    if not 0 <= flip_p <= 1:
+        raise SSLProbeError(f"--flip-p is a probability in [0, 1] (got {flip_p})")
+    if not 0 < val_fraction < 1:
+        raise SSLProbeError(f"the validation fraction must be in (0, 1) (got {val_fraction})")
+    one_of("--select", select, SELECTS)
+    at_least("--seeds", seeds)
+    for f in fractions:
+        if not 0 < f <= 1:
+            raise SSLProbeError(f"label fractions must lie in (0, 1], got {f:g} (e.g. --fractions 0.01,0.1,1)")
+    for k in shots:
+        at_least("--shots", k)

@@ -35,14 +35,14 @@ def test_numbers_parse_and_name_the_option():
 
 
 def test_probe_keywords_checks_every_rule():
-    kw = opt.probe_keywords(C=None, search="grid", knn_k="10,20", fractions="0.1", shots=None, seeds=3,
+    kw = opt.probe_keywords(C=None, search="grid", knn_k="10,20", knn_t=0.07, fractions="0.1", shots=None, seeds=3,
                             chunk_rows=None, float64=True, half_features=False, select="auto")
     assert kw["knn_k"] == (10, 20) and kw["fractions"] == (0.1,) and kw["dtype"] == "float64"
-    base = dict(C=None, search="grid", knn_k="10", fractions=None, shots=None, seeds=3, chunk_rows=None,
+    base = dict(C=None, search="grid", knn_k="10", knn_t=0.07, fractions=None, shots=None, seeds=3, chunk_rows=None,
                 float64=False, half_features=False, select="auto")
     for change, message in (({"knn_k": "0"}, "--knn-k must be ≥ 1"), ({"seeds": 0}, "--seeds must be ≥ 1"),
                             ({"search": "random"}, "--search must be one of grid, binary"),
-                            ({"C": -1.0}, "--C must be a positive number"),
+                            ({"C": -1.0}, "--C must be a positive number"), ({"knn_t": 0.0}, "temperature"),
                             ({"select": "f1"}, "--select must be one of auto, top1, balanced")):
         with pytest.raises(SSLProbeError, match=message):
             opt.probe_keywords(**{**base, **change})

@@ -490,10 +490,10 @@ def test_compare_and_resolve_sets(tmp_path):
 def test_more_bad_arguments():
     X, y = blobs(10, 2, 3)
     fs = FeatureSet.from_arrays(X, y)
-    for kw, needle in (({"search": "random"}, "unknown search"), ({"dtype": "float16"}, "compute dtype"),
+    for kw, needle in (({"search": "random"}, "--search must be one of"), ({"dtype": "float16"}, "compute dtype"),
                        ({"feature_dtype": "int8"}, "storage dtype"), ({"fractions": (0,)}, "fractions"),
                        ({"shots": (0,)}, "shots"), ({"fractions": (0.5,), "seeds": 0}, "seeds"),
-                       ({"chunk_rows": 0}, "chunk rows")):
+                       ({"chunk_rows": 0}, "--chunk-rows")):
         with pytest.raises(SSLProbeError, match=needle):
             probe(fs, C=1.0, knn_k=(), **kw)
 

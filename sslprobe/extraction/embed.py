@@ -15,11 +15,9 @@ import torch
 from torch import nn
 
 from sslprobe.errors import SSLProbeError
+from sslprobe.options import POOLS, one_of
 
 PRE_LOGITS = "pre-logits"
-POOLS = ("auto", "cls", "mean")
-
-
 def _prefix_tokens(net: nn.Module) -> int:
     return int(getattr(net, "num_prefix_tokens", 0) or 0)
 
@@ -46,8 +44,7 @@ class FeatureModel(nn.Module):
     def __init__(self, net: nn.Module, *, mean: tuple[float, ...] | None, std: tuple[float, ...] | None,
                  layer: int | None = None, pool: str = "auto") -> None:
         super().__init__()
-        if pool not in POOLS:
-            raise SSLProbeError(f"--pool must be one of {', '.join(POOLS)} (got '{pool}')")
+        one_of("--pool", pool, POOLS)
         if pool == "cls" and _prefix_tokens(net) == 0:
             raise SSLProbeError("--pool cls needs a model with a class token (a ViT); use --pool mean or auto")
         self.net, self.layer, self.pool = net, layer, pool

@@ -41,6 +41,7 @@ from sslprobe.fileio import atomic_path, file_sha256, write_json
 from sslprobe.images.decode import DECODE_POLICY
 from sslprobe.images.folders import ImageSet, open_images, skipped_report
 from sslprobe.images.transforms import Uint8Transform
+from sslprobe.options import EXTRACT, check_extract
 from sslprobe.runtime import default_workers, pick_device, progress_bar
 
 if TYPE_CHECKING:
@@ -48,9 +49,6 @@ if TYPE_CHECKING:
 
 FEATURES = "features.safetensors"
 MANIFEST = "manifest.json"
-WEIGHTS = ("random", "random-rescaled", "pretrained", "pixels")
-DTYPES = ("float32", "float16")
-DECODES = ("cpu", "gpu")
 CALIBRATION_IMAGES = 64
 
 
@@ -122,13 +120,13 @@ def extract(
     *,
     out: str | os.PathLike,
     model: str | None = None,
-    weights: str = "random",
+    weights: str = EXTRACT.weights,
     image_size: int | None = None,
     small_stem: bool | None = None,
-    layer: str | int = "pre-logits",
-    pool: str = "auto",
-    dtype: str = "float32",
-    batch_size: int = 128,
+    layer: str | int = EXTRACT.layer,
+    pool: str = EXTRACT.pool,
+    dtype: str = EXTRACT.dtype,
+    batch_size: int = EXTRACT.batch_size,
     seed: int = 0,
     device: str = "auto",
     workers: int | None = None,
@@ -138,7 +136,7 @@ def extract(
     cache_dir: str | os.PathLike | None = None,
     use_cache: bool = True,
     shard_rows: int = 4096,
-    decode: str = "cpu",
+    decode: str = EXTRACT.decode,
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Embed every readable image at ``data``; bad files are skipped and listed. Returns the manifest.
@@ -150,7 +148,8 @@ def extract(
     ≤ 64 px; trained weights keep theirs. ``layer``: ``pre-logits`` or a stage index; ``pool``: auto,
     cls or mean. ``decode="gpu"`` decodes JPEGs with nvJPEG on CUDA.
     """
-    _check_options(batch_size=batch_size, image_size=image_size, dtype=dtype, decode=decode)
+    check_extract(weights=weights, model=model, batch_size=batch_size, image_size=image_size, pool=pool, dtype=dtype,
+                  decode=decode)
     t0 = time.perf_counter()
     images = open_images(data, image_column=image_column, label_column=label_column)
     dist, dev = distributed.setup(pick_device(device))
@@ -176,17 +175,6 @@ def extract(
         return distributed.broadcast(manifest, dist)
     finally:
         distributed.teardown(dist)
-
-
-def _check_options(*, batch_size: int, image_size: int | None, dtype: str, decode: str) -> None:
-    if batch_size < 1:
-        raise SSLProbeError(f"--batch-size must be ≥ 1 (got {batch_size})")
-    if image_size is not None and image_size < 1:
-        raise SSLProbeError(f"--image-size must be ≥ 1 (got {image_size})")
-    if dtype not in DTYPES:
-        raise SSLProbeError(f"--dtype must be float32 or float16 (got '{dtype}')")
-    if decode not in DECODES:
-        raise SSLProbeError(f"--decode must be cpu or gpu (got '{decode}')")
 
 
 def _build(images: ImageSet, *, model: str | None, weights: str, image_size: int | None, small_stem: bool | None,

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from sslprobe.options import VIEWS, check_views
+
 _GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
 
 
@@ -22,18 +24,18 @@ _GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_graysca
 class ViewConfig:
     """One view's recipe; defaults are view 1 of BYOL (Grill et al. 2020, Table 6)."""
 
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip_p: float = 0.5
-    jitter_p: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.2
-    hue: float = 0.1
-    gray_p: float = 0.2
-    blur_p: float = 1.0
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    solarize_p: float = 0.0
+    crop_scale: tuple[float, float] = VIEWS.crop_scale
+    crop_ratio: tuple[float, float] = VIEWS.crop_ratio
+    flip_p: float = VIEWS.flip_p
+    jitter_p: float = VIEWS.jitter_p
+    brightness: float = VIEWS.brightness
+    contrast: float = VIEWS.contrast
+    saturation: float = VIEWS.saturation
+    hue: float = VIEWS.hue
+    gray_p: float = VIEWS.gray_p
+    blur_p: float = VIEWS.blur_p[0]
+    blur_sigma: tuple[float, float] = VIEWS.blur_sigma
+    solarize_p: float = VIEWS.solarize_p[0]
     interpolation: str = "bicubic"
 
 
@@ -41,18 +43,18 @@ def byol_views(
     image_size: int,
     *,
     blur: bool | None = None,
-    crop_scale: tuple[float, float] = (0.08, 1.0),
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    flip_p: float = 0.5,
-    jitter_p: float = 0.8,
-    brightness: float = 0.4,
-    contrast: float = 0.4,
-    saturation: float = 0.2,
-    hue: float = 0.1,
-    gray_p: float = 0.2,
-    blur_p: tuple[float, float] = (1.0, 0.1),
-    blur_sigma: tuple[float, float] = (0.1, 2.0),
-    solarize_p: tuple[float, float] = (0.0, 0.2),
+    crop_scale: tuple[float, float] = VIEWS.crop_scale,
+    crop_ratio: tuple[float, float] = VIEWS.crop_ratio,
+    flip_p: float = VIEWS.flip_p,
+    jitter_p: float = VIEWS.jitter_p,
+    brightness: float = VIEWS.brightness,
+    contrast: float = VIEWS.contrast,
+    saturation: float = VIEWS.saturation,
+    hue: float = VIEWS.hue,
+    gray_p: float = VIEWS.gray_p,
+    blur_p: tuple[float, float] = VIEWS.blur_p,
+    blur_sigma: tuple[float, float] = VIEWS.blur_sigma,
+    solarize_p: tuple[float, float] = VIEWS.solarize_p,
 ) -> tuple[ViewConfig, ViewConfig]:
     """The paper's asymmetric pair (Grill et al. 2020, Table 6); every value can be changed.
 
@@ -60,26 +62,9 @@ def byol_views(
     turns blur off at ≤ 64 px: a 10 % kernel is under 7 px there and the small-image BYOL/SimCLR
     recipes (CIFAR, Fashion-MNIST) leave it out. Raises ``SSLProbeError`` for values out of range.
     """
-    from sslprobe.errors import SSLProbeError
-
-    for name, p in (("flip-p", flip_p), ("jitter-p", jitter_p), ("gray-p", gray_p),
-                    *((f"blur-p (view {i + 1})", v) for i, v in enumerate(blur_p)),
-                    *((f"solarize-p (view {i + 1})", v) for i, v in enumerate(solarize_p))):
-        if not 0 <= p <= 1:
-            raise SSLProbeError(f"--{name} is a probability in [0, 1] (got {p})")
-    for name, v in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
-        if v < 0:
-            raise SSLProbeError(f"--{name} must be ≥ 0 (got {v})")
-    if not 0 <= hue <= 0.5:
-        raise SSLProbeError(f"--hue must be in [0, 0.5] (got {hue})")
-    if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
-        raise SSLProbeError(f"--crop-scale needs 0 < MIN ≤ MAX ≤ 1 (got {crop_scale[0]} {crop_scale[1]})")
-    if not 0 < crop_ratio[0] <= crop_ratio[1]:
-        raise SSLProbeError(f"crop aspect ratio needs 0 < MIN ≤ MAX (got {crop_ratio})")
-    if not 0 < blur_sigma[0] <= blur_sigma[1]:
-        raise SSLProbeError(f"--blur-sigma needs 0 < MIN ≤ MAX (got {blur_sigma[0]} {blur_sigma[1]})")
-    if len(blur_p) != 2 or len(solarize_p) != 2:
-        raise SSLProbeError("--blur-p and --solarize-p take one value per view (two numbers)")
+    check_views(crop_scale=crop_scale, crop_ratio=crop_ratio, flip_p=flip_p, jitter_p=jitter_p,
+                brightness=brightness, contrast=contrast, saturation=saturation, hue=hue, gray_p=gray_p,
+                blur_p=blur_p, blur_sigma=blur_sigma, solarize_p=solarize_p)
     if blur is None:
         blur = image_size > 64
     shared = {"crop_scale": tuple(crop_scale), "crop_ratio": tuple(crop_ratio), "flip_p": flip_p, "jitter_p": jitter_p,

@@ -25,6 +25,7 @@ from sslprobe.backbone import create_backbone, save_backbone
 from sslprobe.errors import SSLProbeError
 from sslprobe.fileio import write_json
 from sslprobe.images.folders import ImageSet, open_images, skipped_report
+from sslprobe.options import PRETRAIN, check_pretrain
 from sslprobe.pretraining.augment import ViewConfig, byol_views
 from sslprobe.pretraining.batches import BatchSource
 from sslprobe.pretraining.byol import tau_at
@@ -38,56 +39,21 @@ class PretrainInterrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGTERM) during pretraining; ``str()`` says what was saved and how to resume."""
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 @dataclass(frozen=True)
 class LoopOptions:
     """How a session of the run is driven, beside what defines the run (:class:`PretrainConfig`).
 
-    Validated on construction, with the messages naming the CLI flags.
+    Checked by :func:`sslprobe.options.check_pretrain` with the run's options.
     """
 
     resume: str = "no"
     save_every: ckpts.SaveEvery = ckpts.SaveEvery(minutes=10.0)
     max_minutes: float | None = None
     stop_at: int | None = None
-    log_every: int = 10
-    eval_every: int = 1
+    log_every: int = PRETRAIN.log_every
+    eval_every: int = PRETRAIN.eval_every
     compile: bool = False
     show_progress: bool = True
-
-    def __post_init__(self):
-        for name, val in (("log_every", self.log_every), ("eval_every", self.eval_every), ("stop_at", self.stop_at)):
-            if val is not None and val < 1:
-                raise SSLProbeError(f"{_flag(name)} must be ≥ 1 (got {val})")
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise SSLProbeError(f"--max-minutes must be positive (got {self.max_minutes})")
-        if self.resume not in ("no", "auto", "yes"):
-            raise SSLProbeError(f"--resume '{self.resume}' not understood; use --resume (must continue) or "
-                                "--resume auto")
-
-
-def _check_run_options(*, batch_size: int, epochs: int, max_steps: int | None, proj_hidden: int, proj_dim: int,
-                       lr: float | None, image_size: int | None, optimizer: str, tau_base: float,
-                       eval_pair: tuple[Any, Any]) -> None:
-    """Refuse out-of-range options that define the run before any image is decoded."""
-    for name, val in (("batch_size", batch_size), ("epochs", epochs), ("proj_hidden", proj_hidden),
-                      ("proj_dim", proj_dim), ("max_steps", max_steps)):
-        if val is not None and val < 1:
-            raise SSLProbeError(f"{_flag(name)} must be ≥ 1 (got {val})")
-    if lr is not None and not lr > 0:  # also refuses NaN
-        raise SSLProbeError(f"--lr must be a positive number (got {lr})")
-    if image_size is not None and image_size < 8:
-        raise SSLProbeError(f"--image-size must be ≥ 8 (got {image_size})")
-    if optimizer not in ("auto", "lars", "sgd", "adamw"):
-        raise SSLProbeError(f"unknown optimizer '{optimizer}'; use auto, lars, sgd or adamw")
-    if not 0 <= tau_base < 1:
-        raise SSLProbeError(f"--tau-base must be in [0, 1) (got {tau_base})")
-    if (eval_pair[0] is None) != (eval_pair[1] is None):
-        raise SSLProbeError("online kNN evaluation needs both --eval-train and --eval-test")
-
 
 def _views(image_size: int, *, blur: bool | None, augment: Mapping[str, Any] | None) -> tuple[ViewConfig, ViewConfig]:
     try:
@@ -96,14 +62,17 @@ def _views(image_size: int, *, blur: bool | None, augment: Mapping[str, Any] | N
         raise SSLProbeError(f"unknown augmentation option: {e}") from None
 
 
-def pretrain(data: str | os.PathLike, *, out: str | os.PathLike, model: str = "resnet18", image_size: int | None = None,
-             small_stem: bool | None = None, batch_size: int = 256, epochs: int = 100, max_steps: int | None = None,
-             optimizer: str = "auto", lr: float | None = None, weight_decay: float = 1.5e-6,
-             warmup_epochs: float = 10.0, tau_base: float = 0.996, proj_hidden: int = 4096, proj_dim: int = 256,
-             blur: bool | None = None, augment: Mapping[str, Any] | None = None, seed: int = 0, device: str = "auto",
-             workers: int | None = None, resume: str = "no", save_every: str = "10m", max_minutes: float | None = None,
-             stop_at: int | None = None, compile: bool = False, eval_train: str | os.PathLike | None = None,
-             eval_test: str | os.PathLike | None = None, eval_every: int = 1, log_every: int = 10,
+def pretrain(data: str | os.PathLike, *, out: str | os.PathLike, model: str = PRETRAIN.model,
+             image_size: int | None = None, small_stem: bool | None = None, batch_size: int = PRETRAIN.batch_size,
+             epochs: int = PRETRAIN.epochs, max_steps: int | None = None, optimizer: str = PRETRAIN.optimizer,
+             lr: float | None = None, weight_decay: float = PRETRAIN.weight_decay,
+             warmup_epochs: float = PRETRAIN.warmup_epochs, tau_base: float = PRETRAIN.tau_base,
+             proj_hidden: int = PRETRAIN.proj_hidden, proj_dim: int = PRETRAIN.proj_dim, blur: bool | None = None,
+             augment: Mapping[str, Any] | None = None, seed: int = 0, device: str = "auto",
+             workers: int | None = None, resume: str = "no", save_every: str = PRETRAIN.save_every,
+             max_minutes: float | None = None, stop_at: int | None = None, compile: bool = False,
+             eval_train: str | os.PathLike | None = None, eval_test: str | os.PathLike | None = None,
+             eval_every: int = PRETRAIN.eval_every, log_every: int = PRETRAIN.log_every,
              image_column: str | None = None, label_column: str | None = None,
              show_progress: bool = True) -> dict[str, Any]:
     """BYOL-pretrain a timm backbone on the images at ``data`` (labels, if any, are ignored).
@@ -117,9 +86,11 @@ def pretrain(data: str | os.PathLike, *, out: str | os.PathLike, model: str = "r
     stem for ResNets (default: at ≤ 64 px); config.json records it, so a resume must match.
     Ctrl-C saves and raises :class:`PretrainInterrupted`. Returns a summary dict (also summary.json).
     """
-    _check_run_options(batch_size=batch_size, epochs=epochs, max_steps=max_steps, proj_hidden=proj_hidden,
-                       proj_dim=proj_dim, lr=lr, image_size=image_size, optimizer=optimizer, tau_base=tau_base,
-                       eval_pair=(eval_train, eval_test))
+    check_pretrain(batch_size=batch_size, epochs=epochs, max_steps=max_steps, image_size=image_size,
+                   stop_at=stop_at, eval_every=eval_every, log_every=log_every, lr=lr, max_minutes=max_minutes,
+                   optimizer=optimizer, tau_base=tau_base, warmup_epochs=warmup_epochs, proj_hidden=proj_hidden,
+                   proj_dim=proj_dim, weight_decay=weight_decay, resume=resume, eval_train=eval_train,
+                   eval_test=eval_test)
     loop = LoopOptions(resume=resume, save_every=ckpts.parse_save_every(save_every), max_minutes=max_minutes,
                        stop_at=stop_at, log_every=log_every, eval_every=eval_every, compile=compile,
                        show_progress=show_progress)

@@ -16,6 +16,7 @@ import torch
 from sslprobe import distributed as ddp
 from sslprobe.backbone import BackboneSpec, create_backbone
 from sslprobe.errors import SSLProbeError
+from sslprobe.options import PRETRAIN
 from sslprobe.pretraining.augment import ViewConfig, blur_note, byol_views, make_view
 from sslprobe.pretraining.batches import BatchSource
 from sslprobe.pretraining.byol import BYOL, LARS, lr_at, param_groups, tau_at
@@ -30,24 +31,24 @@ class PretrainConfig:
     """
 
     data: str = ""
-    model: str = "resnet18"
+    model: str = PRETRAIN.model
     image_size: int = 224
     small_stem: bool = False
-    batch_size: int = 256
+    batch_size: int = PRETRAIN.batch_size
     world_size: int = 1
-    global_batch: int = 256
-    epochs: int = 100
+    global_batch: int = PRETRAIN.batch_size
+    epochs: int = PRETRAIN.epochs
     max_steps: int | None = None
     steps_per_epoch: int = 1
     total_steps: int = 1
     optimizer: str = "lars"
     lr: float = 0.2
     base_lr: float = 0.2
-    weight_decay: float = 1.5e-6
+    weight_decay: float = PRETRAIN.weight_decay
     warmup_steps: int = 0
-    tau_base: float = 0.996
-    proj_hidden: int = 4096
-    proj_dim: int = 256
+    tau_base: float = PRETRAIN.tau_base
+    proj_hidden: int = PRETRAIN.proj_hidden
+    proj_dim: int = PRETRAIN.proj_dim
     seed: int = 0
     views: tuple[ViewConfig, ViewConfig] = field(default_factory=lambda: byol_views(224))
     blur: str = "on"

@@ -20,14 +20,14 @@ from typing import Any
 
 import torch
 
-from sslprobe.errors import SSLProbeError
 from sslprobe.knn import HEADLINE_K, knn_val_test
+from sslprobe.options import check_probe
 from sslprobe.probing.compute import Solver
 from sslprobe.probing.features import FeatureSet, as_feature_set, check_widths, labelled_paths, manifest_summary
 from sslprobe.probing.labeleff import CurvePlan, label_curve
 from sslprobe.probing.predict import ProbeModel
 from sslprobe.probing.report import scored, summary, write_reports
-from sslprobe.probing.search import SELECT_METRICS, PathState, SearchSpec, selection_score
+from sslprobe.probing.search import PathState, SearchSpec, selection_score
 from sslprobe.probing.solver import Design, LogReg, Standardizer, class_scores, fit, model_columns
 from sslprobe.probing.splits import Selection, Splits, make_splits, resolve_select
 from sslprobe.runtime import progress_bar
@@ -50,25 +50,6 @@ class PhaseTimer:
 
     def total(self) -> float:
         return time.perf_counter() - self.start
-
-
-def _check_args(*, C: float | None, Cs: Sequence[float] | None, search: str, val_fraction: float,
-                knn_k: Sequence[int], knn_temperature: float, dtype: str, feature_dtype: str, select: str) -> None:
-    """Refuse bad arguments before any feature set is read."""
-    if C is not None and not C > 0 or Cs is not None and (not Cs or min(Cs) <= 0):
-        raise SSLProbeError("C values must be positive (e.g. --C 1.0)")
-    if search not in ("grid", "binary"):
-        raise SSLProbeError(f"unknown search '{search}'; use grid or binary")
-    if not 0 < val_fraction < 1:
-        raise SSLProbeError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    if knn_k and min(knn_k) < 1 or not knn_temperature > 0:
-        raise SSLProbeError("kNN needs k ≥ 1 and temperature > 0 (e.g. --knn-k 10 20 200 --knn-t 0.07)")
-    if dtype not in ("auto", "float32", "float64"):
-        raise SSLProbeError(f"compute dtype must be auto, float32 or float64, got '{dtype}'")
-    if feature_dtype not in ("float32", "float16"):
-        raise SSLProbeError(f"feature storage dtype must be float32 or float16, got '{feature_dtype}'")
-    if select not in ("auto", *SELECT_METRICS):
-        raise SSLProbeError(f"--select must be auto, top1 or balanced (got '{select}')")
 
 
 def _load(train: Source, val: Source | None, test: Source | None) -> dict[str, FeatureSet | None]:
@@ -238,8 +219,8 @@ def probe(train: Source, *, val: Source | None = None, test: Source | None = Non
     """
     timer = PhaseTimer()
     with timer.phase("load"):
-        _check_args(C=C, Cs=Cs, search=search, val_fraction=val_fraction, knn_k=knn_k, knn_temperature=knn_temperature,
-                    dtype=dtype, feature_dtype=feature_dtype, select=select)
+        check_probe(C=C, Cs=Cs, search=search, val_fraction=val_fraction, knn_k=knn_k, knn_temperature=knn_temperature,
+                    dtype=dtype, feature_dtype=feature_dtype, select=select, seeds=seeds, chunk_rows=chunk_rows)
         ks = sorted({int(k) for k in knn_k})
         plan = CurvePlan.from_args(fractions=fractions, shots=shots, seeds=seeds, seed=seed,
                                    knn_temperature=knn_temperature if ks else None)
