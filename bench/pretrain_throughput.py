@@ -214,13 +214,15 @@ class Bench:
         total = 1_000_000  # schedule horizon: the lr/τ values do not change the cost of a step
         self.cfg = PretrainConfig(
             data=str(data), model=spec.model, image_size=self.size, small_stem=spec.small_stem, batch_size=self.batch,
-            global_batch=self.batch, max_steps=total, total_steps=total, optimizer=opt_name, lr=base_lr * self.batch / 256,
+            global_batch=self.batch, max_steps=total, total_steps=total, optimizer=opt_name,
+            lr=base_lr * self.batch / 256,
             base_lr=base_lr, tau_base=a.tau_base, proj_hidden=a.proj_hidden, proj_dim=a.proj_dim, seed=a.seed,
             views=self.views, blur=blur_note(self.size, a.blur),
             precision="bfloat16 autocast" if self.cuda else "float32", device=self.dev.type)
         net, opt, self.spec = build_byol(self.cfg, device=self.dev)
         self.train = TrainStep(net, opt, cfg=self.cfg, spec=self.spec, device=self.dev)
-        self.compiled = TrainStep(net, opt, cfg=self.cfg, spec=self.spec, device=self.dev, compile=True) if a.compile else None
+        self.compiled = (TrainStep(net, opt, cfg=self.cfg, spec=self.spec, device=self.dev, compile=True)
+                         if a.compile else None)
         self.lightly = LightlySide(self, opt_name=opt_name, lr=self.cfg.lr)
         self.k = 0  # global step counter for the schedules
         self.cpu_rates: dict[str, list[float]] = {}  # row → images per CPU-second, per repeat
@@ -311,7 +313,8 @@ class Bench:
             if not self.cuda and self.source.can_map:
                 r[f"sslprobe: RAM cache + views in {w} workers (pretrain's CPU path)"] = self._sslprobe_mapped
             if self.compiled is not None:
-                r[f"sslprobe: RAM cache + views on {d}, compiled"] = lambda: self._sslprobe_train(self.source, self.compiled)
+                r[f"sslprobe: RAM cache + views on {d}, compiled"] = lambda: self._sslprobe_train(self.source,
+                                                                                                 self.compiled)
         stream = self.stream or (self.source if self.source.ram is None else None)
         if stream is not None:
             r[f"sslprobe: streamed by {w} workers + views on {d}"] = lambda: self._sslprobe_train(stream, self.train)
@@ -340,7 +343,8 @@ class LightlySide:
         )
 
         self.b, a = b, b.a
-        bb, _ = create_backbone(a.model, init="train", image_size=a.image_size, small_stem=b.spec.small_stem, seed=a.seed)
+        bb, _ = create_backbone(a.model, init="train", image_size=a.image_size, small_stem=b.spec.small_stem,
+                                seed=a.seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(a.seed)
             self.net = LightlyBYOL(bb, feature_dim=bb.num_features, hidden=a.proj_hidden, out=a.proj_dim).to(b.dev)
@@ -397,7 +401,7 @@ class LightlySide:
 # ----------------------------------------------------------------------------- end to end
 
 def pretrain_e2e(a: argparse.Namespace, data: Path) -> float:
-    """Cross-check: img/s of ``sslprobe.pretraining.pretrain.pretrain`` itself from its metrics.jsonl (first window dropped)."""
+    """Cross-check: img/s of ``sslprobe.pretrain`` itself from its metrics.jsonl (first window dropped)."""
     with tempfile.TemporaryDirectory() as out:
         sp.pretrain(data, out=out, model=a.model, image_size=a.image_size, batch_size=a.batch_size,
                     max_steps=a.warmup + a.steps, optimizer=a.optimizer, tau_base=a.tau_base,

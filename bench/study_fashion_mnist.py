@@ -69,9 +69,11 @@ FMNIST_SCRIPT = ROOT.parent / "shared" / "data" / "fashion_mnist.py"
 
 PROFILES = {
     "cpu": {"model": "test_resnet", "image_size": 32, "batch": 128, "budgets": (200, 600), "proj_hidden": 512,
-                "optimizer": "sgd", "lr": 0.1, "tau_base": 0.99, "warmup_epochs": 0.2, "workers": 1, "extract_batch": 256},
+            "optimizer": "sgd", "lr": 0.1, "tau_base": 0.99, "warmup_epochs": 0.2, "workers": 1,
+            "extract_batch": 256},
     "gpu": {"model": "resnet18", "image_size": 32, "batch": 512, "budgets": (500, 1000, 2000), "proj_hidden": 4096,
-                "optimizer": "lars", "lr": None, "tau_base": 0.99, "warmup_epochs": 1.0, "workers": 8, "extract_batch": 1024},
+            "optimizer": "lars", "lr": None, "tau_base": 0.99, "warmup_epochs": 1.0, "workers": 8,
+            "extract_batch": 1024},
 }
 FRACTIONS = (0.01, 0.1, 1.0)
 SHOTS = (1, 5, 25)
@@ -299,7 +301,8 @@ def table(result: dict) -> str:
     if pairs:
         from sslprobe.probing.report import verdict_sentence
 
-        out += ["| A | B | Δ linear top-1 [95 % paired CI] | McNemar p | significant |", "| --- | --- | --- | --- | --- |"]
+        out += ["| A | B | Δ linear top-1 [95 % paired CI] | McNemar p | significant |",
+                "| --- | --- | --- | --- | --- |"]
         out += [f"| {q['a']} | {q['b']} | {100 * q['top1']:+.1f} [{100 * q['top1_ci'][0]:+.1f}, "
                 f"{100 * q['top1_ci'][1]:+.1f}] | {q['mcnemar_p']:.2g} | {'yes' if q['significant'] else 'no'} |"
                 for q in pairs]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from sslprobe.errors import SSLProbeError
+
 __version__ = "0.1.0"
 
 __all__ = ["SSLProbeError", "__version__", "compare", "extract", "predict", "pretrain", "probe"]
@@ -19,8 +21,6 @@ _LAZY = {
     "compare": "sslprobe.probing.compare",
     "predict": "sslprobe.probing.predict",
 }
-
-from sslprobe.errors import SSLProbeError
 
 if TYPE_CHECKING:  # pragma: no cover
     from sslprobe.extraction.extract import extract

@@ -24,7 +24,8 @@ from sslprobe import __version__
 from sslprobe.errors import SSLProbeError
 from sslprobe.fairinit import repair_init_
 
-SMALL_INPUT = 64  # random nets for images at or below this many pixels get the CIFAR-style stem (DESIGN §2)
+# random nets at or below this many pixels get the CIFAR-style stem (docs/pretrain.md, "Initialisation and stem")
+SMALL_INPUT = 64
 FORMAT = "sslprobe-backbone"
 INITS = ("fair", "train")  # random init for frozen features / for training (see random_backbone)
 
@@ -95,7 +96,7 @@ def check_model_name(model: str) -> None:
 def adapt_small_stem(net: nn.Module) -> bool:
     """Make a ResNet-style stem keep resolution on tiny images: 3×3 stride-1 first conv, no max-pool.
 
-    Without it a 28–32 px image is 1×1 after the stem and the last stage (DESIGN §2; the
+    Without it a 28–32 px image is 1×1 after the stem and the last stage (docs/pretrain.md; the
     CIFAR variant of He et al. 2016 used by SimCLR/BYOL small-image experiments). Returns False
     when the model has no such stem (ViTs, ConvNeXt …), which are left unchanged.
     """
@@ -311,7 +312,8 @@ def read_weights(path: Path, *, allow_pickle: bool = False) -> tuple[dict[str, t
                 warnings.simplefilter("ignore")
                 obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise SSLProbeError(f"refused to load '{path}' with weights_only=True: {str(e).splitlines()[0][:200]}") from e
+            first = str(e).splitlines()[0][:200]
+            raise SSLProbeError(f"refused to load '{path}' with weights_only=True: {first}") from e
         obj = obj.get("state_dict", obj.get("model", obj)) if isinstance(obj, dict) else obj
         if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
             raise SSLProbeError(f"'{path}' does not hold a state dict of tensors")
@@ -321,7 +323,8 @@ def read_weights(path: Path, *, allow_pickle: bool = False) -> tuple[dict[str, t
             meta = f.metadata() or {}
             return {k: f.get_tensor(k) for k in f.keys()}, meta  # noqa: SIM118 - safe_open is not iterable
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise SSLProbeError(f"'{path}' is not a valid safetensors file ({str(e)[:120]}); export weights with safetensors") from e
+        raise SSLProbeError(f"'{path}' is not a valid safetensors file ({str(e)[:120]}); "
+                            "export weights with safetensors") from e
 
 
 def save_backbone(net: nn.Module, spec: BackboneSpec, path: str | os.PathLike) -> None:

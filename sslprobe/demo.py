@@ -52,7 +52,8 @@ def write_sample(out: Path) -> Path:
     return out
 
 
-def run_demo(*, out: Path, steps: int | None = None, device: str = "auto", console: Console | None = None) -> list[tuple[str, dict]]:
+def run_demo(*, out: Path, steps: int | None = None, device: str = "auto",
+             console: Console | None = None) -> list[tuple[str, dict]]:
     """Run the three commands for three feature sets and print one comparison table."""
     from sslprobe.extraction.extract import extract
     from sslprobe.pretraining.pretrain import pretrain
@@ -77,8 +78,8 @@ def run_demo(*, out: Path, steps: int | None = None, device: str = "auto", conso
         f"--tau-base {r.tau_base} --warmup-epochs {r.warmup_epochs} --proj-hidden {r.proj_hidden} --device {device}")
     t_pre = time.perf_counter()
     pretrain(train, out=run_dir, model=r.model, image_size=r.image_size, batch_size=r.batch_size, max_steps=r.steps,
-             optimizer=r.optimizer, lr=r.lr, tau_base=r.tau_base, warmup_epochs=r.warmup_epochs, proj_hidden=r.proj_hidden,
-             device=device, workers=0)
+             optimizer=r.optimizer, lr=r.lr, tau_base=r.tau_base, warmup_epochs=r.warmup_epochs,
+             proj_hidden=r.proj_hidden, device=device, workers=0)
     t_pre = time.perf_counter() - t_pre
 
     backbone = run_dir / "backbone.safetensors"

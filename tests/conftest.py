@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 
-def write_class_folder(root: Path, *, classes=("dark", "light"), per_class: int = 12, size=(20, 24), seed: int = 0) -> Path:
+def write_class_folder(root: Path, *, classes=("dark", "light"), per_class: int = 12, size=(20, 24),
+                       seed: int = 0) -> Path:
     """Class subfolders of noisy images whose brightness depends on the class (linearly separable)."""
     rng = np.random.default_rng(seed)
     for c, name in enumerate(classes):
