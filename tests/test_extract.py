@@ -260,7 +260,7 @@ def test_layer_pool_dtype_errors(class_folder, tmp_path, kw, match):
 
 
 def test_rescaled_init_gives_unit_variance():
-    from sslprobe.extraction.embed import rescale_init_
+    from sslprobe.fairinit import rescale_init_
 
     for name in ("test_resnet", "test_vit"):
         net, _ = create_backbone(name, weights="random", image_size=32, seed=0)

@@ -87,49 +87,6 @@ class Pixels(nn.Module):
         return x.flatten(1)
 
 
-@torch.no_grad()
-def rescale_init_(net: nn.Module, x: torch.Tensor, *, eps: float = 1e-6) -> int:
-    """Data-dependent init (Krähenbühl et al. 2015): every conv/linear output gets zero mean and unit
-    variance per channel on the batch ``x``. Returns the number of layers rescaled.
-
-    One forward pass suffices: each layer's hook rescales its weights (and sets its bias to −mean/std,
-    adding a bias where the layer had none) and returns the output the rescaled layer would give, so
-    the layers after it are calibrated on already-rescaled inputs, as in the paper's layer-by-layer
-    procedure. Channels that are constant on the batch are left alone.
-    """
-    layers = [m for m in net.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))]
-    done: set[int] = set()
-
-    def hook(mod: nn.Module, _inp: tuple, out: torch.Tensor) -> torch.Tensor | None:
-        if id(mod) in done or not isinstance(out, torch.Tensor):
-            return None  # a layer applied twice keeps its first calibration
-        done.add(id(mod))
-        ch = out.ndim - 1 if isinstance(mod, nn.Linear) else 1
-        dims = [d for d in range(out.ndim) if d != ch]
-        mean, std = out.float().mean(dims), out.float().std(dims)  # (C,)
-        live = std > eps
-        scale = torch.where(live, 1 / std.clamp_min(eps), torch.ones_like(std))
-        shift = torch.where(live, mean, torch.zeros_like(mean))
-        mod.weight.mul_(scale.view(-1, *[1] * (mod.weight.ndim - 1)).to(mod.weight.dtype))
-        bias = mod.bias if mod.bias is not None else torch.zeros_like(mean)
-        new_bias = ((bias - shift) * scale).to(mod.weight.dtype)
-        if mod.bias is None:
-            mod.bias = nn.Parameter(new_bias)
-        else:
-            mod.bias.copy_(new_bias)
-        view = [1] * out.ndim
-        view[ch] = -1
-        return (out - shift.view(view)) * scale.view(view)
-
-    handles = [m.register_forward_hook(hook) for m in layers]
-    try:
-        net.eval()(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return len(done)
-
-
 def fold_batchnorm_(net: nn.Module) -> int:
     """Fold each eval-mode BatchNorm2d into the conv that alone feeds it; returns the number folded.
 

@@ -228,7 +228,7 @@ def _identify(net: torch.nn.Module, spec: BackboneSpec, images: ImageSet, tf: Ui
     """
     import timm
 
-    from sslprobe.extraction.embed import rescale_init_
+    from sslprobe.fairinit import rescale_init_
     from sslprobe.fairinit import POLICY
 
     info: dict[str, Any] = {"weights": weights}
