@@ -101,12 +101,17 @@ def predict(features: str | os.PathLike | FeatureSet, *, probe: str | os.PathLik
     rows = [{"path": p, "prediction": model.classes[int(c)], "probability": float(q)}
             for p, c, q in zip(paths, pred.tolist(), prob.tolist())]
     if out is not None:
-        with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["path", "prediction", "probability"])
-            w.writeheader()
-            w.writerows({**r, "path": csv_text(r["path"]), "prediction": csv_text(r["prediction"]),
-                         "probability": f"{r['probability']:.6f}"} for r in rows)
+        write_predictions(rows, out)
     return rows
 
 
-__all__ = ["ProbeModel", "predict"]
+def write_predictions(rows: list[dict], out: str | os.PathLike) -> None:
+    """The predictions CSV (path, prediction, probability), atomically; text cells guarded against formulas."""
+    with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "prediction", "probability"])
+        w.writeheader()
+        w.writerows({**r, "path": csv_text(r["path"]), "prediction": csv_text(r["prediction"]),
+                     "probability": f"{r['probability']:.6f}"} for r in rows)
+
+
+__all__ = ["ProbeModel", "predict", "write_predictions"]
