@@ -1,0 +1,4 @@
+"""Fine-tuning (docs/finetune.md): the recipe (recipe), the data and its splits (data), the training views (views),
+the start network (network), one training run (loop), the minutes budget (budget), model selection (selection),
+the label curve (curve), the exported network and prediction with it (export), the report (report) and the
+``finetune`` function (finetune)."""

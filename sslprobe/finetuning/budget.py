@@ -1,0 +1,67 @@
+"""``--minutes``: the run length planned from a timing of the real step, so the schedule is fixed before the run.
+
+A cosine schedule needs its length in advance, and an exact resume needs it fixed: the budget
+becomes whole epochs, from the measured seconds of a training step (views, forward, backward,
+AdamW) and of evaluating one image, planned when a run starts and kept in its checkpoint.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from sslprobe.finetuning.loop import EVAL_BATCH, Trainer
+from sslprobe.finetuning.recipe import make_optimizer
+from sslprobe.finetuning.views import TrainViews
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    """Seconds of one training step of ``batch`` images and of evaluating one image."""
+
+    step_s: float
+    batch: int
+    eval_image_s: float
+
+    def epochs(self, *, minutes: float, n_train: int, n_val: int, batch: int) -> int:
+        """Whole epochs of ``n_train`` rows (and validation on ``n_val``) that fit in ``minutes``; at least one."""
+        per_epoch = (n_train // batch) * self.step_s * batch / self.batch + n_val * self.eval_image_s
+        return max(1, int(minutes * 60 // max(per_epoch, 1e-9)))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(trainer: Trainer, fit: torch.Tensor, *, batch: int, repeats: int = 2) -> StepTiming:
+    """Time the step on the start network with a throwaway optimiser; every run reloads the start weights after."""
+    net, dev = trainer.net, trainer.device
+    net.load_state_dict(trainer.start)
+    net.train()
+    opt = make_optimizer(net, trainer.recipe)
+    r = trainer.recipe
+    views = TrainViews(trainer.size, r.crop_scale, r.crop_ratio, r.flip_p, trainer.mean, trainer.std, 0)
+    x, aspect, y = next(iter(trainer.train.train_batches([fit[:batch]], dev)))
+    y = y.to(dev)
+    times = []
+    for i in range(repeats + 1):  # the first step pays for allocations and kernel choice
+        t = time.perf_counter()
+        loss = F.cross_entropy(trainer.logits(views(x, aspect, i)), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        _sync(dev)
+        times.append(time.perf_counter() - t)
+    rows = fit[:min(EVAL_BATCH, fit.numel())]
+    t = time.perf_counter()
+    trainer.eval_logits(trainer.train, rows)
+    _sync(dev)
+    eval_s = (time.perf_counter() - t) / rows.numel()
+    net.load_state_dict(trainer.start)
+    return StepTiming(sum(times[1:]) / repeats, int(x.shape[0]), eval_s)
+
+
+__all__ = ["StepTiming", "time_steps"]

@@ -1,0 +1,302 @@
+"""`sslprobe finetune`: the backbone of ``--weights`` and a new linear head trained end to end on the labels.
+
+``finetune`` is a list of named steps (docs/finetune.md): inputs (classes checked, every image
+decoded once, the probe's validation hold-out) → the start network → the output folder (fresh, or
+resumed) → select the epoch, and the learning rate of a grid, on validation (``selection.py``) → the
+label-efficiency curve (``curve.py``) → score validation and test with the chosen network (test
+touched once, here) → export ``model.safetensors`` and write the probe's report files.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sslprobe import checkpoint as ckpts
+from sslprobe import options as opt
+from sslprobe.errors import SSLProbeError
+from sslprobe.finetuning.budget import time_steps
+from sslprobe.finetuning.curve import CurveSpec, Evaluation, label_curve
+from sslprobe.finetuning.data import Held, ImageRows, check_classes, decode_rows, hold_out, open_eval, open_train
+from sslprobe.finetuning.export import MODEL_FILE, save_finetuned
+from sslprobe.finetuning.loop import StopSignals, Trainer
+from sslprobe.finetuning.network import Backbone, load_backbone, rescale, with_head
+from sslprobe.finetuning.recipe import Recipe, resolve_recipe
+from sslprobe.finetuning.report import write_finetune_reports
+from sslprobe.finetuning.selection import Budget, Selected, select
+from sslprobe.probing.labeleff import parse_points
+from sslprobe.probing.probe import PhaseTimer
+from sslprobe.probing.report import scored
+from sslprobe.probing.splits import Selection, resolve_select
+from sslprobe.runtime import default_workers, pick_device, progress_bar
+
+Source = str | os.PathLike
+
+
+@dataclass(frozen=True)
+class Options:
+    """``finetune()``'s keywords, checked (``options.check_finetune``), as the steps read them."""
+
+    train: str
+    out: Path
+    weights: str
+    model: str | None
+    val: str | None
+    test: str | None
+    image_size: int | None
+    small_stem: bool | None
+    epochs: int | None
+    minutes: float | None
+    batch_size: int
+    lr: float | None
+    lrs: tuple[float, ...]
+    backbone_lr_scale: float | None
+    layer_decay: float | None
+    weight_decay: float
+    warmup_epochs: float
+    label_smoothing: float
+    crop_scale: tuple[float, float]
+    flip_p: float
+    val_fraction: float
+    select: str
+    points: list[tuple[str, float]]
+    seeds: int
+    seed: int
+    workers: int
+    resume: str
+    save_every: ckpts.SaveEvery
+    stop_after: int | None
+    allow_pickle: bool
+    image_column: str | None
+    label_column: str | None
+    show_progress: bool
+
+
+@dataclass
+class Inputs:
+    """The decoded rows (``val`` is ``train`` itself for a hold-out), which of them train and validate, the network."""
+
+    classes: tuple[str, ...]
+    train: ImageRows
+    val: ImageRows
+    test: ImageRows | None
+    held: Held
+    backbone: Backbone
+
+
+def _inputs(o: Options, dev: torch.device) -> Inputs:
+    """Step: open and check every source before the weights load, then decode each image once."""
+    tr = open_train(o.train, image_column=o.image_column, label_column=o.label_column)
+    va = open_eval(o.val, name="val", classes=tr.classes, image_column=o.image_column,
+                   label_column=o.label_column) if o.val is not None else None
+    te = open_eval(o.test, name="test", classes=tr.classes, image_column=o.image_column,
+                   label_column=o.label_column) if o.test is not None else None
+    bb = load_backbone(o.weights, model=o.model, image_size=o.image_size, small_stem=o.small_stem, seed=o.seed,
+                       allow_pickle=o.allow_pickle)
+    kw = {"spec": bb.spec, "workers": o.workers, "device": dev, "show_progress": o.show_progress}
+    train = decode_rows(tr, None, squares=True, what="train", **kw)
+    check_classes(train, tr.classes)
+    val = decode_rows(va[0], va[1], squares=False, what="val", **kw) if va is not None else train
+    test = decode_rows(te[0], te[1], squares=False, what="test", **kw) if te is not None else None
+    held = hold_out(train, fraction=o.val_fraction, seed=o.seed) if va is None else \
+        Held(torch.arange(len(train)), torch.arange(len(val)), True)
+    if o.weights == "random-rescaled":
+        rescale(bb, train, seed=o.seed)
+    with_head(bb.net, len(tr.classes), seed=o.seed)
+    return Inputs(tr.classes, train, val, test, held, bb)
+
+
+def _prepare_out(o: Options) -> None:
+    """Step: a fresh session clears earlier runs but never an unfinished one; ``resume="yes"`` needs one."""
+    runs = o.out / "runs"
+    unfinished = sorted(p.parent.name for p in runs.glob("*/checkpoints") if ckpts.find_latest(p) is not None)
+    if o.resume == "yes" and not unfinished and not any(runs.glob("*/run.json")):
+        raise SSLProbeError(f"--resume: nothing to continue in {runs}; run without --resume to start")
+    if o.resume == "no":
+        if unfinished:
+            raise SSLProbeError(f"'{o.out}' holds an unfinished fine-tune (run '{unfinished[0]}'); continue it with "
+                                f"--resume, or delete {runs} (or pick another --out) to start over")
+        shutil.rmtree(runs, ignore_errors=True)
+    o.out.mkdir(parents=True, exist_ok=True)
+
+
+def _recipe(o: Options, inputs: Inputs) -> Recipe:
+    return resolve_recipe(inputs.backbone.net, trained=inputs.backbone.trained, batch_size=o.batch_size,
+                          base_lr=o.lr, backbone_lr_scale=o.backbone_lr_scale, layer_decay=o.layer_decay,
+                          weight_decay=o.weight_decay, warmup_epochs=o.warmup_epochs,
+                          label_smoothing=o.label_smoothing, crop_scale=o.crop_scale, flip_p=o.flip_p)
+
+
+def _setup(o: Options, inputs: Inputs, recipe: Recipe, dev: torch.device) -> dict[str, Any]:
+    """What every run of the session shares and a resume must match (device and precision may change)."""
+    spec = inputs.backbone.spec
+    return {"train": o.train, "val": o.val, "model": spec.model, "image_size": spec.image_size,
+            "small_stem": spec.small_stem, "weights": {k: v for k, v in inputs.backbone.info.items() if k != "path"},
+            "classes": list(inputs.classes), "val_fraction": o.val_fraction,
+            "recipe": {k: v for k, v in asdict(recipe).items() if k not in ("base_lr", "lr")},
+            "device": dev.type, "precision": "bfloat16 autocast, channels_last" if dev.type == "cuda" else "float32"}
+
+
+def _trainer(o: Options, inputs: Inputs, recipe: Recipe, dev: torch.device, *, bar: Any,
+             signals: StopSignals) -> Trainer:
+    net = inputs.backbone.net.to(dev)
+    if dev.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
+    start = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+    spec = inputs.backbone.spec
+    t = Trainer(net, start, recipe, inputs.train, spec.image_size, tuple(spec.mean), tuple(spec.std), dev,
+                _setup(o, inputs, recipe, dev), o.out / "runs", o.save_every, o.resume, bar, signals)
+    t.budget.left = o.stop_after
+    return t
+
+
+def _budget(o: Options, trainer: Trainer, fit: torch.Tensor) -> Budget:
+    """Step: epochs as asked, or timed steps that turn ``minutes`` into epochs."""
+    if o.minutes is None:
+        return Budget(o.epochs if o.epochs is not None else opt.FINETUNE.epochs, None, None)
+    return Budget(None, o.minutes, time_steps(trainer, fit, batch=min(o.batch_size, int(fit.numel()))))
+
+
+def _score(trainer: Trainer, inputs: Inputs, best: dict[str, torch.Tensor], *, seed: int) -> tuple[dict, dict | None]:
+    """Step: the chosen network on validation, then on test — the only time test is touched."""
+    trainer.net.load_state_dict(best)
+    k = len(inputs.classes)
+    out = []
+    for rows, pos in ((inputs.val, inputs.held.val), (inputs.test, None)):
+        if rows is None:
+            out.append(None)
+            continue
+        pos = torch.arange(len(rows)) if pos is None else pos
+        scores = trainer.eval_logits(rows, pos)
+        out.append(scored(scores, rows.labels[pos].to(scores.device), num_classes=k, seed=seed))
+    return out[0], out[1]
+
+
+def _evaluation(inputs: Inputs) -> Evaluation:
+    if inputs.test is not None:
+        return Evaluation("test", inputs.test, torch.arange(len(inputs.test)))
+    return Evaluation("val", inputs.val, inputs.held.val)
+
+
+def _record(o: Options, inputs: Inputs, recipe: Recipe, main: Selected, *, selection: Selection,
+            dev: torch.device, timer: PhaseTimer, warns: list[str]) -> dict[str, Any]:
+    """The result's bookkeeping: what was chosen and how, the recipe and schedule, the data, the machine."""
+    best, spec, test = main.best, inputs.backbone.spec, inputs.test
+    return {
+        "protocol": "finetune", "status": "complete", "model": spec.model, "image_size": spec.image_size,
+        "small_stem": spec.small_stem, "weights": inputs.backbone.info,
+        "chosen": {"run": best.plan.name, "lr": best.plan.base_lr, "epoch": best.best_epoch,
+                   "epochs": best.plan.epochs, "selected_by": selection.metric, "rule": main.rule},
+        "lr_grid": main.grid(), "learning_curve": [asdict(e) for e in best.history],
+        "recipe": asdict(recipe.with_lr(best.plan.base_lr)),
+        "schedule": {k: v for k, v in asdict(best.plan).items() if k not in ("name", "rows_sha256")},
+        "selection": {**asdict(selection), "tie_break": "lower validation loss, then the earlier epoch and the "
+                                                        "smaller learning rate"},
+        "classes": list(inputs.classes), "n_train": len(inputs.train), "n_fit": int(inputs.held.fit.numel()),
+        "n_val": int(inputs.held.val.numel()),
+        "val_source": "given" if inputs.held.given else f"holdout {o.val_fraction:g} (seed {o.seed})",
+        "resumed": [r.plan.name for r in main.runs if r.resumed_from is not None],
+        "device": str(dev), "precision": "bfloat16 autocast, channels_last" if dev.type == "cuda" else "float32",
+        "distributed": "single process (torchrun DDP is not supported for finetune)",
+        "seconds": timer.total(), "timing": timer.seconds, "warnings": warns,
+        "skipped": {"train": inputs.train.skipped, "val": inputs.val.skipped if inputs.held.given else [],
+                    "test": test.skipped if test is not None else []},
+        "inputs": {"train": o.train, "val": o.val, "test": o.test},
+        "test_labels": test.labels.tolist() if test is not None else None,
+        "test_paths": [test.images.ids[i] for i in test.idx.tolist()] if test is not None else None,
+    }
+
+
+def _export_info(result: dict[str, Any]) -> dict[str, Any]:
+    c = result["chosen"]
+    return {"weights": result["weights"], "epoch": c["epoch"], "lr": c["lr"], "run": c["run"],
+            "val_top1": result["val"]["top1"], "test_top1": result["test"]["top1"] if result.get("test") else None}
+
+
+def _session(o: Options, dev: torch.device, timer: PhaseTimer) -> dict[str, Any]:
+    """The steps, in order, inside the caller's RNG fork."""
+    with timer.phase("load"):
+        inputs = _inputs(o, dev)
+        _prepare_out(o)
+        recipe = _recipe(o, inputs)
+        selection = resolve_select(o.select, inputs.train.labels[inputs.held.fit])
+    warns: list[str] = []
+    with StopSignals() as signals, progress_bar(o.show_progress) as bar:
+        trainer = _trainer(o, inputs, recipe, dev, bar=bar, signals=signals)
+        budget = _budget(o, trainer, inputs.held.fit)
+        lrs = o.lrs or (recipe.base_lr,)
+        with timer.phase("train"):
+            main = select(trainer, name="main", fit=inputs.held.fit, val_rows=inputs.val, val=inputs.held.val,
+                          lrs=lrs, seed=o.seed, metric=selection.metric, budget=budget)
+        curve = None
+        if o.points and not main.stopped:
+            spec = CurveSpec(o.points, o.seeds, o.seed, lrs, selection.metric, o.val_fraction, budget)
+            with timer.phase("label_efficiency"):
+                curve = label_curve(trainer, spec, fit=inputs.held.fit, main=main, evaluation=_evaluation(inputs))
+            if curve is not None and curve["scored_on"] == "val":
+                warns.append("label efficiency scored on val (no --test): the whole-split point chose its epoch on "
+                             "the same rows, so it is optimistic")
+        if main.stopped or (o.points and curve is None):
+            return {"status": f"stopped after {o.stop_after} steps", "out": str(o.out),
+                    "runs": [r.plan.name for r in main.runs]}
+        with timer.phase("score"):
+            val, test = _score(trainer, inputs, main.best.state, seed=o.seed)
+    result = {"val": val, **({"test": test} if test is not None else {}), "knn": None,
+              **({"label_efficiency": curve} if curve is not None else {})}
+    result.update(_record(o, inputs, recipe, main, selection=selection, dev=dev, timer=timer, warns=warns))
+    save_finetuned(trainer.net, inputs.backbone.spec, inputs.classes, o.out / MODEL_FILE, info=_export_info(result))
+    result["files"] = write_finetune_reports(result, o.out, model_file=MODEL_FILE)
+    return result
+
+
+def finetune(train: Source, *, out: Source, weights: str = opt.FINETUNE.weights, model: str | None = None,
+             val: Source | None = None, test: Source | None = None, image_size: int | None = None,
+             small_stem: bool | None = None, epochs: int | None = None, minutes: float | None = None,
+             batch_size: int = opt.FINETUNE.batch_size, lr: float | None = None, lrs: tuple[float, ...] = (),
+             backbone_lr_scale: float | None = None, layer_decay: float | None = None,
+             weight_decay: float = opt.FINETUNE.weight_decay, warmup_epochs: float = opt.FINETUNE.warmup_epochs,
+             label_smoothing: float = opt.FINETUNE.label_smoothing,
+             crop_scale: tuple[float, float] = opt.FINETUNE.crop_scale, flip_p: float = opt.FINETUNE.flip_p,
+             val_fraction: float = opt.FINETUNE.val_fraction, select: str = opt.FINETUNE.select,
+             fractions: tuple[float, ...] = (), shots: tuple[int, ...] = (), seeds: int = opt.FINETUNE.seeds,
+             seed: int = 0, device: str = "auto", workers: int | None = None, resume: str = "no",
+             save_every: str = opt.FINETUNE.save_every, stop_after: int | None = None, allow_pickle: bool = False,
+             image_column: str | None = None, label_column: str | None = None,
+             show_progress: bool = False) -> dict[str, Any]:
+    """Fine-tune the backbone of ``weights`` with a new linear head on the class folders at ``train``.
+
+    ``weights``: random, random-rescaled, pretrained (these need ``model``) or a backbone file, as
+    ``extract`` takes them. The run length is ``epochs`` (default 30) or ``minutes`` (whole epochs
+    planned from a timing of the step). The epoch — and with ``lrs`` the base learning rate — is
+    chosen on ``val``, else on the probe's stratified hold-out of ``val_fraction`` of train (seeded);
+    ``test`` is scored once, with the chosen network. ``fractions``/``shots`` add a label curve whose
+    subsets select with their own labels only. ``resume``: "no" (refuses to discard an unfinished
+    run in ``out``), "auto" or "yes"; Ctrl-C saves and raises ``FinetuneInterrupted``. ``stop_after``
+    stops the session after that many steps (with a checkpoint). Writes ``out/model.safetensors``
+    (timm-loadable, with class names), report.json, per-class CSVs and plots; returns the result.
+    """
+    opt.check_finetune(weights=weights, model=model, epochs=epochs, minutes=minutes, batch_size=batch_size,
+                       image_size=image_size, lr=lr, lrs=lrs, backbone_lr_scale=backbone_lr_scale,
+                       layer_decay=layer_decay, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
+                       label_smoothing=label_smoothing, crop_scale=crop_scale, flip_p=flip_p,
+                       val_fraction=val_fraction, select=select, seeds=seeds, fractions=fractions, shots=shots)
+    opt.one_of("--resume", resume, ("no", "auto", "yes"))
+    opt.at_least("stop_after", stop_after)
+    o = Options(str(train), Path(out), weights, model, None if val is None else str(val),
+                None if test is None else str(test), image_size, small_stem, epochs, minutes, batch_size, lr,
+                tuple(float(v) for v in lrs), backbone_lr_scale, layer_decay, weight_decay, warmup_epochs,
+                label_smoothing, (float(crop_scale[0]), float(crop_scale[1])), flip_p, val_fraction, select,
+                parse_points(fractions, shots), seeds, seed, default_workers() if workers is None else workers,
+                resume, ckpts.parse_save_every(save_every), stop_after, allow_pickle, image_column, label_column,
+                show_progress)
+    timer = PhaseTimer()
+    dev = pick_device(device)
+    with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
+        return _session(o, dev, timer)
+
+
+__all__ = ["Inputs", "Options", "finetune"]

@@ -1,0 +1,409 @@
+"""One fine-tuning run as named steps: start or restore → steps → validate at each epoch's end → keep the best → save.
+
+A run trains the start network on a set of training rows and chooses its epoch on a set of
+validation rows (:class:`Run`). Everything a run needs to continue exactly sits in its checkpoint
+(``sslprobe/checkpoint.py``'s format): the weights, the optimiser, the global RNG, the best epoch's
+weights and the learning curve so far; the data order and the crops are functions of (seed, step).
+A finished run leaves ``best.safetensors`` and ``run.json`` in its folder, which a resumed session
+reads instead of training again. Ctrl-C (or SIGTERM) saves a checkpoint and stops.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sslprobe import checkpoint as ckpts
+from sslprobe.errors import SSLProbeError
+from sslprobe.fileio import write_json
+from sslprobe.finetuning.data import ImageRows
+from sslprobe.finetuning.recipe import Recipe, lr_factor, make_optimizer, set_lr, warmup_steps
+from sslprobe.finetuning.views import TrainViews, normalize
+from sslprobe.probing.search import selection_score
+
+RESUME_IGNORES = ("device", "precision")  # the same run may continue on other hardware
+EVAL_BATCH = 256
+
+
+class FinetuneInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) during fine-tuning; ``str()`` says what was saved and how to resume."""
+
+
+class StopSignals:
+    """SIGINT/SIGTERM set ``hit`` (the signal's name), checked between steps; a second Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        self.hit: str | None = None
+        self.old: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():  # Python delivers signals there alone
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.hit is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.hit = signal.Signals(signum).name
+
+    def __exit__(self, *exc: object) -> bool:
+        for sig, h in self.old.items():
+            signal.signal(sig, h)
+        return False
+
+
+def epoch_order(n: int, *, seed: int, epoch: int) -> torch.Tensor:
+    """The permutation of ``n`` training rows that epoch ``epoch`` visits (a function of seed and epoch alone)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+def rows_digest(*parts: torch.Tensor) -> str:
+    """sha256 of row positions: a resumed run must train and validate on the same rows."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.to(torch.int64).numpy().tobytes() + b"|")
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What defines one run beside the session's setup (a resume must match both)."""
+
+    name: str
+    base_lr: float
+    seed: int
+    n_train: int
+    n_val: int
+    rows_sha256: str
+    batch_size: int
+    steps_per_epoch: int
+    epochs: int
+    total_steps: int
+    warmup_steps: int
+    select: str
+    minutes: float | None  # the budget ``epochs`` was planned from (None: epochs were asked)
+
+
+def plan_run(name: str, *, recipe: Recipe, seed: int, fit: torch.Tensor, val: torch.Tensor, epochs: int,
+             select: str, minutes: float | None) -> RunPlan:
+    """The run's schedule: the batch capped to the training rows, whole batches per epoch, the warm-up."""
+    batch = min(recipe.batch_size, int(fit.numel()))
+    if batch < 2:
+        raise SSLProbeError(f"run '{name}' has {fit.numel()} training image; fine-tuning needs at least 2 per step "
+                            "(BatchNorm): use more labels per class")
+    spe = int(fit.numel()) // batch
+    total = spe * epochs
+    return RunPlan(name, recipe.base_lr, seed, int(fit.numel()), int(val.numel()), rows_digest(fit, val), batch, spe,
+                   epochs, total, warmup_steps(recipe, steps_per_epoch=spe, total=total), select, minutes)
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One point of the learning curve."""
+
+    epoch: int
+    step: int
+    train_loss: float
+    val_loss: float | None  # None: the run had no validation rows
+    val_top1: float | None
+    val_balanced: float | None
+    lr: float  # the head's rate at the epoch's last step
+    seconds: float
+
+
+@dataclass
+class RunResult:
+    """A finished (or stopped) run: its curve, the chosen epoch and that epoch's weights (CPU)."""
+
+    plan: RunPlan
+    history: list[EpochRecord]
+    best_epoch: int | None
+    best_score: float
+    best_loss: float
+    state: dict[str, torch.Tensor] | None
+    status: str
+    resumed_from: int | None = None
+
+
+@dataclass
+class SessionBudget:
+    """Steps this session may still train over all its runs (None: no limit) — ``stop_after``."""
+
+    left: int | None = None
+    stopped: bool = False
+
+    def spend(self) -> bool:
+        """Count one step; True when the budget is used up."""
+        if self.left is None:
+            return False
+        self.left -= 1
+        self.stopped = self.left <= 0
+        return self.stopped
+
+
+@dataclass
+class Trainer:
+    """What every run of a session shares: the network (on the device), its start weights, the recipe, the rows."""
+
+    net: nn.Module
+    start: dict[str, torch.Tensor]
+    recipe: Recipe
+    train: ImageRows
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    device: torch.device
+    setup: dict[str, Any]
+    runs_dir: Path
+    save_every: ckpts.SaveEvery
+    resume: str
+    bar: Any
+    signals: StopSignals
+    budget: SessionBudget = field(default_factory=SessionBudget)
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.cuda else x
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores in float32; bf16 autocast on CUDA."""
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
+            return self.net(self.inputs(x)).float()
+
+    @torch.inference_mode()
+    def eval_logits(self, rows: ImageRows, positions: torch.Tensor) -> torch.Tensor:
+        """(n, K) float32 scores of the network in eval mode on the centre crops of ``positions`` of ``rows``."""
+        was = self.net.training
+        self.net.eval()
+        out = [self.logits(normalize(x.to(self.device), mean=self.mean, std=self.std))
+               for x, _ in rows.eval_batches(positions, batch=EVAL_BATCH, device=self.device)]
+        self.net.train(was)
+        return torch.cat(out)
+
+
+class Run:
+    """One run: :meth:`run` = finished before? → start or restore → steps (validating at each epoch's end) → finish."""
+
+    def __init__(self, trainer: Trainer, plan: RunPlan, *, fit: torch.Tensor, val_rows: ImageRows, val: torch.Tensor,
+                 task: int) -> None:
+        self.t, self.plan, self.fit, self.val_rows, self.val, self.task = trainer, plan, fit, val_rows, val, task
+        self.dir = trainer.runs_dir / plan.name
+        self.recipe = trainer.recipe.with_lr(plan.base_lr)
+        self.views = TrainViews(trainer.size, self.recipe.crop_scale, self.recipe.crop_ratio, self.recipe.flip_p,
+                                trainer.mean, trainer.std, plan.seed)
+        self.history: list[EpochRecord] = []
+        self.best: tuple[int | None, float, float] = (None, -math.inf, math.inf)  # epoch, score, loss
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.step, self.resumed_from, self.mutating, self.factor = 0, None, False, 0.0
+        self.loss_sum = torch.zeros((), device=trainer.device)
+        self.started, self.elapsed_before = time.monotonic(), 0.0
+
+    def run(self) -> RunResult:
+        done = self._finished()
+        if done is not None:
+            return done
+        self._begin()
+        self.t.bar.update(self.task, completed=self.step)
+        status = self._steps()
+        if status == "complete":
+            self._finish()
+        return self._result(status)
+
+    # --- start, restore, finish ------------------------------------------------------------------------------
+
+    def _config(self) -> dict[str, Any]:
+        return {"plan": asdict(self.plan), "setup": self.t.setup}
+
+    def _check(self, saved: dict[str, Any], where: Path) -> None:
+        ignore = RESUME_IGNORES + (("epochs", "total_steps", "warmup_steps") if self.plan.minutes else ())
+        diff = ckpts.config_diff({**saved["setup"], **saved["plan"]}, {**self.t.setup, **asdict(self.plan)},
+                                 ignore=ignore)
+        if diff:
+            shown = "; ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in list(diff.items())[:6])
+            raise SSLProbeError(f"cannot resume from {where}: the configuration differs in {len(diff)} key(s): "
+                                f"{shown}; rerun with the original options, or use a new --out")
+        if self.plan.minutes:  # a minutes budget planned its epochs when the run started: keep that plan
+            keep = {k: saved["plan"][k] for k in ("epochs", "total_steps", "warmup_steps")}
+            self.plan = RunPlan(**{**asdict(self.plan), **keep})
+
+    def _finished(self) -> RunResult | None:
+        """A run this out dir already finished (resume only; a fresh session cleared the runs)."""
+        import json
+
+        from safetensors.torch import load_file
+
+        info = self.dir / "run.json"
+        if self.t.resume == "no" or not info.is_file():
+            return None
+        saved = json.loads(info.read_text())
+        self._check(saved["config"], info)
+        state = load_file(str(self.dir / "best.safetensors")) if saved["best_epoch"] is not None else None
+        return RunResult(self.plan, [EpochRecord(**e) for e in saved["history"]], saved["best_epoch"],
+                         saved["best_score"], saved["best_loss"], state, "complete", saved.get("resumed_from"))
+
+    def _begin(self) -> None:
+        """The start weights and a fresh optimiser; then the checkpoint's state when there is one to resume."""
+        self.t.net.load_state_dict(self.t.start)
+        self.t.net.train()
+        self.opt = make_optimizer(self.t.net, self.recipe)
+        found = ckpts.find_latest(self.dir / "checkpoints") if self.t.resume != "no" else None
+        if found is None:
+            torch.manual_seed(self.plan.seed)
+            return
+        self._check(found.state["config"], found.json_path)
+        tensors = ckpts.load_tensors(found)
+        try:
+            self.t.net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+            ckpts.unpack_optimizer(self.opt, tensors, found.state["optimizer"])
+            ckpts.restore_rng(tensors)
+        except (RuntimeError, KeyError, ValueError, TypeError) as e:
+            raise SSLProbeError(f"checkpoint {found.json_path} does not fit this network ({type(e).__name__}); delete "
+                                "it or use a new --out") from None
+        best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+        self.best_state = best or None
+        epoch, score, loss = found.state["best"]  # JSON has no infinities: None before the first epoch's end
+        self.best = (epoch, -math.inf if score is None else score, math.inf if loss is None else loss)
+        self.history = [EpochRecord(**e) for e in found.state["history"]]
+        self.step = self.resumed_from = found.step
+        self.elapsed_before = float(found.state["elapsed_s"])
+
+    def _save(self) -> None:
+        opt_t, opt_meta = ckpts.pack_optimizer(self.opt)
+        tensors = {**{f"model.{k}": v for k, v in self.t.net.state_dict().items()}, **opt_t, **ckpts.rng_tensors(),
+                   **{f"best.{k}": v for k, v in (self.best_state or {}).items()}}
+        state = {"config": self._config(), "optimizer": opt_meta, "history": [asdict(e) for e in self.history],
+                 "best": list(self.best), "elapsed_s": self._elapsed(),
+                 "data_rng": "epoch order and crops are functions of (seed, step)"}
+        ckpts.save(self.dir / "checkpoints", step=self.step, tensors=tensors, state=state)
+        self.saved = (self.step, time.monotonic())
+
+    def _finish(self) -> None:
+        """best.safetensors, then run.json (the commit mark); the checkpoints go once both are written."""
+        from safetensors.torch import save_file
+
+        from sslprobe.fileio import atomic_path
+
+        if self.best_state is not None:
+            with atomic_path(self.dir / "best.safetensors") as tmp:
+                save_file({k: v.contiguous() for k, v in self.best_state.items()}, str(tmp))
+        epoch, score, loss = self.best
+        write_json(self.dir / "run.json", {"config": self._config(), "history": [asdict(e) for e in self.history],
+                                           "best_epoch": epoch, "best_score": score, "best_loss": loss,
+                                           "resumed_from": self.resumed_from, "seconds": self._elapsed()})
+        shutil.rmtree(self.dir / "checkpoints", ignore_errors=True)
+
+    def _result(self, status: str) -> RunResult:
+        epoch, score, loss = self.best
+        return RunResult(self.plan, self.history, epoch, score, loss, self.best_state, status, self.resumed_from)
+
+    def _elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.started
+
+    # --- the steps -----------------------------------------------------------------------------------------
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        """The uint8 batches from ``self.step`` to the end of the run, epoch after epoch."""
+        spe, b = self.plan.steps_per_epoch, self.plan.batch_size
+        for epoch in range(self.step // spe, self.plan.epochs):
+            order = self.fit[epoch_order(self.plan.n_train, seed=self.plan.seed, epoch=epoch)]
+            chunks = [order[k * b:(k + 1) * b] for k in range(self.step - epoch * spe, spe)]
+            yield from self.t.train.train_batches(chunks, self.t.device)
+
+    def _steps(self) -> str:
+        """Train to the end of the plan; Ctrl-C, SIGTERM and the session's step budget save and stop."""
+        self.saved = (self.step, time.monotonic())
+        try:
+            for x, aspect, y in self._batches():
+                self._train_step(x, aspect, y.to(self.t.device))
+                if self.step % self.plan.steps_per_epoch == 0:
+                    self._end_epoch()
+                if self.t.signals.hit is not None:
+                    raise FinetuneInterrupted(self._stop(self.t.signals.hit))
+                if self.t.budget.spend() and self.step < self.plan.total_steps:
+                    self._save()
+                    return f"stopped after {self.step} of {self.plan.total_steps} steps"
+                if self.step < self.plan.total_steps and self._due():
+                    self._save()
+        except KeyboardInterrupt as e:
+            if isinstance(e, FinetuneInterrupted):
+                raise
+            raise FinetuneInterrupted(self._stop("KeyboardInterrupt", save=not self.mutating)) from None
+        return "complete"
+
+    def _train_step(self, x: torch.Tensor, aspect: torch.Tensor, y: torch.Tensor) -> None:
+        """Forward, backward and the AdamW update at schedule position ``self.step``; no host sync."""
+        self.factor = lr_factor(self.step, total=self.plan.total_steps, warmup=self.plan.warmup_steps)
+        set_lr(self.opt, self.recipe, self.factor)
+        loss = F.cross_entropy(self.t.logits(self.views(x, aspect, self.step)), y,
+                               label_smoothing=self.recipe.label_smoothing)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.mutating = True
+        self.opt.step()
+        self.step += 1
+        self.mutating = False
+        self.loss_sum += loss.detach()
+        self.t.bar.update(self.task, advance=1)
+
+    def _end_epoch(self) -> None:
+        """Validate, record the curve's point, keep the weights when the epoch is the best so far.
+
+        Without validation rows (a subset with one label in a class) every epoch is "best": the last one is kept.
+        """
+        epoch = self.step // self.plan.steps_per_epoch
+        train_loss = float(self.loss_sum) / self.plan.steps_per_epoch
+        self.loss_sum.zero_()
+        if not math.isfinite(train_loss):
+            raise SSLProbeError(f"the training loss became {train_loss} in epoch {epoch} of run '{self.plan.name}'; "
+                                "lower --lr (nothing was saved for this run)")
+        val = self._validate()
+        self.history.append(EpochRecord(epoch, self.step, train_loss, *val, self.recipe.lr * self.factor,
+                                        self._elapsed()))
+        score = math.nan if val[0] is None else val[1] if self.plan.select == "top1" else val[2]
+        loss = math.inf if val[0] is None else val[0]
+        if val[0] is None or (score, -loss) > (self.best[1], -self.best[2]):  # ties: lower loss, then earlier
+            self.best = (epoch, score, loss)
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.t.net.state_dict().items()}
+        shown = "" if val[0] is None else f", val {self.plan.select} {score:.3f}"
+        self.t.bar.update(self.task, description=f"{self.plan.name}: epoch {epoch}/{self.plan.epochs}{shown}")
+
+    def _validate(self) -> tuple[float | None, float | None, float | None]:
+        """(loss, top-1, balanced accuracy) on the run's validation rows; Nones without any."""
+        if self.val.numel() == 0:
+            return None, None, None
+        y = self.val_rows.labels[self.val].to(self.t.device)
+        scores = self.t.eval_logits(self.val_rows, self.val)
+        pred, k = scores.argmax(1), len(self.t.setup["classes"])
+        return (float(F.cross_entropy(scores, y)), selection_score(pred, y, metric="top1", num_classes=k),
+                selection_score(pred, y, metric="balanced", num_classes=k))
+
+    def _due(self) -> bool:
+        last_step, last_time = self.saved
+        return self.t.save_every.due(step=self.step, last_step=last_step,
+                                     elapsed_min=(time.monotonic() - last_time) / 60)
+
+    def _stop(self, why: str, *, save: bool = True) -> str:
+        if save:
+            self._save()
+        return (f"interrupted ({why}) at step {self.step} of {self.plan.total_steps} of run '{self.plan.name}'"
+                f"{'; checkpoint saved in ' + str(self.dir / 'checkpoints') if save else '; not saved (mid-update)'}. "
+                "Continue with the same command plus --resume")
+
+
+__all__ = ["EVAL_BATCH", "EpochRecord", "FinetuneInterrupted", "Run", "RunPlan", "RunResult", "SessionBudget",
+           "StopSignals", "Trainer", "epoch_order", "plan_run", "rows_digest"]

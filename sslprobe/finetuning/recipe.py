@@ -1,0 +1,126 @@
+"""The fine-tuning recipe: optimiser, learning rates per layer, schedule, label smoothing, crops.
+
+The defaults (``options.FINETUNE``; docs/finetune.md) are MAE's end-to-end fine-tuning recipe (He et
+al. 2022, Table 9): AdamW with β = (0.9, 0.999), base rate 1e-3 per 256 images, weight decay 0.05 on
+weights (not on biases, norms or tokens), 5 warm-up epochs then cosine decay to 0, label smoothing
+0.1, and for ViTs layer-wise rate decay 0.75 (BEiT's, Bao et al. 2022: block i of L trains at
+0.75^(L+1−i) of the head's rate). CNN backbones with trained weights run at 0.1× the head's rate,
+DETR's ratio for an ImageNet backbone under AdamW (Carion et al. 2020, §4: 1e-5 beside 1e-4). Random
+weights have no features to protect: every layer trains at the head's rate. The augmentation is
+the light one of SimCLR's fine-tuning (Chen et al. 2020, appendix B): a random resized crop of the
+whole image (area 8-100 %, aspect 3/4-4/3) and a horizontal flip; MAE's RandAugment, mixup, cutmix
+and drop path are left out.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sslprobe.options import FINETUNE
+
+BETAS = (0.9, 0.999)
+CROP_RATIO = (3 / 4, 4 / 3)
+
+
+def is_vit(net: nn.Module) -> bool:
+    """A transformer with a patch embedding and a stack of blocks (ViT, DeiT, BEiT, EVA …): layer-wise decay."""
+    return hasattr(net, "patch_embed") and isinstance(getattr(net, "blocks", None), nn.Module)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One run's hyper-parameters, resolved: ``lr`` is the head's peak rate for ``batch_size`` images."""
+
+    base_lr: float  # per 256 images
+    lr: float
+    batch_size: int
+    weight_decay: float
+    warmup_epochs: float
+    label_smoothing: float
+    backbone: str  # "layer decay 0.75", "0.1× the head" or "1× the head (random weights)"
+    layer_decay: float | None
+    backbone_lr_scale: float | None
+    crop_scale: tuple[float, float]
+    crop_ratio: tuple[float, float]
+    flip_p: float
+
+    def with_lr(self, base_lr: float) -> Recipe:
+        """The same recipe at another base rate (one point of the learning-rate grid)."""
+        return Recipe(base_lr, base_lr * self.batch_size / 256, self.batch_size, self.weight_decay,
+                      self.warmup_epochs, self.label_smoothing, self.backbone, self.layer_decay,
+                      self.backbone_lr_scale, self.crop_scale, self.crop_ratio, self.flip_p)
+
+
+def resolve_recipe(net: nn.Module, *, trained: bool, batch_size: int, base_lr: float | None,
+                   backbone_lr_scale: float | None, layer_decay: float | None, weight_decay: float,
+                   warmup_epochs: float, label_smoothing: float, crop_scale: tuple[float, float],
+                   flip_p: float) -> Recipe:
+    """The recipe for ``net``: what was asked, else the defaults for its family and whether its weights are trained."""
+    if layer_decay is None and backbone_lr_scale is None:
+        if not trained:
+            backbone_lr_scale = 1.0
+        elif is_vit(net):
+            layer_decay = FINETUNE.layer_decay
+        else:
+            backbone_lr_scale = FINETUNE.backbone_lr_scale
+    if layer_decay is not None:
+        how = f"layer-wise decay {layer_decay:g} from the head down"
+    else:
+        how = f"{backbone_lr_scale:g}× the head's rate" + ("" if trained else " (random weights)")
+    base = FINETUNE.lr if base_lr is None else base_lr
+    return Recipe(base, base * batch_size / 256, batch_size, weight_decay, warmup_epochs, label_smoothing, how,
+                  layer_decay, backbone_lr_scale, (float(crop_scale[0]), float(crop_scale[1])), CROP_RATIO,
+                  float(flip_p))
+
+
+def _no_decay(net: nn.Module) -> set[str]:
+    skip = net.no_weight_decay() if hasattr(net, "no_weight_decay") else set()
+    return {n for n, p in net.named_parameters() if p.ndim <= 1 or n in skip}
+
+
+def param_groups(net: nn.Module, recipe: Recipe) -> list[dict]:
+    """Optimiser groups with an ``lr_scale`` each: the head at 1, the backbone by the recipe; no decay on
+    biases, norms and tokens."""
+    if recipe.layer_decay is not None:
+        from timm.optim import param_groups_layer_decay
+
+        skip = net.no_weight_decay() if hasattr(net, "no_weight_decay") else ()
+        return param_groups_layer_decay(net, weight_decay=recipe.weight_decay, no_weight_decay_list=skip,
+                                        layer_decay=recipe.layer_decay)
+    head = {id(p) for p in net.get_classifier().parameters()}
+    quiet = _no_decay(net)
+    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+    for name, p in net.named_parameters():
+        scale = 1.0 if id(p) in head else float(recipe.backbone_lr_scale)
+        groups.setdefault((scale, 0.0 if name in quiet else recipe.weight_decay), []).append(p)
+    return [{"params": ps, "lr_scale": s, "weight_decay": wd} for (s, wd), ps in groups.items()]
+
+
+def make_optimizer(net: nn.Module, recipe: Recipe) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups`; the loop sets each group's rate every step (:func:`lr_factor`)."""
+    return torch.optim.AdamW(param_groups(net, recipe), lr=recipe.lr, betas=BETAS)
+
+
+def lr_factor(step: int, *, total: int, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then half a cosine to 0 at ``total`` (per step, as MAE)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    span = max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / span)))
+
+
+def warmup_steps(recipe: Recipe, *, steps_per_epoch: int, total: int) -> int:
+    """The warm-up in steps: the recipe's epochs, at most half the run."""
+    return min(round(recipe.warmup_epochs * steps_per_epoch), total // 2)
+
+
+def set_lr(opt: torch.optim.Optimizer, recipe: Recipe, factor: float) -> None:
+    for g in opt.param_groups:
+        g["lr"] = recipe.lr * g.get("lr_scale", 1.0) * factor
+
+
+__all__ = ["BETAS", "CROP_RATIO", "Recipe", "is_vit", "lr_factor", "make_optimizer", "param_groups",
+           "resolve_recipe", "set_lr", "warmup_steps"]
