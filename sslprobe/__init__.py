@@ -1,6 +1,6 @@
 """sslprobe: BYOL pretraining, cached embeddings and linear probes on your own image folders.
 
-``from sslprobe import pretrain, extract, probe, compare, predict`` gives the library functions behind
+``from sslprobe import pretrain, extract, probe, compare, predict, finetune`` gives the library functions behind
 the commands. They are imported lazily so that ``import sslprobe`` (and ``sslprobe --help``) stays
 fast and loads no torch.
 """
@@ -12,7 +12,7 @@ from sslprobe.errors import SSLProbeError
 
 __version__ = "0.1.0"
 
-__all__ = ["SSLProbeError", "__version__", "compare", "extract", "predict", "pretrain", "probe"]
+__all__ = ["SSLProbeError", "__version__", "compare", "extract", "finetune", "predict", "pretrain", "probe"]
 
 _LAZY = {
     "pretrain": "sslprobe.pretraining.pretrain",
@@ -20,10 +20,12 @@ _LAZY = {
     "probe": "sslprobe.probing.probe",
     "compare": "sslprobe.probing.compare",
     "predict": "sslprobe.probing.predict",
+    "finetune": "sslprobe.finetuning.finetune",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from sslprobe.extraction.extract import extract
+    from sslprobe.finetuning.finetune import finetune
     from sslprobe.pretraining.pretrain import pretrain
     from sslprobe.probing.compare import compare
     from sslprobe.probing.predict import predict

@@ -18,7 +18,7 @@ from sslprobe import __version__
 from sslprobe import options as opt
 from sslprobe.distributed import env_rank
 from sslprobe.errors import SSLProbeError
-from sslprobe.options import EXTRACT, PRETRAIN, PROBE, VIEWS
+from sslprobe.options import EXTRACT, FINETUNE, PRETRAIN, PROBE, VIEWS
 
 app = typer.Typer(
     name="sslprobe",
@@ -30,6 +30,7 @@ app = typer.Typer(
 )
 _STATE = {"debug": False}
 AUG, CKPT, MON = "Augmentation (paper defaults)", "Checkpoints", "Monitoring"  # --help panels
+RECIPE, LABELS = "Recipe (docs/finetune.md)", "Label efficiency"
 
 Device = Annotated[str, typer.Option(help="auto (CUDA if present), cpu or cuda.")]
 Workers = Annotated[int | None, typer.Option(min=0, help="Decode worker processes (default: cores − 1, at most 8).")]
@@ -388,22 +389,147 @@ def compare(
             console.print(f"warning: {name}: {w}", style="yellow", markup=False, highlight=False)
 
 
-@app.command(epilog="Example: sslprobe predict feats/new --probe reports/byol/probe.safetensors --out preds.csv")
-def predict(
-    features: Annotated[str, typer.Argument(
-        help="Features to classify: a directory from `extract` or a .safetensors file.")],
-    probe_file: Annotated[Path, typer.Option(
-        "--probe", help="probe.safetensors written by `sslprobe probe --out` (or its directory).")],
-    out: Annotated[Path, typer.Option(dir_okay=False, help="CSV to write: path, prediction, probability.")],
+@app.command(epilog="Example: sslprobe finetune photos/train --weights runs/byol/backbone.safetensors --test "
+                    "photos/test --out runs/ft")
+def finetune(
+    train: Annotated[str, typer.Argument(
+        help="Class folders (one subfolder per class) or hf:NAME[:SPLIT] with labels.")],
+    out: Annotated[Path, typer.Option(file_okay=False, help="Run directory: model.safetensors (timm-loadable, with "
+                                                            "class names), report.json, per-class CSVs, plots.")],
+    weights: Annotated[str, typer.Option(help="random (timm's training init), random-rescaled, pretrained (timm hub) "
+                                              "or a backbone .safetensors file.")] = FINETUNE.weights,
+    model: Annotated[str | None, typer.Option(help="timm model name (not needed for sslprobe backbone files).")] = None,
+    val: Annotated[str | None, typer.Option(
+        help="Validation class folders (default: the probe's stratified 20 % hold-out of TRAIN).")] = None,
+    test: Annotated[str | None, typer.Option(help="Test class folders, scored once with the chosen network.")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Training and evaluation resolution (default: the "
+                                                        "model's).")] = None,
+    small_stem: SmallStem = None,
+    epochs: Annotated[int | None, typer.Option(help=f"Passes over the training rows (default {FINETUNE.epochs}).")
+                      ] = None,
+    minutes: Annotated[float | None, typer.Option(
+        help="Budget instead of --epochs: the whole epochs a timing of the step says fit, per run.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = FINETUNE.batch_size,
+    lr: Annotated[float | None, typer.Option(rich_help_panel=RECIPE, help=f"AdamW peak rate of the head per 256 "
+                                             f"images (default {FINETUNE.lr:g}).")] = None,
+    lrs: Annotated[str | None, typer.Option(rich_help_panel=RECIPE, help="A learning-rate grid instead of --lr, "
+                                            "e.g. 3e-4,1e-3,3e-3: one run each, chosen on validation.")] = None,
+    backbone_lr_scale: Annotated[float | None, typer.Option(rich_help_panel=RECIPE, help=f"Backbone rate ÷ head rate "
+                                                            f"(default: {FINETUNE.backbone_lr_scale:g} for trained "
+                                                            "CNNs, 1 for random weights).")] = None,
+    layer_decay: Annotated[float | None, typer.Option(rich_help_panel=RECIPE, help=f"Layer-wise rate decay from the "
+                                                      f"head down (default: {FINETUNE.layer_decay:g} for trained "
+                                                      "ViTs).")] = None,
+    weight_decay: Annotated[float, typer.Option(rich_help_panel=RECIPE, help="AdamW weight decay (not on biases, "
+                                                "norms, tokens).")] = FINETUNE.weight_decay,
+    warmup_epochs: Annotated[float, typer.Option(rich_help_panel=RECIPE, help="Linear warm-up before the cosine "
+                                                 "decay (at most half the run).")] = FINETUNE.warmup_epochs,
+    label_smoothing: Annotated[float, typer.Option(rich_help_panel=RECIPE, help="Label smoothing of the training "
+                                                   "loss (0 turns it off).")] = FINETUNE.label_smoothing,
+    crop_scale: Annotated[tuple[float, float], typer.Option(
+        rich_help_panel=RECIPE, help="Random resized crop area range MIN MAX (of the whole image).")
+    ] = FINETUNE.crop_scale,
+    flip_p: Annotated[float, typer.Option(rich_help_panel=RECIPE, help="Horizontal flip probability.")
+                      ] = FINETUNE.flip_p,
+    select: Annotated[str, typer.Option(
+        help="Metric that chooses the epoch (and learning rate) on validation: auto (balanced accuracy when classes "
+             "are imbalanced > 2:1, else top1), top1 or balanced.")] = FINETUNE.select,
+    fractions: Annotated[str | None, typer.Option(rich_help_panel=LABELS, help="Label-efficiency fractions of each "
+                                                  "class, e.g. 0.01,0.1,1.0.")] = None,
+    shots: Annotated[str | None, typer.Option(rich_help_panel=LABELS, help="Label-efficiency shots per class, e.g. "
+                                              "1,5,10.")] = None,
+    seeds: Annotated[int, typer.Option(rich_help_panel=LABELS, help="Draws per label-efficiency point (mean ± std).")
+                     ] = FINETUNE.seeds,
+    resume: Annotated[bool, typer.Option("--resume", rich_help_panel=CKPT, help="Continue the fine-tune in --out "
+                                         "(same options required); start it if there is none.")] = False,
+    save_every: Annotated[str, typer.Option(rich_help_panel=CKPT, help="Checkpoint every STEPS (500), MINUTES (10m), "
+                                            "both (500,10m), or only at stops (end).")] = FINETUNE.save_every,
+    allow_pickle: Annotated[bool, typer.Option(
+        help="Allow .pt/.pth weights (loaded with torch.load(weights_only=True)).")] = False,
+    seed: Seed = 0,
+    device: Device = "auto",
+    workers: Workers = None,
+    image_column: ImageCol = None,
+    label_column: LabelCol = None,
+    as_json: AsJson = False,
 ) -> None:
-    """Classify feature rows with a saved linear probe."""
-    for p in (features, probe_file):
-        if not Path(p).exists():
-            raise SSLProbeError(f"'{p}' does not exist")
-    from sslprobe.probing.predict import predict as run
+    """Fine-tune a backbone and a new linear head end to end on labelled images; the epoch chosen on validation.
 
-    rows = run(features, probe=probe_file, out=out)
-    _err(f"{len(rows)} rows classified → {out}")
+    Reports as `probe` does (report.json, per-class CSVs, confusion matrix, learning curve); Ctrl-C saves a checkpoint
+    and stops, --resume continues. One process (no torchrun DDP).
+    """
+    for p in (train, val, test):
+        if p is not None:
+            opt.image_source(p)
+    grid, fr, sh = opt.numbers("--lrs", lrs, float), opt.numbers("--fractions", fractions, float), \
+        opt.numbers("--shots", shots, int)
+    opt.check_finetune(weights=weights, model=model, epochs=epochs, minutes=minutes, batch_size=batch_size,
+                       image_size=image_size, lr=lr, lrs=grid, backbone_lr_scale=backbone_lr_scale,
+                       layer_decay=layer_decay, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
+                       label_smoothing=label_smoothing, crop_scale=crop_scale, flip_p=flip_p,
+                       val_fraction=FINETUNE.val_fraction, select=select, seeds=seeds, fractions=fr, shots=sh)
+    from sslprobe.finetuning.finetune import finetune as run
+    from sslprobe.finetuning.loop import FinetuneInterrupted
+    from sslprobe.finetuning.report import render_finetune
+    from sslprobe.probing.report import summary
+
+    try:
+        r = run(train, out=out, weights=weights, model=model, val=val, test=test, image_size=image_size,
+                small_stem=small_stem, epochs=epochs, minutes=minutes, batch_size=batch_size, lr=lr, lrs=grid,
+                backbone_lr_scale=backbone_lr_scale, layer_decay=layer_decay, weight_decay=weight_decay,
+                warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, crop_scale=crop_scale, flip_p=flip_p,
+                select=select, fractions=fr, shots=sh, seeds=seeds, seed=seed, device=device, workers=workers,
+                resume="auto" if resume else "no", save_every=save_every, allow_pickle=allow_pickle,
+                image_column=image_column, label_column=label_column, show_progress=not as_json and sys.stderr.isatty())
+    except FinetuneInterrupted as e:
+        _err(str(e))
+        raise typer.Exit(130) from None
+    if as_json:
+        typer.echo(json.dumps(summary(r)))
+        return
+    from rich.console import Console
+
+    render_finetune(r, console=Console())
+
+
+@app.command(epilog="Example: sslprobe predict feats/new --probe reports/byol/probe.safetensors --out preds.csv; "
+                    "sslprobe predict photos/new --finetuned runs/ft/model.safetensors --out preds.csv")
+def predict(
+    data: Annotated[str, typer.Argument(
+        help="With --probe: features (a directory from `extract` or a .safetensors file); with --finetuned: a folder "
+             "of images or hf:NAME[:SPLIT].")],
+    out: Annotated[Path, typer.Option(dir_okay=False, help="CSV to write: path, prediction, probability.")],
+    probe_file: Annotated[Path | None, typer.Option(
+        "--probe", help="probe.safetensors written by `sslprobe probe --out` (or its directory).")] = None,
+    finetuned: Annotated[Path | None, typer.Option(
+        help="model.safetensors written by `sslprobe finetune --out` (or its directory).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass (--finetuned).")] = EXTRACT.batch_size,
+    device: Device = "auto",
+    workers: Workers = None,
+) -> None:
+    """Classify feature rows with a saved linear probe, or images with a fine-tuned network."""
+    if (probe_file is None) == (finetuned is None):
+        raise SSLProbeError("give --probe PROBE (to classify extracted features) or --finetuned MODEL (to classify "
+                            "images), one of them")
+    if finetuned is not None:
+        opt.image_source(data)
+        opt.at_least("--batch-size", batch_size)
+    for p in (data, probe_file, finetuned):
+        if p is not None and not str(p).startswith("hf:") and not Path(p).exists():
+            raise SSLProbeError(f"'{p}' does not exist")
+    if probe_file is not None:
+        from sslprobe.probing.predict import predict as run
+
+        rows = run(data, probe=probe_file, out=out)
+        _err(f"{len(rows)} rows classified → {out}")
+        return
+    from sslprobe.finetuning.export import predict_images
+
+    got = predict_images(data, model=finetuned, out=out, batch_size=batch_size, device=device, workers=workers,
+                         show_progress=sys.stderr.isatty())
+    _err(f"{len(got.rows)} images classified, {len(got.skipped)} skipped → {out}")
+    for s in got.skipped[:10]:
+        _err(f"  skipped {s['path']}: {s['reason']}")
 
 
 @app.command(epilog="Example: sslprobe demo --out sslprobe-demo")
