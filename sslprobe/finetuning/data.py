@@ -87,14 +87,15 @@ class _Decoded(torch.utils.data.Dataset):
             return i, None, 1.0, None, str(e)
 
 
+def _stack(items: list[tuple], k: int) -> torch.Tensor | None:
+    return torch.stack([it[k] for it in items]) if items and items[0][k] is not None else None
+
+
 def _collate(items: list[tuple]) -> dict:
+    """DataLoader ``collate_fn`` for ``_Decoded`` items: the readable ones stacked, the others as (index, reason)."""
     good = [it for it in items if it[4] is None]
-
-    def stack(k: int) -> torch.Tensor | None:
-        return torch.stack([it[k] for it in good]) if good and good[0][k] is not None else None
-
-    return {"idx": torch.tensor([it[0] for it in good], dtype=torch.long), "square": stack(1),
-            "aspect": torch.tensor([it[2] for it in good], dtype=torch.float32), "crop": stack(3),
+    return {"idx": torch.tensor([it[0] for it in good], dtype=torch.long), "square": _stack(good, 1),
+            "aspect": torch.tensor([it[2] for it in good], dtype=torch.float32), "crop": _stack(good, 3),
             "skipped": [(int(it[0]), str(it[4])) for it in items if it[4] is not None]}
 
 

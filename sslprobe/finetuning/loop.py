@@ -10,6 +10,7 @@ reads instead of training again. Ctrl-C (or SIGTERM) saves a checkpoint and stop
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import shutil
 import signal
@@ -243,8 +244,6 @@ class Run:
 
     def _finished(self) -> RunResult | None:
         """A run this out dir already finished (resume only; a fresh session cleared the runs)."""
-        import json
-
         from safetensors.torch import load_file
 
         info = self.dir / "run.json"
@@ -281,13 +280,14 @@ class Run:
         self.history = [EpochRecord(**e) for e in found.state["history"]]
         self.step = self.resumed_from = found.step
         self.elapsed_before = float(found.state["elapsed_s"])
+        self.loss_sum.fill_(found.state["epoch_loss_sum"])  # the epoch's training loss so far (a mid-epoch stop)
 
     def _save(self) -> None:
         opt_t, opt_meta = ckpts.pack_optimizer(self.opt)
         tensors = {**{f"model.{k}": v for k, v in self.t.net.state_dict().items()}, **opt_t, **ckpts.rng_tensors(),
                    **{f"best.{k}": v for k, v in (self.best_state or {}).items()}}
         state = {"config": self._config(), "optimizer": opt_meta, "history": [asdict(e) for e in self.history],
-                 "best": list(self.best), "elapsed_s": self._elapsed(),
+                 "best": list(self.best), "elapsed_s": self._elapsed(), "epoch_loss_sum": float(self.loss_sum),
                  "data_rng": "epoch order and crops are functions of (seed, step)"}
         ckpts.save(self.dir / "checkpoints", step=self.step, tensors=tensors, state=state)
         self.saved = (self.step, time.monotonic())
