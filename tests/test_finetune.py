@@ -166,6 +166,16 @@ def test_resume_is_exact_after_a_stop_and_after_ctrl_c(class_folder, tmp_path, m
     assert all(torch.equal(a[k], c[k]) for k in a)
 
 
+def test_rows_decoded_again_at_every_use_train_as_kept_rows_do(class_folder, tmp_path, monkeypatch):
+    from sslprobe.finetuning import data
+
+    kept = finetune(class_folder, out=tmp_path / "kept", epochs=2, **TINY)
+    monkeypatch.setattr(data, "RAM_BYTES", 0)  # nothing fits: the workers decode every batch again
+    streamed = finetune(class_folder, out=tmp_path / "streamed", epochs=2, **TINY)
+    a, b = _weights(tmp_path / "kept"), _weights(tmp_path / "streamed")
+    assert _curve(kept) == _curve(streamed) and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_a_finished_session_resumes_without_training(class_folder, tmp_path):
     first = finetune(class_folder, out=tmp_path / "o", epochs=1, **TINY)
     again = finetune(class_folder, out=tmp_path / "o", epochs=1, resume="yes", **TINY)

@@ -44,8 +44,7 @@ def time_steps(trainer: Trainer, fit: torch.Tensor, *, batch: int, repeats: int 
     opt = make_optimizer(net, trainer.recipe)
     r = trainer.recipe
     views = TrainViews(trainer.size, r.crop_scale, r.crop_ratio, r.flip_p, trainer.mean, trainer.std, 0)
-    x, aspect, y = next(iter(trainer.train.train_batches([fit[:batch]], dev)))
-    y = y.to(dev)
+    x, aspect, y = next(iter(trainer.train.train_batches(fit[:batch], batch=batch, start=0, device=dev)))
     times = []
     for i in range(repeats + 1):  # the first step pays for allocations and kernel choice
         t = time.perf_counter()

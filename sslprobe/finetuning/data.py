@@ -3,9 +3,9 @@
 Every readable image is decoded once by DataLoader workers into two uint8 forms: the whole image
 squashed to the training square with its aspect ratio (the random crops are drawn from it on the
 device, ``views.py``) and timm's evaluation centre crop (what ``extract`` embeds). They stay in
-memory, on the GPU when there is one, below ``RAM_BYTES``; above it the rows are decoded again by
-the workers at every use. The validation hold-out is the probe's: ``probing.splits.stratified_split``
-of the readable labelled rows in folder order with the same fraction and seed, so a fine-tune and a
+memory, on the GPU when there is one, below ``RAM_BYTES``; above it the workers decode the rows
+again at every use. The validation hold-out is the probe's: ``probing.splits.stratified_split`` of
+the readable labelled rows in folder order with the same fraction and seed, so a fine-tune and a
 probe of the same folder hold out the same images (docs/finetune.md).
 """
 from __future__ import annotations
@@ -121,40 +121,53 @@ class ImageRows:
     def __len__(self) -> int:
         return int(self.idx.numel())
 
-    def train_batches(self, chunks: list[torch.Tensor], device: torch.device) -> Iterator[tuple[torch.Tensor, ...]]:
-        """(uint8 squares, aspects, labels) on ``device`` for each tensor of positions in ``chunks``."""
+    def train_batches(self, order: torch.Tensor, *, batch: int, start: int,
+                      device: torch.device) -> Iterator[tuple[torch.Tensor, ...]]:
+        """(uint8 squares, aspects, labels) on ``device`` of ``order[k·batch:(k+1)·batch]`` for k ≥ ``start``
+        (whole batches only).
+
+        Kept rows are sliced on their device from one copy of ``order``: a host→GPU copy per step
+        would make the host wait for the GPU's queue every step.
+        """
+        steps = range(start, int(order.numel()) // batch)
         if self.square is not None:
-            for pos in chunks:
-                pos_d = pos.to(self.square.device)
-                yield self.square[pos_d], self.aspect[pos], self.labels[pos]
+            on = self.square.device
+            order, labels, aspect = order.to(on), self.labels.to(on), self.aspect.to(on)
+            for k in steps:
+                pos = order[k * batch:(k + 1) * batch]
+                yield self.square[pos], aspect[pos], labels[pos]
             return
-        for b, pos in self._stream(chunks, squash=self.squash, crop=None):
-            yield b["square"].to(device, non_blocking=True), b["aspect"], self.labels[pos]
+        chunks = [order[k * batch:(k + 1) * batch] for k in steps]
+        for b, pos in self._stream(chunks, squash=self.squash, crop=None, pin=device.type == "cuda"):
+            yield (b["square"].to(device, non_blocking=True), b["aspect"].to(device, non_blocking=True),
+                   self.labels[pos].to(device, non_blocking=True))
 
     def eval_batches(self, positions: torch.Tensor, *, batch: int,
                      device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(uint8 eval crops, positions) on ``device`` for ``positions``, in order, ``batch`` at a time."""
-        chunks = list(positions.split(batch))
         if self.crop is not None:
-            for pos in chunks:
-                yield self.crop[pos.to(self.crop.device)], pos
+            for pos, pos_d in zip(positions.split(batch), positions.to(self.crop.device).split(batch)):
+                yield self.crop[pos_d], pos
             return
-        for b, pos in self._stream(chunks, squash=None, crop=self.eval_crop):
+        chunks = list(positions.split(batch))
+        for b, pos in self._stream(chunks, squash=None, crop=self.eval_crop, pin=device.type == "cuda"):
             yield b["crop"].to(device, non_blocking=True), pos
 
-    def _stream(self, chunks: list[torch.Tensor], *, squash: Squash | None,
-                crop: Uint8Transform | None) -> Iterator[tuple[dict, torch.Tensor]]:
-        """Decode the chunks again; a file that has become unreadable since the first pass is left out."""
+    def _stream(self, chunks: list[torch.Tensor], *, squash: Squash | None, crop: Uint8Transform | None,
+                pin: bool) -> Iterator[tuple[dict, torch.Tensor]]:
+        """Decode the chunks again (a file that has become unreadable since the first pass stops the run)."""
         from torch.utils.data import DataLoader
 
         where = {int(j): p for p, j in enumerate(self.idx.tolist())}
         sampler = [self.idx[pos].tolist() for pos in chunks]
         ds = _Decoded(self.images, squash=squash, crop=crop, draft=max(self.eval_crop.resize, self.eval_crop.size))
-        loader = DataLoader(ds, batch_sampler=sampler,
-                            num_workers=self.workers, collate_fn=_collate)
+        loader = DataLoader(ds, batch_sampler=sampler, num_workers=self.workers, collate_fn=_collate, pin_memory=pin)
         for b in loader:
-            if len(b["idx"]):
-                yield b, torch.tensor([where[int(j)] for j in b["idx"]], dtype=torch.long)
+            if b["skipped"]:
+                i, reason = b["skipped"][0]
+                raise SSLProbeError(f"'{self.images.ids[i]}' became unreadable during the run ({reason}); restore it "
+                                    "and continue with --resume")
+            yield b, torch.tensor([where[int(j)] for j in b["idx"]], dtype=torch.long)
 
 
 def _first_pass(ds: _Decoded, rows: list[int], *, workers: int, show_progress: bool,
@@ -180,7 +193,7 @@ def _cat(parts: list[dict], key: str, device: torch.device) -> torch.Tensor | No
 
 
 def decode_rows(images: ImageSet, lut: torch.Tensor | None, *, spec: BackboneSpec, squares: bool, workers: int,
-                device: torch.device, show_progress: bool, what: str, ram_bytes: int = RAM_BYTES) -> ImageRows:
+                device: torch.device, show_progress: bool, what: str, ram_bytes: int | None = None) -> ImageRows:
     """Decode every labelled image once: readable rows (in ImageSet order) with their labels, the unreadable listed.
 
     ``lut`` maps the source's class indices to TRAIN's (None: the source is TRAIN). ``squares``: also
@@ -189,7 +202,7 @@ def decode_rows(images: ImageSet, lut: torch.Tensor | None, *, spec: BackboneSpe
     labels = torch.tensor(images.labels, dtype=torch.long)
     labelled = (labels >= 0).nonzero().squeeze(1)
     side = spec.image_size
-    keep = len(labelled) * 3 * side * side * (2 if squares else 1) <= ram_bytes
+    keep = len(labelled) * 3 * side * side * (2 if squares else 1) <= (RAM_BYTES if ram_bytes is None else ram_bytes)
     squash, crop = Squash(side) if squares else None, Uint8Transform.from_timm(eval_transform(spec))
     ds = _Decoded(images, squash=squash if keep else None, crop=crop if keep else None,
                   draft=max(side, crop.resize))

@@ -318,18 +318,18 @@ class Run:
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
         """The uint8 batches from ``self.step`` to the end of the run, epoch after epoch."""
-        spe, b = self.plan.steps_per_epoch, self.plan.batch_size
+        spe = self.plan.steps_per_epoch
         for epoch in range(self.step // spe, self.plan.epochs):
             order = self.fit[epoch_order(self.plan.n_train, seed=self.plan.seed, epoch=epoch)]
-            chunks = [order[k * b:(k + 1) * b] for k in range(self.step - epoch * spe, spe)]
-            yield from self.t.train.train_batches(chunks, self.t.device)
+            yield from self.t.train.train_batches(order, batch=self.plan.batch_size, start=self.step - epoch * spe,
+                                                  device=self.t.device)
 
     def _steps(self) -> str:
         """Train to the end of the plan; Ctrl-C, SIGTERM and the session's step budget save and stop."""
         self.saved = (self.step, time.monotonic())
         try:
             for x, aspect, y in self._batches():
-                self._train_step(x, aspect, y.to(self.t.device))
+                self._train_step(x, aspect, y)
                 if self.step % self.plan.steps_per_epoch == 0:
                     self._end_epoch()
                 if self.t.signals.hit is not None:

@@ -8,6 +8,7 @@ draws of a step come from a generator seeded by (seed, step), so a resumed run s
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -54,11 +55,15 @@ def resized_crop(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, size:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+@functools.lru_cache(maxsize=16)
+def _const(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    # A host→GPU copy of a fresh tensor waits for the GPU's queue: each constant is copied once per device.
+    return torch.tensor(values).view(1, -1, 1, 1).to(device)
+
+
 def normalize(x: torch.Tensor, *, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """uint8 (or 0-255 float) images → (x / 255 − mean) / std in float32, as timm's eval transform."""
-    m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
-    return (x.float().div(255) - m) / s
+    return (x.float().div(255) - _const(tuple(mean), x.device)) / _const(tuple(std), x.device)
 
 
 @dataclass(frozen=True)
