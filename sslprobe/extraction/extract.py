@@ -138,6 +138,7 @@ def extract(
     shard_rows: int = 4096,
     decode: str = EXTRACT.decode,
     show_progress: bool = True,
+    labels: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Embed every readable image at ``data``; bad files are skipped and listed. Returns the manifest.
 
@@ -146,12 +147,13 @@ def extract(
     images), ``pretrained`` (timm hub), ``pixels`` or a path to a .safetensors backbone (sslprobe's
     own need no ``model``). ``small_stem``: None picks the small-image stem for random weights at
     ≤ 64 px; trained weights keep theirs. ``layer``: ``pre-logits`` or a stage index; ``pool``: auto,
-    cls or mean. ``decode="gpu"`` decodes JPEGs with nvJPEG on CUDA.
+    cls or mean. ``decode="gpu"`` decodes JPEGs with nvJPEG on CUDA. ``labels``: a path,label CSV naming
+    the images of the folder ``data`` and their classes (see ``images.folders.open_images``).
     """
     check_extract(weights=weights, model=model, batch_size=batch_size, image_size=image_size, pool=pool, dtype=dtype,
                   decode=decode)
     t0 = time.perf_counter()
-    images = open_images(data, image_column=image_column, label_column=label_column)
+    images = open_images(data, image_column=image_column, label_column=label_column, labels=labels)
     dist, dev = distributed.setup(pick_device(device))
     try:
         feat = _build(images, model=model, weights=weights, image_size=image_size, small_stem=small_stem,

@@ -24,9 +24,10 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".
 class ImageSet:
     """Images found at a DATA argument, in deterministic order.
 
-    ``kind``: "classes" (class subfolders), "folder" (unlabeled, recursive) or "hf". ``ids`` are
-    POSIX paths relative to ``root`` (may hold surrogate escapes for non-UTF-8 names), or row
-    indices as strings for "hf". ``labels`` is -1 where unlabeled. Picklable for DataLoader workers.
+    ``kind``: "classes" (class subfolders), "folder" (unlabeled, recursive), "labels" (a path,label
+    CSV) or "hf". ``ids`` are POSIX paths relative to ``root`` (may hold surrogate escapes for
+    non-UTF-8 names), or row indices as strings for "hf". ``labels`` is -1 where unlabeled.
+    Picklable for DataLoader workers.
     """
 
     source: str
@@ -77,15 +78,18 @@ class ImageSet:
 
 
 def open_images(data: str | os.PathLike, *, image_column: str | None = None,
-                label_column: str | None = None) -> ImageSet:
+                label_column: str | None = None, labels: str | os.PathLike | None = None) -> ImageSet:
     """Resolve a DATA argument: a folder, a ``save_to_disk`` dataset folder, or ``hf:NAME[:SPLIT]``.
 
     A folder whose top level holds no images but whose subfolders do is "classes" (one class per
     subfolder, images found recursively); any other folder is "folder" (unlabeled). Hidden names
     are ignored, directory symlinks followed (a link back to an ancestor is not). The columns
-    only apply to Hugging Face data.
+    only apply to Hugging Face data. ``labels``: a CSV with columns path,label naming the images
+    of the folder ``data`` (paths relative to it) and their classes: kind "labels".
     """
     s = os.fspath(data)
+    if labels is not None:
+        return _open_labels(s, os.fspath(labels))
     if s.startswith("hf:"):
         rest = s[3:]
         # first ':' only: split specs may hold one ("train[:10%]"), hub names never do
@@ -114,6 +118,77 @@ def _open_folder(s: str) -> ImageSet:
     classes = tuple(sorted(set(tops)))
     index = {c: k for k, c in enumerate(classes)}
     return ImageSet(s, "classes", tuple(ids), tuple(index[c] for c in tops), classes, root)
+
+
+def _open_labels(s: str, csv_path: str) -> ImageSet:
+    """The images a path,label CSV names inside the folder ``s``, in path order; bad input is one line."""
+    if s.startswith("hf:"):
+        raise SSLProbeError("--labels names files in a folder; a Hugging Face dataset brings its own label column "
+                            "(--label-column NAME)")
+    if not os.path.isdir(s):
+        raise SSLProbeError(f"'{s}' is not a folder; with --labels pass the folder the CSV's paths are relative to")
+    root = os.path.abspath(s)
+    rows = _label_rows(csv_path)
+    by_path: dict[str, str] = {}
+    for line, path, label in rows:
+        rel = _inside(root, path, csv_path=csv_path, line=line)
+        if by_path.setdefault(rel, label) != label:
+            raise SSLProbeError(f"'{csv_path}' labels '{rel}' both '{by_path[rel]}' and '{label}'; keep one row per "
+                                "image")
+    missing = [p for p in by_path if not os.path.lexists(os.path.join(root, *p.split("/")))]
+    if missing:
+        raise SSLProbeError(f"'{csv_path}' names {len(missing)} file(s) not found in '{s}' (first: "
+                            f"{', '.join(sorted(missing)[:3])}); paths are relative to that folder: fix them or "
+                            "drop those rows")
+    ids = sorted(by_path)  # code-point order, as folders
+    classes = tuple(sorted(set(by_path.values())))
+    index = {c: k for k, c in enumerate(classes)}
+    return ImageSet(s, "labels", tuple(ids), tuple(index[by_path[i]] for i in ids), classes, root)
+
+
+def _label_rows(csv_path: str) -> list[tuple[int, str, str]]:
+    """(line, path, label) of every data row of a path,label CSV (header required, no other columns)."""
+    import csv
+
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            table = list(csv.reader(f))
+    except FileNotFoundError:
+        raise SSLProbeError(f"labels file '{csv_path}' not found; pass a CSV with columns path,label") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise SSLProbeError(f"cannot read labels file '{csv_path}' ({e}); pass a UTF-8 CSV with columns "
+                            "path,label") from None
+    header = [h.strip().lower() for h in table[0]] if table else []
+    if sorted(header) != ["label", "path"]:
+        raise SSLProbeError(f"'{csv_path}' has columns {', '.join(header) or '(none)'}; a labels CSV has exactly "
+                            "the columns path,label (a header row, then one row per image)")
+    ip, il = header.index("path"), header.index("label")
+    out = []
+    for line, row in enumerate(table[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue  # blank lines
+        if len(row) != 2 or not row[ip].strip() or not row[il].strip():
+            raise SSLProbeError(f"'{csv_path}' line {line} is not 'path,label' with both filled in: {row}")
+        out.append((line, row[ip].strip(), row[il].strip()))
+    if not out:
+        raise SSLProbeError(f"'{csv_path}' lists no images; add one path,label row per image")
+    return out
+
+
+def _inside(root: str, path: str, *, csv_path: str, line: int) -> str:
+    """``path`` as a POSIX id relative to ``root``; an absolute path must lie inside it, '..' never."""
+    p = path.replace("\\", "/")
+    if os.path.isabs(p):
+        rel = os.path.relpath(p, root).replace(os.sep, "/")
+        if rel == ".." or rel.startswith("../"):
+            raise SSLProbeError(f"'{csv_path}' line {line}: '{path}' is outside '{root}'; list paths relative to "
+                                "the data folder")
+        p = rel
+    parts = [q for q in p.split("/") if q not in ("", ".")]
+    if not parts or ".." in parts:
+        raise SSLProbeError(f"'{csv_path}' line {line}: '{path}' is not a path inside the data folder; list "
+                            "paths relative to it, without '..'")
+    return "/".join(parts)
 
 
 def _walk(root: str) -> tuple[list[str], int]:
