@@ -177,6 +177,8 @@ def _first_pass(ds: _Decoded, rows: list[int], *, workers: int, show_progress: b
 
     parts: list[dict] = []
     skipped: list[tuple[int, str]] = []
+    # The main process only collects here: its core decodes too (one worker more, as the cores allow).
+    workers = min(workers + 1, os.cpu_count() or 1) if workers > 0 else 0
     loader = DataLoader(Subset(ds, rows), batch_size=64, num_workers=workers, collate_fn=_collate)
     with progress_bar(show_progress) as bar:
         task = bar.add_task(f"decode {what}", total=len(rows))

@@ -126,10 +126,8 @@ def predict_images(data: str | os.PathLike, *, model: str | os.PathLike | Finetu
 
     ft = model if isinstance(model, Finetuned) else load_finetuned(model)
     dev = pick_device(device)
-    net = ft.net.to(dev).eval()
+    net = ft.net.to(dev).eval().to(memory_format=torch.channels_last)  # the layout it was trained and scored in
     cuda = dev.type == "cuda"
-    if cuda:
-        net = net.to(memory_format=torch.channels_last)
     images = open_images(data, image_column=image_column)
     tf = Uint8Transform.from_timm(eval_transform(ft.spec))
     loader = DataLoader(ImageDataset(images, tf, draft=tf.draft), batch_size=batch_size, collate_fn=collate,
@@ -144,7 +142,7 @@ def predict_images(data: str | os.PathLike, *, model: str | os.PathLike | Finetu
                 continue
             x = normalize(b.images.to(dev), mean=ft.spec.mean, std=ft.spec.std)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                scores = net(x.contiguous(memory_format=torch.channels_last) if cuda else x).float()
+                scores = net(x.contiguous(memory_format=torch.channels_last)).float()
             prob, pred = torch.softmax(scores, 1).max(1)
             rows += [{"path": images.ids[i], "prediction": ft.classes[c], "probability": q}
                      for i, c, q in zip(b.indices.tolist(), pred.tolist(), prob.tolist())]

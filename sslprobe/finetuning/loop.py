@@ -179,7 +179,7 @@ class Trainer:
         return self.device.type == "cuda"
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.cuda else x
+        return x.contiguous(memory_format=torch.channels_last)  # the network's layout (``finetune._trainer``)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Class scores in float32; bf16 autocast on CUDA."""
