@@ -94,11 +94,29 @@ class FinetuneDefaults:
     save_every: str = "10m"
 
 
+@dataclass(frozen=True)
+class StudyDefaults:
+    """What `sslprobe study` and `sslprobe.study()` use when an option is not given (docs/study.md)."""
+
+    model: str = "resnet18"
+    arms_cpu: tuple[str, ...] = ("pixels", "random", "byol")
+    arms_gpu: tuple[str, ...] = ("pixels", "random", "random-rescaled", "imagenet", "byol", "byol-imagenet")
+    test_fraction: float = 0.2  # of each class, drawn once into splits.json
+    val_fraction: float = 0.2  # of what the test draw leaves
+    fractions: tuple[float, ...] = (0.01, 0.1, 1.0)
+    shots: tuple[int, ...] = (1, 5, 25)
+    seeds: int = 3
+    knn_k: tuple[int, ...] = (10, 20, 200)
+    search: str = "grid"
+    select: str = "auto"
+
+
 PRETRAIN = PretrainDefaults()
 VIEWS = ViewDefaults()
 EXTRACT = ExtractDefaults()
 PROBE = ProbeDefaults()
 FINETUNE = FinetuneDefaults()
+STUDY = StudyDefaults()
 
 OPTIMIZERS = ("auto", "lars", "sgd", "adamw")
 POOLS = ("auto", "cls", "mean")
@@ -107,6 +125,8 @@ DECODERS = ("cpu", "gpu")
 SEARCHES = ("grid", "binary")
 SELECTS = ("auto", "top1", "balanced")
 NAMED_WEIGHTS = ("random", "random-rescaled", "pretrained", "pixels")
+STUDY_ARMS = ("pixels", "random", "random-rescaled", "imagenet", "byol", "byol-imagenet", "finetune-random",
+              "finetune-imagenet", "finetune-byol")
 
 
 def at_least(name: str, value: N | None, low: N = 1) -> None:
@@ -290,3 +310,35 @@ def check_finetune(*, weights: str, model: str | None, epochs: int | None, minut
             raise SSLProbeError(f"label fractions must lie in (0, 1], got {f:g} (e.g. --fractions 0.01,0.1,1)")
     for k in shots:
         at_least("--shots", k)
+
+
+def check_study(*, data: str, labels: str | None, unlabeled: str | None, test: str | None, arms: Sequence[str],
+                epochs: int | None, minutes: float | None, steps: int | None, test_fraction: float,
+                val_fraction: float, fractions: Sequence[float], shots: Sequence[int], seeds: int,
+                knn_k: Sequence[int], search: str, select: str, image_size: int | None, batch_size: int) -> None:
+    """Every `study` rule that needs no model or data (the BYOL recipe is `check_pretrain`'s)."""
+    image_source(data)
+    for name, path in (("--labels", labels), ("--unlabeled", unlabeled), ("--test", test)):
+        if path is not None and not Path(path).exists():
+            raise SSLProbeError(f"{name} '{path}' does not exist")
+    if labels is not None and data.startswith("hf:"):
+        raise SSLProbeError("--labels names files in a folder; a Hugging Face dataset brings its own label column "
+                            "(--label-column NAME)")
+    for a in arms:
+        one_of("--arms", a, STUDY_ARMS)
+    if sum(v is not None for v in (epochs, minutes, steps)) > 1:
+        raise SSLProbeError("--epochs and --minutes are both budgets; give one of them")
+    at_least("--epochs", epochs)
+    positive("--minutes", minutes)
+    at_least("steps", steps)
+    for name, f in (("--test-fraction", test_fraction), ("--val-fraction", val_fraction)):
+        if not 0 < f < 1:
+            raise SSLProbeError(f"{name} must be in (0, 1) (got {f:g})")
+    for f in fractions:
+        if not 0 < f <= 1:
+            raise SSLProbeError(f"label fractions must lie in (0, 1], got {f:g} (e.g. --fractions 0.01,0.1,1)")
+    for k in shots:
+        at_least("--shots", k)
+    check_probe(C=None, search=search, select=select, seeds=seeds, chunk_rows=None, knn_k=knn_k)
+    at_least("--image-size", image_size, 8)
+    at_least("--batch-size", batch_size, 2)  # BatchNorm needs two images per step

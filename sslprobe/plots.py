@@ -88,6 +88,27 @@ def label_efficiency_png(points: list[Mapping[str, Any]], path: Path, *, scored_
     _save(fig, path)
 
 
+def arms_label_efficiency_png(curves: Mapping[str, list[Mapping[str, Any]]], path: Path, *, scored_on: str) -> None:
+    """Top-1 (mean ± std over the draws) against labelled train rows, one line per arm (the linear probe's, or a
+    fine-tuned network's), log x axis."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.2))
+    ax = fig.subplots()
+    for name, points in curves.items():
+        pts = sorted(((p["n_train"], p.get("linear") or p["finetune"]) for p in points
+                      if p.get("linear") or p.get("finetune")), key=lambda t: t[0])
+        if pts:
+            ax.errorbar([n for n, _ in pts], [100 * s["mean"] for _, s in pts], yerr=[100 * s["std"] for _, s in pts],
+                        marker="o", capsize=3, label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled train images")
+    ax.set_ylabel(f"{scored_on} top-1 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
 def loss_curve_png(losses: list[tuple[int, float]], knn: list[tuple[int, float]], path: Path) -> None:
     """Pretraining loss against step, the online kNN top-1 on a second axis when it was logged."""
     from matplotlib.figure import Figure
@@ -128,4 +149,5 @@ def write_plots(result: Mapping[str, Any], out: str | os.PathLike) -> tuple[list
     return written, None
 
 
-__all__ = ["confusion_png", "label_efficiency_png", "loss_curve_png", "val_curve_png", "write_plots"]
+__all__ = ["arms_label_efficiency_png", "confusion_png", "label_efficiency_png", "loss_curve_png", "val_curve_png",
+           "write_plots"]

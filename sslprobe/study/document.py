@@ -1,0 +1,209 @@
+"""What the study report says, section by section, as blocks (render.py writes them as Markdown and HTML).
+
+Order: the verdict first (what a reader came for), then the numbers behind it (comparison table,
+paired tests, label budgets, figures), then how they were made (arms, data and the leakage guard,
+budget, the exact commands and versions) — enough to rerun and check every number.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sslprobe.study import numbers
+from sslprobe.study.render import Block, Code, Figure, Heading, Items, Para, Table
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sslprobe.study.report import StudyRecord
+
+LIST_MAX = 20  # rows of a list (skipped files, duplicates) shown in the report; study.json has all
+
+
+@dataclass(frozen=True)
+class Figures:
+    """The PNGs under figures/ the report shows (empty without matplotlib: ``note`` says so)."""
+
+    label_efficiency: Path | None = None
+    confusion: dict[str, Path] = field(default_factory=dict)
+    loss: dict[str, Path] = field(default_factory=dict)
+    note: str | None = None
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}"
+
+
+def with_ci(m: Mapping[str, Any] | None, key: str) -> str:
+    """'84.5 [83.8, 85.2]': a metric in percent with its 95 % bootstrap interval."""
+    if not m or m.get(key) is None:
+        return "—"
+    ci = (m.get("ci") or {}).get(key)
+    return _pct(m[key]) + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
+
+
+def _budget_cell(p: Mapping[str, Any] | None, method: str) -> str:
+    s = numbers.headline_stats(p) if method == "linear" else (p or {}).get(method)
+    if not s:
+        return "—"
+    return f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}" if p["seeds"] > 1 else _pct(s["mean"])
+
+
+def build(r: StudyRecord, figures: Figures) -> list[Block]:
+    """Every section of the report, in reading order."""
+    return [*_title(r), *_verdict(r), *_results(r), *_pairs(r), *_label_efficiency(r, figures),
+            *_confusions(figures), *_pretraining(r, figures), *_arms(r), *_data(r), *_commands(r), *_versions(r)]
+
+
+def _title(r: StudyRecord) -> list[Block]:
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime())
+    return [Heading(f"sslprobe study: {r.opts.data}", 1),
+            Para(f"{when} · {r.device_type} · {r.seconds:.0f} s · does BYOL pretraining on these images beat the "
+                 "baselines? Every arm was scored on the same test images, touched once.")]
+
+
+def _verdict(r: StudyRecord) -> list[Block]:
+    out: list[Block] = [Heading("Verdict"), Para(r.verdict or "No two arms were scored on the same test images.",
+                                                 strong=True)]
+    lines = r.budget_sentences()
+    if lines:
+        out.append(Items(tuple(lines)))
+    return out
+
+
+def _results(r: StudyRecord) -> list[Block]:
+    bs = numbers.budgets(r.rows)
+    split = "test" if all(x.get("test") for _, x in r.rows) else "val"
+    cols = ("arm", "what", "top-1 % [95 % CI]", "balanced acc %", "kNN top-1 %", "C",
+            *(f"top-1 @{b.label}" for b in bs))
+    titles = {a.status.arm.name: a.status.arm.title for a in r.runs}
+    rows = []
+    for name, x in r.rows:
+        knn = (x.get("knn") or {}).get(split)
+        rows.append((name, titles.get(name, ""), with_ci(x.get(split), "top1"),
+                     with_ci(x.get(split), "balanced_accuracy"), with_ci(knn, "top1"),
+                     f"{x['C']:.3g}" if x.get("C") is not None else "—",
+                     *(_budget_cell(numbers.point(x, b), "linear") for b in bs)))
+    n = (r.rows[0][1].get(split) or {}).get("n", "?") if r.rows else "?"
+    return [Heading(f"Results ({split}, {n} images)"), Table(cols, tuple(rows)),
+            Para("[..] = 95 % bootstrap interval over the test images. Probe rows: the linear probe refit on train "
+                 "+ val at the C chosen on val; fine-tune rows: the epoch chosen on val. @budget columns: mean ± std "
+                 "over seeded draws of the train labels, each draw choosing its C (or epoch) on its own labels.")]
+
+
+def _pairs(r: StudyRecord) -> list[Block]:
+    rows = []
+    for p in r.pairs:
+        if not p.get("paired"):
+            rows.append((p["a"], p["b"], "—", "—", "—", f"not paired: {p['reason']}"))
+            continue
+        verdict = "within noise" if not p["significant"] else f"{p['a'] if p['top1'] > 0 else p['b']} better"
+        rows.append((p["a"], p["b"], _signed(p["top1"], p["top1_ci"]),
+                     _signed(p["balanced_accuracy"], p["balanced_accuracy_ci"]), f"{p['mcnemar_p']:.3g}", verdict))
+    if not rows:
+        return []
+    return [Heading("Paired tests (same test images, linear top-1, A − B)"),
+            Table(("A", "B", "Δ top-1 [95 % CI]", "Δ balanced acc [95 % CI]", "McNemar p", "verdict"), tuple(rows))]
+
+
+def _signed(d: float, ci: Sequence[float]) -> str:
+    return f"{100 * d:+.2f} [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
+
+
+def _label_efficiency(r: StudyRecord, figures: Figures) -> list[Block]:
+    bs = numbers.budgets(r.rows)
+    if not bs:
+        return []
+    rows = []
+    for name, x in r.rows:
+        for b in bs:
+            p = numbers.point(x, b)
+            if p:
+                rows.append((name, b.label, str(p["n_train"]), str(p["seeds"]), _budget_cell(p, "linear"),
+                             _budget_cell(p, "knn")))
+    out: list[Block] = [Heading("Label efficiency")]
+    if figures.label_efficiency is not None:
+        out.append(Figure(figures.label_efficiency, "linear-probe top-1 against labelled train images "
+                                                    "(mean ± std over seeded draws)"))
+    out.append(Table(("arm", "labels", "train images", "draws", "top-1 % (linear or fine-tuned)", "kNN top-1 %"),
+                     tuple(rows)))
+    return out
+
+
+def _confusions(figures: Figures) -> list[Block]:
+    if not figures.confusion:
+        return [Para(figures.note)] if figures.note else []
+    return [Heading("Confusion matrices (linear probe, test)"),
+            *(Figure(path, f"{name}") for name, path in figures.confusion.items())]
+
+
+def _pretraining(r: StudyRecord, figures: Figures) -> list[Block]:
+    out: list[Block] = []
+    for run in r.runs:
+        pre = run.stages.get("pretrain")
+        if pre is None:
+            continue
+        info = pre.info
+        fitted = info.get("fitted")
+        fit = (f"; --minutes {fitted['minutes']:g}: {fitted['steps_per_second']:.2f} steps/s measured over "
+               f"{fitted['measured_steps']} steps, set-up {fitted['setup_seconds']:.0f} s, so {fitted['max_steps']} "
+               "steps (warm-up, cosine and τ complete within the budget)") if fitted else ""
+        out += [Heading(f"BYOL pretraining: {run.status.arm.name}", 3),
+                Para(f"{info.get('steps')} steps, final loss {info.get('final_loss', float('nan')):.4f}, on the "
+                     f"{len(r.prepared.guard.pool)}-image pool{fit}. Run: {pre.dir}"
+                     + (" (reused)" if pre.reused else ""))]
+        if run.status.arm.name in figures.loss:
+            out.append(Figure(figures.loss[run.status.arm.name], f"BYOL loss, {run.status.arm.name}"))
+    return [Heading("BYOL pretraining"), Para(r.opts.budget.describe()), *out] if out else []
+
+
+def _arms(r: StudyRecord) -> list[Block]:
+    rows = []
+    for run in r.runs:
+        a = run.status.arm
+        if not run.status.runnable:
+            rows.append((a.name, a.title, run.status.note))
+            continue
+        reused = [s for s, d in run.stages.items() if d.reused]
+        rows.append((a.name, a.title, "ran" + (f" (reused: {', '.join(reused)})" if reused else "")))
+    return [Heading("Arms"), Table(("arm", "what", "status"), tuple(rows))]
+
+
+def _data(r: StudyRecord) -> list[Block]:
+    p, g = r.prepared, r.prepared.guard
+    counts = p.splits.counts()
+    per = {s: sum(1 for _, sp in g.labelled if sp == s) for s in ("train", "val", "test")}
+    rows = tuple((s, str(counts[s]), str(per[s])) for s in ("train", "val", "test"))
+    rule = p.splits.rule
+    drawn = ("test is --test as given; val drawn" if rule.fixed_test else
+             f"test {rule.test_fraction:g} and val {rule.val_fraction:g} of the rest, drawn") + \
+        f" per class with seed {rule.seed} and saved in splits.json, keyed by sha256 of the image bytes"
+    items = [drawn, *p.splits.notes,
+             f"pretraining pool: {len(g.pool)} distinct images (train + unlabelled), none of them a val or test image",
+             f"{len(g.kept_out)} image(s) kept out by the leakage guard, {len(g.duplicates)} group(s) of exact "
+             f"duplicates, {len(g.conflicts)} image(s) labelled differently in two places",
+             f"{len(r.skipped)} unreadable image(s) skipped"]
+    out: list[Block] = [Heading("Data and the leakage guard"),
+                        Table(("split", "distinct images", "labelled rows"), rows), Items(tuple(items))]
+    for title, entries in (("Kept out by the guard", [f"{k['origin']}:{k['path']} — kept out of {k['from']}: "
+                                                      f"{k['why']}" for k in g.kept_out]),
+                           ("Exact duplicates", [f"{d['split']}: {', '.join(d['paths'])}" for d in g.duplicates]),
+                           ("Label conflicts", [f"{', '.join(c['labels'])}: {', '.join(c['paths'])}"
+                                                for c in g.conflicts]),
+                           ("Skipped images", [f"{s['path']}: {s['reason']}" for s in r.skipped])):
+        if entries:
+            more = [f"… {len(entries) - LIST_MAX} more in study.json"] if len(entries) > LIST_MAX else []
+            out += [Heading(title, 3), Items(tuple(entries[:LIST_MAX] + more))]
+    return out
+
+
+def _commands(r: StudyRecord) -> list[Block]:
+    steps = r.stage_commands()
+    return [Heading("Commands"), Para("The study, as it was asked for:"), Code(r.command()),
+            Para("The same, step by step (each arm's rows are cut by splits.json into features/{train,val,test} "
+                 "between extract and compare):"), Code("\n".join(steps))]
+
+
+def _versions(r: StudyRecord) -> list[Block]:
+    return [Heading("Versions"), Table(("package", "version"), tuple((k, str(v)) for k, v in r.versions().items()))]

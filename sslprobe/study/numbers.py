@@ -1,0 +1,136 @@
+"""The numbers a study reports, read from its arms' results: headline metrics, label budgets, differences.
+
+Results are the probe's report.json (or a fine-tune's, which has the same keys). Full-label
+numbers carry the probe's 95 % bootstrap intervals over test rows; a label-budget number is a mean
+over seeded draws, with a t-interval over the draws. Two arms' draws at one budget are the same
+rows (the draws depend only on the train labels and the seed), so their difference is paired.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+# two-sided 95 % Student t quantiles by degrees of freedom (beyond 30: the normal's 1.96)
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}
+
+
+def t95(df: int) -> float:
+    """The 97.5 % t quantile for ``df`` degrees of freedom (the nearest smaller tabulated df, conservative)."""
+    if df > 30:
+        return 1.96
+    return _T95[max(k for k in _T95 if k <= df)]
+
+
+def mean_interval(values: Sequence[float]) -> tuple[float, float] | None:
+    """95 % t-interval of the mean of ``values`` (None for fewer than two)."""
+    if len(values) < 2:
+        return None
+    m, half = statistics.fmean(values), t95(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return m - half, m + half
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One label budget of the curve: ("fraction", 0.1) or ("shots", 5)."""
+
+    kind: str
+    value: float
+
+    @property
+    def label(self) -> str:
+        return f"{100 * self.value:g} %" if self.kind == "fraction" else f"{int(self.value)}-shot"
+
+
+def budgets(rows: Sequence[tuple[str, Mapping[str, Any]]]) -> list[Budget]:
+    """Every label budget any arm has, in curve order (fractions, then shots, each ascending)."""
+    seen: list[Budget] = []
+    for _, r in rows:
+        for p in (r.get("label_efficiency") or {}).get("points", []):
+            b = Budget(p["kind"], p["value"])
+            if b not in seen:
+                seen.append(b)
+    return sorted(seen, key=lambda b: (b.kind != "fraction", b.value))
+
+
+def point(r: Mapping[str, Any], b: Budget) -> Mapping[str, Any] | None:
+    return next((p for p in (r.get("label_efficiency") or {}).get("points", [])
+                 if p["kind"] == b.kind and p["value"] == b.value), None)
+
+
+def split_of(r: Mapping[str, Any]) -> str:
+    return "test" if r.get("test") else "val"
+
+
+def headline_stats(p: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """A budget point's main top-1 statistics: the linear probe's, or a fine-tuned row's."""
+    return None if not p else p.get("linear") or p.get("finetune")
+
+
+def budget_difference(a: Mapping[str, Any], b: Mapping[str, Any], budget: Budget) -> dict[str, Any] | None:
+    """A − B top-1 (linear or fine-tuned) at one budget over the paired draws: mean, t-interval, draws."""
+    sa, sb = headline_stats(point(a, budget)), headline_stats(point(b, budget))
+    if not sa or not sb:
+        return None
+    ra, rb = sa["runs"], sb["runs"]
+    if len(ra) != len(rb):
+        return None
+    diffs = [x - y for x, y in zip(ra, rb)]
+    ci = mean_interval(diffs)
+    return {"budget": budget.label, "kind": budget.kind, "value": budget.value, "mean": statistics.fmean(diffs),
+            "ci": list(ci) if ci else None, "draws": len(diffs),
+            "clear": ci is not None and (ci[0] > 0 or ci[1] < 0)}
+
+
+def difference_sentence(name_a: str, name_b: str, d: Mapping[str, Any]) -> str:
+    """'byol beats random by 3.1 points at 10 % labels (95 % t-interval over 3 draws 1.2 to 5.0)' or 'within noise'."""
+    lo_hi = f"95 % t-interval over {d['draws']} paired draws {100 * d['ci'][0]:+.1f} to {100 * d['ci'][1]:+.1f}" \
+        if d["ci"] else f"{d['draws']} draw, no interval"
+    at = f"at {d['budget']} labels" if d["kind"] == "fraction" else f"at {d['budget']}"
+    if d["clear"]:
+        win, lose = (name_a, name_b) if d["mean"] > 0 else (name_b, name_a)
+        return f"{win} beats {lose} by {100 * abs(d['mean']):.1f} points {at} ({lo_hi})"
+    return f"{name_a} and {name_b} are not distinguishable {at} (Δ {100 * d['mean']:+.1f} points, {lo_hi})"
+
+
+def csv_rows(name: str, r: Mapping[str, Any], *, method: str) -> list[dict[str, Any]]:
+    """results.csv rows of one arm: the full-label metrics, then every label budget (mean over draws)."""
+    split = split_of(r)
+    used = int(r.get("n_train", 0)) + (int(r.get("n_val", 0)) if split == "test" else 0)
+    out = [*_full(name, method, r.get(split) or {}, split=split, n=used)]
+    knn = (r.get("knn") or {}).get(split)
+    if knn and method == "linear":
+        out += _full(name, "knn", knn, split=split, n=used)
+    le = r.get("label_efficiency") or {}
+    for b in budgets([(name, r)]):
+        p = point(r, b)
+        for m in ("linear", "finetune", "knn"):
+            if p and p.get(m):
+                runs = p[m]["runs"]
+                ci = mean_interval(runs)
+                out.append(_row(name, m, b.label, b.kind, b.value, p["n_train"],
+                                len(runs), le.get("scored_on", split), "top1", p[m]["mean"], ci, p[m]["std"],
+                                "t-interval over seeded draws" if ci else ""))
+    return out
+
+
+def _full(name: str, method: str, m: Mapping[str, Any], *, split: str, n: int) -> list[dict[str, Any]]:
+    ci = m.get("ci") or {}
+    return [_row(name, method, "all", "all", 1.0, n, 1, split, metric, m[metric], ci.get(metric), None,
+                 "bootstrap over test rows" if ci.get(metric) else "")
+            for metric in ("top1", "balanced_accuracy", "macro_f1", "top5") if m.get(metric) is not None]
+
+
+def _row(arm: str, method: str, labels: str, kind: str, value: float, n_train: int, seeds: int, split: str,
+         metric: str, v: float, ci: Sequence[float] | None, std: float | None, ci_method: str) -> dict[str, Any]:
+    return {"arm": arm, "method": method, "labels": labels, "label_kind": kind, "label_value": value,
+            "n_train": n_train, "seeds": seeds, "split": split, "metric": metric, "value": v,
+            "ci_low": None if ci is None else ci[0], "ci_high": None if ci is None else ci[1], "std": std,
+            "ci_method": ci_method}
+
+
+CSV_COLUMNS = ("arm", "method", "labels", "label_kind", "label_value", "n_train", "seeds", "split", "metric", "value",
+               "ci_low", "ci_high", "std", "ci_method")

@@ -1,0 +1,214 @@
+"""A study's outputs: report.html, report.md, results.csv, study.json, figures/, and the terminal summary.
+
+The report says one thing first: the verdict, in words that respect the intervals
+(``probing.report.verdict_sentence`` on the paired tests that involve a BYOL arm, and the
+paired label-budget differences). results.csv is tidy: one row per arm × label budget × metric,
+with its interval's bounds and how the interval was made.
+"""
+from __future__ import annotations
+
+import csv
+import platform
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sslprobe import __version__
+from sslprobe.fileio import atomic_path, csv_text, write_json
+from sslprobe.probing.report import render_comparison, summary, verdict_sentence
+from sslprobe.study import numbers
+from sslprobe.study.commands import compare_command, study_command
+from sslprobe.study.document import Figures, build
+from sslprobe.study.layout import Layout
+from sslprobe.study.plan import Arm, StudyOptions
+from sslprobe.study.render import html_page, markdown
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.console import Console
+
+    from sslprobe.study.run import ArmRun, Prepared
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """Everything the report shows, gathered once the arms have run."""
+
+    opts: StudyOptions
+    prepared: Prepared
+    runs: list[ArmRun]
+    rows: list[tuple[str, dict]]
+    pairs: list[dict]
+    verdict: str
+    seconds: float
+    device_type: str
+
+    @property
+    def skipped(self) -> list[dict[str, str]]:
+        """Unreadable images from hashing, extraction and pretraining, once each, by their own paths."""
+        where = {q.id: f"{q.entry.origin}:{q.entry.id}" for q in self.prepared.placed}
+        where.update({name: f"{e.origin}:{e.id}" for name, e in self.prepared.pool})
+        seen: dict[str, str] = {f"{s['origin']}:{s['path']}": s["reason"] for s in self.prepared.inputs.skipped}
+        for run in self.runs:
+            for stage in run.stages.values():
+                for s in stage.info.get("skipped") or []:
+                    seen.setdefault(where.get(s["path"], s["path"]), s["reason"])
+        return [{"path": p, "reason": why} for p, why in sorted(seen.items())]
+
+    def byol_names(self) -> list[str]:
+        return [r.status.arm.name for r in self.runs if r.result is not None and r.status.arm.byol_init]
+
+    def budget_sentences(self) -> list[str]:
+        """Paired label-budget differences between each BYOL arm and every other arm."""
+        results = dict(self.rows)
+        out = []
+        for a in self.byol_names():
+            for b, rb in self.rows:
+                if b == a or (b in self.byol_names() and self.byol_names().index(b) < self.byol_names().index(a)):
+                    continue
+                for budget in numbers.budgets(self.rows):
+                    d = numbers.budget_difference(results[a], rb, budget)
+                    if d is not None and budget.value != 1:
+                        out.append(numbers.difference_sentence(a, b, d))
+        return out
+
+    def command(self) -> str:
+        return self.opts.command or study_command(self.opts)
+
+    def stage_commands(self) -> list[str]:
+        cmds: list[str] = []
+        for run in self.runs:
+            for stage in run.stages.values():
+                if stage.command and stage.command not in cmds:
+                    cmds.append(stage.command)
+        sets = [(name, self.opts.out / "arms" / name / "features") for name, _ in self.rows]
+        cmds.append(compare_command(sets, out=self.opts.out / "compare", o=self.opts))
+        return cmds
+
+    def versions(self) -> dict[str, str]:
+        import numpy
+        import rich
+        import timm
+        import torch
+
+        v = {"sslprobe": __version__, "python": platform.python_version(), "torch": torch.__version__,
+             "timm": timm.__version__, "numpy": numpy.__version__, "rich": getattr(rich, "__version__", "?")}
+        try:
+            import matplotlib
+
+            v["matplotlib"] = matplotlib.__version__
+        except ImportError:
+            v["matplotlib"] = "not installed (no figures)"
+        v["machine"] = f"{platform.platform()}, {platform.machine()}"
+        if self.device_type == "cuda":
+            v["gpu"] = torch.cuda.get_device_name(0)
+        return v
+
+
+def headline(pairs: Sequence[Mapping[str, Any]], *, arms: Sequence[Arm]) -> str:
+    """The verdict sentence of the paired tests that answer the study's question (a BYOL arm against the
+    others), or of every pair when no BYOL arm ran."""
+    byol = {a.name for a in arms if a.byol_init}
+    chosen = [p for p in pairs if p["a"] in byol or p["b"] in byol] or list(pairs)
+    return verdict_sentence(chosen)
+
+
+def _figures(r: StudyRecord, layout: Layout) -> Figures:
+    """The report's PNGs in figures/: the arms' label curves (drawn here), their confusions and loss curves."""
+    from sslprobe.plots import arms_label_efficiency_png
+
+    try:
+        import matplotlib.figure  # noqa: F401  (Figure objects, as every plot in plots.py)
+    except ImportError:
+        return Figures(note="figures skipped: matplotlib is not installed (pip install 'sslprobe[plots]')")
+    d = layout.figures
+    d.mkdir(parents=True, exist_ok=True)
+    curves = {name: (x.get("label_efficiency") or {}).get("points", []) for name, x in r.rows}
+    le = None
+    if any(curves.values()):
+        le = d / "label_efficiency.png"
+        scored = next((x["label_efficiency"]["scored_on"] for _, x in r.rows if x.get("label_efficiency")), "test")
+        arms_label_efficiency_png(curves, le, scored_on=scored)
+    confusion, loss = {}, {}
+    for run in r.runs:
+        name = run.status.arm.name
+        probe = run.stages.get("probe")
+        if probe is not None and (probe.dir / "confusion.png").is_file():
+            confusion[name] = _copy(probe.dir / "confusion.png", d / f"confusion-{name}.png")
+        pre = run.stages.get("pretrain")
+        if pre is not None and (pre.dir / "loss_curve.png").is_file():
+            loss[name] = _copy(pre.dir / "loss_curve.png", d / f"loss-{name}.png")
+    return Figures(le, confusion, loss)
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+    return dst
+
+
+def write_results_csv(rows: Sequence[tuple[str, Mapping[str, Any]]], path: Path, *,
+                      methods: Mapping[str, str]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=numbers.CSV_COLUMNS)
+        w.writeheader()
+        for name, r in rows:
+            for row in numbers.csv_rows(name, r, method=methods.get(name, "linear")):
+                w.writerow({k: csv_text(v) if isinstance(v, str) else ("" if v is None else v)
+                            for k, v in row.items()})
+
+
+def study_json(r: StudyRecord, files: Mapping[str, str]) -> dict[str, Any]:
+    """study.json: the options, data, guard, arms (with notes), results without per-row lists, the verdict."""
+    p, g = r.prepared, r.prepared.guard
+    return {
+        "format": "sslprobe-study", "version": 1, "command": r.command(), "options": asdict(r.opts),
+        "data": {origin: {"source": s.source, "kind": s.kind, "images": len(s)} for origin, s in p.inputs.sets.items()},
+        "splits": {"rule": asdict(p.splits.rule), "counts": p.splits.counts(), "notes": list(p.splits.notes)},
+        "guard": {**g.summary(), "kept_out": list(g.kept_out), "duplicates": list(g.duplicates),
+                  "conflicts": list(g.conflicts)},
+        "skipped": r.skipped,
+        "arms": [{"name": run.status.arm.name, "title": run.status.arm.title, "ran": run.result is not None,
+                  "note": run.status.note,
+                  "stages": {s: {"dir": str(d.dir), "key": d.key, "reused": d.reused, "command": d.command}
+                             for s, d in run.stages.items()}} for run in r.runs],
+        "results": {name: summary({k: v for k, v in x.items() if k not in ("val_curve", "paired_tests")})
+                    for name, x in r.rows},
+        "paired_tests": r.pairs, "verdict": r.verdict, "label_budget_verdicts": r.budget_sentences(),
+        "commands": r.stage_commands(), "versions": r.versions(), "seconds": r.seconds, "files": dict(files),
+    }
+
+
+def write_all(r: StudyRecord, layout: Layout) -> tuple[dict[str, str], dict[str, Any]]:
+    """Every output file; returns {name: path} and study.json's content."""
+    figures = _figures(r, layout)
+    files = {name: str(layout.file(name)) for name in ("report.html", "report.md", "results.csv", "study.json",
+                                                        "splits.json")}
+    write_results_csv(r.rows, layout.file("results.csv"),
+                      methods={run.status.arm.name: "finetune" if run.status.arm.finetune else "linear"
+                               for run in r.runs})
+    blocks = build(r, figures)
+    with atomic_path(layout.file("report.md")) as tmp:
+        tmp.write_text(markdown(blocks, base=layout.out))
+    with atomic_path(layout.file("report.html")) as tmp:
+        tmp.write_text(html_page(blocks, title=f"sslprobe study: {r.opts.data}"))
+    doc = study_json(r, files)
+    write_json(layout.file("study.json"), doc)
+    return files, doc
+
+
+def render_terminal(r: StudyRecord, files: Mapping[str, str], *, console: Console) -> None:
+    """The comparison table, its paired tests, the verdict and where the report is."""
+    if r.rows:  # a fine-tuned row has no C: shown as nan
+        shown = [(name, x if "C" in x else {**x, "C": float("nan")}) for name, x in r.rows]
+        render_comparison(shown, console=console, title="study: comparison on the same test images")
+    for run in r.runs:
+        if not run.status.runnable:
+            console.print(f"{run.status.arm.name}: {run.status.note}", style="yellow", markup=False, highlight=False)
+    for line in r.budget_sentences():
+        console.print(f"  {line}", markup=False, highlight=False)
+    console.print(f"Verdict: {r.verdict or 'no two arms were scored on the same test images'}", style="bold",
+                  markup=False, highlight=False)
+    console.print(f"report: {files['report.html']} (also report.md, results.csv, study.json)", style="dim",
+                  markup=False, highlight=False)

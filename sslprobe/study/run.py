@@ -1,0 +1,227 @@
+"""``study()``: does BYOL on these images help? Every arm through one path, one split, one report.
+
+The study is a sequence of named steps (:class:`_Study`): open and hash the images (sources.py) →
+the split and its leakage guard (splits.py) → the folders the commands read (layout.py) → which
+arms can run here (plan.py) → each arm's stages (stages.py: pretrain → extract → probe, or
+finetune) → paired tests and the verdict → the report (report.py). docs/study.md describes the
+rules and the outputs; a rerun of the same call reuses every finished stage (resume.py).
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sslprobe.errors import SSLProbeError
+from sslprobe.options import PRETRAIN, STUDY, check_pretrain, check_study
+from sslprobe.study import plan
+from sslprobe.study.layout import Layout, Placed, class_dirs, materialise, place_labelled, pool_names
+from sslprobe.study.plan import Arm, ArmStatus, Budget, ByolRecipe, StudyOptions
+from sslprobe.study.progress import StudyProgress
+from sslprobe.study.resume import fingerprint
+from sslprobe.study.sources import HashCache, Inputs, hash_entries, open_sources
+from sslprobe.study.splits import Guard, SplitRule, Splits, assign, guard
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.console import Console
+
+    from sslprobe.study.stages import Context, Done
+
+
+class StudyInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a study; ``str()`` says where it stopped and that the same command continues."""
+
+
+@dataclass(frozen=True)
+class ArmRun:
+    """One arm's outcome: its status, and when it ran, its result (report.json) and its stages."""
+
+    status: ArmStatus
+    result: dict | None = None
+    stages: dict[str, Done] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """What ``study()`` returns: the result rows by arm, the paired tests, the verdict and the files written."""
+
+    out: Path
+    rows: list[tuple[str, dict]]
+    pairs: list[dict]
+    verdict: str
+    arms: list[ArmRun]
+    files: dict[str, str]
+    record: dict[str, Any]  # study.json
+
+
+def study(data: str | os.PathLike, *, out: str | os.PathLike, labels: str | os.PathLike | None = None,
+          unlabeled: str | os.PathLike | None = None, test: str | os.PathLike | None = None,
+          arms: Sequence[str] | None = None, model: str = STUDY.model, image_size: int | None = None,
+          epochs: int | None = None, minutes: float | None = None, steps: int | None = None,
+          byol: ByolRecipe | None = None, test_fraction: float = STUDY.test_fraction,
+          val_fraction: float = STUDY.val_fraction, fractions: Sequence[float] = STUDY.fractions,
+          shots: Sequence[int] = STUDY.shots, seeds: int = STUDY.seeds, knn_k: Sequence[int] = STUDY.knn_k,
+          search: str = STUDY.search, select: str = STUDY.select, seed: int = 0, device: str = "auto",
+          workers: int | None = None, image_column: str | None = None, label_column: str | None = None,
+          command: str = "", show_progress: bool = False, console: Console | None = None) -> StudyResult:
+    """Compare ``arms`` (default: pixels, random, byol on CPU; every probe arm on a GPU) on labelled ``data``.
+
+    ``data``: class subfolders, ``hf:NAME[:SPLIT]``, or a folder with ``labels`` (a path,label CSV).
+    ``unlabeled`` adds images to the pretraining pool; ``test`` is a fixed test set (else a seeded
+    stratified ``test_fraction`` is drawn once into splits.json). BYOL arms train for ``epochs``,
+    ``minutes`` (the schedule fitted to the measured step rate) or ``steps``; ``byol`` sets their
+    recipe. The probe: linear and kNN with bootstrap intervals, the label curve at ``fractions`` and
+    ``shots`` (``seeds`` draws each), paired tests between arms. Writes report.html, report.md,
+    results.csv and study.json into ``out``; a rerun reuses every finished stage.
+    """
+    recipe = byol or ByolRecipe()
+    check_study(data=os.fspath(data), labels=_str(labels), unlabeled=_str(unlabeled), test=_str(test),
+                arms=list(arms or ()), epochs=epochs, minutes=minutes, steps=steps, test_fraction=test_fraction,
+                val_fraction=val_fraction, fractions=fractions, shots=shots, seeds=seeds, knn_k=knn_k, search=search,
+                select=select, image_size=image_size, batch_size=recipe.batch_size)
+    check_pretrain(batch_size=recipe.batch_size, epochs=epochs or PRETRAIN.epochs, max_steps=steps,
+                   image_size=image_size, stop_at=None, eval_every=1, log_every=1, lr=recipe.lr, max_minutes=minutes,
+                   optimizer=recipe.optimizer, tau_base=recipe.tau_base, warmup_epochs=recipe.warmup_epochs,
+                   proj_hidden=recipe.proj_hidden, proj_dim=recipe.proj_dim, weight_decay=recipe.weight_decay)
+    from sslprobe.runtime import pick_device
+
+    dev = pick_device(device)
+    names = tuple(arms) if arms else plan.default_arms(cuda=dev.type == "cuda")
+    budget = Budget(epochs=epochs, minutes=minutes, steps=steps)
+    if epochs is None and minutes is None and steps is None:
+        budget = Budget(epochs=PRETRAIN.epochs)
+    opts = StudyOptions(data=os.fspath(data), out=Path(out), labels=_str(labels), unlabeled=_str(unlabeled),
+                        test=_str(test), arms=plan.parse_arms(names), model=model, image_size=image_size,
+                        budget=budget, byol=recipe, test_fraction=test_fraction, val_fraction=val_fraction,
+                        fractions=tuple(fractions), shots=tuple(shots), seeds=seeds, knn_k=tuple(knn_k),
+                        search=search, select=select, seed=seed, device=device, workers=workers,
+                        image_column=image_column, label_column=label_column, command=command)
+    return _Study(opts, device_type=dev.type, show_progress=show_progress, console=console).run()
+
+
+def _str(p: str | os.PathLike | None) -> str | None:
+    return None if p is None else os.fspath(p)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The data side of a study, before any arm: images, split, guard and the folders made from them."""
+
+    inputs: Inputs
+    splits: Splits
+    guard: Guard
+    placed: list[Placed]
+    pool: list[tuple[str, Any]]
+    class_names: dict[str, str]  # class folder → class name
+
+
+class _Study:
+    """The steps of one study call: prepare → plan → arms → compare → report."""
+
+    def __init__(self, opts: StudyOptions, *, device_type: str, show_progress: bool, console: Console | None):
+        self.opts, self.device_type, self.console = opts, device_type, console
+        self.layout = Layout(opts.out)
+        self.t0 = time.perf_counter()
+        self.show_progress = show_progress
+
+    def run(self) -> StudyResult:
+        self.layout.out.mkdir(parents=True, exist_ok=True)
+        statuses = plan.arm_statuses(self.opts.arms, model=self.opts.model, image_size=self.opts.image_size)
+        runnable = [s.arm for s in statuses if s.runnable]
+        if not runnable:
+            raise SSLProbeError("none of the arms can run here: " + "; ".join(f"{s.arm.name}: {s.note}"
+                                                                             for s in statuses))
+        with StudyProgress(show=self.show_progress, stages=1 + sum(_stages(a) for a in runnable)) as progress:
+            progress.stage(arm="data", index=0, arms=len(runnable), stage="hashing images")
+            prepared = self._prepare()
+            progress.done()
+            ctx = self._context(prepared, progress)
+            runs = {s.arm.name: ArmRun(s) for s in statuses}
+            for i, a in enumerate(runnable, start=1):
+                runs[a.name] = self._arm(ctx, a, status=runs[a.name].status, index=i, arms=len(runnable))
+        return self._finish(prepared, list(runs.values()))
+
+    def _prepare(self) -> Prepared:
+        """Step: hash every image, draw (or reuse) the split, guard it, make the folders the commands read."""
+        o = self.opts
+        sets = open_sources(o.data, labels=o.labels, test=o.test, unlabeled=o.unlabeled,
+                            image_column=o.image_column, label_column=o.label_column)
+        inputs = hash_entries(sets, cache=HashCache(self.layout.file("hashes.json")))
+        rule = SplitRule(seed=o.seed, test_fraction=o.test_fraction, val_fraction=o.val_fraction,
+                         fixed_test=o.test is not None)
+        splits = assign(inputs, rule=rule, path=self.layout.file("splits.json"))
+        g = guard(inputs, splits)
+        if len(g.pool) < 2:
+            raise SSLProbeError(f"the pretraining pool has {len(g.pool)} image(s) once val and test are held out; "
+                                "add images (or --unlabeled POOL)")
+        dirs = class_dirs(inputs.classes)
+        placed = place_labelled(inputs, g.labelled, dirs)
+        materialise(self.layout.labelled, [(p.id, p.entry) for p in placed], inputs)
+        pool = pool_names(inputs, g.pool)
+        if any(a.byol_init for a in self.opts.arms):
+            materialise(self.layout.pool, pool, inputs)
+        if any(a.finetune for a in self.opts.arms):  # finetune reads the splits as class folders
+            for split in ("train", "val", "test"):
+                materialise(self.layout.split_folder(split), [(q.id, q.entry) for q in placed if q.split == split],
+                            inputs)
+        return Prepared(inputs, splits, g, placed, pool, {v: k for k, v in dirs.items()})
+
+    def _context(self, p: Prepared, progress: StudyProgress) -> Context:
+        from sslprobe.study.stages import Context
+
+        return Context(opts=self.opts, layout=self.layout, progress=progress, device_type=self.device_type,
+                       pool_key=fingerprint(sorted(e.key for e in p.guard.pool)),
+                       labelled_key=fingerprint([(q.id, q.entry.key, q.entry.label) for q in p.placed]),
+                       split_key=fingerprint({q.id: q.split for q in p.placed}),
+                       membership={q.id: q.split for q in p.placed}, class_names=p.class_names)
+
+    def _arm(self, ctx: Context, a: Arm, *, status: ArmStatus, index: int, arms: int) -> ArmRun:
+        """Step: one arm's stages; Ctrl-C inside becomes a StudyInterrupted that says how to go on."""
+        from sslprobe.study import stages
+
+        done: dict[str, Done] = {}
+        try:
+            weights = None
+            if a.byol_init is not None:
+                done["pretrain"] = stages.byol_backbone(ctx, a, index=index, arms=arms)
+                ctx.progress.done()
+                weights = done["pretrain"].dir / "backbone.safetensors"
+            if a.finetune:
+                done["finetune"], result = stages.finetuned(ctx, a, weights, index=index, arms=arms)
+            else:
+                done["extract"] = stages.extracted(ctx, a, weights, index=index, arms=arms)
+                ctx.progress.done()
+                done["probe"], result = stages.probed(ctx, a, done["extract"], index=index, arms=arms)
+            ctx.progress.done()
+        except KeyboardInterrupt as e:
+            order = ("pretrain", "finetune") if a.finetune else ("pretrain", "extract", "probe")
+            stage = next((s for s in order if s not in done), order[-1])
+            why = f" ({e})" if str(e) else ""
+            raise StudyInterrupted(f"interrupted in arm '{a.name}' at {stage}{why}; run the same command again to "
+                                   "continue: finished stages are reused, pretraining resumes from its checkpoint "
+                                   "and extraction from the embedding cache") from None
+        return ArmRun(status, result, done)
+
+    def _finish(self, p: Prepared, runs: list[ArmRun]) -> StudyResult:
+        """Steps: paired tests, the verdict, the report files and the terminal summary."""
+        from sslprobe.probing.pairs import paired_tests
+        from sslprobe.study import report
+
+        rows = [(r.status.arm.name, r.result) for r in runs if r.result is not None]
+        pairs = paired_tests(rows, seed=self.opts.seed)
+        for _, r in rows:
+            r["paired_tests"] = pairs
+        verdict = report.headline(pairs, arms=[r.status.arm for r in runs if r.result is not None])
+        record = report.StudyRecord(opts=self.opts, prepared=p, runs=runs, rows=rows, pairs=pairs, verdict=verdict,
+                                    seconds=time.perf_counter() - self.t0, device_type=self.device_type)
+        files, doc = report.write_all(record, self.layout)
+        if self.console is not None:
+            report.render_terminal(record, files, console=self.console)
+        return StudyResult(self.layout.out, rows, pairs, verdict, runs, files, doc)
+
+
+def _stages(a: Arm) -> int:
+    return (1 if a.byol_init else 0) + (1 if a.finetune else 2)
