@@ -28,6 +28,7 @@ from sslprobe.finetuning.network import Backbone, load_backbone, rescale, with_h
 from sslprobe.finetuning.recipe import Recipe, resolve_recipe
 from sslprobe.finetuning.report import write_finetune_reports
 from sslprobe.finetuning.selection import Budget, Selected, select
+from sslprobe.images.folders import ImageSet
 from sslprobe.probing.labeleff import parse_points
 from sslprobe.probing.probe import PhaseTimer
 from sslprobe.probing.report import scored
@@ -86,6 +87,12 @@ class Inputs:
     test: ImageRows | None
     held: Held
     backbone: Backbone
+    warnings: list[str]
+
+
+def _unlabelled(images: ImageSet, name: str) -> list[str]:
+    n = sum(1 for y in images.labels if y < 0)
+    return [f"{name}: {n} unlabelled images ignored"] if n else []
 
 
 def _inputs(o: Options, dev: torch.device) -> Inputs:
@@ -107,7 +114,9 @@ def _inputs(o: Options, dev: torch.device) -> Inputs:
     if o.weights == "random-rescaled":
         rescale(bb, train, seed=o.seed)
     with_head(bb.net, len(tr.classes), seed=o.seed)
-    return Inputs(tr.classes, train, val, test, held, bb)
+    sources = [(tr, "train")] + [(x[0], name) for x, name in ((va, "val"), (te, "test")) if x is not None]
+    warns = [w for images, name in sources for w in _unlabelled(images, name)]
+    return Inputs(tr.classes, train, val, test, held, bb, warns)
 
 
 def _prepare_out(o: Options) -> None:
@@ -223,7 +232,7 @@ def _session(o: Options, dev: torch.device, timer: PhaseTimer) -> dict[str, Any]
         _prepare_out(o)
         recipe = _recipe(o, inputs)
         selection = resolve_select(o.select, inputs.train.labels[inputs.held.fit])
-    warns: list[str] = []
+    warns = list(inputs.warnings)
     with StopSignals() as signals, progress_bar(o.show_progress) as bar:
         trainer = _trainer(o, inputs, recipe, dev, bar=bar, signals=signals)
         budget = _budget(o, trainer, inputs.held.fit)
