@@ -89,16 +89,26 @@ class BYOL(nn.Module):
                 bt.copy_(bo)
 
 
-def param_groups(model: nn.Module, *, weight_decay: float) -> list[dict]:
-    """Weights get decay and LARS adaptation; biases and norm parameters (ndim ≤ 1) neither (paper App. C)."""
-    decay, plain = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (plain if p.ndim <= 1 else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay, "lars": True},
-        {"params": plain, "weight_decay": 0.0, "lars": False},
-    ]
+def param_groups(model: nn.Module, *, weight_decay: float, backbone_lr_scale: float = 1.0) -> list[dict]:
+    """Weights get decay and LARS adaptation; biases and norm parameters (ndim ≤ 1) neither (paper App. C).
+
+    Each group's ``lr_scale`` multiplies the scheduled rate. With ``backbone_lr_scale`` ≠ 1 the
+    backbone's parameters get groups of their own after the heads' (a trained backbone learns
+    slower than its fresh heads; docs/pretrain.md), so group 0 always runs at the scheduled rate.
+    """
+    inner = getattr(model, "module", model)  # DDP
+    slow = ({id(p) for p in inner.backbone.parameters()}
+            if backbone_lr_scale != 1.0 and isinstance(getattr(inner, "backbone", None), nn.Module) else set())
+    groups = []
+    for scale, part in ((1.0, False), (backbone_lr_scale, True)):
+        params = [p for p in model.parameters() if p.requires_grad and (id(p) in slow) == part]
+        if part and not params:
+            continue
+        groups += [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay, "lars": True,
+                    "lr_scale": scale},
+                   {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, "lars": False,
+                    "lr_scale": scale}]
+    return groups
 
 
 class LARS(torch.optim.Optimizer):

@@ -22,8 +22,10 @@ from sslprobe import distributed as ddp
 from sslprobe.errors import SSLProbeError
 from sslprobe.pretraining.trainstep import PretrainConfig
 
-# Ignored when comparing a resumed run's configuration: the same run may continue on other hardware.
-RESUME_IGNORES = ("device", "precision", "sync_batchnorm")
+# Ignored when comparing a resumed run's configuration: the same run may continue on other hardware, and
+# ``defaults`` only says where values came from (the values themselves, and ``start`` with the init file's
+# sha256, are compared).
+RESUME_IGNORES = ("device", "precision", "sync_batchnorm", "defaults")
 
 
 class StopSignals:
