@@ -1,7 +1,7 @@
 """sslprobe: BYOL pretraining, cached embeddings and linear probes on your own image folders.
 
-``from sslprobe import pretrain, extract, probe, compare, predict, finetune`` gives the library functions behind
-the commands. They are imported lazily so that ``import sslprobe`` (and ``sslprobe --help``) stays
+``from sslprobe import pretrain, extract, probe, compare, predict, finetune, study`` gives the library functions
+behind the commands. They are imported lazily so that ``import sslprobe`` (and ``sslprobe --help``) stays
 fast and loads no torch.
 """
 from __future__ import annotations
@@ -12,7 +12,8 @@ from sslprobe.errors import SSLProbeError
 
 __version__ = "0.1.0"
 
-__all__ = ["SSLProbeError", "__version__", "compare", "extract", "finetune", "predict", "pretrain", "probe"]
+__all__ = ["SSLProbeError", "__version__", "compare", "extract", "finetune", "predict", "pretrain", "probe",
+           "study"]
 
 _LAZY = {
     "pretrain": "sslprobe.pretraining.pretrain",
@@ -21,6 +22,7 @@ _LAZY = {
     "compare": "sslprobe.probing.compare",
     "predict": "sslprobe.probing.predict",
     "finetune": "sslprobe.finetuning.finetune",
+    "study": "sslprobe.study.run",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -30,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from sslprobe.probing.compare import compare
     from sslprobe.probing.predict import predict
     from sslprobe.probing.probe import probe
+    from sslprobe.study.run import study
 
 
 def __getattr__(name: str) -> Any:

@@ -199,6 +199,8 @@ def extract(
     workers: Workers = None,
     image_column: ImageCol = None,
     label_column: LabelCol = None,
+    labels: Annotated[Path | None, typer.Option(dir_okay=False, help="CSV with columns path,label naming DATA's "
+                                                "images and their classes (paths relative to DATA).")] = None,
 ) -> None:
     """Embed images through a frozen backbone (or raw pixels) for the linear probe, through the cache."""
     opt.image_source(data)
@@ -209,7 +211,7 @@ def extract(
     m = run(data, out=out, model=model, weights=weights, image_size=image_size, small_stem=small_stem, layer=layer,
             pool=pool, dtype=dtype, batch_size=batch_size, seed=seed, device=device, workers=workers,
             allow_pickle=allow_pickle, image_column=image_column, label_column=label_column, cache_dir=cache_dir,
-            use_cache=not no_cache, decode=decode)
+            use_cache=not no_cache, decode=decode, labels=labels)
     if env_rank() != 0:  # torchrun: rank 0 reports for all
         return
     c = m["cache"]
@@ -532,6 +534,93 @@ def predict(
         _err(f"  skipped {s['path']}: {s['reason']}")
 
 
+BYOL = "BYOL recipe (every BYOL arm)"  # --help panel of `study`
+ARM_HELP = (f"Comma-separated arms: {', '.join(opt.STUDY_ARMS)} (default: {','.join(opt.STUDY.arms_cpu)} on CPU; "
+            f"{','.join(opt.STUDY.arms_gpu)} on a GPU).")
+STUDY_FRACTIONS, STUDY_SHOTS, STUDY_KNN_K = (",".join(map(str, v)) for v in (opt.STUDY.fractions, opt.STUDY.shots,
+                                                                             opt.STUDY.knn_k))
+
+
+@app.command(epilog="Example: sslprobe study photos/ --out study --model resnet18 --image-size 96 --minutes 30")
+def study(
+    data: Annotated[str, typer.Argument(
+        help="Labelled images: class subfolders, hf:NAME[:SPLIT], or a folder of images with --labels.")],
+    out: Annotated[Path, typer.Option(file_okay=False, help="Study directory: report.html, report.md, results.csv, "
+                                                            "study.json, splits.json and every stage's outputs.")],
+    labels: Annotated[Path | None, typer.Option(
+        dir_okay=False, help="CSV with columns path,label (paths relative to DATA).")] = None,
+    unlabeled: Annotated[str | None, typer.Option(
+        help="More images for the pretraining pool only (labels ignored; val/test images are kept out).")] = None,
+    test: Annotated[str | None, typer.Option(
+        help="A fixed labelled test set with DATA's classes (default: a seeded stratified split of DATA).")] = None,
+    arms: Annotated[str | None, typer.Option(help=ARM_HELP)] = None,
+    model: Annotated[str, typer.Option(help="timm model of every network arm.")] = opt.STUDY.model,
+    image_size: Annotated[int | None, typer.Option(help="Resolution (default: the model's; raw pixels at ≤ 32 px).")
+                          ] = None,
+    epochs: Annotated[int | None, typer.Option(help=f"BYOL epochs per BYOL arm (default {PRETRAIN.epochs}).")] = None,
+    minutes: Annotated[float | None, typer.Option(
+        help="Training minutes per BYOL arm: the whole schedule (warm-up, cosine, τ) is fitted to the step rate "
+             "measured here (fine-tune arms get the same minutes).")] = None,
+    batch_size: Annotated[int, typer.Option(rich_help_panel=BYOL, help="Images per step.")] = PRETRAIN.batch_size,
+    optimizer: Annotated[str, typer.Option(rich_help_panel=BYOL, help="auto, lars, sgd or adamw.")
+                         ] = PRETRAIN.optimizer,
+    lr: Annotated[float | None, typer.Option(rich_help_panel=BYOL, help="Base learning rate per 256 images.")
+                  ] = None,
+    tau_base: Annotated[float, typer.Option(rich_help_panel=BYOL, help="Target EMA start τ_base.")
+                        ] = PRETRAIN.tau_base,
+    warmup_epochs: Annotated[float, typer.Option(rich_help_panel=BYOL, help="Warm-up in epochs.")
+                             ] = PRETRAIN.warmup_epochs,
+    proj_hidden: Annotated[int, typer.Option(rich_help_panel=BYOL, help="Hidden width of projector and predictor.")
+                           ] = PRETRAIN.proj_hidden,
+    test_fraction: Annotated[float, typer.Option(help="Test share of each class, drawn once into splits.json.")
+                             ] = opt.STUDY.test_fraction,
+    val_fraction: Annotated[float, typer.Option(help="Validation share of each class after the test draw.")
+                            ] = opt.STUDY.val_fraction,
+    fractions: Fractions = STUDY_FRACTIONS,
+    shots: Shots = STUDY_SHOTS,
+    seeds: Seeds = opt.STUDY.seeds,
+    knn_k: KnnK = STUDY_KNN_K,
+    search: Search = opt.STUDY.search,
+    select: Select = opt.STUDY.select,
+    seed: Seed = 0,
+    device: Device = "auto",
+    workers: Workers = None,
+    image_column: ImageCol = None,
+    label_column: LabelCol = None,
+) -> None:
+    """Does BYOL on these images help? Every arm on one leakage-safe split, one report (report.html).
+
+    Rerun the same command to continue after Ctrl-C: finished stages are reused, pretraining resumes.
+    """
+    names = [a for a in (arms or "").replace(" ", "").split(",") if a]
+    fr, sh, ks = opt.numbers("--fractions", fractions, float), opt.numbers("--shots", shots, int), \
+        opt.numbers("--knn-k", knn_k, int)
+    opt.check_study(data=data, labels=None if labels is None else str(labels), unlabeled=unlabeled, test=test,
+                    arms=names, epochs=epochs, minutes=minutes, steps=None, test_fraction=test_fraction,
+                    val_fraction=val_fraction, fractions=fr, shots=sh, seeds=seeds, knn_k=ks, search=search,
+                    select=select, image_size=image_size, batch_size=batch_size)
+    import shlex
+
+    from rich.console import Console
+
+    from sslprobe.study.plan import ByolRecipe
+    from sslprobe.study.run import StudyInterrupted
+    from sslprobe.study.run import study as run
+
+    recipe = ByolRecipe(batch_size=batch_size, optimizer=optimizer, lr=lr, tau_base=tau_base,
+                        warmup_epochs=warmup_epochs, proj_hidden=proj_hidden)
+    try:
+        run(data, out=out, labels=labels, unlabeled=unlabeled, test=test, arms=names or None, model=model,
+            image_size=image_size, epochs=epochs, minutes=minutes, byol=recipe, test_fraction=test_fraction,
+            val_fraction=val_fraction, fractions=fr, shots=sh, seeds=seeds, knn_k=ks, search=search, select=select,
+            seed=seed, device=device, workers=workers, image_column=image_column, label_column=label_column,
+            command=" ".join(["sslprobe", *map(shlex.quote, sys.argv[1:])]), show_progress=sys.stderr.isatty(),
+            console=Console())
+    except StudyInterrupted as e:
+        _err(str(e))
+        raise typer.Exit(130) from None
+
+
 @app.command(epilog="Example: sslprobe demo --out sslprobe-demo")
 def demo(
     out: Annotated[Path, typer.Option(
@@ -540,7 +629,7 @@ def demo(
         help="BYOL steps (default: the tuned short run, ~2–3 min on 2 CPU cores).")] = None,
     device: Device = "auto",
 ) -> None:
-    """Run pretrain → extract → probe on the built-in Fashion-MNIST sample and compare baselines."""
+    """A study on the built-in Fashion-MNIST sample: pretrain → extract → probe, baselines, the full report."""
     opt.at_least("--steps", steps)
     from rich.console import Console
 

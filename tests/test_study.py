@@ -1,0 +1,322 @@
+"""`sslprobe study` end to end on generated images with tiny models: arms, reports, the guard, resume, bad input."""
+import base64
+import csv
+import hashlib
+import json
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from sslprobe.errors import SSLProbeError
+from sslprobe.options import STUDY_ARMS
+from sslprobe.study import plan, stages
+from sslprobe.study.budget import fit, fitted_steps
+from sslprobe.study.numbers import CSV_COLUMNS
+from sslprobe.study.plan import ByolRecipe
+from sslprobe.study.run import StudyInterrupted, study
+from sslprobe.study.sources import HashCache, hash_entries, open_sources
+from sslprobe.study.splits import SplitRule, assign, guard
+from tests.clirun import run
+from tests.conftest import write_class_folder
+
+TINY = {"model": "test_resnet", "image_size": 16, "steps": 4, "fractions": (0.5,), "shots": (1,), "seeds": 2,
+        "knn_k": (5,), "workers": 0, "byol": ByolRecipe(batch_size=8, proj_hidden=32, proj_dim=16)}
+ARMS = ("pixels", "random", "byol")
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _data(root: Path) -> Path:
+    d = write_class_folder(root, classes=("dark", "mid", "light"), per_class=12, size=(16, 16))
+    (d / "mid" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")  # skipped and listed
+    return d
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    """One full study (pixels, random, BYOL), shared by the read-only tests below."""
+    root = tmp_path_factory.mktemp("study")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SSLPROBE_CACHE_DIR", str(root / "cache"))
+        result = study(_data(root / "data"), out=root / "out", arms=ARMS, **TINY)
+    return root, result
+
+
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.links, self.text = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            self.images.append(a["src"])
+        for key in ("href", "src"):
+            if key in a and tag != "img":
+                self.links.append(a[key])
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_every_arm_runs_and_the_report_files_exist(done):
+    root, r = done
+    out = root / "out"
+    assert [name for name, _ in r.rows] == list(ARMS)
+    for f in ("report.html", "report.md", "results.csv", "study.json", "splits.json"):
+        assert (out / f).is_file(), f
+    assert r.verdict and "byol" in r.verdict
+    doc = json.loads((out / "study.json").read_text())
+    assert doc["verdict"] == r.verdict and [a["name"] for a in doc["arms"]] == list(ARMS)
+    assert any(s["path"].endswith("mid/broken.png") for s in doc["skipped"])  # unreadable: skipped, listed
+    assert "sslprobe pretrain" in "\n".join(doc["commands"]) and "sslprobe compare" in doc["commands"][-1]
+    assert {"sslprobe", "torch", "timm", "python"} <= set(doc["versions"])
+    md = (out / "report.md").read_text()
+    assert r.verdict in md and "## Commands" in md and "figures/label_efficiency.png" in md
+
+
+def test_html_is_one_file_that_parses_and_embeds_its_images(done):
+    root, r = done
+    page = _Page()
+    page.feed((root / "out" / "report.html").read_text())
+    page.close()
+    assert len(page.images) >= 5  # label curve, three confusion matrices, the BYOL loss curve
+    for src in page.images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:4] == b"\x89PNG"
+    assert not page.links  # nothing outside the file: it opens offline
+    text = " ".join(page.text)
+    assert r.verdict in text and "Data and the leakage guard" in text and "Versions" in text
+
+
+def test_results_csv_is_tidy(done):
+    root, _ = done
+    with open(root / "out" / "results.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == CSV_COLUMNS
+        rows = list(reader)
+    assert {r["arm"] for r in rows} == set(ARMS)
+    assert {r["labels"] for r in rows} == {"all", "50 %", "1-shot"}
+    assert {r["method"] for r in rows} == {"linear", "knn"}
+    for r in rows:
+        v = float(r["value"])
+        assert 0 <= v <= 1
+        if r["ci_method"] == "bootstrap over test rows":
+            assert float(r["ci_low"]) <= v <= float(r["ci_high"])
+    top1 = [r for r in rows if r["labels"] == "all" and r["metric"] == "top1" and r["method"] == "linear"]
+    assert len(top1) == 3 and all(r["split"] == "test" and r["ci_low"] for r in top1)
+
+
+def test_split_is_keyed_by_content_and_the_pool_holds_no_val_or_test_image(done):
+    root, _ = done
+    out = root / "out"
+    splits = json.loads((out / "splits.json").read_text())["splits"]
+    images = [p for p in (root / "data").rglob("*.png") if p.name != "broken.png"]
+    assert {_sha(p) for p in images} <= set(splits)
+    held = {k for k, s in splits.items() if s != "train"}
+    pool = [_sha(p) for p in (out / "data" / "pool").iterdir() if p.suffix == ".png"]
+    assert pool and not held & set(pool)
+    assert set(pool) == {k for k, s in splits.items() if s == "train"}
+    test_rows = json.loads((out / "arms" / "byol" / "features" / "test" / "manifest.json").read_text())["paths"]
+    broken = _sha(root / "data" / "mid" / "broken.png")  # drawn like any file; no arm can read it
+    assert {_sha(out / "data" / "labelled" / p) for p in test_rows} == \
+        {k for k, s in splits.items() if s == "test"} - {broken}
+
+
+def test_rerun_recomputes_nothing_and_a_changed_option_only_what_it_feeds(done, tmp_path, monkeypatch):
+    root, first = done
+    out = tmp_path / "out"
+    shutil.copytree(root / "out", out, symlinks=True)
+    monkeypatch.setenv("SSLPROBE_CACHE_DIR", str(root / "cache"))
+    calls = {"pretrain": 0, "extract": 0, "probe": 0}
+
+    def counting(name):
+        real = getattr(stages, name)
+
+        def wrapper(*a, **k):
+            calls[name] += 1
+            return real(*a, **k)
+        return wrapper
+
+    for name in calls:
+        monkeypatch.setattr(stages, name, counting(name))
+    again = study(root / "data", out=out, arms=ARMS, **TINY)
+    assert calls == {"pretrain": 0, "extract": 0, "probe": 0}
+    assert again.verdict == first.verdict
+    assert all(d.reused for a in again.arms for d in a.stages.values())
+    study(root / "data", out=out, arms=ARMS, **{**TINY, "shots": ()})  # only the probe depends on the label curve
+    assert calls == {"pretrain": 0, "extract": 0, "probe": 3}
+
+
+def test_an_interrupted_study_resumes_where_it_stopped(class_folder, tmp_path, monkeypatch):
+    real = stages.pretrain
+
+    def stop_then_interrupt(*a, **k):
+        real(*a, **{**k, "stop_at": 2})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stages, "pretrain", stop_then_interrupt)
+    with pytest.raises(StudyInterrupted, match="arm 'byol' at pretrain.*run the same command again"):
+        study(class_folder, out=tmp_path / "s", arms=("random", "byol"), **TINY)
+    monkeypatch.setattr(stages, "pretrain", real)
+    extracts = []
+    monkeypatch.setattr(stages, "extract", lambda *a, **k: extracts.append(k["weights"]) or real_extract(*a, **k))
+    r = study(class_folder, out=tmp_path / "s", arms=("random", "byol"), **TINY)
+    assert [a.stages["probe"].reused for a in r.arms] == [True, False]
+    assert r.arms[1].stages["pretrain"].info["resumed_from"] == 2  # continued from its checkpoint
+    assert len(extracts) == 1 and extracts[0].endswith("backbone.safetensors")
+
+
+real_extract = stages.extract
+
+
+def _inputs(tmp_path):
+    data = write_class_folder(tmp_path / "data", per_class=8, size=(8, 8))
+    test = write_class_folder(tmp_path / "test", per_class=3, size=(8, 8), seed=1)
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    shutil.copy(test / "dark" / "000.png", data / "light" / "copy-of-a-test-image.png")  # planted, other class
+    shutil.copy(test / "light" / "001.png", pool / "also-a-test-image.png")
+    shutil.copy(data / "dark" / "002.png", pool / "a-train-image.png")
+    shutil.copy(data / "dark" / "003.png", data / "light" / "dark-003-again.png")  # conflicting label
+    sets = open_sources(str(data), labels=None, test=str(test), unlabeled=str(pool), image_column=None,
+                        label_column=None)
+    return hash_entries(sets, cache=HashCache(tmp_path / "hashes.json")), test
+
+
+def test_leakage_guard_on_planted_duplicates(tmp_path):
+    inputs, test = _inputs(tmp_path)
+    splits = assign(inputs, rule=SplitRule(seed=0, test_fraction=0.2, val_fraction=0.25, fixed_test=True),
+                    path=tmp_path / "splits.json")
+    g = guard(inputs, splits)
+    test_keys = {_sha(p) for p in test.rglob("*.png")}
+    assert not test_keys & {e.key for e in g.pool}
+    assert not test_keys & {e.key for e, s in g.labelled if s != "test"}
+    kept = {(k["origin"], k["path"]): k["why"] for k in g.kept_out}
+    assert kept.pop(("data", "light/copy-of-a-test-image.png")) == "the same bytes are a --test image"
+    assert kept.pop(("unlabeled", "also-a-test-image.png")) == "the same bytes are a test image"
+    assert all(why == "the same bytes are a val image" for why in kept.values())  # a-train-image, if drawn for val
+    assert len(g.pool) == len({e.key for e, s in g.labelled if s == "train"})  # the pool's train copy counted once
+    assert any(set(c["labels"]) == {"dark", "light"} for c in g.conflicts)
+    assert len(g.duplicates) == 4
+    again = assign(inputs, rule=splits.rule, path=tmp_path / "splits.json")
+    assert again.of_key == splits.of_key and again.notes == ("reused splits.json",)
+
+
+def test_drawn_split_keeps_duplicates_together(tmp_path):
+    data = write_class_folder(tmp_path / "data", per_class=10, size=(8, 8))
+    for i in range(10):
+        shutil.copy(data / "dark" / f"{i:03d}.png", data / "dark" / f"dup-{i}.png")
+    sets = open_sources(str(data), labels=None, test=None, unlabeled=None, image_column=None, label_column=None)
+    inputs = hash_entries(sets, cache=HashCache(tmp_path / "h.json"))
+    splits = assign(inputs, rule=SplitRule(seed=3, test_fraction=0.2, val_fraction=0.2, fixed_test=False),
+                    path=tmp_path / "splits.json")
+    g = guard(inputs, splits)
+    assert splits.counts() == {"train": 12, "val": 4, "test": 4}  # per class: 2 test, 2 val, 6 train
+    by_key = {}
+    for e, s in g.labelled:
+        by_key.setdefault(e.key, set()).add(s)
+    assert all(len(v) == 1 for v in by_key.values()) and len(g.duplicates) == 10
+
+
+def test_labels_csv_data_and_class_names_that_are_not_folder_names(tmp_path):
+    src = write_class_folder(tmp_path / "src", classes=("a", "b"), per_class=10, size=(8, 8))
+    rows = ["path,label"] + [f"{p.relative_to(src).as_posix()},{'T-shirt/top' if p.parent.name == 'a' else 'bag'}"
+                             for p in sorted(src.rglob("*.png"))]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    r = study(src, out=tmp_path / "s", labels=tmp_path / "labels.csv", arms=("pixels",), **TINY)
+    assert set(r.rows[0][1]["classes"]) == {"T-shirt/top", "bag"}
+    assert (tmp_path / "s" / "data" / "labelled" / "T-shirt_top").is_dir()
+
+
+def test_finetune_arm_is_a_row_of_the_same_comparison(class_folder, tmp_path, monkeypatch):
+    import sslprobe.finetuning.finetune as ft
+
+    real = ft.finetune
+    monkeypatch.setattr(ft, "finetune", lambda *a, **k: real(*a, **{**k, "epochs": 2, "batch_size": 8}))
+    r = study(class_folder, out=tmp_path / "s", arms=("random", "finetune-random"), **{**TINY, "fractions": (),
+                                                                                       "shots": ()})
+    assert [name for name, _ in r.rows] == ["random", "finetune-random"]
+    assert r.pairs and r.pairs[0]["paired"]  # scored on the same test images
+    lines = (tmp_path / "s" / "results.csv").read_text().splitlines()
+    assert "finetune" in {row["method"] for row in csv.DictReader(lines)}
+
+
+def test_time_budget_fits_the_whole_schedule(tmp_path):
+    b = fit(2.0, steps_per_second=4.0, setup_seconds=30.0, measured_steps=20)
+    assert b.max_steps == 360  # (120 s − 30 s) × 4 steps/s: warm-up, cosine and τ all end inside the minutes
+    with pytest.raises(SSLProbeError, match="leaves no time"):
+        fit(0.4, steps_per_second=4.0, setup_seconds=30.0, measured_steps=20)
+    measured = []
+
+    def measure(out, steps):
+        measured.append(steps)
+        out.mkdir(parents=True)
+        (out / "config.json").write_text(json.dumps({"global_batch": 8}))
+        (out / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "img_per_s": 80.0}) + "\n"
+                                                   for s in (5, 10, 15, 20)))
+        return out
+
+    first = fitted_steps(1.0, workdir=tmp_path, measure=measure)
+    assert first.steps_per_second == 10.0 and 0 < first.max_steps <= 600
+    assert fitted_steps(1.0, workdir=tmp_path, measure=measure) == first and measured == [20]  # saved: a resume
+    # keeps its schedule
+
+
+def test_arms_plan_and_notes_for_what_cannot_run(monkeypatch):
+    assert tuple(plan.ARMS) == STUDY_ARMS
+    assert plan.default_arms(cuda=False) == ("pixels", "random", "byol")
+    assert "imagenet" in plan.default_arms(cuda=True)
+    with pytest.raises(SSLProbeError, match="unknown arm 'byol2'"):
+        plan.parse_arms(["byol2"])
+    monkeypatch.setattr(plan, "_weights_cached", lambda model: False)
+    monkeypatch.setattr(plan, "_hub_reachable", lambda: False)
+    monkeypatch.setattr(plan, "byol_from_weights_available", lambda: False)
+    notes = {s.arm.name: s for s in plan.arm_statuses(plan.parse_arms(["random", "imagenet", "byol-imagenet"]),
+                                                      model="test_resnet", image_size=None)}
+    assert notes["random"].runnable and not notes["imagenet"].runnable
+    assert "not in the local cache" in notes["imagenet"].note
+    assert "not available in this version" in notes["byol-imagenet"].note
+
+
+@pytest.mark.parametrize("make, needle", [
+    (lambda d: write_class_folder(d, classes=("only",), per_class=6), "has one class"),
+    (lambda d: _flat(d), "has no labels"),
+])
+def test_bad_data_is_one_line(tmp_path, make, needle):
+    with pytest.raises(SSLProbeError, match=needle):
+        study(make(tmp_path / "d"), out=tmp_path / "s", arms=("pixels",), **TINY)
+
+
+def _flat(d: Path) -> Path:
+    write_class_folder(d / "x", per_class=3)
+    for p in (d / "x").rglob("*.png"):
+        p.rename(d / f"{p.parent.name}-{p.name}")
+    return d
+
+
+def test_test_folder_with_other_classes_and_bad_csvs(tmp_path):
+    data = write_class_folder(tmp_path / "data", per_class=4, size=(8, 8))
+    other = write_class_folder(tmp_path / "test", classes=("dark", "blue"), per_class=2, size=(8, 8))
+    with pytest.raises(SSLProbeError, match="missing from the test set: light; only in the test set: blue"):
+        study(data, out=tmp_path / "s", test=other, arms=("pixels",), **TINY)
+    (tmp_path / "cols.csv").write_text("file,class\ndark/000.png,dark\n")
+    with pytest.raises(SSLProbeError, match="exactly the columns path,label"):
+        study(data, out=tmp_path / "s", labels=tmp_path / "cols.csv", arms=("pixels",), **TINY)
+    (tmp_path / "gone.csv").write_text("path,label\ndark/000.png,dark\ndark/nope.png,dark\n")
+    with pytest.raises(SSLProbeError, match="names 1 file.*not found.*dark/nope.png"):
+        study(data, out=tmp_path / "s", labels=tmp_path / "gone.csv", arms=("pixels",), **TINY)
+
+
+def test_cli_study_errors_are_one_line_exit_2(monkeypatch, capsys, tmp_path):
+    data = write_class_folder(tmp_path / "data", classes=("only",), per_class=3, size=(8, 8))
+    code, _, err = run(monkeypatch, capsys, "study", data, "--out", tmp_path / "s", "--arms", "pixels")
+    assert code == 2 and err.count("\n") == 1 and "has one class" in err
+    code, _, err = run(monkeypatch, capsys, "study", data, "--out", tmp_path / "s", "--arms", "byol2")
+    assert code == 2 and "--arms must be one of" in err
+    code, _, err = run(monkeypatch, capsys, "study", data, "--out", tmp_path / "s", "--epochs", "3", "--minutes", "2")
+    assert code == 2 and "give one of them" in err
