@@ -566,9 +566,9 @@ def study(
                          ] = PRETRAIN.optimizer,
     lr: Annotated[float | None, typer.Option(rich_help_panel=BYOL, help="Base learning rate per 256 images.")
                   ] = None,
-    tau_base: Annotated[float, typer.Option(rich_help_panel=BYOL, help="Target EMA start τ_base.")
+    tau_base: Annotated[float | None, typer.Option(rich_help_panel=BYOL, help="Target EMA start τ_base.")
                         ] = PRETRAIN.tau_base,
-    warmup_epochs: Annotated[float, typer.Option(rich_help_panel=BYOL, help="Warm-up in epochs.")
+    warmup_epochs: Annotated[float | None, typer.Option(rich_help_panel=BYOL, help="Warm-up in epochs.")
                              ] = PRETRAIN.warmup_epochs,
     proj_hidden: Annotated[int, typer.Option(rich_help_panel=BYOL, help="Hidden width of projector and predictor.")
                            ] = PRETRAIN.proj_hidden,

@@ -320,3 +320,17 @@ def test_cli_study_errors_are_one_line_exit_2(monkeypatch, capsys, tmp_path):
     assert code == 2 and "--arms must be one of" in err
     code, _, err = run(monkeypatch, capsys, "study", data, "--out", tmp_path / "s", "--epochs", "3", "--minutes", "2")
     assert code == 2 and "give one of them" in err
+
+
+def test_hugging_face_data_is_written_out_once(tmp_path):
+    import datasets
+    from PIL import Image
+
+    rows = {"image": [Image.new("RGB", (8, 8), (30 + 200 * (i % 2), 5 * i, 20)) for i in range(24)],
+            "label": [i % 2 for i in range(24)]}
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["red", "dim"])})
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "hf"))
+    r = study(tmp_path / "hf", out=tmp_path / "s", arms=("pixels",), **TINY)
+    written = sorted((tmp_path / "s" / "data" / "labelled").rglob("*.png"))
+    assert len(written) == 24 and written[0].read_bytes()[:4] == b"\x89PNG" and not written[0].is_symlink()
+    assert set(r.rows[0][1]["classes"]) == {"red", "dim"}

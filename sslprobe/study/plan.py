@@ -70,12 +70,12 @@ class ByolRecipe:
 
     batch_size: int = PRETRAIN.batch_size
     optimizer: str = PRETRAIN.optimizer
-    lr: float | None = None
-    tau_base: float = PRETRAIN.tau_base
-    warmup_epochs: float = PRETRAIN.warmup_epochs
+    lr: float | None = None  # None: pretrain's default (for some values, fitted to the run)
+    tau_base: float | None = PRETRAIN.tau_base
+    warmup_epochs: float | None = PRETRAIN.warmup_epochs
     proj_hidden: int = PRETRAIN.proj_hidden
     proj_dim: int = PRETRAIN.proj_dim
-    weight_decay: float = PRETRAIN.weight_decay
+    weight_decay: float | None = PRETRAIN.weight_decay
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ class StudyProgress:
         """A new stage: 'arm 2/3 byol · pretrain', its bar reset to ``total`` (None: no known length)."""
         if self.bar is None:
             return
-        self.bar.update(self.study_task, description=f"study · arm {index}/{arms} {arm}")
+        self.bar.update(self.study_task, description=f"study · arm {index}/{arms} {arm}" if arms else "study")
         self.bar.reset(self.stage_task, total=total, description=f"  {stage}", rate="")
 
     def advance(self, n: int = 1) -> None:

@@ -135,8 +135,7 @@ class _Study:
             raise SSLProbeError("none of the arms can run here: " + "; ".join(f"{s.arm.name}: {s.note}"
                                                                              for s in statuses))
         with StudyProgress(show=self.show_progress, stages=1 + sum(_stages(a) for a in runnable)) as progress:
-            progress.stage(arm="data", index=0, arms=len(runnable), stage="hashing images")
-            prepared = self._prepare()
+            prepared = self._prepare(progress)
             progress.done()
             ctx = self._context(prepared, progress)
             runs = {s.arm.name: ArmRun(s) for s in statuses}
@@ -144,17 +143,18 @@ class _Study:
                 runs[a.name] = self._arm(ctx, a, status=runs[a.name].status, index=i, arms=len(runnable))
         return self._finish(prepared, list(runs.values()))
 
-    def _prepare(self) -> Prepared:
+    def _prepare(self, progress: StudyProgress) -> Prepared:
         """Step: hash every image, draw (or reuse) the split, guard it, make the folders the commands read."""
         o = self.opts
         sets = open_sources(o.data, labels=o.labels, test=o.test, unlabeled=o.unlabeled,
                             image_column=o.image_column, label_column=o.label_column)
-        inputs = hash_entries(sets, cache=HashCache(self.layout.file("hashes.json")))
+        progress.stage(arm="", index=0, arms=0, stage="hashing images", total=sum(len(s) for s in sets.values()))
+        inputs = hash_entries(sets, cache=HashCache(self.layout.file("hashes.json")), progress=progress.advance)
         rule = SplitRule(seed=o.seed, test_fraction=o.test_fraction, val_fraction=o.val_fraction,
                          fixed_test=o.test is not None)
         splits = assign(inputs, rule=rule, path=self.layout.file("splits.json"))
         g = guard(inputs, splits)
-        if len(g.pool) < 2:
+        if len(g.pool) < 2 and any(a.byol_init for a in o.arms):
             raise SSLProbeError(f"the pretraining pool has {len(g.pool)} image(s) once val and test are held out; "
                                 "add images (or --unlabeled POOL)")
         dirs = class_dirs(inputs.classes)

@@ -139,14 +139,14 @@ def hash_entries(sets: dict[str, ImageSet], *, cache: HashCache,
         if images is None:
             continue
         for i, label in _labelled(images, keep_labels=origin != "unlabeled"):
+            if progress is not None:
+                progress(1)
             try:
                 key = image_key(images, i, cache)
             except BadImageError as e:
                 skipped.append({"origin": origin, "path": images.ids[i], "reason": str(e)})
                 continue
             entries.append(Entry(origin, i, images.ids[i], key, label))
-            if progress is not None:
-                progress(1)
     cache.save()
     return Inputs(sets=sets, entries=tuple(entries), skipped=tuple(skipped), classes=sets["data"].classes)
 
