@@ -51,6 +51,10 @@ class ViewDefaults:
     blur_p: tuple[float, float] = (1.0, 0.1)
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     solarize_p: tuple[float, float] = (0.0, 0.2)
+    # Domain augmentations, off by default (docs/pretrain.md, "Augmentations"): orientation carries no
+    # meaning in microscopy, satellite and inspection images. rot90_p 0.75 makes all four turns equally likely.
+    vflip_p: float = 0.0
+    rot90_p: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -245,9 +249,11 @@ def check_pretrain(*, batch_size: int, epochs: int, max_steps: int | None, image
 
 def check_views(*, crop_scale: Sequence[float], crop_ratio: Sequence[float], flip_p: float, jitter_p: float,
                 brightness: float, contrast: float, saturation: float, hue: float, gray_p: float,
-                blur_p: Sequence[float], blur_sigma: Sequence[float], solarize_p: Sequence[float]) -> None:
+                blur_p: Sequence[float], blur_sigma: Sequence[float], solarize_p: Sequence[float],
+                vflip_p: float = VIEWS.vflip_p, rot90_p: float = VIEWS.rot90_p) -> None:
     """Every augmentation rule: probabilities in [0, 1], strengths ≥ 0, ranges MIN ≤ MAX, one value per view."""
-    for name, p in (("flip-p", flip_p), ("jitter-p", jitter_p), ("gray-p", gray_p),
+    for name, p in (("flip-p", flip_p), ("jitter-p", jitter_p), ("gray-p", gray_p), ("vflip-p", vflip_p),
+                    ("rot90-p", rot90_p),
                     *((f"blur-p (view {i + 1})", v) for i, v in enumerate(blur_p)),
                     *((f"solarize-p (view {i + 1})", v) for i, v in enumerate(solarize_p))):
         if not 0 <= p <= 1:
@@ -265,6 +271,14 @@ def check_views(*, crop_scale: Sequence[float], crop_ratio: Sequence[float], fli
         raise SSLProbeError(f"--blur-sigma needs 0 < MIN ≤ MAX (got {blur_sigma[0]} {blur_sigma[1]})")
     if len(blur_p) != 2 or len(solarize_p) != 2:
         raise SSLProbeError("--blur-p and --solarize-p take one value per view (two numbers)")
+
+
+def check_preview(*, n: int, step: int, batch_size: int, image_size: int | None) -> None:
+    """Every `views` rule that needs no data (the view options are :func:`check_views`')."""
+    at_least("--n", n)
+    at_least("--step", step, 0)
+    at_least("--batch-size", batch_size)
+    at_least("--image-size", image_size, 8)
 
 
 def check_finetune(*, weights: str, model: str | None, epochs: int | None, minutes: float | None, batch_size: int,

@@ -244,6 +244,22 @@ def test_every_view_option_overrides_the_paper_default():
     assert (v1.blur_p, v2.blur_p, v1.solarize_p, v2.solarize_p) == (0.7, 0.3, 0.1, 0.6)
     assert byol_views(32, blur=True)[0].blur_p == 1.0 and byol_views(224, blur=False)[1].blur_p == 0.0
     assert v1.crop_ratio == (3 / 4, 4 / 3) and ViewConfig().interpolation == "bicubic"
+    d1, d2 = byol_views(224, vflip_p=0.5, rot90_p=0.75)  # the domain augmentations, shared by both views
+    assert (d1.vflip_p, d2.rot90_p, ViewConfig().vflip_p, ViewConfig().rot90_p) == (0.5, 0.75, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("blur", [False, True])
+def test_a_grey_image_in_one_channel_gets_the_views_of_its_three_channel_copy(blur):
+    # Every op works on one channel: saturation, hue and grayscale have nothing to move on a grey image,
+    # so its one-channel views are the three-channel views of the same grey pixels (same draws, same stream).
+    g = _batch(12)[:, :1]
+    cfg = byol_views(72 if blur else 24, blur=blur, solarize_p=(0.5, 0.5), rot90_p=0.75)[0]
+    kw = {"size": 20, "aspect": torch.linspace(0.5, 2.0, 12)}
+    one = make_view(g, cfg, mean=(0.5,), std=(0.25,), generator=torch.Generator().manual_seed(7), **kw)
+    three = make_view(g.expand(-1, 3, -1, -1), cfg, mean=(0.5,) * 3, std=(0.25,) * 3,
+                      generator=torch.Generator().manual_seed(7), **kw)
+    assert one.shape == (12, 1, 20, 20)
+    assert torch.allclose(one, three[:, :1], atol=1e-4) and torch.allclose(three[:, 0], three[:, 2], atol=1e-4)
 
 
 @pytest.mark.parametrize("kw, match", [
@@ -251,7 +267,7 @@ def test_every_view_option_overrides_the_paper_default():
     ({"solarize_p": (-1.0, 0.2)}, r"--solarize-p \(view 1\)"), ({"hue": 0.6}, "--hue"),
     ({"contrast": -1}, "--contrast"),
     ({"crop_scale": (0.5, 0.2)}, "--crop-scale"), ({"crop_scale": (0.0, 1.0)}, "--crop-scale"),
-    ({"blur_sigma": (0.0, 2.0)}, "--blur-sigma"),
+    ({"blur_sigma": (0.0, 2.0)}, "--blur-sigma"), ({"vflip_p": 1.5}, "--vflip-p"), ({"rot90_p": -0.5}, "--rot90-p"),
 ])
 def test_view_options_are_validated(kw, match):
     from sslprobe.errors import SSLProbeError

@@ -285,11 +285,11 @@ def test_ram_and_streaming_give_the_same_batches(class_folder):
     assert ram.ram is not None and stream.ram is None and ram.steps_per_epoch == stream.steps_per_epoch == 4
     a, b = ram.batches(start=3), stream.batches(start=3)  # from mid-epoch 0 into epoch 2
     for _ in range(6):
-        (sa, xa), (sb, xb) = next(a), next(b)
-        assert sa == sb and torch.equal(xa, xb)
+        (sa, xa, aa), (sb, xb, ab) = next(a), next(b)
+        assert sa == sb and torch.equal(xa, xb) and torch.equal(aa, ab)
     r0 = BatchSource(images, **kw, rank=0, world=2)
     r1 = BatchSource(images, **kw, rank=1, world=2)
-    (_, x0), (_, x1) = next(r0.batches(start=0)), next(r1.batches(start=0))
+    (_, x0, _), (_, x1, _) = next(r0.batches(start=0)), next(r1.batches(start=0))
     assert r0.steps_per_epoch == 2 and not any(torch.equal(u, v) for u in x0 for v in x1)  # disjoint rank slices
 
 
@@ -363,7 +363,7 @@ def test_store_decode_uses_jpeg_draft_and_reports_bad_files(tmp_path, monkeypatc
 
 # --- CPU: views made in DataLoader workers, beside the model step ---------------------------------------------
 
-def _stop_signal_handlers(x, step):
+def _stop_signal_handlers(x, step, aspect=None):
     import os
     import signal
 
@@ -385,8 +385,8 @@ def test_worker_views_equal_in_process_views(class_folder):
     make = ViewMaker(byol_views(24, blur=True, solarize_p=(0.5, 0.5)), 16, (0.5,) * 3, (0.25,) * 3, seed=3)
     here, there = src.batches(start=3), src.mapped(make, start=3)  # from mid-epoch 0 into epoch 2
     for _ in range(6):
-        (s, x), (t, (w1, w2)) = next(here), next(there)
-        v1, v2 = make(x, s)
+        (s, x, a), (t, (w1, w2)) = next(here), next(there)
+        v1, v2 = make(x, s, aspect=a)
         assert s == t and w1.shape == (5, 3, 16, 16)
         assert torch.equal(v1, w1) and torch.equal(v2, w2)
     there.close()
@@ -412,8 +412,8 @@ def test_step_feed_gives_the_same_inputs_on_both_view_paths(class_folder):
     try:
         assert not here.in_workers and there.in_workers
         for _ in range(3):
-            (s, (x,)), (t, (w1, w2)) = here.next(), there.next()
-            v1, v2 = step.views(x, s)
+            (s, (x, a)), (t, (w1, w2)) = here.next(), there.next()
+            v1, v2 = step.views(x, s, a)
             assert s == t and x.dtype == torch.uint8 and torch.equal(v1, w1) and torch.equal(v2, w2)
         loss, proj_std = there.train((w1, w2), t)
         assert torch.isfinite(loss) and proj_std > 0

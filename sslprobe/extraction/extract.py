@@ -197,14 +197,16 @@ def _build(images: ImageSet, *, model: str | None, weights: str, image_size: int
         net, spec = create_backbone(model, weights=weights, image_size=image_size, small_stem=small_stem, seed=seed,
                                     allow_pickle=allow_pickle)
     net.eval()
-    tf = Uint8Transform.from_timm(eval_transform(spec))
+    tf = Uint8Transform.from_timm(eval_transform(spec), channels=spec.in_chans)  # 1: a grey backbone
     k = resolve_layer(net, layer)
     kind, wid, info = _identify(net, spec, images, tf, weights=weights, seed=seed, init=init)
     fold_batchnorm_(net)
     use_gpu = decode == "gpu"
+    # in_chans is named only for grey backbones: the rows of every RGB one keep their cache fingerprint
+    pre = {k: v for k, v in asdict(spec).items() if k != "in_chans" or v != 3}
     return Featurizer(model=FeatureModel(net, mean=spec.mean, std=spec.std, layer=k, pool=pool), transform=tf,
                       gpu=use_gpu, model_name=spec.model, weights_kind=kind, weights_id=wid, weights_info=info,
-                      preprocessing={**asdict(spec), "decode": "nvjpeg" if use_gpu else "pil-draft"},
+                      preprocessing={**pre, "decode": "nvjpeg" if use_gpu else "pil-draft"},
                       layer="pre-logits" if k is None else f"stage{k}")
 
 

@@ -1,10 +1,14 @@
 """BYOL's two asymmetric views as batched tensor ops, each image with its own random draw.
 
-Workers only decode images to a uint8 "store" tensor; the views are made here on the training
-device (GPU when present), so augmentation never starves the model of data. Every op samples
-per-image parameters and applies them to the whole batch at once: crop + flip + resize is one
-``grid_sample`` with a per-image affine grid, colour ops are per-image factors with "identity"
-values where the op is not applied, blur is one grouped convolution with per-image kernels.
+Workers only decode images to a uint8 "store" tensor: each whole image squashed to a square, with
+its width/height kept beside it (``pretraining/batches.py``, docs/pretrain.md "Crops"). The views are
+made here on the training device (GPU when present), so augmentation never starves the model of
+data. Every op samples per-image parameters and applies them to the whole batch at once: crop +
+flips + quarter turns + resize is one ``grid_sample`` with a per-image affine grid, the crop drawn
+in the original image's geometry; colour ops are per-image factors with "identity" values where the
+op is not applied, blur is one grouped convolution with per-image kernels. One-channel (grey)
+batches go through the same ops; those that only move colour (saturation, hue, grayscale) leave them
+unchanged.
 """
 from __future__ import annotations
 
@@ -37,6 +41,8 @@ class ViewConfig:
     blur_sigma: tuple[float, float] = VIEWS.blur_sigma
     solarize_p: float = VIEWS.solarize_p[0]
     interpolation: str = "bicubic"
+    vflip_p: float = VIEWS.vflip_p
+    rot90_p: float = VIEWS.rot90_p
 
 
 def byol_views(
@@ -55,21 +61,25 @@ def byol_views(
     blur_p: tuple[float, float] = VIEWS.blur_p,
     blur_sigma: tuple[float, float] = VIEWS.blur_sigma,
     solarize_p: tuple[float, float] = VIEWS.solarize_p,
+    vflip_p: float = VIEWS.vflip_p,
+    rot90_p: float = VIEWS.rot90_p,
 ) -> tuple[ViewConfig, ViewConfig]:
     """The paper's asymmetric pair (Grill et al. 2020, Table 6); every value can be changed.
 
     Defaults: blur p 1.0/0.1, solarise p 0.0/0.2 for views 1/2, the rest shared. ``blur=None``
     turns blur off at ≤ 64 px: a 10 % kernel is under 7 px there and the small-image BYOL/SimCLR
-    recipes (CIFAR, Fashion-MNIST) leave it out. Raises ``SSLProbeError`` for values out of range.
+    recipes (CIFAR, Fashion-MNIST) leave it out. ``vflip_p`` and ``rot90_p`` (a quarter, half or
+    three-quarter turn, drawn uniformly) are the domain augmentations, off by default. Raises
+    ``SSLProbeError`` for values out of range.
     """
     check_views(crop_scale=crop_scale, crop_ratio=crop_ratio, flip_p=flip_p, jitter_p=jitter_p,
                 brightness=brightness, contrast=contrast, saturation=saturation, hue=hue, gray_p=gray_p,
-                blur_p=blur_p, blur_sigma=blur_sigma, solarize_p=solarize_p)
+                blur_p=blur_p, blur_sigma=blur_sigma, solarize_p=solarize_p, vflip_p=vflip_p, rot90_p=rot90_p)
     if blur is None:
         blur = image_size > 64
     shared = {"crop_scale": tuple(crop_scale), "crop_ratio": tuple(crop_ratio), "flip_p": flip_p, "jitter_p": jitter_p,
               "brightness": brightness, "contrast": contrast, "saturation": saturation, "hue": hue, "gray_p": gray_p,
-              "blur_sigma": tuple(blur_sigma)}
+              "blur_sigma": tuple(blur_sigma), "vflip_p": vflip_p, "rot90_p": rot90_p}
     v1 = ViewConfig(**shared, blur_p=blur_p[0] if blur else 0.0, solarize_p=solarize_p[0])
     v2 = ViewConfig(**shared, blur_p=blur_p[1] if blur else 0.0, solarize_p=solarize_p[1])
     return v1, v2
@@ -97,41 +107,83 @@ def _bernoulli(p: float, n: int, g: torch.Generator, device) -> torch.Tensor:
     return torch.rand(n, generator=g, device=device) < p
 
 
-def crop_boxes(n: int, cfg: ViewConfig, g: torch.Generator, device, attempts: int = 10) -> torch.Tensor:
-    """Per-image crop (w, h, cx, cy) as fractions of the side, as RandomResizedCrop samples them.
+def crop_boxes(n: int, cfg: ViewConfig, g: torch.Generator, device, attempts: int = 10, *,
+               aspect: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-image crop (w, h, cx, cy) as fractions of the image's width and height, as RandomResizedCrop samples them.
 
-    Draws ``attempts`` candidates per image and keeps the first that fits (torchvision's rule);
-    images with none get the clamped candidate, a slightly larger crop than asked.
+    The area is a fraction of the original image and the aspect ratio is in the original's own
+    pixels: ``aspect`` (N,) is each image's width / height (None: square images). Draws
+    ``attempts`` candidates per image and keeps the first that fits (torchvision's rule); an image
+    with none gets torchvision's fallback, the whole image clamped to the ratio range, centred.
     """
     lo, hi = cfg.crop_scale
     area = torch.rand(n, attempts, generator=g, device=device) * (hi - lo) + lo  # (N, A)
     lr0, lr1 = math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1])
     ratio = torch.exp(torch.rand(n, attempts, generator=g, device=device) * (lr1 - lr0) + lr0)
-    w, h = torch.sqrt(area * ratio), torch.sqrt(area / ratio)
+    a = torch.ones(n, 1, device=device) if aspect is None else aspect.to(device, torch.float32).view(n, 1)
+    # crop width over image width is sqrt(area·ratio/a): its pixel aspect is then ratio, its area area·W·H
+    w, h = torch.sqrt(area * ratio / a), torch.sqrt(area * a / ratio)
     ok = (w <= 1) & (h <= 1)
-    first = torch.where(ok.any(1), ok.float().argmax(1), torch.zeros(n, dtype=torch.long, device=device))
-    w = w.gather(1, first[:, None]).squeeze(1).clamp(max=1.0)  # (N,)
-    h = h.gather(1, first[:, None]).squeeze(1).clamp(max=1.0)
-    cx = w / 2 + torch.rand(n, generator=g, device=device) * (1 - w)
-    cy = h / 2 + torch.rand(n, generator=g, device=device) * (1 - h)
+    found = ok.any(1)
+    first = ok.float().argmax(1, keepdim=True)  # the first candidate that fits (0 where none does)
+    a, one, (r0, r1) = a.squeeze(1), torch.ones(n, device=device), cfg.crop_ratio
+    w = torch.where(found, w.gather(1, first).squeeze(1), torch.where(a > r1, r1 / a, one))
+    h = torch.where(found, h.gather(1, first).squeeze(1), torch.where(a < r0, a / r0, one))
+    cx = torch.where(found, w / 2 + torch.rand(n, generator=g, device=device) * (1 - w), one / 2)
+    cy = torch.where(found, h / 2 + torch.rand(n, generator=g, device=device) * (1 - h), one / 2)
     return torch.stack([w, h, cx, cy], 1)  # (N, 4)
 
 
-def resized_crop(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, size: int, mode: str) -> torch.Tensor:
-    """Crop each image to its box, flip where asked and resize to ``size`` — one grid_sample."""
+def quarter_turns(n: int, cfg: ViewConfig, g: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per-image vertical flips (N,) bool and quarter turns (N,) in 0…3, or None when both are off.
+
+    Nothing is drawn when both are off, so the default views keep the random stream they always had.
+    """
+    if cfg.vflip_p == 0 and cfg.rot90_p == 0:
+        return None
+    vflip = _bernoulli(cfg.vflip_p, n, g, device)
+    turn = _bernoulli(cfg.rot90_p, n, g, device)
+    k = torch.randint(1, 4, (n,), generator=g, device=device)
+    return vflip, torch.where(turn, k, torch.zeros_like(k))
+
+
+def resized_crop(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, size: int, mode: str, *,
+                 turns: tuple[torch.Tensor, torch.Tensor] | None = None, supersample: int = 1) -> torch.Tensor:
+    """Crop each image to its box, flip and turn where asked, resize to ``size`` — one grid_sample.
+
+    ``turns``: (vertical flip (B,), quarter turns (B,)) from :func:`quarter_turns`, folded into the
+    same affine grid (a turn of the square output grid costs nothing). ``supersample`` k: sample at
+    k·size and average k×k blocks, so a crop larger than the view is not aliased (grid_sample has
+    no antialiasing; the store holds up to twice the view's side).
+    """
     n = x.shape[0]
     w, h, cx, cy = boxes.unbind(1)
+    sx = torch.where(flip, -w, w)
     theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
-    theta[:, 0, 0] = torch.where(flip, -w, w)
+    if turns is None:
+        theta[:, 0, 0] = sx
+        theta[:, 1, 1] = h
+    else:
+        vflip, k = turns
+        sy = torch.where(vflip, -h, h)
+        c = _const((1.0, 0.0, -1.0, 0.0), x.device, x.dtype)[k]  # cos(k·90°)
+        s = _const((0.0, 1.0, 0.0, -1.0), x.device, x.dtype)[k]  # sin(k·90°)
+        # input = diag(sx, sy) · R(k·90°) · output: the view of the box, turned k quarters
+        theta[:, 0, 0], theta[:, 0, 1] = sx * c, -sx * s
+        theta[:, 1, 0], theta[:, 1, 1] = sy * s, sy * c
     theta[:, 0, 2] = 2 * cx - 1
-    theta[:, 1, 1] = h
     theta[:, 1, 2] = 2 * cy - 1
-    grid = F.affine_grid(theta, [n, x.shape[1], size, size], align_corners=False)
-    return F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False).clamp_(0, 1)
+    grid = F.affine_grid(theta, [n, x.shape[1], size * supersample, size * supersample], align_corners=False)
+    y = F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
+    if supersample > 1:
+        y = F.avg_pool2d(y, supersample)
+    return y.clamp_(0, 1)
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) → (B, 1, H, W) luma."""
+    """(B, 3, H, W) → (B, 1, H, W) luma; a one-channel batch is its own luma."""
+    if x.shape[1] == 1:
+        return x
     r, g, b = x.unbind(1)
     return (_GRAY[0] * r + _GRAY[1] * g + _GRAY[2] * b).unsqueeze(1)
 
@@ -164,7 +216,8 @@ def color_jitter(x: torch.Tensor, cfg: ViewConfig, g: torch.Generator) -> torch.
     """Brightness, contrast, saturation, hue with per-image factors (identity where not applied).
 
     Fixed order b→c→s→h instead of torchvision's random permutation: one batched pass, and the
-    order changes little in practice.
+    order changes little in practice. On one channel saturation and hue have nothing to move: their
+    factors are drawn (the stream stays the same) and not applied.
     """
     n, dev = x.shape[0], x.device
     on = _bernoulli(cfg.jitter_p, n, g, dev)
@@ -180,6 +233,8 @@ def color_jitter(x: torch.Tensor, cfg: ViewConfig, g: torch.Generator) -> torch.
     x = (x * b).clamp_(0, 1)
     m = grayscale(x).mean((1, 2, 3), keepdim=True)
     x = (c * x + (1 - c) * m).clamp_(0, 1)
+    if x.shape[1] == 1:
+        return x
     x = (s * x + (1 - s) * grayscale(x)).clamp_(0, 1)
     if cfg.hue > 0:
         hsv = rgb_to_hsv(x)
@@ -244,14 +299,20 @@ def make_view(
     mean: tuple[float, ...],
     std: tuple[float, ...],
     generator: torch.Generator,
+    aspect: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One augmented, normalised view (B, 3, size, size) of a (B, 3, H, W) batch of 0…255 values (uint8 or float).
+    """One augmented, normalised view (B, C, size, size) of a (B, C, S, S) store batch of 0…255 values (uint8 or float).
 
-    ``x`` is left as it is: the second view of a step is made from the same batch.
+    ``aspect`` (B,): each original image's width / height, the store holding it squashed to the
+    square (None: square images). ``mean``/``std`` have one value per channel (C = 3, or 1 for
+    grey). ``x`` is left as it is: the second view of a step is made from the same batch.
     """
     g, n, dev = generator, x.shape[0], x.device
     x = x.to(torch.float32, copy=True).div_(255)  # copy: .float() of a float batch is the batch itself
-    x = resized_crop(x, crop_boxes(n, cfg, g, dev), _bernoulli(cfg.flip_p, n, g, dev), size, cfg.interpolation)
+    boxes = crop_boxes(n, cfg, g, dev, aspect=aspect)
+    flip = _bernoulli(cfg.flip_p, n, g, dev)
+    x = resized_crop(x, boxes, flip, size, cfg.interpolation, turns=quarter_turns(n, cfg, g, dev),
+                     supersample=max(1, round(x.shape[-1] / size)))
     x = color_jitter(x, cfg, g)
     gray = _bernoulli(cfg.gray_p, n, g, dev).view(n, 1, 1, 1)
     x = torch.where(gray, grayscale(x).expand_as(x), x)

@@ -177,7 +177,7 @@ class KnnEval:
     """Online kNN top-1 on a labelled train/test pair, decoded once into RAM (keep them small)."""
 
     def __init__(self, train: str | os.PathLike, test: str | os.PathLike, *, size: int, device: torch.device,
-                 workers: int, k: int = 20):
+                 workers: int, k: int = 20, channels: int = 3):
         from sslprobe.errors import SSLProbeError
         from sslprobe.images.datasets import ImageDataset, collate
         from sslprobe.images.folders import open_images
@@ -189,7 +189,8 @@ class KnnEval:
             images = open_images(path)
             if not images.classes:
                 raise SSLProbeError(f"{name} '{path}' has no class subfolders; kNN evaluation needs labelled images")
-            loader = torch.utils.data.DataLoader(ImageDataset(images, Uint8Transform(size=size)), batch_size=256,
+            loader = torch.utils.data.DataLoader(ImageDataset(images, Uint8Transform(size=size, channels=channels)),
+                                                 batch_size=256,
                                                  num_workers=workers, collate_fn=collate)
             xs, ys = [], []
             for b in loader:
