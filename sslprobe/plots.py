@@ -1,4 +1,6 @@
-"""Probe figures and the pretraining loss curve (matplotlib, an optional dependency: ``pip install sslprobe[plots]``).
+"""Probe figures, the pretraining loss curve and its view preview.
+
+matplotlib is an optional dependency (``pip install sslprobe[plots]``).
 
 Each function writes one PNG atomically through ``matplotlib.figure.Figure`` (no pyplot: no
 global backend state, no windows); ``write_plots`` returns the files written, or a note
@@ -126,6 +128,28 @@ def loss_curve_png(losses: list[tuple[int, float]], knn: list[tuple[int, float]]
     _save(fig, path)
 
 
+def views_png(stored: Any, aspect: list[float], view1: Any, view2: Any, path: Path, *, title: str) -> None:
+    """One row per image: the stored image at its own aspect, then its two views ((n, H, W, C) arrays in [0, 1])."""
+    from matplotlib.figure import Figure
+
+    n = len(stored)
+    fig = Figure(figsize=(7.5, 2.3 * n + 0.4))
+    axes = fig.subplots(n, 3, squeeze=False)
+    for i in range(n):
+        for j, (img, name) in enumerate(((stored[i], "image (whole)"), (view1[i], "view 1"), (view2[i], "view 2"))):
+            ax = axes[i][j]
+            grey = img.shape[-1] == 1
+            # the store squashes each image to a square; aspect = 1 / (width / height) shows it as it was
+            ax.imshow(img[..., 0] if grey else img, cmap="gray" if grey else None, vmin=0, vmax=1,
+                      aspect=1 / aspect[i] if j == 0 else 1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(name, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
 def write_plots(result: Mapping[str, Any], out: str | os.PathLike) -> tuple[list[str], str | None]:
     """All figures for a probe result into ``out``: (file names written, note or None)."""
     try:
@@ -149,5 +173,5 @@ def write_plots(result: Mapping[str, Any], out: str | os.PathLike) -> tuple[list
     return written, None
 
 
-__all__ = ["arms_label_efficiency_png", "confusion_png", "label_efficiency_png", "loss_curve_png", "val_curve_png",
-           "write_plots"]
+__all__ = ["arms_label_efficiency_png", "confusion_png", "label_efficiency_png",
+           "loss_curve_png", "val_curve_png", "views_png", "write_plots"]
