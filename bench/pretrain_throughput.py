@@ -10,8 +10,8 @@ CPU) and blur policy (sslprobe's: blur 1.0/0.1, off at ≤ 64 px; lightly gets t
   lightly        its BYOL recipe: BYOLTransform (PIL) in DataLoader workers over the files,
                  BYOLProjectionHead/BYOLPredictionHead, NegativeCosineSimilarity, update_momentum
                  with a cosine schedule — the loop of lightly's examples/pytorch/byol.py
-  sslprobe       what `sslprobe pretrain` runs: uint8 "store" batches (RAM cache when the set fits,
-                 else streamed from decode workers), both views made by sslprobe.pretraining.augment.make_view
+  sslprobe       what `sslprobe pretrain` runs: uint8 "store" batches of whole images (RAM cache when the
+                 set fits, else streamed from decode workers), both views made by sslprobe.pretraining.augment.make_view
                  on the training device, one sslprobe.pretraining.byol.BYOL step (lr and τ schedules, EMA)
   model-only     the same step on synthetic views already on the device (the ceiling)
   aug-only       each side's augmentation alone (lightly: its DataLoader; sslprobe: make_view ×2)
@@ -57,7 +57,7 @@ from sslprobe.backbone import SMALL_INPUT, create_backbone
 from sslprobe.fileio import write_json
 from sslprobe.images.folders import open_images
 from sslprobe.pretraining.augment import blur_note, byol_views
-from sslprobe.pretraining.batches import BatchSource
+from sslprobe.pretraining.batches import BatchSource, store_side
 
 # pretrain()'s own pieces (its model + optimiser builder and its step; BatchSource above is its data
 # source), so the bench times sslprobe's real code path. make_optimizer/default_lr give lightly the
@@ -202,18 +202,20 @@ class Bench:
         self.views = byol_views(self.size, blur=a.blur)
         # sslprobe's data source, as pretrain() builds it; the RAM-cache decode is a one-off cost
         t = time.perf_counter()
-        self.source = BatchSource(self.images, store=self.size, batch=a.batch_size, device=self.dev, seed=a.seed,
+        self.store = store_side(self.images, size=self.size)  # the whole-image store pretrain() draws crops from
+        self.source = BatchSource(self.images, store=self.store, batch=a.batch_size, device=self.dev, seed=a.seed,
                                   workers=a.workers, show_progress=False)
         self.decode_s = time.perf_counter() - t
         self.batch = self.source.batch
-        self.stream = (BatchSource(self.images, store=self.size, batch=self.batch, device=self.dev, seed=a.seed,
+        self.stream = (BatchSource(self.images, store=self.store, batch=self.batch, device=self.dev, seed=a.seed,
                                    workers=a.workers, show_progress=False, ram_limit=-1)
                        if a.stream != "auto" and self.source.ram is not None else None)
         opt_name = pick_optimizer(a.optimizer, batch=self.batch)
         base_lr = default_lr(opt_name)
         total = 1_000_000  # schedule horizon: the lr/τ values do not change the cost of a step
         self.cfg = PretrainConfig(
-            data=str(data), model=spec.model, image_size=self.size, small_stem=spec.small_stem, batch_size=self.batch,
+            data=str(data), model=spec.model, image_size=self.size, small_stem=spec.small_stem, store_size=self.store,
+            batch_size=self.batch,
             global_batch=self.batch, max_steps=total, total_steps=total, optimizer=opt_name,
             lr=base_lr * self.batch / 256,
             base_lr=base_lr, tau_base=a.tau_base, proj_hidden=a.proj_hidden, proj_dim=a.proj_dim, seed=a.seed,
@@ -257,8 +259,8 @@ class Bench:
         it = source.batches(start=self.k)
 
         def one() -> None:
-            k, x = next(it)
-            loss, _ = train(x, k)
+            k, x, aspect = next(it)
+            loss, _ = train(x, k, aspect)
             self.loss_sum += loss
             self.k = k + 1
 
@@ -293,7 +295,11 @@ class Bench:
     def _sslprobe_views(self, source: BatchSource) -> float:
         it = source.batches(start=self.k)
         try:
-            return self.timed(lambda: self.train.views(next(it)[1], 0))
+            def one() -> None:
+                _, x, aspect = next(it)
+                self.train.views(x, 0, aspect)
+
+            return self.timed(one)
         finally:
             it.close()
 
@@ -455,7 +461,7 @@ def run_config(a: argparse.Namespace) -> dict:
         "small_stem": b.spec.small_stem, "batch": b.batch, "heads": f"{a.proj_hidden}->{a.proj_dim}",
         "optimizer": b.cfg.optimizer, "precision": "bf16 autocast + channels_last" if b.cuda else "fp32",
         "blur_p": [v1.blur_p, v2.blur_p], "data": f"{data} ({len(b.files):,} files; {what})",
-        "ram_cache": b.source.ram is not None, "decode_to_store_s": round(b.decode_s, 2),
+        "ram_cache": b.source.ram is not None, "store_px": b.store, "decode_to_store_s": round(b.decode_s, 2),
         "warmup": a.warmup, "steps": a.steps, "repeats": a.repeats,
     }
     cpu = {k: statistics.median(v) for k, v in b.cpu_rates.items()}
@@ -481,7 +487,8 @@ def print_table(head: dict, med: dict[str, float], runs: dict[str, list[float]],
     print(f"device {h['device']} ({h['device_name']}), {h['threads']} threads, {h['workers']} workers; "
           + ", ".join(f"{k} {v}" for k, v in h["versions"].items()))
     print(f"data {h['data']}; sslprobe RAM cache: {'yes' if h['ram_cache'] else 'no'} "
-          f"(one-off decode {h['decode_to_store_s']} s); {h['steps']} timed steps after {h['warmup']}, "
+          f"(store {h['store_px']} px, one-off decode {h['decode_to_store_s']} s); {h['steps']} timed steps after "
+          f"{h['warmup']}, "
           f"median of {h['repeats']}")
     lightly = next((v for k, v in med.items() if k.startswith("lightly:")), float("nan"))
     model = med.get(MODEL_ONLY, float("nan"))

@@ -36,11 +36,12 @@ class BackboneSpec:
 
     model: str
     image_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]  # one value per input channel
+    std: tuple[float, ...]
     interpolation: str
     crop_pct: float
     small_stem: bool
+    in_chans: int = 3  # 1: a backbone for grey images (pretrain --grayscale); files without the key have 3
 
     def to_metadata(self) -> dict[str, str]:
         meta = {k: json.dumps(v) for k, v in asdict(self).items()}
@@ -50,8 +51,10 @@ class BackboneSpec:
     @classmethod
     def from_metadata(cls, meta: dict[str, str], *, source: str = "the weights file") -> BackboneSpec:
         """Parse and check file metadata; anything malformed is an SSLProbeError naming the key."""
-        vals = {}
+        vals: dict[str, Any] = {"in_chans": 3}
         for k in cls.__dataclass_fields__:
+            if k == "in_chans" and k not in meta:
+                continue  # written before grey backbones existed
             try:
                 vals[k] = json.loads(meta[k])
             except (KeyError, TypeError, ValueError):
@@ -68,11 +71,13 @@ class BackboneSpec:
             raise bad("model", "a timm model name")
         if not isinstance(vals["image_size"], int) or isinstance(vals["image_size"], bool) or vals["image_size"] < 1:
             raise bad("image_size", "a positive integer")
+        if vals["in_chans"] not in (1, 3) or isinstance(vals["in_chans"], bool):
+            raise bad("in_chans", "1 or 3")
         for k in ("mean", "std"):
             v = vals[k]
-            if not isinstance(v, list) or len(v) != 3 or not all(number(x) for x in v) or (
+            if not isinstance(v, list) or len(v) != vals["in_chans"] or not all(number(x) for x in v) or (
                     k == "std" and min(v) <= 0):
-                raise bad(k, "three finite numbers" + (" > 0" if k == "std" else ""))
+                raise bad(k, f"{vals['in_chans']} finite numbers" + (" > 0" if k == "std" else ""))
             vals[k] = tuple(float(x) for x in v)
         if not isinstance(vals["interpolation"], str):
             raise bad("interpolation", "a name such as bicubic")
@@ -114,10 +119,12 @@ def adapt_small_stem(net: nn.Module) -> bool:
     return True
 
 
-def default_spec(net: nn.Module, *, model: str, image_size: int | None, small_stem: bool | None) -> BackboneSpec:
+def default_spec(net: nn.Module, *, model: str, image_size: int | None, small_stem: bool | None,
+                 in_chans: int = 3) -> BackboneSpec:
     """Preprocessing from timm's data config for this model, with an optional size override.
 
     ``small_stem=None`` is the rule for training from scratch: the small-image stem at ≤ 64 px.
+    ``in_chans=1``: the mean and std are the averages of the model's three (grey input).
     """
     from timm.data import resolve_model_data_config
 
@@ -128,18 +135,26 @@ def default_spec(net: nn.Module, *, model: str, image_size: int | None, small_st
     return BackboneSpec(
         model=model,
         image_size=size,
-        mean=tuple(float(v) for v in cfg["mean"]),
-        std=tuple(float(v) for v in cfg["std"]),
+        mean=_per_channel(cfg["mean"], in_chans),
+        std=_per_channel(cfg["std"], in_chans),
         interpolation=str(cfg.get("interpolation", "bicubic")),
         crop_pct=float(cfg.get("crop_pct", 0.875)),
         small_stem=bool(small_stem),
+        in_chans=in_chans,
     )
 
 
-def _create(model: str, *, pretrained: bool, image_size: int | None, seed: int | None = None,
+def _per_channel(values: tuple[float, ...], in_chans: int) -> tuple[float, ...]:
+    v = tuple(float(x) for x in values)
+    return (sum(v) / len(v),) if in_chans == 1 and len(v) > 1 else v
+
+
+def _create(model: str, *, pretrained: bool, image_size: int | None, seed: int | None = None, in_chans: int = 3,
             **kw: Any) -> tuple[nn.Module, set[str]]:
     """timm.create_model with keywords not every family takes; returns the model and the keywords it took."""
     check_model_name(model)
+    if in_chans != 3:
+        kw["in_chans"] = in_chans  # every timm family takes it (hub weights: its first conv summed over RGB)
     if image_size is not None and any(t in model for t in ("vit", "deit", "eva", "beit")):
         kw["img_size"] = image_size  # ViTs need the position embedding sized for the input
     fixed: set[str] = set()
@@ -158,7 +173,7 @@ def _create(model: str, *, pretrained: bool, image_size: int | None, seed: int |
 
 
 def random_backbone(model: str, *, image_size: int | None = None, small_stem: bool | None = None, seed: int = 0,
-                    init: str = "fair") -> tuple[nn.Module, BackboneSpec, str]:
+                    init: str = "fair", in_chans: int = 3) -> tuple[nn.Module, BackboneSpec, str]:
     """A seeded random backbone and a one-line note on its init (for the extract manifest).
 
     ``init="fair"`` is the architecture's ordinary random init, as a frozen feature extractor
@@ -170,12 +185,13 @@ def random_backbone(model: str, *, image_size: int | None = None, small_stem: bo
         raise SSLProbeError(f"init must be one of {', '.join(INITS)} (got '{init}')")
     with torch.random.fork_rng(devices=[]):
         if init == "fair":
-            net, took = _create(model, pretrained=False, image_size=image_size, seed=seed, zero_init_last=False)
+            net, took = _create(model, pretrained=False, image_size=image_size, seed=seed, in_chans=in_chans,
+                                zero_init_last=False)
             note = repair_init_(net).note(switch="zero_init_last" in took)
         else:
-            net, _ = _create(model, pretrained=False, image_size=image_size, seed=seed)
+            net, _ = _create(model, pretrained=False, image_size=image_size, seed=seed, in_chans=in_chans)
             note = "timm default (training init: zeroed residual branches and layer scales kept)"
-        spec = default_spec(net, model=model, image_size=image_size, small_stem=small_stem)
+        spec = default_spec(net, model=model, image_size=image_size, small_stem=small_stem, in_chans=in_chans)
         if spec.small_stem and not adapt_small_stem(net):  # its new conv draws here, not from the caller's RNG
             spec = replace(spec, small_stem=False)
     if spec.small_stem:
@@ -192,6 +208,7 @@ def create_backbone(
     seed: int = 0,
     allow_pickle: bool = False,
     init: str = "fair",
+    in_chans: int = 3,
 ) -> tuple[nn.Module, BackboneSpec]:
     """Build a backbone: ``weights`` is ``random`` (seeded), ``pretrained`` (timm hub) or a file path.
 
@@ -200,7 +217,8 @@ def create_backbone(
     weights at ≤ 64 px; trained weights keep the stem they were trained with, and asking for the
     other one is an error. A file written by sslprobe carries its model name and stem; a plain
     timm state dict in safetensors needs ``model``. Pickle files (.pt/.pth) load only with
-    ``allow_pickle`` and then only through ``torch.load(weights_only=True)``.
+    ``allow_pickle`` and then only through ``torch.load(weights_only=True)``. ``in_chans=1``
+    builds a one-channel (grey) backbone; an sslprobe file carries its own.
     """
     if weights not in ("random", "pretrained"):
         return _from_file(Path(weights), model=model, image_size=image_size, small_stem=small_stem,
@@ -208,11 +226,12 @@ def create_backbone(
     if model is None:
         raise SSLProbeError(f"--weights {weights} needs --model NAME (a timm model, e.g. resnet18)")
     if weights == "random":
-        net, spec, _ = random_backbone(model, image_size=image_size, small_stem=small_stem, seed=seed, init=init)
+        net, spec, _ = random_backbone(model, image_size=image_size, small_stem=small_stem, seed=seed, init=init,
+                                       in_chans=in_chans)
         return net, spec
     stem = stem_for_weights(requested=small_stem, trained=False, source=f"timm's pretrained {model}")
     try:
-        net, _ = _create(model, pretrained=True, image_size=image_size)
+        net, _ = _create(model, pretrained=True, image_size=image_size, in_chans=in_chans)
     except SSLProbeError:
         raise
     except Exception as e:  # hub unreachable, no weights for this name, …
@@ -221,7 +240,7 @@ def create_backbone(
             f"could not load timm pretrained weights for '{model}' ({first}); "
             "go online once to cache them, or use --weights random or --weights FILE.safetensors"
         ) from e
-    return net, default_spec(net, model=model, image_size=image_size, small_stem=stem)
+    return net, default_spec(net, model=model, image_size=image_size, small_stem=stem, in_chans=in_chans)
 
 
 def stem_for_weights(*, requested: bool | None, trained: bool | None, source: str, kernel: str = "") -> bool:
@@ -272,7 +291,7 @@ def _from_file(path: Path, *, model: str | None, image_size: int | None, small_s
         stem_for_weights(requested=small_stem, trained=spec.small_stem, source=f"'{path}'")
         if image_size is not None:
             spec = replace(spec, image_size=int(image_size))
-        net, _ = _create(spec.model, pretrained=False, image_size=spec.image_size)
+        net, _ = _create(spec.model, pretrained=False, image_size=spec.image_size, in_chans=spec.in_chans)
         if spec.small_stem:
             adapt_small_stem(net)
     else:
@@ -343,7 +362,7 @@ def eval_transform(spec: BackboneSpec):
     from timm.data import create_transform
 
     return create_transform(
-        input_size=(3, spec.image_size, spec.image_size),
+        input_size=(spec.in_chans, spec.image_size, spec.image_size),
         is_training=False,
         interpolation=spec.interpolation,
         mean=spec.mean,

@@ -42,6 +42,42 @@ SmallStem = Annotated[bool | None, typer.Option(
     help="ResNet small-image stem: 3×3 stride-1 first conv, no max-pool (default: for networks trained from "
          "scratch at ≤ 64 px; trained weights keep the stem they were trained with).")]
 
+# The augmentation options, shared by `pretrain` and `views` (a preview must take what a run takes).
+Blur = Annotated[bool | None, typer.Option("--blur/--no-blur", rich_help_panel=AUG,
+    help="Gaussian blur (default: on above 64 px, off at ≤ 64 px).", show_default=False)]
+CropScale = Annotated[tuple[float, float], typer.Option(rich_help_panel=AUG,
+    help="Random resized crop area range MIN MAX, as fractions of the whole image.")]
+FlipP = Annotated[float, typer.Option(rich_help_panel=AUG, help="Horizontal flip probability.")]
+JitterP = Annotated[float, typer.Option(rich_help_panel=AUG, help="Colour jitter probability.")]
+Brightness = Annotated[float, typer.Option(rich_help_panel=AUG, help="Jitter brightness strength.")]
+Contrast = Annotated[float, typer.Option(rich_help_panel=AUG, help="Jitter contrast strength.")]
+Saturation = Annotated[float, typer.Option(rich_help_panel=AUG, help="Jitter saturation strength.")]
+Hue = Annotated[float, typer.Option(rich_help_panel=AUG, help="Jitter hue strength (≤ 0.5).")]
+GrayP = Annotated[float, typer.Option(rich_help_panel=AUG, help="Grayscale probability.")]
+BlurP = Annotated[tuple[float, float], typer.Option(rich_help_panel=AUG, help="Blur probability of view 1 and view 2.")]
+BlurSigma = Annotated[tuple[float, float], typer.Option(rich_help_panel=AUG,
+    help="Blur σ range MIN MAX (kernel ≈ 10 % of the side).")]
+SolarizeP = Annotated[tuple[float, float], typer.Option(rich_help_panel=AUG,
+    help="Solarisation probability of view 1 and view 2.")]
+VflipP = Annotated[float, typer.Option(rich_help_panel=AUG,
+    help="Vertical flip probability (domain augmentation: microscopy, satellite, inspection; paper: 0).")]
+Rot90P = Annotated[float, typer.Option(rich_help_panel=AUG,
+    help="Probability of a quarter, half or three-quarter turn (0.75: all four orientations alike; paper: 0).")]
+Grayscale = Annotated[bool, typer.Option("--grayscale", rich_help_panel=AUG,
+    help="Grey images: one channel through the store, the views and the backbone (colour images are refused).")]
+
+
+def _augment(*, crop_scale: tuple[float, float], flip_p: float, jitter_p: float, brightness: float, contrast: float,
+             saturation: float, hue: float, gray_p: float, blur_p: tuple[float, float],
+             blur_sigma: tuple[float, float], solarize_p: tuple[float, float], vflip_p: float,
+             rot90_p: float) -> dict:
+    """The augmentation options, checked, as the library's ``augment`` keywords."""
+    augment = {"crop_scale": crop_scale, "flip_p": flip_p, "jitter_p": jitter_p, "brightness": brightness,
+               "contrast": contrast, "saturation": saturation, "hue": hue, "gray_p": gray_p, "blur_p": blur_p,
+               "blur_sigma": blur_sigma, "solarize_p": solarize_p, "vflip_p": vflip_p, "rot90_p": rot90_p}
+    opt.check_views(crop_ratio=VIEWS.crop_ratio, **augment)
+    return augment
+
 
 def _version(value: bool) -> None:
     if value:
@@ -96,25 +132,21 @@ def pretrain(
              "--resume continues).")] = None,
     stop_at: Annotated[int | None, typer.Option(rich_help_panel=CKPT,
         help="Stop with a checkpoint after this step (the schedule stays the full run's; --resume continues).")] = None,
-    blur: Annotated[bool | None, typer.Option("--blur/--no-blur", rich_help_panel=AUG,
-        help="Gaussian blur (default: on above 64 px, off at ≤ 64 px).", show_default=False)] = None,
-    crop_scale: Annotated[tuple[float, float], typer.Option(rich_help_panel=AUG,
-        help="Random resized crop area range MIN MAX.")] = VIEWS.crop_scale,
-    flip_p: Annotated[float, typer.Option(rich_help_panel=AUG, help="Horizontal flip probability.")] = VIEWS.flip_p,
-    jitter_p: Annotated[float, typer.Option(rich_help_panel=AUG, help="Colour jitter probability.")] = VIEWS.jitter_p,
-    brightness: Annotated[float, typer.Option(
-        rich_help_panel=AUG, help="Jitter brightness strength.")] = VIEWS.brightness,
-    contrast: Annotated[float, typer.Option(rich_help_panel=AUG, help="Jitter contrast strength.")] = VIEWS.contrast,
-    saturation: Annotated[float, typer.Option(
-        rich_help_panel=AUG, help="Jitter saturation strength.")] = VIEWS.saturation,
-    hue: Annotated[float, typer.Option(rich_help_panel=AUG, help="Jitter hue strength (≤ 0.5).")] = VIEWS.hue,
-    gray_p: Annotated[float, typer.Option(rich_help_panel=AUG, help="Grayscale probability.")] = VIEWS.gray_p,
-    blur_p: Annotated[tuple[float, float], typer.Option(rich_help_panel=AUG,
-        help="Blur probability of view 1 and view 2.")] = VIEWS.blur_p,
-    blur_sigma: Annotated[tuple[float, float], typer.Option(rich_help_panel=AUG,
-        help="Blur σ range MIN MAX (kernel ≈ 10 % of the side).")] = VIEWS.blur_sigma,
-    solarize_p: Annotated[tuple[float, float], typer.Option(rich_help_panel=AUG,
-        help="Solarisation probability of view 1 and view 2.")] = VIEWS.solarize_p,
+    blur: Blur = None,
+    crop_scale: CropScale = VIEWS.crop_scale,
+    flip_p: FlipP = VIEWS.flip_p,
+    jitter_p: JitterP = VIEWS.jitter_p,
+    brightness: Brightness = VIEWS.brightness,
+    contrast: Contrast = VIEWS.contrast,
+    saturation: Saturation = VIEWS.saturation,
+    hue: Hue = VIEWS.hue,
+    gray_p: GrayP = VIEWS.gray_p,
+    blur_p: BlurP = VIEWS.blur_p,
+    blur_sigma: BlurSigma = VIEWS.blur_sigma,
+    solarize_p: SolarizeP = VIEWS.solarize_p,
+    vflip_p: VflipP = VIEWS.vflip_p,
+    rot90_p: Rot90P = VIEWS.rot90_p,
+    grayscale: Grayscale = False,
     eval_train: Annotated[str | None, typer.Option(rich_help_panel=MON,
         help="Labelled class folder: kNN bank for an online evaluation (with --eval-test).")] = None,
     eval_test: Annotated[str | None, typer.Option(rich_help_panel=MON,
@@ -141,10 +173,9 @@ def pretrain(
                        stop_at=stop_at, eval_every=eval_every, log_every=log_every, lr=lr, max_minutes=max_minutes,
                        optimizer=optimizer, tau_base=tau_base, warmup_epochs=warmup_epochs, proj_hidden=proj_hidden,
                        proj_dim=proj_dim, weight_decay=weight_decay, eval_train=eval_train, eval_test=eval_test)
-    augment = {"crop_scale": crop_scale, "flip_p": flip_p, "jitter_p": jitter_p, "brightness": brightness,
-               "contrast": contrast, "saturation": saturation, "hue": hue, "gray_p": gray_p, "blur_p": blur_p,
-               "blur_sigma": blur_sigma, "solarize_p": solarize_p}
-    opt.check_views(crop_ratio=VIEWS.crop_ratio, **augment)
+    augment = _augment(crop_scale=crop_scale, flip_p=flip_p, jitter_p=jitter_p, brightness=brightness,
+                       contrast=contrast, saturation=saturation, hue=hue, gray_p=gray_p, blur_p=blur_p,
+                       blur_sigma=blur_sigma, solarize_p=solarize_p, vflip_p=vflip_p, rot90_p=rot90_p)
     from sslprobe.pretraining.pretrain import PretrainInterrupted
     from sslprobe.pretraining.pretrain import pretrain as run
 
@@ -152,7 +183,7 @@ def pretrain(
         s = run(data, out=out, model=model, image_size=image_size, small_stem=small_stem, batch_size=batch_size,
                 epochs=epochs, max_steps=max_steps, optimizer=optimizer, lr=lr, tau_base=tau_base,
                 warmup_epochs=warmup_epochs, proj_hidden=proj_hidden, proj_dim=proj_dim, weight_decay=weight_decay,
-                blur=blur, augment=augment, seed=seed, device=device, workers=workers,
+                blur=blur, augment=augment, grayscale=grayscale, seed=seed, device=device, workers=workers,
                 resume="auto" if resume else "no", save_every=save_every, max_minutes=max_minutes, stop_at=stop_at,
                 compile=compile, eval_train=eval_train, eval_test=eval_test, eval_every=eval_every, log_every=log_every,
                 image_column=image_column, label_column=label_column)
@@ -169,6 +200,50 @@ def pretrain(
          f"skipped {len(s['skipped'])} files; backbone written to {Path(s['out']) / 'backbone.safetensors'}")
     if s["status"] != "complete":
         _err("continue with the same command plus --resume")
+
+
+@app.command(epilog="Example: sslprobe views photos/ --image-size 96 --rot90-p 0.75 --out views.png")
+def views(
+    data: Annotated[str, typer.Argument(help="Folder of images (labels ignored) or hf:NAME[:SPLIT].")],
+    out: Annotated[Path, typer.Option(dir_okay=False, help="PNG to write: one row per image, its two views.")],
+    n: Annotated[int, typer.Option("--n", help="Images (view pairs) to show.")] = 8,
+    model: Annotated[str, typer.Option(help="The timm model pretrain would train (its size).")] = PRETRAIN.model,
+    image_size: Annotated[int | None, typer.Option(help="Training resolution (default: the model's).")] = None,
+    batch_size: Annotated[int, typer.Option(
+        help="Pretrain's --batch-size: the draws of an image depend on its batch.")] = PRETRAIN.batch_size,
+    step: Annotated[int, typer.Option(help="Run step whose batch and views are shown.")] = 0,
+    blur: Blur = None,
+    crop_scale: CropScale = VIEWS.crop_scale,
+    flip_p: FlipP = VIEWS.flip_p,
+    jitter_p: JitterP = VIEWS.jitter_p,
+    brightness: Brightness = VIEWS.brightness,
+    contrast: Contrast = VIEWS.contrast,
+    saturation: Saturation = VIEWS.saturation,
+    hue: Hue = VIEWS.hue,
+    gray_p: GrayP = VIEWS.gray_p,
+    blur_p: BlurP = VIEWS.blur_p,
+    blur_sigma: BlurSigma = VIEWS.blur_sigma,
+    solarize_p: SolarizeP = VIEWS.solarize_p,
+    vflip_p: VflipP = VIEWS.vflip_p,
+    rot90_p: Rot90P = VIEWS.rot90_p,
+    grayscale: Grayscale = False,
+    seed: Seed = 0,
+    image_column: ImageCol = None,
+    label_column: LabelCol = None,
+) -> None:
+    """Draw the view pairs `pretrain` would make with the same options, to look at before a long run."""
+    opt.image_source(data)
+    opt.check_preview(n=n, step=step, batch_size=batch_size, image_size=image_size)
+    augment = _augment(crop_scale=crop_scale, flip_p=flip_p, jitter_p=jitter_p, brightness=brightness,
+                       contrast=contrast, saturation=saturation, hue=hue, gray_p=gray_p, blur_p=blur_p,
+                       blur_sigma=blur_sigma, solarize_p=solarize_p, vflip_p=vflip_p, rot90_p=rot90_p)
+    from sslprobe.pretraining.views import preview_views
+
+    r = preview_views(data, out=out, n=n, model=model, image_size=image_size, batch_size=batch_size, step=step,
+                      seed=seed, blur=blur, augment=augment, grayscale=grayscale, image_column=image_column,
+                      label_column=label_column)
+    _err(f"{r['pairs']} view pairs of step {r['step']} ({r['image_size']} px views cut from a {r['store_size']} px "
+         f"store) → {out}")
 
 
 @app.command(epilog="Example: sslprobe extract photos/train --weights runs/byol/backbone.safetensors --out feats/train")

@@ -21,13 +21,13 @@ import torch
 
 from sslprobe import checkpoint as ckpts
 from sslprobe import distributed as ddp
-from sslprobe.backbone import create_backbone, save_backbone
+from sslprobe.backbone import BackboneSpec, create_backbone, save_backbone
 from sslprobe.errors import SSLProbeError
 from sslprobe.fileio import write_json
 from sslprobe.images.folders import ImageSet, open_images, skipped_report
 from sslprobe.options import PRETRAIN, check_pretrain
 from sslprobe.pretraining.augment import ViewConfig, byol_views
-from sslprobe.pretraining.batches import BatchSource
+from sslprobe.pretraining.batches import BatchSource, check_grey, store_side
 from sslprobe.pretraining.byol import tau_at
 from sslprobe.pretraining.checkpointer import Checkpointer, StopSignals, restore, resume_point
 from sslprobe.pretraining.monitor import KnnEval, LossMeter, MetricsLog, RunLog, knn_due, loss_curve
@@ -73,7 +73,7 @@ def pretrain(data: str | os.PathLike, *, out: str | os.PathLike, model: str = PR
              max_minutes: float | None = None, stop_at: int | None = None, compile: bool = False,
              eval_train: str | os.PathLike | None = None, eval_test: str | os.PathLike | None = None,
              eval_every: int = PRETRAIN.eval_every, log_every: int = PRETRAIN.log_every,
-             image_column: str | None = None, label_column: str | None = None,
+             image_column: str | None = None, label_column: str | None = None, grayscale: bool = False,
              show_progress: bool = True) -> dict[str, Any]:
     """BYOL-pretrain a timm backbone on the images at ``data`` (labels, if any, are ignored).
 
@@ -84,6 +84,8 @@ def pretrain(data: str | os.PathLike, *, out: str | os.PathLike, model: str = PR
     ``save_every``: see :func:`sslprobe.checkpoint.parse_save_every`. ``max_minutes``/``stop_at``
     stop early with a checkpoint, keeping the full run's schedule. ``small_stem``: the small-image
     stem for ResNets (default: at ≤ 64 px); config.json records it, so a resume must match.
+    ``grayscale``: grey images keep one channel through store, views and backbone (its export says so,
+    for ``extract``); colour images are refused. Crops come from the whole image (docs/pretrain.md, "Crops").
     Ctrl-C saves and raises :class:`PretrainInterrupted`. Returns a summary dict (also summary.json).
     """
     check_pretrain(batch_size=batch_size, epochs=epochs, max_steps=max_steps, image_size=image_size,
@@ -97,25 +99,39 @@ def pretrain(data: str | os.PathLike, *, out: str | os.PathLike, model: str = PR
     images = open_images(data, image_column=image_column, label_column=label_column)
     if len(images) < 2:
         raise SSLProbeError(f"'{data}' has {len(images)} image; BYOL needs at least 2 (ideally thousands)")
+    if grayscale:
+        check_grey(images)
     dist, dev = ddp.setup(pick_device(device))
     try:
         # timm's training init (zero-initialised residual branches), not extract's fair one
         _, spec = create_backbone(model, weights="random", init="train", image_size=image_size, small_stem=small_stem,
-                                  seed=seed)
+                                  seed=seed, in_chans=1 if grayscale else 3)
         views = _views(spec.image_size, blur=blur, augment=augment)
         nw = default_workers() if workers is None else workers
-        source = BatchSource(images, store=spec.image_size, batch=batch_size, device=dev, seed=seed, workers=nw,
-                             rank=dist.rank, world=dist.world, show_progress=show_progress)
+        source = _source(images, spec, grayscale=grayscale, init="random", batch=batch_size, device=dev, seed=seed,
+                         workers=nw, dist=dist, show_progress=show_progress)
         cfg = run_config(data=str(data), spec=spec, batch=source.batch, steps_per_epoch=source.steps_per_epoch,
                          dist=dist, device=dev, epochs=epochs, max_steps=max_steps, optimizer=optimizer, lr=lr,
                          weight_decay=weight_decay, warmup_epochs=warmup_epochs, tau_base=tau_base,
-                         proj_hidden=proj_hidden, proj_dim=proj_dim, seed=seed, views=views, blur=blur)
-        knn = (KnnEval(eval_train, eval_test, size=spec.image_size, device=dev, workers=nw)
+                         proj_hidden=proj_hidden, proj_dim=proj_dim, seed=seed, views=views, blur=blur,
+                         store_size=source.store)
+        knn = (KnnEval(eval_train, eval_test, size=spec.image_size, device=dev, workers=nw, channels=spec.in_chans)
                if eval_train is not None and dist.main else None)
         return _Session(cfg, source=source, images=images, out=Path(out), dist=dist, device=dev, loop=loop,
                         knn=knn).run()
     finally:
         ddp.teardown(dist)
+
+
+def _source(images: ImageSet, spec: BackboneSpec, *, grayscale: bool, init: str, batch: int, device: torch.device,
+            seed: int, workers: int, dist: ddp.Dist, show_progress: bool) -> BatchSource:
+    """The run's store: whole images at :func:`store_side` px in the backbone's channels (docs/pretrain.md, "Crops")."""
+    if spec.in_chans != (1 if grayscale else 3):  # an sslprobe --init file says which channels it was trained on
+        raise SSLProbeError(f"--init '{init}' is a backbone for {'grey' if spec.in_chans == 1 else 'colour'} "
+                            f"images; {'add' if spec.in_chans == 1 else 'drop'} --grayscale")
+    side = store_side(images, size=spec.image_size, channels=spec.in_chans)
+    return BatchSource(images, store=side, batch=batch, device=device, seed=seed, workers=workers, rank=dist.rank,
+                       world=dist.world, show_progress=show_progress, channels=spec.in_chans)
 
 
 class _Session:

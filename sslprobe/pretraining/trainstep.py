@@ -8,7 +8,6 @@ the loop (``bench/pretrain_throughput.py``): build a :class:`PretrainConfig`, ca
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -34,6 +33,8 @@ class PretrainConfig:
     model: str = PRETRAIN.model
     image_size: int = 224
     small_stem: bool = False
+    in_chans: int = 3  # 1: grey images, one channel through the backbone (--grayscale)
+    store_size: int = 224  # the side of the decoded store the crops are drawn from (batches.store_side)
     batch_size: int = PRETRAIN.batch_size
     world_size: int = 1
     global_batch: int = PRETRAIN.batch_size
@@ -60,12 +61,14 @@ class PretrainConfig:
 def run_config(*, data: str, spec: BackboneSpec, batch: int, steps_per_epoch: int, dist: ddp.Dist,
                device: torch.device, epochs: int, max_steps: int | None, optimizer: str, lr: float | None,
                weight_decay: float, warmup_epochs: float, tau_base: float, proj_hidden: int, proj_dim: int, seed: int,
-               views: tuple[ViewConfig, ViewConfig], blur: bool | None) -> PretrainConfig:
+               views: tuple[ViewConfig, ViewConfig], blur: bool | None,
+               store_size: int | None = None) -> PretrainConfig:
     """The configuration of a run from ``pretrain()``'s options, the backbone it builds and the data it has.
 
     ``batch`` and ``steps_per_epoch`` are the data's (the batch capped to the images); the derived
     values are computed here alone: global batch, optimiser choice, scaled lr, schedule length and
-    warm-up (at most half the run), and the notes on blur, SyncBatchNorm and precision.
+    warm-up (at most half the run), and the notes on blur, SyncBatchNorm and precision. ``store_size``
+    is the side of the data's store (default: the training size).
     """
     gb = batch * dist.world
     name = pick_optimizer(optimizer, batch=gb)
@@ -74,7 +77,8 @@ def run_config(*, data: str, spec: BackboneSpec, batch: int, steps_per_epoch: in
     sync = ("n/a (one process)" if dist.world == 1 else "yes" if ddp.sync_batchnorm_supported(device)
             else "no: SyncBatchNorm has no CPU kernel, each rank normalises over its own slice")
     return PretrainConfig(
-        data=data, model=spec.model, image_size=spec.image_size, small_stem=spec.small_stem, batch_size=batch,
+        data=data, model=spec.model, image_size=spec.image_size, small_stem=spec.small_stem, in_chans=spec.in_chans,
+        store_size=spec.image_size if store_size is None else store_size, batch_size=batch,
         world_size=dist.world, global_batch=gb, epochs=epochs, max_steps=max_steps, steps_per_epoch=steps_per_epoch,
         total_steps=total, optimizer=name, lr=base_lr * gb / 256, base_lr=base_lr, weight_decay=weight_decay,
         warmup_steps=min(round(warmup_epochs * steps_per_epoch), total // 2), tau_base=tau_base,
@@ -113,7 +117,7 @@ def build_byol(cfg: PretrainConfig, *, device: torch.device,
                dist: ddp.Dist | None = None) -> tuple[torch.nn.Module, torch.optim.Optimizer, BackboneSpec]:
     """The seeded BYOL module on ``device`` (DDP-wrapped when ``dist.world > 1``), its optimiser, the backbone spec."""
     backbone, spec = create_backbone(cfg.model, weights="random", init="train", image_size=cfg.image_size,
-                                     small_stem=cfg.small_stem, seed=cfg.seed)
+                                     small_stem=cfg.small_stem, seed=cfg.seed, in_chans=cfg.in_chans)
     with torch.random.fork_rng(devices=[]):  # seed the heads' init without touching the caller's RNG
         torch.manual_seed(cfg.seed)
         net = BYOL(backbone, feature_dim=backbone.num_features, hidden=cfg.proj_hidden, out=cfg.proj_dim).to(device)
@@ -146,11 +150,12 @@ class ViewMaker:
     seed: int
     rank: int = 0
 
-    def __call__(self, x: torch.Tensor, step: int, *,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, x: torch.Tensor, step: int, *, generator: torch.Generator | None = None,
+                 aspect: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x``: a store batch; ``aspect`` (B,): its images' width / height (None: square images)."""
         g = generator if generator is not None else torch.Generator(device=x.device)
         g.manual_seed(step_seed(self.seed, self.rank, step))
-        kw = {"size": self.size, "mean": self.mean, "std": self.std, "generator": g}
+        kw = {"size": self.size, "mean": self.mean, "std": self.std, "generator": g, "aspect": aspect}
         return make_view(x, self.views[0], **kw), make_view(x, self.views[1], **kw)
 
 
@@ -178,9 +183,10 @@ class TrainStep:
         self.mutating = False
         self._first = True
 
-    def views(self, x: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def views(self, x: torch.Tensor, step: int,
+              aspect: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The two augmented views of step ``step`` (seeded by seed, rank and step, so resumable)."""
-        v1, v2 = self.make_views(x, step, generator=self.gen)
+        v1, v2 = self.make_views(x, step, generator=self.gen, aspect=aspect)
         if self.cuda:
             v1, v2 = v1.contiguous(memory_format=torch.channels_last), v2.contiguous(memory_format=torch.channels_last)
         return v1, v2
@@ -211,8 +217,9 @@ class TrainStep:
         self.mutating = False
         return loss.detach(), proj_std
 
-    def __call__(self, x: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model_step(*self.views(x, step), step)
+    def __call__(self, x: torch.Tensor, step: int,
+                 aspect: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model_step(*self.views(x, step, aspect), step)
 
 
 class StepFeed:
@@ -226,16 +233,20 @@ class StepFeed:
     def __init__(self, source: BatchSource, step: TrainStep, *, start: int):
         self.in_workers = step.device.type == "cpu" and source.can_map
         self._batches = source.mapped(step.make_views, start=start) if self.in_workers else source.batches(start=start)
-        self._train: Callable[..., tuple[torch.Tensor, torch.Tensor]] = step.model_step if self.in_workers else step
+        self._step = step
 
     def next(self) -> tuple[int, tuple[torch.Tensor, ...]]:
-        """``(step, inputs)``: the two views, or the one uint8 batch to make them from; ``inputs[0]`` has B rows."""
-        s, item = next(self._batches)
-        return s, tuple(item) if self.in_workers else (item,)
+        """``(step, inputs)``: the two views, or the uint8 batch and its aspects to make them from; ``inputs[0]`` has
+        B rows."""
+        s, *item = next(self._batches)
+        return s, tuple(item[0]) if self.in_workers else tuple(item)
 
     def train(self, inputs: tuple[torch.Tensor, ...], step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The training step on ``next()``'s inputs: (loss, proj_std) as device tensors."""
-        return self._train(*inputs, step)
+        if self.in_workers:
+            return self._step.model_step(*inputs, step)
+        x, aspect = inputs
+        return self._step(x, step, aspect)
 
     def close(self) -> None:
         """Shut the DataLoader workers down now, not when the generator is collected."""
