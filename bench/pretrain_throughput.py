@@ -62,13 +62,12 @@ from sslprobe.pretraining.batches import BatchSource, store_side
 # pretrain()'s own pieces (its model + optimiser builder and its step; BatchSource above is its data
 # source), so the bench times sslprobe's real code path. make_optimizer/default_lr give lightly the
 # same optimiser.
+from sslprobe.pretraining.recipe import default_lr, pick_optimizer
 from sslprobe.pretraining.trainstep import (
     PretrainConfig,
     TrainStep,
     build_byol,
-    default_lr,
     make_optimizer,
-    pick_optimizer,
 )
 from sslprobe.runtime import pick_device
 

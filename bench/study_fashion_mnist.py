@@ -111,7 +111,8 @@ def train_lightly(data: Path, *, out: Path, p: dict, steps: int, seed: int, devi
     from torchvision.datasets import ImageFolder
 
     from sslprobe.pretraining.byol import lr_at
-    from sslprobe.pretraining.trainstep import default_lr, make_optimizer
+    from sslprobe.pretraining.recipe import default_lr
+    from sslprobe.pretraining.trainstep import make_optimizer
 
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        "cpu" if device == "auto" else device)

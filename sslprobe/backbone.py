@@ -4,13 +4,16 @@ local files; small-input stems; saving.
 A backbone here is a timm model created with ``num_classes=0`` so its output is the pooled
 pre-logits feature vector (B, D). Files written by sslprobe are safetensors with metadata that
 says how to rebuild the model (name, stem change, preprocessing), so ``extract --weights FILE``
-needs no ``--model``.
+needs no ``--model``. :func:`start_backbone` is where a training run starts (``Start``: random, hub
+weights or a file by its sha256); hub weights come from the local cache first and fail at once,
+in one line, when neither the cache nor the hub has them.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import socket
 import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -119,6 +122,15 @@ def adapt_small_stem(net: nn.Module) -> bool:
     return True
 
 
+def has_batchnorm(net: nn.Module) -> bool:
+    """Whether ``net`` normalises with batch statistics (ResNets, EfficientNets …) — not ViTs, Swin, ConvNeXt.
+
+    Pretraining's ``auto`` optimiser reads it: BYOL's LARS/SGD recipe is a BatchNorm network's,
+    the BatchNorm-free families are trained with AdamW (docs/pretrain.md, "ViTs").
+    """
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+
+
 def default_spec(net: nn.Module, *, model: str, image_size: int | None, small_stem: bool | None,
                  in_chans: int = 3) -> BackboneSpec:
     """Preprocessing from timm's data config for this model, with an optional size override.
@@ -208,6 +220,7 @@ def create_backbone(
     seed: int = 0,
     allow_pickle: bool = False,
     init: str = "fair",
+    flag: str = "--weights",
     in_chans: int = 3,
 ) -> tuple[nn.Module, BackboneSpec]:
     """Build a backbone: ``weights`` is ``random`` (seeded), ``pretrained`` (timm hub) or a file path.
@@ -217,30 +230,134 @@ def create_backbone(
     weights at ≤ 64 px; trained weights keep the stem they were trained with, and asking for the
     other one is an error. A file written by sslprobe carries its model name and stem; a plain
     timm state dict in safetensors needs ``model``. Pickle files (.pt/.pth) load only with
-    ``allow_pickle`` and then only through ``torch.load(weights_only=True)``. ``in_chans=1``
+    ``allow_pickle`` and then only through ``torch.load(weights_only=True)``. ``flag`` is the option
+    the error messages name (``--weights`` for extract, ``--init`` for pretrain). ``in_chans=1``
     builds a one-channel (grey) backbone; an sslprobe file carries its own.
     """
     if weights not in ("random", "pretrained"):
         return _from_file(Path(weights), model=model, image_size=image_size, small_stem=small_stem,
-                          allow_pickle=allow_pickle)
+                          allow_pickle=allow_pickle, flag=flag)
     if model is None:
-        raise SSLProbeError(f"--weights {weights} needs --model NAME (a timm model, e.g. resnet18)")
+        raise SSLProbeError(f"{flag} {weights} needs --model NAME (a timm model, e.g. resnet18)")
     if weights == "random":
         net, spec, _ = random_backbone(model, image_size=image_size, small_stem=small_stem, seed=seed, init=init,
                                        in_chans=in_chans)
         return net, spec
     stem = stem_for_weights(requested=small_stem, trained=False, source=f"timm's pretrained {model}")
+    net = _pretrained(model, image_size=image_size, flag=flag, in_chans=in_chans)
+    return net, default_spec(net, model=model, image_size=image_size, small_stem=stem, in_chans=in_chans)
+
+
+def _weights_cfg(model: str) -> Any:
+    """timm's default pretrained config of ``model``, or None where it names no weights (tag ``untrained``)."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(model)
+    return cfg if cfg is not None and (cfg.hf_hub_id or cfg.url or cfg.file) else None
+
+
+def hub_weights(model: str) -> str | None:
+    """Which weights ``pretrained`` loads for ``model`` (``timm/resnet18.a1_in1k``, or a URL); None: it has none."""
+    cfg = _weights_cfg(model)
+    return None if cfg is None else cfg.hf_hub_id or cfg.url or cfg.file
+
+
+def _hub_cached(repo: str) -> str | None:
+    """The weights file of ``repo`` in the local Hugging Face cache, if a first online run left it there."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo, "model.safetensors")
+    return found if isinstance(found, str) else None
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connect (HF_HUB_OFFLINE: no; behind a proxy: assumed yes).
+
+    Without this check an offline machine spends ~25 s per file in huggingface_hub's retries before failing.
+    """
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urlparse(constants.ENDPOINT)
     try:
-        net, _ = _create(model, pretrained=True, image_size=image_size, in_chans=in_chans)
+        socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _pretrained(model: str, *, image_size: int | None, flag: str, in_chans: int = 3) -> nn.Module:
+    """timm's pretrained ``model``: from the local cache when it is there, else from the hub if it answers."""
+    check_model_name(model)
+    cfg = _weights_cfg(model)
+    if cfg is None:
+        raise SSLProbeError(f"timm has no pretrained weights for '{model}'; use {flag} random, or {flag} "
+                            "FILE.safetensors for weights of your own")
+    repo = cfg.hf_hub_id  # the hub is timm's first source; URL-only weights go through torch.hub's own cache
+    cached = _hub_cached(repo) if repo else None
+    if cached is None and repo and not hub_reachable():
+        raise SSLProbeError(
+            f"timm's pretrained weights for '{model}' ({repo}) are not available offline: they are not in the "
+            f"local Hugging Face cache and the hub cannot be reached; download them once online, use {flag} random, "
+            f"or pass a local file: {flag} FILE.safetensors (a timm state dict of {model}, or an sslprobe "
+            "backbone.safetensors)")
+    overlay = {"pretrained_cfg_overlay": {"file": cached}} if cached else {}
+    try:
+        net, _ = _create(model, pretrained=True, image_size=image_size, in_chans=in_chans, **overlay)
     except SSLProbeError:
         raise
-    except Exception as e:  # hub unreachable, no weights for this name, …
+    except Exception as e:  # hub unreachable after all, a broken download, …
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise SSLProbeError(
             f"could not load timm pretrained weights for '{model}' ({first}); "
-            "go online once to cache them, or use --weights random or --weights FILE.safetensors"
+            f"go online once to cache them, or use {flag} random or {flag} FILE.safetensors"
         ) from e
-    return net, default_spec(net, model=model, image_size=image_size, small_stem=stem, in_chans=in_chans)
+    return net
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where a training run's backbone starts (config.json, the resume check and the exported metadata record it).
+
+    ``init``: ``random`` (timm's training init), ``pretrained`` (timm's hub weights, named in
+    ``weights``) or ``file`` (``weights`` is its absolute path, ``sha256`` its content).
+    """
+
+    init: str = "random"
+    weights: str | None = None
+    sha256: str | None = None
+
+    @property
+    def trained(self) -> bool:
+        return self.init != "random"
+
+
+def start_backbone(model: str | None, *, init: str = "random", image_size: int | None = None,
+                   small_stem: bool | None = None, seed: int = 0,
+                   in_chans: int = 3) -> tuple[nn.Module, BackboneSpec, Start]:
+    """The backbone a training run starts from: ``init`` is ``random``, ``pretrained`` or a weights file.
+
+    A file is a timm state dict in safetensors (``model`` says which) or an sslprobe
+    ``backbone.safetensors`` (it names its own model). Trained weights keep their stem
+    (docs/pretrain.md, "Initialisation and stem"); random ones are timm's training init. ``in_chans=1``:
+    a grey backbone (an sslprobe file carries its own).
+    """
+    if init == "random":
+        net, spec = create_backbone(model, weights="random", init="train", image_size=image_size,
+                                    small_stem=small_stem, seed=seed, flag="--init", in_chans=in_chans)
+        return net, spec, Start()
+    net, spec = create_backbone(model, weights=init, image_size=image_size, small_stem=small_stem, flag="--init",
+                                in_chans=in_chans)
+    if init == "pretrained":
+        return net, spec, Start("pretrained", weights=hub_weights(spec.model))
+    from sslprobe.fileio import file_sha256
+
+    return net, spec, Start("file", weights=str(Path(init).resolve()), sha256=file_sha256(init))
 
 
 def stem_for_weights(*, requested: bool | None, trained: bool | None, source: str, kernel: str = "") -> bool:
@@ -280,9 +397,9 @@ def _state_stem(state: dict[str, torch.Tensor], net: nn.Module) -> tuple[bool | 
 
 
 def _from_file(path: Path, *, model: str | None, image_size: int | None, small_stem: bool | None,
-               allow_pickle: bool) -> tuple[nn.Module, BackboneSpec]:
+               allow_pickle: bool, flag: str = "--weights") -> tuple[nn.Module, BackboneSpec]:
     if not path.is_file():
-        raise SSLProbeError(f"weights file '{path}' not found; use --weights random|pretrained or a .safetensors path")
+        raise SSLProbeError(f"weights file '{path}' not found; use {flag} random|pretrained or a .safetensors path")
     state, meta = read_weights(path, allow_pickle=allow_pickle)
     if meta.get("format") == FORMAT:
         spec = BackboneSpec.from_metadata(meta, source=f"'{path}'")
@@ -346,15 +463,18 @@ def read_weights(path: Path, *, allow_pickle: bool = False) -> tuple[dict[str, t
                             "export weights with safetensors") from e
 
 
-def save_backbone(net: nn.Module, spec: BackboneSpec, path: str | os.PathLike) -> None:
-    """Write the backbone's state dict with its spec as metadata, atomically."""
+def save_backbone(net: nn.Module, spec: BackboneSpec, path: str | os.PathLike, *, start: Start | None = None) -> None:
+    """Write the backbone's state dict with its spec as metadata, atomically; ``start``: where training began."""
     from safetensors.torch import save_file
 
     from sslprobe.fileio import atomic_path
 
     state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
+    meta = spec.to_metadata()
+    if start is not None:
+        meta["init"] = json.dumps(asdict(start))
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=spec.to_metadata())
+        save_file(state, str(tmp), metadata=meta)
 
 
 def eval_transform(spec: BackboneSpec):

@@ -99,7 +99,13 @@ def pretrain(
     data: Annotated[str, typer.Argument(help="Folder of images (labels ignored) or hf:NAME[:SPLIT].")],
     out: Annotated[Path, typer.Option(
         file_okay=False, help="Run directory: backbone.safetensors, config.json, metrics.jsonl.")],
-    model: Annotated[str, typer.Option(help="Any timm model name.")] = PRETRAIN.model,
+    model: Annotated[str | None, typer.Option(
+        help=f"Any timm model name (default: {PRETRAIN.model}; an sslprobe --init file names its own).",
+        show_default=False)] = None,
+    init: Annotated[str, typer.Option(
+        help="Start the backbone from random (timm's training init), pretrained (timm's hub weights) or FILE: a timm "
+             "state dict in .safetensors, or an earlier run's backbone.safetensors (a new run; --resume continues "
+             "the same one). The heads start fresh.")] = PRETRAIN.init,
     image_size: Annotated[int | None, typer.Option(
         help="Training resolution (default: the model's). ≤ 64 px switches ResNets to a small-image stem.")] = None,
     small_stem: SmallStem = None,
@@ -109,18 +115,27 @@ def pretrain(
     max_steps: Annotated[int | None, typer.Option(
         help="Run length in steps (overrides --epochs for the schedule).")] = None,
     optimizer: Annotated[str, typer.Option(
-        help="auto, lars, sgd or adamw (auto: LARS for batch ≥ 256, else SGD).")] = PRETRAIN.optimizer,
+        help="auto, lars, sgd or adamw (auto: AdamW for backbones without BatchNorm such as ViTs, else LARS for "
+             "batch ≥ 256, else SGD).")] = PRETRAIN.optimizer,
     lr: Annotated[float | None, typer.Option(
-        help="Base learning rate per 256 images (LARS 0.2, SGD 0.06, AdamW 2e-3).")] = None,
-    tau_base: Annotated[float, typer.Option(
-        help="Target EMA start value τ_base (0.99 suits short runs).")] = PRETRAIN.tau_base,
-    warmup_epochs: Annotated[float, typer.Option(help="Linear warm-up length in epochs.")] = PRETRAIN.warmup_epochs,
+        help="Base learning rate per 256 images (default: fitted to the optimiser, run length and init; "
+             "see docs/pretrain.md).", show_default=False)] = None,
+    tau_base: Annotated[float | None, typer.Option(
+        help="Target EMA start value τ_base (default: fitted to the run length, 0.97–0.996).",
+        show_default=False)] = PRETRAIN.tau_base,
+    warmup_epochs: Annotated[float | None, typer.Option(
+        help="Linear warm-up length in epochs (default: 10; AdamW: 2/15 of the run).",
+        show_default=False)] = PRETRAIN.warmup_epochs,
+    backbone_lr_scale: Annotated[float | None, typer.Option(
+        help="The backbone's rate as a fraction of the heads' (default: 0.1 from trained weights, else 1).",
+        show_default=False)] = None,
     proj_hidden: Annotated[int, typer.Option(
         help="Hidden width of projector and predictor MLPs (paper: 4096).")] = PRETRAIN.proj_hidden,
     proj_dim: Annotated[int, typer.Option(
         help="Output width of projector and predictor (paper: 256).")] = PRETRAIN.proj_dim,
-    weight_decay: Annotated[float, typer.Option(
-        help="Weight decay (paper: 1.5e-6; biases and norms excluded).")] = PRETRAIN.weight_decay,
+    weight_decay: Annotated[float | None, typer.Option(
+        help="Weight decay, biases and norms excluded (default: fitted, 1e-6–1.5e-6; AdamW 0.1).",
+        show_default=False)] = PRETRAIN.weight_decay,
     resume: Annotated[bool, typer.Option("--resume", rich_help_panel=CKPT,
         help="Continue the run in --out from its last good checkpoint (same options required); "
              "start it if there is none.")] = False,
@@ -172,7 +187,8 @@ def pretrain(
     opt.check_pretrain(batch_size=batch_size, epochs=epochs, max_steps=max_steps, image_size=image_size,
                        stop_at=stop_at, eval_every=eval_every, log_every=log_every, lr=lr, max_minutes=max_minutes,
                        optimizer=optimizer, tau_base=tau_base, warmup_epochs=warmup_epochs, proj_hidden=proj_hidden,
-                       proj_dim=proj_dim, weight_decay=weight_decay, eval_train=eval_train, eval_test=eval_test)
+                       proj_dim=proj_dim, weight_decay=weight_decay, eval_train=eval_train, eval_test=eval_test,
+                       init=init, backbone_lr_scale=backbone_lr_scale)
     augment = _augment(crop_scale=crop_scale, flip_p=flip_p, jitter_p=jitter_p, brightness=brightness,
                        contrast=contrast, saturation=saturation, hue=hue, gray_p=gray_p, blur_p=blur_p,
                        blur_sigma=blur_sigma, solarize_p=solarize_p, vflip_p=vflip_p, rot90_p=rot90_p)
@@ -180,7 +196,8 @@ def pretrain(
     from sslprobe.pretraining.pretrain import pretrain as run
 
     try:
-        s = run(data, out=out, model=model, image_size=image_size, small_stem=small_stem, batch_size=batch_size,
+        s = run(data, out=out, model=model, init=init, backbone_lr_scale=backbone_lr_scale, image_size=image_size,
+                small_stem=small_stem, batch_size=batch_size,
                 epochs=epochs, max_steps=max_steps, optimizer=optimizer, lr=lr, tau_base=tau_base,
                 warmup_epochs=warmup_epochs, proj_hidden=proj_hidden, proj_dim=proj_dim, weight_decay=weight_decay,
                 blur=blur, augment=augment, grayscale=grayscale, seed=seed, device=device, workers=workers,

@@ -21,15 +21,17 @@ N = TypeVar("N", int, float)
 class PretrainDefaults:
     """What `sslprobe pretrain` and `sslprobe.pretrain()` use when an option is not given."""
 
-    model: str = "resnet18"
+    model: str = "resnet18"  # with --init FILE an sslprobe backbone names its own
+    init: str = "random"
     batch_size: int = 256
     epochs: int = 100
     optimizer: str = "auto"
-    tau_base: float = 0.996
-    warmup_epochs: float = 10.0
+    # None: fitted to the run's length, optimiser and init (pretraining/recipe.py; docs/pretrain.md, "Defaults")
+    tau_base: float | None = None
+    warmup_epochs: float | None = None
     proj_hidden: int = 4096
     proj_dim: int = 256
-    weight_decay: float = 1.5e-6
+    weight_decay: float | None = None
     save_every: str = "10m"
     eval_every: int = 1
     log_every: int = 10
@@ -224,10 +226,11 @@ def probe_keywords(*, C: float | None, search: str, knn_k: str, knn_t: float, fr
 
 def check_pretrain(*, batch_size: int, epochs: int, max_steps: int | None, image_size: int | None,
                    stop_at: int | None, eval_every: int, log_every: int, lr: float | None,
-                   max_minutes: float | None, optimizer: str, tau_base: float, warmup_epochs: float,
-                   proj_hidden: int, proj_dim: int, weight_decay: float, resume: str = "no",
-                   eval_train: object = None, eval_test: object = None) -> None:
-    """Every `pretrain` rule that needs no model or data."""
+                   max_minutes: float | None, optimizer: str, tau_base: float | None, warmup_epochs: float | None,
+                   proj_hidden: int, proj_dim: int, weight_decay: float | None, resume: str = "no",
+                   eval_train: object = None, eval_test: object = None, init: str = PRETRAIN.init,
+                   backbone_lr_scale: float | None = None) -> None:
+    """Every `pretrain` rule that needs no model or data (None: a value the run's recipe fills in)."""
     for name, v in (("--batch-size", batch_size), ("--epochs", epochs), ("--max-steps", max_steps),
                     ("--stop-at", stop_at), ("--eval-every", eval_every), ("--log-every", log_every),
                     ("--proj-hidden", proj_hidden), ("--proj-dim", proj_dim)):
@@ -237,14 +240,29 @@ def check_pretrain(*, batch_size: int, epochs: int, max_steps: int | None, image
     positive("--max-minutes", max_minutes)
     if optimizer not in OPTIMIZERS:
         raise SSLProbeError(f"unknown optimizer '{optimizer}'; use {', '.join(OPTIMIZERS)}")
-    if not 0 <= tau_base < 1:
+    if tau_base is not None and not 0 <= tau_base < 1:
         raise SSLProbeError(f"--tau-base must be in [0, 1) (got {tau_base})")
     at_least("--warmup-epochs", warmup_epochs, 0)
     at_least("--weight-decay", weight_decay, 0)
+    positive("--backbone-lr-scale", backbone_lr_scale)
+    check_init(init)
     if resume not in ("no", "auto", "yes"):
         raise SSLProbeError(f"--resume '{resume}' not understood; use --resume (must continue) or --resume auto")
     if (eval_train is None) != (eval_test is None):
         raise SSLProbeError("online kNN evaluation needs both --eval-train and --eval-test")
+
+
+def check_init(init: str) -> None:
+    """``--init``: random, pretrained, or a safetensors file that exists (pickles are never loaded for training)."""
+    if init in ("random", "pretrained"):
+        return
+    path = Path(init)
+    if not path.is_file():
+        raise SSLProbeError(f"--init '{init}' is not random, pretrained or an existing file; pass --init random, "
+                            "--init pretrained (timm's hub weights) or --init FILE.safetensors")
+    if path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
+        raise SSLProbeError(f"--init '{init}' is a pickle file, which can run code when loaded; convert it with "
+                            "safetensors.torch.save_file(state_dict, 'weights.safetensors') and pass that")
 
 
 def check_views(*, crop_scale: Sequence[float], crop_ratio: Sequence[float], flip_p: float, jitter_p: float,

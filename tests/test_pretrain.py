@@ -8,7 +8,7 @@ from safetensors import safe_open
 from sslprobe.backbone import create_backbone
 from sslprobe.errors import SSLProbeError
 from sslprobe.pretraining.pretrain import pretrain
-from sslprobe.pretraining.trainstep import pick_optimizer
+from sslprobe.pretraining.recipe import pick_optimizer
 
 FAST = {"model": "test_resnet", "image_size": 16, "batch_size": 8, "max_steps": 4, "proj_hidden": 32, "proj_dim": 16,
         "workers": 0, "show_progress": False, "log_every": 2}
@@ -226,7 +226,8 @@ def test_config_records_views_blur_rule_and_augment_overrides(class_folder, tmp_
 
 
 def test_lars_is_the_papers_for_global_batch_256():
-    from sslprobe.pretraining.trainstep import PretrainConfig, build_byol, default_lr, make_optimizer
+    from sslprobe.pretraining.recipe import default_lr
+    from sslprobe.pretraining.trainstep import PretrainConfig, build_byol, make_optimizer
 
     cfg = PretrainConfig(model="test_resnet", image_size=16, small_stem=True, proj_hidden=32, proj_dim=16,
                          optimizer="lars")

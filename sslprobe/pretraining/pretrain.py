@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -21,7 +22,7 @@ import torch
 
 from sslprobe import checkpoint as ckpts
 from sslprobe import distributed as ddp
-from sslprobe.backbone import BackboneSpec, create_backbone, save_backbone
+from sslprobe.backbone import BackboneSpec, has_batchnorm, save_backbone, start_backbone
 from sslprobe.errors import SSLProbeError
 from sslprobe.fileio import write_json
 from sslprobe.images.folders import ImageSet, open_images, skipped_report
@@ -62,11 +63,12 @@ def _views(image_size: int, *, blur: bool | None, augment: Mapping[str, Any] | N
         raise SSLProbeError(f"unknown augmentation option: {e}") from None
 
 
-def pretrain(data: str | os.PathLike, *, out: str | os.PathLike, model: str = PRETRAIN.model,
+def pretrain(data: str | os.PathLike, *, out: str | os.PathLike, model: str | None = None, init: str = PRETRAIN.init,
              image_size: int | None = None, small_stem: bool | None = None, batch_size: int = PRETRAIN.batch_size,
              epochs: int = PRETRAIN.epochs, max_steps: int | None = None, optimizer: str = PRETRAIN.optimizer,
-             lr: float | None = None, weight_decay: float = PRETRAIN.weight_decay,
-             warmup_epochs: float = PRETRAIN.warmup_epochs, tau_base: float = PRETRAIN.tau_base,
+             lr: float | None = None, weight_decay: float | None = PRETRAIN.weight_decay,
+             warmup_epochs: float | None = PRETRAIN.warmup_epochs, tau_base: float | None = PRETRAIN.tau_base,
+             backbone_lr_scale: float | None = None,
              proj_hidden: int = PRETRAIN.proj_hidden, proj_dim: int = PRETRAIN.proj_dim, blur: bool | None = None,
              augment: Mapping[str, Any] | None = None, seed: int = 0, device: str = "auto",
              workers: int | None = None, resume: str = "no", save_every: str = PRETRAIN.save_every,
@@ -77,8 +79,11 @@ def pretrain(data: str | os.PathLike, *, out: str | os.PathLike, model: str = PR
              show_progress: bool = True) -> dict[str, Any]:
     """BYOL-pretrain a timm backbone on the images at ``data`` (labels, if any, are ignored).
 
-    ``optimizer="auto"`` is LARS for a global batch ≥ 256 (the paper's) and SGD below; ``lr`` is
-    the base rate per 256 images, scaled with the global batch. ``augment`` overrides
+    ``init``: ``random``, ``pretrained`` (timm's hub weights) or a weights file (a timm state dict, or
+    an sslprobe backbone: ``model`` then defaults to its own, else to resnet18); docs/pretrain.md,
+    "Initialisation and stem". ``optimizer="auto"``: AdamW without BatchNorm (ViTs), LARS from a
+    global batch of 256, SGD below; ``lr`` is per 256 images. Rates, decay, warm-up and τ left as None
+    follow the run's length, optimiser and init (:mod:`sslprobe.pretraining.recipe`). ``augment`` overrides
     :func:`sslprobe.pretraining.augment.byol_views` arguments. ``resume``: "no" (refuses to discard an
     unfinished run in ``out``), "auto" (continue if a checkpoint exists) or "yes" (must continue).
     ``save_every``: see :func:`sslprobe.checkpoint.parse_save_every`. ``max_minutes``/``stop_at``
@@ -92,7 +97,7 @@ def pretrain(data: str | os.PathLike, *, out: str | os.PathLike, model: str = PR
                    stop_at=stop_at, eval_every=eval_every, log_every=log_every, lr=lr, max_minutes=max_minutes,
                    optimizer=optimizer, tau_base=tau_base, warmup_epochs=warmup_epochs, proj_hidden=proj_hidden,
                    proj_dim=proj_dim, weight_decay=weight_decay, resume=resume, eval_train=eval_train,
-                   eval_test=eval_test)
+                   eval_test=eval_test, init=init, backbone_lr_scale=backbone_lr_scale)
     loop = LoopOptions(resume=resume, save_every=ckpts.parse_save_every(save_every), max_minutes=max_minutes,
                        stop_at=stop_at, log_every=log_every, eval_every=eval_every, compile=compile,
                        show_progress=show_progress)
@@ -103,18 +108,20 @@ def pretrain(data: str | os.PathLike, *, out: str | os.PathLike, model: str = PR
         check_grey(images)
     dist, dev = ddp.setup(pick_device(device))
     try:
-        # timm's training init (zero-initialised residual branches), not extract's fair one
-        _, spec = create_backbone(model, weights="random", init="train", image_size=image_size, small_stem=small_stem,
-                                  seed=seed, in_chans=1 if grayscale else 3)
+        # timm's training init (zero-initialised residual branches, not extract's fair one), hub weights or a file
+        net, spec, start = start_backbone(model or (PRETRAIN.model if init in ("random", "pretrained") else None),
+                                          init=init, image_size=image_size, small_stem=small_stem, seed=seed,
+                                          in_chans=1 if grayscale else 3)
         views = _views(spec.image_size, blur=blur, augment=augment)
         nw = default_workers() if workers is None else workers
-        source = _source(images, spec, grayscale=grayscale, init="random", batch=batch_size, device=dev, seed=seed,
+        source = _source(images, spec, grayscale=grayscale, init=init, batch=batch_size, device=dev, seed=seed,
                          workers=nw, dist=dist, show_progress=show_progress)
         cfg = run_config(data=str(data), spec=spec, batch=source.batch, steps_per_epoch=source.steps_per_epoch,
                          dist=dist, device=dev, epochs=epochs, max_steps=max_steps, optimizer=optimizer, lr=lr,
                          weight_decay=weight_decay, warmup_epochs=warmup_epochs, tau_base=tau_base,
                          proj_hidden=proj_hidden, proj_dim=proj_dim, seed=seed, views=views, blur=blur,
-                         store_size=source.store)
+                         store_size=source.store, start=start, batchnorm=has_batchnorm(net),
+                         backbone_lr_scale=backbone_lr_scale)
         knn = (KnnEval(eval_train, eval_test, size=spec.image_size, device=dev, workers=nw, channels=spec.in_chans)
                if eval_train is not None and dist.main else None)
         return _Session(cfg, source=source, images=images, out=Path(out), dist=dist, device=dev, loop=loop,
@@ -165,6 +172,8 @@ class _Session:
         self.monitor = RunLog(self.log, show=loop.show_progress and dist.main, start=self.start,
                               total=cfg.total_steps, steps_per_epoch=cfg.steps_per_epoch, proj_dim=cfg.proj_dim,
                               warn=dist.main)
+        if dist.main and loop.show_progress:  # the values this run trains with, and where the defaults came from
+            print(f"pretrain: {cfg.defaults}", file=sys.stderr, flush=True)
         self.started = time.monotonic()
 
     def run(self) -> dict[str, Any]:
@@ -174,7 +183,7 @@ class _Session:
             if self.log is not None:
                 self.log.close()
         if self.dist.main:
-            save_backbone(self.byol.backbone, self.spec, self.out / "backbone.safetensors")
+            save_backbone(self.byol.backbone, self.spec, self.out / "backbone.safetensors", start=self.cfg.start)
         summary = self._summary(status)
         if self.dist.main:
             write_json(self.out / "summary.json", summary)

@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 import torch
 
 from sslprobe import distributed as ddp
-from sslprobe.backbone import BackboneSpec, create_backbone
+from sslprobe.backbone import BackboneSpec, Start, start_backbone
 from sslprobe.errors import SSLProbeError
 from sslprobe.options import PRETRAIN
 from sslprobe.pretraining.augment import ViewConfig, blur_note, byol_views, make_view
 from sslprobe.pretraining.batches import BatchSource
 from sslprobe.pretraining.byol import BYOL, LARS, lr_at, param_groups, tau_at
+from sslprobe.pretraining.recipe import PAPER, fit_defaults, pick_optimizer
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,10 @@ class PretrainConfig:
     """Everything that defines a run (saved as config.json; a resume must match it).
 
     ``batch_size`` is per process, ``global_batch`` = batch_size × world_size, and ``lr`` is the
-    peak rate base_lr × global_batch / 256. Defaults are the paper's (Grill et al. 2020, App. C).
+    peak rate base_lr × global_batch / 256 (the heads'; the backbone's is ``backbone_lr_scale`` × it).
+    The dataclass defaults are the paper's 1000-epoch values (Grill et al. 2020, App. C); a run's
+    are fitted to its length and init (:func:`run_config`, ``recipe.py``), and ``defaults`` says how.
+    ``start`` is where the backbone began (random, timm's hub weights or a file with its sha256).
     """
 
     data: str = ""
@@ -45,9 +49,12 @@ class PretrainConfig:
     optimizer: str = "lars"
     lr: float = 0.2
     base_lr: float = 0.2
-    weight_decay: float = PRETRAIN.weight_decay
+    weight_decay: float = PAPER.weight_decay
     warmup_steps: int = 0
-    tau_base: float = PRETRAIN.tau_base
+    tau_base: float = PAPER.tau_base
+    start: Start = field(default_factory=Start)
+    backbone_lr_scale: float = 1.0
+    defaults: str = ""  # which values were fitted and from where (ignored by the resume check: the values are compared)
     proj_hidden: int = PRETRAIN.proj_hidden
     proj_dim: int = PRETRAIN.proj_dim
     seed: int = 0
@@ -60,49 +67,50 @@ class PretrainConfig:
 
 def run_config(*, data: str, spec: BackboneSpec, batch: int, steps_per_epoch: int, dist: ddp.Dist,
                device: torch.device, epochs: int, max_steps: int | None, optimizer: str, lr: float | None,
-               weight_decay: float, warmup_epochs: float, tau_base: float, proj_hidden: int, proj_dim: int, seed: int,
-               views: tuple[ViewConfig, ViewConfig], blur: bool | None,
-               store_size: int | None = None) -> PretrainConfig:
+               weight_decay: float | None, warmup_epochs: float | None, tau_base: float | None, proj_hidden: int,
+               proj_dim: int, seed: int, views: tuple[ViewConfig, ViewConfig], blur: bool | None,
+               store_size: int | None = None, start: Start | None = None, batchnorm: bool = True,
+               backbone_lr_scale: float | None = None) -> PretrainConfig:
     """The configuration of a run from ``pretrain()``'s options, the backbone it builds and the data it has.
 
     ``batch`` and ``steps_per_epoch`` are the data's (the batch capped to the images); the derived
     values are computed here alone: global batch, optimiser choice, scaled lr, schedule length and
     warm-up (at most half the run), and the notes on blur, SyncBatchNorm and precision. ``store_size``
-    is the side of the data's store (default: the training size).
+    is the side of the data's store (default: the training size). The options left as None (lr,
+    weight decay, warm-up, τ_base, backbone lr scale) follow the run's length in epochs, its
+    optimiser and ``start`` (:func:`sslprobe.pretraining.recipe.fit_defaults`); ``batchnorm``:
+    whether the backbone has BatchNorm (``auto`` picks AdamW where it has none).
     """
     gb = batch * dist.world
-    name = pick_optimizer(optimizer, batch=gb)
-    base_lr = lr if lr is not None else default_lr(name)
+    name = pick_optimizer(optimizer, batch=gb, batchnorm=batchnorm)
     total = steps_per_epoch * epochs if max_steps is None else max_steps
+    start = start or Start()
+    fit = fit_defaults(optimizer=name, epochs=total / steps_per_epoch, trained=start.trained, lr=lr,
+                       weight_decay=weight_decay, tau_base=tau_base, warmup_epochs=warmup_epochs,
+                       backbone_lr_scale=backbone_lr_scale)
     sync = ("n/a (one process)" if dist.world == 1 else "yes" if ddp.sync_batchnorm_supported(device)
             else "no: SyncBatchNorm has no CPU kernel, each rank normalises over its own slice")
     return PretrainConfig(
         data=data, model=spec.model, image_size=spec.image_size, small_stem=spec.small_stem, in_chans=spec.in_chans,
         store_size=spec.image_size if store_size is None else store_size, batch_size=batch,
         world_size=dist.world, global_batch=gb, epochs=epochs, max_steps=max_steps, steps_per_epoch=steps_per_epoch,
-        total_steps=total, optimizer=name, lr=base_lr * gb / 256, base_lr=base_lr, weight_decay=weight_decay,
-        warmup_steps=min(round(warmup_epochs * steps_per_epoch), total // 2), tau_base=tau_base,
+        total_steps=total, optimizer=name, lr=fit.base_lr * gb / 256, base_lr=fit.base_lr,
+        weight_decay=fit.weight_decay, warmup_steps=min(round(fit.warmup_epochs * steps_per_epoch), total // 2),
+        tau_base=fit.tau_base, start=start, backbone_lr_scale=fit.backbone_lr_scale, defaults=fit.note,
         proj_hidden=proj_hidden, proj_dim=proj_dim, seed=seed, views=views, blur=blur_note(spec.image_size, blur),
         sync_batchnorm=sync, precision="bfloat16 autocast" if device.type == "cuda" else "float32",
         device=device.type)
 
 
-def pick_optimizer(name: str, *, batch: int) -> str:
-    """``auto`` → LARS from batch 256 (the paper's setting), plain momentum SGD below it."""
-    if name != "auto":
-        return name
-    return "lars" if batch >= 256 else "sgd"
+def make_optimizer(name: str, model: torch.nn.Module, *, lr: float, weight_decay: float,
+                   backbone_lr_scale: float = 1.0) -> torch.optim.Optimizer:
+    """LARS, momentum SGD or AdamW over ``model`` with BYOL's parameter groups (no decay/LARS on biases and norms).
 
-
-def default_lr(optimizer: str) -> float:
-    """Base learning rate per 256 images for ``lars``, ``sgd`` or ``adamw``."""
-    # 0.2 is the paper's LARS value; AdamW wants a far smaller step.
-    return {"lars": 0.2, "sgd": 0.06, "adamw": 2e-3}[optimizer]
-
-
-def make_optimizer(name: str, model: torch.nn.Module, *, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """LARS, momentum SGD or AdamW over ``model`` with BYOL's parameter groups (no decay/LARS on biases and norms)."""
-    groups = param_groups(model, weight_decay=weight_decay)
+    ``backbone_lr_scale``: the backbone's groups run at that fraction of ``lr`` (each group's ``lr_scale``).
+    """
+    groups = param_groups(model, weight_decay=weight_decay, backbone_lr_scale=backbone_lr_scale)
+    for g in groups:
+        g["lr"] = lr * g["lr_scale"]
     if name == "lars":
         return LARS(groups, lr=lr, momentum=0.9, trust=1e-3)
     plain = [{k: v for k, v in g.items() if k != "lars"} for g in groups]
@@ -115,16 +123,22 @@ def make_optimizer(name: str, model: torch.nn.Module, *, lr: float, weight_decay
 
 def build_byol(cfg: PretrainConfig, *, device: torch.device,
                dist: ddp.Dist | None = None) -> tuple[torch.nn.Module, torch.optim.Optimizer, BackboneSpec]:
-    """The seeded BYOL module on ``device`` (DDP-wrapped when ``dist.world > 1``), its optimiser, the backbone spec."""
-    backbone, spec = create_backbone(cfg.model, weights="random", init="train", image_size=cfg.image_size,
-                                     small_stem=cfg.small_stem, seed=cfg.seed, in_chans=cfg.in_chans)
+    """The seeded BYOL module on ``device`` (DDP-wrapped when ``dist.world > 1``), its optimiser, the backbone spec.
+
+    Online and target backbone start alike from ``cfg.start``; the projector and predictor start fresh.
+    """
+    init = cfg.start.weights if cfg.start.init == "file" else cfg.start.init
+    backbone, spec, _ = start_backbone(cfg.model, init=init or "random", image_size=cfg.image_size,
+                                       small_stem=cfg.small_stem, seed=cfg.seed, in_chans=cfg.in_chans)
     with torch.random.fork_rng(devices=[]):  # seed the heads' init without touching the caller's RNG
         torch.manual_seed(cfg.seed)
         net = BYOL(backbone, feature_dim=backbone.num_features, hidden=cfg.proj_hidden, out=cfg.proj_dim).to(device)
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
     net = ddp.wrap(net, dist or ddp.Dist(), device)
-    return net, make_optimizer(cfg.optimizer, net, lr=cfg.lr, weight_decay=cfg.weight_decay), spec
+    opt = make_optimizer(cfg.optimizer, net, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                         backbone_lr_scale=cfg.backbone_lr_scale)
+    return net, opt, spec
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:
@@ -207,7 +221,7 @@ class TrainStep:
         """Forward, backward, optimiser and EMA update at schedule position ``step``; (loss, proj_std)."""
         lr = lr_at(step, self.cfg.total_steps, peak=self.cfg.lr, warmup=self.cfg.warmup_steps)
         for g in self.opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)
         loss, proj_std = self._loss(v1, v2)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
