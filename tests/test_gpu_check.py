@@ -1,0 +1,119 @@
+"""bench/gpu_check.py: the prepared GPU check keeps running between GPU runs (its --smoke mode on the CPU).
+
+The smoke run is one subprocess of the script as the GPU machine runs it; the other tests check that a
+failing or over-budget stage costs only its own rows, and the pieces the full run depends on.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "bench" / "gpu_check.py"
+ROW_KEYS = {"key", "measure", "value", "unit", "goal", "met", "note", "status"}
+STAGE_KEYS = {"name", "title", "status", "seconds", "budget_s", "rows", "details"}
+
+
+@pytest.fixture(scope="module")
+def gc():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = mod  # its dataclasses look their module up while the file runs
+    try:
+        spec.loader.exec_module(mod)
+        yield mod
+    finally:
+        del sys.modules["gpu_check"]
+
+
+def _run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def test_smoke_runs_every_stage_and_writes_every_planned_row(gc, tmp_path):
+    out = tmp_path / "check.json"
+    r = _run("--smoke", "--json", str(out), "--work", str(tmp_path / "work"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == gc.SCHEMA and doc["mode"] == "smoke" and doc["goals_judged"] is False
+    assert [s["name"] for s in doc["stages"]] == [s.name for s in gc.STAGES]
+    for stage, s in zip(gc.STAGES, doc["stages"]):
+        assert set(s) == STAGE_KEYS and s["status"] == "ok", (s["name"], s["status"], s["details"].get("traceback"))
+        assert [row["key"] for row in s["rows"]] == [p.key for p in stage.planned]
+        for row in s["rows"]:
+            assert set(row) == ROW_KEYS and row["met"] is None  # goals are not judged on toy sizes
+            assert row["status"] == "ok" or row["status"].startswith("skipped: no CUDA"), (s["name"], row)
+            assert row["status"] != "ok" or row["value"] is not None, (s["name"], row)
+    # the CUDA-only paths still leave their rows: nvJPEG ran its CPU fallback, compile and the tests say why not
+    rows = {(s["name"], row["key"]): row for s in doc["stages"] for row in s["rows"]}
+    assert rows[("extract", "gpu_decode")]["value"] is not None
+    assert rows[("byol_r18", "compiled")]["status"] == "skipped: no CUDA"
+    assert "skipped" in rows[("cuda_tests", "tests")]["value"]
+    assert rows[("probe", "offload")]["value"] == 0  # the host-resident probe scores as the on-device one
+    md = out.with_suffix(".md").read_text()
+    assert md.count("\n| ") == 2 + len(rows) and "SMOKE" in md
+    assert "goal" in r.stdout and "quality" in r.stdout and "wall " in r.stdout
+
+
+def test_a_failing_stage_keeps_the_other_stages_rows(gc, tmp_path, monkeypatch):
+    def ok(ctx):
+        return {"a": gc.Measured(1.5, "s")}, {"work": str(ctx.work)}
+
+    def boom(ctx):
+        raise RuntimeError("the device fell over")
+
+    planned = (gc.Planned("a", "a row", gc.Goal("<=", 2.0, "≤ 2 s")),)
+    stages = (gc.Stage("first", "ok", 10, planned, ok), gc.Stage("second", "fails", 10, planned, boom),
+              gc.Stage("third", "ok again", 10, planned, ok))
+    monkeypatch.setattr(gc, "STAGES", stages)
+    monkeypatch.setattr(gc, "BY_NAME", {s.name: s for s in stages})
+    out = tmp_path / "check.json"
+    doc = gc.main(["--smoke", "--json", str(out), "--work", str(tmp_path / "w")])
+    first, second, third = doc["stages"]
+    assert second["status"] == "failed: RuntimeError: the device fell over" and "Traceback" in second["details"][
+        "traceback"]
+    assert second["rows"][0]["status"] == second["status"] and second["rows"][0]["value"] is None
+    assert first["status"] == third["status"] == "ok" and third["rows"][0]["value"] == 1.5
+    assert json.loads(out.read_text())["stages"] == doc["stages"]  # written after every stage
+
+
+def test_judged_goals_and_unplanned_rows(gc):
+    planned = (gc.Planned("x", "x", gc.Goal(">=", 1.8, "≥ 1.8×")), gc.Planned("y", "y", goal_text="context"))
+    rows = gc.row_dicts(planned, {"x": gc.Measured(1.79, "× lightly")}, status="ok", judge=True)
+    assert rows[0]["met"] is False and rows[0]["goal"] == "≥ 1.8×"
+    assert rows[1]["status"] == "not measured" and rows[1]["goal"] == "context" and rows[1]["met"] is None
+    assert gc.row_dicts(planned, {"x": gc.Measured(2.0)}, status="ok", judge=True)[0]["met"] is True
+    with pytest.raises(KeyError, match="unplanned"):
+        gc.row_dicts(planned, {"z": gc.Measured(1)}, status="ok", judge=True)
+
+
+def test_an_isolated_stage_past_its_budget_is_stopped_and_recorded(tmp_path):
+    out = tmp_path / "check.json"
+    r = _run("--smoke", "--isolate", "--only", "data", "cuda_tests", "--budget", "cuda_tests=1", "--json", str(out),
+             "--work", str(tmp_path / "work"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    data, tests = json.loads(out.read_text())["stages"]
+    assert data["status"] == "ok" and data["rows"][0]["value"] == "120 + 60"  # came back from its own process
+    assert tests["status"] == "failed: timeout after 1 s (budget)" and tests["rows"][0]["status"] == tests["status"]
+
+
+def test_the_cuda_only_tests_are_found(gc):
+    assert "tests/test_pretrain.py::test_cuda_step_never_waits_for_the_gpu" in gc.cuda_only_tests(ROOT / "tests")
+
+
+def test_fashion_mnist_idx_round_trip(gc, tmp_path):
+    idx = gc.write_toy_idx(tmp_path / "idx", train=30, test=20)
+    x, y = gc.read_idx(idx / "train-images-idx3-ubyte.gz"), gc.read_idx(idx / "train-labels-idx1-ubyte.gz")
+    assert x.shape == (30, 28, 28) and x.dtype == np.uint8 and y.tolist() == [i % 10 for i in range(30)]
+    assert gc.fmnist_folder(idx, tmp_path / "train", prefix="train", per_class=2) == 20
+    assert sorted(p.name for p in (tmp_path / "train").iterdir()) == sorted(gc.FMNIST_CLASSES)
+    assert gc.find_idx(idx) == idx
