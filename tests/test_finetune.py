@@ -256,6 +256,16 @@ def test_minutes_plan_whole_epochs_and_random_rescaled_round_trips(class_folder,
     assert len(got.rows) == 24  # the biases the rescaled init added are put back before the strict load
 
 
+def test_a_grey_backbone_fine_tunes_on_one_channel(class_folder, tmp_path):
+    save_backbone(*create_backbone("test_resnet", image_size=16, init="train", in_chans=1), tmp_path / "g.safetensors")
+    r = finetune(class_folder, out=tmp_path / "g", epochs=1, **{**TINY, "weights": str(tmp_path / "g.safetensors"),
+                                                                "model": None})
+    ft = load_finetuned(tmp_path / "g")
+    assert ft.spec.in_chans == 1 and r["status"] == "complete"
+    got = predict_images(class_folder, model=ft, workers=0)
+    assert len(got.rows) == 24 and {row["prediction"] for row in got.rows} <= {"dark", "light"}
+
+
 def test_recipe_rates_per_layer_and_schedule():
     assert lr_factor(0, total=10, warmup=2) == 0.5 and lr_factor(1, total=10, warmup=2) == 1.0
     assert lr_factor(2, total=10, warmup=2) == 1.0 and lr_factor(10, total=10, warmup=2) == pytest.approx(0.0)

@@ -1,8 +1,9 @@
 """A labelled folder as fine-tuning data: classes checked, images decoded once, train / validation / test rows.
 
 Every readable image is decoded once by DataLoader workers into two uint8 forms: the whole image
-squashed to the training square with its aspect ratio (the random crops are drawn from it on the
-device, ``views.py``) and timm's evaluation centre crop (what ``extract`` embeds). They stay in
+squashed to the training square with its aspect ratio (``images.transforms.WholeImage``; the random
+crops are drawn from it on the device, ``views.py``) and timm's evaluation centre crop (what
+``extract`` embeds), with one channel for a grey backbone. They stay in
 memory, on the GPU when there is one, below ``RAM_BYTES``; above it the workers decode the rows
 again at every use. The validation hold-out is the probe's: ``probing.splits.stratified_split`` of
 the readable labelled rows in folder order with the same fraction and seed, so a fine-tune and a
@@ -15,14 +16,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
-import torchvision.transforms.functional as TF
-from PIL import Image
 
 from sslprobe.backbone import BackboneSpec, eval_transform
 from sslprobe.errors import SSLProbeError
 from sslprobe.images.decode import BadImageError, decode_image
 from sslprobe.images.folders import ImageSet, open_images, skipped_report
-from sslprobe.images.transforms import Uint8Transform
+from sslprobe.images.transforms import Uint8Transform, WholeImage
 from sslprobe.probing.splits import stratified_split
 from sslprobe.runtime import progress_bar
 
@@ -57,20 +56,10 @@ def open_eval(data: str | os.PathLike, *, name: str, classes: tuple[str, ...], i
     return images, lut
 
 
-class Squash:
-    """The whole image resized to ``size`` × ``size`` (aspect not kept: the crop boxes put it back)."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        return TF.pil_to_tensor(img.resize((self.size, self.size), Image.BILINEAR))
-
-
 class _Decoded(torch.utils.data.Dataset):
     """Item ``i`` of an ImageSet as (i, train square | None, aspect, eval crop | None, reason | None)."""
 
-    def __init__(self, images: ImageSet, *, squash: Squash | None, crop: Uint8Transform | None, draft: int) -> None:
+    def __init__(self, images: ImageSet, *, squash: WholeImage | None, crop: Uint8Transform | None, draft: int) -> None:
         self.images, self.squash, self.crop = images, squash, crop
         self.draft = (draft, draft)  # JPEGs decode at no less than both forms need
 
@@ -113,7 +102,7 @@ class ImageRows:
     aspect: torch.Tensor  # (n,) width / height
     square: torch.Tensor | None
     crop: torch.Tensor | None
-    squash: Squash | None
+    squash: WholeImage | None
     eval_crop: Uint8Transform
     workers: int
     skipped: list[dict] = field(default_factory=list)
@@ -153,7 +142,7 @@ class ImageRows:
         for b, pos in self._stream(chunks, squash=None, crop=self.eval_crop, pin=device.type == "cuda"):
             yield b["crop"].to(device, non_blocking=True), pos
 
-    def _stream(self, chunks: list[torch.Tensor], *, squash: Squash | None, crop: Uint8Transform | None,
+    def _stream(self, chunks: list[torch.Tensor], *, squash: WholeImage | None, crop: Uint8Transform | None,
                 pin: bool) -> Iterator[tuple[dict, torch.Tensor]]:
         """Decode the chunks again (a file that has become unreadable since the first pass stops the run)."""
         from torch.utils.data import DataLoader
@@ -205,7 +194,8 @@ def decode_rows(images: ImageSet, lut: torch.Tensor | None, *, spec: BackboneSpe
     labelled = (labels >= 0).nonzero().squeeze(1)
     side = spec.image_size
     keep = len(labelled) * 3 * side * side * (2 if squares else 1) <= (RAM_BYTES if ram_bytes is None else ram_bytes)
-    squash, crop = Squash(side) if squares else None, Uint8Transform.from_timm(eval_transform(spec))
+    squash = WholeImage(side, channels=spec.in_chans) if squares else None  # pretraining's whole-image store
+    crop = Uint8Transform.from_timm(eval_transform(spec), channels=spec.in_chans)
     ds = _Decoded(images, squash=squash if keep else None, crop=crop if keep else None,
                   draft=max(side, crop.resize))
     parts, skipped = _first_pass(ds, labelled.tolist(), workers=workers, show_progress=show_progress, what=what)
@@ -245,5 +235,5 @@ def check_classes(train: ImageRows, classes: tuple[str, ...]) -> None:
                             "needs at least 2 (see the skipped files in report.json)")
 
 
-__all__ = ["RAM_BYTES", "Held", "ImageRows", "Squash", "check_classes", "decode_rows", "hold_out", "open_eval",
+__all__ = ["RAM_BYTES", "Held", "ImageRows", "check_classes", "decode_rows", "hold_out", "open_eval",
            "open_train"]

@@ -90,7 +90,7 @@ def load_finetuned(path: str | os.PathLike) -> Finetuned:
     except ValueError:
         raise SSLProbeError(f"'{p}': metadata 'classes' is not a JSON list; re-export the model") from None
     net, _ = create_backbone(spec.model, weights="random", init="train", image_size=spec.image_size,
-                             small_stem=spec.small_stem)
+                             small_stem=spec.small_stem, in_chans=spec.in_chans)
     net.reset_classifier(len(classes))
     _add_biases(net, state)
     try:
@@ -129,7 +129,7 @@ def predict_images(data: str | os.PathLike, *, model: str | os.PathLike | Finetu
     net = ft.net.to(dev).eval().to(memory_format=torch.channels_last)  # the layout it was trained and scored in
     cuda = dev.type == "cuda"
     images = open_images(data, image_column=image_column)
-    tf = Uint8Transform.from_timm(eval_transform(ft.spec))
+    tf = Uint8Transform.from_timm(eval_transform(ft.spec), channels=ft.spec.in_chans)
     loader = DataLoader(ImageDataset(images, tf, draft=tf.draft), batch_size=batch_size, collate_fn=collate,
                         num_workers=default_workers() if workers is None else workers)
     rows, skipped = [], []
