@@ -150,6 +150,17 @@ def test_render_comparison():
     assert "(val)" in buf.getvalue()
 
 
+def test_render_comparison_takes_a_fine_tuned_row():
+    ft = {**fake_result(), "protocol": "finetune", "C": None, "knn": None}
+    point = {"kind": "fraction", "value": 0.5, "seeds": 1}
+    ft["label_efficiency"] = {"points": [{**point, "finetune": {"mean": 0.9, "std": 0.0}}]}
+    probe = {**fake_result(), "label_efficiency": {"points": [{**point, "linear": {"mean": 0.7, "std": 0.0}}]}}
+    buf = io.StringIO()
+    render_comparison([("probe", probe), ("finetune", ft)], console=Console(file=buf, width=160))
+    text = buf.getvalue()
+    assert "90.00%" in text and "70.00%" in text and "—" in text
+
+
 def test_summary_drops_bulky_fields():
     r = fake_result()
     s = summary(r)

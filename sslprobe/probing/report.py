@@ -231,10 +231,12 @@ def render_comparison(rows: Sequence[tuple[str, Mapping[str, Any]]], *, console:
     for name, r in rows:
         knn = r.get("knn") or {}
         knn_cell = _with_ci(knn.get(split), "top1") + (f" (k={knn['k']})" if knn.get("k") is not None else "")
-        cells = [name, _with_ci(r[split], "top1"), _with_ci(r[split], "balanced_accuracy"), knn_cell, f"{r['C']:.3g}"]
+        c_cell = f"{r['C']:.3g}" if r.get("C") is not None else "—"  # a fine-tuned row has no C
+        cells = [name, _with_ci(r[split], "top1"), _with_ci(r[split], "balanced_accuracy"), knn_cell, c_cell]
         pts = {(p["kind"], p["value"]): p for p in (r.get("label_efficiency") or {}).get("points", [])}
+        main = "linear" if r.get("protocol", "linear") == "linear" else r["protocol"]
         for key in le_points:
-            cells += [_le_cell(pts.get(key), "linear"), _le_cell(pts.get(key), "knn")]
+            cells += [_le_cell(pts.get(key), main), _le_cell(pts.get(key), "knn")]
         table.add_row(*cells)
     console.print(table)
     if le_points:
