@@ -5,15 +5,16 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "sslprobe"
-COMMANDS = ("images", "pretraining", "extraction", "probing", "finetuning")
+COMMANDS = ("images", "pretraining", "extraction", "probing", "finetuning", "study")
 # folder → command folders it must never import
 FORBIDDEN = {
     "": COMMANDS,  # shared leaves (cli, demo and __init__ are the top and are exempt below)
-    "images": ("pretraining", "extraction", "probing", "finetuning"),
-    "pretraining": ("extraction", "probing", "finetuning"),
-    "extraction": ("pretraining", "probing", "finetuning"),
-    "probing": ("pretraining", "extraction", "finetuning"),
-    "finetuning": ("pretraining", "extraction"),
+    "images": ("pretraining", "extraction", "probing", "finetuning", "study"),
+    "pretraining": ("extraction", "probing", "finetuning", "study"),
+    "extraction": ("pretraining", "probing", "finetuning", "study"),
+    "probing": ("pretraining", "extraction", "finetuning", "study"),
+    "finetuning": ("pretraining", "extraction", "study"),
+    "study": (),  # the orchestrator runs every command through its public functions
 }
 TOP = {"cli.py", "demo.py", "__init__.py", "__main__.py"}
 
