@@ -33,9 +33,9 @@ class DemoRecipe:
     warmup_epochs: float = 2.0
     proj_hidden: int = 512  # the paper's 4096 would be most of the CPU step at 32 px
     arms: tuple[str, ...] = ("pixels", "random", "byol")
-    fractions: tuple[float, ...] = (0.1, 1.0)
-    shots: tuple[int, ...] = (5,)
-    seeds: int = 3
+    fractions: tuple[float, ...] = (0.1, 1.0)  # a small label curve: each 10 % draw is ~5-fold CV fits
+    shots: tuple[int, ...] = ()
+    seeds: int = 2
 
 
 def write_sample(out: Path) -> Path:

@@ -137,7 +137,8 @@ def pool_names(inputs: Inputs, pool: Iterable[Entry]) -> list[tuple[str, Entry]]
 
 def materialise(dest: Path, files: Sequence[tuple[str, Entry]], inputs: Inputs) -> None:
     """Make ``dest`` hold exactly ``files`` (name → image): links to files, bytes of dataset rows."""
-    digest = hashlib.sha256("\n".join(f"{name}\t{e.origin}\t{e.id}\t{e.key}" for name, e in files).encode())
+    digest = hashlib.sha256("\n".join(f"{name}\t{_source(inputs.sets[e.origin], e)}\t{e.key}"
+                                      for name, e in files).encode())  # a moved DATA folder relinks
     marker = dest / LISTING
     if marker.is_file() and marker.read_text() == digest.hexdigest():
         return
@@ -151,12 +152,19 @@ def materialise(dest: Path, files: Sequence[tuple[str, Entry]], inputs: Inputs) 
     marker.write_text(digest.hexdigest())  # last: a half-made folder is redone, never trusted
 
 
+def _source(images: ImageSet, e: Entry) -> str:
+    """Where an image's bytes come from: its file, or its dataset row."""
+    if images.kind == "hf":
+        return f"{images.source}#{e.id}"
+    return os.path.join(images.root or "", *e.id.split("/"))
+
+
 def _place(target: Path, images: ImageSet, e: Entry) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     if images.kind == "hf":
         target.write_bytes(images.read_bytes(e.index))
         return
-    src = os.path.join(images.root or "", *e.id.split("/"))
+    src = _source(images, e)
     try:
         os.symlink(src, target)
     except OSError:  # no symlinks here (some Windows setups, some filesystems): a copy works everywhere

@@ -86,14 +86,17 @@ def budget_difference(a: Mapping[str, Any], b: Mapping[str, Any], budget: Budget
 
 
 def difference_sentence(name_a: str, name_b: str, d: Mapping[str, Any]) -> str:
-    """'byol beats random by 3.1 points at 10 % labels (95 % t-interval over 3 draws 1.2 to 5.0)' or 'within noise'."""
-    lo_hi = f"95 % t-interval over {d['draws']} paired draws {100 * d['ci'][0]:+.1f} to {100 * d['ci'][1]:+.1f}" \
-        if d["ci"] else f"{d['draws']} draw, no interval"
+    """'byol beats random by 3.1 points at 10 % labels (95 % t-interval over 3 draws 1.2 to 5.0)' or 'not
+    distinguishable'; a winner's interval is of its own lead."""
     at = f"at {d['budget']} labels" if d["kind"] == "fraction" else f"at {d['budget']}"
+    sign = 1 if d["mean"] > 0 or not d["clear"] else -1
+    lo, hi = sorted(sign * 100 * v for v in d["ci"]) if d["ci"] else (None, None)
+    how = f"95 % t-interval over {d['draws']} paired draws {lo:+.1f} to {hi:+.1f}" if d["ci"] else \
+        f"{d['draws']} draw, no interval"
     if d["clear"]:
-        win, lose = (name_a, name_b) if d["mean"] > 0 else (name_b, name_a)
-        return f"{win} beats {lose} by {100 * abs(d['mean']):.1f} points {at} ({lo_hi})"
-    return f"{name_a} and {name_b} are not distinguishable {at} (Δ {100 * d['mean']:+.1f} points, {lo_hi})"
+        win, lose = (name_a, name_b) if sign > 0 else (name_b, name_a)
+        return f"{win} beats {lose} by {100 * abs(d['mean']):.1f} points {at} ({how})"
+    return f"{name_a} and {name_b} are not distinguishable {at} (Δ {100 * d['mean']:+.1f} points, {how})"
 
 
 def csv_rows(name: str, r: Mapping[str, Any], *, method: str) -> list[dict[str, Any]]:
