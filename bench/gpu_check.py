@@ -35,12 +35,13 @@ nor lightly). Once, here, in the repository's root:
 (the four IDX files are 30 MB, lightly's wheel 0.3 MB; ../shared does not travel). Then the one command,
 with ``carry: [".gpu_check"]`` and ``timeout_s: 600``:
 
-    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu_check/whl/*.whl \\
-        && export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 \\
-        && python3 bench/gpu_check.py --json $OUT/gpu_check.json 2>&1 | tee $OUT/gpu_check.log
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu_check/whl/*.whl;
+    export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1;
+    python3 bench/gpu_check.py --json $OUT/gpu_check.json 2>&1 | tee $OUT/gpu_check.log
 
+(a failed install only turns the lightly rows into "skipped: lightly not installed").
 It writes $OUT/gpu_check.json and $OUT/gpu_check.md (the table, for bench/RESULTS.md). To redo one
-stage: ``--only NAME``; a stage's budget: ``--budget NAME=SECONDS``.
+stage: ``--only NAME`` (env always runs, so every JSON names its card); a stage's budget: ``--budget NAME=SECONDS``.
 
     python bench/gpu_check.py --smoke     # every stage at toy size on the CPU (tests/test_gpu_check.py)
 
@@ -63,7 +64,8 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from multiprocessing import Pool
 from pathlib import Path
 from typing import Any
@@ -121,7 +123,7 @@ class Measured:
     status: str = "ok"
 
 
-class Skip(Exception):  # noqa: N818 -- a stage that cannot run here says why; it did not fail
+class Skip(Exception):
     """Raised by a stage that cannot run here ("no CUDA", "lightly not installed")."""
 
 
@@ -241,10 +243,19 @@ class Context:
     sizes: Sizes
     work: Path
     idx_dir: Path | None
+    partial: Path | None = None  # in a stage's own process: where it leaves the rows measured so far
+    kept: dict[str, Measured] = field(default_factory=dict)
 
     @property
     def data(self) -> DataSets:
         return DataSets(self)
+
+    def keep(self, got: dict[str, Measured]) -> None:
+        """Leave the rows measured so far: a stage that raises, or is stopped at its budget, keeps them."""
+        self.kept.clear()
+        self.kept.update(got)
+        if self.partial is not None:
+            write_json(self.partial, {k: asdict(m) for k, m in got.items()})
 
 
 # ----------------------------------------------------------------------------- data
@@ -362,6 +373,20 @@ def need_lightly() -> None:
 
 def no_cuda(note: str = "") -> Measured:
     return Measured(None, note=note, status="skipped: no CUDA")
+
+
+def failed(e: BaseException) -> str:
+    text = str(e).splitlines()[0][:300] if str(e) else ""
+    return f"failed: {type(e).__name__}: {text}"
+
+
+def guarded(measure: Callable[..., Measured], **kw: Any) -> Measured:
+    """One row: what it raises becomes its status, and the stage's other rows are still measured."""
+    try:
+        return measure(**kw)
+    except Exception as e:  # noqa: BLE001 -- a row's failure is a result (nvJPEG missing, an OOM)
+        traceback.print_exc()
+        return Measured(None, status=failed(e))
 
 
 @dataclass
@@ -555,12 +580,15 @@ def probe_stage(ctx: Context) -> tuple[dict[str, Measured], dict[str, Any]]:
     rows = {"search_refit": Measured(round(took, 2), "s", f"search {tm['search']:.1f} s ({len(r['val_curve'])} fits)"
                                      f" + refit {tm['refit']:.1f} s, C={r['C']:.3g}, top-1 {r['test']['top1']:.3f}, "
                                      f"on {r['device']}")}
-    rows["knn"], details["knn"] = knn_row(train, test, queries=p.knn_queries, k=p.k, dev=dev)
-    rows["offload"], details["offload"] = offload_row(train, test, rows=p.offload_rows, C=r["C"], ctx=ctx)
+    ctx.keep(rows)
+    rows["knn"] = guarded(knn_row, train=train, test=test, queries=p.knn_queries, k=p.k, dev=dev, details=details)
+    ctx.keep(rows)
+    rows["offload"] = guarded(offload_row, train=train, test=test, rows=p.offload_rows, C=r["C"], ctx=ctx,
+                              details=details)
     return rows, details
 
 
-def knn_row(train: Any, test: Any, *, queries: int, k: int, dev: Any) -> tuple[Measured, dict[str, Any]]:
+def knn_row(*, train: Any, test: Any, queries: int, k: int, dev: Any, details: dict[str, Any]) -> Measured:
     from sslprobe.knn import knn_votes
 
     q = test.features[:queries]
@@ -568,12 +596,12 @@ def knn_row(train: Any, test: Any, *, queries: int, k: int, dev: Any) -> tuple[M
         votes = knn_votes(train.features, train.labels, q, ks=(20,), num_classes=k, device=dev)[20]
     top1 = float((votes.argmax(1).cpu() == test.labels[:queries]).float().mean())
     tflops = 2 * train.features.shape[0] * q.shape[0] * q.shape[1] / c.seconds / 1e12
-    info = {"seconds": round(c.seconds, 3), "queries": q.shape[0], "top1": top1, "tflops": round(tflops, 2)}
+    details["knn"] = {"seconds": round(c.seconds, 3), "queries": q.shape[0], "top1": top1, "tflops": round(tflops, 2)}
     return Measured(round(c.seconds, 2), "s", f"{q.shape[0] / c.seconds:,.0f} queries/s, {tflops:.1f} TFLOP/s "
-                                              f"(host→device copy included), top-1 {top1:.3f} on {dev.type}"), info
+                                              f"(host→device copy included), top-1 {top1:.3f} on {dev.type}")
 
 
-def offload_row(train: Any, test: Any, *, rows: int, C: float, ctx: Context) -> tuple[Measured, dict[str, Any]]:
+def offload_row(*, train: Any, test: Any, rows: int, C: float, ctx: Context, details: dict[str, Any]) -> Measured:
     """The same fixed-C probe with the features on the device and with them streamed from host memory
     (the path :func:`sslprobe.probing.compute.offload` takes when they'd fill over half the GPU)."""
     import sslprobe.probing.compute as compute
@@ -591,10 +619,9 @@ def offload_row(train: Any, test: Any, *, rows: int, C: float, ctx: Context) -> 
     t_on, t_off = (x["timing"]["refit"] for x in (on, off))
     a, b = on["test"]["top1"], off["test"]["top1"]
     status = "ok" if abs(a - b) <= 1e-3 else f"failed: top-1 {b:.4f} host-resident vs {a:.4f} on the device"
-    return (Measured(round(b - a, 4), "Δ top-1", f"{a:.4f} vs {b:.4f}; refit {t_on:.1f} s on the device, "
-                                                 f"{t_off:.1f} s streamed ({sub.features.shape[0]:,} rows)",
-                     status=status),
-            {"on_device": {"top1": a, "refit_s": t_on}, "host": {"top1": b, "refit_s": t_off}})
+    details["offload"] = {"on_device": {"top1": a, "refit_s": t_on}, "host": {"top1": b, "refit_s": t_off}}
+    note = f"{a:.4f} vs {b:.4f}; refit {t_on:.1f} s on the device, {t_off:.1f} s streamed ({len(sub.labels):,} rows)"
+    return Measured(round(b - a, 4), "Δ top-1", note, status=status)
 
 
 # ----------------------------------------------------------------------------- stage: extract
@@ -629,19 +656,42 @@ def plain_loop(data: Path, *, model: str, image_size: int, batch: int, workers: 
     return torch.cat(feats).cpu(), [os.path.relpath(p, data) for p, _ in ds.reader.samples]
 
 
-def _extract_run(data: Path, out: Path, *, e: Extract, ctx: Context, decode: str, workers: int) -> tuple[Any, dict]:
+@dataclass(frozen=True)
+class PlainRun:
+    """The peer's pass: its features (file order), their paths, and its wall seconds over ``n`` images."""
+
+    features: Any
+    paths: list[str]
+    seconds: float
+    n: int
+
+
+def decode_row(*, data: Path, decode: str, e: Extract, ctx: Context, workers: int, plain: PlainRun,
+               details: dict[str, Any]) -> Measured:
+    """A cold ``extract`` (fresh cache) with ``decode``, against the plain loop's time and features."""
     from safetensors.torch import load_file
 
     from sslprobe import extract
+    from sslprobe.runtime import pick_device
 
+    out = ctx.work / f"extract-{decode}"
     shutil.rmtree(out, ignore_errors=True)
-    m = extract(data, out=out / "features", model=e.model, weights="random", image_size=e.image_size,
-                batch_size=e.batch, device=ctx.device, workers=workers, cache_dir=out / "cache", decode=decode,
-                show_progress=False)
-    return load_file(str(out / "features" / "features.safetensors"))["features"], m
+    cuda = pick_device(ctx.device).type == "cuda"
+    with Clock(cuda) as c:
+        m = extract(data, out=out / "features", model=e.model, weights="random", image_size=e.image_size,
+                    batch_size=e.batch, device=ctx.device, workers=workers, cache_dir=out / "cache", decode=decode,
+                    show_progress=False)
+    feats = load_file(str(out / "features" / "features.safetensors"))["features"]
+    order = {p: i for i, p in enumerate(plain.paths)}
+    cos = _min_cosine(feats, plain.features[[order[p] for p in m["paths"]]])
+    details[f"{decode}_decode"] = {"seconds": round(c.seconds, 2), "min_cosine_vs_plain": cos,
+                                   "timings": m.get("timings"), "decode": m.get("decode")}
+    note = f"{plain.n / c.seconds:,.0f} img/s in {c.seconds:.1f} s; min cosine vs plain {cos:.4f}"
+    return Measured(round(plain.seconds / c.seconds, 2), "× plain", note,
+                    status="ok" if cuda or decode == "cpu" else "skipped: no CUDA (ran the CPU decode)")
 
 
-def model_only_forward(*, e: Extract, dev: Any, batches: int) -> float:
+def model_only_row(*, e: Extract, dev: Any) -> Measured:
     """img/s of the bare forward on device-resident input: bf16 + channels_last on CUDA, fp32 on CPU."""
     import torch
 
@@ -649,6 +699,7 @@ def model_only_forward(*, e: Extract, dev: Any, batches: int) -> float:
 
     net, _, _ = random_backbone(e.model, image_size=e.image_size, seed=0)
     cuda = dev.type == "cuda"
+    batches = 20 if cuda else 2
     net = net.to(dev).eval().to(memory_format=torch.channels_last)
     x = torch.randn(e.batch, 3, e.image_size, e.image_size, device=dev).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
@@ -657,7 +708,7 @@ def model_only_forward(*, e: Extract, dev: Any, batches: int) -> float:
         with Clock(cuda) as c:
             for _ in range(batches):
                 net(x)
-    return batches * e.batch / c.seconds
+    return Measured(round(batches * e.batch / c.seconds), "img/s", "bf16 + channels_last" if cuda else "fp32 on CPU")
 
 
 def extract_stage(ctx: Context) -> tuple[dict[str, Measured], dict[str, Any]]:
@@ -672,19 +723,14 @@ def extract_stage(ctx: Context) -> tuple[dict[str, Measured], dict[str, Any]]:
     n = count_files(data, "*.jpg")
     with Clock(cuda) as c:
         ref, paths = plain_loop(data, **kw)
-    rows, details = {"plain": Measured(round(n / c.seconds), "img/s", f"{c.seconds:.1f} s, {workers} workers")}, {}
-    plain_s = c.seconds
-    for key, decode in (("cpu_decode", "cpu"), ("gpu_decode", "gpu")):
-        with Clock(cuda) as c:
-            feats, m = _extract_run(data, ctx.work / f"extract-{decode}", e=e, ctx=ctx, decode=decode, workers=workers)
-        order = {p: i for i, p in enumerate(paths)}
-        cos = _min_cosine(feats, ref[[order[p] for p in m["paths"]]])
-        details[key] = {"seconds": round(c.seconds, 2), "min_cosine_vs_plain": cos, "timings": m.get("timings")}
-        note = f"{n / c.seconds:,.0f} img/s in {c.seconds:.1f} s; min cosine vs plain {cos:.4f}"
-        rows[key] = Measured(round(plain_s / c.seconds, 2), "× plain", note,
-                             status="ok" if cuda or decode == "cpu" else "skipped: no CUDA (ran the CPU decode)")
-    rows["model_only"] = Measured(round(model_only_forward(e=e, dev=dev, batches=20 if cuda else 2)), "img/s",
-                                  "bf16 + channels_last" if cuda else "fp32 on CPU")
+    plain = PlainRun(ref, paths, c.seconds, n)
+    rows = {"plain": Measured(round(n / c.seconds), "img/s", f"{c.seconds:.1f} s, {workers} workers")}
+    details: dict[str, Any] = {"images": n, "workers": workers}
+    for decode in ("cpu", "gpu"):
+        rows[f"{decode}_decode"] = guarded(decode_row, data=data, decode=decode, e=e, ctx=ctx, workers=workers,
+                                           plain=plain, details=details)
+        ctx.keep(rows)
+    rows["model_only"] = guarded(model_only_row, e=e, dev=dev)
     return rows, details
 
 
@@ -716,17 +762,21 @@ def throughput_args(t: Throughput, *, data: Path, ctx: Context, compile: bool) -
     return a
 
 
-def time_rows(t: Throughput, *, data: Path, ctx: Context, compile: bool) -> tuple[dict[str, float], dict[str, Any]]:
-    """img/s of each timed pretrain_throughput row (its Bench: same backbone, heads, optimiser, batch both sides)."""
+def time_rows(t: Throughput, *, data: Path, ctx: Context, compile: bool,
+              as_rows: Callable[[dict[str, float], str], dict[str, Measured]]) -> tuple[dict[str, float], dict]:
+    """img/s of each timed pretrain_throughput row (its Bench: same backbone, heads, optimiser, batch both
+    sides); after each, ``as_rows(rates, compile note)`` is kept (``Context.keep``)."""
     import pretrain_throughput as pt
 
     a = throughput_args(t, data=data, ctx=ctx, compile=compile)
     b = pt.Bench(a, data)
-    rates = {}
-    for name, fn in b.rows().items():
-        if any(w in name for w in ROW_WORDS):
-            b.row = name
-            rates[name] = fn()
+    todo = [(name, fn) for name, fn in b.rows().items() if any(w in name for w in ROW_WORDS)]
+    todo.sort(key=lambda item: item[0].endswith("compiled"))  # compiling last: a slow compile costs its row only
+    rates: dict[str, float] = {}
+    for name, fn in todo:
+        b.row = name
+        rates[name] = fn()
+        ctx.keep(as_rows(rates, b.compiled.compile_note if b.compiled is not None else "off"))
     info = {"model": b.spec.model, "image_size": b.size, "small_stem": b.spec.small_stem, "batch": b.batch,
             "workers": a.workers, "files": len(b.files), "store_px": b.store, "decode_to_store_s": round(b.decode_s, 2),
             "optimizer": b.cfg.optimizer, "precision": b.cfg.precision, "warmup": a.warmup, "steps": a.steps,
@@ -758,17 +808,19 @@ R50_ROWS = (
 )
 
 
-def r50_stage(ctx: Context) -> tuple[dict[str, Measured], dict[str, Any]]:
-    need_lightly()
-    rates, info = time_rows(ctx.sizes.r50, data=ctx.data.jpegs(), ctx=ctx, compile=False)
+def r50_rows(rates: dict[str, float], compile_note: str) -> dict[str, Measured]:
     lt = pick(rates, "lightly:")
-    model = pick(rates, "model-only: sslprobe")
-    rows = {"lightly": Measured(None if lt is None else round(lt), "img/s"),
+    return {"lightly": Measured(_round(lt), "img/s"),
             "ram": ratio_row(pick(rates, "sslprobe: RAM", not_end="compiled"), lt),
             "streamed": ratio_row(pick(rates, "sslprobe: streamed"), lt),
-            "model_only": Measured(None if model is None else round(model), "img/s"),
+            "model_only": Measured(_round(pick(rates, "model-only: sslprobe")), "img/s"),
             "model_only_lightly": Measured(_round(pick(rates, "model-only: lightly")), "img/s")}
-    return rows, info
+
+
+def r50_stage(ctx: Context) -> tuple[dict[str, Measured], dict[str, Any]]:
+    need_lightly()
+    rates, info = time_rows(ctx.sizes.r50, data=ctx.data.jpegs(), ctx=ctx, compile=False, as_rows=r50_rows)
+    return r50_rows(rates, info["compile"]), info
 
 
 def _round(v: float | None) -> int | None:
@@ -783,21 +835,25 @@ R18_ROWS = (
 )
 
 
-def r18_stage(ctx: Context) -> tuple[dict[str, Measured], dict[str, Any]]:
-    need_lightly()
-    train, _ = ctx.data.fmnist()
-    cuda = cuda_ready(ctx)
-    rates, info = time_rows(ctx.sizes.r18, data=train, ctx=ctx, compile=cuda)  # inductor on a CPU: minutes
+def r18_rows(rates: dict[str, float], *, compile_note: str, cuda: bool) -> dict[str, Measured]:
     lt = pick(rates, "lightly:")
     compiled = ratio_row(pick(rates, "sslprobe: RAM", end="compiled"), lt)
     if not cuda:
         compiled = no_cuda("torch.compile is timed on the GPU only")
-    elif not info["compile"].startswith("on"):
-        compiled = Measured(compiled.value, compiled.unit, compiled.note, status=f"failed: compile {info['compile']}")
-    rows = {"lightly": Measured(_round(lt), "img/s"), "compiled": compiled,
+    elif compiled.value is not None and not compile_note.startswith("on"):  # TrainStep fell back to eager
+        compiled = Measured(compiled.value, compiled.unit, compiled.note, status=f"failed: compile {compile_note}")
+    return {"lightly": Measured(_round(lt), "img/s"), "compiled": compiled,
             "eager": ratio_row(pick(rates, "sslprobe: RAM", not_end="compiled"), lt),
             "model_only": Measured(_round(pick(rates, "model-only: sslprobe")), "img/s")}
-    return rows, info
+
+
+def r18_stage(ctx: Context) -> tuple[dict[str, Measured], dict[str, Any]]:
+    need_lightly()
+    train, _ = ctx.data.fmnist()
+    cuda = cuda_ready(ctx)
+    rates, info = time_rows(ctx.sizes.r18, data=train, ctx=ctx, compile=cuda,  # inductor on a CPU: minutes
+                            as_rows=lambda r, note: r18_rows(r, compile_note=note, cuda=cuda))
+    return r18_rows(rates, compile_note=info["compile"], cuda=cuda), info
 
 
 # ----------------------------------------------------------------------------- stage: quality
@@ -812,47 +868,50 @@ QUALITY_ROWS = (
 )
 
 
+def timing_run(out: Path, steps: int, *, data: Path, kw: dict[str, Any]) -> Path:
+    """The study's timing run (sslprobe/study/stages.py): ``steps`` logged steps that measure the rate."""
+    from sslprobe import pretrain
+    from sslprobe.study.budget import MEASURE_LOG_EVERY
+
+    pretrain(data, out=out, max_steps=steps, log_every=MEASURE_LOG_EVERY, save_every="end", **kw)
+    return out
+
+
 def quality_stage(ctx: Context) -> tuple[dict[str, Measured], dict[str, Any]]:
-    from sslprobe.study.budget import MEASURE_LOG_EVERY, fitted_steps
+    from sslprobe import pretrain
+    from sslprobe.study.budget import fitted_steps
 
     q, (train, test) = ctx.sizes.quality, ctx.data.fmnist()
     work = ctx.work / "quality"
     shutil.rmtree(work, ignore_errors=True)  # a rerun measures again (fitted_steps would reuse its fit)
     kw = {"model": q.model, "image_size": q.image_size, "batch_size": q.batch, "proj_hidden": q.proj_hidden,
           "device": ctx.device, "workers": q.workers, "show_progress": False}
-
-    def measure(out: Path, steps: int) -> Path:  # the study's timing run (sslprobe/study/stages.py)
-        _pretrain(train, out=out, max_steps=steps, log_every=MEASURE_LOG_EVERY, save_every="end", **kw)
-        return out
-
-    fitted = fitted_steps(q.minutes, workdir=work / "budget", measure=measure)
+    fitted = fitted_steps(q.minutes, workdir=work / "budget", measure=partial(timing_run, data=train, kw=kw))
     steps = fitted.max_steps if q.step_cap is None else min(q.step_cap, fitted.max_steps)
     t = time.perf_counter()
-    summary = _pretrain(train, out=work / "byol", max_steps=steps, save_every="end", **kw)
+    summary = pretrain(train, out=work / "byol", max_steps=steps, save_every="end", **kw)
     train_s = time.perf_counter() - t
     details: dict[str, Any] = {"fitted": asdict(fitted), "steps": steps, "train_s": round(train_s, 1),
                                "final_loss": summary.get("final_loss"), "arms": {}}
-    rows = {"budget": Measured(steps, "steps", f"{fitted.steps_per_second * q.batch:,.0f} img/s measured; trained "
-                                               f"in {train_s:.0f} s (+{fitted.setup_seconds:.0f} s setup)")}
-    arms = {"pixels": {"weights": "pixels", "image_size": q.image_size},
+    epochs = steps * q.batch / max(1, count_files(train, "*.png"))
+    rows = {"budget": Measured(steps, "steps", f"{epochs:.1f} epochs at {fitted.steps_per_second * q.batch:,.0f} "
+                                               f"img/s; the run took {train_s:.0f} s of {60 * q.minutes:.0f} s")}
+    ctx.keep(rows)
+    arms = {"byol": {"weights": str(work / "byol" / "backbone.safetensors")},  # the goal's row first
             "random": {"weights": "random", "model": q.model, "image_size": q.image_size},
-            "byol": {"weights": str(work / "byol" / "backbone.safetensors")}}
+            "pixels": {"weights": "pixels", "image_size": q.image_size}}
     for name, weights in arms.items():
-        r = probe_arm(train, test, work=work / name, weights=weights, q=q, ctx=ctx)
-        details["arms"][name] = r
-        rows[name] = Measured(round(100 * r["linear_top1"], 2), "%", f"C={r['C']:.3g}, {r['dim']}-d")
-    rows["byol_knn"] = Measured(round(100 * details["arms"]["byol"]["knn_top1"], 2), "%")
+        rows[name] = guarded(arm_row, train=train, test=test, work=work / name, weights=weights, q=q, ctx=ctx,
+                             details=details["arms"].setdefault(name, {}))
+        ctx.keep(rows)
+    knn = details["arms"]["byol"].get("knn_top1")
+    rows["byol_knn"] = Measured(None if knn is None else round(100 * knn, 2), "%",
+                                status="ok" if knn is not None else rows["byol"].status)
     return rows, details
 
 
-def _pretrain(data: Path, **kw: Any) -> dict:
-    from sslprobe import pretrain
-
-    return pretrain(data, **kw)
-
-
-def probe_arm(train: Path, test: Path, *, work: Path, weights: dict[str, Any], q: Quality, ctx: Context
-              ) -> dict[str, Any]:
+def arm_row(*, train: Path, test: Path, work: Path, weights: dict[str, Any], q: Quality, ctx: Context,
+            details: dict[str, Any]) -> Measured:
     """extract train and test → probe (C on a 20 % hold-out, refit, test once; kNN beside it)."""
     from sslprobe import extract, probe
 
@@ -862,8 +921,10 @@ def probe_arm(train: Path, test: Path, *, work: Path, weights: dict[str, Any], q
                 cache_dir=ctx.work / "quality" / "cache", show_progress=False, **weights)
     t_extract = time.perf_counter() - t
     r = probe(work / "train", test=work / "test", device=ctx.device)
-    return {"linear_top1": r["test"]["top1"], "knn_top1": (r.get("knn") or {}).get("test", {}).get("top1"),
-            "C": r["C"], "dim": r.get("dim"), "extract_s": round(t_extract, 1), "probe_s": round(r["seconds"], 1)}
+    details.update(linear_top1=r["test"]["top1"], knn_top1=(r.get("knn") or {}).get("test", {}).get("top1"),
+                   C=r["C"], dim=r.get("dim"), extract_s=round(t_extract, 1), probe_s=round(r["seconds"], 1))
+    return Measured(round(100 * r["test"]["top1"], 2), "%", f"C={r['C']:.3g}, {r.get('dim')}-d; extract "
+                                                           f"{t_extract:.0f} s, probe {r['seconds']:.0f} s")
 
 
 # ----------------------------------------------------------------------------- the stages, in run order
@@ -901,10 +962,11 @@ def run_inline(stage: Stage, ctx: Context) -> StageResult:
     except Skip as e:
         status = f"skipped: {e}"
     except Exception as e:  # noqa: BLE001 -- one failing stage must not lose the others' numbers
-        status = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        status = failed(e)
         details = {"traceback": traceback.format_exc()[-4000:]}
+        traceback.print_exc()
     if status != "ok":
-        rows = row_dicts(stage.planned, {}, status=status, judge=judge)
+        rows = row_dicts(stage.planned, dict(ctx.kept), status=status, judge=judge)
     seconds = time.perf_counter() - t
     if status == "ok" and seconds > stage.budget_s:
         details["over_budget"] = True
@@ -912,6 +974,20 @@ def run_inline(stage: Stage, ctx: Context) -> StageResult:
 
 
 # ----------------------------------------------------------------------------- isolation: one process per stage
+
+def partial_path(part: Path) -> Path:
+    return part.with_name(part.stem + ".partial.json")
+
+
+def kept_rows(part: Path) -> dict[str, Measured]:
+    """What a stopped stage had measured (``Context.keep``); nothing if it kept nothing readable."""
+    import json
+
+    try:
+        return {k: Measured(**v) for k, v in json.loads(partial_path(part).read_text()).items()}
+    except (OSError, ValueError, TypeError):
+        return {}
+
 
 def child_command(argv: list[str], *, stage: str, part: Path) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), *argv, "--child", stage, "--part", str(part)]
@@ -923,6 +999,7 @@ def run_isolated(stage: Stage, *, argv: list[str], work: Path, timeout: float, j
     part = work / "parts" / f"{stage.name}.json"
     part.parent.mkdir(parents=True, exist_ok=True)
     part.unlink(missing_ok=True)
+    partial_path(part).unlink(missing_ok=True)
     t = time.perf_counter()
     proc = subprocess.Popen(child_command(argv, stage=stage.name, part=part), start_new_session=True)
     try:
@@ -938,7 +1015,7 @@ def run_isolated(stage: Stage, *, argv: list[str], work: Path, timeout: float, j
 
         return StageResult(**json.loads(part.read_text()))
     return StageResult(stage.name, stage.title, status, seconds, timeout,
-                       row_dicts(stage.planned, {}, status=status, judge=judge))
+                       row_dicts(stage.planned, kept_rows(part), status=status, judge=judge))
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -1063,12 +1140,13 @@ def context(a: argparse.Namespace) -> Context:
 
 
 def run_child(a: argparse.Namespace) -> None:
-    write_json(a.part, asdict(run_inline(BY_NAME[a.child], context(a))))
+    ctx = replace(context(a), partial=partial_path(a.part))
+    write_json(a.part, asdict(run_inline(BY_NAME[a.child], ctx)))
 
 
 def stages_to_run(a: argparse.Namespace) -> list[Stage]:
     want = set(a.only or BY_NAME)
-    return [s for s in STAGES if s.name in want or (s.name == "env" and not a.only)]
+    return [s for s in STAGES if s.name in want or s.name == "env"]
 
 
 class Runner:

@@ -65,13 +65,17 @@ def test_smoke_runs_every_stage_and_writes_every_planned_row(gc, tmp_path):
 
 
 def test_a_failing_stage_keeps_the_other_stages_rows(gc, tmp_path, monkeypatch):
+    def nvjpeg_missing() -> None:
+        raise OSError("no nvJPEG here")
+
     def ok(ctx):
-        return {"a": gc.Measured(1.5, "s")}, {"work": str(ctx.work)}
+        return {"a": gc.Measured(1.5, "s"), "b": gc.guarded(nvjpeg_missing)}, {"work": str(ctx.work)}
 
     def boom(ctx):
+        ctx.keep({"a": gc.Measured(0.5, "s")})  # measured before the failure: kept
         raise RuntimeError("the device fell over")
 
-    planned = (gc.Planned("a", "a row", gc.Goal("<=", 2.0, "≤ 2 s")),)
+    planned = (gc.Planned("a", "a row", gc.Goal("<=", 2.0, "≤ 2 s")), gc.Planned("b", "b row"))
     stages = (gc.Stage("first", "ok", 10, planned, ok), gc.Stage("second", "fails", 10, planned, boom),
               gc.Stage("third", "ok again", 10, planned, ok))
     monkeypatch.setattr(gc, "STAGES", stages)
@@ -79,10 +83,12 @@ def test_a_failing_stage_keeps_the_other_stages_rows(gc, tmp_path, monkeypatch):
     out = tmp_path / "check.json"
     doc = gc.main(["--smoke", "--json", str(out), "--work", str(tmp_path / "w")])
     first, second, third = doc["stages"]
-    assert second["status"] == "failed: RuntimeError: the device fell over" and "Traceback" in second["details"][
-        "traceback"]
-    assert second["rows"][0]["status"] == second["status"] and second["rows"][0]["value"] is None
+    assert second["status"] == "failed: RuntimeError: the device fell over"
+    assert "Traceback" in second["details"]["traceback"]
+    (a, b) = second["rows"]
+    assert a["value"] == 0.5 and a["status"] == "ok" and b["value"] is None and b["status"] == second["status"]
     assert first["status"] == third["status"] == "ok" and third["rows"][0]["value"] == 1.5
+    assert third["rows"][1]["status"] == "failed: OSError: no nvJPEG here"  # a row's failure is the row's only
     assert json.loads(out.read_text())["stages"] == doc["stages"]  # written after every stage
 
 
@@ -98,12 +104,27 @@ def test_judged_goals_and_unplanned_rows(gc):
 
 def test_an_isolated_stage_past_its_budget_is_stopped_and_recorded(tmp_path):
     out = tmp_path / "check.json"
-    r = _run("--smoke", "--isolate", "--only", "data", "cuda_tests", "--budget", "cuda_tests=1", "--json", str(out),
+    r = _run("--smoke", "--isolate", "--only", "cuda_tests", "--budget", "cuda_tests=1", "--json", str(out),
              "--work", str(tmp_path / "work"))
     assert r.returncode == 0, r.stderr[-3000:]
-    data, tests = json.loads(out.read_text())["stages"]
-    assert data["status"] == "ok" and data["rows"][0]["value"] == "120 + 60"  # came back from its own process
+    env, tests = json.loads(out.read_text())["stages"]  # env always runs: every report names its device
+    assert env["status"] == "ok" and env["rows"][0]["value"].startswith("CPU only")  # back from its own process
     assert tests["status"] == "failed: timeout after 1 s (budget)" and tests["rows"][0]["status"] == tests["status"]
+
+
+def test_a_stopped_stage_keeps_the_rows_it_had_measured(gc, tmp_path):
+    part = tmp_path / "parts" / "byol_r18.json"
+    part.parent.mkdir()
+    ctx = gc.Context(smoke=True, device="cpu", sizes=gc.SMOKE, work=tmp_path, idx_dir=None,
+                     partial=gc.partial_path(part))
+    ctx.keep({"lightly": gc.Measured(7890, "img/s"), "eager": gc.Measured(1.3, "× lightly", "a note")})
+    kept = gc.kept_rows(part)
+    assert kept["eager"] == gc.Measured(1.3, "× lightly", "a note")
+    rows = gc.row_dicts(gc.R18_ROWS, kept, status="failed: timeout after 180 s (budget)", judge=True)
+    by = {r["key"]: r for r in rows}
+    assert by["lightly"]["value"] == 7890 and by["eager"]["status"] == "ok"
+    assert by["compiled"]["status"] == "failed: timeout after 180 s (budget)" and by["compiled"]["met"] is None
+    assert gc.kept_rows(tmp_path / "parts" / "none.json") == {}
 
 
 def test_the_cuda_only_tests_are_found(gc):
