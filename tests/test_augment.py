@@ -2,12 +2,12 @@
 import pytest
 import torch
 
+from sslprobe.images.crops import crop_boxes
 from sslprobe.pretraining.augment import (
     ViewConfig,
     blur_drawn,
     byol_views,
     color_jitter,
-    crop_boxes,
     gaussian_blur,
     grayscale,
     hsv_to_rgb,
@@ -71,7 +71,9 @@ def test_each_image_gets_its_own_crop():
 
 
 def test_crop_boxes_respect_area_and_ratio():
-    b = crop_boxes(2000, ViewConfig(), torch.Generator().manual_seed(0), "cpu")
+    cfg = ViewConfig()
+    b = crop_boxes(2000, scale=cfg.crop_scale, ratio=cfg.crop_ratio, generator=torch.Generator().manual_seed(0),
+                   device="cpu")
     w, h, cx, cy = b.unbind(1)
     assert ((cy - h / 2) >= -1e-6).all() and ((cy + h / 2) <= 1 + 1e-6).all()
     area = w * h
@@ -189,7 +191,8 @@ def _make_view_all_images(x, cfg, *, size, mean, std, generator):
 
     g, n = generator, x.shape[0]
     x = x.float().div_(255)
-    x = resized_crop(x, crop_boxes(n, cfg, g, "cpu"), _bernoulli(cfg.flip_p, n, g, "cpu"), size, cfg.interpolation)
+    boxes = crop_boxes(n, scale=cfg.crop_scale, ratio=cfg.crop_ratio, generator=g, device="cpu")
+    x = resized_crop(x, boxes, _bernoulli(cfg.flip_p, n, g, "cpu"), size, cfg.interpolation)
     x = color_jitter(x, cfg, g)
     gray = _bernoulli(cfg.gray_p, n, g, "cpu").view(n, 1, 1, 1)
     x = torch.where(gray, grayscale(x).expand_as(x), x)

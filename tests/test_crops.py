@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from sslprobe.pretraining.augment import ViewConfig, crop_boxes, make_view, resized_crop
+from sslprobe.images.crops import crop_boxes
+from sslprobe.pretraining.augment import ViewConfig, make_view, resized_crop
 
 W, H = 448, 336  # the 4:3 photo of the issue
 N = 2000
@@ -23,9 +24,14 @@ def _torchvision_boxes(n=N, seed=0):
     return torch.tensor([(j, i, w, h) for i, j, h, w in rows], dtype=torch.float64)
 
 
+def _view_boxes(n, cfg, g, *, aspect=None):
+    """crop_boxes with a view's crop area and ratio ranges, on the CPU."""
+    return crop_boxes(n, scale=cfg.crop_scale, ratio=cfg.crop_ratio, generator=g, device="cpu", aspect=aspect)
+
+
 def _ours(n=N, seed=0):
     """The same boxes from sslprobe's per-image crop draws on the whole image, in pixels."""
-    b = crop_boxes(n, ViewConfig(), torch.Generator().manual_seed(seed), "cpu", aspect=torch.full((n,), W / H)).double()
+    b = _view_boxes(n, ViewConfig(), torch.Generator().manual_seed(seed), aspect=torch.full((n,), W / H)).double()
     w, h, cx, cy = b.unbind(1)
     return torch.stack([(cx - w / 2) * W, (cy - h / 2) * H, w * W, h * H], 1)
 
@@ -107,14 +113,13 @@ def test_square_images_are_stored_as_the_centre_crop_stored_them(tmp_path):
 
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (28, 28, 3), dtype=np.uint8))
     assert torch.equal(WholeImage(side=32)(img), Uint8Transform(size=32)(img))
-    b = crop_boxes(500, ViewConfig(), torch.Generator().manual_seed(1), "cpu")
-    assert torch.equal(b, crop_boxes(500, ViewConfig(), torch.Generator().manual_seed(1), "cpu",
-                                     aspect=torch.ones(500)))
+    b = _view_boxes(500, ViewConfig(), torch.Generator().manual_seed(1))
+    assert torch.equal(b, _view_boxes(500, ViewConfig(), torch.Generator().manual_seed(1), aspect=torch.ones(500)))
 
 
 def test_no_fitting_candidate_falls_back_to_torchvision_centre_crop():
     cfg = ViewConfig(crop_scale=(0.95, 1.0))
-    b = crop_boxes(50, cfg, torch.Generator().manual_seed(0), "cpu", aspect=torch.full((50,), 4.0))
+    b = _view_boxes(50, cfg, torch.Generator().manual_seed(0), aspect=torch.full((50,), 4.0))
     # too wide for any 3:4…4:3 crop of ≥ 95 % area: the whole height, width = 4/3 of it, centred
     assert torch.allclose(b, torch.tensor([[4 / 3 / 4, 1.0, 0.5, 0.5]]).expand(50, -1))
 

@@ -25,7 +25,8 @@ from sslprobe.finetuning.export import load_finetuned, predict_images
 from sslprobe.finetuning.finetune import finetune
 from sslprobe.finetuning.loop import FinetuneInterrupted
 from sslprobe.finetuning.recipe import lr_factor, param_groups, resolve_recipe
-from sslprobe.finetuning.views import TrainViews, crop_boxes
+from sslprobe.finetuning.views import TrainViews
+from sslprobe.images.crops import crop_boxes
 from sslprobe.probing.features import load_features
 from sslprobe.probing.pairs import paired_tests
 from sslprobe.probing.splits import stratified_split
@@ -290,7 +291,7 @@ def test_recipe_rates_per_layer_and_schedule():
 def test_crop_boxes_keep_the_photo_geometry():
     g = torch.Generator().manual_seed(0)
     aspect = torch.tensor([2.0] * 500 + [20.0] * 10)
-    b = crop_boxes(aspect, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), generator=g)
+    b = crop_boxes(len(aspect), scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), generator=g, device="cpu", aspect=aspect)
     w, h, cx, cy = b.unbind(1)
     wide = slice(0, 500)
     crop_ratio = w[wide] / h[wide] * 2.0  # crop width / height in the original image's pixels

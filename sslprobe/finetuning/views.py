@@ -2,44 +2,20 @@
 
 Workers decode each training image once, squashed whole to a square of the training size, and keep
 its aspect ratio (``data.py``); the crop is drawn here, on the device, for the whole batch at once:
-per-image boxes in the original image's geometry (torchvision's RandomResizedCrop rule, so a 4:3
-photo is cropped as a 4:3 photo), then one ``grid_sample`` crops, flips and resizes every image. The
-draws of a step come from a generator seeded by (seed, step), so a resumed run sees the same crops.
+per-image boxes in the original image's geometry (``images/crops.py``: torchvision's
+RandomResizedCrop rule, so a 4:3 photo is cropped as a 4:3 photo), then one ``grid_sample`` crops,
+flips and resizes every image. The draws of a step come from a generator seeded by (seed, step), so
+a resumed run sees the same crops.
 """
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-
-def crop_boxes(aspect: torch.Tensor, *, scale: tuple[float, float], ratio: tuple[float, float],
-               generator: torch.Generator, attempts: int = 10) -> torch.Tensor:
-    """(B, 4) boxes (w, h, cx, cy) as fractions of the stored square, for images of width/height ``aspect`` (B,).
-
-    An area fraction in ``scale`` and an aspect in ``ratio`` (log-uniform) of the original image;
-    the first of ``attempts`` draws that fits is kept, else the whole image (clamped to ``ratio``),
-    as torchvision's RandomResizedCrop does.
-    """
-    n, dev, g = aspect.numel(), aspect.device, generator
-    a = aspect.view(n, 1)
-    area = torch.rand(n, attempts, generator=g, device=dev) * (scale[1] - scale[0]) + scale[0]
-    lo, hi = math.log(ratio[0]), math.log(ratio[1])
-    r = torch.exp(torch.rand(n, attempts, generator=g, device=dev) * (hi - lo) + lo)
-    w, h = torch.sqrt(area * r / a), torch.sqrt(area * a / r)  # the crop's sides over the image's
-    ok = (w <= 1) & (h <= 1)
-    first = ok.float().argmax(1, keepdim=True)
-    fw = torch.where(a.squeeze(1) > ratio[1], ratio[1] / a.squeeze(1), torch.ones(n, device=dev))
-    fh = torch.where(a.squeeze(1) < ratio[0], a.squeeze(1) / ratio[0], torch.ones(n, device=dev))
-    found = ok.any(1)
-    w = torch.where(found, w.gather(1, first).squeeze(1), fw)
-    h = torch.where(found, h.gather(1, first).squeeze(1), fh)
-    cx = w / 2 + torch.rand(n, generator=g, device=dev) * (1 - w)
-    cy = h / 2 + torch.rand(n, generator=g, device=dev) * (1 - h)
-    return torch.stack([w, h, cx, cy], 1)
+from sslprobe.images.crops import crop_boxes
 
 
 def resized_crop(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, size: int) -> torch.Tensor:
@@ -82,9 +58,9 @@ class TrainViews:
         """(B, 3, size, size) float32 views of the uint8 (B, 3, S, S) squashed images ``x``."""
         g = torch.Generator(device=x.device)
         g.manual_seed(self.seed * 1_000_003 + step)
-        boxes = crop_boxes(aspect.to(x.device, torch.float32), scale=self.scale, ratio=self.ratio, generator=g)
+        boxes = crop_boxes(x.shape[0], scale=self.scale, ratio=self.ratio, generator=g, device=x.device, aspect=aspect)
         flip = torch.rand(x.shape[0], generator=g, device=x.device) < self.flip_p
         return resized_crop(normalize(x, mean=self.mean, std=self.std), boxes, flip, self.size)
 
 
-__all__ = ["TrainViews", "crop_boxes", "normalize", "resized_crop"]
+__all__ = ["TrainViews", "normalize", "resized_crop"]

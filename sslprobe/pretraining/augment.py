@@ -5,20 +5,20 @@ its width/height kept beside it (``pretraining/batches.py``, docs/pretrain.md "C
 made here on the training device (GPU when present), so augmentation never starves the model of
 data. Every op samples per-image parameters and applies them to the whole batch at once: crop +
 flips + quarter turns + resize is one ``grid_sample`` with a per-image affine grid, the crop drawn
-in the original image's geometry; colour ops are per-image factors with "identity" values where the
-op is not applied, blur is one grouped convolution with per-image kernels. One-channel (grey)
-batches go through the same ops; those that only move colour (saturation, hue, grayscale) leave them
-unchanged.
+in the original image's geometry (``images/crops.py``); colour ops are per-image factors with
+"identity" values where the op is not applied, blur is one grouped convolution with per-image
+kernels. One-channel (grey) batches go through the same ops; those that only move colour
+(saturation, hue, grayscale) leave them unchanged.
 """
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from sslprobe.images.crops import crop_boxes
 from sslprobe.options import VIEWS, check_views
 
 _GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
@@ -105,33 +105,6 @@ def _uniform(lo: float, hi: float, n: int, g: torch.Generator, device) -> torch.
 
 def _bernoulli(p: float, n: int, g: torch.Generator, device) -> torch.Tensor:
     return torch.rand(n, generator=g, device=device) < p
-
-
-def crop_boxes(n: int, cfg: ViewConfig, g: torch.Generator, device, attempts: int = 10, *,
-               aspect: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-image crop (w, h, cx, cy) as fractions of the image's width and height, as RandomResizedCrop samples them.
-
-    The area is a fraction of the original image and the aspect ratio is in the original's own
-    pixels: ``aspect`` (N,) is each image's width / height (None: square images). Draws
-    ``attempts`` candidates per image and keeps the first that fits (torchvision's rule); an image
-    with none gets torchvision's fallback, the whole image clamped to the ratio range, centred.
-    """
-    lo, hi = cfg.crop_scale
-    area = torch.rand(n, attempts, generator=g, device=device) * (hi - lo) + lo  # (N, A)
-    lr0, lr1 = math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1])
-    ratio = torch.exp(torch.rand(n, attempts, generator=g, device=device) * (lr1 - lr0) + lr0)
-    a = torch.ones(n, 1, device=device) if aspect is None else aspect.to(device, torch.float32).view(n, 1)
-    # crop width over image width is sqrt(area·ratio/a): its pixel aspect is then ratio, its area area·W·H
-    w, h = torch.sqrt(area * ratio / a), torch.sqrt(area * a / ratio)
-    ok = (w <= 1) & (h <= 1)
-    found = ok.any(1)
-    first = ok.float().argmax(1, keepdim=True)  # the first candidate that fits (0 where none does)
-    a, one, (r0, r1) = a.squeeze(1), torch.ones(n, device=device), cfg.crop_ratio
-    w = torch.where(found, w.gather(1, first).squeeze(1), torch.where(a > r1, r1 / a, one))
-    h = torch.where(found, h.gather(1, first).squeeze(1), torch.where(a < r0, a / r0, one))
-    cx = torch.where(found, w / 2 + torch.rand(n, generator=g, device=device) * (1 - w), one / 2)
-    cy = torch.where(found, h / 2 + torch.rand(n, generator=g, device=device) * (1 - h), one / 2)
-    return torch.stack([w, h, cx, cy], 1)  # (N, 4)
 
 
 def quarter_turns(n: int, cfg: ViewConfig, g: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -309,7 +282,7 @@ def make_view(
     """
     g, n, dev = generator, x.shape[0], x.device
     x = x.to(torch.float32, copy=True).div_(255)  # copy: .float() of a float batch is the batch itself
-    boxes = crop_boxes(n, cfg, g, dev, aspect=aspect)
+    boxes = crop_boxes(n, scale=cfg.crop_scale, ratio=cfg.crop_ratio, generator=g, device=dev, aspect=aspect)
     flip = _bernoulli(cfg.flip_p, n, g, dev)
     x = resized_crop(x, boxes, flip, size, cfg.interpolation, turns=quarter_turns(n, cfg, g, dev),
                      supersample=max(1, round(x.shape[-1] / size)))
