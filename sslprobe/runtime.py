@@ -1,8 +1,11 @@
-"""Where work runs and how it shows progress: device choice, exact float32 matmuls, worker count, progress bars."""
+"""Where work runs, how it shows progress and how it is stopped: device choice, exact float32 matmuls, worker
+count, progress bars, Ctrl-C/SIGTERM as a request to stop between steps."""
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -79,3 +82,28 @@ def progress_bar(show: bool = True) -> Iterator[Any]:
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=Console(stderr=True), transient=False) as bar:
         yield bar
+
+
+class StopSignals:
+    """SIGINT/SIGTERM set ``hit`` (the signal's name), which a training loop checks between steps to save and stop;
+    a second Ctrl-C interrupts at once. Installed only in the main thread (Python delivers signals there alone)."""
+
+    def __init__(self) -> None:
+        self.hit: str | None = None
+        self.old: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.hit is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.hit = signal.Signals(signum).name
+
+    def __exit__(self, *exc: object) -> bool:
+        for sig, h in self.old.items():
+            signal.signal(sig, h)
+        return False

@@ -23,7 +23,7 @@ from sslprobe.finetuning.budget import time_steps
 from sslprobe.finetuning.curve import CurveSpec, Evaluation, label_curve
 from sslprobe.finetuning.data import Held, ImageRows, check_classes, decode_rows, hold_out, open_eval, open_train
 from sslprobe.finetuning.export import MODEL_FILE, save_finetuned
-from sslprobe.finetuning.loop import StopSignals, Trainer
+from sslprobe.finetuning.loop import Trainer
 from sslprobe.finetuning.network import Backbone, load_backbone, rescale, with_head
 from sslprobe.finetuning.recipe import Recipe, resolve_recipe
 from sslprobe.finetuning.report import write_finetune_reports
@@ -33,7 +33,7 @@ from sslprobe.probing.labeleff import parse_points
 from sslprobe.probing.probe import PhaseTimer
 from sslprobe.probing.report import scored
 from sslprobe.probing.splits import Selection, resolve_select
-from sslprobe.runtime import default_workers, pick_device, progress_bar
+from sslprobe.runtime import StopSignals, default_workers, pick_device, progress_bar
 
 Source = str | os.PathLike
 

@@ -13,8 +13,6 @@ import hashlib
 import json
 import math
 import shutil
-import signal
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -32,6 +30,7 @@ from sslprobe.finetuning.data import ImageRows
 from sslprobe.finetuning.recipe import Recipe, lr_factor, make_optimizer, set_lr, warmup_steps
 from sslprobe.finetuning.views import TrainViews, normalize
 from sslprobe.probing.search import selection_score
+from sslprobe.runtime import StopSignals
 
 RESUME_IGNORES = ("device", "precision")  # the same run may continue on other hardware
 EVAL_BATCH = 256
@@ -39,30 +38,6 @@ EVAL_BATCH = 256
 
 class FinetuneInterrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGTERM) during fine-tuning; ``str()`` says what was saved and how to resume."""
-
-
-class StopSignals:
-    """SIGINT/SIGTERM set ``hit`` (the signal's name), checked between steps; a second Ctrl-C interrupts at once."""
-
-    def __init__(self) -> None:
-        self.hit: str | None = None
-        self.old: dict[int, Any] = {}
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():  # Python delivers signals there alone
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.hit is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.hit = signal.Signals(signum).name
-
-    def __exit__(self, *exc: object) -> bool:
-        for sig, h in self.old.items():
-            signal.signal(sig, h)
-        return False
 
 
 def epoch_order(n: int, *, seed: int, epoch: int) -> torch.Tensor:
@@ -406,4 +381,4 @@ class Run:
 
 
 __all__ = ["EVAL_BATCH", "EpochRecord", "FinetuneInterrupted", "Run", "RunPlan", "RunResult", "SessionBudget",
-           "StopSignals", "Trainer", "epoch_order", "plan_run", "rows_digest"]
+           "Trainer", "epoch_order", "plan_run", "rows_digest"]

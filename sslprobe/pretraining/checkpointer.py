@@ -8,12 +8,9 @@ those the step is all an exact resume needs.
 """
 from __future__ import annotations
 
-import signal
-import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -26,31 +23,6 @@ from sslprobe.pretraining.trainstep import PretrainConfig
 # ``defaults`` only says where values came from (the values themselves, and ``start`` with the init file's
 # sha256, are compared).
 RESUME_IGNORES = ("device", "precision", "sync_batchnorm", "defaults")
-
-
-class StopSignals:
-    """SIGINT/SIGTERM set ``hit`` (the signal's name), which the loop checks between steps; a second Ctrl-C
-    interrupts at once. Installed only in the main thread (Python delivers signals there alone)."""
-
-    def __init__(self):
-        self.hit: str | None = None
-        self.old: dict[int, Any] = {}
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.hit is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.hit = signal.Signals(signum).name
-
-    def __exit__(self, *exc) -> bool:
-        for sig, h in self.old.items():
-            signal.signal(sig, h)
-        return False
 
 
 def resume_point(out: Path, *, resume: str, cfg: PretrainConfig) -> ckpts.Checkpoint | None:

@@ -30,10 +30,10 @@ from sslprobe.options import PRETRAIN, check_pretrain
 from sslprobe.pretraining.augment import ViewConfig, byol_views
 from sslprobe.pretraining.batches import BatchSource, check_grey, store_side
 from sslprobe.pretraining.byol import tau_at
-from sslprobe.pretraining.checkpointer import Checkpointer, StopSignals, restore, resume_point
+from sslprobe.pretraining.checkpointer import Checkpointer, restore, resume_point
 from sslprobe.pretraining.monitor import KnnEval, LossMeter, MetricsLog, RunLog, knn_due, loss_curve
 from sslprobe.pretraining.trainstep import PretrainConfig, StepFeed, TrainStep, build_byol, run_config
-from sslprobe.runtime import default_workers, pick_device
+from sslprobe.runtime import StopSignals, default_workers, pick_device
 
 
 class PretrainInterrupted(KeyboardInterrupt):
