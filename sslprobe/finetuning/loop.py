@@ -29,6 +29,7 @@ from sslprobe.fileio import write_json
 from sslprobe.finetuning.data import ImageRows
 from sslprobe.finetuning.recipe import Recipe, lr_factor, make_optimizer, set_lr, warmup_steps
 from sslprobe.finetuning.views import TrainViews, normalize
+from sslprobe.images.datasets import epoch_order
 from sslprobe.probing.search import selection_score
 from sslprobe.runtime import StopSignals
 
@@ -38,11 +39,6 @@ EVAL_BATCH = 256
 
 class FinetuneInterrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGTERM) during fine-tuning; ``str()`` says what was saved and how to resume."""
-
-
-def epoch_order(n: int, *, seed: int, epoch: int) -> torch.Tensor:
-    """The permutation of ``n`` training rows that epoch ``epoch`` visits (a function of seed and epoch alone)."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
 
 
 def rows_digest(*parts: torch.Tensor) -> str:
@@ -381,4 +377,4 @@ class Run:
 
 
 __all__ = ["EVAL_BATCH", "EpochRecord", "FinetuneInterrupted", "Run", "RunPlan", "RunResult", "SessionBudget",
-           "Trainer", "epoch_order", "plan_run", "rows_digest"]
+           "Trainer", "plan_run", "rows_digest"]

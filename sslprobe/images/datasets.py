@@ -3,7 +3,8 @@
 ``ImageDataset`` + ``collate`` carry the ``BadImageError`` reasons through a DataLoader, so one
 bad file never stops a run; ``Batch`` holds the good images stacked and the (index, reason) of the
 others. Used by pretraining (the uint8 store, the kNN monitor); extraction has its own hashing
-dataset (``extraction.hashed``) because it must read the bytes it hashes. ``sample_indices``,
+dataset (``extraction.hashed``) because it must read the bytes it hashes. ``epoch_order`` is the
+order pretraining and fine-tuning visit their items in an epoch. ``sample_indices``,
 ``long_sides`` and ``first_colour`` look at a few images before a store is decoded (its side, and
 whether the images are grey).
 """
@@ -86,6 +87,12 @@ def collate(items: list[tuple]) -> Batch:
         skipped=[(int(it[0]), str(it[3])) for it in items if it[1] is None],
         aspect=torch.tensor([it[4] for it in good], dtype=torch.float32) if items and len(items[0]) > 4 else None,
     )
+
+
+def epoch_order(n: int, *, seed: int, epoch: int) -> torch.Tensor:
+    """The permutation of ``n`` items that epoch ``epoch`` visits: a function of seed and epoch alone, so a
+    resumed run (or a restarted worker pool) starts mid-epoch without replaying the epoch's draws."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
 
 
 def sample_indices(n: int, k: int) -> list[int]:

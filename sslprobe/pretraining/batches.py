@@ -4,11 +4,12 @@ The store holds each whole image squashed to a square of :func:`store_side` pixe
 width / height beside it, so the views' crops are drawn from the whole image in its own geometry
 (``augment.py``; docs/pretrain.md, "Crops").
 
-Epoch ``e`` visits the images in ``randperm(n)`` drawn from a generator seeded with ``(seed, e)``;
-run step ``k`` is batch ``k mod steps_per_epoch`` of epoch ``k // steps_per_epoch``.
-So the data order is a pure function of the step: a resumed run (or a restarted worker pool)
-starts at its step without replaying anything. With several processes each global batch of
-``world × batch`` images is cut into one slice per rank.
+Epoch ``e`` visits the images in ``randperm(n)`` drawn from a generator seeded with ``(seed, e)``
+(``images.datasets.epoch_order``, as fine-tuning's rows); run step ``k`` is batch
+``k mod steps_per_epoch`` of epoch ``k // steps_per_epoch``. So the data order is a pure function
+of the step: a resumed run (or a restarted worker pool) starts at its step without replaying
+anything. With several processes each global batch of ``world × batch`` images is cut into one
+slice per rank.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 
 from sslprobe.errors import SSLProbeError
-from sslprobe.images.datasets import ImageDataset, collate, first_colour, long_sides, sample_indices
+from sslprobe.images.datasets import ImageDataset, collate, epoch_order, first_colour, long_sides, sample_indices
 from sslprobe.images.folders import ImageSet
 from sslprobe.images.transforms import WholeImage
 from sslprobe.runtime import progress_bar
@@ -46,12 +47,6 @@ def store_side(images: ImageSet, *, size: int, channels: int = 3, ram_limit: int
     limit = RAM_CACHE_BYTES if ram_limit is None else ram_limit
     fit = math.isqrt(max(0, limit) // max(1, len(images) * channels))
     return max(size, min(want, STORE_SCALE * size, fit))
-
-
-def epoch_order(n: int, *, seed: int, epoch: int) -> torch.Tensor:
-    """The permutation of ``n`` items that epoch ``epoch`` visits."""
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(n, generator=g)
 
 
 def _worker_ignores_stop_signals(_: int) -> None:
