@@ -58,9 +58,12 @@ def build(r: StudyRecord, figures: Figures) -> list[Block]:
 
 def _title(r: StudyRecord) -> list[Block]:
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime())
+    stages = [d for run in r.runs for d in run.stages.values()]
+    reused = sum(d.reused for d in stages)
+    again = f" ({reused} of {len(stages)} stages reused from an earlier run)" if reused else ""
     return [Heading(f"sslprobe study: {r.opts.data}", 1),
-            Para(f"{when} · {r.device_type} · {r.seconds:.0f} s · does BYOL pretraining on these images beat the "
-                 "baselines? Every arm was scored on the same test images, touched once.")]
+            Para(f"{when} · {r.device_type} · this run {r.seconds:.0f} s{again} · does BYOL pretraining on these "
+                 "images beat the baselines? Every arm was scored on the same test images, touched once.")]
 
 
 def _verdict(r: StudyRecord) -> list[Block]:
@@ -124,8 +127,8 @@ def _label_efficiency(r: StudyRecord, figures: Figures) -> list[Block]:
                              _budget_cell(p, "knn")))
     out: list[Block] = [Heading("Label efficiency")]
     if figures.label_efficiency is not None:
-        out.append(Figure(figures.label_efficiency, "linear-probe top-1 against labelled train images "
-                                                    "(mean ± std over seeded draws)"))
+        out.append(Figure(figures.label_efficiency, "top-1 against labelled train images (the linear probe; "
+                                                    "fine-tune arms: fine-tuned), mean ± std over seeded draws"))
     out.append(Table(("arm", "labels", "train images", "draws", "top-1 % (linear or fine-tuned)", "kNN top-1 %"),
                      tuple(rows)))
     return out
@@ -134,8 +137,8 @@ def _label_efficiency(r: StudyRecord, figures: Figures) -> list[Block]:
 def _confusions(figures: Figures) -> list[Block]:
     if not figures.confusion:
         return [Para(figures.note)] if figures.note else []
-    return [Heading("Confusion matrices (linear probe, test)"),
-            *(Figure(path, f"{name}") for name, path in figures.confusion.items())]
+    return [Heading("Confusion matrices (test)"),
+            *(Figure(path, name, width=350) for name, path in figures.confusion.items())]
 
 
 def _pretraining(r: StudyRecord, figures: Figures) -> list[Block]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ class Table:
 class Figure:
     path: Path  # a PNG under the study's figures/ folder
     caption: str
+    width: int = 640  # CSS pixels in the HTML page (at most the page's width)
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class Code:
 
 
 Block = Heading | Para | Items | Table | Figure | Code
+_NUMBER = re.compile(r"^([-+−]?\d|—$|nan$)")  # numbers (and their blanks) align right, words left
 
 
 def _md_cell(text: str) -> str:
@@ -81,9 +84,9 @@ color:#1b1f24;line-height:1.45}
 h1{font-size:1.6em;border-bottom:2px solid #d0d7de;padding-bottom:.3em}h2{font-size:1.25em;margin-top:1.8em;
 border-bottom:1px solid #d0d7de;padding-bottom:.2em}
 table{border-collapse:collapse;margin:.6em 0;font-size:.9em}th,td{border:1px solid #d0d7de;padding:.3em .6em;
-text-align:right;vertical-align:top}th{background:#f6f8fa}td:first-child,th:first-child{text-align:left}
+text-align:right;vertical-align:top}th{background:#f6f8fa;text-align:left}td.t{text-align:left}
 .verdict{font-size:1.15em;background:#eef6ee;border-left:4px solid #2da44e;padding:.6em 1em}
-figure{display:inline-block;margin:.5em 1em .5em 0;vertical-align:top}figure img{max-width:100%;height:auto;
+figure{display:inline-block;margin:.5em 1em .5em 0;vertical-align:top}figure img{width:100%;height:auto;
 border:1px solid #eaeef2}figcaption{font-size:.85em;color:#57606a}
 pre{background:#f6f8fa;padding:.8em;overflow-x:auto;font-size:.85em;white-space:pre-wrap}
 """
@@ -99,12 +102,13 @@ def _html_block(b: Block) -> str:
         return "<ul>" + "".join(f"<li>{e(i)}</li>" for i in b.items) + "</ul>"
     if isinstance(b, Table):
         head = "".join(f"<th>{e(c)}</th>" for c in b.columns)
-        body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in b.rows)
+        body = "".join("<tr>" + "".join(f"<td{'' if _NUMBER.match(c) else ' class=t'}>{e(c)}</td>" for c in r)
+                       + "</tr>" for r in b.rows)
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
     if isinstance(b, Figure):
         data = base64.b64encode(b.path.read_bytes()).decode("ascii")
-        return (f'<figure><img alt="{e(b.caption)}" src="data:image/png;base64,{data}">'
-                f"<figcaption>{e(b.caption)}</figcaption></figure>")
+        return (f'<figure style="max-width:{b.width}px"><img alt="{e(b.caption)}" '
+                f'src="data:image/png;base64,{data}"><figcaption>{e(b.caption)}</figcaption></figure>')
     return f"<pre>{e(b.text)}</pre>"
 
 
