@@ -1,19 +1,25 @@
-"""Probe figures, the pretraining loss curve and its view preview.
+"""Every figure: a probe's, a fine-tune's, the pretraining loss curve and its view preview.
 
 matplotlib is an optional dependency (``pip install sslprobe[plots]``).
 
 Each function writes one PNG atomically through ``matplotlib.figure.Figure`` (no pyplot: no
-global backend state, no windows); ``write_plots`` returns the files written, or a note
-saying why none were (matplotlib missing). Nothing here is needed for the tables or JSON.
+global backend state, no windows); ``write_plots`` and ``write_finetune_plots`` return the files
+written, or a note saying why none were (matplotlib missing). Nothing here is needed for the tables
+or JSON.
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from sslprobe.fileio import atomic_path
+
+_NO_MATPLOTLIB = "plots skipped: matplotlib is not installed (pip install 'sslprobe[plots]')"
+# The curves of a label-efficiency figure: (the points' key, legend name, colour; None: matplotlib's cycle).
+PROBE_CURVES = (("linear", "linear", "tab:blue"), ("knn", "kNN", "tab:green"))
+FINETUNE_CURVES = (("finetune", "fine-tuned", None),)
 
 
 def _save(fig: Any, path: Path) -> None:
@@ -69,24 +75,51 @@ def val_curve_png(curve: list[Mapping[str, Any]], chosen: float, path: Path) -> 
     _save(fig, path)
 
 
-def label_efficiency_png(points: list[Mapping[str, Any]], path: Path, *, scored_on: str) -> None:
-    """Top-1 (mean ± std over seeds) against labeled train rows, linear and kNN, log x axis."""
+def label_efficiency_png(points: Sequence[Mapping[str, Any]], path: Path, *, scored_on: str,
+                         curves: Sequence[tuple[str, str, str | None]] = PROBE_CURVES) -> None:
+    """Top-1 (mean ± std over the draws) against labeled train rows, log x axis: one line per curve and kind.
+
+    ``curves``: :data:`PROBE_CURVES` (linear and kNN) or :data:`FINETUNE_CURVES` (the fine-tuned network).
+    """
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6, 3.6))
     ax = fig.subplots()
     for kind, marker in (("fraction", "o"), ("shots", "s")):
         pts = sorted((p for p in points if p["kind"] == kind), key=lambda p: p["n_train"])
-        for method, colour in (("linear", "tab:blue"), ("knn", "tab:green")):
-            rows = [p for p in pts if p.get(method)]
+        for key, name, colour in curves:
+            rows = [p for p in pts if p.get(key)]
             if rows:
-                ax.errorbar([p["n_train"] for p in rows], [100 * p[method]["mean"] for p in rows],
-                            yerr=[100 * p[method]["std"] for p in rows], marker=marker, color=colour, capsize=3,
-                            label=f"{'kNN' if method == 'knn' else 'linear'} ({kind})")
+                ax.errorbar([p["n_train"] for p in rows], [100 * p[key]["mean"] for p in rows],
+                            yerr=[100 * p[key]["std"] for p in rows], marker=marker, color=colour, capsize=3,
+                            label=f"{name} ({kind})")
     ax.set_xscale("log")
     ax.set_xlabel("labeled train rows")
     ax.set_ylabel(f"{scored_on} top-1 (%)")
     ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def learning_curve_png(history: Sequence[Mapping[str, Any]], chosen: int | None, path: Path) -> None:
+    """A fine-tune's training and validation loss against epoch, validation top-1 on a second axis, the chosen
+    epoch marked."""
+    from matplotlib.figure import Figure
+
+    epochs = [h["epoch"] for h in history]
+    fig = Figure(figsize=(6, 3.6))
+    ax = fig.subplots()
+    ax.plot(epochs, [h["train_loss"] for h in history], "o-", ms=3, label="train loss")
+    val = [(h["epoch"], h["val_loss"], h["val_top1"]) for h in history if h["val_loss"] is not None]
+    if val:
+        ax.plot([v[0] for v in val], [v[1] for v in val], "o-", ms=3, label="val loss")
+        ax2 = ax.twinx()
+        ax2.plot([v[0] for v in val], [100 * v[2] for v in val], "s-", ms=3, color="tab:green")
+        ax2.set_ylabel("val top-1 (%)", color="tab:green")
+    if chosen is not None:
+        ax.axvline(chosen, color="grey", ls="--", lw=1, label=f"chosen epoch {chosen}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.legend(loc="upper right", fontsize=8)
     _save(fig, path)
 
 
@@ -150,12 +183,18 @@ def views_png(stored: Any, aspect: list[float], view1: Any, view2: Any, path: Pa
     _save(fig, path)
 
 
-def write_plots(result: Mapping[str, Any], out: str | os.PathLike) -> tuple[list[str], str | None]:
-    """All figures for a probe result into ``out``: (file names written, note or None)."""
+def _have_matplotlib() -> bool:
     try:
         import matplotlib.figure  # noqa: F401  (Figure objects render without pyplot or a backend switch)
     except ImportError:
-        return [], "plots skipped: matplotlib is not installed (pip install 'sslprobe[plots]')"
+        return False
+    return True
+
+
+def write_plots(result: Mapping[str, Any], out: str | os.PathLike) -> tuple[list[str], str | None]:
+    """All figures for a probe result into ``out``: (file names written, note or None)."""
+    if not _have_matplotlib():
+        return [], _NO_MATPLOTLIB
     out = Path(out)
     written = []
     split = "test" if result.get("test") else "val"
@@ -173,5 +212,27 @@ def write_plots(result: Mapping[str, Any], out: str | os.PathLike) -> tuple[list
     return written, None
 
 
-__all__ = ["arms_label_efficiency_png", "confusion_png", "label_efficiency_png",
-           "loss_curve_png", "val_curve_png", "views_png", "write_plots"]
+def write_finetune_plots(result: Mapping[str, Any], out: str | os.PathLike) -> tuple[list[str], str | None]:
+    """A fine-tune's figures into ``out`` (confusion, learning curve, label efficiency): (file names, note or None)."""
+    if not _have_matplotlib():
+        return [], _NO_MATPLOTLIB
+    out = Path(out)
+    written = []
+    split = "test" if result.get("test") else "val"
+    confusion_png(result[split]["confusion"], list(result["classes"]), out / "confusion.png",
+                  title=f"fine-tuned, {split}")
+    written.append("confusion.png")
+    if result.get("learning_curve"):
+        learning_curve_png(result["learning_curve"], result["chosen"]["epoch"], out / "learning_curve.png")
+        written.append("learning_curve.png")
+    le = result.get("label_efficiency")
+    if le and le["points"]:
+        label_efficiency_png(le["points"], out / "label_efficiency.png", scored_on=le["scored_on"],
+                             curves=FINETUNE_CURVES)
+        written.append("label_efficiency.png")
+    return written, None
+
+
+__all__ = ["FINETUNE_CURVES", "PROBE_CURVES", "arms_label_efficiency_png", "confusion_png",
+           "label_efficiency_png", "learning_curve_png", "loss_curve_png", "val_curve_png", "views_png",
+           "write_finetune_plots", "write_plots"]

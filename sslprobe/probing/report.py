@@ -2,7 +2,9 @@
 
 ``classification_metrics`` is the one place accuracies are computed (linear and kNN alike).
 rich is imported inside the render functions so ``sslprobe.probing.probe`` stays cheap to import;
-figures live in plots.py (matplotlib optional).
+figures live in plots.py (matplotlib optional). The cells (``percent``, ``with_ci``, ``curve_cell``,
+``curve_label``), the metrics table, the files-and-warnings footer and the per-class CSVs are public:
+a fine-tune's report is made of the same pieces, so its rows read as a probe's (docs/architecture.md).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from sslprobe.probing.uncertainty import bootstrap_intervals
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
+    from rich.table import Table
 
     from sslprobe.probing.predict import ProbeModel
 
@@ -95,16 +98,17 @@ def summary(result: Mapping[str, Any]) -> dict:
     return _strip(result)
 
 
-def _pct(x: float | None) -> str:
+def percent(x: float | None) -> str:
+    """'84.51%', or a dash for no value."""
     return "—" if x is None else f"{100 * x:.2f}%"
 
 
-def _with_ci(metrics: Mapping[str, Any] | None, key: str) -> str:
+def with_ci(metrics: Mapping[str, Any] | None, key: str) -> str:
     """'84.51% [83.80, 85.22]': the value and its 95 % bootstrap interval when the metrics carry one."""
     if not metrics or metrics.get(key) is None:
         return "—"
     ci = (metrics.get("ci") or {}).get(key)
-    return _pct(metrics[key]) + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
+    return percent(metrics[key]) + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
 
 
 _SELECT_NAMES = {"top1": "top-1", "balanced": "balanced accuracy"}
@@ -119,20 +123,39 @@ def _selection_line(result: Mapping[str, Any]) -> str | None:
             f"({sel['reason']}); ties → lower val loss; features {std}; [..] = 95 % bootstrap interval")
 
 
+def metrics_table(result: Mapping[str, Any], *, title: str) -> Table:
+    """A rich table of top-1, top-5, balanced accuracy and macro-F1 (with intervals) and n, one column per split."""
+    from rich.table import Table
+
+    splits = [s for s in ("val", "test") if result.get(s)]
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric")
+    for s in splits:
+        table.add_column(s, justify="right")
+    for key, name in (("top1", "top-1"), ("top5", "top-5"), ("balanced_accuracy", "balanced acc"),
+                      ("macro_f1", "macro-F1")):
+        table.add_row(name, *(with_ci(result[s], key) for s in splits))
+    table.add_row("n", *(str(result[s].get("n", "")) for s in splits))
+    return table
+
+
+def render_files_and_warnings(result: Mapping[str, Any], *, console: Console) -> None:
+    """Where the report files went (and why plots were skipped, if they were), then each warning."""
+    files = result.get("files")
+    if files:
+        console.print(f"reports in {files['dir']}: {', '.join(files['files'])}", style="dim", markup=False,
+                      highlight=False)
+        if files.get("note"):
+            console.print(files["note"], style="dim", markup=False, highlight=False)
+    for w in result.get("warnings", []):
+        console.print(f"warning: {w}", style="yellow", markup=False, highlight=False)
+
+
 def render_probe(result: Mapping[str, Any], *, console: Console, title: str | None = None) -> None:
     """Print the chosen C, linear-probe metrics per split, kNN top-1 by k and warnings."""
     from rich.table import Table
 
-    splits = [s for s in ("val", "test") if result.get(s)]
-    head = Table(title=title or "linear probe", title_justify="left")
-    head.add_column("metric")
-    for s in splits:
-        head.add_column(s, justify="right")
-    for key, name in (("top1", "top-1"), ("top5", "top-5"), ("balanced_accuracy", "balanced acc"),
-                      ("macro_f1", "macro-F1")):
-        head.add_row(name, *(_with_ci(result[s], key) for s in splits))
-    head.add_row("n", *(str(result[s].get("n", "")) for s in splits))
-    console.print(head)
+    console.print(metrics_table(result, title=title or "linear probe"))
     searched = result.get("search") not in (None, "fixed") and result.get("val_curve")
     info = [f"C = {result['C']:.3g}" + (f" ({result['search']}, {len(result['val_curve'])} fits)" if searched else "")]
     if "n_train" in result:
@@ -156,24 +179,18 @@ def render_probe(result: Mapping[str, Any], *, console: Console, title: str | No
             table.add_column(f"{s} top-1", justify="right")
         for k, row in knn["by_k"].items():
             mark = " *" if str(k) == str(knn.get("k")) else ""
-            table.add_row(f"{k}{mark}", *(_with_ci(row.get(s), "top1") for s in kn_splits))
+            table.add_row(f"{k}{mark}", *(with_ci(row.get(s), "top1") for s in kn_splits))
         console.print(table)
     render_label_efficiency(result, console=console)
-    files = result.get("files")
-    if files:
-        console.print(f"reports in {files['dir']}: {', '.join(files['files'])}", style="dim", markup=False,
-                      highlight=False)
-        if files.get("note"):
-            console.print(files["note"], style="dim", markup=False, highlight=False)
-    for w in result.get("warnings", []):
-        console.print(f"warning: {w}", style="yellow", markup=False, highlight=False)
+    render_files_and_warnings(result, console=console)
 
 
-def _le_cell(point: Mapping[str, Any] | None, method: str) -> str:
+def curve_cell(point: Mapping[str, Any] | None, method: str) -> str:
+    """A label-efficiency point's top-1 for ``method`` ("linear", "knn", "finetune"): mean ± std over its draws."""
     stats = (point or {}).get(method)
     if not stats:
         return "—"
-    return f"{100 * stats['mean']:.2f} ± {100 * stats['std']:.2f}" if point["seeds"] > 1 else _pct(stats["mean"])
+    return f"{100 * stats['mean']:.2f} ± {100 * stats['std']:.2f}" if point["seeds"] > 1 else percent(stats["mean"])
 
 
 def _le_rule(point: Mapping[str, Any]) -> str:
@@ -181,7 +198,8 @@ def _le_rule(point: Mapping[str, Any]) -> str:
     return "; ".join(r.replace(" (a class has 1 label: nothing to cross-validate)", " (1 label/class)") for r in rules)
 
 
-def _le_label(point: Mapping[str, Any]) -> str:
+def curve_label(point: Mapping[str, Any]) -> str:
+    """A label-efficiency point's name: its fraction of the labels, or 'K-shot'."""
     return f"{point['value']:g}" if point["kind"] == "fraction" else f"{point['value']}-shot"
 
 
@@ -199,8 +217,8 @@ def render_label_efficiency(result: Mapping[str, Any], *, console: Console) -> N
         table.add_column(col, justify="left" if col == "labels" else "right")
     for p in le["points"]:
         cs = sorted(p.get("C") or [])
-        table.add_row(_le_label(p), str(p["n_train"]), str(p["seeds"]), _le_cell(p, "linear"),
-                      *([_le_cell(p, "knn")] if has_knn else []), f"{cs[len(cs) // 2]:.3g}" if cs else "—",
+        table.add_row(curve_label(p), str(p["n_train"]), str(p["seeds"]), curve_cell(p, "linear"),
+                      *([curve_cell(p, "knn")] if has_knn else []), f"{cs[len(cs) // 2]:.3g}" if cs else "—",
                       _le_rule(p))
     console.print(table)
 
@@ -225,18 +243,18 @@ def render_comparison(rows: Sequence[tuple[str, Mapping[str, Any]]], *, console:
             if (p["kind"], p["value"]) not in le_points:
                 le_points.append((p["kind"], p["value"]))
     for kind, value in le_points:
-        label = _le_label({"kind": kind, "value": value})
+        label = curve_label({"kind": kind, "value": value})
         table.add_column(f"linear @{label}", justify="right")
         table.add_column(f"kNN @{label}", justify="right")
     for name, r in rows:
         knn = r.get("knn") or {}
-        knn_cell = _with_ci(knn.get(split), "top1") + (f" (k={knn['k']})" if knn.get("k") is not None else "")
+        knn_cell = with_ci(knn.get(split), "top1") + (f" (k={knn['k']})" if knn.get("k") is not None else "")
         c_cell = f"{r['C']:.3g}" if r.get("C") is not None else "—"  # a fine-tuned row has no C
-        cells = [name, _with_ci(r[split], "top1"), _with_ci(r[split], "balanced_accuracy"), knn_cell, c_cell]
+        cells = [name, with_ci(r[split], "top1"), with_ci(r[split], "balanced_accuracy"), knn_cell, c_cell]
         pts = {(p["kind"], p["value"]): p for p in (r.get("label_efficiency") or {}).get("points", [])}
         main = "linear" if r.get("protocol", "linear") == "linear" else r["protocol"]
         for key in le_points:
-            cells += [_le_cell(pts.get(key), main), _le_cell(pts.get(key), "knn")]
+            cells += [curve_cell(pts.get(key), main), curve_cell(pts.get(key), "knn")]
         table.add_row(*cells)
     console.print(table)
     if le_points:
@@ -308,6 +326,16 @@ def write_per_class_csv(metrics: Mapping[str, Any], classes: Sequence[str], path
                         f"{row['f1']:.6f}", row["support"]])
 
 
+def write_per_class_csvs(result: Mapping[str, Any], out: Path) -> list[str]:
+    """per_class_{val,test}.csv for the splits ``result`` scored; returns the file names written."""
+    files = []
+    for split in ("val", "test"):
+        if result.get(split):
+            write_per_class_csv(result[split], result["classes"], out / f"per_class_{split}.csv")
+            files.append(f"per_class_{split}.csv")
+    return files
+
+
 def write_reports(result: dict, out: str | os.PathLike, *, probe_model: ProbeModel | None = None) -> dict:
     """Write a probe's report dir; returns {"files": [...], "note": … or None} (also put in report.json).
 
@@ -317,11 +345,7 @@ def write_reports(result: dict, out: str | os.PathLike, *, probe_model: ProbeMod
     from sslprobe.plots import write_plots
 
     out = Path(out)
-    files = []
-    for split in ("val", "test"):
-        if result.get(split):
-            write_per_class_csv(result[split], result["classes"], out / f"per_class_{split}.csv")
-            files.append(f"per_class_{split}.csv")
+    files = write_per_class_csvs(result, out)
     if probe_model is not None:
         probe_model.save(out / "probe.safetensors")
         files.append("probe.safetensors")
@@ -331,5 +355,6 @@ def write_reports(result: dict, out: str | os.PathLike, *, probe_model: ProbeMod
     return info
 
 
-__all__ = ["classification_metrics", "render_comparison", "render_label_efficiency", "render_paired", "render_probe",
-           "scored", "summary", "verdict_sentence", "write_per_class_csv", "write_reports"]
+__all__ = ["classification_metrics", "curve_cell", "curve_label", "metrics_table", "percent", "render_comparison",
+           "render_files_and_warnings", "render_label_efficiency", "render_paired", "render_probe", "scored", "summary",
+           "verdict_sentence", "with_ci", "write_per_class_csv", "write_per_class_csvs", "write_reports"]
