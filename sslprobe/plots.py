@@ -191,25 +191,35 @@ def _have_matplotlib() -> bool:
     return True
 
 
+def _confusion_file(result: Mapping[str, Any], out: Path, *, who: str) -> list[str]:
+    """confusion.png of the test split (else validation), titled "WHO, SPLIT"; nothing when it has no matrix."""
+    split = "test" if result.get("test") else "val"
+    if not result.get(split, {}).get("confusion"):
+        return []
+    confusion_png(result[split]["confusion"], list(result["classes"]), out / "confusion.png", title=f"{who}, {split}")
+    return ["confusion.png"]
+
+
+def _label_efficiency_file(result: Mapping[str, Any], out: Path, *,
+                           curves: Sequence[tuple[str, str, str | None]]) -> list[str]:
+    """label_efficiency.png when the result has label-efficiency points."""
+    le = result.get("label_efficiency")
+    if not (le and le["points"]):
+        return []
+    label_efficiency_png(le["points"], out / "label_efficiency.png", scored_on=le["scored_on"], curves=curves)
+    return ["label_efficiency.png"]
+
+
 def write_plots(result: Mapping[str, Any], out: str | os.PathLike) -> tuple[list[str], str | None]:
     """All figures for a probe result into ``out``: (file names written, note or None)."""
     if not _have_matplotlib():
         return [], _NO_MATPLOTLIB
     out = Path(out)
-    written = []
-    split = "test" if result.get("test") else "val"
-    if result.get(split, {}).get("confusion"):
-        confusion_png(result[split]["confusion"], list(result["classes"]), out / "confusion.png",
-                      title=f"linear probe, {split}")
-        written.append("confusion.png")
+    written = _confusion_file(result, out, who="linear probe")
     if len(result.get("val_curve") or []) > 1:
         val_curve_png(result["val_curve"], result["C"], out / "val_curve.png")
         written.append("val_curve.png")
-    le = result.get("label_efficiency")
-    if le and le["points"]:
-        label_efficiency_png(le["points"], out / "label_efficiency.png", scored_on=le["scored_on"])
-        written.append("label_efficiency.png")
-    return written, None
+    return written + _label_efficiency_file(result, out, curves=PROBE_CURVES), None
 
 
 def write_finetune_plots(result: Mapping[str, Any], out: str | os.PathLike) -> tuple[list[str], str | None]:
@@ -217,20 +227,11 @@ def write_finetune_plots(result: Mapping[str, Any], out: str | os.PathLike) -> t
     if not _have_matplotlib():
         return [], _NO_MATPLOTLIB
     out = Path(out)
-    written = []
-    split = "test" if result.get("test") else "val"
-    confusion_png(result[split]["confusion"], list(result["classes"]), out / "confusion.png",
-                  title=f"fine-tuned, {split}")
-    written.append("confusion.png")
+    written = _confusion_file(result, out, who="fine-tuned")
     if result.get("learning_curve"):
         learning_curve_png(result["learning_curve"], result["chosen"]["epoch"], out / "learning_curve.png")
         written.append("learning_curve.png")
-    le = result.get("label_efficiency")
-    if le and le["points"]:
-        label_efficiency_png(le["points"], out / "label_efficiency.png", scored_on=le["scored_on"],
-                             curves=FINETUNE_CURVES)
-        written.append("label_efficiency.png")
-    return written, None
+    return written + _label_efficiency_file(result, out, curves=FINETUNE_CURVES), None
 
 
 __all__ = ["FINETUNE_CURVES", "PROBE_CURVES", "arms_label_efficiency_png", "confusion_png",
