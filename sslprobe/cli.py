@@ -718,7 +718,7 @@ def demo(
     out: Annotated[Path, typer.Option(
         file_okay=False, help="Working directory for the sample data, runs and features.")] = Path("sslprobe-demo"),
     steps: Annotated[int | None, typer.Option(
-        help="BYOL steps (default: the tuned short run, ~2–3 min on 2 CPU cores).")] = None,
+        help="BYOL steps (default: the tuned short run; the whole demo ~4 min on 2 CPU cores).")] = None,
     device: Device = "auto",
 ) -> None:
     """A study on the built-in Fashion-MNIST sample: pretrain → extract → probe, baselines, the full report."""
