@@ -232,8 +232,7 @@ def _identify(net: torch.nn.Module, spec: BackboneSpec, images: ImageSet, tf: Ui
     """
     import timm
 
-    from sslprobe.fairinit import rescale_init_
-    from sslprobe.fairinit import POLICY
+    from sslprobe.fairinit import POLICY, rescale_init_
 
     info: dict[str, Any] = {"weights": weights}
     if weights == "random":
