@@ -76,6 +76,7 @@ PROFILES = {
             "extract_batch": 1024},
 }
 FRACTIONS = (0.01, 0.1, 1.0)
+LIGHTLY_WD = 1.5e-6  # both BYOL rows are given this decay explicitly (pretrain() would fit 1e-6 here)
 SHOTS = (1, 5, 25)
 
 
@@ -135,7 +136,7 @@ def train_lightly(data: Path, *, out: Path, p: dict, steps: int, seed: int, devi
                         generator=torch.Generator().manual_seed(seed))
     opt_name = p["optimizer"]
     base = p["lr"] if p["lr"] is not None else default_lr(opt_name)
-    peak, wd = base * p["batch"] / 256, 1.5e-6  # as pretrain(): base lr per 256 images, its weight decay
+    peak, wd = base * p["batch"] / 256, LIGHTLY_WD  # as pretrain(): base lr per 256 images; the same decay
     opt = make_optimizer(opt_name, online, lr=peak, weight_decay=wd)
     crit = NegativeCosineSimilarity()
     warm = min(round(p["warmup_epochs"] * len(loader)), steps // 2)  # pretrain()'s warm-up steps
@@ -216,7 +217,7 @@ def main() -> None:
             t0 = time.perf_counter()
             pretrain(train, out=run, model=p["model"], image_size=p["image_size"], batch_size=p["batch"],
                      max_steps=budgets[-1], stop_at=b if b < budgets[-1] else None, optimizer=p["optimizer"],
-                     lr=p["lr"], tau_base=p["tau_base"], warmup_epochs=p["warmup_epochs"],
+                     lr=p["lr"], tau_base=p["tau_base"], warmup_epochs=p["warmup_epochs"], weight_decay=LIGHTLY_WD,
                      proj_hidden=p["proj_hidden"], seed=a.seed, device=a.device, workers=p["workers"],
                      resume="auto", save_every="10m")
             t_train += time.perf_counter() - t0
