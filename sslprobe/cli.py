@@ -114,6 +114,9 @@ def pretrain(
     epochs: Annotated[int, typer.Option(help="Passes over the data.")] = PRETRAIN.epochs,
     max_steps: Annotated[int | None, typer.Option(
         help="Run length in steps (overrides --epochs for the schedule).")] = None,
+    minutes: Annotated[float | None, typer.Option(
+        help="Run length in minutes: a short timing run (OUT/budget) fits the steps so that warm-up, cosine and τ "
+             "all end in time (overrides --epochs; --max-minutes instead stops a longer schedule).")] = None,
     optimizer: Annotated[str, typer.Option(
         help="auto, lars, sgd or adamw (auto: AdamW for backbones without BatchNorm such as ViTs, else LARS for "
              "batch ≥ 256, else SGD).")] = PRETRAIN.optimizer,
@@ -188,7 +191,7 @@ def pretrain(
                        stop_at=stop_at, eval_every=eval_every, log_every=log_every, lr=lr, max_minutes=max_minutes,
                        optimizer=optimizer, tau_base=tau_base, warmup_epochs=warmup_epochs, proj_hidden=proj_hidden,
                        proj_dim=proj_dim, weight_decay=weight_decay, eval_train=eval_train, eval_test=eval_test,
-                       init=init, backbone_lr_scale=backbone_lr_scale)
+                       init=init, backbone_lr_scale=backbone_lr_scale, minutes=minutes)
     augment = _augment(crop_scale=crop_scale, flip_p=flip_p, jitter_p=jitter_p, brightness=brightness,
                        contrast=contrast, saturation=saturation, hue=hue, gray_p=gray_p, blur_p=blur_p,
                        blur_sigma=blur_sigma, solarize_p=solarize_p, vflip_p=vflip_p, rot90_p=rot90_p)
@@ -203,7 +206,7 @@ def pretrain(
                 blur=blur, augment=augment, grayscale=grayscale, seed=seed, device=device, workers=workers,
                 resume="auto" if resume else "no", save_every=save_every, max_minutes=max_minutes, stop_at=stop_at,
                 compile=compile, eval_train=eval_train, eval_test=eval_test, eval_every=eval_every, log_every=log_every,
-                image_column=image_column, label_column=label_column)
+                image_column=image_column, label_column=label_column, minutes=minutes)
     except PretrainInterrupted as e:
         _err(str(e))
         raise typer.Exit(130) from None

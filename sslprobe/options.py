@@ -229,8 +229,12 @@ def check_pretrain(*, batch_size: int, epochs: int, max_steps: int | None, image
                    max_minutes: float | None, optimizer: str, tau_base: float | None, warmup_epochs: float | None,
                    proj_hidden: int, proj_dim: int, weight_decay: float | None, resume: str = "no",
                    eval_train: object = None, eval_test: object = None, init: str = PRETRAIN.init,
-                   backbone_lr_scale: float | None = None) -> None:
-    """Every `pretrain` rule that needs no model or data (None: a value the run's recipe fills in)."""
+                   backbone_lr_scale: float | None = None, minutes: float | None = None) -> None:
+    """Every `pretrain` rule that needs no model or data (None: a value the run's recipe fills in).
+
+    ``minutes`` sizes the schedule (it overrides ``epochs``, as ``max_steps`` does), so it and ``max_steps``
+    are two run lengths; ``max_minutes`` is a stop, not a length, and goes with either.
+    """
     for name, v in (("--batch-size", batch_size), ("--epochs", epochs), ("--max-steps", max_steps),
                     ("--stop-at", stop_at), ("--eval-every", eval_every), ("--log-every", log_every),
                     ("--proj-hidden", proj_hidden), ("--proj-dim", proj_dim)):
@@ -238,6 +242,9 @@ def check_pretrain(*, batch_size: int, epochs: int, max_steps: int | None, image
     at_least("--image-size", image_size, 8)
     positive("--lr", lr)
     positive("--max-minutes", max_minutes)
+    positive("--minutes", minutes)
+    if minutes is not None and max_steps is not None:
+        raise SSLProbeError("--minutes and --max-steps are both run lengths; give one of them")
     if optimizer not in OPTIMIZERS:
         raise SSLProbeError(f"unknown optimizer '{optimizer}'; use {', '.join(OPTIMIZERS)}")
     if tau_base is not None and not 0 <= tau_base < 1:

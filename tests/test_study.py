@@ -11,8 +11,8 @@ import pytest
 
 from sslprobe.errors import SSLProbeError
 from sslprobe.options import STUDY_ARMS
+from sslprobe.pretraining.budget import fit, fitted_steps
 from sslprobe.study import plan, stages
-from sslprobe.study.budget import fit, fitted_steps
 from sslprobe.study.numbers import CSV_COLUMNS
 from sslprobe.study.plan import ByolRecipe
 from sslprobe.study.run import StudyInterrupted, study

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from sslprobe.errors import SSLProbeError
 from sslprobe.fileio import write_json
 from sslprobe.images.folders import ImageSet, open_images, skipped_report
 from sslprobe.options import PRETRAIN, check_pretrain
+from sslprobe.pretraining import budget as budgets
 from sslprobe.pretraining.augment import ViewConfig, byol_views
 from sslprobe.pretraining.batches import BatchSource, check_grey, store_side
 from sslprobe.pretraining.byol import tau_at
@@ -76,7 +79,7 @@ def pretrain(data: str | os.PathLike, *, out: str | os.PathLike, model: str | No
              eval_train: str | os.PathLike | None = None, eval_test: str | os.PathLike | None = None,
              eval_every: int = PRETRAIN.eval_every, log_every: int = PRETRAIN.log_every,
              image_column: str | None = None, label_column: str | None = None, grayscale: bool = False,
-             show_progress: bool = True) -> dict[str, Any]:
+             show_progress: bool = True, minutes: float | None = None) -> dict[str, Any]:
     """BYOL-pretrain a timm backbone on the images at ``data`` (labels, if any, are ignored).
 
     ``init``: ``random``, ``pretrained`` (timm's hub weights) or a weights file (a timm state dict, or
@@ -87,7 +90,8 @@ def pretrain(data: str | os.PathLike, *, out: str | os.PathLike, model: str | No
     :func:`sslprobe.pretraining.augment.byol_views` arguments. ``resume``: "no" (refuses to discard an
     unfinished run in ``out``), "auto" (continue if a checkpoint exists) or "yes" (must continue).
     ``save_every``: see :func:`sslprobe.checkpoint.parse_save_every`. ``max_minutes``/``stop_at``
-    stop early with a checkpoint, keeping the full run's schedule. ``small_stem``: the small-image
+    stop early with a checkpoint, keeping the full run's schedule; ``minutes`` instead sizes the schedule
+    (``max_steps``) to fit, from a short timing run (:func:`_fit_minutes`). ``small_stem``: the small-image
     stem for ResNets (default: at ≤ 64 px); config.json records it, so a resume must match.
     ``grayscale``: grey images keep one channel through store, views and backbone (its export says so,
     for ``extract``); colour images are refused. Crops come from the whole image (docs/pretrain.md, "Crops").
@@ -97,7 +101,7 @@ def pretrain(data: str | os.PathLike, *, out: str | os.PathLike, model: str | No
                    stop_at=stop_at, eval_every=eval_every, log_every=log_every, lr=lr, max_minutes=max_minutes,
                    optimizer=optimizer, tau_base=tau_base, warmup_epochs=warmup_epochs, proj_hidden=proj_hidden,
                    proj_dim=proj_dim, weight_decay=weight_decay, resume=resume, eval_train=eval_train,
-                   eval_test=eval_test, init=init, backbone_lr_scale=backbone_lr_scale)
+                   eval_test=eval_test, init=init, backbone_lr_scale=backbone_lr_scale, minutes=minutes)
     loop = LoopOptions(resume=resume, save_every=ckpts.parse_save_every(save_every), max_minutes=max_minutes,
                        stop_at=stop_at, log_every=log_every, eval_every=eval_every, compile=compile,
                        show_progress=show_progress)
@@ -116,18 +120,58 @@ def pretrain(data: str | os.PathLike, *, out: str | os.PathLike, model: str | No
         nw = default_workers() if workers is None else workers
         source = _source(images, spec, grayscale=grayscale, init=init, batch=batch_size, device=dev, seed=seed,
                          workers=nw, dist=dist, show_progress=show_progress)
-        cfg = run_config(data=str(data), spec=spec, batch=source.batch, steps_per_epoch=source.steps_per_epoch,
-                         dist=dist, device=dev, epochs=epochs, max_steps=max_steps, optimizer=optimizer, lr=lr,
-                         weight_decay=weight_decay, warmup_epochs=warmup_epochs, tau_base=tau_base,
-                         proj_hidden=proj_hidden, proj_dim=proj_dim, seed=seed, views=views, blur=blur,
-                         store_size=source.store, start=start, batchnorm=has_batchnorm(net),
+        config = partial(run_config, data=str(data), spec=spec, batch=source.batch,
+                         steps_per_epoch=source.steps_per_epoch, dist=dist, device=dev, epochs=epochs,
+                         optimizer=optimizer, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
+                         tau_base=tau_base, proj_hidden=proj_hidden, proj_dim=proj_dim, seed=seed, views=views,
+                         blur=blur, store_size=source.store, start=start, batchnorm=has_batchnorm(net),
                          backbone_lr_scale=backbone_lr_scale)
+        budget = None if minutes is None else _fit_minutes(minutes, config=config, source=source, images=images,
+                                                           out=Path(out), dist=dist, device=dev, loop=loop)
+        cfg = config(max_steps=max_steps if budget is None else budget.max_steps)
         knn = (KnnEval(eval_train, eval_test, size=spec.image_size, device=dev, workers=nw, channels=spec.in_chans)
                if eval_train is not None and dist.main else None)
         return _Session(cfg, source=source, images=images, out=Path(out), dist=dist, device=dev, loop=loop,
-                        knn=knn).run()
+                        knn=knn, budget=budget).run()
     finally:
         ddp.teardown(dist)
+
+
+def _fit_minutes(minutes: float, *, config: Callable[..., PretrainConfig], source: BatchSource, images: ImageSet,
+                 out: Path, dist: ddp.Dist, device: torch.device, loop: LoopOptions) -> budgets.FittedBudget:
+    """The steps whose whole schedule fits ``minutes``: ``out/budget/budget.json`` when it holds a fit for these
+    minutes (a rerun, ``--resume``), else a timing run of the same model and batch into ``out/budget/timing``.
+
+    Rank 0 reads, fits and saves; every rank takes its answer, so all train the same schedule. The minutes
+    count the run's setup and steps, not the decoding before them (already done here) nor the timing run.
+    """
+    workdir = out / "budget"
+    budget = ddp.broadcast(budgets.saved_fit(workdir, minutes) if dist.main else None, dist)
+    if budget is None:
+        timing = workdir / "timing"
+        wall = _timing_run(config(max_steps=budgets.MEASURE_STEPS), source=source, images=images, out=timing,
+                           dist=dist, device=device, compile=loop.compile)
+        if dist.main:
+            budget = budgets.measured_fit(minutes, run=timing, wall=wall)
+            budgets.save_fit(workdir, budget)
+        budget = ddp.broadcast(budget, dist)
+    if dist.main and loop.show_progress:
+        print(f"pretrain: --minutes {minutes:g} fits {budget.max_steps} steps ({budget.steps_per_second:.3g} steps/s, "
+              f"{budget.setup_seconds:.0f} s setup; {workdir / 'budget.json'})", file=sys.stderr, flush=True)
+    return budget
+
+
+def _timing_run(cfg: PretrainConfig, *, source: BatchSource, images: ImageSet, out: Path, dist: ddp.Dist,
+                device: torch.device, compile: bool) -> float:
+    """Seconds a short run of ``cfg`` takes, setup and save included; its metrics.jsonl holds the step rate."""
+    if dist.main:  # scratch: an interrupted timing run is measured again, never resumed
+        shutil.rmtree(out, ignore_errors=True)
+    ddp.barrier(dist)
+    t0 = time.perf_counter()
+    brief = LoopOptions(save_every=ckpts.parse_save_every("end"), log_every=budgets.MEASURE_LOG_EVERY,
+                        compile=compile, show_progress=False)
+    _Session(cfg, source=source, images=images, out=out, dist=dist, device=device, loop=brief, knn=None).run()
+    return time.perf_counter() - t0
 
 
 def _source(images: ImageSet, spec: BackboneSpec, *, grayscale: bool, init: str, batch: int, device: torch.device,
@@ -150,9 +194,10 @@ class _Session:
     """
 
     def __init__(self, cfg: PretrainConfig, *, source: BatchSource, images: ImageSet, out: Path, dist: ddp.Dist,
-                 device: torch.device, loop: LoopOptions, knn: KnnEval | None):
+                 device: torch.device, loop: LoopOptions, knn: KnnEval | None,
+                 budget: budgets.FittedBudget | None = None):
         self.cfg, self.source, self.images, self.out, self.dist, self.device = cfg, source, images, out, dist, device
-        self.loop, self.knn, self.knn_top1 = loop, knn, None
+        self.loop, self.knn, self.knn_top1, self.budget = loop, knn, None, budget
         self.found = resume_point(out, resume=loop.resume, cfg=cfg)
         self.start = self.step = self.found.step if self.found else 0
         self.end = min(cfg.total_steps, loop.stop_at or cfg.total_steps)
@@ -275,6 +320,7 @@ class _Session:
             "model": spec.model, "image_size": spec.image_size, "small_stem": spec.small_stem,
             "device": str(self.device), "world_size": self.dist.world, "optimizer": cfg.optimizer,
             "compile": self.train_step.compile_note, "knn_top1": self.knn_top1,
+            "budget": asdict(self.budget) if self.budget is not None else None,
             "checkpoint": str(last.json_path) if last else None, "warnings": self.monitor.warnings,
             "loss_curve": loss_curve(self.log.records(), self.out / "loss_curve.png") if self.log is not None else None,
         }

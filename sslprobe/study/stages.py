@@ -16,9 +16,9 @@ from typing import Any
 from sslprobe.errors import SSLProbeError
 from sslprobe.extraction.extract import extract
 from sslprobe.fileio import file_sha256
+from sslprobe.pretraining.budget import fitted_steps
 from sslprobe.pretraining.pretrain import pretrain
 from sslprobe.probing.probe import probe
-from sslprobe.study.budget import fitted_steps
 from sslprobe.study.commands import extract_command, flags, line, pretrain_command
 from sslprobe.study.layout import Layout
 from sslprobe.study.plan import Arm, StudyOptions

@@ -3,8 +3,8 @@
 ``pretrain --max-minutes`` stops a run whose learning rate is still high and whose target EMA has
 not reached 1. Here the schedule itself is sized: a short timing run measures the step rate of this
 model, batch and machine, and ``max_steps`` is set so that warm-up, cosine decay and τ's ramp all
-complete within the minutes (docs/study.md, "Budget"). The fitted steps are saved, so a rerun or a
-resumed run keeps the schedule it started with.
+complete within the minutes (docs/pretrain.md, "Time budgets"; docs/study.md, "Budget"). The fitted
+steps are saved, so a rerun or a resumed run keeps the schedule it started with.
 """
 from __future__ import annotations
 
@@ -59,23 +59,38 @@ def fit(minutes: float, *, steps_per_second: float, setup_seconds: float, measur
     return FittedBudget(minutes, steps, steps_per_second, setup_seconds, measured_steps)
 
 
+def saved_fit(workdir: Path, minutes: float) -> FittedBudget | None:
+    """The fit saved in ``workdir`` for these minutes; None when there is none (a damaged one is measured again)."""
+    saved = workdir / "budget.json"
+    if not saved.is_file():
+        return None
+    try:
+        doc = json.loads(saved.read_text())
+        return FittedBudget(**doc) if doc.get("minutes") == minutes else None
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def measured_fit(minutes: float, *, run: Path, wall: float) -> FittedBudget:
+    """The fit from a timing run of :data:`MEASURE_STEPS` steps in ``run`` that took ``wall`` seconds in all."""
+    config = json.loads((run / "config.json").read_text())
+    rate = step_rate(run / "metrics.jsonl", global_batch=int(config["global_batch"]))
+    return fit(minutes, steps_per_second=rate, setup_seconds=max(0.0, wall - MEASURE_STEPS / rate),
+               measured_steps=MEASURE_STEPS)
+
+
+def save_fit(workdir: Path, budget: FittedBudget) -> None:
+    write_json(workdir / "budget.json", asdict(budget))
+
+
 def fitted_steps(minutes: float, *, workdir: Path, measure: Callable[[Path, int], Path]) -> FittedBudget:
     """The saved fit in ``workdir`` for these minutes, else a timing run (``measure(out, steps)`` runs
     pretraining for ``steps`` steps into ``out`` and returns its directory) and a new fit."""
-    saved = workdir / "budget.json"
-    if saved.is_file():
-        try:
-            doc = json.loads(saved.read_text())
-            if doc.get("minutes") == minutes:
-                return FittedBudget(**doc)
-        except (OSError, ValueError, TypeError):
-            pass  # a damaged fit is measured again
+    budget = saved_fit(workdir, minutes)
+    if budget is not None:
+        return budget
     t0 = time.perf_counter()
     run = measure(workdir / "timing", MEASURE_STEPS)
-    wall = time.perf_counter() - t0
-    config = json.loads((run / "config.json").read_text())
-    rate = step_rate(run / "metrics.jsonl", global_batch=int(config["global_batch"]))
-    budget = fit(minutes, steps_per_second=rate, setup_seconds=max(0.0, wall - MEASURE_STEPS / rate),
-                 measured_steps=MEASURE_STEPS)
-    write_json(saved, asdict(budget))
+    budget = measured_fit(minutes, run=run, wall=time.perf_counter() - t0)
+    save_fit(workdir, budget)
     return budget
