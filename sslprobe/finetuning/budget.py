@@ -37,7 +37,9 @@ def _sync(device: torch.device) -> None:
 
 
 def time_steps(trainer: Trainer, fit: torch.Tensor, *, batch: int, repeats: int = 2) -> StepTiming:
-    """Time the step on the start network with a throwaway optimiser; every run reloads the start weights after."""
+    """Time the step on the start network with a throwaway optimiser; every run reloads the start weights after.
+
+    Under torchrun every rank times the step together (DDP); the caller keeps rank 0's timing for all."""
     net, dev = trainer.net, trainer.device
     net.load_state_dict(trainer.start)
     net.train()
@@ -48,7 +50,7 @@ def time_steps(trainer: Trainer, fit: torch.Tensor, *, batch: int, repeats: int 
     times = []
     for i in range(repeats + 1):  # the first step pays for allocations and kernel choice
         t = time.perf_counter()
-        loss = F.cross_entropy(trainer.logits(views(x, aspect, i)), y)
+        loss = F.cross_entropy(trainer.train_logits(views(x, aspect, i)), y)  # DDP's all-reduce timed too
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

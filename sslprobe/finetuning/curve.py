@@ -38,9 +38,12 @@ class Evaluation:
     positions: torch.Tensor
 
     def top1(self, trainer: Trainer, state: dict[str, torch.Tensor]) -> float:
-        trainer.net.load_state_dict(state)
-        pred = trainer.eval_logits(self.rows, self.positions).argmax(1).cpu()
-        return float((pred == self.rows.labels[self.positions]).double().mean())
+        def score() -> float:
+            trainer.net.load_state_dict(state)
+            pred = trainer.eval_logits(self.rows, self.positions).argmax(1).cpu()
+            return float((pred == self.rows.labels[self.positions]).double().mean())
+
+        return trainer.on_main(score)  # rank 0 scores, every rank gets its number (torchrun)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,10 @@ decoded once, the probe's validation hold-out) → the start network → the out
 resumed) → select the epoch, and the learning rate of a grid, on validation (``selection.py``) → the
 label-efficiency curve (``curve.py``) → score validation and test with the chosen network (test
 touched once, here) → export ``model.safetensors`` and write the probe's report files.
+
+Under ``torchrun --nproc_per_node N -m sslprobe finetune …`` every rank decodes the rows and trains
+its slice of each global batch in DDP (``loop.py``); ``--batch-size`` is per process and the rate
+scales with the global batch (``recipe.py``). Rank 0 validates, scores and writes everything.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from typing import Any
 import torch
 
 from sslprobe import checkpoint as ckpts
+from sslprobe import distributed as ddp
 from sslprobe import options as opt
 from sslprobe.errors import SSLProbeError
 from sslprobe.finetuning.budget import time_steps
@@ -119,23 +124,29 @@ def _inputs(o: Options, dev: torch.device) -> Inputs:
     return Inputs(tr.classes, train, val, test, held, bb, warns)
 
 
-def _prepare_out(o: Options) -> None:
-    """Step: a fresh session clears earlier runs but never an unfinished one; ``resume="yes"`` needs one."""
+def _prepare_out(o: Options, dist: ddp.Dist) -> None:
+    """Step: a fresh session clears earlier runs but never an unfinished one; ``resume="yes"`` needs one.
+
+    Every rank checks the folder before rank 0 changes it, so they all refuse (or go on) together."""
     runs = o.out / "runs"
     unfinished = sorted(p.parent.name for p in runs.glob("*/checkpoints") if ckpts.find_latest(p) is not None)
     if o.resume == "yes" and not unfinished and not any(runs.glob("*/run.json")):
         raise SSLProbeError(f"--resume: nothing to continue in {runs}; run without --resume to start")
-    if o.resume == "no":
-        if unfinished:
-            raise SSLProbeError(f"'{o.out}' holds an unfinished fine-tune (run '{unfinished[0]}'); continue it with "
-                                f"--resume, or delete {runs} (or pick another --out) to start over")
-        shutil.rmtree(runs, ignore_errors=True)
-    o.out.mkdir(parents=True, exist_ok=True)
+    if o.resume == "no" and unfinished:
+        raise SSLProbeError(f"'{o.out}' holds an unfinished fine-tune (run '{unfinished[0]}'); continue it with "
+                            f"--resume, or delete {runs} (or pick another --out) to start over")
+    ddp.barrier(dist)
+    if dist.main:
+        if o.resume == "no":
+            shutil.rmtree(runs, ignore_errors=True)
+        o.out.mkdir(parents=True, exist_ok=True)
+    ddp.barrier(dist)
 
 
-def _recipe(o: Options, inputs: Inputs) -> Recipe:
+def _recipe(o: Options, inputs: Inputs, dist: ddp.Dist) -> Recipe:
     return resolve_recipe(inputs.backbone.net, trained=inputs.backbone.trained, batch_size=o.batch_size,
-                          base_lr=o.lr, backbone_lr_scale=o.backbone_lr_scale, layer_decay=o.layer_decay,
+                          world_size=dist.world, base_lr=o.lr, backbone_lr_scale=o.backbone_lr_scale,
+                          layer_decay=o.layer_decay,
                           weight_decay=o.weight_decay, warmup_epochs=o.warmup_epochs,
                           label_smoothing=o.label_smoothing, crop_scale=o.crop_scale, flip_p=o.flip_p)
 
@@ -150,14 +161,15 @@ def _setup(o: Options, inputs: Inputs, recipe: Recipe, dev: torch.device) -> dic
             "device": dev.type, "precision": "bfloat16 autocast" if dev.type == "cuda" else "float32"}
 
 
-def _trainer(o: Options, inputs: Inputs, recipe: Recipe, dev: torch.device, *, bar: Any,
+def _trainer(o: Options, inputs: Inputs, recipe: Recipe, dev: torch.device, *, dist: ddp.Dist, bar: Any,
              signals: StopSignals) -> Trainer:
     # channels_last on CPU too: a test_resnet step at 32 px ran 1.36× faster in it on 2 cores (oneDNN's layout)
     net = inputs.backbone.net.to(dev).to(memory_format=torch.channels_last)
     start = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
     spec = inputs.backbone.spec
     t = Trainer(net, start, recipe, inputs.train, spec.image_size, tuple(spec.mean), tuple(spec.std), dev,
-                _setup(o, inputs, recipe, dev), o.out / "runs", o.save_every, o.resume, bar, signals)
+                _setup(o, inputs, recipe, dev), o.out / "runs", o.save_every, o.resume, bar, signals,
+                dist=dist, model=ddp.wrap(net, dist, dev) if dist.world > 1 else None)
     t.budget.left = o.stop_after
     return t
 
@@ -166,7 +178,8 @@ def _budget(o: Options, trainer: Trainer, fit: torch.Tensor) -> Budget:
     """Step: epochs as asked, or timed steps that turn ``minutes`` into epochs."""
     if o.minutes is None:
         return Budget(o.epochs if o.epochs is not None else opt.FINETUNE.epochs, None, None)
-    return Budget(None, o.minutes, time_steps(trainer, fit, batch=min(o.batch_size, int(fit.numel()))))
+    timing = time_steps(trainer, fit, batch=min(o.batch_size, int(fit.numel()) // trainer.dist.world))
+    return Budget(None, o.minutes, ddp.broadcast(timing, trainer.dist))  # one plan for every rank
 
 
 def _score(trainer: Trainer, inputs: Inputs, best: dict[str, torch.Tensor], *, seed: int) -> tuple[dict, dict | None]:
@@ -190,8 +203,18 @@ def _evaluation(inputs: Inputs) -> Evaluation:
     return Evaluation("val", inputs.val, inputs.held.val)
 
 
+def _distributed(dist: ddp.Dist, recipe: Recipe, dev: torch.device) -> str:
+    """How the run was spread over processes (report.json's ``distributed``)."""
+    if dist.world <= 1:
+        return "single process"
+    bn = ("synchronised (SyncBatchNorm)" if ddp.sync_batchnorm_supported(dev) else
+          "per rank (SyncBatchNorm has no CPU kernel); rank 0's kept at each epoch's end")
+    return (f"torchrun DDP, {dist.world} processes: --batch-size {recipe.batch_size} per process, global batch "
+            f"{recipe.global_batch}; BatchNorm statistics {bn}")
+
+
 def _record(o: Options, inputs: Inputs, recipe: Recipe, main: Selected, *, selection: Selection,
-            dev: torch.device, timer: PhaseTimer, warns: list[str]) -> dict[str, Any]:
+            dev: torch.device, dist: ddp.Dist, timer: PhaseTimer, warns: list[str]) -> dict[str, Any]:
     """The result's bookkeeping: what was chosen and how, the recipe and schedule, the data, the machine."""
     best, spec, test = main.best, inputs.backbone.spec, inputs.test
     return {
@@ -209,7 +232,7 @@ def _record(o: Options, inputs: Inputs, recipe: Recipe, main: Selected, *, selec
         "val_source": "given" if inputs.held.given else f"holdout {o.val_fraction:g} (seed {o.seed})",
         "resumed": [r.plan.name for r in main.runs if r.resumed_from is not None],
         "device": str(dev), "precision": "bfloat16 autocast" if dev.type == "cuda" else "float32",
-        "distributed": "single process (torchrun DDP is not supported for finetune)",
+        "distributed": _distributed(dist, recipe, dev),
         "seconds": timer.total(), "timing": timer.seconds, "warnings": warns,
         "skipped": {"train": inputs.train.skipped, "val": inputs.val.skipped if inputs.held.given else [],
                     "test": test.skipped if test is not None else []},
@@ -225,37 +248,59 @@ def _export_info(result: dict[str, Any]) -> dict[str, Any]:
             "val_top1": result["val"]["top1"], "test_top1": result["test"]["top1"] if result.get("test") else None}
 
 
-def _session(o: Options, dev: torch.device, timer: PhaseTimer) -> dict[str, Any]:
-    """The steps, in order, inside the caller's RNG fork."""
+@dataclass
+class Trained:
+    """What the training steps leave: the trainer (its network), the main selection, the label curve."""
+
+    trainer: Trainer
+    main: Selected
+    curve: dict | None
+
+
+def _train(o: Options, inputs: Inputs, recipe: Recipe, metric: str, *, dev: torch.device, dist: ddp.Dist,
+           timer: PhaseTimer, warns: list[str], bar: Any, signals: StopSignals) -> Trained:
+    """Step: the main selection over epochs (and ``lrs``), then the label-efficiency curve; every rank."""
+    trainer = _trainer(o, inputs, recipe, dev, dist=dist, bar=bar, signals=signals)
+    budget = _budget(o, trainer, inputs.held.fit)
+    lrs = o.lrs or (recipe.base_lr,)
+    with timer.phase("train"):
+        main = select(trainer, name="main", fit=inputs.held.fit, val_rows=inputs.val, val=inputs.held.val,
+                      lrs=lrs, seed=o.seed, metric=metric, budget=budget)
+    curve = None
+    if o.points and not main.stopped:
+        spec = CurveSpec(o.points, o.seeds, o.seed, lrs, metric, o.val_fraction, budget)
+        with timer.phase("label_efficiency"):
+            curve = label_curve(trainer, spec, fit=inputs.held.fit, main=main, evaluation=_evaluation(inputs))
+        if curve is not None and curve["scored_on"] == "val":
+            warns.append("label efficiency scored on val (no --test): the whole-split point chose its epoch on "
+                         "the same rows, so it is optimistic")
+    return Trained(trainer, main, curve)
+
+
+def _session(o: Options, dev: torch.device, dist: ddp.Dist, timer: PhaseTimer) -> dict[str, Any]:
+    """The steps, in order, inside the caller's RNG fork; rank 0 alone scores and writes."""
     with timer.phase("load"):
         inputs = _inputs(o, dev)
-        _prepare_out(o)
-        recipe = _recipe(o, inputs)
+        _prepare_out(o, dist)
+        recipe = _recipe(o, inputs, dist)
         selection = resolve_select(o.select, inputs.train.labels[inputs.held.fit])
     warns = list(inputs.warnings)
     with StopSignals() as signals, progress_bar(o.show_progress) as bar:
-        trainer = _trainer(o, inputs, recipe, dev, bar=bar, signals=signals)
-        budget = _budget(o, trainer, inputs.held.fit)
-        lrs = o.lrs or (recipe.base_lr,)
-        with timer.phase("train"):
-            main = select(trainer, name="main", fit=inputs.held.fit, val_rows=inputs.val, val=inputs.held.val,
-                          lrs=lrs, seed=o.seed, metric=selection.metric, budget=budget)
-        curve = None
-        if o.points and not main.stopped:
-            spec = CurveSpec(o.points, o.seeds, o.seed, lrs, selection.metric, o.val_fraction, budget)
-            with timer.phase("label_efficiency"):
-                curve = label_curve(trainer, spec, fit=inputs.held.fit, main=main, evaluation=_evaluation(inputs))
-            if curve is not None and curve["scored_on"] == "val":
-                warns.append("label efficiency scored on val (no --test): the whole-split point chose its epoch on "
-                             "the same rows, so it is optimistic")
-        if main.stopped or (o.points and curve is None):
+        done = _train(o, inputs, recipe, selection.metric, dev=dev, dist=dist, timer=timer, warns=warns, bar=bar,
+                      signals=signals)
+        main, trainer = done.main, done.trainer
+        if main.stopped or (o.points and done.curve is None):
             return {"status": f"stopped after {o.stop_after} steps", "out": str(o.out),
                     "runs": [r.plan.name for r in main.runs]}
+        if not dist.main:  # the chosen network on every rank; rank 0 reports for all
+            trainer.net.load_state_dict(main.best.state)
+            return {"status": "complete", "out": str(o.out), "rank": dist.rank}
         with timer.phase("score"):
             val, test = _score(trainer, inputs, main.best.state, seed=o.seed)
     result = {"val": val, **({"test": test} if test is not None else {}), "knn": None,
-              **({"label_efficiency": curve} if curve is not None else {})}
-    result.update(_record(o, inputs, recipe, main, selection=selection, dev=dev, timer=timer, warns=warns))
+              **({"label_efficiency": done.curve} if done.curve is not None else {})}
+    result.update(_record(o, inputs, recipe, main, selection=selection, dev=dev, dist=dist, timer=timer,
+                          warns=warns))
     save_finetuned(trainer.net, inputs.backbone.spec, inputs.classes, o.out / MODEL_FILE, info=_export_info(result))
     result["files"] = write_finetune_reports(result, o.out, model_file=MODEL_FILE)
     return result
@@ -300,11 +345,14 @@ def finetune(train: Source, *, out: Source, weights: str = opt.FINETUNE.weights,
                 label_smoothing, (float(crop_scale[0]), float(crop_scale[1])), flip_p, val_fraction, select,
                 parse_points(fractions, shots), seeds, seed, default_workers() if workers is None else workers,
                 resume, ckpts.parse_save_every(save_every), stop_after, allow_pickle, image_column, label_column,
-                show_progress)
+                show_progress and ddp.env_rank() == 0)
     timer = PhaseTimer()
-    dev = pick_device(device)
-    with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
-        return _session(o, dev, timer)
+    dist, dev = ddp.setup(pick_device(device))  # torchrun: join the process group on this rank's device
+    try:
+        with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
+            return _session(o, dev, dist, timer)
+    finally:
+        ddp.teardown(dist)
 
 
 __all__ = ["Inputs", "Options", "finetune"]

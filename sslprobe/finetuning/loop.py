@@ -6,6 +6,11 @@ validation rows (:class:`Run`). Everything a run needs to continue exactly sits 
 weights and the learning curve so far; the data order and the crops are functions of (seed, step).
 A finished run leaves ``best.safetensors`` and ``run.json`` in its folder, which a resumed session
 reads instead of training again. Ctrl-C (or SIGTERM) saves a checkpoint and stops.
+
+Under torchrun (docs/finetune.md) every rank trains its slice of each global batch of the epoch's
+order through DDP, and rank 0 is the run's one voice: it validates (the others receive its
+numbers), its BatchNorm statistics are every rank's at each epoch's end, and it alone writes.
+Stop and save decisions are agreed (``distributed.agree``) so every rank leaves at the same step.
 """
 from __future__ import annotations
 
@@ -14,16 +19,17 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sslprobe import checkpoint as ckpts
+from sslprobe import distributed as ddp
 from sslprobe.errors import SSLProbeError
 from sslprobe.fileio import write_json
 from sslprobe.finetuning.data import ImageRows
@@ -35,6 +41,7 @@ from sslprobe.runtime import StopSignals
 
 RESUME_IGNORES = ("device", "precision")  # the same run may continue on other hardware
 EVAL_BATCH = 256
+T = TypeVar("T")
 
 
 class FinetuneInterrupted(KeyboardInterrupt):
@@ -70,12 +77,14 @@ class RunPlan:
 
 def plan_run(name: str, *, recipe: Recipe, seed: int, fit: torch.Tensor, val: torch.Tensor, epochs: int,
              select: str, minutes: float | None) -> RunPlan:
-    """The run's schedule: the batch capped to the training rows, whole batches per epoch, the warm-up."""
-    batch = min(recipe.batch_size, int(fit.numel()))
+    """The run's schedule: the batch per process capped to the training rows, whole global batches per epoch,
+    the warm-up."""
+    world = recipe.world_size
+    batch = min(recipe.batch_size, int(fit.numel()) // world)
     if batch < 2:
-        raise SSLProbeError(f"run '{name}' has {fit.numel()} training image; fine-tuning needs at least 2 per step "
-                            "(BatchNorm): use more labels per class")
-    spe = int(fit.numel()) // batch
+        raise SSLProbeError(f"run '{name}' has {fit.numel()} training image(s) for {world} process(es); fine-tuning "
+                            "needs at least 2 per process and step (BatchNorm): use more labels per class")
+    spe = int(fit.numel()) // (batch * world)
     total = spe * epochs
     return RunPlan(name, recipe.base_lr, seed, int(fit.numel()), int(val.numel()), rows_digest(fit, val), batch, spe,
                    epochs, total, warmup_steps(recipe, steps_per_epoch=spe, total=total), select, minutes)
@@ -144,10 +153,30 @@ class Trainer:
     bar: Any
     signals: StopSignals
     budget: SessionBudget = field(default_factory=SessionBudget)
+    dist: ddp.Dist = field(default_factory=ddp.Dist)
+    model: nn.Module | None = None  # what trains: ``net`` in DDP under torchrun (None: ``net`` itself)
 
     @property
     def cuda(self) -> bool:
         return self.device.type == "cuda"
+
+    def train_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores of a training step through DDP (every rank must call it); bf16 autocast on CUDA."""
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
+            return (self.model or self.net)(self.inputs(x)).float()
+
+    def on_main(self, compute: Callable[[], T]) -> T:
+        """``compute()`` on rank 0 alone, its value on every rank: one evaluation, one answer for all."""
+        return ddp.broadcast(compute() if self.dist.main else None, self.dist)
+
+    def sync_buffers(self) -> None:
+        """Rank 0's BatchNorm statistics on every rank (DDP sends them at each forward; this after the last)."""
+        if self.dist.world <= 1:
+            return
+        bufs = self.on_main(lambda: {k: b.detach().to("cpu") for k, b in self.net.named_buffers()})
+        with torch.no_grad():
+            for k, b in self.net.named_buffers():
+                b.copy_(bufs[k])
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last)  # the network's layout (``finetune._trainer``)
@@ -251,17 +280,24 @@ class Run:
         self.history = [EpochRecord(**e) for e in found.state["history"]]
         self.step = self.resumed_from = found.step
         self.elapsed_before = float(found.state["elapsed_s"])
-        self.loss_sum.fill_(found.state["epoch_loss_sum"])  # the epoch's training loss so far (a mid-epoch stop)
+        self.loss_sum.fill_(found.state["epoch_loss_sums"][self.t.dist.rank])  # this rank's, so far this epoch
 
-    def _save(self) -> None:
+    def _save(self, *, agreed: bool = True) -> None:
+        """Rank 0 writes the checkpoint; ``agreed``: every rank is here (the training-loss sums are gathered)."""
+        # (a second Ctrl-C stops one rank alone: rank 0 then saves its own sum for every rank's)
+        sums = ddp.gather(float(self.loss_sum), self.t.dist) if agreed else [float(self.loss_sum)] * self.t.dist.world
+        if self.t.dist.main:
+            self._write_checkpoint(sums)
+        self.saved = (self.step, time.monotonic())
+
+    def _write_checkpoint(self, loss_sums: list[float]) -> None:
         opt_t, opt_meta = ckpts.pack_optimizer(self.opt)
         tensors = {**{f"model.{k}": v for k, v in self.t.net.state_dict().items()}, **opt_t, **ckpts.rng_tensors(),
                    **{f"best.{k}": v for k, v in (self.best_state or {}).items()}}
         state = {"config": self._config(), "optimizer": opt_meta, "history": [asdict(e) for e in self.history],
-                 "best": list(self.best), "elapsed_s": self._elapsed(), "epoch_loss_sum": float(self.loss_sum),
+                 "best": list(self.best), "elapsed_s": self._elapsed(), "epoch_loss_sums": loss_sums,
                  "data_rng": "epoch order and crops are functions of (seed, step)"}
         ckpts.save(self.dir / "checkpoints", step=self.step, tensors=tensors, state=state)
-        self.saved = (self.step, time.monotonic())
 
     def _finish(self) -> None:
         """best.safetensors, then run.json (the commit mark); the checkpoints go once both are written."""
@@ -269,6 +305,8 @@ class Run:
 
         from sslprobe.fileio import atomic_path
 
+        if not self.t.dist.main:
+            return
         if self.best_state is not None:
             with atomic_path(self.dir / "best.safetensors") as tmp:
                 save_file({k: v.contiguous() for k, v in self.best_state.items()}, str(tmp))
@@ -288,12 +326,13 @@ class Run:
     # --- the steps -----------------------------------------------------------------------------------------
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        """The uint8 batches from ``self.step`` to the end of the run, epoch after epoch."""
-        spe = self.plan.steps_per_epoch
+        """This rank's uint8 batches from ``self.step`` to the end of the run, epoch after epoch: its slice of
+        each global batch of the epoch's seeded order."""
+        spe, b, world = self.plan.steps_per_epoch, self.plan.batch_size, self.t.dist.world
         for epoch in range(self.step // spe, self.plan.epochs):
             order = self.fit[epoch_order(self.plan.n_train, seed=self.plan.seed, epoch=epoch)]
-            yield from self.t.train.train_batches(order, batch=self.plan.batch_size, start=self.step - epoch * spe,
-                                                  device=self.t.device)
+            mine = order[:spe * b * world].view(spe, world, b)[:, self.t.dist.rank].reshape(-1)
+            yield from self.t.train.train_batches(mine, batch=b, start=self.step - epoch * spe, device=self.t.device)
 
     def _steps(self) -> str:
         """Train to the end of the plan; Ctrl-C, SIGTERM and the session's step budget save and stop."""
@@ -303,24 +342,26 @@ class Run:
                 self._train_step(x, aspect, y)
                 if self.step % self.plan.steps_per_epoch == 0:
                     self._end_epoch()
-                if self.t.signals.hit is not None:
-                    raise FinetuneInterrupted(self._stop(self.t.signals.hit))
+                more = self.step < self.plan.total_steps
+                hit, due = ddp.agree([self.t.signals.hit is not None, more and self._due()], self.t.dist, self.t.device)
+                if hit:
+                    raise FinetuneInterrupted(self._stop(self.t.signals.hit or "a signal to another rank"))
                 if self.t.budget.spend() and self.step < self.plan.total_steps:
                     self._save()
                     return f"stopped after {self.step} of {self.plan.total_steps} steps"
-                if self.step < self.plan.total_steps and self._due():
+                if due:
                     self._save()
         except KeyboardInterrupt as e:
             if isinstance(e, FinetuneInterrupted):
                 raise
-            raise FinetuneInterrupted(self._stop("KeyboardInterrupt", save=not self.mutating)) from None
+            raise FinetuneInterrupted(self._stop("KeyboardInterrupt", save=not self.mutating, agreed=False)) from None
         return "complete"
 
     def _train_step(self, x: torch.Tensor, aspect: torch.Tensor, y: torch.Tensor) -> None:
         """Forward, backward and the AdamW update at schedule position ``self.step``; no host sync."""
         self.factor = lr_factor(self.step, total=self.plan.total_steps, warmup=self.plan.warmup_steps)
         set_lr(self.opt, self.recipe, self.factor)
-        loss = F.cross_entropy(self.t.logits(self.views(x, aspect, self.step)), y,
+        loss = F.cross_entropy(self.t.train_logits(self.views(x, aspect, self.step)), y,
                                label_smoothing=self.recipe.label_smoothing)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -337,12 +378,14 @@ class Run:
         Without validation rows (a subset with one label in a class) every epoch is "best": the last one is kept.
         """
         epoch = self.step // self.plan.steps_per_epoch
-        train_loss = float(self.loss_sum) / self.plan.steps_per_epoch
+        self.t.sync_buffers()
+        sums = ddp.gather(float(self.loss_sum), self.t.dist)
         self.loss_sum.zero_()
+        train_loss, val = self.t.on_main(lambda: (sum(sums) / (self.plan.steps_per_epoch * len(sums)),
+                                                  self._validate()))
         if not math.isfinite(train_loss):
             raise SSLProbeError(f"the training loss became {train_loss} in epoch {epoch} of run '{self.plan.name}'; "
                                 "lower --lr (nothing was saved for this run)")
-        val = self._validate()
         self.history.append(EpochRecord(epoch, self.step, train_loss, *val, self.recipe.lr * self.factor,
                                         self._elapsed()))
         score = math.nan if val[0] is None else val[1] if self.plan.select == "top1" else val[2]
@@ -368,9 +411,9 @@ class Run:
         return self.t.save_every.due(step=self.step, last_step=last_step,
                                      elapsed_min=(time.monotonic() - last_time) / 60)
 
-    def _stop(self, why: str, *, save: bool = True) -> str:
+    def _stop(self, why: str, *, save: bool = True, agreed: bool = True) -> str:
         if save:
-            self._save()
+            self._save(agreed=agreed)
         return (f"interrupted ({why}) at step {self.step} of {self.plan.total_steps} of run '{self.plan.name}'"
                 f"{'; checkpoint saved in ' + str(self.dir / 'checkpoints') if save else '; not saved (mid-update)'}. "
                 "Continue with the same command plus --resume")

@@ -32,11 +32,16 @@ def is_vit(net: nn.Module) -> bool:
 
 @dataclass(frozen=True)
 class Recipe:
-    """One run's hyper-parameters, resolved: ``lr`` is the head's peak rate for ``batch_size`` images."""
+    """One run's hyper-parameters, resolved: ``lr`` is the head's peak rate for the global batch.
+
+    ``batch_size`` is per process; under torchrun the global batch is ``batch_size`` × ``world_size``
+    and ``lr`` = ``base_lr`` × global batch / 256, pretraining's rule (``pretraining/trainstep.run_config``).
+    """
 
     base_lr: float  # per 256 images
     lr: float
-    batch_size: int
+    batch_size: int  # per process
+    world_size: int
     weight_decay: float
     warmup_epochs: float
     label_smoothing: float
@@ -49,12 +54,16 @@ class Recipe:
 
     def with_lr(self, base_lr: float) -> Recipe:
         """The same recipe at another base rate (one point of the learning-rate grid)."""
-        return Recipe(base_lr, base_lr * self.batch_size / 256, self.batch_size, self.weight_decay,
+        return Recipe(base_lr, base_lr * self.global_batch / 256, self.batch_size, self.world_size, self.weight_decay,
                       self.warmup_epochs, self.label_smoothing, self.backbone, self.layer_decay,
                       self.backbone_lr_scale, self.crop_scale, self.crop_ratio, self.flip_p)
 
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.world_size
 
-def resolve_recipe(net: nn.Module, *, trained: bool, batch_size: int, base_lr: float | None,
+
+def resolve_recipe(net: nn.Module, *, trained: bool, batch_size: int, world_size: int = 1, base_lr: float | None,
                    backbone_lr_scale: float | None, layer_decay: float | None, weight_decay: float,
                    warmup_epochs: float, label_smoothing: float, crop_scale: tuple[float, float],
                    flip_p: float) -> Recipe:
@@ -71,7 +80,8 @@ def resolve_recipe(net: nn.Module, *, trained: bool, batch_size: int, base_lr: f
     else:
         how = f"{backbone_lr_scale:g}× the head's rate" + ("" if trained else " (random weights)")
     base = FINETUNE.lr if base_lr is None else base_lr
-    return Recipe(base, base * batch_size / 256, batch_size, weight_decay, warmup_epochs, label_smoothing, how,
+    return Recipe(base, base * batch_size * world_size / 256, batch_size, world_size, weight_decay, warmup_epochs,
+                  label_smoothing, how,
                   layer_decay, backbone_lr_scale, (float(crop_scale[0]), float(crop_scale[1])), CROP_RATIO,
                   float(flip_p))
 

@@ -63,7 +63,9 @@ def select(trainer: Trainer, *, name: str, fit: torch.Tensor, val_rows: ImageRow
             return Selected(runs, None, rule)
         plan = plan_run(name if len(lrs) == 1 else f"{name}-lr{lr:g}", recipe=trainer.recipe.with_lr(lr), seed=seed,
                         fit=fit, val=val, epochs=1, select=metric, minutes=budget.minutes)
-        epochs = budget.epochs_for(n_train=plan.n_train, n_val=plan.n_val, batch=plan.batch_size)
+        # the rows one process trains per epoch (all of them in one process): its steps at the timed cost
+        epochs = budget.epochs_for(n_train=plan.steps_per_epoch * plan.batch_size, n_val=plan.n_val,
+                                   batch=plan.batch_size)
         plan = plan_run(plan.name, recipe=trainer.recipe.with_lr(lr), seed=seed, fit=fit, val=val, epochs=epochs,
                         select=metric, minutes=budget.minutes)
         task = trainer.bar.add_task(plan.name, total=plan.total_steps)
