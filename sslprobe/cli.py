@@ -553,7 +553,8 @@ def finetune(
     """Fine-tune a backbone and a new linear head end to end on labelled images; the epoch chosen on validation.
 
     Reports as `probe` does (report.json, per-class CSVs, confusion matrix, learning curve); Ctrl-C saves a checkpoint
-    and stops, --resume continues. One process (no torchrun DDP).
+    and stops, --resume continues. Under `torchrun --nproc_per_node N -m sslprobe finetune …` it uses DDP
+    (--batch-size is per process; the lr scales with the global batch).
     """
     for p in (train, val, test):
         if p is not None:
@@ -581,6 +582,8 @@ def finetune(
     except FinetuneInterrupted as e:
         _err(str(e))
         raise typer.Exit(130) from None
+    if env_rank() != 0:  # torchrun: rank 0 reports for all
+        return
     if as_json:
         typer.echo(json.dumps(summary(r)))
         return
