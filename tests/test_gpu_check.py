@@ -19,6 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_check.py"
 ROW_KEYS = {"key", "measure", "value", "unit", "goal", "met", "note", "status"}
 STAGE_KEYS = {"name", "title", "status", "seconds", "budget_s", "rows", "details"}
+# lightly is a bench extra, not a test dependency: without it the two BYOL stages must say so in every row
+LIGHTLY = importlib.util.find_spec("lightly") is not None
+NEEDS_LIGHTLY = {"byol_r50", "byol_r18"}
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +50,12 @@ def test_smoke_runs_every_stage_and_writes_every_planned_row(gc, tmp_path):
     assert doc["schema"] == gc.SCHEMA and doc["mode"] == "smoke" and doc["goals_judged"] is False
     assert [s["name"] for s in doc["stages"]] == [s.name for s in gc.STAGES]
     for stage, s in zip(gc.STAGES, doc["stages"]):
-        assert set(s) == STAGE_KEYS and s["status"] == "ok", (s["name"], s["status"], s["details"].get("traceback"))
         assert [row["key"] for row in s["rows"]] == [p.key for p in stage.planned]
+        if stage.name in NEEDS_LIGHTLY and not LIGHTLY:
+            assert s["status"].startswith("skipped: lightly not installed"), s["status"]
+            assert all(row["status"] == s["status"] for row in s["rows"]), s["rows"]
+            continue
+        assert set(s) == STAGE_KEYS and s["status"] == "ok", (s["name"], s["status"], s["details"].get("traceback"))
         for row in s["rows"]:
             assert set(row) == ROW_KEYS and row["met"] is None  # goals are not judged on toy sizes
             assert row["status"] == "ok" or row["status"].startswith("skipped: no CUDA"), (s["name"], row)
@@ -56,7 +63,8 @@ def test_smoke_runs_every_stage_and_writes_every_planned_row(gc, tmp_path):
     # the CUDA-only paths still leave their rows: nvJPEG ran its CPU fallback, compile and the tests say why not
     rows = {(s["name"], row["key"]): row for s in doc["stages"] for row in s["rows"]}
     assert rows[("extract", "gpu_decode")]["value"] is not None
-    assert rows[("byol_r18", "compiled")]["status"] == "skipped: no CUDA"
+    if LIGHTLY:
+        assert rows[("byol_r18", "compiled")]["status"] == "skipped: no CUDA"
     assert "skipped" in rows[("cuda_tests", "tests")]["value"]
     assert rows[("probe", "offload")]["status"] == "ok"  # the host-resident probe scores as the on-device one
     md = out.with_suffix(".md").read_text()
