@@ -63,12 +63,9 @@ class _Quiet:
         pass
 
 
-@contextlib.contextmanager
-def progress_bar(show: bool = True) -> Iterator[Any]:
-    """A rich progress bar on stderr (rate and time left), or a silent stand-in."""
-    if not show:
-        yield _Quiet()
-        return
+def rich_progress(*, rate_field: bool = False) -> Any:
+    """sslprobe's one rich progress layout on stderr: description, bar, n/total, [a ``rate`` field,]
+    elapsed and time left (progress_bar and the study's display both use it)."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -79,8 +76,18 @@ def progress_bar(show: bool = True) -> Iterator[Any]:
         TimeRemainingColumn,
     )
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=Console(stderr=True), transient=False) as bar:
+    rate = (TextColumn("{task.fields[rate]}"),) if rate_field else ()
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *rate, TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+
+
+@contextlib.contextmanager
+def progress_bar(show: bool = True) -> Iterator[Any]:
+    """A rich progress bar on stderr (rate and time left), or a silent stand-in."""
+    if not show:
+        yield _Quiet()
+        return
+    with rich_progress() as bar:
         yield bar
 
 

@@ -27,19 +27,9 @@ class StudyProgress:
     def __enter__(self) -> StudyProgress:
         if not self.show:
             return self
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from sslprobe.runtime import rich_progress
 
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                            console=Console(stderr=True), transient=False)
+        self.bar = rich_progress(rate_field=True)
         self.bar.__enter__()
         self.study_task = self.bar.add_task("study", total=self.stages, rate="stages")
         self.stage_task = self.bar.add_task("", total=None, rate="")
