@@ -200,8 +200,8 @@ def pretrain(
 
     try:
         s = run(data, out=out, model=model, init=init, backbone_lr_scale=backbone_lr_scale, image_size=image_size,
-                small_stem=small_stem, batch_size=batch_size,
-                epochs=epochs, max_steps=max_steps, optimizer=optimizer, lr=lr, tau_base=tau_base,
+                small_stem=small_stem, batch_size=batch_size, epochs=epochs, max_steps=max_steps, optimizer=optimizer,
+                lr=lr, tau_base=tau_base,
                 warmup_epochs=warmup_epochs, proj_hidden=proj_hidden, proj_dim=proj_dim, weight_decay=weight_decay,
                 blur=blur, augment=augment, grayscale=grayscale, seed=seed, device=device, workers=workers,
                 resume="auto" if resume else "no", save_every=save_every, max_minutes=max_minutes, stop_at=stop_at,
@@ -210,11 +210,15 @@ def pretrain(
     except PretrainInterrupted as e:
         _err(str(e))
         raise typer.Exit(130) from None
-    if env_rank() != 0:  # torchrun: rank 0 reports for all
-        return
-    if resume:
-        resumed = s["resumed_from"]
-        _err(f"resumed from step {resumed}" if resumed is not None else "no checkpoint found: started a new run")
+    if env_rank() == 0:  # torchrun: rank 0 reports for all
+        _render_pretrain(s, resumed=resume)
+
+
+def _render_pretrain(s: dict, *, resumed: bool) -> None:
+    """pretrain's summary as stderr lines: where it resumed, how it ended, what to do next."""
+    if resumed:
+        step = s["resumed_from"]
+        _err(f"resumed from step {step}" if step is not None else "no checkpoint found: started a new run")
     knn = f"; kNN top-1 {s['knn_top1']:.3f}" if s["knn_top1"] is not None else ""
     _err(f"{s['status']}: {s['steps']}/{s['total_steps']} steps, final loss {s['final_loss']:.4f}{knn}; "
          f"skipped {len(s['skipped'])} files; backbone written to {Path(s['out']) / 'backbone.safetensors'}")
