@@ -98,17 +98,17 @@ def summary(result: Mapping[str, Any]) -> dict:
     return _strip(result)
 
 
-def percent(x: float | None) -> str:
-    """'84.51%', or a dash for no value."""
-    return "—" if x is None else f"{100 * x:.2f}%"
+def percent(x: float | None, *, digits: int = 2, unit: str = "%") -> str:
+    """'84.51%', or a dash for no value (the study's report: ``digits=1, unit=""`` → '84.5')."""
+    return "—" if x is None else f"{100 * x:.{digits}f}{unit}"
 
 
-def with_ci(metrics: Mapping[str, Any] | None, key: str) -> str:
-    """'84.51% [83.80, 85.22]': the value and its 95 % bootstrap interval when the metrics carry one."""
+def with_ci(metrics: Mapping[str, Any] | None, key: str, *, digits: int = 2, unit: str = "%") -> str:
+    """'84.51% [83.8, 85.2]': the value and its 95 % bootstrap interval when the metrics carry one."""
     if not metrics or metrics.get(key) is None:
         return "—"
     ci = (metrics.get("ci") or {}).get(key)
-    return percent(metrics[key]) + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
+    return percent(metrics[key], digits=digits, unit=unit) + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
 
 
 _SELECT_NAMES = {"top1": "top-1", "balanced": "balanced accuracy"}

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sslprobe.probing.report import percent
+from sslprobe.probing.report import with_ci as report_with_ci
 from sslprobe.study import numbers
 from sslprobe.study.render import Block, Code, Figure, Heading, Items, Para, Table
 
@@ -32,15 +34,12 @@ class Figures:
 
 
 def _pct(x: float | None) -> str:
-    return "—" if x is None else f"{100 * x:.1f}"
+    return percent(x, digits=1, unit="")
 
 
 def with_ci(m: Mapping[str, Any] | None, key: str) -> str:
     """'84.5 [83.8, 85.2]': a metric in percent with its 95 % bootstrap interval."""
-    if not m or m.get(key) is None:
-        return "—"
-    ci = (m.get("ci") or {}).get(key)
-    return _pct(m[key]) + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
+    return report_with_ci(m, key, digits=1, unit="")
 
 
 def _budget_cell(p: Mapping[str, Any] | None, method: str) -> str:
