@@ -11,10 +11,10 @@ import time
 import torch
 
 from sslprobe import checkpoint as ck
-from sslprobe.pretraining.trainstep import PretrainConfig, TrainStep, build_byol
+from sslprobe.pretraining.trainstep import RunSpec, TrainStep, build_byol
 
 for model, size in (("resnet18", 32), ("resnet50", 224)):
-    cfg = PretrainConfig(model=model, image_size=size, small_stem=size <= 64, optimizer="lars", total_steps=10)
+    cfg = RunSpec(model=model, image_size=size, small_stem=size <= 64, optimizer="lars", total_steps=10)
     net, opt, spec = build_byol(cfg, device=torch.device("cpu"))
     step = TrainStep(net, opt, cfg=cfg, spec=spec, device=torch.device("cpu"))
     step(torch.randint(0, 255, (4, 3, size, size), dtype=torch.uint8), 0)  # creates the momentum buffers

@@ -36,9 +36,10 @@ import timm
 import torch
 
 from sslprobe.backbone import create_backbone, eval_transform
+from sslprobe.config.finetune import DEFAULT_LR
+from sslprobe.config.finetune import FinetuneConfig as FINETUNE
 from sslprobe.finetuning.finetune import finetune
 from sslprobe.finetuning.network import with_head
-from sslprobe.options import FINETUNE
 from sslprobe.runtime import default_workers
 
 
@@ -113,7 +114,7 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--lr", type=float, default=FINETUNE.lr, help="base rate per 256 images, for both")
+    ap.add_argument("--lr", type=float, default=DEFAULT_LR, help="base rate per 256 images, for both")
     ap.add_argument("--workers", type=int, default=None, help="decode workers for both (default: sslprobe's)")
     ap.add_argument("--repeats", type=int, default=1, help="alternate plain, sslprobe this many times")
     ap.add_argument("--seed", type=int, default=0)

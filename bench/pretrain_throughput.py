@@ -64,7 +64,7 @@ from sslprobe.pretraining.batches import BatchSource, store_side
 # same optimiser.
 from sslprobe.pretraining.recipe import default_lr, pick_optimizer
 from sslprobe.pretraining.trainstep import (
-    PretrainConfig,
+    RunSpec,
     TrainStep,
     build_byol,
     make_optimizer,
@@ -212,7 +212,7 @@ class Bench:
         opt_name = pick_optimizer(a.optimizer, batch=self.batch)
         base_lr = default_lr(opt_name)
         total = 1_000_000  # schedule horizon: the lr/τ values do not change the cost of a step
-        self.cfg = PretrainConfig(
+        self.cfg = RunSpec(
             data=str(data), model=spec.model, image_size=self.size, small_stem=spec.small_stem, store_size=self.store,
             batch_size=self.batch,
             global_batch=self.batch, max_steps=total, total_steps=total, optimizer=opt_name,

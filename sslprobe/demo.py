@@ -10,32 +10,29 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from rich.console import Console
 
+from sslprobe.config.study import ByolRecipe, StudyConfig
+
 SAMPLE = "fashion_mnist_sample.npz"
 
 
-@dataclass(frozen=True)
-class DemoRecipe:
-    """The demo's study: three arms, a short BYOL run and a small label curve, sized for ~3 minutes on 2 CPU cores."""
+DEMO_STEPS = 250  # BYOL steps of batch 128: ~16 epochs of the sample's 1,600 pretraining images
 
-    model: str = "test_resnet"
-    image_size: int = 32
-    batch_size: int = 128
-    steps: int = 250
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    tau_base: float = 0.99
-    warmup_epochs: float = 2.0
-    proj_hidden: int = 512  # the paper's 4096 would be most of the CPU step at 32 px
-    arms: tuple[str, ...] = ("pixels", "random", "byol")
-    fractions: tuple[float, ...] = (0.1, 1.0)  # a small label curve: each 10 % draw is ~5-fold CV fits
-    shots: tuple[int, ...] = ()
-    seeds: int = 2
+
+def demo_config(*, out: Path, data: Path, steps: int = DEMO_STEPS, device: str = "auto",
+                command: str = "") -> StudyConfig:
+    """The demo's study: three arms, a short BYOL run and a small label curve, sized for ~3 minutes on 2 CPU cores."""
+    return StudyConfig(
+        data=str(data / "train"), out=out / "study", test=str(data / "test"), arms=("pixels", "random", "byol"),
+        model="test_resnet", image_size=32, steps=steps,
+        # the paper's 4096-wide heads would be most of the CPU step at 32 px
+        byol=ByolRecipe(batch_size=128, optimizer="sgd", lr=0.1, tau_base=0.99, warmup_epochs=2.0, proj_hidden=512),
+        fractions=(0.1, 1.0), shots=(), seeds=2,  # a small label curve: each 10 % draw is ~5-fold CV fits
+        device=device, workers=0, command=command)
 
 
 def write_sample(out: Path) -> Path:
@@ -65,24 +62,19 @@ def run_demo(*, out: Path, steps: int | None = None, device: str = "auto",
     The sample's 500 test images are the study's fixed test set; val is drawn from the train images
     and kept out of pretraining, like every val and test image (docs/study.md).
     """
-    from sslprobe.study.plan import ByolRecipe
     from sslprobe.study.run import study
 
     console = console or Console()
-    r = DemoRecipe() if steps is None else DemoRecipe(steps=steps)
     t0 = time.perf_counter()
     data = write_sample(out / "data")
-    recipe = ByolRecipe(batch_size=r.batch_size, optimizer=r.optimizer, lr=r.lr, tau_base=r.tau_base,
-                        warmup_epochs=r.warmup_epochs, proj_hidden=r.proj_hidden)
     command = f"sslprobe demo --out {out}" + (f" --steps {steps}" if steps is not None else "") + \
         (f" --device {device}" if device != "auto" else "")
-    console.print(f"[bold cyan]$ {command}[/]  (a study of {', '.join(r.arms)} on the built-in sample)")
-    result = study(data / "train", out=out / "study", test=data / "test", arms=r.arms, model=r.model,
-                   image_size=r.image_size, steps=r.steps, byol=recipe, fractions=r.fractions, shots=r.shots,
-                   seeds=r.seeds, device=device, workers=0, command=command, show_progress=sys.stderr.isatty(),
-                   console=console)
+    config = demo_config(out=out, data=data, steps=steps or DEMO_STEPS, device=device, command=command)
+    console.print(f"[bold cyan]$ {command}[/]  (a study of {', '.join(config.arms)} on the built-in sample)")
+    result = study(config, show_progress=sys.stderr.isatty(), console=console)
     pre = next((a.stages["pretrain"] for a in result.arms if "pretrain" in a.stages), None)
-    trained = f"BYOL: {r.steps} steps of batch {r.batch_size} on the train images less val; " if pre else ""
+    trained = (f"BYOL: {config.steps} steps of batch {config.byol.batch_size} on the train images less val; "
+               if pre else "")
     console.print(f"{trained}whole demo {time.perf_counter() - t0:.0f} s. Open {result.files['report.html']} in a "
                   "browser; the commands behind each stage are in its Commands section.")
     return result.rows

@@ -188,11 +188,11 @@ def test_fair_random_init_has_no_silent_residual_branch(model):
 
 def test_training_init_keeps_timms_zero_init_last():
     # BYOL pretraining starts from timm's init: zeroed branches train faster (Goyal et al. 2017).
-    from sslprobe.pretraining.trainstep import PretrainConfig, build_byol
+    from sslprobe.pretraining.trainstep import RunSpec, build_byol
 
     net, _ = create_backbone("test_resnet", weights="random", image_size=32, seed=0, init="train")
     assert all(not o.any() for o in _branch_outputs(net, 32).values())
-    byol, _, _ = build_byol(PretrainConfig(model="test_resnet", image_size=16, small_stem=True, proj_hidden=16,
+    byol, _, _ = build_byol(RunSpec(model="test_resnet", image_size=16, small_stem=True, proj_hidden=16,
                                            proj_dim=8), device=torch.device("cpu"))
     assert all(not m.weight.any() for m in _branch_ends(byol.backbone).values())
 

@@ -127,11 +127,11 @@ def test_json_cannot_point_at_another_file(tmp_path):
 def _checkpointer(tmp_path, monkeypatch, when):
     import sslprobe.pretraining.checkpointer as cp
     from sslprobe.distributed import Dist
-    from sslprobe.pretraining.trainstep import PretrainConfig, build_byol
+    from sslprobe.pretraining.trainstep import RunSpec, build_byol
 
     clock = [100.0]
     monkeypatch.setattr(cp.time, "monotonic", lambda: clock[0])
-    cfg = PretrainConfig(model="test_resnet", image_size=16, small_stem=True, proj_hidden=32, proj_dim=16,
+    cfg = RunSpec(model="test_resnet", image_size=16, small_stem=True, proj_hidden=32, proj_dim=16,
                          optimizer="sgd", steps_per_epoch=3, total_steps=9)
     net, opt, _ = build_byol(cfg, device=torch.device("cpu"))
     saved = []

@@ -1,5 +1,5 @@
 """The built-in sample: what the demo materialises."""
-from sslprobe.demo import DemoRecipe, write_sample
+from sslprobe.demo import demo_config, write_sample
 from sslprobe.images.folders import open_images
 
 
@@ -15,6 +15,8 @@ def test_sample_is_stratified_fashion_mnist(tmp_path):
     assert write_sample(root) == root  # complete marker: reused, not rewritten
 
 
-def test_demo_recipe_fits_small_images():
-    r = DemoRecipe()
-    assert r.image_size <= 64 and r.steps * r.batch_size >= 10 * 2000  # at least ten epochs of the sample
+def test_demo_recipe_fits_small_images(tmp_path):
+    for split in ("train", "test"):
+        (tmp_path / split).mkdir()
+    c = demo_config(out=tmp_path, data=tmp_path)
+    assert c.image_size <= 64 and c.steps * c.byol.batch_size >= 10 * 2000  # at least ten epochs of the sample

@@ -227,9 +227,9 @@ def test_config_records_views_blur_rule_and_augment_overrides(class_folder, tmp_
 
 def test_lars_is_the_papers_for_global_batch_256():
     from sslprobe.pretraining.recipe import default_lr
-    from sslprobe.pretraining.trainstep import PretrainConfig, build_byol, make_optimizer
+    from sslprobe.pretraining.trainstep import RunSpec, build_byol, make_optimizer
 
-    cfg = PretrainConfig(model="test_resnet", image_size=16, small_stem=True, proj_hidden=32, proj_dim=16,
+    cfg = RunSpec(model="test_resnet", image_size=16, small_stem=True, proj_hidden=32, proj_dim=16,
                          optimizer="lars")
     net, opt, _ = build_byol(cfg, device=torch.device("cpu"))
     decay, plain = opt.param_groups
@@ -242,20 +242,23 @@ def test_lars_is_the_papers_for_global_batch_256():
     assert default_lr("lars") == 0.2 and default_lr("sgd") == 0.06
 
 
-def test_run_config_derives_schedule_lr_and_notes():
+def test_run_config_derives_schedule_lr_and_notes(tmp_path):
+    from sslprobe.config.pretrain import PretrainConfig
     from sslprobe.distributed import Dist
     from sslprobe.pretraining.augment import byol_views
     from sslprobe.pretraining.trainstep import run_config
 
     _, spec = create_backbone("test_resnet", weights="random", image_size=16)
-    kw = {"data": "d", "spec": spec, "batch": 8, "steps_per_epoch": 3, "device": torch.device("cpu"), "epochs": 10,
-          "max_steps": None, "optimizer": "auto", "lr": None, "weight_decay": 1e-6, "warmup_epochs": 10.0,
-          "tau_base": 0.99, "proj_hidden": 32, "proj_dim": 16, "seed": 1, "views": byol_views(16), "blur": None}
+    options = PretrainConfig(data=str(tmp_path), out=tmp_path, epochs=10, weight_decay=1e-6, warmup_epochs=10.0,
+                             tau_base=0.99, proj_hidden=32, proj_dim=16, seed=1)
+    kw = {"options": options, "spec": spec, "batch": 8, "steps_per_epoch": 3, "device": torch.device("cpu"),
+          "max_steps": None, "views": byol_views(16)}
     one = run_config(dist=Dist(), **kw)
     assert (one.total_steps, one.warmup_steps, one.optimizer, one.global_batch) == (30, 15, "sgd", 8)  # warm-up ≤ half
     assert one.lr == pytest.approx(0.06 * 8 / 256) and one.base_lr == 0.06 and one.small_stem
     assert one.sync_batchnorm == "n/a (one process)" and one.precision == "float32" and one.blur.startswith("off")
-    two = run_config(dist=Dist(rank=1, world=64), **{**kw, "max_steps": 100, "lr": 0.3, "warmup_epochs": 1.0})
+    two = run_config(dist=Dist(rank=1, world=64), **{**kw, "max_steps": 100,
+                                                     "options": options.replace(lr=0.3, warmup_epochs=1.0)})
     assert (two.total_steps, two.warmup_steps, two.optimizer, two.global_batch) == (100, 3, "lars", 512)
     assert two.lr == pytest.approx(0.3 * 2) and two.sync_batchnorm.startswith("no: SyncBatchNorm has no CPU kernel")
 
@@ -296,10 +299,10 @@ def test_ram_and_streaming_give_the_same_batches(class_folder):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_step_never_waits_for_the_gpu():
-    from sslprobe.pretraining.trainstep import PretrainConfig, TrainStep, build_byol
+    from sslprobe.pretraining.trainstep import RunSpec, TrainStep, build_byol
 
     dev = torch.device("cuda")
-    cfg = PretrainConfig(model="test_resnet", image_size=32, small_stem=True, batch_size=16, proj_hidden=64,
+    cfg = RunSpec(model="test_resnet", image_size=32, small_stem=True, batch_size=16, proj_hidden=64,
                          proj_dim=32, optimizer="lars", total_steps=10, warmup_steps=2)
     net, opt, spec = build_byol(cfg, device=dev)
     step = TrainStep(net, opt, cfg=cfg, spec=spec, device=dev)
@@ -400,9 +403,9 @@ def test_worker_views_equal_in_process_views(class_folder):
 def test_step_feed_gives_the_same_inputs_on_both_view_paths(class_folder):
     from sslprobe.images.folders import open_images
     from sslprobe.pretraining.batches import BatchSource
-    from sslprobe.pretraining.trainstep import PretrainConfig, StepFeed, TrainStep, build_byol
+    from sslprobe.pretraining.trainstep import RunSpec, StepFeed, TrainStep, build_byol
 
-    cfg = PretrainConfig(model="test_resnet", image_size=16, small_stem=True, batch_size=5, proj_hidden=32,
+    cfg = RunSpec(model="test_resnet", image_size=16, small_stem=True, batch_size=5, proj_hidden=32,
                          proj_dim=16, optimizer="sgd", total_steps=10)
     net, opt, spec = build_byol(cfg, device=torch.device("cpu"))
     step = TrainStep(net, opt, cfg=cfg, spec=spec, device=torch.device("cpu"))

@@ -206,17 +206,17 @@ def test_given_values_always_win():
     assert d.note.count("(given)") == 5
 
 
-def test_run_config_fits_the_schedule_length_and_records_the_start():
+def test_run_config_fits_the_schedule_length_and_records_the_start(tmp_path):
     from sslprobe.backbone import Start
+    from sslprobe.config.pretrain import PretrainConfig
     from sslprobe.distributed import Dist
     from sslprobe.pretraining.augment import byol_views
     from sslprobe.pretraining.trainstep import run_config
 
     _, spec = create_backbone("test_resnet", weights="random", image_size=16)
-    kw = {"data": "d", "spec": spec, "batch": 64, "steps_per_epoch": 10, "device": torch.device("cpu"),
-          "epochs": 100, "max_steps": None, "optimizer": "auto", "lr": None, "weight_decay": None,
-          "warmup_epochs": None, "tau_base": None, "proj_hidden": 32, "proj_dim": 16, "seed": 1,
-          "views": byol_views(16), "blur": None}
+    options = PretrainConfig(data=str(tmp_path), out=tmp_path, epochs=100, proj_hidden=32, proj_dim=16, seed=1)
+    kw = {"options": options, "spec": spec, "batch": 64, "steps_per_epoch": 10, "device": torch.device("cpu"),
+          "max_steps": None, "views": byol_views(16)}
     cfg = run_config(dist=Dist(world=4), **kw)  # global batch 256: LARS, BYOL's 100-epoch preset
     assert (cfg.optimizer, cfg.base_lr, cfg.weight_decay, cfg.tau_base, cfg.warmup_steps) == (
         "lars", 0.45, 1e-6, 0.99, 100)
@@ -261,9 +261,9 @@ def test_byol_on_a_vit_end_to_end(class_folder, tmp_path):
 
 
 def test_the_backbone_runs_at_its_scale_of_the_scheduled_rate():
-    from sslprobe.pretraining.trainstep import PretrainConfig, TrainStep, build_byol
+    from sslprobe.pretraining.trainstep import RunSpec, TrainStep, build_byol
 
-    cfg = PretrainConfig(model="test_resnet", image_size=16, small_stem=True, proj_hidden=32, proj_dim=16,
+    cfg = RunSpec(model="test_resnet", image_size=16, small_stem=True, proj_hidden=32, proj_dim=16,
                          optimizer="sgd", lr=0.1, total_steps=10, backbone_lr_scale=0.1)
     net, opt, spec = build_byol(cfg, device=torch.device("cpu"))
     backbone = {id(p) for p in net.backbone.parameters()}

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from sslprobe.config.study import STUDY_ARMS, ByolRecipe
 from sslprobe.errors import SSLProbeError
-from sslprobe.options import STUDY_ARMS
 from sslprobe.pretraining.budget import fit, fitted_steps
 from sslprobe.study import plan, stages
 from sslprobe.study.numbers import CSV_COLUMNS
-from sslprobe.study.plan import ByolRecipe
 from sslprobe.study.run import StudyInterrupted, study
 from sslprobe.study.sources import HashCache, hash_entries, open_sources
 from sslprobe.study.splits import SplitRule, assign, guard
@@ -164,7 +163,7 @@ def test_an_interrupted_study_resumes_where_it_stopped(class_folder, tmp_path, m
         study(class_folder, out=tmp_path / "s", arms=("random", "byol"), **TINY)
     monkeypatch.setattr(stages, "pretrain", real)
     extracts = []
-    monkeypatch.setattr(stages, "extract", lambda *a, **k: extracts.append(k["weights"]) or real_extract(*a, **k))
+    monkeypatch.setattr(stages, "extract", lambda *a, **k: extracts.append(a[0].weights) or real_extract(*a, **k))
     r = study(class_folder, out=tmp_path / "s", arms=("random", "byol"), **TINY)
     assert [a.stages["probe"].reused for a in r.arms] == [True, False]
     assert r.arms[1].stages["pretrain"].info["resumed_from"] == 2  # continued from its checkpoint

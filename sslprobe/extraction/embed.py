@@ -14,8 +14,9 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from sslprobe.config.extract import POOLS
+from sslprobe.config.rules import one_of
 from sslprobe.errors import SSLProbeError
-from sslprobe.options import POOLS, one_of
 
 PRE_LOGITS = "pre-logits"
 def _prefix_tokens(net: nn.Module) -> int:

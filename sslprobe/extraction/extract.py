@@ -32,6 +32,7 @@ import torch
 
 from sslprobe import __version__, distributed
 from sslprobe.cache import Fingerprint, Store, default_cache_dir
+from sslprobe.config.extract import ExtractConfig
 from sslprobe.distributed import Dist
 from sslprobe.errors import SSLProbeError
 from sslprobe.extraction.embed import FeatureModel
@@ -41,7 +42,6 @@ from sslprobe.fileio import atomic_path, file_sha256, write_json
 from sslprobe.images.decode import DECODE_POLICY
 from sslprobe.images.folders import ImageSet, open_images, skipped_report
 from sslprobe.images.transforms import Uint8Transform
-from sslprobe.options import EXTRACT, check_extract
 from sslprobe.runtime import default_workers, pick_device, progress_bar
 
 if TYPE_CHECKING:
@@ -115,58 +115,37 @@ def _state_sha256(net: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def extract(
-    data: str | os.PathLike,
-    *,
-    out: str | os.PathLike,
-    model: str | None = None,
-    weights: str = EXTRACT.weights,
-    image_size: int | None = None,
-    small_stem: bool | None = None,
-    layer: str | int = EXTRACT.layer,
-    pool: str = EXTRACT.pool,
-    dtype: str = EXTRACT.dtype,
-    batch_size: int = EXTRACT.batch_size,
-    seed: int = 0,
-    device: str = "auto",
-    workers: int | None = None,
-    allow_pickle: bool = False,
-    image_column: str | None = None,
-    label_column: str | None = None,
-    cache_dir: str | os.PathLike | None = None,
-    use_cache: bool = True,
-    shard_rows: int = 4096,
-    decode: str = EXTRACT.decode,
-    show_progress: bool = True,
-    labels: str | os.PathLike | None = None,
-) -> dict[str, Any]:
-    """Embed every readable image at ``data``; bad files are skipped and listed. Returns the manifest.
+def extract(config: ExtractConfig | str | os.PathLike, /, *, show_progress: bool = True,
+            **options: Any) -> dict[str, Any]:
+    """Embed every readable image of ``config.data``; bad files are skipped and listed. Returns the manifest.
 
-    ``weights``: ``random`` (seeded by ``seed``; the architecture's ordinary init, no zeroed residual
-    branches), ``random-rescaled`` (that, then data-dependent rescaling on a seeded sample of the
-    images), ``pretrained`` (timm hub), ``pixels`` or a path to a .safetensors backbone (sslprobe's
+    ``config``: an :class:`~sslprobe.config.extract.ExtractConfig`, or the data folder with the options
+    as keywords. ``weights``: ``random`` (seeded by ``seed``; the architecture's ordinary init, no zeroed
+    residual branches), ``random-rescaled`` (that, then data-dependent rescaling on a seeded sample of
+    the images), ``pretrained`` (timm hub), ``pixels`` or a path to a .safetensors backbone (sslprobe's
     own need no ``model``). ``small_stem``: None picks the small-image stem for random weights at
     ≤ 64 px; trained weights keep theirs. ``layer``: ``pre-logits`` or a stage index; ``pool``: auto,
     cls or mean. ``decode="gpu"`` decodes JPEGs with nvJPEG on CUDA. ``labels``: a path,label CSV naming
     the images of the folder ``data`` and their classes (see ``images.folders.open_images``).
     """
-    check_extract(weights=weights, model=model, batch_size=batch_size, image_size=image_size, pool=pool, dtype=dtype,
-                  decode=decode)
+    c = ExtractConfig.of(config, **options)
+    data, out, dtype = c.data, c.out, c.dtype
     t0 = time.perf_counter()
-    images = open_images(data, image_column=image_column, label_column=label_column, labels=labels)
-    dist, dev = distributed.setup(pick_device(device))
+    images = open_images(data, image_column=c.image_column, label_column=c.label_column, labels=c.labels)
+    dist, dev = distributed.setup(pick_device(c.device))
     try:
-        feat = _build(images, model=model, weights=weights, image_size=image_size, small_stem=small_stem,
-                      layer=layer, pool=pool, seed=seed, allow_pickle=allow_pickle,
-                      decode=decode if dev.type == "cuda" else "cpu")
+        feat = _build(images, model=c.model, weights=c.weights, image_size=c.image_size, small_stem=c.small_stem,
+                      layer=c.layer, pool=c.pool, seed=c.seed, allow_pickle=c.allow_pickle,
+                      decode=c.decode if dev.type == "cuda" else "cpu")
         # channels_last on CPU too: with BatchNorm folded, oneDNN convs run ~1.1-1.3x faster in it
         feat.model.to(dev).eval().to(memory_format=torch.channels_last)
-        cache = _open_cache(feat, pool=pool, dtype=dtype, dev=dev, cache_dir=cache_dir, use_cache=use_cache)
+        cache = _open_cache(feat, pool=c.pool, dtype=dtype, dev=dev, cache_dir=c.cache_dir, use_cache=c.use_cache)
         t_setup = time.perf_counter() - t0
         t1 = time.perf_counter()
+        workers = default_workers() if c.workers is None else c.workers
         rows, writer = _embed_all(images, feat, store=cache.store, dist=dist, dev=dev, dtype=dtype,
-                                  batch_size=batch_size, workers=default_workers() if workers is None else workers,
-                                  shard_rows=shard_rows, show_progress=show_progress)
+                                  batch_size=c.batch_size, workers=workers, shard_rows=c.shard_rows,
+                                  show_progress=show_progress)
         t_embed = time.perf_counter() - t1
         result = _assemble(images, rows, dist=dist, store=cache.store)
         manifest = None

@@ -22,7 +22,7 @@ import torch
 
 from sslprobe import checkpoint as ckpts
 from sslprobe import distributed as ddp
-from sslprobe import options as opt
+from sslprobe.config.finetune import DEFAULT_EPOCHS, FinetuneConfig
 from sslprobe.errors import SSLProbeError
 from sslprobe.finetuning.budget import time_steps
 from sslprobe.finetuning.curve import CurveSpec, Evaluation, label_curve
@@ -45,7 +45,8 @@ Source = str | os.PathLike
 
 @dataclass(frozen=True)
 class Options:
-    """``finetune()``'s keywords, checked (``options.check_finetune``), as the steps read them."""
+    """A fine-tune's :class:`~sslprobe.config.finetune.FinetuneConfig` as the steps read it: the label curve's
+    points, the workers and the checkpoint cadence resolved."""
 
     train: str
     out: Path
@@ -177,7 +178,7 @@ def _trainer(o: Options, inputs: Inputs, recipe: Recipe, dev: torch.device, *, d
 def _budget(o: Options, trainer: Trainer, fit: torch.Tensor) -> Budget:
     """Step: epochs as asked, or timed steps that turn ``minutes`` into epochs."""
     if o.minutes is None:
-        return Budget(o.epochs if o.epochs is not None else opt.FINETUNE.epochs, None, None)
+        return Budget(o.epochs if o.epochs is not None else DEFAULT_EPOCHS, None, None)
     timing = time_steps(trainer, fit, batch=min(o.batch_size, int(fit.numel()) // trainer.dist.world))
     return Budget(None, o.minutes, ddp.broadcast(timing, trainer.dist))  # one plan for every rank
 
@@ -306,46 +307,31 @@ def _session(o: Options, dev: torch.device, dist: ddp.Dist, timer: PhaseTimer) -
     return result
 
 
-def finetune(train: Source, *, out: Source, weights: str = opt.FINETUNE.weights, model: str | None = None,
-             val: Source | None = None, test: Source | None = None, image_size: int | None = None,
-             small_stem: bool | None = None, epochs: int | None = None, minutes: float | None = None,
-             batch_size: int = opt.FINETUNE.batch_size, lr: float | None = None, lrs: tuple[float, ...] = (),
-             backbone_lr_scale: float | None = None, layer_decay: float | None = None,
-             weight_decay: float = opt.FINETUNE.weight_decay, warmup_epochs: float = opt.FINETUNE.warmup_epochs,
-             label_smoothing: float = opt.FINETUNE.label_smoothing,
-             crop_scale: tuple[float, float] = opt.FINETUNE.crop_scale, flip_p: float = opt.FINETUNE.flip_p,
-             val_fraction: float = opt.FINETUNE.val_fraction, select: str = opt.FINETUNE.select,
-             fractions: tuple[float, ...] = (), shots: tuple[int, ...] = (), seeds: int = opt.FINETUNE.seeds,
-             seed: int = 0, device: str = "auto", workers: int | None = None, resume: str = "no",
-             save_every: str = opt.FINETUNE.save_every, stop_after: int | None = None, allow_pickle: bool = False,
-             image_column: str | None = None, label_column: str | None = None,
-             show_progress: bool = False) -> dict[str, Any]:
-    """Fine-tune the backbone of ``weights`` with a new linear head on the class folders at ``train``.
+def finetune(config: FinetuneConfig | Source, /, *, show_progress: bool = False, **options: Any) -> dict[str, Any]:
+    """Fine-tune the backbone of ``weights`` with a new linear head on the class folders of ``config.train``.
 
-    ``weights``: random, random-rescaled, pretrained (these need ``model``) or a backbone file, as
-    ``extract`` takes them. The run length is ``epochs`` (default 30) or ``minutes`` (whole epochs
-    planned from a timing of the step). The epoch — and with ``lrs`` the base learning rate — is
-    chosen on ``val``, else on the probe's stratified hold-out of ``val_fraction`` of train (seeded);
-    ``test`` is scored once, with the chosen network. ``fractions``/``shots`` add a label curve whose
-    subsets select with their own labels only. ``resume``: "no" (refuses to discard an unfinished
-    run in ``out``), "auto" or "yes"; Ctrl-C saves and raises ``FinetuneInterrupted``. ``stop_after``
-    stops the session after that many steps (with a checkpoint). Writes ``out/model.safetensors``
-    (timm-loadable, with class names), report.json, per-class CSVs and plots; returns the result.
+    ``config``: a :class:`~sslprobe.config.finetune.FinetuneConfig` (every option, its default and its
+    rule; docs/finetune.md), or the training folder with the options as keywords. ``weights``: random,
+    random-rescaled, pretrained (these need ``model``) or a backbone file, as ``extract`` takes them. The
+    run length is ``epochs`` (default 30) or ``minutes`` (whole epochs planned from a timing of the step).
+    The epoch — and with ``lrs`` the base learning rate — is chosen on ``val``, else on the probe's
+    stratified hold-out of ``val_fraction`` of train (seeded); ``test`` is scored once, with the chosen
+    network. ``fractions``/``shots`` add a label curve whose subsets select with their own labels only.
+    ``resume``: "no" (refuses to discard an unfinished run in ``out``), "auto" or "yes"; Ctrl-C saves and
+    raises ``FinetuneInterrupted``. ``stop_after`` stops the session after that many steps (with a
+    checkpoint). Writes ``out/model.safetensors`` (timm-loadable, with class names), report.json,
+    per-class CSVs and plots; returns the result.
     """
-    opt.check_finetune(weights=weights, model=model, epochs=epochs, minutes=minutes, batch_size=batch_size,
-                       image_size=image_size, lr=lr, lrs=lrs, backbone_lr_scale=backbone_lr_scale,
-                       layer_decay=layer_decay, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
-                       label_smoothing=label_smoothing, crop_scale=crop_scale, flip_p=flip_p,
-                       val_fraction=val_fraction, select=select, seeds=seeds, fractions=fractions, shots=shots)
-    opt.one_of("--resume", resume, ("no", "auto", "yes"))
-    opt.at_least("stop_after", stop_after)
-    o = Options(str(train), Path(out), weights, model, None if val is None else str(val),
-                None if test is None else str(test), image_size, small_stem, epochs, minutes, batch_size, lr,
-                tuple(float(v) for v in lrs), backbone_lr_scale, layer_decay, weight_decay, warmup_epochs,
-                label_smoothing, (float(crop_scale[0]), float(crop_scale[1])), flip_p, val_fraction, select,
-                parse_points(fractions, shots), seeds, seed, default_workers() if workers is None else workers,
-                resume, ckpts.parse_save_every(save_every), stop_after, allow_pickle, image_column, label_column,
+    c = FinetuneConfig.of(config, **options)
+    o = Options(str(c.train), Path(c.out), c.weights, c.model, None if c.val is None else str(c.val),
+                None if c.test is None else str(c.test), c.image_size, c.small_stem, c.epochs, c.minutes,
+                c.batch_size, c.lr, c.lrs, c.backbone_lr_scale, c.layer_decay, c.weight_decay, c.warmup_epochs,
+                c.label_smoothing, c.crop_scale, c.flip_p, c.val_fraction, c.select,
+                parse_points(c.fractions, c.shots), c.seeds, c.seed,
+                default_workers() if c.workers is None else c.workers, c.resume,
+                ckpts.parse_save_every(c.save_every), c.stop_after, c.allow_pickle, c.image_column, c.label_column,
                 show_progress and ddp.env_rank() == 0)
+    device = c.device
     timer = PhaseTimer()
     dist, dev = ddp.setup(pick_device(device))  # torchrun: join the process group on this rank's device
     try:

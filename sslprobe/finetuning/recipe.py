@@ -1,6 +1,6 @@
 """The fine-tuning recipe: optimiser, learning rates per layer, schedule, label smoothing, crops.
 
-The defaults (``options.FINETUNE``; docs/finetune.md) are MAE's end-to-end fine-tuning recipe (He et
+The defaults (``config.finetune``; docs/finetune.md) are MAE's end-to-end fine-tuning recipe (He et
 al. 2022, Table 9): AdamW with β = (0.9, 0.999), base rate 1e-3 per 256 images, weight decay 0.05 on
 weights (not on biases, norms or tokens), 5 warm-up epochs then cosine decay to 0, label smoothing
 0.1, and for ViTs layer-wise rate decay 0.75 (BEiT's, Bao et al. 2022: block i of L trains at
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sslprobe.options import FINETUNE
+from sslprobe.config.finetune import BACKBONE_LR_SCALE, DEFAULT_LR, LAYER_DECAY
 
 BETAS = (0.9, 0.999)
 CROP_RATIO = (3 / 4, 4 / 3)
@@ -72,14 +72,14 @@ def resolve_recipe(net: nn.Module, *, trained: bool, batch_size: int, world_size
         if not trained:
             backbone_lr_scale = 1.0
         elif is_vit(net):
-            layer_decay = FINETUNE.layer_decay
+            layer_decay = LAYER_DECAY
         else:
-            backbone_lr_scale = FINETUNE.backbone_lr_scale
+            backbone_lr_scale = BACKBONE_LR_SCALE
     if layer_decay is not None:
         how = f"layer-wise decay {layer_decay:g} from the head down"
     else:
         how = f"{backbone_lr_scale:g}× the head's rate" + ("" if trained else " (random weights)")
-    base = FINETUNE.lr if base_lr is None else base_lr
+    base = DEFAULT_LR if base_lr is None else base_lr
     return Recipe(base, base * batch_size * world_size / 256, batch_size, world_size, weight_decay, warmup_epochs,
                   label_smoothing, how,
                   layer_decay, backbone_lr_scale, (float(crop_scale[0]), float(crop_scale[1])), CROP_RATIO,

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from sslprobe.config.pretrain import AugmentConfig
 from sslprobe.images.crops import crop_boxes
-from sslprobe.options import VIEWS, check_views
 
 _GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
 
@@ -28,58 +29,38 @@ _GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_graysca
 class ViewConfig:
     """One view's recipe; defaults are view 1 of BYOL (Grill et al. 2020, Table 6)."""
 
-    crop_scale: tuple[float, float] = VIEWS.crop_scale
-    crop_ratio: tuple[float, float] = VIEWS.crop_ratio
-    flip_p: float = VIEWS.flip_p
-    jitter_p: float = VIEWS.jitter_p
-    brightness: float = VIEWS.brightness
-    contrast: float = VIEWS.contrast
-    saturation: float = VIEWS.saturation
-    hue: float = VIEWS.hue
-    gray_p: float = VIEWS.gray_p
-    blur_p: float = VIEWS.blur_p[0]
-    blur_sigma: tuple[float, float] = VIEWS.blur_sigma
-    solarize_p: float = VIEWS.solarize_p[0]
+    crop_scale: tuple[float, float] = AugmentConfig.crop_scale
+    crop_ratio: tuple[float, float] = AugmentConfig.crop_ratio
+    flip_p: float = AugmentConfig.flip_p
+    jitter_p: float = AugmentConfig.jitter_p
+    brightness: float = AugmentConfig.brightness
+    contrast: float = AugmentConfig.contrast
+    saturation: float = AugmentConfig.saturation
+    hue: float = AugmentConfig.hue
+    gray_p: float = AugmentConfig.gray_p
+    blur_p: float = AugmentConfig.blur_p[0]
+    blur_sigma: tuple[float, float] = AugmentConfig.blur_sigma
+    solarize_p: float = AugmentConfig.solarize_p[0]
     interpolation: str = "bicubic"
-    vflip_p: float = VIEWS.vflip_p
-    rot90_p: float = VIEWS.rot90_p
+    vflip_p: float = AugmentConfig.vflip_p
+    rot90_p: float = AugmentConfig.rot90_p
 
 
-def byol_views(
-    image_size: int,
-    *,
-    blur: bool | None = None,
-    crop_scale: tuple[float, float] = VIEWS.crop_scale,
-    crop_ratio: tuple[float, float] = VIEWS.crop_ratio,
-    flip_p: float = VIEWS.flip_p,
-    jitter_p: float = VIEWS.jitter_p,
-    brightness: float = VIEWS.brightness,
-    contrast: float = VIEWS.contrast,
-    saturation: float = VIEWS.saturation,
-    hue: float = VIEWS.hue,
-    gray_p: float = VIEWS.gray_p,
-    blur_p: tuple[float, float] = VIEWS.blur_p,
-    blur_sigma: tuple[float, float] = VIEWS.blur_sigma,
-    solarize_p: tuple[float, float] = VIEWS.solarize_p,
-    vflip_p: float = VIEWS.vflip_p,
-    rot90_p: float = VIEWS.rot90_p,
-) -> tuple[ViewConfig, ViewConfig]:
-    """The paper's asymmetric pair (Grill et al. 2020, Table 6); every value can be changed.
+def byol_views(image_size: int, augment: AugmentConfig | None = None, /,
+               **options: Any) -> tuple[ViewConfig, ViewConfig]:
+    """The paper's asymmetric pair (Grill et al. 2020, Table 6) from ``augment`` (or its options as keywords).
 
     Defaults: blur p 1.0/0.1, solarise p 0.0/0.2 for views 1/2, the rest shared. ``blur=None``
     turns blur off at ≤ 64 px: a 10 % kernel is under 7 px there and the small-image BYOL/SimCLR
     recipes (CIFAR, Fashion-MNIST) leave it out. ``vflip_p`` and ``rot90_p`` (a quarter, half or
-    three-quarter turn, drawn uniformly) are the domain augmentations, off by default. Raises
-    ``SSLProbeError`` for values out of range.
+    three-quarter turn, drawn uniformly) are the domain augmentations, off by default. Values out of
+    range were refused when the config was built.
     """
-    check_views(crop_scale=crop_scale, crop_ratio=crop_ratio, flip_p=flip_p, jitter_p=jitter_p,
-                brightness=brightness, contrast=contrast, saturation=saturation, hue=hue, gray_p=gray_p,
-                blur_p=blur_p, blur_sigma=blur_sigma, solarize_p=solarize_p, vflip_p=vflip_p, rot90_p=rot90_p)
+    a = AugmentConfig.build(**options) if augment is None else augment.replace(**options) if options else augment
+    blur, blur_p, solarize_p = a.blur, a.blur_p, a.solarize_p
     if blur is None:
         blur = image_size > 64
-    shared = {"crop_scale": tuple(crop_scale), "crop_ratio": tuple(crop_ratio), "flip_p": flip_p, "jitter_p": jitter_p,
-              "brightness": brightness, "contrast": contrast, "saturation": saturation, "hue": hue, "gray_p": gray_p,
-              "blur_sigma": tuple(blur_sigma), "vflip_p": vflip_p, "rot90_p": rot90_p}
+    shared = {k: v for k, v in a.view_options().items() if k not in ("blur_p", "solarize_p")}
     v1 = ViewConfig(**shared, blur_p=blur_p[0] if blur else 0.0, solarize_p=solarize_p[0])
     v2 = ViewConfig(**shared, blur_p=blur_p[1] if blur else 0.0, solarize_p=solarize_p[1])
     return v1, v2

@@ -17,7 +17,7 @@ import torch
 from sslprobe import checkpoint as ckpts
 from sslprobe import distributed as ddp
 from sslprobe.errors import SSLProbeError
-from sslprobe.pretraining.trainstep import PretrainConfig
+from sslprobe.pretraining.trainstep import RunSpec
 
 # Ignored when comparing a resumed run's configuration: the same run may continue on other hardware, and
 # ``defaults`` only says where values came from (the values themselves, and ``start`` with the init file's
@@ -25,7 +25,7 @@ from sslprobe.pretraining.trainstep import PretrainConfig
 RESUME_IGNORES = ("device", "precision", "sync_batchnorm", "defaults")
 
 
-def resume_point(out: Path, *, resume: str, cfg: PretrainConfig) -> ckpts.Checkpoint | None:
+def resume_point(out: Path, *, resume: str, cfg: RunSpec) -> ckpts.Checkpoint | None:
     """The checkpoint to continue from, None to start afresh, or an error saying why neither is safe.
 
     ``resume``: "no" refuses a folder holding an unfinished run (a finished one is overwritten),
@@ -79,7 +79,7 @@ class Checkpointer:
     resumed from. The clock of ``when``'s minutes starts at construction and at each save.
     """
 
-    def __init__(self, directory: Path, *, byol: torch.nn.Module, opt: torch.optim.Optimizer, cfg: PretrainConfig,
+    def __init__(self, directory: Path, *, byol: torch.nn.Module, opt: torch.optim.Optimizer, cfg: RunSpec,
                  dist: ddp.Dist, when: ckpts.SaveEvery, found: ckpts.Checkpoint | None):
         self.directory, self.byol, self.opt, self.cfg, self.dist, self.when = directory, byol, opt, cfg, dist, when
         self.last = found

@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -25,17 +25,17 @@ import torch
 from sslprobe import checkpoint as ckpts
 from sslprobe import distributed as ddp
 from sslprobe.backbone import BackboneSpec, has_batchnorm, save_backbone, start_backbone
+from sslprobe.config.pretrain import PretrainConfig
 from sslprobe.errors import SSLProbeError
 from sslprobe.fileio import write_json
 from sslprobe.images.folders import ImageSet, open_images, skipped_report
-from sslprobe.options import PRETRAIN, check_pretrain
 from sslprobe.pretraining import budget as budgets
-from sslprobe.pretraining.augment import ViewConfig, byol_views
+from sslprobe.pretraining.augment import byol_views
 from sslprobe.pretraining.batches import BatchSource, check_grey, store_side
 from sslprobe.pretraining.byol import tau_at
 from sslprobe.pretraining.checkpointer import Checkpointer, restore, resume_point
 from sslprobe.pretraining.monitor import KnnEval, LossMeter, MetricsLog, RunLog, knn_due, loss_curve
-from sslprobe.pretraining.trainstep import PretrainConfig, StepFeed, TrainStep, build_byol, run_config
+from sslprobe.pretraining.trainstep import RunSpec, StepFeed, TrainStep, build_byol, run_config
 from sslprobe.runtime import StopSignals, default_workers, pick_device
 
 
@@ -45,99 +45,67 @@ class PretrainInterrupted(KeyboardInterrupt):
 
 @dataclass(frozen=True)
 class LoopOptions:
-    """How a session of the run is driven, beside what defines the run (:class:`PretrainConfig`).
+    """How a session of the run is driven, beside what defines the run (:class:`RunSpec`).
 
-    Checked by :func:`sslprobe.options.check_pretrain` with the run's options.
+    Taken from the run's :class:`~sslprobe.config.pretrain.PretrainConfig`.
     """
 
     resume: str = "no"
     save_every: ckpts.SaveEvery = ckpts.SaveEvery(minutes=10.0)
     max_minutes: float | None = None
     stop_at: int | None = None
-    log_every: int = PRETRAIN.log_every
-    eval_every: int = PRETRAIN.eval_every
+    log_every: int = PretrainConfig.log_every
+    eval_every: int = PretrainConfig.eval_every
     compile: bool = False
     show_progress: bool = True
 
-def _views(image_size: int, *, blur: bool | None, augment: Mapping[str, Any] | None) -> tuple[ViewConfig, ViewConfig]:
-    try:
-        return byol_views(image_size, blur=blur, **(augment or {}))
-    except TypeError as e:
-        raise SSLProbeError(f"unknown augmentation option: {e}") from None
+def pretrain(config: PretrainConfig | str | os.PathLike, /, *, show_progress: bool = True,
+             **options: Any) -> dict[str, Any]:
+    """BYOL-pretrain a timm backbone on the images of ``config.data`` (labels, if any, are ignored).
 
-
-def pretrain(data: str | os.PathLike, *, out: str | os.PathLike, model: str | None = None, init: str = PRETRAIN.init,
-             image_size: int | None = None, small_stem: bool | None = None, batch_size: int = PRETRAIN.batch_size,
-             epochs: int = PRETRAIN.epochs, max_steps: int | None = None, optimizer: str = PRETRAIN.optimizer,
-             lr: float | None = None, weight_decay: float | None = PRETRAIN.weight_decay,
-             warmup_epochs: float | None = PRETRAIN.warmup_epochs, tau_base: float | None = PRETRAIN.tau_base,
-             backbone_lr_scale: float | None = None,
-             proj_hidden: int = PRETRAIN.proj_hidden, proj_dim: int = PRETRAIN.proj_dim, blur: bool | None = None,
-             augment: Mapping[str, Any] | None = None, seed: int = 0, device: str = "auto",
-             workers: int | None = None, resume: str = "no", save_every: str = PRETRAIN.save_every,
-             max_minutes: float | None = None, stop_at: int | None = None, compile: bool = False,
-             eval_train: str | os.PathLike | None = None, eval_test: str | os.PathLike | None = None,
-             eval_every: int = PRETRAIN.eval_every, log_every: int = PRETRAIN.log_every,
-             image_column: str | None = None, label_column: str | None = None, grayscale: bool = False,
-             show_progress: bool = True, minutes: float | None = None) -> dict[str, Any]:
-    """BYOL-pretrain a timm backbone on the images at ``data`` (labels, if any, are ignored).
-
-    ``init``: ``random``, ``pretrained`` (timm's hub weights) or a weights file (a timm state dict, or
-    an sslprobe backbone: ``model`` then defaults to its own, else to resnet18); docs/pretrain.md,
-    "Initialisation and stem". ``optimizer="auto"``: AdamW without BatchNorm (ViTs), LARS from a
-    global batch of 256, SGD below; ``lr`` is per 256 images. Rates, decay, warm-up and τ left as None
-    follow the run's length, optimiser and init (:mod:`sslprobe.pretraining.recipe`). ``augment`` overrides
-    :func:`sslprobe.pretraining.augment.byol_views` arguments. ``resume``: "no" (refuses to discard an
-    unfinished run in ``out``), "auto" (continue if a checkpoint exists) or "yes" (must continue).
-    ``save_every``: see :func:`sslprobe.checkpoint.parse_save_every`. ``max_minutes``/``stop_at``
-    stop early with a checkpoint, keeping the full run's schedule; ``minutes`` instead sizes the schedule
-    (``max_steps``) to fit, from a short timing run (:func:`_fit_minutes`). ``small_stem``: the small-image
-    stem for ResNets (default: at ≤ 64 px); config.json records it, so a resume must match.
-    ``grayscale``: grey images keep one channel through store, views and backbone (its export says so,
-    for ``extract``); colour images are refused. Crops come from the whole image (docs/pretrain.md, "Crops").
-    Ctrl-C saves and raises :class:`PretrainInterrupted`. Returns a summary dict (also summary.json).
+    ``config``: a :class:`~sslprobe.config.pretrain.PretrainConfig` (every option, its default and its
+    rule; docs/pretrain.md), or the data folder with the options as keywords, as on the command line
+    (``pretrain("photos/", out="runs/byol", max_steps=100, blur=False)``). ``resume``: "no" (refuses
+    to discard an unfinished run in ``out``), "auto" (continue if a checkpoint exists) or "yes" (must
+    continue). ``minutes`` sizes the schedule to fit, from a short timing run (:func:`_fit_minutes`);
+    ``max_minutes``/``stop_at`` stop early with a checkpoint, keeping the full run's schedule. Crops come
+    from the whole image (docs/pretrain.md, "Crops"). Ctrl-C saves and raises :class:`PretrainInterrupted`.
+    Returns a summary dict (also summary.json).
     """
-    check_pretrain(batch_size=batch_size, epochs=epochs, max_steps=max_steps, image_size=image_size,
-                   stop_at=stop_at, eval_every=eval_every, log_every=log_every, lr=lr, max_minutes=max_minutes,
-                   optimizer=optimizer, tau_base=tau_base, warmup_epochs=warmup_epochs, proj_hidden=proj_hidden,
-                   proj_dim=proj_dim, weight_decay=weight_decay, resume=resume, eval_train=eval_train,
-                   eval_test=eval_test, init=init, backbone_lr_scale=backbone_lr_scale, minutes=minutes)
-    loop = LoopOptions(resume=resume, save_every=ckpts.parse_save_every(save_every), max_minutes=max_minutes,
-                       stop_at=stop_at, log_every=log_every, eval_every=eval_every, compile=compile,
+    c = PretrainConfig.of(config, **options)
+    loop = LoopOptions(resume=c.resume, save_every=ckpts.parse_save_every(c.save_every), max_minutes=c.max_minutes,
+                       stop_at=c.stop_at, log_every=c.log_every, eval_every=c.eval_every, compile=c.compile,
                        show_progress=show_progress)
-    images = open_images(data, image_column=image_column, label_column=label_column)
+    images = open_images(c.data, image_column=c.image_column, label_column=c.label_column)
     if len(images) < 2:
-        raise SSLProbeError(f"'{data}' has {len(images)} image; BYOL needs at least 2 (ideally thousands)")
-    if grayscale:
+        raise SSLProbeError(f"'{c.data}' has {len(images)} image; BYOL needs at least 2 (ideally thousands)")
+    if c.grayscale:
         check_grey(images)
-    dist, dev = ddp.setup(pick_device(device))
+    dist, dev = ddp.setup(pick_device(c.device))
     try:
         # timm's training init (zero-initialised residual branches, not extract's fair one), hub weights or a file
-        net, spec, start = start_backbone(model or (PRETRAIN.model if init in ("random", "pretrained") else None),
-                                          init=init, image_size=image_size, small_stem=small_stem, seed=seed,
-                                          in_chans=1 if grayscale else 3)
-        views = _views(spec.image_size, blur=blur, augment=augment)
-        nw = default_workers() if workers is None else workers
-        source = _source(images, spec, grayscale=grayscale, init=init, batch=batch_size, device=dev, seed=seed,
-                         workers=nw, dist=dist, show_progress=show_progress)
-        config = partial(run_config, data=str(data), spec=spec, batch=source.batch,
-                         steps_per_epoch=source.steps_per_epoch, dist=dist, device=dev, epochs=epochs,
-                         optimizer=optimizer, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
-                         tau_base=tau_base, proj_hidden=proj_hidden, proj_dim=proj_dim, seed=seed, views=views,
-                         blur=blur, store_size=source.store, start=start, batchnorm=has_batchnorm(net),
-                         backbone_lr_scale=backbone_lr_scale)
-        budget = None if minutes is None else _fit_minutes(minutes, config=config, source=source, images=images,
-                                                           out=Path(out), dist=dist, device=dev, loop=loop)
-        cfg = config(max_steps=max_steps if budget is None else budget.max_steps)
-        knn = (KnnEval(eval_train, eval_test, size=spec.image_size, device=dev, workers=nw, channels=spec.in_chans)
-               if eval_train is not None and dist.main else None)
-        return _Session(cfg, source=source, images=images, out=Path(out), dist=dist, device=dev, loop=loop,
+        net, spec, start = start_backbone(c.model_name, init=c.init, image_size=c.image_size,
+                                          small_stem=c.small_stem, seed=c.seed, in_chans=1 if c.grayscale else 3)
+        views = byol_views(spec.image_size, c.augment)
+        nw = default_workers() if c.workers is None else c.workers
+        source = _source(images, spec, grayscale=c.grayscale, init=c.init, batch=c.batch_size, device=dev,
+                         seed=c.seed, workers=nw, dist=dist, show_progress=show_progress)
+        spec_of = partial(run_config, options=c, spec=spec, batch=source.batch, steps_per_epoch=source.steps_per_epoch,
+                          dist=dist, device=dev, views=views, store_size=source.store, start=start,
+                          batchnorm=has_batchnorm(net))
+        out = Path(c.out)
+        budget = None if c.minutes is None else _fit_minutes(c.minutes, config=spec_of, source=source, images=images,
+                                                             out=out, dist=dist, device=dev, loop=loop)
+        cfg = spec_of(max_steps=c.max_steps if budget is None else budget.max_steps)
+        knn = (KnnEval(c.eval_train, c.eval_test, size=spec.image_size, device=dev, workers=nw,
+                       channels=spec.in_chans) if c.eval_train is not None and dist.main else None)
+        return _Session(cfg, source=source, images=images, out=out, dist=dist, device=dev, loop=loop,
                         knn=knn, budget=budget).run()
     finally:
         ddp.teardown(dist)
 
 
-def _fit_minutes(minutes: float, *, config: Callable[..., PretrainConfig], source: BatchSource, images: ImageSet,
+def _fit_minutes(minutes: float, *, config: Callable[..., RunSpec], source: BatchSource, images: ImageSet,
                  out: Path, dist: ddp.Dist, device: torch.device, loop: LoopOptions) -> budgets.FittedBudget:
     """The steps whose whole schedule fits ``minutes``: ``out/budget/budget.json`` when it holds a fit for these
     minutes (a rerun, ``--resume``), else a timing run of the same model and batch into ``out/budget/timing``.
@@ -161,7 +129,7 @@ def _fit_minutes(minutes: float, *, config: Callable[..., PretrainConfig], sourc
     return budget
 
 
-def _timing_run(cfg: PretrainConfig, *, source: BatchSource, images: ImageSet, out: Path, dist: ddp.Dist,
+def _timing_run(cfg: RunSpec, *, source: BatchSource, images: ImageSet, out: Path, dist: ddp.Dist,
                 device: torch.device, compile: bool) -> float:
     """Seconds a short run of ``cfg`` takes, setup and save included; its metrics.jsonl holds the step rate."""
     if dist.main:  # scratch: an interrupted timing run is measured again, never resumed
@@ -193,7 +161,7 @@ class _Session:
     (:meth:`_decide`) → kNN (:meth:`_evaluate`).
     """
 
-    def __init__(self, cfg: PretrainConfig, *, source: BatchSource, images: ImageSet, out: Path, dist: ddp.Dist,
+    def __init__(self, cfg: RunSpec, *, source: BatchSource, images: ImageSet, out: Path, dist: ddp.Dist,
                  device: torch.device, loop: LoopOptions, knn: KnnEval | None,
                  budget: budgets.FittedBudget | None = None):
         self.cfg, self.source, self.images, self.out, self.dist, self.device = cfg, source, images, out, dist, device
@@ -326,7 +294,7 @@ class _Session:
         }
 
 
-def _prepare_out(out: Path, cfg: PretrainConfig, *, fresh: bool) -> None:
+def _prepare_out(out: Path, cfg: RunSpec, *, fresh: bool) -> None:
     """The output folder with this run's config.json; a fresh start clears a finished run's checkpoints."""
     out.mkdir(parents=True, exist_ok=True)
     if fresh and (out / "checkpoints").is_dir():  # a finished run being overwritten

@@ -1,7 +1,7 @@
 """One BYOL training step and what it is built from: run configuration, model + optimiser, per-step seeds.
 
 Used by the loop in ``pretrain.py`` and, on their own, by benchmarks that time the step without
-the loop (``bench/pretrain_throughput.py``): build a :class:`PretrainConfig`, call
+the loop (``bench/pretrain_throughput.py``): build a :class:`RunSpec`, call
 :func:`build_byol`, then call a :class:`TrainStep` on uint8 batches already on the device.
 :class:`StepFeed` gives the loop each step's inputs, wherever the views are made.
 """
@@ -14,8 +14,8 @@ import torch
 
 from sslprobe import distributed as ddp
 from sslprobe.backbone import BackboneSpec, Start, start_backbone
+from sslprobe.config.pretrain import DEFAULT_MODEL, PretrainConfig
 from sslprobe.errors import SSLProbeError
-from sslprobe.options import PRETRAIN
 from sslprobe.pretraining.augment import ViewConfig, blur_note, byol_views, make_view
 from sslprobe.pretraining.batches import BatchSource
 from sslprobe.pretraining.byol import BYOL, LARS, lr_at, param_groups, tau_at
@@ -23,7 +23,7 @@ from sslprobe.pretraining.recipe import PAPER, fit_defaults, pick_optimizer
 
 
 @dataclass(frozen=True)
-class PretrainConfig:
+class RunSpec:
     """Everything that defines a run (saved as config.json; a resume must match it).
 
     ``batch_size`` is per process, ``global_batch`` = batch_size × world_size, and ``lr`` is the
@@ -34,15 +34,15 @@ class PretrainConfig:
     """
 
     data: str = ""
-    model: str = PRETRAIN.model
+    model: str = DEFAULT_MODEL
     image_size: int = 224
     small_stem: bool = False
     in_chans: int = 3  # 1: grey images, one channel through the backbone (--grayscale)
     store_size: int = 224  # the side of the decoded store the crops are drawn from (batches.store_side)
-    batch_size: int = PRETRAIN.batch_size
+    batch_size: int = PretrainConfig.batch_size
     world_size: int = 1
-    global_batch: int = PRETRAIN.batch_size
-    epochs: int = PRETRAIN.epochs
+    global_batch: int = PretrainConfig.batch_size
+    epochs: int = PretrainConfig.epochs
     max_steps: int | None = None
     steps_per_epoch: int = 1
     total_steps: int = 1
@@ -55,8 +55,8 @@ class PretrainConfig:
     start: Start = field(default_factory=Start)
     backbone_lr_scale: float = 1.0
     defaults: str = ""  # which values were fitted and from where (ignored by the resume check: the values are compared)
-    proj_hidden: int = PRETRAIN.proj_hidden
-    proj_dim: int = PRETRAIN.proj_dim
+    proj_hidden: int = PretrainConfig.proj_hidden
+    proj_dim: int = PretrainConfig.proj_dim
     seed: int = 0
     views: tuple[ViewConfig, ViewConfig] = field(default_factory=lambda: byol_views(224))
     blur: str = "on"
@@ -65,39 +65,40 @@ class PretrainConfig:
     device: str = "cpu"
 
 
-def run_config(*, data: str, spec: BackboneSpec, batch: int, steps_per_epoch: int, dist: ddp.Dist,
-               device: torch.device, epochs: int, max_steps: int | None, optimizer: str, lr: float | None,
-               weight_decay: float | None, warmup_epochs: float | None, tau_base: float | None, proj_hidden: int,
-               proj_dim: int, seed: int, views: tuple[ViewConfig, ViewConfig], blur: bool | None,
-               store_size: int | None = None, start: Start | None = None, batchnorm: bool = True,
-               backbone_lr_scale: float | None = None) -> PretrainConfig:
-    """The configuration of a run from ``pretrain()``'s options, the backbone it builds and the data it has.
+def run_config(*, options: PretrainConfig, spec: BackboneSpec, batch: int, steps_per_epoch: int, dist: ddp.Dist,
+               device: torch.device, views: tuple[ViewConfig, ViewConfig], max_steps: int | None,
+               store_size: int | None = None, start: Start | None = None, batchnorm: bool = True) -> RunSpec:
+    """What defines a run, from its options, the backbone it builds and the data it has.
 
-    ``batch`` and ``steps_per_epoch`` are the data's (the batch capped to the images); the derived
-    values are computed here alone: global batch, optimiser choice, scaled lr, schedule length and
-    warm-up (at most half the run), and the notes on blur, SyncBatchNorm and precision. ``store_size``
-    is the side of the data's store (default: the training size). The options left as None (lr,
-    weight decay, warm-up, τ_base, backbone lr scale) follow the run's length in epochs, its
-    optimiser and ``start`` (:func:`sslprobe.pretraining.recipe.fit_defaults`); ``batchnorm``:
-    whether the backbone has BatchNorm (``auto`` picks AdamW where it has none).
+    ``batch`` and ``steps_per_epoch`` are the data's (the batch capped to the images); ``max_steps``
+    the run's length (the option's, or the one ``--minutes`` fitted). The derived values are computed
+    here alone: global batch, optimiser choice, scaled lr, schedule length and warm-up (at most half
+    the run), and the notes on blur, SyncBatchNorm and precision. ``store_size`` is the side of the
+    data's store (default: the training size). The options left as None (lr, weight decay, warm-up,
+    τ_base, backbone lr scale) follow the run's length in epochs, its optimiser and ``start``
+    (:func:`sslprobe.pretraining.recipe.fit_defaults`); ``batchnorm``: whether the backbone has
+    BatchNorm (``auto`` picks AdamW where it has none).
     """
+    o = options
+    data, epochs, optimizer, seed = str(o.data), o.epochs, o.optimizer, o.seed
     gb = batch * dist.world
     name = pick_optimizer(optimizer, batch=gb, batchnorm=batchnorm)
     total = steps_per_epoch * epochs if max_steps is None else max_steps
     start = start or Start()
-    fit = fit_defaults(optimizer=name, epochs=total / steps_per_epoch, trained=start.trained, lr=lr,
-                       weight_decay=weight_decay, tau_base=tau_base, warmup_epochs=warmup_epochs,
-                       backbone_lr_scale=backbone_lr_scale)
+    fit = fit_defaults(optimizer=name, epochs=total / steps_per_epoch, trained=start.trained, lr=o.lr,
+                       weight_decay=o.weight_decay, tau_base=o.tau_base, warmup_epochs=o.warmup_epochs,
+                       backbone_lr_scale=o.backbone_lr_scale)
     sync = ("n/a (one process)" if dist.world == 1 else "yes" if ddp.sync_batchnorm_supported(device)
             else "no: SyncBatchNorm has no CPU kernel, each rank normalises over its own slice")
-    return PretrainConfig(
+    return RunSpec(
         data=data, model=spec.model, image_size=spec.image_size, small_stem=spec.small_stem, in_chans=spec.in_chans,
         store_size=spec.image_size if store_size is None else store_size, batch_size=batch,
         world_size=dist.world, global_batch=gb, epochs=epochs, max_steps=max_steps, steps_per_epoch=steps_per_epoch,
         total_steps=total, optimizer=name, lr=fit.base_lr * gb / 256, base_lr=fit.base_lr,
         weight_decay=fit.weight_decay, warmup_steps=min(round(fit.warmup_epochs * steps_per_epoch), total // 2),
         tau_base=fit.tau_base, start=start, backbone_lr_scale=fit.backbone_lr_scale, defaults=fit.note,
-        proj_hidden=proj_hidden, proj_dim=proj_dim, seed=seed, views=views, blur=blur_note(spec.image_size, blur),
+        proj_hidden=o.proj_hidden, proj_dim=o.proj_dim, seed=seed, views=views,
+        blur=blur_note(spec.image_size, o.augment.blur),
         sync_batchnorm=sync, precision="bfloat16 autocast" if device.type == "cuda" else "float32",
         device=device.type)
 
@@ -121,7 +122,7 @@ def make_optimizer(name: str, model: torch.nn.Module, *, lr: float, weight_decay
     raise SSLProbeError(f"unknown optimizer '{name}'; use auto, lars, sgd or adamw")
 
 
-def build_byol(cfg: PretrainConfig, *, device: torch.device,
+def build_byol(cfg: RunSpec, *, device: torch.device,
                dist: ddp.Dist | None = None) -> tuple[torch.nn.Module, torch.optim.Optimizer, BackboneSpec]:
     """The seeded BYOL module on ``device`` (DDP-wrapped when ``dist.world > 1``), its optimiser, the backbone spec.
 
@@ -181,7 +182,7 @@ class TrainStep:
     half-updated state that must not be saved.
     """
 
-    def __init__(self, net: torch.nn.Module, opt: torch.optim.Optimizer, *, cfg: PretrainConfig, spec: BackboneSpec,
+    def __init__(self, net: torch.nn.Module, opt: torch.optim.Optimizer, *, cfg: RunSpec, spec: BackboneSpec,
                  device: torch.device, rank: int = 0, compile: bool = False):
         self.net, self.opt, self.cfg, self.spec, self.device, self.rank = net, opt, cfg, spec, device, rank
         self.byol: BYOL = net.module if hasattr(net, "module") else net

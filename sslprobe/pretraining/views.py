@@ -11,7 +11,6 @@ normalisation (mean 0, std 1: the same draws, the same pixels).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,9 @@ from typing import Any
 import torch
 
 from sslprobe.backbone import create_backbone
+from sslprobe.config.pretrain import PreviewConfig
 from sslprobe.errors import SSLProbeError
 from sslprobe.images.folders import open_images
-from sslprobe.options import PRETRAIN, check_preview
 from sslprobe.pretraining.augment import ViewConfig, byol_views
 from sslprobe.pretraining.batches import BatchSource, check_grey, store_side
 from sslprobe.pretraining.trainstep import ViewMaker
@@ -41,30 +40,26 @@ class ViewPairs:
     views: tuple[ViewConfig, ViewConfig]
 
 
-def draw_views(data: str | os.PathLike, *, n: int = 8, model: str = PRETRAIN.model, image_size: int | None = None,
-               batch_size: int = PRETRAIN.batch_size, step: int = 0, seed: int = 0, blur: bool | None = None,
-               augment: Mapping[str, Any] | None = None, grayscale: bool = False,
-               image_column: str | None = None, label_column: str | None = None) -> ViewPairs:
-    """The views ``pretrain(data, …)`` with these options draws at run step ``step``, for the batch's first ``n``.
+def draw_views(config: PreviewConfig | str | os.PathLike, /, **options: Any) -> ViewPairs:
+    """The views ``pretrain()`` with the same options draws at run step ``config.step``, for the batch's first ``n``.
 
-    ``augment`` takes :func:`sslprobe.pretraining.augment.byol_views` keywords, as ``pretrain()``.
-    The batch is decoded in this process (no workers: they would decode batches ahead for nothing).
+    ``config``: a :class:`~sslprobe.config.pretrain.PreviewConfig`, or the data folder with its options
+    as keywords (augmentations as ``pretrain()`` takes them). The batch is decoded in this process (no
+    workers: they would decode batches ahead for nothing).
     """
-    check_preview(n=n, step=step, batch_size=batch_size, image_size=image_size)
-    images = open_images(data, image_column=image_column, label_column=label_column)
+    c = PreviewConfig.of(config, **options)
+    data, n, step, seed, grayscale = c.data, c.n, c.step, c.seed, c.grayscale
+    images = open_images(data, image_column=c.image_column, label_column=c.label_column)
     if len(images) < 2:
         raise SSLProbeError(f"'{data}' has {len(images)} image; BYOL needs at least 2 (ideally thousands)")
     if grayscale:
         check_grey(images)
     channels = 1 if grayscale else 3
-    _, spec = create_backbone(model, weights="random", init="train", image_size=image_size, seed=seed,
+    _, spec = create_backbone(c.model, weights="random", init="train", image_size=c.image_size, seed=seed,
                               in_chans=channels)
-    try:
-        views = byol_views(spec.image_size, blur=blur, **(augment or {}))
-    except TypeError as e:
-        raise SSLProbeError(f"unknown augmentation option: {e}") from None
+    views = byol_views(spec.image_size, c.augment)
     side = store_side(images, size=spec.image_size, channels=channels)
-    source = BatchSource(images, store=side, batch=batch_size, device=torch.device("cpu"), seed=seed, workers=0,
+    source = BatchSource(images, store=side, batch=c.batch_size, device=torch.device("cpu"), seed=seed, workers=0,
                          show_progress=False, ram_limit=0, channels=channels)
     batches = source.batches(start=step)
     try:
@@ -78,18 +73,22 @@ def draw_views(data: str | os.PathLike, *, n: int = 8, model: str = PRETRAIN.mod
                      image_size=spec.image_size, views=views)
 
 
-def preview_views(data: str | os.PathLike, *, out: str | os.PathLike, n: int = 8, **options: Any) -> dict[str, Any]:
-    """Draw :func:`draw_views` (same keywords) into the PNG ``out``: one row per image, stored image and its two views.
+def preview_views(config: PreviewConfig | str | os.PathLike, /, **options: Any) -> dict[str, Any]:
+    """Draw :func:`draw_views` into the PNG ``config.out``: one row per image, stored image and its two views.
 
     Returns what was drawn: the file, the step, the store's side, the training size, the pairs shown.
     """
+    c = PreviewConfig.of(config, **options)
+    if c.out is None:
+        raise SSLProbeError("preview_views needs out=FILE.png (draw_views returns the views without a file)")
     try:
         import matplotlib.figure  # noqa: F401  (drawn through Figure objects, as every sslprobe plot: plots.py)
     except ImportError:
         raise SSLProbeError("`sslprobe views` draws with matplotlib: pip install 'sslprobe[plots]'") from None
     from sslprobe.plots import views_png
 
-    pairs = draw_views(data, n=n, **options)
+    pairs = draw_views(c)
+    out = c.out
 
     def hwc(t: torch.Tensor) -> Any:
         return t.permute(0, 2, 3, 1).numpy()

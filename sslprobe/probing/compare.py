@@ -7,28 +7,37 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from sslprobe.config.probe import CompareConfig, ProbeConfig, ProbeProtocol
 from sslprobe.errors import SSLProbeError
 from sslprobe.fileio import write_json
+from sslprobe.probing.features import resolve_sets
 from sslprobe.probing.pairs import paired_tests
 from sslprobe.probing.probe import Source, probe
 from sslprobe.probing.report import summary
 
 
-def compare(sets: Mapping[str, Mapping[str, Source | None]], *, out: str | os.PathLike | None = None,
-            **probe_kwargs: Any) -> list[tuple[str, dict]]:
-    """Probe several feature sets ({name: {"train": …, "val": …, "test": …}}) with one protocol.
+def compare(config: CompareConfig | Mapping[str, Mapping[str, Source | None]], /, *,
+            out: str | os.PathLike | None = None, **options: Any) -> list[tuple[str, dict]]:
+    """Probe several feature sets with one protocol, then paired tests.
 
-    Each gets its own report dir ``out/NAME``; ``out/comparison.json`` holds the headline rows and
-    the paired tests between every two sets scored on the same test images (``paired_tests``).
+    ``config``: a :class:`~sslprobe.config.probe.CompareConfig` (NAME=DIR pairs and the protocol), or
+    ``{name: {"train": …, "val": …, "test": …}}`` with the protocol's options as keywords. Each set gets
+    its own report dir ``out/NAME``; ``out/comparison.json`` holds the headline rows and the paired tests
+    between every two sets scored on the same test images (``paired_tests``).
     """
+    if isinstance(config, CompareConfig):
+        protocol, out = config.protocol, config.out
+        sets = {name: resolve_sets(path) for name, path in config.sets}
+    else:
+        protocol, sets = ProbeProtocol.build(**options), dict(config)
     if not sets:
         raise SSLProbeError("nothing to compare; pass NAME=FEATURES pairs")
     rows = []
     for name, s in sets.items():
-        r = probe(s["train"], val=s.get("val"), test=s.get("test"),
-                  out=None if out is None else Path(out) / name, **probe_kwargs)
+        r = probe(ProbeConfig(train=s["train"], val=s.get("val"), test=s.get("test"), protocol=protocol,
+                              out=None if out is None else Path(out) / name))
         rows.append((name, r))
-    pairs = paired_tests(rows, seed=probe_kwargs.get("seed", 0))
+    pairs = paired_tests(rows, seed=protocol.seed)
     for _, r in rows:
         r["paired_tests"] = pairs
     if out is not None:

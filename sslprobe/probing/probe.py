@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
+from sslprobe.config.probe import ProbeConfig
 from sslprobe.knn import HEADLINE_K, knn_val_test
-from sslprobe.options import check_probe
 from sslprobe.probing.compute import Solver
 from sslprobe.probing.features import FeatureSet, as_feature_set, check_widths, labelled_paths, manifest_summary
 from sslprobe.probing.labeleff import CurvePlan, label_curve
@@ -194,15 +194,11 @@ def _record(chosen: Chosen, splits: Splits, sets: Mapping[str, FeatureSet | None
     }
 
 
-def probe(train: Source, *, val: Source | None = None, test: Source | None = None, C: float | None = None,
-          Cs: Sequence[float] | None = None, search: str = "grid", val_fraction: float = 0.2,
-          standardize: bool = True, knn_k: Sequence[int] = (10, 20, 200), knn_temperature: float = 0.07,
-          fractions: Sequence[float] = (), shots: Sequence[int] = (), seeds: int = 3, seed: int = 0,
-          select: str = "auto", device: str = "auto", dtype: str = "auto", feature_dtype: str = "float32",
-          chunk_rows: int | None = None, max_iter: int = 1000, out: str | os.PathLike | None = None,
-          patience: int | None = 5, tol: float = 1e-4, show_progress: bool = False) -> dict:
+def probe(config: ProbeConfig | Source, /, *, show_progress: bool = False, **options: Any) -> dict:
     """Linear probe + kNN: choose C on validation, refit on train+val, score test once.
 
+    ``config``: a :class:`~sslprobe.config.probe.ProbeConfig` (the feature sets and the
+    :class:`~sslprobe.config.probe.ProbeProtocol`), or the training features with the options as keywords.
     ``search="grid"`` walks ``Cs`` (default: 45 log-spaced in [1e-6, 1e5]) small → large with warm
     starts and stops after ``patience`` C's that beat neither the best val score nor the lowest val
     loss (``patience=None``: the whole grid); ``"binary"`` is CLIP's coarse-then-bisect search.
@@ -217,19 +213,21 @@ def probe(train: Source, *, val: Source | None = None, test: Source | None = Non
     ``search.SEARCH_TOL`` and a relative stop. ``out`` receives report.json, per-class CSVs, plots
     (with matplotlib) and probe.safetensors.
     """
+    c = ProbeConfig.of(config, **options)
+    p = c.protocol
+    C, seed, knn_temperature, standardize, feature_dtype = p.C, p.seed, p.knn_temperature, p.standardize, \
+        p.feature_dtype
     timer = PhaseTimer()
     with timer.phase("load"):
-        check_probe(C=C, Cs=Cs, search=search, val_fraction=val_fraction, knn_k=knn_k, knn_temperature=knn_temperature,
-                    dtype=dtype, feature_dtype=feature_dtype, select=select, seeds=seeds, chunk_rows=chunk_rows)
-        ks = sorted({int(k) for k in knn_k})
-        plan = CurvePlan.from_args(fractions=fractions, shots=shots, seeds=seeds, seed=seed,
+        ks = sorted({int(k) for k in p.knn_k})
+        plan = CurvePlan.from_args(fractions=p.fractions, shots=p.shots, seeds=p.seeds, seed=seed,
                                    knn_temperature=knn_temperature if ks else None)
-        sets = _load(train, val, test)
-        splits = make_splits(sets, val_fraction=val_fraction, seed=seed)
-        selection = resolve_select(select, splits.yf)
-        solver = Solver.for_splits(splits, device=device, dtype=dtype, feature_dtype=feature_dtype,
-                                   chunk_rows=chunk_rows, max_iter=max_iter, select=selection.metric)
-    chosen = on_validation(solver, splits, spec=SearchSpec(C, Cs, search, patience), standardize=standardize,
+        sets = _load(c.train, c.val, c.test)
+        splits = make_splits(sets, val_fraction=p.val_fraction, seed=seed)
+        selection = resolve_select(p.select, splits.yf)
+        solver = Solver.for_splits(splits, device=p.device, dtype=p.dtype, feature_dtype=feature_dtype,
+                                   chunk_rows=p.chunk_rows, max_iter=p.max_iter, select=selection.metric)
+    chosen = on_validation(solver, splits, spec=SearchSpec(C, p.Cs, p.search, p.patience), standardize=standardize,
                            plan=plan, seed=seed, timer=timer, show_progress=show_progress)
     result: dict[str, Any] = {"C": chosen.C, "val": chosen.val}
     if chosen.label_efficiency is not None:
@@ -237,17 +235,17 @@ def probe(train: Source, *, val: Source | None = None, test: Source | None = Non
     final = chosen.fitted  # without a test set there is no refit
     if splits.test is not None:
         with timer.phase("refit"):
-            final = refit(solver, splits, C=chosen.C, init=chosen.fitted, standardize=standardize, tol=tol)
+            final = refit(solver, splits, C=chosen.C, init=chosen.fitted, standardize=standardize, tol=p.tol)
             result["test"], result["refit_iters"] = score_test(solver, splits, final, seed=seed), final.model.n_iter
     with timer.phase("knn"):
         result["knn"] = knn_step(solver, splits, ks=ks, temperature=knn_temperature, seed=seed)
     _warn_unconverged(chosen.path, solver.dtype_name, splits.warns)
     result.update(_record(chosen, splits, sets, solver, selection=selection,
-                          search="fixed" if C is not None else search, standardize=standardize,
-                          val_fraction=val_fraction, seed=seed, feature_dtype=feature_dtype, chunk_rows=chunk_rows,
+                          search="fixed" if C is not None else p.search, standardize=standardize,
+                          val_fraction=p.val_fraction, seed=seed, feature_dtype=feature_dtype, chunk_rows=p.chunk_rows,
                           timer=timer))
-    if out is not None:
-        result["files"] = write_reports(result, out, probe_model=final.probe_model(splits.names, C=chosen.C))
+    if c.out is not None:
+        result["files"] = write_reports(result, c.out, probe_model=final.probe_model(splits.names, C=chosen.C))
     return result
 
 

@@ -60,7 +60,7 @@ def _title(r: StudyRecord) -> list[Block]:
     stages = [d for run in r.runs for d in run.stages.values()]
     reused = sum(d.reused for d in stages)
     again = f" ({reused} of {len(stages)} stages reused from an earlier run)" if reused else ""
-    return [Heading(f"sslprobe study: {r.opts.data}", 1),
+    return [Heading(f"sslprobe study: {r.opts.config.data}", 1),
             Para(f"{when} · {r.device_type} · this run {r.seconds:.0f} s{again} · does BYOL pretraining on these "
                  "images beat the baselines? Every arm was scored on the same test images, touched once.")]
 

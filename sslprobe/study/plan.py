@@ -11,11 +11,13 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from sslprobe.config.pretrain import PretrainConfig
+from sslprobe.config.probe import ProbeProtocol
+from sslprobe.config.study import ARMS_CPU, ARMS_GPU, StudyConfig
 from sslprobe.errors import SSLProbeError
-from sslprobe.options import PRETRAIN, STUDY
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ ARMS: dict[str, Arm] = {a.name: a for a in (
 
 def default_arms(*, cuda: bool) -> tuple[str, ...]:
     """The arms a study runs without --arms: the cheap three on CPU, every probe arm on a GPU."""
-    return STUDY.arms_gpu if cuda else STUDY.arms_cpu
+    return ARMS_GPU if cuda else ARMS_CPU
 
 
 def parse_arms(names: Sequence[str]) -> tuple[Arm, ...]:
@@ -62,20 +64,6 @@ def parse_arms(names: Sequence[str]) -> tuple[Arm, ...]:
     if not out:
         raise SSLProbeError(f"--arms names no arm; choose from {', '.join(ARMS)}")
     return tuple(out)
-
-
-@dataclass(frozen=True)
-class ByolRecipe:
-    """The BYOL options every BYOL arm of a study shares (the `pretrain` options of the same names)."""
-
-    batch_size: int = PRETRAIN.batch_size
-    optimizer: str = PRETRAIN.optimizer
-    lr: float | None = None  # None: pretrain's default (for some values, fitted to the run)
-    tau_base: float | None = PRETRAIN.tau_base
-    warmup_epochs: float | None = PRETRAIN.warmup_epochs
-    proj_hidden: int = PRETRAIN.proj_hidden
-    proj_dim: int = PRETRAIN.proj_dim
-    weight_decay: float | None = PRETRAIN.weight_decay
 
 
 @dataclass(frozen=True)
@@ -97,32 +85,30 @@ class Budget:
 
 @dataclass(frozen=True)
 class StudyOptions:
-    """Everything a study was asked for, checked (``options.check_study``); the steps read only this."""
+    """A study's config with what it resolves to before any arm runs: the arms (by name, or the device's
+    defaults) and each BYOL arm's run length. The steps read only this."""
 
-    data: str
-    out: Path
-    labels: str | None = None
-    unlabeled: str | None = None
-    test: str | None = None
-    arms: tuple[Arm, ...] = ()
-    model: str = STUDY.model
-    image_size: int | None = None
-    budget: Budget = field(default_factory=lambda: Budget(epochs=PRETRAIN.epochs))
-    byol: ByolRecipe = field(default_factory=ByolRecipe)
-    test_fraction: float = STUDY.test_fraction
-    val_fraction: float = STUDY.val_fraction
-    fractions: tuple[float, ...] = STUDY.fractions
-    shots: tuple[int, ...] = STUDY.shots
-    seeds: int = STUDY.seeds
-    knn_k: tuple[int, ...] = STUDY.knn_k
-    search: str = STUDY.search
-    select: str = STUDY.select
-    seed: int = 0
-    device: str = "auto"
-    workers: int | None = None
-    image_column: str | None = None
-    label_column: str | None = None
-    command: str = ""  # the command line that asked for the study, for the report
+    config: StudyConfig
+    arms: tuple[Arm, ...]
+    budget: Budget
+
+    @classmethod
+    def resolve(cls, config: StudyConfig, *, cuda: bool) -> StudyOptions:
+        c = config
+        budget = Budget(epochs=c.epochs, minutes=c.minutes, steps=c.steps)
+        if c.epochs is None and c.minutes is None and c.steps is None:
+            budget = Budget(epochs=PretrainConfig.epochs)
+        return cls(config, parse_arms(c.arms or default_arms(cuda=cuda)), budget)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out)
+
+    def protocol(self) -> ProbeProtocol:
+        """The one probe protocol every probe arm goes through (and `compare` would, by hand)."""
+        c = self.config
+        return ProbeProtocol(fractions=c.fractions, shots=c.shots, seeds=c.seeds, knn_k=c.knn_k, search=c.search,
+                             select=c.select, seed=c.seed, device=c.device)
 
 
 @dataclass(frozen=True)

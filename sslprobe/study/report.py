@@ -74,7 +74,7 @@ class StudyRecord:
         return out
 
     def command(self) -> str:
-        return self.opts.command or study_command(self.opts)
+        return self.opts.config.command or study_command(self.opts)
 
     def stage_commands(self) -> list[str]:
         cmds: list[str] = []
@@ -83,7 +83,7 @@ class StudyRecord:
                 if stage.command and stage.command not in cmds:
                     cmds.append(stage.command)
         sets = [(name, self.opts.out / "arms" / name / "features") for name, _ in self.rows]
-        cmds.append(compare_command(sets, out=self.opts.out / "compare", o=self.opts))
+        cmds.append(compare_command(sets, out=self.opts.out / "compare", protocol=self.opts.protocol()))
         return cmds
 
     def versions(self) -> dict[str, str]:
@@ -192,7 +192,7 @@ def write_all(r: StudyRecord, layout: Layout) -> tuple[dict[str, str], dict[str,
     with atomic_path(layout.file("report.md")) as tmp:
         tmp.write_text(markdown(blocks, base=layout.out))
     with atomic_path(layout.file("report.html")) as tmp:
-        tmp.write_text(html_page(blocks, title=f"sslprobe study: {r.opts.data}"))
+        tmp.write_text(html_page(blocks, title=f"sslprobe study: {r.opts.config.data}"))
     doc = study_json(r, files)
     write_json(layout.file("study.json"), doc)
     return files, doc

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sslprobe.config.study import StudyConfig
 from sslprobe.errors import SSLProbeError
-from sslprobe.options import PRETRAIN, STUDY, check_pretrain, check_study
 from sslprobe.study import plan
 from sslprobe.study.layout import Layout, Placed, class_dirs, materialise, place_labelled, pool_names
-from sslprobe.study.plan import Arm, ArmStatus, Budget, ByolRecipe, StudyOptions
+from sslprobe.study.plan import Arm, ArmStatus, StudyOptions
 from sslprobe.study.progress import StudyProgress
 from sslprobe.study.resume import fingerprint
 from sslprobe.study.sources import HashCache, Inputs, hash_entries, open_sources
@@ -57,53 +56,26 @@ class StudyResult:
     record: dict[str, Any]  # study.json
 
 
-def study(data: str | os.PathLike, *, out: str | os.PathLike, labels: str | os.PathLike | None = None,
-          unlabeled: str | os.PathLike | None = None, test: str | os.PathLike | None = None,
-          arms: Sequence[str] | None = None, model: str = STUDY.model, image_size: int | None = None,
-          epochs: int | None = None, minutes: float | None = None, steps: int | None = None,
-          byol: ByolRecipe | None = None, test_fraction: float = STUDY.test_fraction,
-          val_fraction: float = STUDY.val_fraction, fractions: Sequence[float] = STUDY.fractions,
-          shots: Sequence[int] = STUDY.shots, seeds: int = STUDY.seeds, knn_k: Sequence[int] = STUDY.knn_k,
-          search: str = STUDY.search, select: str = STUDY.select, seed: int = 0, device: str = "auto",
-          workers: int | None = None, image_column: str | None = None, label_column: str | None = None,
-          command: str = "", show_progress: bool = False, console: Console | None = None) -> StudyResult:
-    """Compare ``arms`` (default: pixels, random, byol on CPU; every probe arm on a GPU) on labelled ``data``.
+def study(config: StudyConfig | str | os.PathLike, /, *, show_progress: bool = False, console: Console | None = None,
+          **options: Any) -> StudyResult:
+    """Compare the study's arms (default: pixels, random, byol on CPU; every probe arm on a GPU) on labelled data.
 
-    ``data``: class subfolders, ``hf:NAME[:SPLIT]``, or a folder with ``labels`` (a path,label CSV).
-    ``unlabeled`` adds images to the pretraining pool; ``test`` is a fixed test set (else a seeded
-    stratified ``test_fraction`` is drawn once into splits.json). BYOL arms train for ``epochs``,
-    ``minutes`` (the schedule fitted to the measured step rate) or ``steps``; ``byol`` sets their
-    recipe. The probe: linear and kNN with bootstrap intervals, the label curve at ``fractions`` and
-    ``shots`` (``seeds`` draws each), paired tests between arms. Writes report.html, report.md,
-    results.csv and study.json into ``out``; a rerun reuses every finished stage.
+    ``config``: a :class:`~sslprobe.config.study.StudyConfig` (every option, its default and its rule;
+    docs/study.md), or the data with the options as keywords (``study("photos/", out="study",
+    minutes=30, byol={"batch_size": 64})``). ``data``: class subfolders, ``hf:NAME[:SPLIT]``, or a folder
+    with ``labels`` (a path,label CSV). ``unlabeled`` adds images to the pretraining pool; ``test`` is a
+    fixed test set (else a seeded stratified ``test_fraction`` is drawn once into splits.json). BYOL arms
+    train for ``epochs``, ``minutes`` (the schedule fitted to the measured step rate) or ``steps``;
+    ``byol`` sets their recipe. The probe: linear and kNN with bootstrap intervals, the label curve at
+    ``fractions`` and ``shots`` (``seeds`` draws each), paired tests between arms. Writes report.html,
+    report.md, results.csv and study.json into ``out``; a rerun reuses every finished stage.
     """
-    recipe = byol or ByolRecipe()
-    check_study(data=os.fspath(data), labels=_str(labels), unlabeled=_str(unlabeled), test=_str(test),
-                arms=list(arms or ()), epochs=epochs, minutes=minutes, steps=steps, test_fraction=test_fraction,
-                val_fraction=val_fraction, fractions=fractions, shots=shots, seeds=seeds, knn_k=knn_k, search=search,
-                select=select, image_size=image_size, batch_size=recipe.batch_size)
-    check_pretrain(batch_size=recipe.batch_size, epochs=epochs or PRETRAIN.epochs, max_steps=steps,
-                   image_size=image_size, stop_at=None, eval_every=1, log_every=1, lr=recipe.lr, max_minutes=minutes,
-                   optimizer=recipe.optimizer, tau_base=recipe.tau_base, warmup_epochs=recipe.warmup_epochs,
-                   proj_hidden=recipe.proj_hidden, proj_dim=recipe.proj_dim, weight_decay=recipe.weight_decay)
+    c = StudyConfig.of(config, **options)
     from sslprobe.runtime import pick_device
 
-    dev = pick_device(device)
-    names = tuple(arms) if arms else plan.default_arms(cuda=dev.type == "cuda")
-    budget = Budget(epochs=epochs, minutes=minutes, steps=steps)
-    if epochs is None and minutes is None and steps is None:
-        budget = Budget(epochs=PRETRAIN.epochs)
-    opts = StudyOptions(data=os.fspath(data), out=Path(out), labels=_str(labels), unlabeled=_str(unlabeled),
-                        test=_str(test), arms=plan.parse_arms(names), model=model, image_size=image_size,
-                        budget=budget, byol=recipe, test_fraction=test_fraction, val_fraction=val_fraction,
-                        fractions=tuple(fractions), shots=tuple(shots), seeds=seeds, knn_k=tuple(knn_k),
-                        search=search, select=select, seed=seed, device=device, workers=workers,
-                        image_column=image_column, label_column=label_column, command=command)
+    dev = pick_device(c.device)
+    opts = StudyOptions.resolve(c, cuda=dev.type == "cuda")
     return _Study(opts, device_type=dev.type, show_progress=show_progress, console=console).run()
-
-
-def _str(p: str | os.PathLike | None) -> str | None:
-    return None if p is None else os.fspath(p)
 
 
 @dataclass(frozen=True)
@@ -129,7 +101,8 @@ class _Study:
 
     def run(self) -> StudyResult:
         self.layout.out.mkdir(parents=True, exist_ok=True)
-        statuses = plan.arm_statuses(self.opts.arms, model=self.opts.model, image_size=self.opts.image_size)
+        c = self.opts.config
+        statuses = plan.arm_statuses(self.opts.arms, model=c.model, image_size=c.image_size)
         runnable = [s.arm for s in statuses if s.runnable]
         if not runnable:
             raise SSLProbeError("none of the arms can run here: " + "; ".join(f"{s.arm.name}: {s.note}"
@@ -146,12 +119,12 @@ class _Study:
     def _prepare(self, progress: StudyProgress) -> Prepared:
         """Step: hash every image, draw (or reuse) the split, guard it, make the folders the commands read."""
         o = self.opts
-        sets = open_sources(o.data, labels=o.labels, test=o.test, unlabeled=o.unlabeled,
-                            image_column=o.image_column, label_column=o.label_column)
+        sets = open_sources(o.config.data, labels=o.config.labels, test=o.config.test, unlabeled=o.config.unlabeled,
+                            image_column=o.config.image_column, label_column=o.config.label_column)
         progress.stage(arm="", index=0, arms=0, stage="hashing images", total=sum(len(s) for s in sets.values()))
         inputs = hash_entries(sets, cache=HashCache(self.layout.file("hashes.json")), progress=progress.advance)
-        rule = SplitRule(seed=o.seed, test_fraction=o.test_fraction, val_fraction=o.val_fraction,
-                         fixed_test=o.test is not None)
+        rule = SplitRule(seed=o.config.seed, test_fraction=o.config.test_fraction, val_fraction=o.config.val_fraction,
+                         fixed_test=o.config.test is not None)
         splits = assign(inputs, rule=rule, path=self.layout.file("splits.json"))
         g = guard(inputs, splits)
         if len(g.pool) < 2 and any(a.byol_init for a in o.arms):
@@ -211,7 +184,7 @@ class _Study:
         from sslprobe.study import report
 
         rows = [(r.status.arm.name, r.result) for r in runs if r.result is not None]
-        pairs = paired_tests(rows, seed=self.opts.seed)
+        pairs = paired_tests(rows, seed=self.opts.config.seed)
         for _, r in rows:
             r["paired_tests"] = pairs
         verdict = report.headline(pairs, arms=[r.status.arm for r in runs if r.result is not None])

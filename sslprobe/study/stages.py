@@ -13,13 +13,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sslprobe.config.base import Config
+from sslprobe.config.extract import ExtractConfig
+from sslprobe.config.finetune import FinetuneConfig
+from sslprobe.config.pretrain import PretrainConfig
+from sslprobe.config.probe import ProbeConfig
 from sslprobe.errors import SSLProbeError
 from sslprobe.extraction.extract import extract
 from sslprobe.fileio import file_sha256
-from sslprobe.pretraining.budget import fitted_steps
+from sslprobe.pretraining.budget import FittedBudget, fitted_steps
 from sslprobe.pretraining.pretrain import pretrain
 from sslprobe.probing.probe import probe
-from sslprobe.study.commands import extract_command, flags, line, pretrain_command
+from sslprobe.study.commands import command
 from sslprobe.study.layout import Layout
 from sslprobe.study.plan import Arm, StudyOptions
 from sslprobe.study.progress import StudyProgress
@@ -68,146 +73,143 @@ def _reuse(marker: Marker, d: Path, key: str) -> Done | None:
                                                                                                      "command")})
 
 
-def pretrain_kwargs(ctx: Context, *, init: str) -> dict[str, Any]:
-    """The `pretrain` options of a BYOL arm, without its length (see :func:`byol_backbone`)."""
-    o, r = ctx.opts, ctx.opts.byol
-    kw: dict[str, Any] = {"model": o.model, "image_size": o.image_size, "batch_size": r.batch_size,
-                          "optimizer": r.optimizer, "lr": r.lr, "tau_base": r.tau_base,
-                          "warmup_epochs": r.warmup_epochs, "proj_hidden": r.proj_hidden, "proj_dim": r.proj_dim,
-                          "weight_decay": r.weight_decay, "seed": o.seed, "device": o.device}
-    if init != "random":  # only pretrain versions with the keyword have BYOL-from-weights arms (plan.py)
-        kw["init"] = init
-    return kw
+# Options that say where a stage writes or how it is driven, not what it computes: left out of its key.
+_NOT_IDENTITY = ("data", "train", "val", "test", "out", "resume", "workers", "save_every", "log_every")
 
 
-def _length(ctx: Context, kw: Mapping[str, Any]) -> dict[str, Any]:
+def identity(config: Config) -> dict[str, Any]:
+    """What a stage's result depends on, from its config: the key of a finished stage (resume.py)."""
+    return {k: v for k, v in config.to_json().items() if k not in _NOT_IDENTITY}
+
+
+def _weights_identity(config: ExtractConfig | FinetuneConfig, weights: Path | None) -> dict[str, Any]:
+    """A stage's identity with a weights file named by its content, not its path (a moved study is the same)."""
+    return {**identity(config), "weights": file_sha256(weights) if weights is not None else config.weights}
+
+
+def pretrain_config(ctx: Context, *, init: str, out: Path | None = None, **length: Any) -> PretrainConfig:
+    """The `pretrain` config of a BYOL arm: the study's recipe, model and seed; ``length`` its run length."""
+    c, r = ctx.opts.config, ctx.opts.config.byol
+    return PretrainConfig(data=str(ctx.layout.pool), out=out or ctx.layout.out, model=c.model, init=init,
+                          image_size=c.image_size, batch_size=r.batch_size, optimizer=r.optimizer, lr=r.lr,
+                          tau_base=r.tau_base, warmup_epochs=r.warmup_epochs, proj_hidden=r.proj_hidden,
+                          proj_dim=r.proj_dim, weight_decay=r.weight_decay, seed=c.seed, device=c.device,
+                          workers=c.workers, **length)
+
+
+def _length(ctx: Context, init: str) -> tuple[dict[str, Any], FittedBudget | None]:
     """The run length: epochs, the demo's fixed steps, or the steps that fit --minutes on this machine."""
     b = ctx.opts.budget
     if b.epochs is not None:
-        return {"epochs": b.epochs}
+        return {"epochs": b.epochs}, None
     if b.steps is not None:
-        return {"max_steps": b.steps}
-    workdir = ctx.layout.out / "pretrain" / f"budget-{fingerprint([ctx.pool_key, ctx.device_type, kw])}"
+        return {"max_steps": b.steps}, None
+    base = pretrain_config(ctx, init=init)
+    workdir = ctx.layout.out / "pretrain" / f"budget-{fingerprint([ctx.pool_key, ctx.device_type, identity(base)])}"
 
     def measure(out: Path, steps: int) -> Path:
-        pretrain(ctx.layout.pool, out=out, max_steps=steps, log_every=5, save_every="end", resume="no",
-                 show_progress=False, workers=ctx.opts.workers, **{k: v for k, v in kw.items() if k != "init"})
+        pretrain(base.replace(init="random", out=out, max_steps=steps, log_every=5, save_every="end", resume="no"),
+                 show_progress=False)
         return out
 
     fitted = fitted_steps(b.minutes, workdir=workdir, measure=measure)
-    return {"max_steps": fitted.max_steps, "fitted": fitted}
+    return {"max_steps": fitted.max_steps}, fitted
 
 
 def byol_backbone(ctx: Context, arm: Arm, *, index: int, arms: int) -> Done:
     """The arm's BYOL run on the pool (shared by every arm with the same start and options)."""
     init = arm.byol_init or "random"
-    kw = pretrain_kwargs(ctx, init=init)
     ctx.progress.stage(arm=arm.name, index=index, arms=arms, stage="timing BYOL steps" if ctx.opts.budget.minutes
                        else "pretrain")
-    length = _length(ctx, kw)
-    fitted = length.pop("fitted", None)
-    kw.update(length)
-    key = fingerprint([ctx.pool_key, ctx.device_type, kw])
+    length, fitted = _length(ctx, init)
+    config = pretrain_config(ctx, init=init, **length)
+    key = fingerprint([ctx.pool_key, ctx.device_type, identity(config)])
     d = ctx.layout.pretrain_run(init, key)
+    config = config.replace(out=d, resume="auto")
     marker = Marker(d)
-    command = pretrain_command(ctx.layout.pool, out=d, kwargs=kw)
     done = _reuse(marker, d, key)
     if done is not None:
         return done
-    total = kw.get("max_steps")
     ctx.progress.stage(arm=arm.name, index=index, arms=arms, stage=f"pretrain ({ctx.opts.budget.describe()})",
-                       total=total)
+                       total=config.max_steps)
     with ctx.progress.watching(d / "metrics.jsonl"):
-        summary = pretrain(ctx.layout.pool, out=d, resume="auto", show_progress=False, workers=ctx.opts.workers,
-                           **kw)
+        summary = pretrain(config, show_progress=False)
     if summary["status"] != "complete":
         raise SSLProbeError(f"BYOL run in '{d}' ended '{summary['status']}'; rerun the study to continue it")
-    return _finish(marker, d, key, command, steps=summary["steps"], final_loss=summary["final_loss"],
-                   skipped=summary["skipped"], resumed_from=summary["resumed_from"],
+    return _finish(marker, d, key, command("pretrain", config, config.data), steps=summary["steps"],
+                   final_loss=summary["final_loss"], skipped=summary["skipped"], resumed_from=summary["resumed_from"],
                    fitted=None if fitted is None else asdict(fitted), loss_curve=summary.get("loss_curve"))
 
 
-def extract_kwargs(ctx: Context, arm: Arm, weights: Path | None) -> dict[str, Any]:
-    """`extract` options for the arm: pixels at ≤ 32 px, named weights with the model, BYOL's file on its own."""
-    o = ctx.opts
+def extract_config(ctx: Context, arm: Arm, weights: Path | None) -> ExtractConfig:
+    """`extract` for the arm: pixels at ≤ 32 px, named weights with the model, BYOL's file on its own."""
+    c = ctx.opts.config
+    d = ctx.layout.arm(arm.name) / "extract"
+    common = {"data": str(ctx.layout.labelled), "out": d, "seed": c.seed, "device": c.device, "workers": c.workers}
     if arm.weights == "pixels":
-        return {"weights": "pixels", "image_size": min(o.image_size or PIXELS_MAX, PIXELS_MAX)}
+        return ExtractConfig(weights="pixels", image_size=min(c.image_size or PIXELS_MAX, PIXELS_MAX), **common)
     if weights is not None:
-        return {"weights": str(weights)}
-    return {"weights": arm.weights, "model": o.model, "image_size": o.image_size}
+        return ExtractConfig(weights=str(weights), **common)
+    return ExtractConfig(weights=arm.weights, model=c.model, image_size=c.image_size, **common)
 
 
 def extracted(ctx: Context, arm: Arm, weights: Path | None, *, index: int, arms: int) -> Done:
     """The labelled folder embedded once by the arm's network (every row through the cache)."""
-    kw = extract_kwargs(ctx, arm, weights)
-    ident = file_sha256(weights) if weights is not None else kw["weights"]
-    key = fingerprint([ctx.labelled_key, ctx.device_type, ident, kw.get("model"), kw.get("image_size"),
-                       ctx.opts.seed])
-    d = ctx.layout.arm(arm.name) / "extract"
+    config = extract_config(ctx, arm, weights)
+    key = fingerprint([ctx.labelled_key, ctx.device_type, _weights_identity(config, weights)])
+    d = Path(config.out)
     marker = Marker(d)
-    command = extract_command(ctx.layout.labelled, out=d, kwargs={**kw, "seed": ctx.opts.seed,
-                                                                  "device": ctx.opts.device})
     done = _reuse(marker, d, key)
     if done is not None:
         return done
     ctx.progress.stage(arm=arm.name, index=index, arms=arms, stage="extract")
-    m = extract(ctx.layout.labelled, out=d, seed=ctx.opts.seed, device=ctx.opts.device, workers=ctx.opts.workers,
-                show_progress=False, **kw)
-    return _finish(marker, d, key, command, skipped=m["skipped"], dim=m["dim"], seconds=m["seconds"],
-                   cache={k: m["cache"][k] for k in ("hits", "misses")})
-
-
-def probe_options(o: StudyOptions) -> dict[str, Any]:
-    return {"fractions": o.fractions, "shots": o.shots, "seeds": o.seeds, "knn_k": o.knn_k, "search": o.search,
-            "select": o.select, "seed": o.seed}
+    m = extract(config, show_progress=False)
+    return _finish(marker, d, key, command("extract", config, config.data), skipped=m["skipped"], dim=m["dim"],
+                   seconds=m["seconds"], cache={k: m["cache"][k] for k in ("hits", "misses")})
 
 
 def probed(ctx: Context, arm: Arm, features: Done, *, index: int, arms: int) -> tuple[Done, dict]:
     """The arm's rows cut by split, then one probe (linear, kNN, label curve); the result as report.json has it."""
     d = ctx.layout.arm(arm.name)
-    key = fingerprint([features.key, ctx.split_key, probe_options(ctx.opts), ctx.device_type])
+    protocol = ctx.opts.protocol()
+    key = fingerprint([features.key, ctx.split_key, identity(protocol), ctx.device_type])
     marker = Marker(d / "probe")
     done = _reuse(marker, d / "probe", key)
     if done is None:
         ctx.progress.stage(arm=arm.name, index=index, arms=arms, stage="probe (linear, kNN, label efficiency)")
         paths = write_split_features(features.dir, membership=ctx.membership, class_names=ctx.class_names,
                                      out=d / "features")
-        probe(paths["train"], val=paths["val"], test=paths["test"], device=ctx.opts.device, out=d / "probe",
-              show_progress=False, **probe_options(ctx.opts))
+        probe(ProbeConfig(train=paths["train"], val=paths["val"], test=paths["test"], protocol=protocol,
+                          out=d / "probe"))
         done = _finish(marker, d / "probe", key, "")
     return done, json.loads((d / "probe" / "report.json").read_text())
 
 
-def finetune_kwargs(ctx: Context, arm: Arm, weights: Path | None) -> dict[str, Any]:
-    """`finetune` options: the arm's start, the study's label curve, and --minutes when that is the budget
+def finetune_config(ctx: Context, arm: Arm, weights: Path | None) -> FinetuneConfig:
+    """`finetune` for the arm: its start, the study's label curve, and --minutes when that is the budget
     (else finetune's own epochs: BYOL's epoch count is no fine-tuning schedule)."""
-    o = ctx.opts
-    kw: dict[str, Any] = {"weights": str(weights)} if weights is not None else \
-        {"weights": arm.weights, "model": o.model, "image_size": o.image_size}
-    if o.budget.minutes is not None:
-        kw["minutes"] = o.budget.minutes
-    return {**kw, "fractions": o.fractions, "shots": o.shots, "seeds": o.seeds, "select": o.select, "seed": o.seed}
+    c, split = ctx.opts.config, ctx.layout.split_folder
+    start = {"weights": str(weights)} if weights is not None else \
+        {"weights": arm.weights, "model": c.model, "image_size": c.image_size}
+    return FinetuneConfig(train=str(split("train")), val=str(split("val")), test=str(split("test")),
+                          out=ctx.layout.arm(arm.name) / "finetune", minutes=ctx.opts.budget.minutes,
+                          fractions=c.fractions, shots=c.shots, seeds=c.seeds, select=c.select, seed=c.seed,
+                          device=c.device, workers=c.workers, resume="auto", **start)
 
 
 def finetuned(ctx: Context, arm: Arm, weights: Path | None, *, index: int, arms: int) -> tuple[Done, dict]:
     """The arm's network fine-tuned on the train split (epoch chosen on val, test scored once)."""
     from sslprobe.finetuning.finetune import finetune
 
-    kw = finetune_kwargs(ctx, arm, weights)
-    ident = file_sha256(weights) if weights is not None else kw["weights"]
-    key = fingerprint([ctx.labelled_key, ctx.split_key, ctx.device_type, ident, kw])
-    d = ctx.layout.arm(arm.name) / "finetune"
+    config = finetune_config(ctx, arm, weights)
+    key = fingerprint([ctx.labelled_key, ctx.split_key, ctx.device_type, _weights_identity(config, weights)])
+    d = Path(config.out)
     marker = Marker(d)
-    split = ctx.layout.split_folder
-    command = line("sslprobe", "finetune", split("train"), *flags({"val": split("val"), "test": split("test"),
-                                                                     "out": d, **kw, "device": ctx.opts.device}),
-                   "--resume")
     done = _reuse(marker, d, key)
     if done is None:
         ctx.progress.stage(arm=arm.name, index=index, arms=arms, stage="fine-tune")
-        result = finetune(split("train"), out=d, val=split("val"), test=split("test"), device=ctx.opts.device,
-                          workers=ctx.opts.workers, resume="auto", show_progress=False, **kw)
+        result = finetune(config, show_progress=False)
         if result.get("status") != "complete":
             raise SSLProbeError(f"the fine-tune in '{d}' ended '{result.get('status')}'; rerun the study to continue")
-        done = _finish(marker, d, key, command)
+        done = _finish(marker, d, key, command("finetune", config, config.train))
     return done, json.loads((d / "report.json").read_text())

@@ -1,0 +1,63 @@
+"""`sslprobe extract`: which network (or pixels) embeds the images, how, and through which cache."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sslprobe.config import rules as r
+from sslprobe.config.base import Config, option
+from sslprobe.config.pretrain import SMALL_STEM
+from sslprobe.errors import SSLProbeError
+
+POOLS = ("auto", "cls", "mean")
+FEATURE_DTYPES = ("float32", "float16")
+DECODERS = ("cpu", "gpu")
+NAMED_WEIGHTS = ("random", "random-rescaled", "pretrained", "pixels")
+NEEDS_MODEL = ("random", "random-rescaled", "pretrained")
+PICKLE_HELP = "Allow .pt/.pth weights (loaded with torch.load(weights_only=True))."
+
+
+def _cache_switch(name: str, value: bool) -> bool:
+    return not value
+
+
+@dataclass(frozen=True)
+class ExtractConfig(Config):
+    """Everything `sslprobe extract` / ``sslprobe.extract()`` is asked for (docs/extract.md)."""
+
+    name = "extract"
+    data: str = option(help="Folder of images or class subfolders, or hf:NAME[:SPLIT].", argument=True,
+                       rule=r.image_source)
+    out: Path = option(help="Output directory: features.safetensors + manifest.json.", path=True)
+    weights: str = option("random", "random, random-rescaled (data-dependent init), pretrained (timm hub), pixels, or "
+                          "a .safetensors file.")
+    model: str | None = option(None, "timm model name (not needed for sslprobe backbone files).")
+    image_size: int | None = option(None, "Override the evaluation resolution.", rule=r.ge(1))
+    small_stem: bool | None = option(None, SMALL_STEM, flag="--small-stem/--no-small-stem", show_default=False)
+    layer: str = option("pre-logits", "pre-logits (pooled, default) or a stage/block index, e.g. 2 or -2 "
+                        "(global-average-pooled).")
+    pool: str = option("auto", "auto (the model's own), cls (ViT class token) or mean (of patch tokens / feature "
+                       "map).", rule=r.choice(*POOLS))
+    dtype: str = option("float32", "Storage dtype of features: float32 or float16.", rule=r.choice(*FEATURE_DTYPES))
+    batch_size: int = option(128, "Images per forward pass.", rule=r.ge(1))
+    cache_dir: Path | None = option(None, "Embedding cache (default: $SSLPROBE_CACHE_DIR or ~/.cache/sslprobe).",
+                                    path=True)
+    use_cache: bool = option(True, "Compute everything and leave the cache untouched.", flag="--no-cache",
+                             cli_type=bool, cli_default=False, parse=_cache_switch)
+    decode: str = option("cpu", "JPEG decoding: cpu (PIL, draft mode) or gpu (nvJPEG on CUDA, CPU fallback).",
+                         rule=r.choice(*DECODERS))
+    allow_pickle: bool = option(False, PICKLE_HELP, flag="--allow-pickle/--no-allow-pickle")
+    seed: int = option(0, "Seed for initialisation, sampling and augmentation.")
+    device: str = option("auto", "auto (CUDA if present), cpu or cuda.")
+    workers: int | None = option(None, "Decode worker processes (default: cores − 1, at most 8).", rule=r.ge(0))
+    image_column: str | None = option(None, "Image column of a Hugging Face dataset (default: detected).")
+    label_column: str | None = option(None, "Label column of a Hugging Face dataset (default: detected).")
+    labels: Path | None = option(None, "CSV with columns path,label naming DATA's images and their classes (paths "
+                                 "relative to DATA).", path=False)
+    shard_rows: int = option(4096, "Rows per cache shard.", rule=r.ge(1), cli=False)
+
+    def rules(self) -> None:
+        if self.weights in NEEDS_MODEL and self.model is None:
+            raise SSLProbeError(f"--weights {self.weights} needs --model NAME (a timm model, e.g. resnet18)")
+        if not self.use_cache and self.cache_dir is not None:
+            raise SSLProbeError("--no-cache and --cache-dir contradict each other; pass one of them")

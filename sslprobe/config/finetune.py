@@ -1,0 +1,97 @@
+"""`sslprobe finetune`: the start, the run length, the recipe (docs/finetune.md) and the label curve."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sslprobe.config import rules as r
+from sslprobe.config.base import Config, option
+from sslprobe.config.extract import NEEDS_MODEL, PICKLE_HELP
+from sslprobe.config.pretrain import CKPT, RESUMES, SMALL_STEM, _resume_switch
+from sslprobe.config.probe import SELECTS
+from sslprobe.errors import SSLProbeError
+
+RECIPE, LABELS = "Recipe (docs/finetune.md)", "Label efficiency"  # --help panels
+DEFAULT_EPOCHS = 30
+DEFAULT_LR = 1e-3  # AdamW peak rate of the head per 256 images (MAE's base rate)
+BACKBONE_LR_SCALE = 0.1  # trained CNN backbones; random weights train at 1.0
+LAYER_DECAY = 0.75  # trained ViTs, per block from the head down
+
+
+@dataclass(frozen=True)
+class FinetuneConfig(Config):
+    """Everything `sslprobe finetune` / ``sslprobe.finetune()`` is asked for (docs/finetune.md: the recipe, sources)."""
+
+    name = "finetune"
+    train: str = option(help="Class folders (one subfolder per class) or hf:NAME[:SPLIT] with labels.",
+                        argument=True, rule=r.image_source)
+    out: Path = option(help="Run directory: model.safetensors (timm-loadable, with class names), report.json, "
+                       "per-class CSVs, plots.", path=True)
+    weights: str = option("random", "random (timm's training init), random-rescaled, pretrained (timm hub) or a "
+                          "backbone .safetensors file.")
+    model: str | None = option(None, "timm model name (not needed for sslprobe backbone files).")
+    val: str | None = option(None, "Validation class folders (default: the probe's stratified 20 % hold-out of "
+                             "TRAIN).", rule=r.image_source)
+    test: str | None = option(None, "Test class folders, scored once with the chosen network.", rule=r.image_source)
+    image_size: int | None = option(None, "Training and evaluation resolution (default: the model's).", rule=r.ge(8))
+    small_stem: bool | None = option(None, SMALL_STEM, flag="--small-stem/--no-small-stem", show_default=False)
+    epochs: int | None = option(None, f"Passes over the training rows (default {DEFAULT_EPOCHS}).", rule=r.ge(1))
+    minutes: float | None = option(None, "Budget instead of --epochs: the whole epochs a timing of the step says fit, "
+                                   "per run.", rule=r.positive)
+    batch_size: int = option(128, "Images per step.", rule=r.ge(2))  # BatchNorm needs two images per step
+    lr: float | None = option(None, f"AdamW peak rate of the head per 256 images (default {DEFAULT_LR:g}).",
+                              rule=r.positive, panel=RECIPE)
+    lrs: tuple[float, ...] = option((), "A learning-rate grid instead of --lr, e.g. 3e-4,1e-3,3e-3: one run each, "
+                                    "chosen on validation.", rule=r.each(r.positive), cli_type=str, parse=r.floats,
+                                    panel=RECIPE)
+    backbone_lr_scale: float | None = option(None, f"Backbone rate ÷ head rate (default: {BACKBONE_LR_SCALE:g} for "
+                                             "trained CNNs, 1 for random weights).", rule=r.positive, panel=RECIPE)
+    layer_decay: float | None = option(None, f"Layer-wise rate decay from the head down (default: {LAYER_DECAY:g} for "
+                                       "trained ViTs).", panel=RECIPE)
+    weight_decay: float = option(0.05, "AdamW weight decay (not on biases, norms, tokens).", rule=r.ge(0),
+                                 panel=RECIPE)
+    warmup_epochs: float = option(5.0, "Linear warm-up before the cosine decay (at most half the run).", rule=r.ge(0),
+                                  panel=RECIPE)
+    label_smoothing: float = option(0.1, "Label smoothing of the training loss (0 turns it off).", panel=RECIPE)
+    crop_scale: tuple[float, float] = option((0.08, 1.0), "Random resized crop area range MIN MAX (of the whole "
+                                             "image).", rule=r.min_max(0, 1), panel=RECIPE)
+    flip_p: float = option(0.5, "Horizontal flip probability.", rule=r.probability, panel=RECIPE)
+    select: str = option("auto", "Metric that chooses the epoch (and learning rate) on validation: auto (balanced "
+                         "accuracy when classes are imbalanced > 2:1, else top1), top1 or balanced.",
+                         rule=r.choice(*SELECTS))
+    fractions: tuple[float, ...] = option((), "Label-efficiency fractions of each class, e.g. 0.01,0.1,1.0.",
+                                          rule=r.label_fractions, cli_type=str, parse=r.floats, panel=LABELS)
+    shots: tuple[int, ...] = option((), "Label-efficiency shots per class, e.g. 1,5,10.", rule=r.each(r.ge(1)),
+                                    cli_type=str, parse=r.ints, panel=LABELS)
+    seeds: int = option(3, "Draws per label-efficiency point (mean ± std).", rule=r.ge(1), panel=LABELS)
+    val_fraction: float = option(0.2, "The validation hold-out of TRAIN without --val.", rule=r.open_unit, cli=False)
+    resume: str = option("no", "Continue the fine-tune in --out (same options required); start it if there is none.",
+                         flag="--resume", panel=CKPT, cli_type=bool, cli_default=False, parse=_resume_switch)
+    save_every: str = option("10m", "Checkpoint every STEPS (500), MINUTES (10m), both (500,10m), or only at stops "
+                             "(end).", panel=CKPT)
+    stop_after: int | None = option(None, "Stop the session after this many steps, with a checkpoint.", rule=r.ge(1),
+                                    cli=False)
+    allow_pickle: bool = option(False, PICKLE_HELP, flag="--allow-pickle/--no-allow-pickle")
+    seed: int = option(0, "Seed for initialisation, sampling and augmentation.")
+    device: str = option("auto", "auto (CUDA if present), cpu or cuda.")
+    workers: int | None = option(None, "Decode worker processes (default: cores − 1, at most 8).", rule=r.ge(0))
+    image_column: str | None = option(None, "Image column of a Hugging Face dataset (default: detected).")
+    label_column: str | None = option(None, "Label column of a Hugging Face dataset (default: detected).")
+
+    def rules(self) -> None:
+        if self.weights == "pixels":
+            raise SSLProbeError("--weights pixels has no network to fine-tune; use random, random-rescaled, "
+                                "pretrained or a backbone .safetensors file")
+        if self.weights in NEEDS_MODEL and self.model is None:
+            raise SSLProbeError(f"--weights {self.weights} needs --model NAME (a timm model, e.g. resnet18)")
+        if self.epochs is not None and self.minutes is not None:
+            raise SSLProbeError("--epochs and --minutes are both budgets; give one of them")
+        if self.lr is not None and self.lrs:
+            raise SSLProbeError("--lr fixes the learning rate and --lrs searches a grid; give one of them")
+        if self.backbone_lr_scale is not None and self.layer_decay is not None:
+            raise SSLProbeError("--backbone-lr-scale and --layer-decay both set the backbone's rate; give one of them")
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise SSLProbeError(f"--layer-decay must be in (0, 1] (got {self.layer_decay})")
+        if not 0 <= self.label_smoothing < 1:
+            raise SSLProbeError(f"--label-smoothing must be in [0, 1) (got {self.label_smoothing})")
+        r.one_of("--resume", self.resume, RESUMES)
