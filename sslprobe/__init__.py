@@ -9,8 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sslprobe.errors import SSLProbeError
-
-__version__ = "0.1.0"
+from sslprobe.version import __version__
 
 __all__ = ["SSLProbeError", "__version__", "compare", "extract", "finetune", "predict", "pretrain", "probe",
            "study"]

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sslprobe import __version__, distributed
+import sslprobe.distributed as distributed
 from sslprobe.cache import Fingerprint, Store, default_cache_dir
 from sslprobe.distributed import Dist
 from sslprobe.errors import SSLProbeError
@@ -43,6 +43,7 @@ from sslprobe.images.folders import ImageSet, open_images, skipped_report
 from sslprobe.images.transforms import Uint8Transform
 from sslprobe.options import EXTRACT, check_extract
 from sslprobe.runtime import default_workers, pick_device, progress_bar
+from sslprobe.version import __version__
 
 if TYPE_CHECKING:
     from sslprobe.backbone import BackboneSpec

@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from sslprobe import checkpoint as ckpts
-from sslprobe import distributed as ddp
-from sslprobe import options as opt
+import sslprobe.checkpoint as ckpts
+import sslprobe.distributed as ddp
+import sslprobe.options as opt
 from sslprobe.errors import SSLProbeError
 from sslprobe.finetuning.budget import time_steps
 from sslprobe.finetuning.curve import CurveSpec, Evaluation, label_curve

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslprobe import checkpoint as ckpts
-from sslprobe import distributed as ddp
+import sslprobe.checkpoint as ckpts
+import sslprobe.distributed as ddp
 from sslprobe.errors import SSLProbeError
 from sslprobe.fileio import write_json
 from sslprobe.finetuning.data import ImageRows

@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from sslprobe import checkpoint as ckpts
-from sslprobe import distributed as ddp
+import sslprobe.checkpoint as ckpts
+import sslprobe.distributed as ddp
 from sslprobe.backbone import BackboneSpec, has_batchnorm, save_backbone, start_backbone
 from sslprobe.errors import SSLProbeError
 from sslprobe.fileio import write_json

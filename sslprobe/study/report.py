@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sslprobe import __version__
 from sslprobe.fileio import atomic_path, csv_text, write_json
 from sslprobe.probing.report import render_comparison, summary, verdict_sentence
 from sslprobe.study import numbers
@@ -24,6 +23,7 @@ from sslprobe.study.document import Figures, build
 from sslprobe.study.layout import Layout
 from sslprobe.study.plan import Arm, StudyOptions
 from sslprobe.study.render import html_page, markdown
+from sslprobe.version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
