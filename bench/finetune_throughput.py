@@ -39,7 +39,7 @@ from sslprobe.backbone import create_backbone, eval_transform
 from sslprobe.finetuning.finetune import finetune
 from sslprobe.finetuning.network import with_head
 from sslprobe.options import FINETUNE
-from sslprobe.runtime import default_workers
+from sslprobe.runtime.workers import default_workers
 
 
 def plain_loop(train: Path, val: Path, *, model: str, image_size: int, batch_size: int, workers: int, epochs: int,

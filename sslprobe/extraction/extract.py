@@ -42,7 +42,9 @@ from sslprobe.images.decode import DECODE_POLICY
 from sslprobe.images.folders import ImageSet, open_images, skipped_report
 from sslprobe.images.transforms import Uint8Transform
 from sslprobe.options import EXTRACT, check_extract
-from sslprobe.runtime import default_workers, pick_device, progress_bar
+from sslprobe.runtime.device import pick_device
+from sslprobe.runtime.progress import progress_bar
+from sslprobe.runtime.workers import default_workers
 from sslprobe.version import __version__
 
 if TYPE_CHECKING:

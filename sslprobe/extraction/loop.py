@@ -69,7 +69,7 @@ class Embedder:
                  task: TaskID | None) -> list[int]:
         """Embed ``order``; returns the indices whose cached rows failed validation.
 
-        ``bar``: ``runtime.progress_bar``'s (a rich Progress or its silent stand-in); ``task``: its line, None to
+        ``bar``: ``runtime.progress.progress_bar``'s (a rich Progress or its silent stand-in); ``task``: its line, None to
         leave it alone.
         """
         retry: list[int] = []

@@ -23,7 +23,7 @@ from sslprobe.images.decode import BadImageError, decode_image
 from sslprobe.images.folders import ImageSet, open_images, skipped_report
 from sslprobe.images.transforms import Uint8Transform, WholeImage
 from sslprobe.probing.splits import stratified_split
-from sslprobe.runtime import progress_bar
+from sslprobe.runtime.progress import progress_bar
 
 RAM_BYTES = 4 << 30  # decoded rows above this are decoded again at every use instead of kept
 

@@ -37,7 +37,7 @@ from sslprobe.finetuning.recipe import Recipe, lr_factor, make_optimizer, set_lr
 from sslprobe.finetuning.views import TrainViews, normalize
 from sslprobe.images.datasets import epoch_order
 from sslprobe.probing.search import selection_score
-from sslprobe.runtime import StopSignals
+from sslprobe.runtime.signals import StopSignals
 
 RESUME_IGNORES = ("device", "precision")  # the same run may continue on other hardware
 EVAL_BATCH = 256

@@ -36,7 +36,9 @@ from sslprobe.pretraining.byol import tau_at
 from sslprobe.pretraining.checkpointer import Checkpointer, restore, resume_point
 from sslprobe.pretraining.monitor import KnnEval, LossMeter, MetricsLog, RunLog, knn_due, loss_curve
 from sslprobe.pretraining.trainstep import PretrainConfig, StepFeed, TrainStep, build_byol, run_config
-from sslprobe.runtime import StopSignals, default_workers, pick_device
+from sslprobe.runtime.device import pick_device
+from sslprobe.runtime.signals import StopSignals
+from sslprobe.runtime.workers import default_workers
 
 
 class PretrainInterrupted(KeyboardInterrupt):

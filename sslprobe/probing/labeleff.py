@@ -23,7 +23,7 @@ from sslprobe.probing.compute import Solver
 from sslprobe.probing.search import FoldedPath, PathState, SearchSpec, run_search
 from sslprobe.probing.solver import Design, Standardizer, fit, model_columns
 from sslprobe.probing.splits import Splits, stratified_folds, stratified_sample
-from sslprobe.runtime import progress_bar
+from sslprobe.runtime.progress import progress_bar
 
 CV_FOLDS = 5
 # Fold fits of a subset's CV stop 100× looser than the main path's (search.SEARCH_TOL/RTOL): a

@@ -10,11 +10,9 @@ each from the module of its concept: splits (splits.py) → choose C (search.py)
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -30,26 +28,10 @@ from sslprobe.probing.report import scored, summary, write_reports
 from sslprobe.probing.search import PathState, SearchSpec, selection_score
 from sslprobe.probing.solver import Design, LogReg, Standardizer, class_scores, fit, model_columns
 from sslprobe.probing.splits import Selection, Splits, make_splits, resolve_select
-from sslprobe.runtime import progress_bar
+from sslprobe.runtime.progress import progress_bar
+from sslprobe.runtime.timing import PhaseTimer
 
 Source = str | os.PathLike | FeatureSet
-
-
-class PhaseTimer:
-    """Wall seconds of each named phase, measured around the phase itself, and the total since creation."""
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.seconds: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        t = time.perf_counter()
-        yield
-        self.seconds[name] = time.perf_counter() - t
-
-    def total(self) -> float:
-        return time.perf_counter() - self.start
 
 
 def _load(train: Source, val: Source | None, test: Source | None) -> dict[str, FeatureSet | None]:
@@ -251,5 +233,5 @@ def probe(train: Source, *, val: Source | None = None, test: Source | None = Non
     return result
 
 
-__all__ = ["Chosen", "Fitted", "PhaseTimer", "Source", "choose_c", "knn_step", "on_validation", "probe", "refit",
+__all__ = ["Chosen", "Fitted", "Source", "choose_c", "knn_step", "on_validation", "probe", "refit",
            "score_test"]

@@ -86,7 +86,7 @@ def study(data: str | os.PathLike, *, out: str | os.PathLike, labels: str | os.P
                    image_size=image_size, stop_at=None, eval_every=1, log_every=1, lr=recipe.lr, max_minutes=minutes,
                    optimizer=recipe.optimizer, tau_base=recipe.tau_base, warmup_epochs=recipe.warmup_epochs,
                    proj_hidden=recipe.proj_hidden, proj_dim=recipe.proj_dim, weight_decay=recipe.weight_decay)
-    from sslprobe.runtime import pick_device
+    from sslprobe.runtime.device import pick_device
 
     dev = pick_device(device)
     names = tuple(arms) if arms else plan.default_arms(cuda=dev.type == "cuda")
