@@ -261,7 +261,7 @@ def views(
     augment = _augment(crop_scale=crop_scale, flip_p=flip_p, jitter_p=jitter_p, brightness=brightness,
                        contrast=contrast, saturation=saturation, hue=hue, gray_p=gray_p, blur_p=blur_p,
                        blur_sigma=blur_sigma, solarize_p=solarize_p, vflip_p=vflip_p, rot90_p=rot90_p)
-    from sslprobe.pretraining.views import preview_views
+    from sslprobe.pretraining.preview import preview_views
 
     r = preview_views(data, out=out, n=n, model=model, image_size=image_size, batch_size=batch_size, step=step,
                       seed=seed, blur=blur, augment=augment, grayscale=grayscale, image_column=image_column,

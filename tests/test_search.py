@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from sslprobe.probing.features import FeatureSet
+from sslprobe.probing.holdout import stratified_split
 from sslprobe.probing.probe import probe
 from sslprobe.probing.search import (
     DEFAULT_CS,
@@ -17,7 +18,6 @@ from sslprobe.probing.search import (
     selection_score,
 )
 from sslprobe.probing.solver import Design, Standardizer
-from sslprobe.probing.splits import stratified_split
 from tests.blobs import one_thread  # noqa: F401  (autouse fixture)
 
 

@@ -13,11 +13,11 @@ from sslprobe.errors import SSLProbeError
 from sslprobe.options import STUDY_ARMS
 from sslprobe.pretraining.budget import fit, fitted_steps
 from sslprobe.study import plan, stages
+from sslprobe.study.assignment import SplitRule, assign, guard
 from sslprobe.study.numbers import CSV_COLUMNS
 from sslprobe.study.plan import ByolRecipe
 from sslprobe.study.run import StudyInterrupted, study
 from sslprobe.study.sources import HashCache, hash_entries, open_sources
-from sslprobe.study.splits import SplitRule, assign, guard
 from tests.clirun import run
 from tests.conftest import write_class_folder
 

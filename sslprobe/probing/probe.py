@@ -5,7 +5,7 @@ standardised with train statistics, multinomial logistic regression with an L2 p
 validation split (45 log-spaced C in [1e-6, 1e5], or CLIP's binary search), refit on train+val,
 test accuracy touched once, with a bootstrap interval; kNN as in DINO; optional label-efficiency
 curves whose points choose C with their own labels only. ``probe`` is a sequence of named steps,
-each from the module of its concept: splits (splits.py) → choose C (search.py) → label curve
+each from the module of its concept: splits (holdout.py) → choose C (search.py) → label curve
 (labeleff.py) → refit and test → kNN → result; ``compare`` (compare.py) runs it on several sets.
 """
 from __future__ import annotations
@@ -22,12 +22,12 @@ from sslprobe.knn import HEADLINE_K, knn_val_test
 from sslprobe.options import check_probe
 from sslprobe.probing.compute import Solver
 from sslprobe.probing.features import FeatureSet, as_feature_set, check_widths, labelled_paths, manifest_summary
+from sslprobe.probing.holdout import Selection, Splits, make_splits, resolve_select
 from sslprobe.probing.labeleff import CurvePlan, label_curve
 from sslprobe.probing.predict import ProbeModel
 from sslprobe.probing.report import scored, summary, write_reports
 from sslprobe.probing.search import PathState, SearchSpec, selection_score
 from sslprobe.probing.solver import Design, LogReg, Standardizer, class_scores, fit, model_columns
-from sslprobe.probing.splits import Selection, Splits, make_splits, resolve_select
 from sslprobe.runtime.progress import progress_bar
 from sslprobe.runtime.timing import PhaseTimer
 

@@ -1,7 +1,7 @@
 """``study()``: does BYOL on these images help? Every arm through one path, one split, one report.
 
 The study is a sequence of named steps (:class:`_Study`): open and hash the images (sources.py) →
-the split and its leakage guard (splits.py) → the folders the commands read (layout.py) → which
+the split and its leakage guard (assignment.py) → the folders the commands read (layout.py) → which
 arms can run here (plan.py) → each arm's stages (stages.py: pretrain → extract → probe, or
 finetune) → paired tests and the verdict → the report (report.py). docs/study.md describes the
 rules and the outputs; a rerun of the same call reuses every finished stage (resume.py).
@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 from sslprobe.errors import SSLProbeError
 from sslprobe.options import PRETRAIN, STUDY, check_pretrain, check_study
 from sslprobe.study import plan
+from sslprobe.study.assignment import Guard, SplitRule, Splits, assign, guard
 from sslprobe.study.layout import Layout, Placed, class_dirs, materialise, place_labelled, pool_names
 from sslprobe.study.plan import Arm, ArmStatus, Budget, ByolRecipe, StudyOptions
 from sslprobe.study.progress import StudyProgress
 from sslprobe.study.resume import fingerprint
 from sslprobe.study.sources import HashCache, Inputs, hash_entries, open_sources
-from sslprobe.study.splits import Guard, SplitRule, Splits, assign, guard
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
