@@ -11,8 +11,8 @@ import torch
 from rich.console import Console
 
 from sslprobe.fileio import write_json
+from sslprobe.probing.metrics import classification_metrics
 from sslprobe.probing.report import (
-    classification_metrics,
     render_comparison,
     render_probe,
     summary,

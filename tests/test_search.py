@@ -9,13 +9,13 @@ import torch
 
 from sslprobe.probing.features import FeatureSet
 from sslprobe.probing.holdout import stratified_split
+from sslprobe.probing.metrics import selection_score
 from sslprobe.probing.probe import probe
 from sslprobe.probing.search import (
     DEFAULT_CS,
     FoldedPath,
     PathState,
     grid_search,
-    selection_score,
 )
 from sslprobe.probing.solver import Design, Standardizer
 from tests.blobs import one_thread  # noqa: F401  (autouse fixture)

@@ -34,9 +34,8 @@ from sslprobe.finetuning.recipe import Recipe, resolve_recipe
 from sslprobe.finetuning.report import write_finetune_reports
 from sslprobe.finetuning.selection import Budget, Selected, select
 from sslprobe.images.folders import ImageSet
-from sslprobe.probing.holdout import Selection, resolve_select
 from sslprobe.probing.labeleff import parse_points
-from sslprobe.probing.report import scored
+from sslprobe.probing.metrics import Selection, resolve_select, scored
 from sslprobe.runtime.device import pick_device
 from sslprobe.runtime.progress import progress_bar
 from sslprobe.runtime.signals import StopSignals

@@ -36,7 +36,7 @@ from sslprobe.finetuning.data import ImageRows
 from sslprobe.finetuning.recipe import Recipe, lr_factor, make_optimizer, set_lr, warmup_steps
 from sslprobe.finetuning.views import TrainViews, normalize
 from sslprobe.images.datasets import epoch_order
-from sslprobe.probing.search import selection_score
+from sslprobe.probing.metrics import selection_score
 from sslprobe.runtime.signals import StopSignals
 
 RESUME_IGNORES = ("device", "precision")  # the same run may continue on other hardware

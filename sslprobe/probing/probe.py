@@ -22,11 +22,12 @@ from sslprobe.knn import HEADLINE_K, knn_val_test
 from sslprobe.options import check_probe
 from sslprobe.probing.compute import Solver
 from sslprobe.probing.features import FeatureSet, as_feature_set, check_widths, labelled_paths, manifest_summary
-from sslprobe.probing.holdout import Selection, Splits, make_splits, resolve_select
+from sslprobe.probing.holdout import Splits, make_splits
 from sslprobe.probing.labeleff import CurvePlan, label_curve
+from sslprobe.probing.metrics import Selection, resolve_select, scored, selection_score
 from sslprobe.probing.predict import ProbeModel
-from sslprobe.probing.report import scored, summary, write_reports
-from sslprobe.probing.search import PathState, SearchSpec, selection_score
+from sslprobe.probing.report import summary, write_reports
+from sslprobe.probing.search import PathState, SearchSpec
 from sslprobe.probing.solver import Design, LogReg, Standardizer, class_scores, fit, model_columns
 from sslprobe.runtime.progress import progress_bar
 from sslprobe.runtime.timing import PhaseTimer
