@@ -275,12 +275,11 @@ def test_arms_plan_and_notes_for_what_cannot_run(monkeypatch):
         plan.parse_arms(["byol2"])
     monkeypatch.setattr(plan, "_weights_cached", lambda model: False)
     monkeypatch.setattr(plan, "_hub_reachable", lambda: False)
-    monkeypatch.setattr(plan, "byol_from_weights_available", lambda: False)
     notes = {s.arm.name: s for s in plan.arm_statuses(plan.parse_arms(["random", "imagenet", "byol-imagenet"]),
                                                       model="test_resnet", image_size=None)}
     assert notes["random"].runnable and not notes["imagenet"].runnable
     assert "not in the local cache" in notes["imagenet"].note
-    assert "not available in this version" in notes["byol-imagenet"].note
+    assert not notes["byol-imagenet"].runnable and "not in the local cache" in notes["byol-imagenet"].note
 
 
 @pytest.mark.parametrize("make, needle", [
