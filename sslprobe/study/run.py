@@ -11,37 +11,29 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sslprobe.errors import SSLProbeError
 from sslprobe.options import PRETRAIN, STUDY, check_pretrain, check_study
 from sslprobe.study import plan
-from sslprobe.study.assignment import Guard, SplitRule, Splits, assign, guard
-from sslprobe.study.layout import Layout, Placed, class_dirs, materialise, place_labelled, pool_names
+from sslprobe.study.assignment import SplitRule, assign, guard
+from sslprobe.study.layout import Layout, class_dirs, materialise, place_labelled, pool_names
 from sslprobe.study.plan import Arm, ArmStatus, Budget, ByolRecipe, StudyOptions
 from sslprobe.study.progress import StudyProgress
+from sslprobe.study.records import ArmRun, Done, Prepared, StudyRecord
 from sslprobe.study.resume import fingerprint
-from sslprobe.study.sources import HashCache, Inputs, hash_entries, open_sources
+from sslprobe.study.sources import HashCache, hash_entries, open_sources
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
 
-    from sslprobe.study.stages import Context, Done
+    from sslprobe.study.stages import Context
 
 
 class StudyInterrupted(KeyboardInterrupt):
     """Ctrl-C during a study; ``str()`` says where it stopped and that the same command continues."""
-
-
-@dataclass(frozen=True)
-class ArmRun:
-    """One arm's outcome: its status, and when it ran, its result (report.json) and its stages."""
-
-    status: ArmStatus
-    result: dict | None = None
-    stages: dict[str, Done] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -104,18 +96,6 @@ def study(data: str | os.PathLike, *, out: str | os.PathLike, labels: str | os.P
 
 def _str(p: str | os.PathLike | None) -> str | None:
     return None if p is None else os.fspath(p)
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """The data side of a study, before any arm: images, split, guard and the folders made from them."""
-
-    inputs: Inputs
-    splits: Splits
-    guard: Guard
-    placed: list[Placed]
-    pool: list[tuple[str, Any]]
-    class_names: dict[str, str]  # class folder → class name
 
 
 class _Study:
@@ -215,7 +195,7 @@ class _Study:
         for _, r in rows:
             r["paired_tests"] = pairs
         verdict = report.headline(pairs, arms=[r.status.arm for r in runs if r.result is not None])
-        record = report.StudyRecord(opts=self.opts, prepared=p, runs=runs, rows=rows, pairs=pairs, verdict=verdict,
+        record = StudyRecord(opts=self.opts, prepared=p, runs=runs, rows=rows, pairs=pairs, verdict=verdict,
                                     seconds=time.perf_counter() - self.t0, device_type=self.device_type)
         files, doc = report.write_all(record, self.layout)
         if self.console is not None:
