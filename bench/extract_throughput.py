@@ -66,7 +66,7 @@ def main() -> None:
     from safetensors.torch import load_file
 
     from sslprobe.extraction.extract import extract
-    from sslprobe.runtime import default_workers
+    from sslprobe.runtime.workers import default_workers
 
     workers = default_workers() if args.workers is None else args.workers
     load0 = os.getloadavg()[0]

@@ -40,7 +40,7 @@ from sslprobe.config.finetune import DEFAULT_LR
 from sslprobe.config.finetune import FinetuneConfig as FINETUNE
 from sslprobe.finetuning.finetune import finetune
 from sslprobe.finetuning.network import with_head
-from sslprobe.runtime import default_workers
+from sslprobe.runtime.workers import default_workers
 
 
 def plain_loop(train: Path, val: Path, *, model: str, image_size: int, batch_size: int, workers: int, epochs: int,

@@ -361,7 +361,7 @@ def count_files(folder: Path, pattern: str) -> int:
 def cuda_ready(ctx: Context) -> bool:
     import torch
 
-    from sslprobe.runtime import pick_device
+    from sslprobe.runtime.device import pick_device
 
     return pick_device(ctx.device).type == "cuda" and torch.cuda.is_available()
 
@@ -563,7 +563,7 @@ def _probe_timed(train: Any, test: Any, *, device: str, **kw: Any) -> dict:
 
 def probe_stage(ctx: Context) -> tuple[dict[str, Measured], dict[str, Any]]:
     from sslprobe.probing.features import FeatureSet
-    from sslprobe.runtime import pick_device
+    from sslprobe.runtime.device import pick_device
 
     p, dev = ctx.sizes.probe, pick_device(ctx.device)
     t = time.perf_counter()
@@ -672,7 +672,7 @@ def decode_row(*, data: Path, decode: str, e: Extract, ctx: Context, workers: in
     from safetensors.torch import load_file
 
     from sslprobe import extract
-    from sslprobe.runtime import pick_device
+    from sslprobe.runtime.device import pick_device
 
     out = ctx.work / f"extract-{decode}"
     shutil.rmtree(out, ignore_errors=True)
@@ -712,7 +712,8 @@ def model_only_row(*, e: Extract, dev: Any) -> Measured:
 
 
 def extract_stage(ctx: Context) -> tuple[dict[str, Measured], dict[str, Any]]:
-    from sslprobe.runtime import default_workers, pick_device
+    from sslprobe.runtime.device import pick_device
+    from sslprobe.runtime.workers import default_workers
 
     data, e, dev = ctx.data.jpegs(), ctx.sizes.extract, pick_device(ctx.device)
     cuda, workers = dev.type == "cuda", default_workers() if e.workers is None else e.workers

@@ -69,7 +69,7 @@ from sslprobe.pretraining.trainstep import (
     build_byol,
     make_optimizer,
 )
-from sslprobe.runtime import pick_device
+from sslprobe.runtime.device import pick_device
 
 FMNIST_SCRIPT = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion_mnist.py"
 

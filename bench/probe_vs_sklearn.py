@@ -86,8 +86,8 @@ def sklearn_protocol(train: FeatureSet, *, seed: int) -> tuple[float, float]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss
 
+    from sslprobe.probing.holdout import stratified_split
     from sslprobe.probing.search import DEFAULT_CS
-    from sslprobe.probing.splits import stratified_split
 
     keep = train.labels >= 0
     X, y = train.features[keep].double().numpy(), train.labels[keep].numpy()

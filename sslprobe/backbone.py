@@ -23,9 +23,9 @@ import timm
 import torch
 from torch import nn
 
-from sslprobe import __version__
 from sslprobe.errors import SSLProbeError
 from sslprobe.fairinit import repair_init_
+from sslprobe.version import __version__
 
 # random nets at or below this many pixels get the CIFAR-style stem (docs/pretrain.md, "Initialisation and stem")
 SMALL_INPUT = 64

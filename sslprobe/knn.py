@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from sslprobe.runtime import exact_fp32
+from sslprobe.runtime.device import exact_fp32
 
 HEADLINE_K = 20  # DINO's k: the probe's headline kNN (label curves; the tie-break between k's scoring the same)
 

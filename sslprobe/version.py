@@ -1,2 +1,3 @@
-"""The package version, in a leaf module: subpackages import it from here, never from the package root."""
+"""sslprobe's version: a leaf every module may import (the package root re-exports it; pyproject reads it here)."""
+
 __version__ = "0.1.0"

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from sslprobe.backbone import create_backbone, eval_transform
 from sslprobe.errors import SSLProbeError
-from sslprobe.extraction import loop as extract_loop
+from sslprobe.extraction import cached_pass as cached_pass
 from sslprobe.extraction.extract import extract
 from sslprobe.images.folders import open_images
 
@@ -150,7 +150,7 @@ def test_one_changed_image_recomputes_exactly_that_row(class_folder, tmp_path):
 
 
 def test_killed_and_resumed_equals_uninterrupted(class_folder, tmp_path, monkeypatch):
-    real, calls = extract_loop._embed_batch, []
+    real, calls = cached_pass._embed_batch, []
 
     def dies_after_three(model, x):
         if len(calls) == 3:
@@ -158,11 +158,11 @@ def test_killed_and_resumed_equals_uninterrupted(class_folder, tmp_path, monkeyp
         calls.append(1)
         return real(model, x)
 
-    monkeypatch.setattr(extract_loop, "_embed_batch", dies_after_three)
+    monkeypatch.setattr(cached_pass, "_embed_batch", dies_after_three)
     with pytest.raises(KeyboardInterrupt):
         extract(class_folder, out=tmp_path / "a", **NET, **FAST, shard_rows=5)
     assert not (tmp_path / "a").exists()
-    monkeypatch.setattr(extract_loop, "_embed_batch", real)
+    monkeypatch.setattr(cached_pass, "_embed_batch", real)
     m = extract(class_folder, out=tmp_path / "a", **NET, **FAST, shard_rows=5)
     assert (m["cache"]["hits"], m["cache"]["misses"]) == (15, 9)  # three finished batches of 5 kept
     extract(class_folder, out=tmp_path / "u", **NET, **FAST, use_cache=False)

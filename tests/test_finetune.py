@@ -28,8 +28,8 @@ from sslprobe.finetuning.recipe import lr_factor, param_groups, resolve_recipe
 from sslprobe.finetuning.views import TrainViews
 from sslprobe.images.crops import crop_boxes
 from sslprobe.probing.features import load_features
+from sslprobe.probing.holdout import stratified_split
 from sslprobe.probing.pairs import paired_tests
-from sslprobe.probing.splits import stratified_split
 from tests.clirun import run
 from tests.conftest import write_class_folder
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from sslprobe.errors import SSLProbeError
+from sslprobe.probing.holdout import stratified_sample
 from sslprobe.probing.labeleff import label_efficiency, parse_points
-from sslprobe.probing.splits import stratified_sample
 
 
 def test_fraction_sample_is_stratified_and_seeded():

@@ -13,11 +13,11 @@ from safetensors.torch import save_file
 from sslprobe.errors import SSLProbeError
 from sslprobe.knn import knn_votes
 from sslprobe.probing.features import FeatureSet, load_features
+from sslprobe.probing.holdout import stratified_split
 from sslprobe.probing.probe import probe
 from sslprobe.probing.report import summary
 from sslprobe.probing.search import DEFAULT_CS
 from sslprobe.probing.solver import fit_logistic
-from sslprobe.probing.splits import stratified_split
 from tests.blobs import blobs, one_thread  # noqa: F401  (autouse fixture)
 
 SMALL_CS = [1e-3, 1e-2, 1e-1, 1.0, 10.0]

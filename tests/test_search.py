@@ -8,16 +8,15 @@ import pytest
 import torch
 
 from sslprobe.probing.features import FeatureSet
+from sslprobe.probing.holdout import stratified_split
 from sslprobe.probing.probe import probe
 from sslprobe.probing.search import (
     DEFAULT_CS,
     FoldedPath,
     PathState,
     grid_search,
-    selection_score,
 )
 from sslprobe.probing.solver import Design, Standardizer
-from sslprobe.probing.splits import stratified_split
 from tests.blobs import one_thread  # noqa: F401  (autouse fixture)
 
 
@@ -69,13 +68,6 @@ def test_ties_go_to_the_lower_validation_loss_then_smaller_c():
     assert PathState.best_c(state) == 1.0
     cv = FoldedPath([], points={0.1: (0.9, 0.5), 1.0: (0.9, 0.4), 0.01: (0.85, 0.1)})
     assert cv.best_c() == 1.0
-
-
-def test_selection_score_balanced_is_mean_recall():
-    y = torch.tensor([0] * 8 + [1] * 2)
-    pred = torch.zeros(10, dtype=torch.long)  # majority class always
-    assert selection_score(pred, y, metric="top1", num_classes=2) == pytest.approx(0.8)
-    assert selection_score(pred, y, metric="balanced", num_classes=2) == pytest.approx(0.5)
 
 
 def test_float32_path_never_scores_a_stale_model():

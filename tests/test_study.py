@@ -13,10 +13,10 @@ from sslprobe.config.study import STUDY_ARMS, ByolRecipe
 from sslprobe.errors import SSLProbeError
 from sslprobe.pretraining.budget import fit, fitted_steps
 from sslprobe.study import plan, stages
+from sslprobe.study.assignment import SplitRule, assign, guard
 from sslprobe.study.numbers import CSV_COLUMNS
 from sslprobe.study.run import StudyInterrupted, study
 from sslprobe.study.sources import HashCache, hash_entries, open_sources
-from sslprobe.study.splits import SplitRule, assign, guard
 from tests.clirun import run
 from tests.conftest import write_class_folder
 
@@ -274,12 +274,11 @@ def test_arms_plan_and_notes_for_what_cannot_run(monkeypatch):
         plan.parse_arms(["byol2"])
     monkeypatch.setattr(plan, "_weights_cached", lambda model: False)
     monkeypatch.setattr(plan, "_hub_reachable", lambda: False)
-    monkeypatch.setattr(plan, "byol_from_weights_available", lambda: False)
     notes = {s.arm.name: s for s in plan.arm_statuses(plan.parse_arms(["random", "imagenet", "byol-imagenet"]),
                                                       model="test_resnet", image_size=None)}
     assert notes["random"].runnable and not notes["imagenet"].runnable
     assert "not in the local cache" in notes["imagenet"].note
-    assert "not available in this version" in notes["byol-imagenet"].note
+    assert not notes["byol-imagenet"].runnable and "not in the local cache" in notes["byol-imagenet"].note
 
 
 @pytest.mark.parametrize("make, needle", [

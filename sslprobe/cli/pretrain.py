@@ -16,7 +16,7 @@ from sslprobe.distributed import env_rank
                 epilog="Example: sslprobe views photos/ --image-size 96 --rot90-p 0.75 --out views.png")
 def views(config: PreviewConfig) -> None:
     """Draw the view pairs `pretrain` would make with the same options, to look at before a long run."""
-    from sslprobe.pretraining.views import preview_views
+    from sslprobe.pretraining.preview import preview_views
 
     r = preview_views(config)
     err(f"{r['pairs']} view pairs of step {r['step']} ({r['image_size']} px views cut from a {r['store_size']} px "

@@ -12,8 +12,8 @@ a hash per file, an interrupted run resumes where its last shard ended, and rena
 nothing. Under torchrun each rank embeds every WORLD_SIZE-th file and rank 0 writes the output.
 
 ``extract`` reads as its steps: check the options, build the feature model (``_build``), open
-the cache (``_open_cache``), embed this rank's files (``_embed_all``, the loop is
-``loop.Embedder``), collect every rank's rows on rank 0 (``_assemble``) and write the pair of
+the cache (``_open_cache``), embed this rank's files (``_embed_all``, the pass is
+``cached_pass.Embedder``), collect every rank's rows on rank 0 (``_assemble``) and write the pair of
 files (``_write``).
 """
 from __future__ import annotations
@@ -30,19 +30,22 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sslprobe import __version__, distributed
+import sslprobe.distributed as distributed
 from sslprobe.cache import Fingerprint, Store, default_cache_dir
 from sslprobe.config.extract import ExtractConfig
 from sslprobe.distributed import Dist
 from sslprobe.errors import SSLProbeError
+from sslprobe.extraction.cached_pass import Embedder, Rows
 from sslprobe.extraction.embed import FeatureModel
-from sslprobe.extraction.loop import Embedder, Rows
 from sslprobe.extraction.shards import ShardWriter
 from sslprobe.fileio import atomic_path, file_sha256, write_json
 from sslprobe.images.decode import DECODE_POLICY
 from sslprobe.images.folders import ImageSet, open_images, skipped_report
 from sslprobe.images.transforms import Uint8Transform
-from sslprobe.runtime import default_workers, pick_device, progress_bar
+from sslprobe.runtime.device import pick_device
+from sslprobe.runtime.progress import progress_bar
+from sslprobe.runtime.workers import default_workers
+from sslprobe.version import __version__
 
 if TYPE_CHECKING:
     from sslprobe.backbone import BackboneSpec

@@ -1,6 +1,6 @@
 """Label efficiency for fine-tuning: stratified subsets of the training labels, each selecting with its own labels.
 
-The subsets are the probe's (``probing.splits.stratified_sample`` of the fit split, seed + 1000·draw),
+The subsets are the probe's (``probing.holdout.stratified_sample`` of the fit split, seed + 1000·draw),
 so a fine-tune curve and a probe curve of one folder train on the same images. Each subset holds
 out a stratified part of itself — the validation fraction, raised so that every class keeps one
 image out when it has two — and chooses its epoch (and learning rate) there; the rest trains. The
@@ -18,7 +18,7 @@ from sslprobe.errors import SSLProbeError
 from sslprobe.finetuning.data import ImageRows
 from sslprobe.finetuning.loop import Trainer
 from sslprobe.finetuning.selection import Budget, Selected, select
-from sslprobe.probing.splits import stratified_sample, stratified_split
+from sslprobe.probing.holdout import stratified_sample, stratified_split
 
 
 def subset_hold_out(labels: torch.Tensor, *, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

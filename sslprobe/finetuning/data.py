@@ -5,7 +5,7 @@ squashed to the training square with its aspect ratio (``images.transforms.Whole
 crops are drawn from it on the device, ``views.py``) and timm's evaluation centre crop (what
 ``extract`` embeds), with one channel for a grey backbone. They stay in
 memory, on the GPU when there is one, below ``RAM_BYTES``; above it the workers decode the rows
-again at every use. The validation hold-out is the probe's: ``probing.splits.stratified_split`` of
+again at every use. The validation hold-out is the probe's: ``probing.holdout.stratified_split`` of
 the readable labelled rows in folder order with the same fraction and seed, so a fine-tune and a
 probe of the same folder hold out the same images (docs/finetune.md).
 """
@@ -22,8 +22,8 @@ from sslprobe.errors import SSLProbeError
 from sslprobe.images.decode import BadImageError, decode_image
 from sslprobe.images.folders import ImageSet, open_images, skipped_report
 from sslprobe.images.transforms import Uint8Transform, WholeImage
-from sslprobe.probing.splits import stratified_split
-from sslprobe.runtime import progress_bar
+from sslprobe.probing.holdout import stratified_split
+from sslprobe.runtime.progress import progress_bar
 
 RAM_BYTES = 4 << 30  # decoded rows above this are decoded again at every use instead of kept
 
@@ -219,7 +219,7 @@ class Held:
 
 
 def hold_out(train: ImageRows, *, fraction: float, seed: int) -> Held:
-    """The probe's stratified, seeded hold-out of the training rows (``probing.splits.stratified_split``)."""
+    """The probe's stratified, seeded hold-out of the training rows (``probing.holdout.stratified_split``)."""
     fit, val = stratified_split(train.labels, fraction=fraction, seed=seed)
     if val.numel() == 0:
         raise SSLProbeError("TRAIN is too small for a validation hold-out (one image per class); add images or "

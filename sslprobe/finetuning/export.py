@@ -122,7 +122,9 @@ def predict_images(data: str | os.PathLike, *, model: str | os.PathLike | Finetu
     from sslprobe.images.folders import open_images, skipped_report
     from sslprobe.images.transforms import Uint8Transform
     from sslprobe.probing.predict import write_predictions
-    from sslprobe.runtime import default_workers, pick_device, progress_bar
+    from sslprobe.runtime.device import pick_device
+    from sslprobe.runtime.progress import progress_bar
+    from sslprobe.runtime.workers import default_workers
 
     ft = model if isinstance(model, Finetuned) else load_finetuned(model)
     dev = pick_device(device)

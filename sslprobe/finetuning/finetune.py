@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from sslprobe import checkpoint as ckpts
-from sslprobe import distributed as ddp
+import sslprobe.checkpoint as ckpts
+import sslprobe.distributed as ddp
 from sslprobe.config.finetune import DEFAULT_EPOCHS, FinetuneConfig
 from sslprobe.errors import SSLProbeError
 from sslprobe.finetuning.budget import time_steps
@@ -35,10 +35,12 @@ from sslprobe.finetuning.report import write_finetune_reports
 from sslprobe.finetuning.selection import Budget, Selected, select
 from sslprobe.images.folders import ImageSet
 from sslprobe.probing.labeleff import parse_points
-from sslprobe.probing.probe import PhaseTimer
-from sslprobe.probing.report import scored
-from sslprobe.probing.splits import Selection, resolve_select
-from sslprobe.runtime import StopSignals, default_workers, pick_device, progress_bar
+from sslprobe.probing.metrics import Selection, resolve_select, scored
+from sslprobe.runtime.device import pick_device
+from sslprobe.runtime.progress import progress_bar
+from sslprobe.runtime.signals import StopSignals
+from sslprobe.runtime.timing import PhaseTimer
+from sslprobe.runtime.workers import default_workers
 
 Source = str | os.PathLike
 

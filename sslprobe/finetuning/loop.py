@@ -28,16 +28,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslprobe import checkpoint as ckpts
-from sslprobe import distributed as ddp
+import sslprobe.checkpoint as ckpts
+import sslprobe.distributed as ddp
 from sslprobe.errors import SSLProbeError
 from sslprobe.fileio import write_json
 from sslprobe.finetuning.data import ImageRows
 from sslprobe.finetuning.recipe import Recipe, lr_factor, make_optimizer, set_lr, warmup_steps
 from sslprobe.finetuning.views import TrainViews, normalize
 from sslprobe.images.datasets import epoch_order
-from sslprobe.probing.search import selection_score
-from sslprobe.runtime import StopSignals
+from sslprobe.probing.metrics import selection_score
+from sslprobe.runtime.signals import StopSignals
 
 RESUME_IGNORES = ("device", "precision")  # the same run may continue on other hardware
 EVAL_BATCH = 256

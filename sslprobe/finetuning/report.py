@@ -1,6 +1,6 @@
 """A fine-tune's report: the table on the terminal and the files of a probe report, plus the learning curve.
 
-The metrics are ``probing.report.scored``'s (top-1/top-5, balanced accuracy, macro-F1, per class,
+The metrics are ``probing.metrics.scored``'s (top-1/top-5, balanced accuracy, macro-F1, per class,
 confusion, bootstrap intervals), shown in ``probing.report``'s table and cells, and the files a probe
 writes — report.json, per_class_{val,test}.csv, confusion.png, label_efficiency.png — with
 learning_curve.png (loss and validation accuracy per epoch, the chosen epoch marked; the figures are

@@ -1,7 +1,7 @@
 """Model selection on validation rows: one run per learning rate of the grid, each choosing its epoch; the best wins.
 
 Runs are ranked by the selection metric of their best epoch (validation top-1 or balanced accuracy,
-``probing.splits.resolve_select``'s rule), ties going to the lower validation loss, then to the smaller
+``probing.metrics.resolve_select``'s rule), ties going to the lower validation loss, then to the smaller
 learning rate — the probe's ranking of C (docs/probe.md). Without validation rows (a label subset
 with one label in a class) nothing can choose: the middle learning rate of the grid trains and its
 last epoch is kept.

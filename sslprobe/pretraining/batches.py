@@ -26,7 +26,7 @@ from sslprobe.errors import SSLProbeError
 from sslprobe.images.datasets import ImageDataset, collate, epoch_order, first_colour, long_sides, sample_indices
 from sslprobe.images.folders import ImageSet
 from sslprobe.images.transforms import WholeImage
-from sslprobe.runtime import progress_bar
+from sslprobe.runtime.progress import progress_bar
 
 RAM_CACHE_BYTES = 4 << 30  # decode once and keep in memory below this (Fashion-MNIST: 2.4 MB at 28 px)
 STORE_SCALE = 2  # the store's side is at most this many times the training size (docs/pretrain.md, "Crops")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from sslprobe import checkpoint as ckpts
-from sslprobe import distributed as ddp
+import sslprobe.checkpoint as ckpts
+import sslprobe.distributed as ddp
 from sslprobe.errors import SSLProbeError
 from sslprobe.pretraining.trainstep import RunSpec
 

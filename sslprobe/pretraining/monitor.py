@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from sslprobe.knn import knn_votes
-from sslprobe.runtime import progress_bar
+from sslprobe.runtime.progress import progress_bar
 
 COLLAPSE_FRACTION = 0.1  # warn below this fraction of the healthy 1/√D
 

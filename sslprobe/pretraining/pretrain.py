@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from sslprobe import checkpoint as ckpts
-from sslprobe import distributed as ddp
+import sslprobe.checkpoint as ckpts
+import sslprobe.distributed as ddp
 from sslprobe.backbone import BackboneSpec, has_batchnorm, save_backbone, start_backbone
 from sslprobe.config.pretrain import PretrainConfig
 from sslprobe.errors import SSLProbeError
@@ -36,7 +36,9 @@ from sslprobe.pretraining.byol import tau_at
 from sslprobe.pretraining.checkpointer import Checkpointer, restore, resume_point
 from sslprobe.pretraining.monitor import KnnEval, LossMeter, MetricsLog, RunLog, knn_due, loss_curve
 from sslprobe.pretraining.trainstep import RunSpec, StepFeed, TrainStep, build_byol, run_config
-from sslprobe.runtime import StopSignals, default_workers, pick_device
+from sslprobe.runtime.device import pick_device
+from sslprobe.runtime.signals import StopSignals
+from sslprobe.runtime.workers import default_workers
 
 
 class PretrainInterrupted(KeyboardInterrupt):

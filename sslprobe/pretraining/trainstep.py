@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from sslprobe import distributed as ddp
+import sslprobe.distributed as ddp
 from sslprobe.backbone import BackboneSpec, Start, start_backbone
 from sslprobe.config.pretrain import DEFAULT_MODEL, PretrainConfig
 from sslprobe.errors import SSLProbeError

@@ -11,10 +11,10 @@ from typing import Any
 
 import torch
 
+from sslprobe.probing.holdout import Splits
 from sslprobe.probing.search import PathState
 from sslprobe.probing.solver import Design, Standardizer
-from sslprobe.probing.splits import Splits
-from sslprobe.runtime import pick_device
+from sslprobe.runtime.device import pick_device
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16}
 # "auto" precision solves in float64 up to this many fit-split elements (n·d): there it costs

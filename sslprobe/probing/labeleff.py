@@ -20,10 +20,10 @@ import torch
 from sslprobe.errors import SSLProbeError
 from sslprobe.knn import HEADLINE_K, knn_votes
 from sslprobe.probing.compute import Solver
+from sslprobe.probing.holdout import Splits, stratified_folds, stratified_sample
 from sslprobe.probing.search import FoldedPath, PathState, SearchSpec, run_search
 from sslprobe.probing.solver import Design, Standardizer, fit, model_columns
-from sslprobe.probing.splits import Splits, stratified_folds, stratified_sample
-from sslprobe.runtime import progress_bar
+from sslprobe.runtime.progress import progress_bar
 
 CV_FOLDS = 5
 # Fold fits of a subset's CV stop 100× looser than the main path's (search.SEARCH_TOL/RTOL): a

@@ -17,7 +17,7 @@ from sslprobe.errors import SSLProbeError
 from sslprobe.fileio import atomic_path, csv_text
 from sslprobe.probing.features import FeatureSet, as_feature_set
 from sslprobe.probing.solver import LogReg, Standardizer
-from sslprobe.runtime import exact_fp32
+from sslprobe.runtime.device import exact_fp32
 
 
 @dataclass(frozen=True)

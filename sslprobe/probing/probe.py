@@ -5,16 +5,14 @@ standardised with train statistics, multinomial logistic regression with an L2 p
 validation split (45 log-spaced C in [1e-6, 1e5], or CLIP's binary search), refit on train+val,
 test accuracy touched once, with a bootstrap interval; kNN as in DINO; optional label-efficiency
 curves whose points choose C with their own labels only. ``probe`` is a sequence of named steps,
-each from the module of its concept: splits (splits.py) → choose C (search.py) → label curve
+each from the module of its concept: splits (holdout.py) → choose C (search.py) → label curve
 (labeleff.py) → refit and test → kNN → result; ``compare`` (compare.py) runs it on several sets.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -24,32 +22,17 @@ from sslprobe.config.probe import ProbeConfig
 from sslprobe.knn import HEADLINE_K, knn_val_test
 from sslprobe.probing.compute import Solver
 from sslprobe.probing.features import FeatureSet, as_feature_set, check_widths, labelled_paths, manifest_summary
+from sslprobe.probing.holdout import Splits, make_splits
 from sslprobe.probing.labeleff import CurvePlan, label_curve
+from sslprobe.probing.metrics import Selection, resolve_select, scored, selection_score
 from sslprobe.probing.predict import ProbeModel
-from sslprobe.probing.report import scored, summary, write_reports
-from sslprobe.probing.search import PathState, SearchSpec, selection_score
+from sslprobe.probing.report import summary, write_reports
+from sslprobe.probing.search import PathState, SearchSpec
 from sslprobe.probing.solver import Design, LogReg, Standardizer, class_scores, fit, model_columns
-from sslprobe.probing.splits import Selection, Splits, make_splits, resolve_select
-from sslprobe.runtime import progress_bar
+from sslprobe.runtime.progress import progress_bar
+from sslprobe.runtime.timing import PhaseTimer
 
 Source = str | os.PathLike | FeatureSet
-
-
-class PhaseTimer:
-    """Wall seconds of each named phase, measured around the phase itself, and the total since creation."""
-
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self.seconds: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        t = time.perf_counter()
-        yield
-        self.seconds[name] = time.perf_counter() - t
-
-    def total(self) -> float:
-        return time.perf_counter() - self.start
 
 
 def _load(train: Source, val: Source | None, test: Source | None) -> dict[str, FeatureSet | None]:
@@ -249,5 +232,5 @@ def probe(config: ProbeConfig | Source, /, *, show_progress: bool = False, **opt
     return result
 
 
-__all__ = ["Chosen", "Fitted", "PhaseTimer", "Source", "choose_c", "knn_step", "on_validation", "probe", "refit",
+__all__ = ["Chosen", "Fitted", "Source", "choose_c", "knn_step", "on_validation", "probe", "refit",
            "score_test"]

@@ -1,6 +1,5 @@
-"""Metrics, rich tables and report files for probe results.
+"""Rich tables and report files for probe results: rendering only (the numbers come from metrics.py).
 
-``classification_metrics`` is the one place accuracies are computed (linear and kNN alike).
 rich is imported inside the render functions so ``sslprobe.probing.probe`` stays cheap to import;
 figures live in plots.py (matplotlib optional). The cells (``percent``, ``with_ci``, ``curve_cell``,
 ``curve_label``), the metrics table, the files-and-warnings footer and the per-class CSVs are public:
@@ -9,16 +8,12 @@ a fine-tune's report is made of the same pieces, so its rows read as a probe's (
 from __future__ import annotations
 
 import csv
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from sslprobe.fileio import atomic_path, csv_text, write_json
-from sslprobe.probing.uncertainty import bootstrap_intervals
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
@@ -27,62 +22,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from sslprobe.probing.predict import ProbeModel
 
 _BULKY = ("per_class", "confusion", "predictions", "test_labels", "test_paths")
-
-
-def classification_metrics(scores: torch.Tensor, labels: torch.Tensor, *, num_classes: int) -> dict:
-    """Top-1/top-5, balanced accuracy, macro-F1, per-class table and confusion matrix.
-
-    ``scores`` (N, K) are logits, probabilities or votes (argmax = prediction; -inf marks a class
-    the model cannot predict). ``labels`` (N,) in [0, K). Balanced accuracy is the mean recall over
-    classes present in ``labels``; macro-F1 averages over classes present in labels or predictions
-    (both as in scikit-learn). Confusion rows are true classes, columns predictions.
-    """
-    if scores.ndim != 2 or scores.shape[1] != num_classes:
-        raise ValueError(f"scores must be (N, {num_classes}), got {tuple(scores.shape)}")
-    if labels.shape != (scores.shape[0],):
-        raise ValueError(f"labels must be ({scores.shape[0]},), got {tuple(labels.shape)}")
-    n = int(labels.numel())
-    if n == 0:
-        raise ValueError("no labeled rows to score")
-    if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
-        raise ValueError(f"labels must lie in [0, {num_classes})")
-    labels = labels.to(scores.device, torch.int64)
-    k5 = min(5, num_classes)
-    top = scores.topk(k5, dim=1).indices  # (N, k5), best first
-    pred = top[:, 0]
-    # a true class scored -inf (the model never saw it) is a miss even when k ≥ K drags it into the top-k
-    hit5 = (top == labels[:, None]).any(1) & (scores.gather(1, labels[:, None]).squeeze(1) > -math.inf)
-    conf = torch.bincount(labels * num_classes + pred, minlength=num_classes**2).view(num_classes, num_classes)
-    conf = conf.double().cpu()
-    tp = conf.diag()
-    support, predicted = conf.sum(1), conf.sum(0)
-    recall = tp / support.clamp_min(1)
-    precision = tp / predicted.clamp_min(1)
-    f1 = torch.where(tp > 0, 2 * precision * recall / (precision + recall).clamp_min(1e-300), 0.0)
-    present = support > 0
-    in_f1 = present | (predicted > 0)
-    return {
-        "top1": float(tp.sum()) / n,
-        "top5": float(hit5.sum()) / n,
-        "balanced_accuracy": float(recall[present].mean()),
-        "macro_f1": float(f1[in_f1].mean()),
-        "n": n,
-        "per_class": [
-            {"class": c, "precision": float(precision[c]), "recall": float(recall[c]),
-             "f1": float(f1[c]), "support": int(support[c])}
-            for c in range(num_classes)
-        ],
-        "confusion": conf.long().tolist(),
-    }
-
-
-def scored(scores: torch.Tensor, labels: torch.Tensor, *, num_classes: int, seed: int) -> dict:
-    """Metrics of ``scores`` with bootstrap intervals of top-1 and balanced accuracy, and the predictions."""
-    metrics = classification_metrics(scores, labels, num_classes=num_classes)
-    pred = scores.argmax(1)
-    metrics["ci"] = bootstrap_intervals(pred, labels, num_classes=num_classes, seed=seed)
-    metrics["predictions"] = pred.cpu().tolist()
-    return metrics
 
 
 def _strip(obj: Any) -> Any:
@@ -355,6 +294,6 @@ def write_reports(result: dict, out: str | os.PathLike, *, probe_model: ProbeMod
     return info
 
 
-__all__ = ["classification_metrics", "curve_cell", "curve_label", "metrics_table", "percent", "render_comparison",
-           "render_files_and_warnings", "render_label_efficiency", "render_paired", "render_probe", "scored", "summary",
+__all__ = ["curve_cell", "curve_label", "metrics_table", "percent", "render_comparison",
+           "render_files_and_warnings", "render_label_efficiency", "render_paired", "render_probe", "summary",
            "verdict_sentence", "with_ci", "write_per_class_csv", "write_per_class_csvs", "write_reports"]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from sslprobe.probing.metrics import selection_score
 from sslprobe.probing.solver import Design, LogReg, column_table, fit
 
 DEFAULT_CS: tuple[float, ...] = tuple(10.0 ** (-6 + 11 * i / 44) for i in range(45))
@@ -33,18 +34,6 @@ SEARCH_RTOL = 1e-5
 # gradient stop needs thousands of iterations (Fashion-MNIST pixels: the 7 weakest C's of the
 # path ran max_iter = 1000 each) for no change in any prediction the curve reports.
 SEARCH_DEC_RTOL = 1e-10
-SELECT_METRICS = ("top1", "balanced")
-
-
-def selection_score(pred: torch.Tensor, labels: torch.Tensor, *, metric: str, num_classes: int) -> float:
-    """Top-1, or balanced accuracy (mean recall over the classes present in ``labels``)."""
-    hit = (pred == labels).double()
-    if metric == "top1":
-        return float(hit.mean())
-    support = torch.bincount(labels, minlength=num_classes).double()
-    recall = torch.zeros(num_classes, dtype=torch.float64, device=labels.device).index_add_(0, labels, hit)
-    present = support > 0
-    return float((recall[present] / support[present]).mean())
 
 
 @dataclass
@@ -207,5 +196,5 @@ class SearchSpec:
 
 
 __all__ = ["BINARY_COARSE_STEP", "BINARY_RESOLUTION", "DEFAULT_CS", "SEARCH_DEC_RTOL", "SEARCH_RTOL", "SEARCH_TOL",
-           "SELECT_METRICS", "FoldedPath", "PathState", "Search", "SearchSpec", "binary_search", "grid_search",
-           "run_search", "selection_score", "walk"]
+           "FoldedPath", "PathState", "Search", "SearchSpec", "binary_search", "grid_search",
+           "run_search", "walk"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from sslprobe.errors import SSLProbeError
-from sslprobe.runtime import exact_fp32
+from sslprobe.runtime.device import exact_fp32
 
 
 @contextlib.contextmanager

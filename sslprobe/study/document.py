@@ -10,15 +10,13 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sslprobe.probing.report import percent
 from sslprobe.probing.report import with_ci as report_with_ci
 from sslprobe.study import numbers
+from sslprobe.study.records import StudyRecord
 from sslprobe.study.render import Block, Code, Figure, Heading, Items, Para, Table
-
-if TYPE_CHECKING:  # pragma: no cover
-    from sslprobe.study.report import StudyRecord
 
 LIST_MAX = 20  # rows of a list (skipped files, duplicates) shown in the report; study.json has all
 

@@ -3,13 +3,10 @@
 An arm is one way to turn images into a classifier that the study scores on the same test images
 (docs/study.md, "Arms"). Probe arms become features (``extract``) and go through one probe
 protocol; fine-tune arms train the network end to end (``finetune``). An arm the install cannot run
-(no ImageNet weights offline, no ``finetune`` in this version) is listed with the reason, never
-silently dropped.
+(no ImageNet weights offline) is listed with the reason, never silently dropped.
 """
 from __future__ import annotations
 
-import importlib
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,22 +117,6 @@ class ArmStatus:
     note: str = ""
 
 
-def finetune_available() -> bool:
-    """Whether this version has ``sslprobe.finetuning``'s ``finetune()``."""
-    try:
-        module = importlib.import_module("sslprobe.finetuning.finetune")
-    except ImportError:
-        return False
-    return callable(getattr(module, "finetune", None))
-
-
-def byol_from_weights_available() -> bool:
-    """Whether ``pretrain`` can start BYOL from given weights (its ``init`` keyword)."""
-    from sslprobe.pretraining.pretrain import pretrain
-
-    return "init" in inspect.signature(pretrain).parameters
-
-
 def imagenet_note(model: str, *, image_size: int | None) -> str:
     """"" when timm's ImageNet weights for ``model`` load, else why not.
 
@@ -191,17 +172,7 @@ def _hub_reachable() -> bool:
 
 
 def arm_statuses(arms: Sequence[Arm], *, model: str, image_size: int | None) -> list[ArmStatus]:
-    """Each requested arm with whether it can run here; the checks run only for arms that need them."""
+    """Each requested arm with whether it can run here: an arm that needs ImageNet weights runs only when they
+    load (checked once, and only when such an arm is asked for); every other arm always runs."""
     imagenet = imagenet_note(model, image_size=image_size) if any(a.needs_imagenet for a in arms) else ""
-    out = []
-    for a in arms:
-        if a.finetune and not finetune_available():
-            out.append(ArmStatus(a, False, "not available in this version: sslprobe.finetuning has no finetune()"))
-        elif a.byol_init == "pretrained" and not byol_from_weights_available():
-            out.append(ArmStatus(a, False, "not available in this version: pretrain() cannot start from ImageNet "
-                                           "weights (no init= keyword)"))
-        elif a.needs_imagenet and imagenet:
-            out.append(ArmStatus(a, False, imagenet))
-        else:
-            out.append(ArmStatus(a, True))
-    return out
+    return [ArmStatus(a, False, imagenet) if a.needs_imagenet and imagenet else ArmStatus(a, True) for a in arms]

@@ -27,7 +27,7 @@ class StudyProgress:
     def __enter__(self) -> StudyProgress:
         if not self.show:
             return self
-        from sslprobe.runtime import rich_progress
+        from sslprobe.runtime.progress import rich_progress
 
         self.bar = rich_progress(rate_field=True)
         self.bar.__enter__()

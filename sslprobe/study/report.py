@@ -8,102 +8,23 @@ with its interval's bounds and how the interval was made.
 from __future__ import annotations
 
 import csv
-import platform
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sslprobe import __version__
 from sslprobe.fileio import atomic_path, csv_text, write_json
 from sslprobe.probing.report import render_comparison, summary, verdict_sentence
 from sslprobe.study import numbers
-from sslprobe.study.commands import compare_command, study_command
 from sslprobe.study.document import Figures, build
 from sslprobe.study.layout import Layout
-from sslprobe.study.plan import Arm, StudyOptions
+from sslprobe.study.plan import Arm
+from sslprobe.study.records import StudyRecord
 from sslprobe.study.render import html_page, markdown
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
-
-    from sslprobe.study.run import ArmRun, Prepared
-
-
-@dataclass(frozen=True)
-class StudyRecord:
-    """Everything the report shows, gathered once the arms have run."""
-
-    opts: StudyOptions
-    prepared: Prepared
-    runs: list[ArmRun]
-    rows: list[tuple[str, dict]]
-    pairs: list[dict]
-    verdict: str
-    seconds: float
-    device_type: str
-
-    @property
-    def skipped(self) -> list[dict[str, str]]:
-        """Unreadable images from hashing, extraction and pretraining, once each, by their own paths."""
-        where = {q.id: f"{q.entry.origin}:{q.entry.id}" for q in self.prepared.placed}
-        where.update({name: f"{e.origin}:{e.id}" for name, e in self.prepared.pool})
-        seen: dict[str, str] = {f"{s['origin']}:{s['path']}": s["reason"] for s in self.prepared.inputs.skipped}
-        for run in self.runs:
-            for stage in run.stages.values():
-                for s in stage.info.get("skipped") or []:
-                    seen.setdefault(where.get(s["path"], s["path"]), s["reason"])
-        return [{"path": p, "reason": why} for p, why in sorted(seen.items())]
-
-    def byol_names(self) -> list[str]:
-        return [r.status.arm.name for r in self.runs if r.result is not None and r.status.arm.byol_init]
-
-    def budget_sentences(self) -> list[str]:
-        """Paired label-budget differences between each BYOL arm and every other arm."""
-        results = dict(self.rows)
-        out = []
-        for a in self.byol_names():
-            for b, rb in self.rows:
-                if b == a or (b in self.byol_names() and self.byol_names().index(b) < self.byol_names().index(a)):
-                    continue
-                for budget in numbers.budgets(self.rows):
-                    d = numbers.budget_difference(results[a], rb, budget)
-                    if d is not None and budget.value != 1:
-                        out.append(numbers.difference_sentence(a, b, d))
-        return out
-
-    def command(self) -> str:
-        return self.opts.config.command or study_command(self.opts)
-
-    def stage_commands(self) -> list[str]:
-        cmds: list[str] = []
-        for run in self.runs:
-            for stage in run.stages.values():
-                if stage.command and stage.command not in cmds:
-                    cmds.append(stage.command)
-        sets = [(name, self.opts.out / "arms" / name / "features") for name, _ in self.rows]
-        cmds.append(compare_command(sets, out=self.opts.out / "compare", protocol=self.opts.protocol()))
-        return cmds
-
-    def versions(self) -> dict[str, str]:
-        import numpy
-        import rich
-        import timm
-        import torch
-
-        v = {"sslprobe": __version__, "python": platform.python_version(), "torch": torch.__version__,
-             "timm": timm.__version__, "numpy": numpy.__version__, "rich": getattr(rich, "__version__", "?")}
-        try:
-            import matplotlib
-
-            v["matplotlib"] = matplotlib.__version__
-        except ImportError:
-            v["matplotlib"] = "not installed (no figures)"
-        v["machine"] = f"{platform.platform()}, {platform.machine()}"
-        if self.device_type == "cuda":
-            v["gpu"] = torch.cuda.get_device_name(0)
-        return v
 
 
 def headline(pairs: Sequence[Mapping[str, Any]], *, arms: Sequence[Arm]) -> str:

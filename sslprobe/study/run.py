@@ -1,7 +1,7 @@
 """``study()``: does BYOL on these images help? Every arm through one path, one split, one report.
 
 The study is a sequence of named steps (:class:`_Study`): open and hash the images (sources.py) →
-the split and its leakage guard (splits.py) → the folders the commands read (layout.py) → which
+the split and its leakage guard (assignment.py) → the folders the commands read (layout.py) → which
 arms can run here (plan.py) → each arm's stages (stages.py: pretrain → extract → probe, or
 finetune) → paired tests and the verdict → the report (report.py). docs/study.md describes the
 rules and the outputs; a rerun of the same call reuses every finished stage (resume.py).
@@ -10,37 +10,29 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sslprobe.config.study import StudyConfig
 from sslprobe.errors import SSLProbeError
 from sslprobe.study import plan
-from sslprobe.study.layout import Layout, Placed, class_dirs, materialise, place_labelled, pool_names
+from sslprobe.study.assignment import SplitRule, assign, guard
+from sslprobe.study.layout import Layout, class_dirs, materialise, place_labelled, pool_names
 from sslprobe.study.plan import Arm, ArmStatus, StudyOptions
 from sslprobe.study.progress import StudyProgress
+from sslprobe.study.records import ArmRun, Done, Prepared, StudyRecord
 from sslprobe.study.resume import fingerprint
-from sslprobe.study.sources import HashCache, Inputs, hash_entries, open_sources
-from sslprobe.study.splits import Guard, SplitRule, Splits, assign, guard
+from sslprobe.study.sources import HashCache, hash_entries, open_sources
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
 
-    from sslprobe.study.stages import Context, Done
+    from sslprobe.study.stages import Context
 
 
 class StudyInterrupted(KeyboardInterrupt):
     """Ctrl-C during a study; ``str()`` says where it stopped and that the same command continues."""
-
-
-@dataclass(frozen=True)
-class ArmRun:
-    """One arm's outcome: its status, and when it ran, its result (report.json) and its stages."""
-
-    status: ArmStatus
-    result: dict | None = None
-    stages: dict[str, Done] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -71,23 +63,13 @@ def study(config: StudyConfig | str | os.PathLike, /, *, show_progress: bool = F
     report.md, results.csv and study.json into ``out``; a rerun reuses every finished stage.
     """
     c = StudyConfig.of(config, **options)
-    from sslprobe.runtime import pick_device
+    from sslprobe.runtime.device import pick_device
 
     dev = pick_device(c.device)
     opts = StudyOptions.resolve(c, cuda=dev.type == "cuda")
     return _Study(opts, device_type=dev.type, show_progress=show_progress, console=console).run()
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """The data side of a study, before any arm: images, split, guard and the folders made from them."""
-
-    inputs: Inputs
-    splits: Splits
-    guard: Guard
-    placed: list[Placed]
-    pool: list[tuple[str, Any]]
-    class_names: dict[str, str]  # class folder → class name
 
 
 class _Study:
@@ -188,7 +170,7 @@ class _Study:
         for _, r in rows:
             r["paired_tests"] = pairs
         verdict = report.headline(pairs, arms=[r.status.arm for r in runs if r.result is not None])
-        record = report.StudyRecord(opts=self.opts, prepared=p, runs=runs, rows=rows, pairs=pairs, verdict=verdict,
+        record = StudyRecord(opts=self.opts, prepared=p, runs=runs, rows=rows, pairs=pairs, verdict=verdict,
                                     seconds=time.perf_counter() - self.t0, device_type=self.device_type)
         files, doc = report.write_all(record, self.layout)
         if self.console is not None:

@@ -17,7 +17,7 @@ import torch
 from sslprobe.errors import SSLProbeError
 from sslprobe.fileio import atomic_path, write_json
 from sslprobe.probing.features import FeatureSet, load_features
-from sslprobe.study.splits import SPLITS
+from sslprobe.study.assignment import SPLITS
 
 
 def write_split_features(extracted: Path, *, membership: Mapping[str, str], class_names: Mapping[str, str],

@@ -2,7 +2,7 @@
 
 Every image is known by the sha256 of its bytes (``fileio.file_sha256``, the digest the embedding
 cache keys rows by), so a copy under another name is the same image: that is what the split and the
-leakage guard (splits.py) match on. Hashes of files are kept in ``hashes.json`` by path, size and
+leakage guard (assignment.py) match on. Hashes of files are kept in ``hashes.json`` by path, size and
 modification time, so a rerun reads only new or changed files. Images that cannot be read are
 skipped and listed; bad input (no labels, one class, test classes that differ) is one line.
 """

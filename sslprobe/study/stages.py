@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from sslprobe.study.commands import command
 from sslprobe.study.layout import Layout
 from sslprobe.study.plan import Arm, StudyOptions
 from sslprobe.study.progress import StudyProgress
+from sslprobe.study.records import Done
 from sslprobe.study.resume import Marker, fingerprint
 from sslprobe.study.slices import write_split_features
 
@@ -47,17 +48,6 @@ class Context:
     split_key: str  # which labelled image is in which split
     membership: Mapping[str, str]  # labelled-folder id → split
     class_names: Mapping[str, str]  # class folder name → class name
-
-
-@dataclass(frozen=True)
-class Done:
-    """A finished stage: its directory, key, the command it stands for, whether it was reused, what it recorded."""
-
-    dir: Path
-    key: str
-    command: str
-    reused: bool
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 def _finish(marker: Marker, d: Path, key: str, command: str, **info: Any) -> Done:

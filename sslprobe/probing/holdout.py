@@ -1,4 +1,4 @@
-"""The rows one probe learns from: stratified draws, the fit / validation / test splits, the selection metric.
+"""The rows one probe learns from: stratified draws and the fit / validation / test splits.
 
 Every draw (the validation hold-out, a label-efficiency subset, a cross-validation fold) is built
 from one seeded order of the rows grouped by class (``class_ranks``), so each is stratified and
@@ -14,8 +14,6 @@ import torch
 
 from sslprobe.errors import SSLProbeError
 from sslprobe.probing.features import FeatureSet, align_labels
-
-IMBALANCE = 2.0  # largest/smallest class count above which selection defaults to balanced accuracy
 
 
 def class_ranks(labels: torch.Tensor, *, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -154,26 +152,4 @@ def make_splits(sets: Mapping[str, FeatureSet | None], *, val_fraction: float, s
     return s
 
 
-@dataclass(frozen=True)
-class Selection:
-    """The metric that ranks C and kNN k on validation, and why it was chosen."""
-
-    metric: str  # one of search.SELECT_METRICS
-    reason: str
-    imbalance: float  # largest / smallest class count of the fit split
-
-
-def resolve_select(select: str, labels: torch.Tensor) -> Selection:
-    """The selection metric: as asked, or balanced accuracy when classes are imbalanced > 2:1."""
-    counts = torch.bincount(labels)
-    counts = counts[counts > 0]
-    ratio = float(counts.max() / counts.min())
-    if select != "auto":
-        return Selection(select, "asked", ratio)
-    metric = "balanced" if ratio > IMBALANCE else "top1"
-    return Selection(metric, f"auto: largest/smallest class = {ratio:.3g} "
-                             f"({'>' if metric == 'balanced' else '≤'} {IMBALANCE:g})", ratio)
-
-
-__all__ = ["IMBALANCE", "Selection", "Splits", "class_ranks", "make_splits", "resolve_select", "stratified_folds",
-           "stratified_sample", "stratified_split"]
+__all__ = ["Splits", "class_ranks", "make_splits", "stratified_folds", "stratified_sample", "stratified_split"]

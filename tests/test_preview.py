@@ -9,7 +9,7 @@ from safetensors import safe_open
 
 from sslprobe.errors import SSLProbeError
 from sslprobe.pretraining.pretrain import pretrain
-from sslprobe.pretraining.views import draw_views
+from sslprobe.pretraining.preview import draw_views
 from tests.clirun import run
 
 FAST = {"model": "test_resnet", "image_size": 16, "batch_size": 6, "max_steps": 2, "proj_hidden": 32, "proj_dim": 16,

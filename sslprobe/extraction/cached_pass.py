@@ -1,4 +1,4 @@
-"""The inner loop of ``extract``: read back what the cache has, embed what it lacks, queue new rows."""
+"""One pass of ``extract`` over its images: read back what the cache has, embed what it lacks, queue new rows."""
 from __future__ import annotations
 
 import time
@@ -69,8 +69,8 @@ class Embedder:
                  task: TaskID | None) -> list[int]:
         """Embed ``order``; returns the indices whose cached rows failed validation.
 
-        ``bar``: ``runtime.progress_bar``'s (a rich Progress or its silent stand-in); ``task``: its line, None to
-        leave it alone.
+        ``bar``: ``runtime.progress.progress_bar``'s (a rich Progress or its silent stand-in); ``task``: its line,
+        None to leave it alone.
         """
         retry: list[int] = []
         t0, done = time.perf_counter(), 0

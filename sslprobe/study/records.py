@@ -1,0 +1,127 @@
+"""What a study has done, as plain dataclasses: a finished stage (Done), an arm's outcome (ArmRun), the data
+side before any arm (Prepared), and everything the report shows (StudyRecord).
+
+run.py makes them, stages.py makes Done, report.py and document.py read them; this module imports none of
+those, so the study's imports go one way: run → report → document → records.
+"""
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sslprobe.study import numbers
+from sslprobe.study.assignment import Guard, Splits
+from sslprobe.study.commands import compare_command, study_command
+from sslprobe.study.layout import Placed
+from sslprobe.study.plan import ArmStatus, StudyOptions
+from sslprobe.study.sources import Inputs
+from sslprobe.version import __version__
+
+
+@dataclass(frozen=True)
+class Done:
+    """A finished stage: its directory, key, the command it stands for, whether it was reused, what it recorded."""
+
+    dir: Path
+    key: str
+    command: str
+    reused: bool
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ArmRun:
+    """One arm's outcome: its status, and when it ran, its result (report.json) and its stages."""
+
+    status: ArmStatus
+    result: dict | None = None
+    stages: dict[str, Done] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The data side of a study, before any arm: images, split, guard and the folders made from them."""
+
+    inputs: Inputs
+    splits: Splits
+    guard: Guard
+    placed: list[Placed]
+    pool: list[tuple[str, Any]]
+    class_names: dict[str, str]  # class folder → class name
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """Everything the report shows, gathered once the arms have run."""
+
+    opts: StudyOptions
+    prepared: Prepared
+    runs: list[ArmRun]
+    rows: list[tuple[str, dict]]
+    pairs: list[dict]
+    verdict: str
+    seconds: float
+    device_type: str
+
+    @property
+    def skipped(self) -> list[dict[str, str]]:
+        """Unreadable images from hashing, extraction and pretraining, once each, by their own paths."""
+        where = {q.id: f"{q.entry.origin}:{q.entry.id}" for q in self.prepared.placed}
+        where.update({name: f"{e.origin}:{e.id}" for name, e in self.prepared.pool})
+        seen: dict[str, str] = {f"{s['origin']}:{s['path']}": s["reason"] for s in self.prepared.inputs.skipped}
+        for run in self.runs:
+            for stage in run.stages.values():
+                for s in stage.info.get("skipped") or []:
+                    seen.setdefault(where.get(s["path"], s["path"]), s["reason"])
+        return [{"path": p, "reason": why} for p, why in sorted(seen.items())]
+
+    def byol_names(self) -> list[str]:
+        return [r.status.arm.name for r in self.runs if r.result is not None and r.status.arm.byol_init]
+
+    def budget_sentences(self) -> list[str]:
+        """Paired label-budget differences between each BYOL arm and every other arm."""
+        results = dict(self.rows)
+        out = []
+        for a in self.byol_names():
+            for b, rb in self.rows:
+                if b == a or (b in self.byol_names() and self.byol_names().index(b) < self.byol_names().index(a)):
+                    continue
+                for budget in numbers.budgets(self.rows):
+                    d = numbers.budget_difference(results[a], rb, budget)
+                    if d is not None and budget.value != 1:
+                        out.append(numbers.difference_sentence(a, b, d))
+        return out
+
+    def command(self) -> str:
+        return self.opts.config.command or study_command(self.opts)
+
+    def stage_commands(self) -> list[str]:
+        cmds: list[str] = []
+        for run in self.runs:
+            for stage in run.stages.values():
+                if stage.command and stage.command not in cmds:
+                    cmds.append(stage.command)
+        sets = [(name, self.opts.out / "arms" / name / "features") for name, _ in self.rows]
+        cmds.append(compare_command(sets, out=self.opts.out / "compare", protocol=self.opts.protocol()))
+        return cmds
+
+    def versions(self) -> dict[str, str]:
+        import numpy
+        import rich
+        import timm
+        import torch
+
+        v = {"sslprobe": __version__, "python": platform.python_version(), "torch": torch.__version__,
+             "timm": timm.__version__, "numpy": numpy.__version__, "rich": getattr(rich, "__version__", "?")}
+        try:
+            import matplotlib
+
+            v["matplotlib"] = matplotlib.__version__
+        except ImportError:
+            v["matplotlib"] = "not installed (no figures)"
+        v["machine"] = f"{platform.platform()}, {platform.machine()}"
+        if self.device_type == "cuda":
+            v["gpu"] = torch.cuda.get_device_name(0)
+        return v
