@@ -49,7 +49,6 @@ if TYPE_CHECKING:
 
 FEATURES = "features.safetensors"
 MANIFEST = "manifest.json"
-CALIBRATION_IMAGES = 64
 
 
 @dataclass(frozen=True)
@@ -256,21 +255,20 @@ def _identify(net: torch.nn.Module, spec: BackboneSpec, images: ImageSet, tf: Ui
 
 
 def _calibration_batch(images: ImageSet, tf: Uint8Transform, *, seed: int) -> torch.Tensor:
-    """uint8 (B, 3, H, W) of up to 64 readable images, picked by a seeded hash of their ids."""
+    """uint8 (B, C, H, W) of the seed's calibration images (``fairinit.calibration_batch``), unreadable ones skipped."""
+    from sslprobe.fairinit import calibration_batch
     from sslprobe.images.decode import BadImageError
 
-    order = sorted(range(len(images)), key=lambda i: hashlib.sha256(f"{seed}:{images.ids[i]}".encode()).digest())
-    picked = []
-    for i in order:
-        try:
-            picked.append(tf(images.read(i)))
-        except BadImageError:
-            continue
-        if len(picked) == CALIBRATION_IMAGES:
-            break
-    if len(picked) < 2:
-        raise SSLProbeError("--weights random-rescaled needs at least 2 readable images to calibrate on")
-    return torch.stack(picked)
+    def read(positions: list[int]) -> list[torch.Tensor | None]:
+        out: list[torch.Tensor | None] = []
+        for i in positions:
+            try:
+                out.append(tf(images.read(i)))
+            except BadImageError:
+                out.append(None)
+        return out
+
+    return calibration_batch(images.ids, read, seed=seed)
 
 
 def _open_cache(feat: Featurizer, *, pool: str, dtype: str, dev: torch.device, cache_dir: str | os.PathLike | None,
