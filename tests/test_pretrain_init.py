@@ -207,10 +207,10 @@ def test_given_values_always_win():
 
 
 def test_run_config_fits_the_schedule_length_and_records_the_start():
-    from sslprobe.backbone import Start
     from sslprobe.distributed import Dist
     from sslprobe.pretraining.augment import byol_views
     from sslprobe.pretraining.trainstep import run_config
+    from sslprobe.starts import Start
 
     _, spec = create_backbone("test_resnet", weights="random", image_size=16)
     kw = {"data": "d", "spec": spec, "batch": 64, "steps_per_epoch": 10, "device": torch.device("cpu"),

@@ -10,16 +10,18 @@ head is the model's own timm classifier (``reset_classifier``), so the state dic
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from sslprobe.backbone import BackboneSpec, create_backbone, random_backbone
+from sslprobe.backbone import BackboneSpec
 from sslprobe.errors import SSLProbeError
 from sslprobe.finetuning.data import ImageRows
 from sslprobe.finetuning.views import normalize
+from sslprobe.starts import open_start, parse_start
+
+STARTS = ("random", "random-rescaled", "pretrained")  # the starts ``--weights`` names here; else a weights file
 
 HEAD_STD = 0.01  # the new head's weights ~ N(0, 0.01²), bias 0 (MoCo v3 / MAE's linear-head init)
 
@@ -36,24 +38,20 @@ class Backbone:
 
 def load_backbone(weights: str, *, model: str | None, image_size: int | None, small_stem: bool | None, seed: int,
                   allow_pickle: bool) -> Backbone:
-    """The backbone of ``weights``: random, random-rescaled (rescaled later, :func:`rescale`), pretrained or a file."""
-    if weights == "random":
-        net, spec = create_backbone(model, weights="random", init="train", image_size=image_size,
-                                    small_stem=small_stem, seed=seed)
-        return Backbone(net, spec, False, {"weights": "random", "seed": seed, "init": "timm default (training init)"})
-    if weights == "random-rescaled":
-        if model is None:
-            raise SSLProbeError("--weights random-rescaled needs --model NAME (a timm model, e.g. resnet18)")
-        net, spec, note = random_backbone(model, image_size=image_size, small_stem=small_stem, seed=seed)
-        return Backbone(net, spec, False, {"weights": "random-rescaled", "seed": seed, "init": note})
-    net, spec = create_backbone(model, weights=weights, image_size=image_size, small_stem=small_stem, seed=seed,
-                                allow_pickle=allow_pickle)
-    if weights == "pretrained":
-        tag = (getattr(net, "pretrained_cfg", None) or {}).get("tag")
-        return Backbone(net, spec, True, {"weights": "pretrained", "pretrained_tag": tag})
-    from sslprobe.fileio import file_sha256
-
-    return Backbone(net, spec, True, {"weights": "file", "path": str(weights), "sha256": file_sha256(Path(weights))})
+    """The backbone of ``weights`` (``starts.parse_start``): random (timm's training init), random-rescaled (the
+    fair init, rescaled later, :func:`rescale`), pretrained or a file; and the report's entry on its weights."""
+    opened = open_start(parse_start(weights, names=STARTS), model=model, image_size=image_size,
+                        small_stem=small_stem, seed=seed, random_init="train", allow_pickle=allow_pickle)
+    start = opened.start
+    if start.init == "random":
+        info: dict[str, Any] = {"weights": "random", "seed": seed, "init": "timm default (training init)"}
+    elif start.init == "random-rescaled":
+        info = {"weights": "random-rescaled", "seed": seed, "init": opened.note}
+    elif start.init == "pretrained":
+        info = {"weights": "pretrained", "pretrained_tag": opened.hub_tag}
+    else:
+        info = {"weights": "file", "path": str(weights), "sha256": start.sha256}
+    return Backbone(opened.net, opened.spec, start.trained, info)
 
 
 def rescale(backbone: Backbone, rows: ImageRows, *, seed: int) -> None:

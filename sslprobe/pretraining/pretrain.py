@@ -24,7 +24,7 @@ import torch
 
 from sslprobe import checkpoint as ckpts
 from sslprobe import distributed as ddp
-from sslprobe.backbone import BackboneSpec, has_batchnorm, save_backbone, start_backbone
+from sslprobe.backbone import BackboneSpec, has_batchnorm, save_backbone
 from sslprobe.errors import SSLProbeError
 from sslprobe.fileio import write_json
 from sslprobe.images.folders import ImageSet, open_images, skipped_report
@@ -35,7 +35,7 @@ from sslprobe.pretraining.batches import BatchSource, check_grey, store_side
 from sslprobe.pretraining.byol import tau_at
 from sslprobe.pretraining.checkpointer import Checkpointer, restore, resume_point
 from sslprobe.pretraining.monitor import KnnEval, LossMeter, MetricsLog, RunLog, knn_due, loss_curve
-from sslprobe.pretraining.trainstep import PretrainConfig, StepFeed, TrainStep, build_byol, run_config
+from sslprobe.pretraining.trainstep import PretrainConfig, StepFeed, TrainStep, build_byol, open_init, run_config
 from sslprobe.runtime import StopSignals, default_workers, pick_device
 
 
@@ -113,9 +113,8 @@ def pretrain(data: str | os.PathLike, *, out: str | os.PathLike, model: str | No
     dist, dev = ddp.setup(pick_device(device))
     try:
         # timm's training init (zero-initialised residual branches, not extract's fair one), hub weights or a file
-        net, spec, start = start_backbone(model or (PRETRAIN.model if init in ("random", "pretrained") else None),
-                                          init=init, image_size=image_size, small_stem=small_stem, seed=seed,
-                                          in_chans=1 if grayscale else 3)
+        net, spec, start = open_init(init, model=model, image_size=image_size, small_stem=small_stem, seed=seed,
+                                     in_chans=1 if grayscale else 3)
         views = _views(spec.image_size, blur=blur, augment=augment)
         nw = default_workers() if workers is None else workers
         source = _source(images, spec, grayscale=grayscale, init=init, batch=batch_size, device=dev, seed=seed,
