@@ -4,9 +4,9 @@ local files; small-input stems; saving.
 A backbone here is a timm model created with ``num_classes=0`` so its output is the pooled
 pre-logits feature vector (B, D). Files written by sslprobe are safetensors with metadata that
 says how to rebuild the model (name, stem change, preprocessing), so ``extract --weights FILE``
-needs no ``--model``. :func:`start_backbone` is where a training run starts (``Start``: random, hub
-weights or a file by its sha256); hub weights come from the local cache first and fail at once,
-in one line, when neither the cache nor the hub has them.
+needs no ``--model``. Which of these a command's ``--weights``/``--init`` names, and what pins it
+down, is ``sslprobe.starts`` (built on :func:`create_backbone`); hub weights come from the local
+cache first and fail at once, in one line, when neither the cache nor the hub has them.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import math
 import os
 import socket
 import warnings
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -320,46 +321,6 @@ def _pretrained(model: str, *, image_size: int | None, flag: str, in_chans: int 
     return net
 
 
-@dataclass(frozen=True)
-class Start:
-    """Where a training run's backbone starts (config.json, the resume check and the exported metadata record it).
-
-    ``init``: ``random`` (timm's training init), ``pretrained`` (timm's hub weights, named in
-    ``weights``) or ``file`` (``weights`` is its absolute path, ``sha256`` its content).
-    """
-
-    init: str = "random"
-    weights: str | None = None
-    sha256: str | None = None
-
-    @property
-    def trained(self) -> bool:
-        return self.init != "random"
-
-
-def start_backbone(model: str | None, *, init: str = "random", image_size: int | None = None,
-                   small_stem: bool | None = None, seed: int = 0,
-                   in_chans: int = 3) -> tuple[nn.Module, BackboneSpec, Start]:
-    """The backbone a training run starts from: ``init`` is ``random``, ``pretrained`` or a weights file.
-
-    A file is a timm state dict in safetensors (``model`` says which) or an sslprobe
-    ``backbone.safetensors`` (it names its own model). Trained weights keep their stem
-    (docs/pretrain.md, "Initialisation and stem"); random ones are timm's training init. ``in_chans=1``:
-    a grey backbone (an sslprobe file carries its own).
-    """
-    if init == "random":
-        net, spec = create_backbone(model, weights="random", init="train", image_size=image_size,
-                                    small_stem=small_stem, seed=seed, flag="--init", in_chans=in_chans)
-        return net, spec, Start()
-    net, spec = create_backbone(model, weights=init, image_size=image_size, small_stem=small_stem, flag="--init",
-                                in_chans=in_chans)
-    if init == "pretrained":
-        return net, spec, Start("pretrained", weights=hub_weights(spec.model))
-    from sslprobe.fileio import file_sha256
-
-    return net, spec, Start("file", weights=str(Path(init).resolve()), sha256=file_sha256(init))
-
-
 def stem_for_weights(*, requested: bool | None, trained: bool | None, source: str, kernel: str = "") -> bool:
     """The stem for trained weights: the one they were trained with (``trained``; None: the file cannot tell).
 
@@ -463,8 +424,10 @@ def read_weights(path: Path, *, allow_pickle: bool = False) -> tuple[dict[str, t
                             "export weights with safetensors") from e
 
 
-def save_backbone(net: nn.Module, spec: BackboneSpec, path: str | os.PathLike, *, start: Start | None = None) -> None:
-    """Write the backbone's state dict with its spec as metadata, atomically; ``start``: where training began."""
+def save_backbone(net: nn.Module, spec: BackboneSpec, path: str | os.PathLike, *,
+                  start: Mapping[str, Any] | None = None) -> None:
+    """Write the backbone's state dict with its spec as metadata, atomically; ``start``: where training began
+    (a ``starts.Start`` as a dict: this module sits below ``starts``)."""
     from safetensors.torch import save_file
 
     from sslprobe.fileio import atomic_path
@@ -472,7 +435,7 @@ def save_backbone(net: nn.Module, spec: BackboneSpec, path: str | os.PathLike, *
     state = {k: v.detach().to("cpu").contiguous() for k, v in net.state_dict().items()}
     meta = spec.to_metadata()
     if start is not None:
-        meta["init"] = json.dumps(asdict(start))
+        meta["init"] = json.dumps(dict(start))
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=meta)
 

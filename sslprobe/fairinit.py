@@ -1,5 +1,5 @@
 """Random inits for frozen random-feature baselines: the ordinary one (no residual branch starts at
-zero) and the data-dependent rescaling of ``random-rescaled``.
+zero) and the data-dependent rescaling of ``random-rescaled`` with the one pick of its calibration images.
 
 timm initialises residual networks for training: the last norm γ of each residual block at zero
 (``zero_init_last``, Goyal et al. 2017: ResNet, RegNet, ByobNet/ByoaNet, CspNet, TResNet, RepViT …),
@@ -11,12 +11,17 @@ layer scales to 1, an all-zero conv/linear weight to its module's default init.
 """
 from __future__ import annotations
 
+import hashlib
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from sslprobe.errors import SSLProbeError
+
+CALIBRATION_IMAGES = 64  # the sample ``random-rescaled`` calibrates on (extract and fine-tune alike)
 POLICY = "fair-v1"  # part of the cache fingerprint of random weights: bump when the repair changes
 TINY = 1e-3  # below this a γ / gain / layer scale only exists to silence its branch
 _LAYER_SCALE = re.compile(r"gamma\w*|ls\d*|layer_scale\w*")
@@ -134,3 +139,27 @@ def rescale_init_(net: nn.Module, x: torch.Tensor, *, eps: float = 1e-6) -> int:
         for h in handles:
             h.remove()
     return len(done)
+
+
+def calibration_order(ids: Sequence[str], *, seed: int) -> list[int]:
+    """Positions of ``ids`` in the order of sha256("seed:id"): the seeded, name-keyed order the pick walks."""
+    return sorted(range(len(ids)), key=lambda i: hashlib.sha256(f"{seed}:{ids[i]}".encode()).digest())
+
+
+def calibration_batch(ids: Sequence[str], read: Callable[[list[int]], list[torch.Tensor | None]], *, seed: int,
+                      n: int = CALIBRATION_IMAGES) -> torch.Tensor:
+    """The (B, C, H, W) batch ``random-rescaled`` calibrates on: the first ``n`` readable images in
+    :func:`calibration_order`, so every command that rescales a seed's network picks the same images.
+
+    ``read(positions)`` gives one tensor per position, None where the image is unreadable (it is
+    skipped and the next in order taken); it is asked only for as many as are still missing, so a
+    folder of readable images is read once, ``n`` at a time. Fewer than 2 readable images is an error.
+    """
+    order, picked, at = calibration_order(ids, seed=seed), [], 0
+    while len(picked) < n and at < len(order):
+        want = order[at:at + n - len(picked)]
+        at += len(want)
+        picked += [x for x in read(want) if x is not None]
+    if len(picked) < 2:
+        raise SSLProbeError("--weights random-rescaled needs at least 2 readable images to calibrate on")
+    return torch.stack(picked)

@@ -1,37 +1,11 @@
-"""Label-efficiency sampling and curves."""
+"""The probe's label-efficiency curve (the generic subsets and draws: test_labelcurves.py)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from sslprobe.errors import SSLProbeError
-from sslprobe.probing.holdout import stratified_sample
-from sslprobe.probing.labeleff import label_efficiency, parse_points
-
-
-def test_fraction_sample_is_stratified_and_seeded():
-    y = torch.tensor([0] * 100 + [1] * 40 + [2] * 3)
-    rows = stratified_sample(y, fraction=0.1, seed=0)
-    assert torch.bincount(y[rows], minlength=3).tolist() == [10, 4, 1]  # at least one per class
-    assert torch.equal(rows, stratified_sample(y, fraction=0.1, seed=0))
-    assert not torch.equal(rows, stratified_sample(y, fraction=0.1, seed=1))
-    assert torch.equal(stratified_sample(y, fraction=1.0, seed=3), torch.arange(len(y)))
-
-
-def test_shots_sample_caps_at_class_size():
-    y = torch.tensor([0] * 10 + [1] * 2 + [2] * 7)
-    rows = stratified_sample(y, shots=5, seed=0)
-    assert torch.bincount(y[rows], minlength=3).tolist() == [5, 2, 5]
-    assert rows.unique().numel() == rows.numel()
-    with pytest.raises(ValueError):
-        stratified_sample(y, seed=0)
-
-
-def test_parse_points_validates():
-    assert parse_points([1.0, 0.1], [5, 1]) == [("fraction", 0.1), ("fraction", 1.0), ("shots", 1), ("shots", 5)]
-    for bad in ({"fractions": [0]}, {"fractions": [1.5]}, {"shots": [0]}, {"shots": [2.5]}):
-        with pytest.raises(SSLProbeError):
-            parse_points(**bad)
+from sslprobe.probing.labeleff import label_efficiency
 
 
 def test_curve_mean_std_and_single_run_for_whole_split():

@@ -207,11 +207,11 @@ def test_given_values_always_win():
 
 
 def test_run_config_fits_the_schedule_length_and_records_the_start(tmp_path):
-    from sslprobe.backbone import Start
     from sslprobe.config.pretrain import PretrainConfig
     from sslprobe.distributed import Dist
     from sslprobe.pretraining.augment import byol_views
     from sslprobe.pretraining.trainstep import run_config
+    from sslprobe.starts import Start
 
     _, spec = create_backbone("test_resnet", weights="random", image_size=16)
     options = PretrainConfig(data=str(tmp_path), out=tmp_path, epochs=100, proj_hidden=32, proj_dim=16, seed=1)

@@ -145,11 +145,6 @@ class PretrainConfig(Config):
         if (self.eval_train is None) != (self.eval_test is None):
             raise SSLProbeError("online kNN evaluation needs both --eval-train and --eval-test")
 
-    @property
-    def model_name(self) -> str | None:
-        """The model to build: the option, else resnet18 — unless a weights file names its own."""
-        return self.model or (DEFAULT_MODEL if self.init in ("random", "pretrained") else None)
-
 
 @dataclass(frozen=True)
 class PreviewConfig(Config):

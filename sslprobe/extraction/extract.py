@@ -38,7 +38,7 @@ from sslprobe.errors import SSLProbeError
 from sslprobe.extraction.cached_pass import Embedder, Rows
 from sslprobe.extraction.embed import FeatureModel
 from sslprobe.extraction.shards import ShardWriter
-from sslprobe.fileio import atomic_path, file_sha256, write_json
+from sslprobe.fileio import atomic_path, write_json
 from sslprobe.images.decode import DECODE_POLICY
 from sslprobe.images.folders import ImageSet, open_images, skipped_report
 from sslprobe.images.transforms import Uint8Transform
@@ -48,11 +48,10 @@ from sslprobe.runtime.workers import default_workers
 from sslprobe.version import __version__
 
 if TYPE_CHECKING:
-    from sslprobe.backbone import BackboneSpec
+    from sslprobe.starts import Opened
 
 FEATURES = "features.safetensors"
 MANIFEST = "manifest.json"
-CALIBRATION_IMAGES = 64
 
 
 @dataclass(frozen=True)
@@ -165,23 +164,21 @@ def _build(images: ImageSet, *, model: str | None, weights: str, image_size: int
            layer: str | int, pool: str, seed: int, allow_pickle: bool, decode: str) -> Featurizer:
     """The feature model, its worker transform and everything the fingerprint needs."""
     from sslprobe.extraction.embed import fold_batchnorm_, resolve_layer
+    from sslprobe.starts import open_start, parse_start
 
-    if weights == "pixels":
+    start = parse_start(weights)
+    if start.init == "pixels":
         return _pixels(image_size=image_size, small_stem=small_stem, layer=layer, pool=pool)
-    from sslprobe.backbone import create_backbone, eval_transform, random_backbone
+    from sslprobe.backbone import eval_transform
 
-    init = ""
-    if weights in ("random", "random-rescaled"):
-        if model is None:
-            raise SSLProbeError(f"--weights {weights} needs --model NAME (a timm model, e.g. resnet18)")
-        net, spec, init = random_backbone(model, image_size=image_size, small_stem=small_stem, seed=seed)
-    else:
-        net, spec = create_backbone(model, weights=weights, image_size=image_size, small_stem=small_stem, seed=seed,
-                                    allow_pickle=allow_pickle)
+    # random: the architecture's ordinary ("fair") init, as frozen features need it
+    opened = open_start(start, model=model, image_size=image_size, small_stem=small_stem, seed=seed,
+                        random_init="fair", allow_pickle=allow_pickle)
+    net, spec = opened.net, opened.spec
     net.eval()
     tf = Uint8Transform.from_timm(eval_transform(spec), channels=spec.in_chans)  # 1: a grey backbone
     k = resolve_layer(net, layer)
-    kind, wid, info = _identify(net, spec, images, tf, weights=weights, seed=seed, init=init)
+    kind, wid, info = _identify(opened, images, tf, weights=weights, seed=seed)
     fold_batchnorm_(net)
     use_gpu = decode == "gpu"
     # in_chans is named only for grey backbones: the rows of every RGB one keep their cache fingerprint
@@ -206,53 +203,53 @@ def _pixels(*, image_size: int | None, small_stem: bool | None, layer: str | int
                       layer="pre-logits")
 
 
-def _identify(net: torch.nn.Module, spec: BackboneSpec, images: ImageSet, tf: Uint8Transform, *, weights: str,
-              seed: int, init: str) -> tuple[str, str, dict[str, Any]]:
+def _identify(opened: Opened, images: ImageSet, tf: Uint8Transform, *, weights: str,
+              seed: int) -> tuple[str, str, dict[str, Any]]:
     """Weights kind, the id that pins them down in the cache fingerprint, and their manifest entries.
 
-    ``random-rescaled`` rescales ``net`` here, on a seeded sample of ``images``.
+    ``random-rescaled`` rescales the network here, on the seed's calibration images of ``images``.
     """
     import timm
 
     from sslprobe.fairinit import POLICY, rescale_init_
 
+    net, spec, start = opened.net, opened.spec, opened.start
     info: dict[str, Any] = {"weights": weights}
-    if weights == "random":
+    if start.init == "random":
         # init= keeps rows of the zero-residual init of earlier versions (no init= then) out of this store
-        info.update(seed=seed, init=init)
+        info.update(seed=seed, init=opened.note)
         return "random", f"seed={seed};timm={timm.__version__};init={POLICY}", info
-    if weights == "random-rescaled":
+    if start.init == "random-rescaled":
         x = _calibration_batch(images, tf, seed=seed)
         rescale_init_(net, FeatureModel(net, mean=spec.mean, std=spec.std).normalize(x))
         sha = _state_sha256(net)
-        info.update(seed=seed, init=f"{init}; then rescaled (Krähenbühl et al. 2015)",
+        info.update(seed=seed, init=f"{opened.note}; then rescaled (Krähenbühl et al. 2015)",
                     calibration_images=int(x.shape[0]), weights_sha256=sha)
         return "random-rescaled", f"seed={seed};timm={timm.__version__};init={POLICY};sha256={sha}", info
-    if weights == "pretrained":
+    if start.init == "pretrained":
         cfg = getattr(net, "pretrained_cfg", {}) or {}
-        info["pretrained_tag"] = cfg.get("tag")
+        info["pretrained_tag"] = opened.hub_tag
         tag = json.dumps({k: cfg.get(k) for k in ("hf_hub_id", "tag", "url", "file")}, sort_keys=True)
         return "pretrained", tag, info
-    info["weights_sha256"] = file_sha256(weights)
-    return "file", info["weights_sha256"], info
+    info["weights_sha256"] = start.sha256
+    return "file", start.sha256, info
 
 
 def _calibration_batch(images: ImageSet, tf: Uint8Transform, *, seed: int) -> torch.Tensor:
-    """uint8 (B, 3, H, W) of up to 64 readable images, picked by a seeded hash of their ids."""
+    """uint8 (B, C, H, W) of the seed's calibration images (``fairinit.calibration_batch``), unreadable ones skipped."""
+    from sslprobe.fairinit import calibration_batch
     from sslprobe.images.decode import BadImageError
 
-    order = sorted(range(len(images)), key=lambda i: hashlib.sha256(f"{seed}:{images.ids[i]}".encode()).digest())
-    picked = []
-    for i in order:
-        try:
-            picked.append(tf(images.read(i)))
-        except BadImageError:
-            continue
-        if len(picked) == CALIBRATION_IMAGES:
-            break
-    if len(picked) < 2:
-        raise SSLProbeError("--weights random-rescaled needs at least 2 readable images to calibrate on")
-    return torch.stack(picked)
+    def read(positions: list[int]) -> list[torch.Tensor | None]:
+        out: list[torch.Tensor | None] = []
+        for i in positions:
+            try:
+                out.append(tf(images.read(i)))
+            except BadImageError:
+                out.append(None)
+        return out
+
+    return calibration_batch(images.ids, read, seed=seed)
 
 
 def _open_cache(feat: Featurizer, *, pool: str, dtype: str, dev: torch.device, cache_dir: str | os.PathLike | None,

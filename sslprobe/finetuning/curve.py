@@ -1,24 +1,24 @@
 """Label efficiency for fine-tuning: stratified subsets of the training labels, each selecting with its own labels.
 
-The subsets are the probe's (``probing.holdout.stratified_sample`` of the fit split, seed + 1000·draw),
-so a fine-tune curve and a probe curve of one folder train on the same images. Each subset holds
-out a stratified part of itself — the validation fraction, raised so that every class keeps one
+The subsets, draws and mean ± std are the probe's (``sslprobe.labelcurves``: ``stratified_sample`` of the
+fit split, seed + 1000·draw), so a fine-tune curve and a probe curve of one folder train on the same images.
+Each subset holds out a stratified part of itself — the validation fraction, raised so that every class keeps one
 image out when it has two — and chooses its epoch (and learning rate) there; the rest trains. The
 whole-split point is the main run, whose epoch the validation split chose, as the probe's is.
 Every draw is scored on test (else on validation, flagged).
 """
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from sslprobe.errors import SSLProbeError
 from sslprobe.finetuning.data import ImageRows
 from sslprobe.finetuning.loop import Trainer
 from sslprobe.finetuning.selection import Budget, Selected, select
-from sslprobe.probing.holdout import stratified_sample, stratified_split
+from sslprobe.labelcurves import Draw, LabelPlan, run_curve, stats
+from sslprobe.probing.holdout import stratified_split
 
 
 def subset_hold_out(labels: torch.Tensor, *, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,21 +47,14 @@ class Evaluation:
 
 
 @dataclass(frozen=True)
-class CurveSpec:
-    """The points, draws per point and their base seed, and what every draw shares with the main selection."""
+class CurveSpec(LabelPlan):
+    """The points, draws per point and their base seed (``labelcurves.LabelPlan``), and what every draw shares
+    with the main selection."""
 
-    points: list[tuple[str, float]]
-    seeds: int
-    seed: int
     lrs: tuple[float, ...]
     metric: str
     val_fraction: float
     budget: Budget
-
-
-def _stats(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
-            "runs": values}
 
 
 def _draw(trainer: Trainer, spec: CurveSpec, *, fit: torch.Tensor, rows: torch.Tensor, name: str,
@@ -75,30 +68,21 @@ def _draw(trainer: Trainer, spec: CurveSpec, *, fit: torch.Tensor, rows: torch.T
 
 def label_curve(trainer: Trainer, spec: CurveSpec, *, fit: torch.Tensor, main: Selected,
                 evaluation: Evaluation) -> dict | None:
-    """Step: every point's draws, mean ± std of their top-1 on the evaluation rows; None when the session stopped."""
-    labels = trainer.train.labels[fit]
-    points = []
-    for kind, value in spec.points:
-        runs: dict[str, list] = {"top1": [], "n": [], "lr": [], "epoch": [], "rule": []}
-        for s in range(spec.seeds):
-            rows = stratified_sample(labels, seed=spec.seed + 1000 * s, **{kind: value})
-            if labels[rows].unique().numel() < 2:
-                raise SSLProbeError(f"{kind} {value:g} leaves fewer than 2 classes; use a larger value")
-            whole = rows.numel() == labels.numel()  # every seed would draw the same rows: the main run's
-            label = f"{kind}{value:g}-draw{s}"
-            sel = main if whole else _draw(trainer, spec, fit=fit, rows=rows, name=label, seed=spec.seed + 1000 * s)
-            if sel.stopped:
-                return None
-            runs["top1"].append(evaluation.top1(trainer, sel.best.state))
-            runs["n"].append(int(rows.numel()))
-            runs["lr"].append(sel.best.plan.base_lr)
-            runs["epoch"].append(sel.best.best_epoch)
-            runs["rule"].append("validation split" if whole else sel.rule)
-            if whole:
-                break
-        points.append({"kind": kind, "value": value, "n_train": runs["n"][0], "seeds": len(runs["n"]),
-                       "finetune": _stats(runs["top1"]), "lr": runs["lr"], "epoch": runs["epoch"],
-                       "rule": sorted(set(runs["rule"]))})
+    """Step: every point's draws (``labelcurves.run_curve``), mean ± std of their top-1 on the evaluation rows;
+    None when the session stopped."""
+    def fit_and_score(d: Draw) -> dict[str, Any] | None:
+        # a whole-split draw is the main run's (every seed would draw the same rows)
+        sel = main if d.whole else _draw(trainer, spec, fit=fit, rows=d.rows, name=d.name, seed=d.seed)
+        if sel.stopped:
+            return None
+        return {"top1": evaluation.top1(trainer, sel.best.state), "lr": sel.best.plan.base_lr,
+                "epoch": sel.best.best_epoch, "rule": "validation split" if d.whole else sel.rule}
+
+    curve = run_curve(spec, labels=trainer.train.labels[fit], fit_and_score=fit_and_score)
+    if curve is None:
+        return None
+    points = [p.row(finetune=stats(p.column("top1")), lr=p.column("lr"), epoch=p.column("epoch"),
+                    rule=sorted(set(p.column("rule")))) for p in curve]
     return {"scored_on": evaluation.name, "points": points,
             "selection": "each subset by its own stratified hold-out (the validation fraction, at least one image "
                          "of a class with two), epoch and learning rate; 1 label in a class: the last epoch"}

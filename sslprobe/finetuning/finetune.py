@@ -34,7 +34,7 @@ from sslprobe.finetuning.recipe import Recipe, resolve_recipe
 from sslprobe.finetuning.report import write_finetune_reports
 from sslprobe.finetuning.selection import Budget, Selected, select
 from sslprobe.images.folders import ImageSet
-from sslprobe.probing.labeleff import parse_points
+from sslprobe.labelcurves import parse_points
 from sslprobe.probing.metrics import Selection, resolve_select, scored
 from sslprobe.runtime.device import pick_device
 from sslprobe.runtime.progress import progress_bar

@@ -9,20 +9,20 @@ head is the model's own timm classifier (``reset_classifier``), so the state dic
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from sslprobe.backbone import BackboneSpec, create_backbone, random_backbone
+from sslprobe.backbone import BackboneSpec
 from sslprobe.errors import SSLProbeError
 from sslprobe.finetuning.data import ImageRows
 from sslprobe.finetuning.views import normalize
+from sslprobe.starts import open_start, parse_start
 
-CALIBRATION_IMAGES = 64  # extract's random-rescaled calibration sample
+STARTS = ("random", "random-rescaled", "pretrained")  # the starts ``--weights`` names here; else a weights file
+
 HEAD_STD = 0.01  # the new head's weights ~ N(0, 0.01²), bias 0 (MoCo v3 / MAE's linear-head init)
 
 
@@ -38,44 +38,40 @@ class Backbone:
 
 def load_backbone(weights: str, *, model: str | None, image_size: int | None, small_stem: bool | None, seed: int,
                   allow_pickle: bool) -> Backbone:
-    """The backbone of ``weights``: random, random-rescaled (rescaled later, :func:`rescale`), pretrained or a file."""
-    if weights == "random":
-        net, spec = create_backbone(model, weights="random", init="train", image_size=image_size,
-                                    small_stem=small_stem, seed=seed)
-        return Backbone(net, spec, False, {"weights": "random", "seed": seed, "init": "timm default (training init)"})
-    if weights == "random-rescaled":
-        if model is None:
-            raise SSLProbeError("--weights random-rescaled needs --model NAME (a timm model, e.g. resnet18)")
-        net, spec, note = random_backbone(model, image_size=image_size, small_stem=small_stem, seed=seed)
-        return Backbone(net, spec, False, {"weights": "random-rescaled", "seed": seed, "init": note})
-    net, spec = create_backbone(model, weights=weights, image_size=image_size, small_stem=small_stem, seed=seed,
-                                allow_pickle=allow_pickle)
-    if weights == "pretrained":
-        tag = (getattr(net, "pretrained_cfg", None) or {}).get("tag")
-        return Backbone(net, spec, True, {"weights": "pretrained", "pretrained_tag": tag})
-    from sslprobe.fileio import file_sha256
-
-    return Backbone(net, spec, True, {"weights": "file", "path": str(weights), "sha256": file_sha256(Path(weights))})
-
-
-def calibration_positions(rows: ImageRows, *, seed: int) -> torch.Tensor:
-    """Positions of the first 64 readable rows in the order of sha256("seed:name") (extract's calibration pick)."""
-    ids = rows.images.ids
-    order = sorted(range(len(rows)), key=lambda p: hashlib.sha256(f"{seed}:{ids[int(rows.idx[p])]}".encode()).digest())
-    return torch.tensor(order[:CALIBRATION_IMAGES], dtype=torch.long)
+    """The backbone of ``weights`` (``starts.parse_start``): random (timm's training init), random-rescaled (the
+    fair init, rescaled later, :func:`rescale`), pretrained or a file; and the report's entry on its weights."""
+    opened = open_start(parse_start(weights, names=STARTS), model=model, image_size=image_size,
+                        small_stem=small_stem, seed=seed, random_init="train", allow_pickle=allow_pickle)
+    start = opened.start
+    if start.init == "random":
+        info: dict[str, Any] = {"weights": "random", "seed": seed, "init": "timm default (training init)"}
+    elif start.init == "random-rescaled":
+        info = {"weights": "random-rescaled", "seed": seed, "init": opened.note}
+    elif start.init == "pretrained":
+        info = {"weights": "pretrained", "pretrained_tag": opened.hub_tag}
+    else:
+        info = {"weights": "file", "path": str(weights), "sha256": start.sha256}
+    return Backbone(opened.net, opened.spec, start.trained, info)
 
 
 def rescale(backbone: Backbone, rows: ImageRows, *, seed: int) -> None:
-    """``random-rescaled``: data-dependent init (Krähenbühl et al. 2015) on extract's calibration images."""
-    from sslprobe.fairinit import rescale_init_
+    """``random-rescaled``: data-dependent init (Krähenbühl et al. 2015) on extract's calibration images.
 
-    pos = calibration_positions(rows, seed=seed)
-    if pos.numel() < 2:
-        raise SSLProbeError("--weights random-rescaled needs at least 2 readable images to calibrate on")
-    x = torch.cat([x.cpu() for x, _ in rows.eval_batches(pos, batch=len(pos), device=torch.device("cpu"))])
+    The pick is ``fairinit.calibration_batch`` over the decoded rows (their unreadable images were
+    skipped when they were decoded), keyed by the rows' image names as extract keys its files.
+    """
+    from sslprobe.fairinit import calibration_batch, rescale_init_
+
+    ids = [rows.images.ids[i] for i in rows.idx.tolist()]
+
+    def read(positions: list[int]) -> list[torch.Tensor | None]:
+        pos = torch.tensor(positions, dtype=torch.long)
+        return [x for b, _ in rows.eval_batches(pos, batch=len(pos), device=torch.device("cpu")) for x in b.cpu()]
+
+    x = calibration_batch(ids, read, seed=seed)
     rescale_init_(backbone.net, normalize(x, mean=backbone.spec.mean, std=backbone.spec.std))
     backbone.info.update(init=f"{backbone.info['init']}; then rescaled (Krähenbühl et al. 2015)",
-                         calibration_images=int(pos.numel()))
+                         calibration_images=int(x.shape[0]))
 
 
 def with_head(net: nn.Module, num_classes: int, *, seed: int) -> nn.Module:
@@ -93,5 +89,4 @@ def with_head(net: nn.Module, num_classes: int, *, seed: int) -> nn.Module:
     return net
 
 
-__all__ = ["CALIBRATION_IMAGES", "HEAD_STD", "Backbone", "calibration_positions", "load_backbone", "rescale",
-           "with_head"]
+__all__ = ["HEAD_STD", "Backbone", "load_backbone", "rescale", "with_head"]

@@ -24,7 +24,7 @@ import torch
 
 import sslprobe.checkpoint as ckpts
 import sslprobe.distributed as ddp
-from sslprobe.backbone import BackboneSpec, has_batchnorm, save_backbone, start_backbone
+from sslprobe.backbone import BackboneSpec, has_batchnorm, save_backbone
 from sslprobe.config.pretrain import PretrainConfig
 from sslprobe.errors import SSLProbeError
 from sslprobe.fileio import write_json
@@ -35,7 +35,7 @@ from sslprobe.pretraining.batches import BatchSource, check_grey, store_side
 from sslprobe.pretraining.byol import tau_at
 from sslprobe.pretraining.checkpointer import Checkpointer, restore, resume_point
 from sslprobe.pretraining.monitor import KnnEval, LossMeter, MetricsLog, RunLog, knn_due, loss_curve
-from sslprobe.pretraining.trainstep import RunSpec, StepFeed, TrainStep, build_byol, run_config
+from sslprobe.pretraining.trainstep import RunSpec, StepFeed, TrainStep, build_byol, open_init, run_config
 from sslprobe.runtime.device import pick_device
 from sslprobe.runtime.signals import StopSignals
 from sslprobe.runtime.workers import default_workers
@@ -86,8 +86,8 @@ def pretrain(config: PretrainConfig | str | os.PathLike, /, *, show_progress: bo
     dist, dev = ddp.setup(pick_device(c.device))
     try:
         # timm's training init (zero-initialised residual branches, not extract's fair one), hub weights or a file
-        net, spec, start = start_backbone(c.model_name, init=c.init, image_size=c.image_size,
-                                          small_stem=c.small_stem, seed=c.seed, in_chans=1 if c.grayscale else 3)
+        net, spec, start = open_init(c.init, model=c.model, image_size=c.image_size, small_stem=c.small_stem,
+                                     seed=c.seed, in_chans=1 if c.grayscale else 3)
         views = byol_views(spec.image_size, c.augment)
         nw = default_workers() if c.workers is None else c.workers
         source = _source(images, spec, grayscale=c.grayscale, init=c.init, batch=c.batch_size, device=dev,
@@ -198,7 +198,8 @@ class _Session:
             if self.log is not None:
                 self.log.close()
         if self.dist.main:
-            save_backbone(self.byol.backbone, self.spec, self.out / "backbone.safetensors", start=self.cfg.start)
+            save_backbone(self.byol.backbone, self.spec, self.out / "backbone.safetensors",
+                          start=asdict(self.cfg.start))
         summary = self._summary(status)
         if self.dist.main:
             write_json(self.out / "summary.json", summary)

@@ -13,13 +13,16 @@ from dataclasses import dataclass, field
 import torch
 
 import sslprobe.distributed as ddp
-from sslprobe.backbone import BackboneSpec, Start, start_backbone
+from sslprobe.backbone import BackboneSpec
 from sslprobe.config.pretrain import DEFAULT_MODEL, PretrainConfig
 from sslprobe.errors import SSLProbeError
 from sslprobe.pretraining.augment import ViewConfig, blur_note, byol_views, make_view
 from sslprobe.pretraining.batches import BatchSource
 from sslprobe.pretraining.byol import BYOL, LARS, lr_at, param_groups, tau_at
 from sslprobe.pretraining.recipe import PAPER, fit_defaults, pick_optimizer
+from sslprobe.starts import Start, open_start, parse_start
+
+STARTS = ("random", "pretrained")  # the starts ``--init`` names; any other value is a weights file (starts.py)
 
 
 @dataclass(frozen=True)
@@ -122,15 +125,25 @@ def make_optimizer(name: str, model: torch.nn.Module, *, lr: float, weight_decay
     raise SSLProbeError(f"unknown optimizer '{name}'; use auto, lars, sgd or adamw")
 
 
+def open_init(init: str, *, model: str | None, image_size: int | None, small_stem: bool | None, seed: int,
+              in_chans: int) -> tuple[torch.nn.Module, BackboneSpec, Start]:
+    """The backbone ``--init`` names (``starts``): timm's training init (zero-initialised residual branches, not
+    extract's fair one), hub weights or a file; ``model`` defaults to ``resnet18`` where no file names one."""
+    opened = open_start(parse_start(init, names=STARTS), model=model or (DEFAULT_MODEL if init in STARTS else None),
+                        image_size=image_size, small_stem=small_stem, seed=seed, random_init="train",
+                        in_chans=in_chans, flag="--init")
+    return opened.net, opened.spec, opened.start
+
+
 def build_byol(cfg: RunSpec, *, device: torch.device,
                dist: ddp.Dist | None = None) -> tuple[torch.nn.Module, torch.optim.Optimizer, BackboneSpec]:
     """The seeded BYOL module on ``device`` (DDP-wrapped when ``dist.world > 1``), its optimiser, the backbone spec.
 
     Online and target backbone start alike from ``cfg.start``; the projector and predictor start fresh.
     """
-    init = cfg.start.weights if cfg.start.init == "file" else cfg.start.init
-    backbone, spec, _ = start_backbone(cfg.model, init=init or "random", image_size=cfg.image_size,
-                                       small_stem=cfg.small_stem, seed=cfg.seed, in_chans=cfg.in_chans)
+    opened = open_start(cfg.start, model=cfg.model, image_size=cfg.image_size, small_stem=cfg.small_stem,
+                        seed=cfg.seed, random_init="train", in_chans=cfg.in_chans, flag="--init")
+    backbone, spec = opened.net, opened.spec
     with torch.random.fork_rng(devices=[]):  # seed the heads' init without touching the caller's RNG
         torch.manual_seed(cfg.seed)
         net = BYOL(backbone, feature_dim=backbone.num_features, hidden=cfg.proj_hidden, out=cfg.proj_dim).to(device)

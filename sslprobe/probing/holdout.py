@@ -1,7 +1,7 @@
 """The rows one probe learns from: stratified draws and the fit / validation / test splits.
 
 Every draw (the validation hold-out, a label-efficiency subset, a cross-validation fold) is built
-from one seeded order of the rows grouped by class (``class_ranks``), so each is stratified and
+from one seeded order of the rows grouped by class (``labelcurves.class_ranks``), so each is stratified and
 reproducible from its seed alone. Class names are aligned across the sets once, here; the steps
 after this see labels in [0, K) and warnings collected on the way (docs/probe.md).
 """
@@ -13,20 +13,8 @@ from dataclasses import dataclass, field
 import torch
 
 from sslprobe.errors import SSLProbeError
+from sslprobe.labelcurves import class_ranks
 from sslprobe.probing.features import FeatureSet, align_labels
-
-
-def class_ranks(labels: torch.Tensor, *, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(order, rank, counts): row indices grouped by class in a seeded random order within each
-    class, each ordered row's position inside its class, and the class sizes (the stratified draws'
-    common core)."""
-    g = torch.Generator().manual_seed(seed)
-    labels = labels.cpu()
-    perm = torch.randperm(labels.numel(), generator=g)
-    order = perm[torch.sort(labels[perm], stable=True).indices]  # grouped by class, random within
-    counts = torch.bincount(labels)
-    start = torch.cumsum(counts, 0) - counts
-    return order, torch.arange(labels.numel()) - start[labels[order]], counts
 
 
 def stratified_split(labels: torch.Tensor, *, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,21 +24,6 @@ def stratified_split(labels: torch.Tensor, *, fraction: float, seed: int) -> tup
     n_out = torch.minimum(torch.floor(counts * fraction + 0.5).long(), (counts - 1).clamp_min(0))
     out = rank < n_out[sorted_labels]
     return order[~out].sort().values, order[out].sort().values
-
-
-def stratified_sample(labels: torch.Tensor, *, seed: int, fraction: float | None = None,
-                      shots: int | None = None) -> torch.Tensor:
-    """Sorted indices of round(fraction·n_c) (at least 1) or min(shots, n_c) rows of each class c."""
-    if (fraction is None) == (shots is None):
-        raise ValueError("give exactly one of fraction and shots")
-    labels = labels.cpu()
-    order, rank, counts = class_ranks(labels, seed=seed)
-    if fraction is not None:
-        take = torch.floor(counts * fraction + 0.5).long().clamp_min(1)
-    else:
-        take = torch.full_like(counts, int(shots))
-    take = torch.minimum(take, counts)
-    return order[rank < take[labels[order]]].sort().values
 
 
 def stratified_folds(labels: torch.Tensor, *, k: int, seed: int) -> list[torch.Tensor]:
@@ -152,4 +125,4 @@ def make_splits(sets: Mapping[str, FeatureSet | None], *, val_fraction: float, s
     return s
 
 
-__all__ = ["Splits", "class_ranks", "make_splits", "stratified_folds", "stratified_sample", "stratified_split"]
+__all__ = ["Splits", "make_splits", "stratified_folds", "stratified_split"]

@@ -1,6 +1,7 @@
 """Label efficiency: the probe trained on stratified subsets of the labels, several seeds each.
 
-Each point (a fraction of every class, or k shots per class) is drawn ``seeds`` times; the linear
+Each point (a fraction of every class, or k shots per class) is drawn ``seeds`` times
+(``sslprobe.labelcurves``: the subsets, the draws and the mean ± std are shared with fine-tuning); the linear
 probe chooses its C with the subset's own labels only (k-fold cross-validation inside the subset,
 ``subset_c``): a "1 % labels" point that chose C on the full validation split would be using
 25× the labels it claims. kNN uses the subset as its bank; both are scored on the same
@@ -11,16 +12,16 @@ only row indices change, so the whole curve costs about as much as one probe.
 from __future__ import annotations
 
 import functools
-import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from sslprobe.errors import SSLProbeError
 from sslprobe.knn import HEADLINE_K, knn_votes
+from sslprobe.labelcurves import Draw, LabelPlan, check_seeds, parse_points, run_curve, stats
 from sslprobe.probing.compute import Solver
-from sslprobe.probing.holdout import Splits, stratified_folds, stratified_sample
+from sslprobe.probing.holdout import Splits, stratified_folds
 from sslprobe.probing.search import FoldedPath, PathState, SearchSpec, run_search
 from sslprobe.probing.solver import Design, Standardizer, fit, model_columns
 from sslprobe.runtime.progress import progress_bar
@@ -37,70 +38,36 @@ CV_MAX_ITER = 100
 FEW_SHOT_C = 1.0  # scikit-learn's default C: used when a subset has a class with one label (no CV possible)
 
 
-def parse_points(fractions: Sequence[float] = (), shots: Sequence[int] = ()) -> list[tuple[str, float]]:
-    """Validated curve points [("fraction", f) …, ("shots", k) …], each kind ascending."""
-    for f in fractions:
-        if not 0 < f <= 1:
-            raise SSLProbeError(f"label fractions must lie in (0, 1], got {f:g} (e.g. --fractions 0.01,0.1,1)")
-    for s in shots:
-        if int(s) != s or s < 1:
-            raise SSLProbeError(f"shots must be positive integers, got {s} (e.g. --shots 1,5,10,25)")
-    return [("fraction", float(f)) for f in sorted(set(fractions))] + [("shots", int(s)) for s in sorted(set(shots))]
-
-
-def _stats(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
-            "runs": values}
-
-
 def label_efficiency(points: Sequence[tuple[str, float]], *, labels: torch.Tensor, seeds: int, seed: int,
-                     linear: Callable[[torch.Tensor], tuple[float, float]] | None,
+                     linear: Callable[[torch.Tensor], tuple[float, float, str]] | None,
                      knn: Callable[[torch.Tensor], float] | None,
                      progress: Callable[[], None] | None = None) -> list[dict]:
     """One row per point: subset sizes and mean ± std of linear and kNN top-1 over ``seeds`` draws.
 
     ``linear(rows) -> (top1, C, rule)`` and ``knn(rows) -> top1`` train on the fit-split ``rows`` and
-    score the evaluation rows; ``rule`` says how C was chosen. A draw that equals the whole split
-    (fraction 1, or shots ≥ every class size) is the same for every seed and runs once.
+    score the evaluation rows; ``rule`` says how C was chosen. The draws are ``labelcurves.run_curve``'s
+    (a whole-split draw runs once).
     """
-    if seeds < 1:
-        raise SSLProbeError(f"--seeds must be ≥ 1 (got {seeds})")
-    rows_out = []
-    for kind, value in points:
-        runs: dict[str, list] = {"linear": [], "C": [], "knn": [], "n": [], "rule": []}
-        for s in range(seeds):
-            rows = stratified_sample(labels, seed=seed + 1000 * s, **{kind: value})
-            if torch.unique(labels[rows]).numel() < 2:
-                raise SSLProbeError(f"{kind} {value:g} leaves fewer than 2 classes; use a larger value")
-            if linear is not None:
-                top1, c, rule = linear(rows)
-                runs["linear"].append(top1)
-                runs["C"].append(c)
-                runs["rule"].append(rule)
-            if knn is not None:
-                runs["knn"].append(knn(rows))
-            runs["n"].append(int(rows.numel()))
-            if progress:
-                progress()
-            if rows.numel() == labels.numel():  # every seed would draw the same rows
-                break
-        rows_out.append({
-            "kind": kind, "value": value, "n_train": runs["n"][0], "seeds": len(runs["n"]),
-            "linear": _stats(runs["linear"]) if runs["linear"] else None, "C": runs["C"],
-            "C_rule": sorted(set(runs["rule"])),
-            "knn": _stats(runs["knn"]) if runs["knn"] else None,
-        })
-    return rows_out
+    def fit_and_score(draw: Draw) -> dict[str, Any]:
+        got: dict[str, Any] = {}
+        if linear is not None:
+            got["linear"], got["C"], got["rule"] = linear(draw.rows)
+        if knn is not None:
+            got["knn"] = knn(draw.rows)
+        return got
+
+    curve = run_curve(LabelPlan(list(points), seeds, seed), labels=labels, fit_and_score=fit_and_score,
+                      progress=progress)
+    assert curve is not None  # fit_and_score never stops the curve
+    return [p.row(linear=stats(p.column("linear")) if linear is not None else None, C=p.column("C"),
+                  C_rule=sorted(set(p.column("rule"))), knn=stats(p.column("knn")) if knn is not None else None)
+            for p in curve]
 
 
 @dataclass(frozen=True)
-class CurvePlan:
-    """What the label curve draws: its points, the draws per point and their base seed, and the kNN
-    temperature (None: no kNN column)."""
+class CurvePlan(LabelPlan):
+    """What the probe's label curve draws (``labelcurves.LabelPlan``) and the kNN temperature (None: no kNN column)."""
 
-    points: list[tuple[str, float]]
-    seeds: int
-    seed: int
     knn_temperature: float | None
 
     @classmethod
@@ -110,14 +77,8 @@ class CurvePlan:
         points = parse_points(fractions, shots)
         if not points:
             return None
-        if seeds < 1:
-            raise SSLProbeError(f"--seeds must be ≥ 1 (got {seeds})")
+        check_seeds(seeds)
         return cls(points, seeds, seed, knn_temperature)
-
-    @property
-    def n_runs(self) -> int:
-        """Draws the curve makes (a whole-split fraction runs once): the progress bar's total."""
-        return sum(1 if kind == "fraction" and v == 1 else self.seeds for kind, v in self.points)
 
 
 def _fold_path(solver: Solver, Z: Design, y: torch.Tensor, held: torch.Tensor) -> PathState:
@@ -196,7 +157,7 @@ def label_curve(solver: Solver, splits: Splits, Zf: Design, Zv: Design, scaler: 
     Ze = Zv if splits.test is None else solver.design(splits.test[0], scaler)
     learners = CurveLearners(solver, splits, Zf, Ze, spec=spec, plan=plan, main=main)
     with progress_bar(show_progress) as bar:
-        task = bar.add_task("label efficiency", total=plan.n_runs)
+        task = bar.add_task("label efficiency", total=plan.n_draws)
         curve = label_efficiency(plan.points, labels=splits.yf, seeds=plan.seeds, seed=plan.seed,
                                  linear=learners.linear,
                                  knn=learners.knn if plan.knn_temperature is not None else None,
@@ -210,4 +171,4 @@ def label_curve(solver: Solver, splits: Splits, Zf: Design, Zv: Design, scaler: 
 
 
 __all__ = ["CV_FOLDS", "CV_MAX_ITER", "CV_RTOL", "CV_TOL", "FEW_SHOT_C", "CurveLearners", "CurvePlan", "label_curve",
-           "label_efficiency", "parse_points", "subset_c"]
+           "label_efficiency", "subset_c"]
