@@ -32,11 +32,11 @@ from sslprobe.options import PRETRAIN, check_pretrain
 from sslprobe.pretraining import budget as budgets
 from sslprobe.pretraining.augment import ViewConfig, byol_views
 from sslprobe.pretraining.batches import BatchSource, check_grey, store_side
-from sslprobe.pretraining.byol import tau_at
 from sslprobe.pretraining.checkpointer import Checkpointer, restore, resume_point
 from sslprobe.pretraining.monitor import KnnEval, LossMeter, MetricsLog, RunLog, knn_due, loss_curve
 from sslprobe.pretraining.trainstep import PretrainConfig, StepFeed, TrainStep, build_byol, run_config
 from sslprobe.runtime import StopSignals, default_workers, pick_device
+from sslprobe.schedules import cosine_to_one
 
 
 class PretrainInterrupted(KeyboardInterrupt):
@@ -285,7 +285,7 @@ class _Session:
             raise SSLProbeError(f"loss became {w.loss} at step {self.step}; stopped without saving. Lower --lr or use "
                                 "--optimizer sgd in a new run. " + self.ckpt.last_good())
         self.monitor.window(self.step, w, lr=self.opt.param_groups[0]["lr"],
-                            tau=tau_at(self.step - 1, self.cfg.total_steps, self.cfg.tau_base))
+                            tau=cosine_to_one(self.step - 1, self.cfg.total_steps, self.cfg.tau_base))
 
     def _decide(self, sig: StopSignals) -> str | None:
         """What every rank agrees on after a step: stop on a signal (saved), stop at --max-minutes, save when due."""
