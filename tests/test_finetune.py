@@ -19,13 +19,13 @@ from safetensors.torch import load_file, save_file
 
 from sslprobe.backbone import adapt_small_stem, create_backbone, save_backbone
 from sslprobe.errors import SSLProbeError
+from sslprobe.finetuning.augment import TrainViews
 from sslprobe.finetuning.budget import StepTiming
 from sslprobe.finetuning.data import decode_rows, hold_out, open_train
 from sslprobe.finetuning.export import load_finetuned, predict_images
 from sslprobe.finetuning.finetune import finetune
 from sslprobe.finetuning.loop import FinetuneInterrupted
 from sslprobe.finetuning.recipe import param_groups, resolve_recipe
-from sslprobe.finetuning.views import TrainViews
 from sslprobe.images.crops import crop_boxes
 from sslprobe.probing.features import load_features
 from sslprobe.probing.pairs import paired_tests

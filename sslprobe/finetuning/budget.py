@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from sslprobe.finetuning.augment import TrainViews
 from sslprobe.finetuning.loop import EVAL_BATCH, Trainer
 from sslprobe.finetuning.recipe import make_optimizer
-from sslprobe.finetuning.views import TrainViews
 
 
 @dataclass(frozen=True)

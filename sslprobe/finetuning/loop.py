@@ -32,9 +32,9 @@ from sslprobe import checkpoint as ckpts
 from sslprobe import distributed as ddp
 from sslprobe.errors import SSLProbeError
 from sslprobe.fileio import write_json
+from sslprobe.finetuning.augment import TrainViews, normalize
 from sslprobe.finetuning.data import ImageRows
 from sslprobe.finetuning.recipe import Recipe, make_optimizer, set_lr
-from sslprobe.finetuning.views import TrainViews, normalize
 from sslprobe.images.datasets import epoch_order
 from sslprobe.probing.search import selection_score
 from sslprobe.runtime import StopSignals

@@ -19,8 +19,8 @@ from torch import nn
 
 from sslprobe.backbone import BackboneSpec, create_backbone, random_backbone
 from sslprobe.errors import SSLProbeError
+from sslprobe.finetuning.augment import normalize
 from sslprobe.finetuning.data import ImageRows
-from sslprobe.finetuning.views import normalize
 
 CALIBRATION_IMAGES = 64  # extract's random-rescaled calibration sample
 HEAD_STD = 0.01  # the new head's weights ~ N(0, 0.01²), bias 0 (MoCo v3 / MAE's linear-head init)
