@@ -79,9 +79,9 @@ class ByolRecipe:
 
 
 @dataclass(frozen=True)
-class Budget:
+class ByolLength:
     """How long each BYOL arm trains: ``epochs``, or ``minutes`` of training fitted to the measured step
-    rate (budget.py), or a fixed number of ``steps`` (the demo's tuned run). Exactly one is set."""
+    rate (``sslprobe/timebudget.py``), or a fixed number of ``steps`` (the demo's tuned run). Exactly one is set."""
 
     epochs: int | None = None
     minutes: float | None = None
@@ -107,7 +107,7 @@ class StudyOptions:
     arms: tuple[Arm, ...] = ()
     model: str = STUDY.model
     image_size: int | None = None
-    budget: Budget = field(default_factory=lambda: Budget(epochs=PRETRAIN.epochs))
+    budget: ByolLength = field(default_factory=lambda: ByolLength(epochs=PRETRAIN.epochs))
     byol: ByolRecipe = field(default_factory=ByolRecipe)
     test_fraction: float = STUDY.test_fraction
     val_fraction: float = STUDY.val_fraction

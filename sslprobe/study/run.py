@@ -19,7 +19,7 @@ from sslprobe.errors import SSLProbeError
 from sslprobe.options import PRETRAIN, STUDY, check_pretrain, check_study
 from sslprobe.study import plan
 from sslprobe.study.layout import Layout, Placed, class_dirs, materialise, place_labelled, pool_names
-from sslprobe.study.plan import Arm, ArmStatus, Budget, ByolRecipe, StudyOptions
+from sslprobe.study.plan import Arm, ArmStatus, ByolLength, ByolRecipe, StudyOptions
 from sslprobe.study.progress import StudyProgress
 from sslprobe.study.resume import fingerprint
 from sslprobe.study.sources import HashCache, Inputs, hash_entries, open_sources
@@ -90,9 +90,9 @@ def study(data: str | os.PathLike, *, out: str | os.PathLike, labels: str | os.P
 
     dev = pick_device(device)
     names = tuple(arms) if arms else plan.default_arms(cuda=dev.type == "cuda")
-    budget = Budget(epochs=epochs, minutes=minutes, steps=steps)
+    budget = ByolLength(epochs=epochs, minutes=minutes, steps=steps)
     if epochs is None and minutes is None and steps is None:
-        budget = Budget(epochs=PRETRAIN.epochs)
+        budget = ByolLength(epochs=PRETRAIN.epochs)
     opts = StudyOptions(data=os.fspath(data), out=Path(out), labels=_str(labels), unlabeled=_str(unlabeled),
                         test=_str(test), arms=plan.parse_arms(names), model=model, image_size=image_size,
                         budget=budget, byol=recipe, test_fraction=test_fraction, val_fraction=val_fraction,

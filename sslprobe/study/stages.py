@@ -16,7 +16,6 @@ from typing import Any
 from sslprobe.errors import SSLProbeError
 from sslprobe.extraction.extract import extract
 from sslprobe.fileio import file_sha256
-from sslprobe.pretraining.budget import fitted_steps
 from sslprobe.pretraining.pretrain import pretrain
 from sslprobe.probing.probe import probe
 from sslprobe.study.commands import extract_command, flags, line, pretrain_command
@@ -25,6 +24,7 @@ from sslprobe.study.plan import Arm, StudyOptions
 from sslprobe.study.progress import StudyProgress
 from sslprobe.study.resume import Marker, fingerprint
 from sslprobe.study.slices import write_split_features
+from sslprobe.timebudget import fitted_steps
 
 PIXELS_MAX = 32  # raw pixels at 32 px (or a smaller --image-size): 3,072 numbers an image
 
