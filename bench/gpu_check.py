@@ -16,7 +16,7 @@ Every row prints its goal beside the measurement.
   byol_r50    BYOL ResNet-50 at 224 px from the JPEGs vs lightly's recipe (goal ≥ 1.8x), model-only ceiling
   byol_r18    BYOL ResNet-18, small stem, 32 px, Fashion-MNIST, ``--compile`` (goal ≥ 1.2x lightly)
   quality     Fashion-MNIST at lightly's 2-minute budget: ResNet-18 BYOL for the steps that fit 2 minutes
-              (sslprobe.pretraining.budget), then linear top-1 on the 10,000 test images (goal ≥ 90 %; lightly's
+              (sslprobe.timebudget), then linear top-1 on the 10,000 test images (goal ≥ 90 %; lightly's
               recipe: 87.3 % at that budget), beside the random-init and raw-pixel rows
 
 The throughput stages reuse bench/pretrain_throughput.py (its presets gpu-r50 and gpu-r18, its Bench);
@@ -872,7 +872,7 @@ QUALITY_ROWS = (
 def timing_run(out: Path, steps: int, *, data: Path, kw: dict[str, Any]) -> Path:
     """The study's timing run (sslprobe/study/stages.py): ``steps`` logged steps that measure the rate."""
     from sslprobe import pretrain
-    from sslprobe.pretraining.budget import MEASURE_LOG_EVERY
+    from sslprobe.timebudget import MEASURE_LOG_EVERY
 
     pretrain(data, out=out, max_steps=steps, log_every=MEASURE_LOG_EVERY, save_every="end", **kw)
     return out
@@ -880,7 +880,7 @@ def timing_run(out: Path, steps: int, *, data: Path, kw: dict[str, Any]) -> Path
 
 def quality_stage(ctx: Context) -> tuple[dict[str, Measured], dict[str, Any]]:
     from sslprobe import pretrain
-    from sslprobe.pretraining.budget import fitted_steps
+    from sslprobe.timebudget import fitted_steps
 
     q, (train, test) = ctx.sizes.quality, ctx.data.fmnist()
     work = ctx.work / "quality"

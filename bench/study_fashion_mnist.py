@@ -111,9 +111,9 @@ def train_lightly(data: Path, *, out: Path, p: dict, steps: int, seed: int, devi
     from torch.utils.data import DataLoader
     from torchvision.datasets import ImageFolder
 
-    from sslprobe.pretraining.byol import lr_at
     from sslprobe.pretraining.recipe import default_lr
     from sslprobe.pretraining.trainstep import make_optimizer
+    from sslprobe.schedules import warmup_cosine
 
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        "cpu" if device == "auto" else device)
@@ -146,7 +146,7 @@ def train_lightly(data: Path, *, out: Path, p: dict, steps: int, seed: int, devi
         for (x0, x1), _ in loader:
             if k == steps:
                 break
-            lr = lr_at(k, steps, peak=peak, warmup=warm)  # pretrain()'s schedule, every group alike
+            lr = warmup_cosine(k, steps, peak=peak, warmup=warm)  # pretrain()'s schedule, every group alike
             for g in opt.param_groups:
                 g["lr"] = lr
             m = cosine_schedule(k, steps, p["tau_base"], 1)
@@ -172,7 +172,7 @@ def train_lightly(data: Path, *, out: Path, p: dict, steps: int, seed: int, devi
                         "gradient), sslprobe's optimiser, lr and lr schedule",
             "loss": "loss_scale * 0.5 * (NCS(p0, z1) + NCS(p1, z0))",
             "loss_scale": LIGHTLY_LOSS_SCALE, "optimizer": opt_name, "base_lr": base, "peak_lr": peak,
-            "lr_schedule": "sslprobe.pretraining.byol.lr_at (linear warm-up, cosine to 0)", "warmup_steps": warm,
+            "lr_schedule": "sslprobe.schedules.warmup_cosine (linear warm-up, cosine to 0)", "warmup_steps": warm,
             "weight_decay": wd, "momentum": 0.9 if opt_name in ("sgd", "lars") else None,
             "tau": f"lightly cosine_schedule(step, {steps}, {p['tau_base']}, 1), EMA before each step",
             "batch": p["batch"], "steps": steps, "lightly": _lightly_version(), "train_s": round(secs, 1)}

@@ -8,7 +8,7 @@ for every seed and runs once. What a draw trains and how it is scored is the cal
 probe and kNN (``probing.labeleff``), or a fine-tune (``finetuning.curve``) pass their own
 fit-and-score function; :func:`run_curve` calls it once per draw and collects its results by point.
 :func:`class_ranks` (one seeded order of the rows grouped by class) is also the core of the probe's
-validation hold-out and cross-validation folds (``probing.splits``).
+validation hold-out and cross-validation folds (``probing.holdout``).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from sslprobe.images.crops import crop_boxes
+from sslprobe.images.crops import crop_boxes, resized_crop
 from sslprobe.pretraining.augment import (
     ViewConfig,
     blur_drawn,
@@ -12,7 +12,6 @@ from sslprobe.pretraining.augment import (
     grayscale,
     hsv_to_rgb,
     make_view,
-    resized_crop,
     rgb_to_hsv,
 )
 
@@ -192,7 +191,7 @@ def _make_view_all_images(x, cfg, *, size, mean, std, generator):
     g, n = generator, x.shape[0]
     x = x.float().div_(255)
     boxes = crop_boxes(n, scale=cfg.crop_scale, ratio=cfg.crop_ratio, generator=g, device="cpu")
-    x = resized_crop(x, boxes, _bernoulli(cfg.flip_p, n, g, "cpu"), size, cfg.interpolation)
+    x = resized_crop(x, boxes, _bernoulli(cfg.flip_p, n, g, "cpu"), size, cfg.interpolation).clamp_(0, 1)
     x = color_jitter(x, cfg, g)
     gray = _bernoulli(cfg.gray_p, n, g, "cpu").view(n, 1, 1, 1)
     x = torch.where(gray, grayscale(x).expand_as(x), x)

@@ -8,7 +8,8 @@ from torch import nn
 
 from sslprobe import checkpoint as ck
 from sslprobe.errors import SSLProbeError
-from sslprobe.pretraining.byol import LARS, param_groups
+from sslprobe.optim import LARS
+from sslprobe.pretraining.byol import param_groups
 
 
 @pytest.mark.parametrize("text, steps, minutes", [

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from sslprobe.images.crops import crop_boxes
-from sslprobe.pretraining.augment import ViewConfig, make_view, resized_crop
+from sslprobe.images.crops import crop_boxes, resized_crop
+from sslprobe.pretraining.augment import ViewConfig, make_view
 
 W, H = 448, 336  # the 4:3 photo of the issue
 N = 2000
@@ -152,3 +152,13 @@ def test_a_crop_larger_than_the_view_is_not_aliased():
                      solarize_p=0, interpolation="bilinear")
     v = make_view(board, cfg, size=32, mean=(0, 0, 0), std=(1, 1, 1), generator=torch.Generator().manual_seed(0))
     assert (v - 0.5).abs().max() < 0.05
+
+
+def test_the_shared_warp_keeps_normalised_values_and_supersamples_by_averaging():
+    """Fine-tuning warps normalised images (negative values pass through); pretraining supersamples and clamps."""
+    x = torch.randn(2, 3, 16, 16) * 3
+    box = torch.tensor([[1.0, 1.0, 0.5, 0.5]] * 2)
+    no = torch.zeros(2, dtype=torch.bool)
+    assert torch.allclose(resized_crop(x, box, no, 16), x, atol=1e-5)  # bilinear by default, not clamped
+    big = resized_crop(x, box, no, 16, "bilinear")
+    assert torch.allclose(resized_crop(x, box, no, 8, supersample=2), torch.nn.functional.avg_pool2d(big, 2))

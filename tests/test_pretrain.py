@@ -73,7 +73,7 @@ def test_bad_arguments(class_folder, tmp_path, bad, match):
 
 
 def test_nan_loss_stops_with_clear_message(class_folder, tmp_path, monkeypatch):
-    monkeypatch.setattr("sslprobe.pretraining.trainstep.lr_at", lambda *a, **k: float("nan"))
+    monkeypatch.setattr("sslprobe.pretraining.trainstep.warmup_cosine", lambda *a, **k: float("nan"))
     with pytest.raises(SSLProbeError, match="loss became nan at step 2; stopped without saving.*No checkpoint"):
         pretrain(class_folder, out=tmp_path / "x", **FAST)
     assert not (tmp_path / "x" / "backbone.safetensors").exists()
@@ -168,7 +168,7 @@ def test_interrupt_between_optimizer_and_ema_saves_nothing_new(class_folder, tmp
     import sslprobe.pretraining.pretrain as pm
     import sslprobe.pretraining.trainstep as ts
 
-    real, n = ts.tau_at, [0]
+    real, n = ts.cosine_to_one, [0]
 
     def fake(*a, **k):
         n[0] += 1
@@ -176,7 +176,7 @@ def test_interrupt_between_optimizer_and_ema_saves_nothing_new(class_folder, tmp
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(ts, "tau_at", fake)
+    monkeypatch.setattr(ts, "cosine_to_one", fake)
     with pytest.raises(pm.PretrainInterrupted, match="checkpoint at step 2"):
         pretrain(class_folder, out=tmp_path / "r", save_every="2", **{**FAST, "max_steps": 6})
     assert _interrupted_step(tmp_path / "r") == 2
@@ -185,8 +185,8 @@ def test_interrupt_between_optimizer_and_ema_saves_nothing_new(class_folder, tmp
 def test_nan_leaves_last_good_checkpoint(class_folder, tmp_path, monkeypatch):
     import sslprobe.pretraining.trainstep as ts
 
-    real = ts.lr_at
-    monkeypatch.setattr(ts, "lr_at", lambda step, *a, **k: float("nan") if step >= 2 else real(step, *a, **k))
+    real = ts.warmup_cosine
+    monkeypatch.setattr(ts, "warmup_cosine", lambda step, *a, **k: float("nan") if step >= 2 else real(step, *a, **k))
     with pytest.raises(SSLProbeError, match=r"loss became nan at step 4.*last good checkpoint \(step 2\) is intact"):
         pretrain(class_folder, out=tmp_path / "r", save_every="2", **{**FAST, "max_steps": 6})
     w = _weights(tmp_path / "r")

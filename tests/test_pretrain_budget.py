@@ -2,7 +2,7 @@
 import json
 import math
 
-from sslprobe.pretraining import budget as budgets
+from sslprobe import timebudget as budgets
 from sslprobe.pretraining import pretrain as pretrain_module
 from sslprobe.pretraining.pretrain import pretrain
 from tests.clirun import run
@@ -42,7 +42,7 @@ def test_minutes_fit_the_whole_schedule_and_a_rerun_keeps_the_fit(class_folder, 
 
 def test_cli_prints_the_fit_and_refuses_minutes_with_max_steps(class_folder, tmp_path, monkeypatch, capsys):
     (tmp_path / "run" / "budget").mkdir(parents=True)
-    budgets.save_fit(tmp_path / "run" / "budget", budgets.FittedBudget(0.5, 3, 2.0, 1.0, budgets.MEASURE_STEPS))
+    budgets.save_fit(tmp_path / "run" / "budget", budgets.FittedSteps(0.5, 3, 2.0, 1.0, budgets.MEASURE_STEPS))
     monkeypatch.setattr(pretrain_module, "_timing_run", _no_timing_run)
     code, _, err = run(monkeypatch, capsys, "pretrain", class_folder, "--out", tmp_path / "run", "--minutes", "0.5",
                        "--model", "test_resnet", "--image-size", "16", "--batch-size", "8", "--proj-hidden", "32",

@@ -11,7 +11,6 @@ import pytest
 
 from sslprobe.config.study import STUDY_ARMS, ByolRecipe
 from sslprobe.errors import SSLProbeError
-from sslprobe.pretraining.budget import fit, fitted_steps
 from sslprobe.study import plan, stages
 from sslprobe.study.assignment import SplitRule, assign, guard
 from sslprobe.study.numbers import CSV_COLUMNS
@@ -243,27 +242,6 @@ def test_finetune_arm_is_a_row_of_the_same_comparison(class_folder, tmp_path, mo
     assert r.pairs and r.pairs[0]["paired"]  # scored on the same test images
     lines = (tmp_path / "s" / "results.csv").read_text().splitlines()
     assert "finetune" in {row["method"] for row in csv.DictReader(lines)}
-
-
-def test_time_budget_fits_the_whole_schedule(tmp_path):
-    b = fit(2.0, steps_per_second=4.0, setup_seconds=30.0, measured_steps=20)
-    assert b.max_steps == 360  # (120 s − 30 s) × 4 steps/s: warm-up, cosine and τ all end inside the minutes
-    with pytest.raises(SSLProbeError, match="leaves no time"):
-        fit(0.4, steps_per_second=4.0, setup_seconds=30.0, measured_steps=20)
-    measured = []
-
-    def measure(out, steps):
-        measured.append(steps)
-        out.mkdir(parents=True)
-        (out / "config.json").write_text(json.dumps({"global_batch": 8}))
-        (out / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "img_per_s": 80.0}) + "\n"
-                                                   for s in (5, 10, 15, 20)))
-        return out
-
-    first = fitted_steps(1.0, workdir=tmp_path, measure=measure)
-    assert first.steps_per_second == 10.0 and 0 < first.max_steps <= 600
-    assert fitted_steps(1.0, workdir=tmp_path, measure=measure) == first and measured == [20]  # saved: a resume
-    # keeps its schedule
 
 
 def test_arms_plan_and_notes_for_what_cannot_run(monkeypatch):

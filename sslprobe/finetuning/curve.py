@@ -16,7 +16,7 @@ import torch
 
 from sslprobe.finetuning.data import ImageRows
 from sslprobe.finetuning.loop import Trainer
-from sslprobe.finetuning.selection import Budget, Selected, select
+from sslprobe.finetuning.selection import FinetuneLength, Selected, select
 from sslprobe.labelcurves import Draw, LabelPlan, run_curve, stats
 from sslprobe.probing.holdout import stratified_split
 
@@ -54,7 +54,7 @@ class CurveSpec(LabelPlan):
     lrs: tuple[float, ...]
     metric: str
     val_fraction: float
-    budget: Budget
+    length: FinetuneLength
 
 
 def _draw(trainer: Trainer, spec: CurveSpec, *, fit: torch.Tensor, rows: torch.Tensor, name: str,
@@ -63,7 +63,7 @@ def _draw(trainer: Trainer, spec: CurveSpec, *, fit: torch.Tensor, rows: torch.T
     labels = trainer.train.labels[fit[rows]]
     keep, held = subset_hold_out(labels, fraction=spec.val_fraction, seed=seed)
     return select(trainer, name=name, fit=fit[rows[keep]], val_rows=trainer.train, val=fit[rows[held]], lrs=spec.lrs,
-                  seed=seed, metric=spec.metric, budget=spec.budget)
+                  seed=seed, metric=spec.metric, length=spec.length)
 
 
 def label_curve(trainer: Trainer, spec: CurveSpec, *, fit: torch.Tensor, main: Selected,

@@ -2,7 +2,7 @@
 
 Every readable image is decoded once by DataLoader workers into two uint8 forms: the whole image
 squashed to the training square with its aspect ratio (``images.transforms.WholeImage``; the random
-crops are drawn from it on the device, ``views.py``) and timm's evaluation centre crop (what
+crops are drawn from it on the device, ``augment.py``) and timm's evaluation centre crop (what
 ``extract`` embeds), with one channel for a grey backbone. They stay in
 memory, on the GPU when there is one, below ``RAM_BYTES``; above it the workers decode the rows
 again at every use. The validation hold-out is the probe's: ``probing.holdout.stratified_split`` of

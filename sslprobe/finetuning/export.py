@@ -29,7 +29,7 @@ from torch import nn
 
 from sslprobe.backbone import FORMAT, BackboneSpec, create_backbone, eval_transform, read_weights
 from sslprobe.errors import SSLProbeError
-from sslprobe.finetuning.views import normalize
+from sslprobe.finetuning.augment import normalize
 
 MODEL_FILE = "model.safetensors"
 

@@ -24,7 +24,6 @@ import sslprobe.checkpoint as ckpts
 import sslprobe.distributed as ddp
 from sslprobe.config.finetune import DEFAULT_EPOCHS, FinetuneConfig
 from sslprobe.errors import SSLProbeError
-from sslprobe.finetuning.budget import time_steps
 from sslprobe.finetuning.curve import CurveSpec, Evaluation, label_curve
 from sslprobe.finetuning.data import Held, ImageRows, check_classes, decode_rows, hold_out, open_eval, open_train
 from sslprobe.finetuning.export import MODEL_FILE, save_finetuned
@@ -32,7 +31,8 @@ from sslprobe.finetuning.loop import Trainer
 from sslprobe.finetuning.network import Backbone, load_backbone, rescale, with_head
 from sslprobe.finetuning.recipe import Recipe, resolve_recipe
 from sslprobe.finetuning.report import write_finetune_reports
-from sslprobe.finetuning.selection import Budget, Selected, select
+from sslprobe.finetuning.selection import FinetuneLength, Selected, select
+from sslprobe.finetuning.timing import time_steps
 from sslprobe.images.folders import ImageSet
 from sslprobe.labelcurves import parse_points
 from sslprobe.probing.metrics import Selection, resolve_select, scored
@@ -177,12 +177,12 @@ def _trainer(o: Options, inputs: Inputs, recipe: Recipe, dev: torch.device, *, d
     return t
 
 
-def _budget(o: Options, trainer: Trainer, fit: torch.Tensor) -> Budget:
+def _length(o: Options, trainer: Trainer, fit: torch.Tensor) -> FinetuneLength:
     """Step: epochs as asked, or timed steps that turn ``minutes`` into epochs."""
     if o.minutes is None:
-        return Budget(o.epochs if o.epochs is not None else DEFAULT_EPOCHS, None, None)
+        return FinetuneLength(o.epochs if o.epochs is not None else DEFAULT_EPOCHS, None, None)
     timing = time_steps(trainer, fit, batch=min(o.batch_size, int(fit.numel()) // trainer.dist.world))
-    return Budget(None, o.minutes, ddp.broadcast(timing, trainer.dist))  # one plan for every rank
+    return FinetuneLength(None, o.minutes, ddp.broadcast(timing, trainer.dist))  # one plan for every rank
 
 
 def _score(trainer: Trainer, inputs: Inputs, best: dict[str, torch.Tensor], *, seed: int) -> tuple[dict, dict | None]:
@@ -264,14 +264,14 @@ def _train(o: Options, inputs: Inputs, recipe: Recipe, metric: str, *, dev: torc
            timer: PhaseTimer, warns: list[str], bar: Any, signals: StopSignals) -> Trained:
     """Step: the main selection over epochs (and ``lrs``), then the label-efficiency curve; every rank."""
     trainer = _trainer(o, inputs, recipe, dev, dist=dist, bar=bar, signals=signals)
-    budget = _budget(o, trainer, inputs.held.fit)
+    length = _length(o, trainer, inputs.held.fit)
     lrs = o.lrs or (recipe.base_lr,)
     with timer.phase("train"):
         main = select(trainer, name="main", fit=inputs.held.fit, val_rows=inputs.val, val=inputs.held.val,
-                      lrs=lrs, seed=o.seed, metric=metric, budget=budget)
+                      lrs=lrs, seed=o.seed, metric=metric, length=length)
     curve = None
     if o.points and not main.stopped:
-        spec = CurveSpec(o.points, o.seeds, o.seed, lrs, metric, o.val_fraction, budget)
+        spec = CurveSpec(o.points, o.seeds, o.seed, lrs, metric, o.val_fraction, length)
         with timer.phase("label_efficiency"):
             curve = label_curve(trainer, spec, fit=inputs.held.fit, main=main, evaluation=_evaluation(inputs))
         if curve is not None and curve["scored_on"] == "val":

@@ -32,12 +32,13 @@ import sslprobe.checkpoint as ckpts
 import sslprobe.distributed as ddp
 from sslprobe.errors import SSLProbeError
 from sslprobe.fileio import write_json
+from sslprobe.finetuning.augment import TrainViews, normalize
 from sslprobe.finetuning.data import ImageRows
-from sslprobe.finetuning.recipe import Recipe, lr_factor, make_optimizer, set_lr, warmup_steps
-from sslprobe.finetuning.views import TrainViews, normalize
+from sslprobe.finetuning.recipe import Recipe, make_optimizer, set_lr
 from sslprobe.images.datasets import epoch_order
 from sslprobe.probing.metrics import selection_score
 from sslprobe.runtime.signals import StopSignals
+from sslprobe.schedules import warmup_cosine, warmup_steps
 
 RESUME_IGNORES = ("device", "precision")  # the same run may continue on other hardware
 EVAL_BATCH = 256
@@ -87,7 +88,7 @@ def plan_run(name: str, *, recipe: Recipe, seed: int, fit: torch.Tensor, val: to
     spe = int(fit.numel()) // (batch * world)
     total = spe * epochs
     return RunPlan(name, recipe.base_lr, seed, int(fit.numel()), int(val.numel()), rows_digest(fit, val), batch, spe,
-                   epochs, total, warmup_steps(recipe, steps_per_epoch=spe, total=total), select, minutes)
+                   epochs, total, warmup_steps(recipe.warmup_epochs, steps_per_epoch=spe, total=total), select, minutes)
 
 
 @dataclass(frozen=True)
@@ -359,7 +360,7 @@ class Run:
 
     def _train_step(self, x: torch.Tensor, aspect: torch.Tensor, y: torch.Tensor) -> None:
         """Forward, backward and the AdamW update at schedule position ``self.step``; no host sync."""
-        self.factor = lr_factor(self.step, total=self.plan.total_steps, warmup=self.plan.warmup_steps)
+        self.factor = warmup_cosine(self.step, self.plan.total_steps, warmup=self.plan.warmup_steps)
         set_lr(self.opt, self.recipe, self.factor)
         loss = F.cross_entropy(self.t.train_logits(self.views(x, aspect, self.step)), y,
                                label_smoothing=self.recipe.label_smoothing)

@@ -17,8 +17,8 @@ from torch import nn
 
 from sslprobe.backbone import BackboneSpec
 from sslprobe.errors import SSLProbeError
+from sslprobe.finetuning.augment import normalize
 from sslprobe.finetuning.data import ImageRows
-from sslprobe.finetuning.views import normalize
 from sslprobe.starts import open_start, parse_start
 
 STARTS = ("random", "random-rescaled", "pretrained")  # the starts ``--weights`` names here; else a weights file

@@ -13,15 +13,15 @@ and drop path are left out.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+import sslprobe.optim as optim
 from sslprobe.config.finetune import BACKBONE_LR_SCALE, DEFAULT_LR, LAYER_DECAY
 
-BETAS = (0.9, 0.999)
+BETAS = optim.BETAS
 CROP_RATIO = (3 / 4, 4 / 3)
 
 
@@ -86,45 +86,19 @@ def resolve_recipe(net: nn.Module, *, trained: bool, batch_size: int, world_size
                   float(flip_p))
 
 
-def _no_decay(net: nn.Module) -> set[str]:
-    skip = net.no_weight_decay() if hasattr(net, "no_weight_decay") else set()
-    return {n for n, p in net.named_parameters() if p.ndim <= 1 or n in skip}
-
-
 def param_groups(net: nn.Module, recipe: Recipe) -> list[dict]:
-    """Optimiser groups with an ``lr_scale`` each: the head at 1, the backbone by the recipe; no decay on
-    biases, norms and tokens."""
+    """Optimiser groups with an ``lr_scale`` each: the head at 1, the backbone by the recipe (layer-wise decay or
+    one scale); no decay on biases, norms and tokens (the shared grouping, ``sslprobe/optim.py``)."""
     if recipe.layer_decay is not None:
-        from timm.optim import param_groups_layer_decay
-
-        skip = net.no_weight_decay() if hasattr(net, "no_weight_decay") else ()
-        return param_groups_layer_decay(net, weight_decay=recipe.weight_decay, no_weight_decay_list=skip,
-                                        layer_decay=recipe.layer_decay)
+        return optim.layer_decay_groups(net, weight_decay=recipe.weight_decay, layer_decay=recipe.layer_decay)
     head = {id(p) for p in net.get_classifier().parameters()}
-    quiet = _no_decay(net)
-    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
-    for name, p in net.named_parameters():
-        scale = 1.0 if id(p) in head else float(recipe.backbone_lr_scale)
-        groups.setdefault((scale, 0.0 if name in quiet else recipe.weight_decay), []).append(p)
-    return [{"params": ps, "lr_scale": s, "weight_decay": wd} for (s, wd), ps in groups.items()]
+    return optim.param_groups(net, weight_decay=recipe.weight_decay,
+                              lr_scale=lambda p: 1.0 if id(p) in head else float(recipe.backbone_lr_scale))
 
 
-def make_optimizer(net: nn.Module, recipe: Recipe) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups`; the loop sets each group's rate every step (:func:`lr_factor`)."""
-    return torch.optim.AdamW(param_groups(net, recipe), lr=recipe.lr, betas=BETAS)
-
-
-def lr_factor(step: int, *, total: int, warmup: int) -> float:
-    """Linear warm-up over ``warmup`` steps, then half a cosine to 0 at ``total`` (per step, as MAE)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    span = max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / span)))
-
-
-def warmup_steps(recipe: Recipe, *, steps_per_epoch: int, total: int) -> int:
-    """The warm-up in steps: the recipe's epochs, at most half the run."""
-    return min(round(recipe.warmup_epochs * steps_per_epoch), total // 2)
+def make_optimizer(net: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    """AdamW over :func:`param_groups`; the loop sets each group's rate every step (``schedules.warmup_cosine``)."""
+    return optim.make_optimizer("adamw", param_groups(net, recipe), lr=recipe.lr, betas=BETAS)
 
 
 def set_lr(opt: torch.optim.Optimizer, recipe: Recipe, factor: float) -> None:
@@ -132,5 +106,4 @@ def set_lr(opt: torch.optim.Optimizer, recipe: Recipe, factor: float) -> None:
         g["lr"] = recipe.lr * g.get("lr_scale", 1.0) * factor
 
 
-__all__ = ["BETAS", "CROP_RATIO", "Recipe", "is_vit", "lr_factor", "make_optimizer", "param_groups",
-           "resolve_recipe", "set_lr", "warmup_steps"]
+__all__ = ["BETAS", "CROP_RATIO", "Recipe", "is_vit", "make_optimizer", "param_groups", "resolve_recipe", "set_lr"]

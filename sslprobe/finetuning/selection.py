@@ -12,14 +12,14 @@ from dataclasses import dataclass
 
 import torch
 
-from sslprobe.finetuning.budget import StepTiming
 from sslprobe.finetuning.data import ImageRows
 from sslprobe.finetuning.loop import Run, RunResult, Trainer, plan_run
+from sslprobe.timebudget import StepTiming
 
 
 @dataclass(frozen=True)
-class Budget:
-    """A run's length: ``epochs``, or as many as ``minutes`` hold at the measured ``timing``."""
+class FinetuneLength:
+    """Each fine-tuning run's length: ``epochs``, or as many as ``minutes`` hold at the measured ``timing``."""
 
     epochs: int | None
     minutes: float | None
@@ -50,7 +50,7 @@ class Selected:
 
 
 def select(trainer: Trainer, *, name: str, fit: torch.Tensor, val_rows: ImageRows, val: torch.Tensor,
-           lrs: tuple[float, ...], seed: int, metric: str, budget: Budget) -> Selected:
+           lrs: tuple[float, ...], seed: int, metric: str, length: FinetuneLength) -> Selected:
     """One run per learning rate on ``fit`` (positions of ``trainer.train``), each choosing its epoch on ``val``."""
     if val.numel() == 0:
         lrs = (sorted(lrs)[len(lrs) // 2],)
@@ -62,12 +62,12 @@ def select(trainer: Trainer, *, name: str, fit: torch.Tensor, val_rows: ImageRow
         if trainer.budget.stopped:
             return Selected(runs, None, rule)
         plan = plan_run(name if len(lrs) == 1 else f"{name}-lr{lr:g}", recipe=trainer.recipe.with_lr(lr), seed=seed,
-                        fit=fit, val=val, epochs=1, select=metric, minutes=budget.minutes)
+                        fit=fit, val=val, epochs=1, select=metric, minutes=length.minutes)
         # the rows one process trains per epoch (all of them in one process): its steps at the timed cost
-        epochs = budget.epochs_for(n_train=plan.steps_per_epoch * plan.batch_size, n_val=plan.n_val,
+        epochs = length.epochs_for(n_train=plan.steps_per_epoch * plan.batch_size, n_val=plan.n_val,
                                    batch=plan.batch_size)
         plan = plan_run(plan.name, recipe=trainer.recipe.with_lr(lr), seed=seed, fit=fit, val=val, epochs=epochs,
-                        select=metric, minutes=budget.minutes)
+                        select=metric, minutes=length.minutes)
         task = trainer.bar.add_task(plan.name, total=plan.total_steps)
         result = Run(trainer, plan, fit=fit, val_rows=val_rows, val=val, task=task).run()
         runs.append(result)
@@ -77,4 +77,4 @@ def select(trainer: Trainer, *, name: str, fit: torch.Tensor, val_rows: ImageRow
     return Selected(runs, best, rule)
 
 
-__all__ = ["Budget", "Selected", "select"]
+__all__ = ["FinetuneLength", "Selected", "select"]

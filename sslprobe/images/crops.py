@@ -1,16 +1,19 @@
-"""Random resized crops of the whole image, drawn per image on the device: torchvision's RandomResizedCrop rule.
+"""Random resized crops of the whole image, drawn and warped per image on the device: torchvision's RandomResizedCrop.
 
 Pretraining's views (``pretraining/augment.py``) and fine-tuning's training views
-(``finetuning/views.py``) crop a store that holds each whole image squashed to a square, with its
+(``finetuning/augment.py``) crop a store that holds each whole image squashed to a square, with its
 width / height kept beside it. The crop's area is a fraction of the original image and its aspect
 ratio is measured in the original's own pixels, so a 4:3 photo is cropped as a 4:3 photo, not as
-the square it is stored as (docs/pretrain.md, "Crops").
+the square it is stored as (docs/pretrain.md, "Crops"). :func:`crop_boxes` draws the boxes,
+:func:`resized_crop` cuts, flips, turns and resizes the whole batch to them in one ``grid_sample``.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
+import torch.nn.functional as F
 
 
 def crop_boxes(n: int, *, scale: tuple[float, float], ratio: tuple[float, float], generator: torch.Generator,
@@ -41,4 +44,41 @@ def crop_boxes(n: int, *, scale: tuple[float, float], ratio: tuple[float, float]
     return torch.stack([w, h, cx, cy], 1)  # (N, 4)
 
 
-__all__ = ["crop_boxes"]
+@functools.lru_cache(maxsize=16)
+def _const(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    # A host→GPU copy of a fresh tensor waits for the GPU's queue (a hidden sync a step): each constant once a device.
+    return torch.tensor(values, dtype=dtype).to(device)
+
+
+def resized_crop(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, size: int, mode: str = "bilinear", *,
+                 turns: tuple[torch.Tensor, torch.Tensor] | None = None, supersample: int = 1) -> torch.Tensor:
+    """Crop each image to its box (:func:`crop_boxes`), flip and turn where asked, resize to ``size``: one grid_sample.
+
+    ``flip`` (B,): horizontal flips. ``turns``: (vertical flip (B,), quarter turns (B,) in 0…3),
+    folded into the same affine grid (a turn of the square output grid costs nothing).
+    ``supersample`` k: sample at k·size and average k×k blocks, so a crop larger than the view is
+    not aliased (grid_sample has no antialiasing). Values are not clamped: bicubic overshoots.
+    """
+    n = x.shape[0]
+    w, h, cx, cy = boxes.unbind(1)
+    sx = torch.where(flip, -w, w)
+    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
+    if turns is None:
+        theta[:, 0, 0] = sx
+        theta[:, 1, 1] = h
+    else:
+        vflip, k = turns
+        sy = torch.where(vflip, -h, h)
+        c = _const((1.0, 0.0, -1.0, 0.0), x.device, x.dtype)[k]  # cos(k·90°)
+        s = _const((0.0, 1.0, 0.0, -1.0), x.device, x.dtype)[k]  # sin(k·90°)
+        # input = diag(sx, sy) · R(k·90°) · output: the view of the box, turned k quarters
+        theta[:, 0, 0], theta[:, 0, 1] = sx * c, -sx * s
+        theta[:, 1, 0], theta[:, 1, 1] = sy * s, sy * c
+    theta[:, 0, 2] = 2 * cx - 1
+    theta[:, 1, 2] = 2 * cy - 1
+    grid = F.affine_grid(theta, [n, x.shape[1], size * supersample, size * supersample], align_corners=False)
+    y = F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
+    return F.avg_pool2d(y, supersample) if supersample > 1 else y
+
+
+__all__ = ["crop_boxes", "resized_crop"]

@@ -5,7 +5,7 @@ its width/height kept beside it (``pretraining/batches.py``, docs/pretrain.md "C
 made here on the training device (GPU when present), so augmentation never starves the model of
 data. Every op samples per-image parameters and applies them to the whole batch at once: crop +
 flips + quarter turns + resize is one ``grid_sample`` with a per-image affine grid, the crop drawn
-in the original image's geometry (``images/crops.py``); colour ops are per-image factors with
+in the original image's geometry and warped there (``images/crops.py``); colour ops are per-image factors with
 "identity" values where the op is not applied, blur is one grouped convolution with per-image
 kernels. One-channel (grey) batches go through the same ops; those that only move colour
 (saturation, hue, grayscale) leave them unchanged.
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from sslprobe.config.pretrain import AugmentConfig
-from sslprobe.images.crops import crop_boxes
+from sslprobe.images.crops import crop_boxes, resized_crop
 
 _GRAY = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
 
@@ -99,39 +99,6 @@ def quarter_turns(n: int, cfg: ViewConfig, g: torch.Generator, device) -> tuple[
     turn = _bernoulli(cfg.rot90_p, n, g, device)
     k = torch.randint(1, 4, (n,), generator=g, device=device)
     return vflip, torch.where(turn, k, torch.zeros_like(k))
-
-
-def resized_crop(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, size: int, mode: str, *,
-                 turns: tuple[torch.Tensor, torch.Tensor] | None = None, supersample: int = 1) -> torch.Tensor:
-    """Crop each image to its box, flip and turn where asked, resize to ``size`` — one grid_sample.
-
-    ``turns``: (vertical flip (B,), quarter turns (B,)) from :func:`quarter_turns`, folded into the
-    same affine grid (a turn of the square output grid costs nothing). ``supersample`` k: sample at
-    k·size and average k×k blocks, so a crop larger than the view is not aliased (grid_sample has
-    no antialiasing; the store holds up to twice the view's side).
-    """
-    n = x.shape[0]
-    w, h, cx, cy = boxes.unbind(1)
-    sx = torch.where(flip, -w, w)
-    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
-    if turns is None:
-        theta[:, 0, 0] = sx
-        theta[:, 1, 1] = h
-    else:
-        vflip, k = turns
-        sy = torch.where(vflip, -h, h)
-        c = _const((1.0, 0.0, -1.0, 0.0), x.device, x.dtype)[k]  # cos(k·90°)
-        s = _const((0.0, 1.0, 0.0, -1.0), x.device, x.dtype)[k]  # sin(k·90°)
-        # input = diag(sx, sy) · R(k·90°) · output: the view of the box, turned k quarters
-        theta[:, 0, 0], theta[:, 0, 1] = sx * c, -sx * s
-        theta[:, 1, 0], theta[:, 1, 1] = sy * s, sy * c
-    theta[:, 0, 2] = 2 * cx - 1
-    theta[:, 1, 2] = 2 * cy - 1
-    grid = F.affine_grid(theta, [n, x.shape[1], size * supersample, size * supersample], align_corners=False)
-    y = F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
-    if supersample > 1:
-        y = F.avg_pool2d(y, supersample)
-    return y.clamp_(0, 1)
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
@@ -266,7 +233,7 @@ def make_view(
     boxes = crop_boxes(n, scale=cfg.crop_scale, ratio=cfg.crop_ratio, generator=g, device=dev, aspect=aspect)
     flip = _bernoulli(cfg.flip_p, n, g, dev)
     x = resized_crop(x, boxes, flip, size, cfg.interpolation, turns=quarter_turns(n, cfg, g, dev),
-                     supersample=max(1, round(x.shape[-1] / size)))
+                     supersample=max(1, round(x.shape[-1] / size))).clamp_(0, 1)  # bicubic overshoots [0, 1]
     x = color_jitter(x, cfg, g)
     gray = _bernoulli(cfg.gray_p, n, g, dev).view(n, 1, 1, 1)
     x = torch.where(gray, grayscale(x).expand_as(x), x)

@@ -24,21 +24,21 @@ import torch
 
 import sslprobe.checkpoint as ckpts
 import sslprobe.distributed as ddp
+import sslprobe.timebudget as timebudget
 from sslprobe.backbone import BackboneSpec, has_batchnorm, save_backbone
 from sslprobe.config.pretrain import PretrainConfig
 from sslprobe.errors import SSLProbeError
 from sslprobe.fileio import write_json
 from sslprobe.images.folders import ImageSet, open_images, skipped_report
-from sslprobe.pretraining import budget as budgets
 from sslprobe.pretraining.augment import byol_views
 from sslprobe.pretraining.batches import BatchSource, check_grey, store_side
-from sslprobe.pretraining.byol import tau_at
 from sslprobe.pretraining.checkpointer import Checkpointer, restore, resume_point
 from sslprobe.pretraining.monitor import KnnEval, LossMeter, MetricsLog, RunLog, knn_due, loss_curve
 from sslprobe.pretraining.trainstep import RunSpec, StepFeed, TrainStep, build_byol, open_init, run_config
 from sslprobe.runtime.device import pick_device
 from sslprobe.runtime.signals import StopSignals
 from sslprobe.runtime.workers import default_workers
+from sslprobe.schedules import cosine_to_one
 
 
 class PretrainInterrupted(KeyboardInterrupt):
@@ -108,23 +108,23 @@ def pretrain(config: PretrainConfig | str | os.PathLike, /, *, show_progress: bo
 
 
 def _fit_minutes(minutes: float, *, config: Callable[..., RunSpec], source: BatchSource, images: ImageSet,
-                 out: Path, dist: ddp.Dist, device: torch.device, loop: LoopOptions) -> budgets.FittedBudget:
+                 out: Path, dist: ddp.Dist, device: torch.device, loop: LoopOptions) -> timebudget.FittedSteps:
     """The steps whose whole schedule fits ``minutes``: ``out/budget/budget.json`` when it holds a fit for these
     minutes (a rerun, ``--resume``), else a timing run of the same model and batch into ``out/budget/timing``.
 
-    Rank 0 reads, fits and saves; every rank takes its answer, so all train the same schedule. The minutes
-    count the run's setup and steps, not the decoding before them (already done here) nor the timing run.
+    Rank 0 reads, fits and saves; every rank takes its answer, so all train the same schedule
+    (:func:`sslprobe.timebudget.fitted_steps`). The minutes count the run's setup and steps, not the
+    decoding before them (already done here) nor the timing run.
     """
     workdir = out / "budget"
-    budget = ddp.broadcast(budgets.saved_fit(workdir, minutes) if dist.main else None, dist)
-    if budget is None:
-        timing = workdir / "timing"
-        wall = _timing_run(config(max_steps=budgets.MEASURE_STEPS), source=source, images=images, out=timing,
-                           dist=dist, device=device, compile=loop.compile)
-        if dist.main:
-            budget = budgets.measured_fit(minutes, run=timing, wall=wall)
-            budgets.save_fit(workdir, budget)
-        budget = ddp.broadcast(budget, dist)
+
+    def measure(timing: Path, steps: int) -> Path:
+        _timing_run(config(max_steps=steps), source=source, images=images, out=timing, dist=dist, device=device,
+                    compile=loop.compile)
+        return timing
+
+    budget = timebudget.fitted_steps(minutes, workdir=workdir, measure=measure, main=dist.main,
+                                     share=partial(ddp.broadcast, dist=dist))
     if dist.main and loop.show_progress:
         print(f"pretrain: --minutes {minutes:g} fits {budget.max_steps} steps ({budget.steps_per_second:.3g} steps/s, "
               f"{budget.setup_seconds:.0f} s setup; {workdir / 'budget.json'})", file=sys.stderr, flush=True)
@@ -132,16 +132,15 @@ def _fit_minutes(minutes: float, *, config: Callable[..., RunSpec], source: Batc
 
 
 def _timing_run(cfg: RunSpec, *, source: BatchSource, images: ImageSet, out: Path, dist: ddp.Dist,
-                device: torch.device, compile: bool) -> float:
-    """Seconds a short run of ``cfg`` takes, setup and save included; its metrics.jsonl holds the step rate."""
+                device: torch.device, compile: bool) -> None:
+    """A short run of ``cfg`` into ``out`` (its metrics.jsonl holds the step rate; the caller times it, setup and
+    save included)."""
     if dist.main:  # scratch: an interrupted timing run is measured again, never resumed
         shutil.rmtree(out, ignore_errors=True)
     ddp.barrier(dist)
-    t0 = time.perf_counter()
-    brief = LoopOptions(save_every=ckpts.parse_save_every("end"), log_every=budgets.MEASURE_LOG_EVERY,
+    brief = LoopOptions(save_every=ckpts.parse_save_every("end"), log_every=timebudget.MEASURE_LOG_EVERY,
                         compile=compile, show_progress=False)
     _Session(cfg, source=source, images=images, out=out, dist=dist, device=device, loop=brief, knn=None).run()
-    return time.perf_counter() - t0
 
 
 def _source(images: ImageSet, spec: BackboneSpec, *, grayscale: bool, init: str, batch: int, device: torch.device,
@@ -165,7 +164,7 @@ class _Session:
 
     def __init__(self, cfg: RunSpec, *, source: BatchSource, images: ImageSet, out: Path, dist: ddp.Dist,
                  device: torch.device, loop: LoopOptions, knn: KnnEval | None,
-                 budget: budgets.FittedBudget | None = None):
+                 budget: timebudget.FittedSteps | None = None):
         self.cfg, self.source, self.images, self.out, self.dist, self.device = cfg, source, images, out, dist, device
         self.loop, self.knn, self.knn_top1, self.budget = loop, knn, None, budget
         self.found = resume_point(out, resume=loop.resume, cfg=cfg)
@@ -256,7 +255,7 @@ class _Session:
             raise SSLProbeError(f"loss became {w.loss} at step {self.step}; stopped without saving. Lower --lr or use "
                                 "--optimizer sgd in a new run. " + self.ckpt.last_good())
         self.monitor.window(self.step, w, lr=self.opt.param_groups[0]["lr"],
-                            tau=tau_at(self.step - 1, self.cfg.total_steps, self.cfg.tau_base))
+                            tau=cosine_to_one(self.step - 1, self.cfg.total_steps, self.cfg.tau_base))
 
     def _decide(self, sig: StopSignals) -> str | None:
         """What every rank agrees on after a step: stop on a signal (saved), stop at --max-minutes, save when due."""

@@ -13,13 +13,16 @@ from dataclasses import dataclass, field
 import torch
 
 import sslprobe.distributed as ddp
+import sslprobe.optim as optim
+import sslprobe.schedules as schedules
 from sslprobe.backbone import BackboneSpec
 from sslprobe.config.pretrain import DEFAULT_MODEL, PretrainConfig
 from sslprobe.errors import SSLProbeError
 from sslprobe.pretraining.augment import ViewConfig, blur_note, byol_views, make_view
 from sslprobe.pretraining.batches import BatchSource
-from sslprobe.pretraining.byol import BYOL, LARS, lr_at, param_groups, tau_at
+from sslprobe.pretraining.byol import BYOL, param_groups
 from sslprobe.pretraining.recipe import PAPER, fit_defaults, pick_optimizer
+from sslprobe.schedules import cosine_to_one, warmup_cosine
 from sslprobe.starts import Start, open_start, parse_start
 
 STARTS = ("random", "pretrained")  # the starts ``--init`` names; any other value is a weights file (starts.py)
@@ -98,7 +101,8 @@ def run_config(*, options: PretrainConfig, spec: BackboneSpec, batch: int, steps
         store_size=spec.image_size if store_size is None else store_size, batch_size=batch,
         world_size=dist.world, global_batch=gb, epochs=epochs, max_steps=max_steps, steps_per_epoch=steps_per_epoch,
         total_steps=total, optimizer=name, lr=fit.base_lr * gb / 256, base_lr=fit.base_lr,
-        weight_decay=fit.weight_decay, warmup_steps=min(round(fit.warmup_epochs * steps_per_epoch), total // 2),
+        weight_decay=fit.weight_decay,
+        warmup_steps=schedules.warmup_steps(fit.warmup_epochs, steps_per_epoch=steps_per_epoch, total=total),
         tau_base=fit.tau_base, start=start, backbone_lr_scale=fit.backbone_lr_scale, defaults=fit.note,
         proj_hidden=o.proj_hidden, proj_dim=o.proj_dim, seed=seed, views=views,
         blur=blur_note(spec.image_size, o.augment.blur),
@@ -112,17 +116,12 @@ def make_optimizer(name: str, model: torch.nn.Module, *, lr: float, weight_decay
 
     ``backbone_lr_scale``: the backbone's groups run at that fraction of ``lr`` (each group's ``lr_scale``).
     """
+    if name not in ("lars", "sgd", "adamw"):
+        raise SSLProbeError(f"unknown optimizer '{name}'; use auto, lars, sgd or adamw")
     groups = param_groups(model, weight_decay=weight_decay, backbone_lr_scale=backbone_lr_scale)
     for g in groups:
         g["lr"] = lr * g["lr_scale"]
-    if name == "lars":
-        return LARS(groups, lr=lr, momentum=0.9, trust=1e-3)
-    plain = [{k: v for k, v in g.items() if k != "lars"} for g in groups]
-    if name == "sgd":
-        return torch.optim.SGD(plain, lr=lr, momentum=0.9)
-    if name == "adamw":
-        return torch.optim.AdamW(plain, lr=lr)
-    raise SSLProbeError(f"unknown optimizer '{name}'; use auto, lars, sgd or adamw")
+    return optim.make_optimizer(name, groups, lr=lr, momentum=0.9, trust=1e-3)
 
 
 def open_init(init: str, *, model: str | None, image_size: int | None, small_stem: bool | None, seed: int,
@@ -233,7 +232,7 @@ class TrainStep:
 
     def model_step(self, v1: torch.Tensor, v2: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward, backward, optimiser and EMA update at schedule position ``step``; (loss, proj_std)."""
-        lr = lr_at(step, self.cfg.total_steps, peak=self.cfg.lr, warmup=self.cfg.warmup_steps)
+        lr = warmup_cosine(step, self.cfg.total_steps, peak=self.cfg.lr, warmup=self.cfg.warmup_steps)
         for g in self.opt.param_groups:
             g["lr"] = lr * g.get("lr_scale", 1.0)
         loss, proj_std = self._loss(v1, v2)
@@ -241,7 +240,7 @@ class TrainStep:
         loss.backward()
         self.mutating = True
         self.opt.step()
-        self.byol.update_target(tau_at(step, self.cfg.total_steps, self.cfg.tau_base))
+        self.byol.update_target(cosine_to_one(step, self.cfg.total_steps, self.cfg.tau_base))
         self.mutating = False
         return loss.detach(), proj_std
 

@@ -73,7 +73,7 @@ def _verdict(r: StudyRecord) -> list[Block]:
 
 
 def _results(r: StudyRecord) -> list[Block]:
-    bs = numbers.budgets(r.rows)
+    bs = numbers.label_budgets(r.rows)
     split = "test" if all(x.get("test") for _, x in r.rows) else "val"
     cols = ("arm", "what", "top-1 % [95 % CI]", "balanced acc %", "kNN top-1 %", "C",
             *(f"top-1 @{b.label}" for b in bs))
@@ -112,7 +112,7 @@ def _signed(d: float, ci: Sequence[float]) -> str:
 
 
 def _label_efficiency(r: StudyRecord, figures: Figures) -> list[Block]:
-    bs = numbers.budgets(r.rows)
+    bs = numbers.label_budgets(r.rows)
     if not bs:
         return []
     rows = []

@@ -34,7 +34,7 @@ def mean_interval(values: Sequence[float]) -> tuple[float, float] | None:
 
 
 @dataclass(frozen=True)
-class Budget:
+class LabelBudget:
     """One label budget of the curve: ("fraction", 0.1) or ("shots", 5)."""
 
     kind: str
@@ -45,18 +45,18 @@ class Budget:
         return f"{100 * self.value:g} %" if self.kind == "fraction" else f"{int(self.value)}-shot"
 
 
-def budgets(rows: Sequence[tuple[str, Mapping[str, Any]]]) -> list[Budget]:
+def label_budgets(rows: Sequence[tuple[str, Mapping[str, Any]]]) -> list[LabelBudget]:
     """Every label budget any arm has, in curve order (fractions, then shots, each ascending)."""
-    seen: list[Budget] = []
+    seen: list[LabelBudget] = []
     for _, r in rows:
         for p in (r.get("label_efficiency") or {}).get("points", []):
-            b = Budget(p["kind"], p["value"])
+            b = LabelBudget(p["kind"], p["value"])
             if b not in seen:
                 seen.append(b)
     return sorted(seen, key=lambda b: (b.kind != "fraction", b.value))
 
 
-def point(r: Mapping[str, Any], b: Budget) -> Mapping[str, Any] | None:
+def point(r: Mapping[str, Any], b: LabelBudget) -> Mapping[str, Any] | None:
     return next((p for p in (r.get("label_efficiency") or {}).get("points", [])
                  if p["kind"] == b.kind and p["value"] == b.value), None)
 
@@ -70,7 +70,7 @@ def headline_stats(p: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
     return None if not p else p.get("linear") or p.get("finetune")
 
 
-def budget_difference(a: Mapping[str, Any], b: Mapping[str, Any], budget: Budget) -> dict[str, Any] | None:
+def budget_difference(a: Mapping[str, Any], b: Mapping[str, Any], budget: LabelBudget) -> dict[str, Any] | None:
     """A − B top-1 (linear or fine-tuned) at one budget over the paired draws: mean, t-interval, draws."""
     sa, sb = headline_stats(point(a, budget)), headline_stats(point(b, budget))
     if not sa or not sb:
@@ -108,7 +108,7 @@ def csv_rows(name: str, r: Mapping[str, Any], *, method: str) -> list[dict[str, 
     if knn and method == "linear":
         out += _full(name, "knn", knn, split=split, n=used)
     le = r.get("label_efficiency") or {}
-    for b in budgets([(name, r)]):
+    for b in label_budgets([(name, r)]):
         p = point(r, b)
         for m in ("linear", "finetune", "knn"):
             if p and p.get(m):

@@ -64,9 +64,9 @@ def parse_arms(names: Sequence[str]) -> tuple[Arm, ...]:
 
 
 @dataclass(frozen=True)
-class Budget:
+class ByolLength:
     """How long each BYOL arm trains: ``epochs``, or ``minutes`` of training fitted to the measured step
-    rate (budget.py), or a fixed number of ``steps`` (the demo's tuned run). Exactly one is set."""
+    rate (``sslprobe/timebudget.py``), or a fixed number of ``steps`` (the demo's tuned run). Exactly one is set."""
 
     epochs: int | None = None
     minutes: float | None = None
@@ -87,14 +87,14 @@ class StudyOptions:
 
     config: StudyConfig
     arms: tuple[Arm, ...]
-    budget: Budget
+    budget: ByolLength
 
     @classmethod
     def resolve(cls, config: StudyConfig, *, cuda: bool) -> StudyOptions:
         c = config
-        budget = Budget(epochs=c.epochs, minutes=c.minutes, steps=c.steps)
+        budget = ByolLength(epochs=c.epochs, minutes=c.minutes, steps=c.steps)
         if c.epochs is None and c.minutes is None and c.steps is None:
-            budget = Budget(epochs=PretrainConfig.epochs)
+            budget = ByolLength(epochs=PretrainConfig.epochs)
         return cls(config, parse_arms(c.arms or default_arms(cuda=cuda)), budget)
 
     @property

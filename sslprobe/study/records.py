@@ -88,7 +88,7 @@ class StudyRecord:
             for b, rb in self.rows:
                 if b == a or (b in self.byol_names() and self.byol_names().index(b) < self.byol_names().index(a)):
                     continue
-                for budget in numbers.budgets(self.rows):
+                for budget in numbers.label_budgets(self.rows):
                     d = numbers.budget_difference(results[a], rb, budget)
                     if d is not None and budget.value != 1:
                         out.append(numbers.difference_sentence(a, b, d))

@@ -21,7 +21,6 @@ from sslprobe.config.probe import ProbeConfig
 from sslprobe.errors import SSLProbeError
 from sslprobe.extraction.extract import extract
 from sslprobe.fileio import file_sha256
-from sslprobe.pretraining.budget import FittedBudget, fitted_steps
 from sslprobe.pretraining.pretrain import pretrain
 from sslprobe.probing.probe import probe
 from sslprobe.study.commands import command
@@ -31,6 +30,7 @@ from sslprobe.study.progress import StudyProgress
 from sslprobe.study.records import Done
 from sslprobe.study.resume import Marker, fingerprint
 from sslprobe.study.slices import write_split_features
+from sslprobe.timebudget import FittedSteps, fitted_steps
 
 PIXELS_MAX = 32  # raw pixels at 32 px (or a smaller --image-size): 3,072 numbers an image
 
@@ -87,7 +87,7 @@ def pretrain_config(ctx: Context, *, init: str, out: Path | None = None, **lengt
                           workers=c.workers, **length)
 
 
-def _length(ctx: Context, init: str) -> tuple[dict[str, Any], FittedBudget | None]:
+def _length(ctx: Context, init: str) -> tuple[dict[str, Any], FittedSteps | None]:
     """The run length: epochs, the demo's fixed steps, or the steps that fit --minutes on this machine."""
     b = ctx.opts.budget
     if b.epochs is not None:

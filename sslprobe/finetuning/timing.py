@@ -1,34 +1,20 @@
-"""``--minutes``: the run length planned from a timing of the real step, so the schedule is fixed before the run.
+"""``--minutes``: a timing of the real fine-tuning step, from which the run length is planned before the run.
 
-A cosine schedule needs its length in advance, and an exact resume needs it fixed: the budget
-becomes whole epochs, from the measured seconds of a training step (views, forward, backward,
-AdamW) and of evaluating one image, planned when a run starts and kept in its checkpoint.
+The measured seconds of a training step (views, forward, backward, AdamW) and of evaluating one
+image become whole epochs through the shared time budget (``sslprobe/timebudget.py``,
+:class:`~sslprobe.timebudget.StepTiming`), planned when a run starts and kept in its checkpoint.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from sslprobe.finetuning.augment import TrainViews
 from sslprobe.finetuning.loop import EVAL_BATCH, Trainer
 from sslprobe.finetuning.recipe import make_optimizer
-from sslprobe.finetuning.views import TrainViews
-
-
-@dataclass(frozen=True)
-class StepTiming:
-    """Seconds of one training step of ``batch`` images and of evaluating one image."""
-
-    step_s: float
-    batch: int
-    eval_image_s: float
-
-    def epochs(self, *, minutes: float, n_train: int, n_val: int, batch: int) -> int:
-        """Whole epochs of ``n_train`` rows (and validation on ``n_val``) that fit in ``minutes``; at least one."""
-        per_epoch = (n_train // batch) * self.step_s * batch / self.batch + n_val * self.eval_image_s
-        return max(1, int(minutes * 60 // max(per_epoch, 1e-9)))
+from sslprobe.timebudget import StepTiming
 
 
 def _sync(device: torch.device) -> None:
@@ -65,4 +51,4 @@ def time_steps(trainer: Trainer, fit: torch.Tensor, *, batch: int, repeats: int 
     return StepTiming(sum(times[1:]) / repeats, int(x.shape[0]), eval_s)
 
 
-__all__ = ["StepTiming", "time_steps"]
+__all__ = ["time_steps"]

@@ -4,8 +4,8 @@ Workers decode each training image once, squashed whole to a square of the train
 its aspect ratio (``data.py``); the crop is drawn here, on the device, for the whole batch at once:
 per-image boxes in the original image's geometry (``images/crops.py``: torchvision's
 RandomResizedCrop rule, so a 4:3 photo is cropped as a 4:3 photo), then one ``grid_sample`` crops,
-flips and resizes every image. The draws of a step come from a generator seeded by (seed, step), so
-a resumed run sees the same crops.
+flips and resizes every image (``images/crops.resized_crop``, the warp pretraining's views use too).
+The draws of a step come from a generator seeded by (seed, step), so a resumed run sees the same crops.
 """
 from __future__ import annotations
 
@@ -13,22 +13,8 @@ import functools
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from sslprobe.images.crops import crop_boxes
-
-
-def resized_crop(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, size: int) -> torch.Tensor:
-    """Each image cropped to its box, flipped where ``flip`` (B,) is set, resized to ``size``: one grid_sample."""
-    n = x.shape[0]
-    w, h, cx, cy = boxes.unbind(1)
-    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
-    theta[:, 0, 0] = torch.where(flip, -w, w)
-    theta[:, 0, 2] = 2 * cx - 1
-    theta[:, 1, 1] = h
-    theta[:, 1, 2] = 2 * cy - 1
-    grid = F.affine_grid(theta, [n, x.shape[1], size, size], align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+from sslprobe.images.crops import crop_boxes, resized_crop
 
 
 @functools.lru_cache(maxsize=16)
@@ -63,4 +49,4 @@ class TrainViews:
         return resized_crop(normalize(x, mean=self.mean, std=self.std), boxes, flip, self.size)
 
 
-__all__ = ["TrainViews", "normalize", "resized_crop"]
+__all__ = ["TrainViews", "normalize"]
