@@ -22,7 +22,9 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object on s
 def _fields(cls: type[Config]) -> Iterator[tuple[dataclasses.Field, Opt, Any]]:
     """Every command-line field of ``cls``, nested configs' fields in their place."""
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
+    own = cls.__dict__.get("__annotations__", {})
+    # the command's own options first, then those of the shared bases (common.Runtime, common.ImageInputs)
+    for f in sorted(dataclasses.fields(cls), key=lambda f: f.name not in own):
         tp = hints[f.name]
         if isinstance(tp, type) and issubclass(tp, Config):
             yield from _fields(tp)

@@ -22,7 +22,7 @@ C = TypeVar("C", bound="Config")
 Rule = Callable[[str, Any], None]  # (the option's flag, its value) → raises SSLProbeError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Opt:
     """One option's declaration: the field's metadata.
 
@@ -68,7 +68,7 @@ def flag_of(f: dataclasses.Field) -> str:
     return f.name.upper() if d.argument else "--" + f.name.replace("_", "-")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """Base of every command's config: frozen, checked when built, JSON round-trip, nested configs allowed.
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from sslprobe.config import common
 from sslprobe.config import rules as r
-from sslprobe.config.base import Config, option
-from sslprobe.config.pretrain import SMALL_STEM
+from sslprobe.config.base import option
 from sslprobe.errors import SSLProbeError
 
 POOLS = ("auto", "cls", "mean")
@@ -14,15 +14,14 @@ FEATURE_DTYPES = ("float32", "float16")
 DECODERS = ("cpu", "gpu")
 NAMED_WEIGHTS = ("random", "random-rescaled", "pretrained", "pixels")
 NEEDS_MODEL = ("random", "random-rescaled", "pretrained")
-PICKLE_HELP = "Allow .pt/.pth weights (loaded with torch.load(weights_only=True))."
 
 
 def _cache_switch(name: str, value: bool) -> bool:
     return not value
 
 
-@dataclass(frozen=True)
-class ExtractConfig(Config):
+@dataclass(frozen=True, kw_only=True)
+class ExtractConfig(common.Runtime, common.ImageInputs):
     """Everything `sslprobe extract` / ``sslprobe.extract()`` is asked for (docs/extract.md)."""
 
     name = "extract"
@@ -33,7 +32,7 @@ class ExtractConfig(Config):
                           "a .safetensors file.")
     model: str | None = option(None, "timm model name (not needed for sslprobe backbone files).")
     image_size: int | None = option(None, "Override the evaluation resolution.", rule=r.ge(1))
-    small_stem: bool | None = option(None, SMALL_STEM, flag="--small-stem/--no-small-stem", show_default=False)
+    small_stem: bool | None = common.small_stem()
     layer: str = option("pre-logits", "pre-logits (pooled, default) or a stage/block index, e.g. 2 or -2 "
                         "(global-average-pooled).")
     pool: str = option("auto", "auto (the model's own), cls (ViT class token) or mean (of patch tokens / feature "
@@ -46,12 +45,7 @@ class ExtractConfig(Config):
                              cli_type=bool, cli_default=False, parse=_cache_switch)
     decode: str = option("cpu", "JPEG decoding: cpu (PIL, draft mode) or gpu (nvJPEG on CUDA, CPU fallback).",
                          rule=r.choice(*DECODERS))
-    allow_pickle: bool = option(False, PICKLE_HELP, flag="--allow-pickle/--no-allow-pickle")
-    seed: int = option(0, "Seed for initialisation, sampling and augmentation.")
-    device: str = option("auto", "auto (CUDA if present), cpu or cuda.")
-    workers: int | None = option(None, "Decode worker processes (default: cores − 1, at most 8).", rule=r.ge(0))
-    image_column: str | None = option(None, "Image column of a Hugging Face dataset (default: detected).")
-    label_column: str | None = option(None, "Label column of a Hugging Face dataset (default: detected).")
+    allow_pickle: bool = common.allow_pickle()
     labels: Path | None = option(None, "CSV with columns path,label naming DATA's images and their classes (paths "
                                  "relative to DATA).", path=False)
     shard_rows: int = option(4096, "Rows per cache shard.", rule=r.ge(1), cli=False)

@@ -4,10 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from sslprobe.config import common
 from sslprobe.config import rules as r
-from sslprobe.config.base import Config, option
-from sslprobe.config.extract import NEEDS_MODEL, PICKLE_HELP
-from sslprobe.config.pretrain import CKPT, RESUMES, SMALL_STEM, _resume_switch
+from sslprobe.config.base import option
+from sslprobe.config.extract import NEEDS_MODEL
 from sslprobe.config.probe import SELECTS
 from sslprobe.errors import SSLProbeError
 
@@ -18,8 +18,8 @@ BACKBONE_LR_SCALE = 0.1  # trained CNN backbones; random weights train at 1.0
 LAYER_DECAY = 0.75  # trained ViTs, per block from the head down
 
 
-@dataclass(frozen=True)
-class FinetuneConfig(Config):
+@dataclass(frozen=True, kw_only=True)
+class FinetuneConfig(common.Runtime, common.ImageInputs):
     """Everything `sslprobe finetune` / ``sslprobe.finetune()`` is asked for (docs/finetune.md: the recipe, sources)."""
 
     name = "finetune"
@@ -34,7 +34,7 @@ class FinetuneConfig(Config):
                              "TRAIN).", rule=r.image_source)
     test: str | None = option(None, "Test class folders, scored once with the chosen network.", rule=r.image_source)
     image_size: int | None = option(None, "Training and evaluation resolution (default: the model's).", rule=r.ge(8))
-    small_stem: bool | None = option(None, SMALL_STEM, flag="--small-stem/--no-small-stem", show_default=False)
+    small_stem: bool | None = common.small_stem()
     epochs: int | None = option(None, f"Passes over the training rows (default {DEFAULT_EPOCHS}).", rule=r.ge(1))
     minutes: float | None = option(None, "Budget instead of --epochs: the whole epochs a timing of the step says fit, "
                                    "per run.", rule=r.positive)
@@ -65,18 +65,13 @@ class FinetuneConfig(Config):
                                     cli_type=str, parse=r.ints, panel=LABELS)
     seeds: int = option(3, "Draws per label-efficiency point (mean ± std).", rule=r.ge(1), panel=LABELS)
     val_fraction: float = option(0.2, "The validation hold-out of TRAIN without --val.", rule=r.open_unit, cli=False)
-    resume: str = option("no", "Continue the fine-tune in --out (same options required); start it if there is none.",
-                         flag="--resume", panel=CKPT, cli_type=bool, cli_default=False, parse=_resume_switch)
-    save_every: str = option("10m", "Checkpoint every STEPS (500), MINUTES (10m), both (500,10m), or only at stops "
-                             "(end).", panel=CKPT)
+    resume: str = common.resume("Continue the fine-tune in --out (same options required); start it if there is "
+                                "none.")
+    save_every: str = common.save_every("Checkpoint every STEPS (500), MINUTES (10m), both (500,10m), or only at stops "
+                                        "(end).")
     stop_after: int | None = option(None, "Stop the session after this many steps, with a checkpoint.", rule=r.ge(1),
                                     cli=False)
-    allow_pickle: bool = option(False, PICKLE_HELP, flag="--allow-pickle/--no-allow-pickle")
-    seed: int = option(0, "Seed for initialisation, sampling and augmentation.")
-    device: str = option("auto", "auto (CUDA if present), cpu or cuda.")
-    workers: int | None = option(None, "Decode worker processes (default: cores − 1, at most 8).", rule=r.ge(0))
-    image_column: str | None = option(None, "Image column of a Hugging Face dataset (default: detected).")
-    label_column: str | None = option(None, "Label column of a Hugging Face dataset (default: detected).")
+    allow_pickle: bool = common.allow_pickle()
 
     def rules(self) -> None:
         if self.weights == "pixels":
@@ -94,4 +89,3 @@ class FinetuneConfig(Config):
             raise SSLProbeError(f"--layer-decay must be in (0, 1] (got {self.layer_decay})")
         if not 0 <= self.label_smoothing < 1:
             raise SSLProbeError(f"--label-smoothing must be in [0, 1) (got {self.label_smoothing})")
-        r.one_of("--resume", self.resume, RESUMES)

@@ -4,23 +4,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from sslprobe.config import common
 from sslprobe.config import rules as r
 from sslprobe.config.base import Config, option
 from sslprobe.errors import SSLProbeError
 
-AUG, CKPT, MON = "Augmentation (paper defaults)", "Checkpoints", "Monitoring"  # --help panels
+AUG, MON = "Augmentation (paper defaults)", "Monitoring"  # --help panels
 OPTIMIZERS = ("auto", "lars", "sgd", "adamw")
-RESUMES = ("no", "auto", "yes")
-SMALL_STEM = ("ResNet small-image stem: 3×3 stride-1 first conv, no max-pool (default: for networks trained from "
-              "scratch at ≤ 64 px; trained weights keep the stem they were trained with).")
 DEFAULT_MODEL = "resnet18"  # with --init FILE an sslprobe backbone names its own
 
 
-def _resume_switch(name: str, value: bool) -> str:
-    return "auto" if value else "no"
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AugmentConfig(Config):
     """BYOL's augmentations as the paper gives them (Grill et al. 2020, Table 6): view 1, view 2.
 
@@ -66,8 +60,8 @@ class AugmentConfig(Config):
 GRAYSCALE_HELP = "Grey images: one channel through the store, the views and the backbone (colour images are refused)."
 
 
-@dataclass(frozen=True)
-class PretrainConfig(Config):
+@dataclass(frozen=True, kw_only=True)
+class PretrainConfig(common.Runtime, common.ImageInputs):
     """Everything `sslprobe pretrain` / ``sslprobe.pretrain()`` is asked for (docs/pretrain.md).
 
     None means "fitted": the rates, decay, warm-up and τ left as None follow the run's length,
@@ -86,7 +80,7 @@ class PretrainConfig(Config):
                        "(a new run; --resume continues the same one). The heads start fresh.", rule=r.init_source)
     image_size: int | None = option(None, "Training resolution (default: the model's). ≤ 64 px switches ResNets to "
                                     "a small-image stem.", rule=r.ge(8))
-    small_stem: bool | None = option(None, SMALL_STEM, flag="--small-stem/--no-small-stem", show_default=False)
+    small_stem: bool | None = common.small_stem()
     batch_size: int = option(256, "Images per step and process (LARS is used from a global batch of 256 up).",
                              rule=r.ge(1))
     epochs: int = option(100, "Passes over the data.", rule=r.ge(1))
@@ -108,15 +102,14 @@ class PretrainConfig(Config):
     proj_dim: int = option(256, "Output width of projector and predictor (paper: 256).", rule=r.ge(1))
     weight_decay: float | None = option(None, "Weight decay, biases and norms excluded (default: fitted, "
                                         "1e-6–1.5e-6; AdamW 0.1).", rule=r.ge(0), show_default=False)
-    resume: str = option("no", "Continue the run in --out from its last good checkpoint (same options required); "
-                         "start it if there is none.", flag="--resume", panel=CKPT, cli_type=bool, cli_default=False,
-                         parse=_resume_switch)
-    save_every: str = option("10m", "Checkpoint every STEPS (500), MINUTES (10m), both (500,10m), or only at the end "
-                             "(end).", panel=CKPT)
+    resume: str = common.resume("Continue the run in --out from its last good checkpoint (same options required); "
+                                "start it if there is none.")
+    save_every: str = common.save_every("Checkpoint every STEPS (500), MINUTES (10m), both (500,10m), or only at the "
+                                        "end (end).")
     max_minutes: float | None = option(None, "Stop with a checkpoint after this many minutes (the schedule stays the "
-                                       "full run's; --resume continues).", rule=r.positive, panel=CKPT)
+                                       "full run's; --resume continues).", rule=r.positive, panel=common.CKPT)
     stop_at: int | None = option(None, "Stop with a checkpoint after this step (the schedule stays the full run's; "
-                                 "--resume continues).", rule=r.ge(1), panel=CKPT)
+                                 "--resume continues).", rule=r.ge(1), panel=common.CKPT)
     augment: AugmentConfig = option(help="BYOL's augmentations.", factory=AugmentConfig)
     grayscale: bool = option(False, GRAYSCALE_HELP, flag="--grayscale", panel=AUG)
     eval_train: str | None = option(None, "Labelled class folder: kNN bank for an online evaluation (with "
@@ -126,11 +119,6 @@ class PretrainConfig(Config):
     log_every: int = option(10, "Log to metrics.jsonl every N steps.", rule=r.ge(1), panel=MON)
     compile: bool = option(False, "torch.compile the model (falls back to eager if it fails).",
                            flag="--compile/--no-compile")
-    seed: int = option(0, "Seed for initialisation, sampling and augmentation.")
-    device: str = option("auto", "auto (CUDA if present), cpu or cuda.")
-    workers: int | None = option(None, "Decode worker processes (default: cores − 1, at most 8).", rule=r.ge(0))
-    image_column: str | None = option(None, "Image column of a Hugging Face dataset (default: detected).")
-    label_column: str | None = option(None, "Label column of a Hugging Face dataset (default: detected).")
 
     def rules(self) -> None:
         if self.minutes is not None and self.max_steps is not None:
@@ -139,14 +127,11 @@ class PretrainConfig(Config):
             raise SSLProbeError(f"unknown optimizer '{self.optimizer}'; use {', '.join(OPTIMIZERS)}")
         if self.tau_base is not None and not 0 <= self.tau_base < 1:
             raise SSLProbeError(f"--tau-base must be in [0, 1) (got {self.tau_base})")
-        if self.resume not in RESUMES:
-            raise SSLProbeError(f"--resume '{self.resume}' not understood; use --resume (must continue) or "
-                                "--resume auto")
         if (self.eval_train is None) != (self.eval_test is None):
             raise SSLProbeError("online kNN evaluation needs both --eval-train and --eval-test")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PreviewConfig(Config):
     """`sslprobe views`: the view pairs a run with the same options would draw at one step."""
 
@@ -162,6 +147,6 @@ class PreviewConfig(Config):
     step: int = option(0, "Run step whose batch and views are shown.", rule=r.ge(0))
     augment: AugmentConfig = option(help="BYOL's augmentations.", factory=AugmentConfig)
     grayscale: bool = option(False, GRAYSCALE_HELP, flag="--grayscale", panel=AUG)
-    seed: int = option(0, "Seed for initialisation, sampling and augmentation.")
-    image_column: str | None = option(None, "Image column of a Hugging Face dataset (default: detected).")
-    label_column: str | None = option(None, "Label column of a Hugging Face dataset (default: detected).")
+    seed: int = common.seed()
+    image_column: str | None = common.image_column()
+    label_column: str | None = common.label_column()

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sslprobe.config import common
 from sslprobe.config import rules as r
 from sslprobe.config.base import Config, option
 from sslprobe.config.extract import FEATURE_DTYPES
@@ -24,8 +25,8 @@ def _half_switch(name: str, value: bool) -> str:
     return "float16" if value else "float32"
 
 
-@dataclass(frozen=True)
-class ProbeProtocol(Config):
+@dataclass(frozen=True, kw_only=True)
+class ProbeProtocol(common.Runtime):
     """How a feature set is probed (docs/probe.md): the C search, kNN, the label curve, the solver's precision."""
 
     name = "probe"
@@ -59,15 +60,13 @@ class ProbeProtocol(Config):
     patience: int | None = option(5, "Grid C's past the best before the walk stops (None: the whole grid).",
                                   cli=False)
     tol: float = option(1e-4, "The refit's gradient tolerance.", rule=r.positive, cli=False)
-    seed: int = option(0, "Seed for initialisation, sampling and augmentation.")
-    device: str = option("auto", "auto (CUDA if present), cpu or cuda.")
 
     def rules(self) -> None:
         if self.Cs is not None and (not self.Cs or not min(self.Cs) > 0):
             raise SSLProbeError("C values must be positive (e.g. --C 1.0)")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ProbeConfig(Config):
     """Everything `sslprobe probe` / ``sslprobe.probe()`` is asked for: the feature sets and the protocol."""
 
@@ -96,7 +95,7 @@ def _sets(name: str, items: list[str] | None) -> tuple[tuple[str, str], ...]:
     return tuple(pairs.items())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CompareConfig(Config):
     """`sslprobe compare`: named feature sets, each probed with one protocol, then paired tests."""
 

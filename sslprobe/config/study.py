@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from sslprobe.config import common
 from sslprobe.config import rules as r
 from sslprobe.config.base import Config, option
 from sslprobe.config.pretrain import OPTIMIZERS, PretrainConfig
@@ -25,7 +26,7 @@ def _names(name: str, text: str | None) -> tuple[str, ...]:
     return tuple(a for a in (text or "").replace(" ", "").split(",") if a)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ByolRecipe(Config):
     """The BYOL options every BYOL arm of a study shares (the `pretrain` options of the same names)."""
 
@@ -47,8 +48,8 @@ class ByolRecipe(Config):
             raise SSLProbeError(f"--tau-base must be in [0, 1) (got {self.tau_base})")
 
 
-@dataclass(frozen=True)
-class StudyConfig(Config):
+@dataclass(frozen=True, kw_only=True)
+class StudyConfig(common.Runtime, common.ImageInputs):
     """Everything `sslprobe study` / ``sslprobe.study()`` is asked for; the study builds each command's config
     from it (study/stages.py)."""
 
@@ -86,11 +87,6 @@ class StudyConfig(Config):
     search: str = option("grid", "How to choose C on validation: grid (45 C's in 1e-6..1e5, warm-started, early stop) "
                          "or binary (CLIP's coarse-then-bisect, ~14 fits).", rule=r.choice(*SEARCHES))
     select: str = option("auto", SELECT_HELP, rule=r.choice(*SELECTS))
-    seed: int = option(0, "Seed for initialisation, sampling and augmentation.")
-    device: str = option("auto", "auto (CUDA if present), cpu or cuda.")
-    workers: int | None = option(None, "Decode worker processes (default: cores − 1, at most 8).", rule=r.ge(0))
-    image_column: str | None = option(None, "Image column of a Hugging Face dataset (default: detected).")
-    label_column: str | None = option(None, "Label column of a Hugging Face dataset (default: detected).")
     command: str = option("", "The command line that asked for the study, for the report.", cli=False)
 
     def rules(self) -> None:
