@@ -22,7 +22,7 @@ from sslprobe.pretraining.trainstep import RunSpec
 # Ignored when comparing a resumed run's configuration: the same run may continue on other hardware, and
 # ``defaults`` only says where values came from (the values themselves, and ``start`` with the init file's
 # sha256, are compared).
-RESUME_IGNORES = ("device", "precision", "sync_batchnorm", "defaults")
+RESUME_IGNORES = ("device", "precision", "sync_batchnorm", "defaults", "options")
 
 
 def resume_point(out: Path, *, resume: str, cfg: RunSpec) -> ckpts.Checkpoint | None:

@@ -69,6 +69,9 @@ class RunSpec:
     sync_batchnorm: str = "n/a (one process)"
     precision: str = "float32"
     device: str = "cpu"
+    # the options the run was asked with (PretrainConfig.to_json()): a record, not compared on resume — the values
+    # above are what the options resolved to, and a resume may change how a session stops (--stop-at, --max-minutes)
+    options: dict = field(default_factory=dict)
 
 
 def run_config(*, options: PretrainConfig, spec: BackboneSpec, batch: int, steps_per_epoch: int, dist: ddp.Dist,
@@ -107,7 +110,7 @@ def run_config(*, options: PretrainConfig, spec: BackboneSpec, batch: int, steps
         proj_hidden=o.proj_hidden, proj_dim=o.proj_dim, seed=seed, views=views,
         blur=blur_note(spec.image_size, o.augment.blur),
         sync_batchnorm=sync, precision="bfloat16 autocast" if device.type == "cuda" else "float32",
-        device=device.type)
+        device=device.type, options=o.to_json())
 
 
 def make_optimizer(name: str, model: torch.nn.Module, *, lr: float, weight_decay: float,
