@@ -22,12 +22,17 @@ FORBIDDEN = {
     "probing": ("pretraining", "extraction", "finetuning", "study"),
     "finetuning": ("pretraining", "extraction", "study"),
     "study": (),  # the orchestrator runs every command through its public functions
+    "runtime": COMMANDS,  # a shared leaf, split by concern
+    "config": COMMANDS,  # torch-free options (and see test_configs_are_torch_free_leaves)
+    "cli": (),  # the top: it calls every command
 }
-TOP = {"cli.py", "demo.py", "__init__.py", "__main__.py"}
+TOP = {"demo.py", "__init__.py", "__main__.py"}
+# what the configs may import: each other and the one error type (the command line checks them before torch loads)
+CONFIG_IMPORTS = ("sslprobe.config", "sslprobe.errors")
 # the probing modules fine-tuning may use: the metrics, the report writers, the hold-out draws, the label-curve
 # points and the predictions CSV, so a fine-tuned row is scored, drawn and written as a probe row
 FINETUNING_USES_OF_PROBING = {"metrics", "report", "holdout", "labeleff", "predict"}
-ROOT_IMPORTERS = {"cli.py", "__init__.py", "__main__.py"}  # the only modules that may import the package root
+ROOT_IMPORTERS = {"__init__.py", "__main__.py"}  # the only modules that may import the package root
 
 
 def _imports(path: Path) -> set[str]:
@@ -138,6 +143,24 @@ def _all_modules():
 def test_no_upward_or_sideways_imports(path, folder):
     bad = sorted(n for n in _imports(path) if n.split(".")[1] in FORBIDDEN.get(folder, ()))
     assert not bad, f"{path.relative_to(PKG)} imports {bad} (docs/architecture.md, Import rules)"
+
+
+@pytest.mark.parametrize("path", sorted((PKG / "config").glob("*.py")), ids=lambda p: p.name)
+def test_configs_are_torch_free_leaves(path):
+    bad = sorted(n for n in _imports(path) if not n.startswith(CONFIG_IMPORTS))
+    assert not bad, f"config/{path.name} imports {bad}: configs import only each other and sslprobe.errors"
+    heavy = {"torch", "timm", "numpy", "datasets", "PIL"}
+    tops = {a.name.split(".")[0] for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Import)
+            for a in node.names} | {node.module.split(".")[0] for node in ast.walk(ast.parse(path.read_text()))
+                                    if isinstance(node, ast.ImportFrom) and node.module and node.level == 0}
+    assert not tops & heavy, f"config/{path.name} imports {sorted(tops & heavy)}"
+
+
+def test_only_the_top_imports_the_command_line():
+    users = sorted(str(p.relative_to(PKG)) for p in PKG.rglob("*.py")
+                   if any(n.startswith("sslprobe.cli") for n in _imports(p)) and p.parent.name != "cli"
+                   and p.name != "__main__.py")
+    assert not users, f"{users} import sslprobe.cli: the command line sits on top, nothing imports it"
 
 
 @pytest.mark.parametrize("path", sorted((PKG / "finetuning").glob("*.py")), ids=lambda p: p.name)
