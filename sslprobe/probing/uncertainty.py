@@ -10,6 +10,7 @@ exact test on the discordant rows gives a p-value for the top-1 difference.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -93,4 +94,129 @@ def paired_difference(pred_a: torch.Tensor, pred_b: torch.Tensor, labels: torch.
     }
 
 
-__all__ = ["LEVEL", "RESAMPLES", "bootstrap_intervals", "mcnemar_p", "paired_difference"]
+
+
+# --- One metric, its intervals and paired tests over repeats and test rows (issue 21; docs/probe.md, "Verdict") ---
+
+METRICS = ("balanced", "top1", "macro-f1")  # the --metric choices; balanced first: chance is 1/K whatever the mix
+METRIC_KEYS = {"balanced": "balanced_accuracy", "top1": "top1", "macro-f1": "macro_f1"}  # their report.json keys
+PAIRED_RESAMPLES = 10_000  # enough for p-values near 0.05 / m to rest on tens of resamples, not a handful
+POWER = 0.8
+_CELLS = 4_000_000  # resample weights per block (b × N doubles): ~32 MB whatever the test size
+
+
+def _one_hot(index: torch.Tensor, k: int) -> torch.Tensor:
+    """(N, K) float64 rows; an index outside [0, K) (a class the labels lack) is a zero row."""
+    inside = (index >= 0) & (index < k)
+    out = torch.zeros(index.numel(), k, dtype=torch.float64)
+    out[inside.nonzero().squeeze(1), index[inside]] = 1.0
+    return out
+
+
+def metric_of_counts(tp: torch.Tensor, support: torch.Tensor, predicted: torch.Tensor, metric: str) -> torch.Tensor:
+    """The metric from per-class counts (..., K) — true positives, true rows, predicted rows — over the last axis.
+
+    Balanced accuracy: mean recall over the classes present; top-1: all hits over all rows; macro-F1: mean of
+    2·TP / (predicted + true) over the classes present in labels or predictions (scikit-learn's definitions,
+    as ``metrics.classification_metrics``).
+    """
+    if metric == "top1":
+        return tp.sum(-1) / support.sum(-1)
+    if metric == "balanced":
+        present = support > 0
+        return torch.where(present, tp / support.clamp_min(1e-300), 0.0).sum(-1) / present.sum(-1)
+    if metric == "macro-f1":
+        seen = (support > 0) | (predicted > 0)
+        f1 = torch.where(seen, 2 * tp / (support + predicted).clamp_min(1e-300), 0.0)
+        return f1.sum(-1) / seen.sum(-1)
+    raise ValueError(f"unknown metric '{metric}'; one of {', '.join(METRICS)}")
+
+
+def metric_value(pred: torch.Tensor, labels: torch.Tensor, *, metric: str, num_classes: int) -> float:
+    """The metric of predictions ``pred`` (N,) on ``labels`` (N,)."""
+    w = torch.ones(1, labels.numel(), dtype=torch.float64)
+    return float(_weighted(w, pred.cpu(), labels.cpu(), num_classes, metric)[0])
+
+
+def _weighted(w: torch.Tensor, pred: torch.Tensor, labels: torch.Tensor, k: int, metric: str) -> torch.Tensor:
+    """The metric of one prediction vector under each row weighting of ``w`` (b, N): (b,)."""
+    y = _one_hot(labels, k)
+    hit = (pred == labels).double().unsqueeze(1)
+    return metric_of_counts(w @ (y * hit), w @ y, w @ _one_hot(pred, k), metric)
+
+
+def bootstrap(arms: Sequence[torch.Tensor], labels: torch.Tensor, *, metric: str, num_classes: int, resamples: int,
+              seed: int = 0) -> torch.Tensor:
+    """Bootstrap distributions (A, resamples) of the metric of each arm's predictions (R or 1, N), pooled over
+    its R repeats (seeds, label draws) of one test set; every arm is scored on the same draws, so a row of
+    differences is the paired bootstrap of that difference.
+
+    Rows and repeats are resampled independently, each with replacement, and every drawn repeat is scored
+    on the same drawn rows: the two-way ("pigeonhole") bootstrap for a crossed design of seeds × test
+    images (Owen 2007, Ann. Appl. Stat. 1(2)), which with one repeat is the ordinary paired bootstrap over
+    test rows (Efron & Tibshirani 1993, ch. 13). An arm with one repeat (pixels: no seed) keeps it in
+    every draw; the pooled value is the mean over the drawn repeats.
+    """
+    labels = labels.cpu()
+    n = labels.numel()
+    arms = [a.cpu().reshape(-1, n) for a in arms]
+    r = max(len(a) for a in arms)
+    g = torch.Generator().manual_seed(seed)
+    block = max(1, min(resamples, _CELLS // max(n, 1)))
+    out = []
+    for start in range(0, resamples, block):
+        b = min(block, resamples - start)
+        idx = torch.randint(n, (b, n), generator=g)
+        w = torch.zeros(b, n, dtype=torch.float64).scatter_add_(1, idx, torch.ones(b, n, dtype=torch.float64))
+        reps = torch.randint(r, (b, r), generator=g)
+        wr = torch.zeros(b, r, dtype=torch.float64).scatter_add_(1, reps, torch.ones(b, r, dtype=torch.float64)) / r
+        out.append(torch.stack([
+            sum(wr[:, i] * _weighted(w, a[i], labels, num_classes, metric) for i in range(r)) if len(a) == r
+            else _weighted(w, a[0], labels, num_classes, metric) for a in arms]))
+    return torch.cat(out, 1)
+
+
+def pooled_value(preds: torch.Tensor, labels: torch.Tensor, *, metric: str, num_classes: int) -> float:
+    """The metric averaged over the repeats (rows) of ``preds`` (R, N): the number the report shows."""
+    preds = preds.cpu().reshape(-1, labels.numel())
+    return sum(metric_value(p, labels, metric=metric, num_classes=num_classes) for p in preds) / len(preds)
+
+
+def order_interval(sorted_values: torch.Tensor, alpha: float) -> list[float]:
+    """The two-sided (1 − α) percentile interval as order statistics: the (k+1)-th smallest and largest of B
+    sorted values, k = ⌈αB/2⌉ − 1. It excludes 0 exactly when :func:`bootstrap_p` < α (same counts)."""
+    b = sorted_values.numel()
+    k = max(math.ceil(alpha * b / 2) - 1, 0)
+    return [float(sorted_values[k]), float(sorted_values[b - 1 - k])]
+
+
+def bootstrap_p(values: torch.Tensor) -> float:
+    """Two-sided p of "the difference is 0": twice the smaller share of resampled differences on either side
+    of 0 (ties count on both sides), capped at 1 — the α at which the percentile interval first reaches 0."""
+    b = values.numel()
+    return min(1.0, 2 * min(int((values <= 0).sum()), int((values >= 0).sum())) / b)
+
+
+def holm(ps: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (Holm 1979): the i-th smallest of m is multiplied by m − i + 1 and
+    kept monotone, so rejecting where adjusted p < α holds the family-wise error rate at α."""
+    order = sorted(range(len(ps)), key=lambda i: ps[i])
+    out, running = [1.0] * len(ps), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(ps) - rank) * ps[i]))
+        out[i] = running
+    return out
+
+
+def minimum_detectable(values: torch.Tensor, *, alpha: float = 1 - LEVEL, power: float = POWER) -> float:
+    """The smallest true difference a two-sided level-α test detects with probability ``power``:
+    (z₁₋α/₂ + z_power) × the bootstrap standard error (the normal approximation of a two-sided test)."""
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(1 - alpha / 2) + NormalDist().inv_cdf(power)
+    return z * float(values.std())
+
+
+__all__ = ["LEVEL", "METRICS", "METRIC_KEYS", "PAIRED_RESAMPLES", "RESAMPLES", "bootstrap", "bootstrap_intervals",
+           "bootstrap_p", "holm", "mcnemar_p", "metric_of_counts", "metric_value", "minimum_detectable",
+           "order_interval", "paired_difference", "pooled_value"]
