@@ -229,7 +229,7 @@ def test_labels_csv_data_and_class_names_that_are_not_folder_names(tmp_path):
                              for p in sorted(src.rglob("*.png"))]
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
     r = study(src, out=tmp_path / "s", labels=tmp_path / "labels.csv", arms=("pixels",), **TINY)
-    assert set(r.rows[0][1]["classes"]) == {"T-shirt/top", "bag"}
+    assert set(r.rows[0][1].classes) == {"T-shirt/top", "bag"}
     assert (tmp_path / "s" / "data" / "labelled" / "T-shirt_top").is_dir()
 
 
@@ -241,7 +241,7 @@ def test_finetune_arm_is_a_row_of_the_same_comparison(class_folder, tmp_path, mo
     r = study(class_folder, out=tmp_path / "s", arms=("random", "finetune-random"), **{**TINY, "fractions": (),
                                                                                        "shots": ()})
     assert [name for name, _ in r.rows] == ["random", "finetune-random"]
-    assert r.pairs and r.pairs[0]["paired"]  # scored on the same test images
+    assert r.pairs and r.pairs[0].paired  # scored on the same test images
     lines = (tmp_path / "s" / "results.csv").read_text().splitlines()
     assert "finetune" in {row["method"] for row in csv.DictReader(lines)}
 
@@ -333,4 +333,4 @@ def test_hugging_face_data_is_written_out_once(tmp_path):
     r = study(tmp_path / "hf", out=tmp_path / "s", arms=("pixels",), **TINY)
     written = sorted((tmp_path / "s" / "data" / "labelled").rglob("*.png"))
     assert len(written) == 24 and written[0].read_bytes()[:4] == b"\x89PNG" and not written[0].is_symlink()
-    assert set(r.rows[0][1]["classes"]) == {"red", "dim"}
+    assert set(r.rows[0][1].classes) == {"red", "dim"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +13,16 @@ from sslprobe.fileio import write_json
 from sslprobe.probing.pairs import paired_tests
 from sslprobe.probing.probe import Source, probe
 from sslprobe.probing.report import summary
+from sslprobe.results import ProbeResult
 
 
 def compare(sets: Mapping[str, Mapping[str, Source | None]], *, out: str | os.PathLike | None = None,
-            **probe_kwargs: Any) -> list[tuple[str, dict]]:
+            **probe_kwargs: Any) -> list[tuple[str, ProbeResult]]:
     """Probe several feature sets ({name: {"train": …, "val": …, "test": …}}) with one protocol.
 
     Each gets its own report dir ``out/NAME``; ``out/comparison.json`` holds the headline rows and
-    the paired tests between every two sets scored on the same test images (``paired_tests``).
+    the paired tests between every two sets scored on the same test images (``paired_tests``), which
+    every returned result also carries.
     """
     if not sets:
         raise SSLProbeError("nothing to compare; pass NAME=FEATURES pairs")
@@ -29,12 +32,11 @@ def compare(sets: Mapping[str, Mapping[str, Source | None]], *, out: str | os.Pa
                   out=None if out is None else Path(out) / name, **probe_kwargs)
         rows.append((name, r))
     pairs = paired_tests(rows, seed=probe_kwargs.get("seed", 0))
-    for _, r in rows:
-        r["paired_tests"] = pairs
+    rows = [(name, replace(r, paired_tests=pairs)) for name, r in rows]
     if out is not None:
         write_json(Path(out) / "comparison.json",
-                   {"sets": {name: summary({k: v for k, v in r.items() if k not in ("val_curve", "paired_tests")})
-                             for name, r in rows}, "paired_tests": pairs})
+                   {"sets": {name: summary(r, drop=("val_curve", "paired_tests")) for name, r in rows},
+                    "paired_tests": [p.to_json() for p in pairs]})
     return rows
 
 

@@ -8,6 +8,7 @@ rules and the outputs; a rerun of the same call reuses every finished stage (res
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from sslprobe.errors import SSLProbeError
 from sslprobe.options import PRETRAIN, STUDY, check_pretrain, check_study
+from sslprobe.results import FinetuneResult, PairedTest, ProbeResult
 from sslprobe.study import plan
 from sslprobe.study.layout import Layout, Placed, class_dirs, materialise, place_labelled, pool_names
 from sslprobe.study.plan import Arm, ArmStatus, Budget, ByolRecipe, StudyOptions
@@ -37,10 +39,10 @@ class StudyInterrupted(KeyboardInterrupt):
 
 @dataclass(frozen=True)
 class ArmRun:
-    """One arm's outcome: its status, and when it ran, its result (report.json) and its stages."""
+    """One arm's outcome: its status, and when it ran, its result (report.json's) and its stages."""
 
     status: ArmStatus
-    result: dict | None = None
+    result: ProbeResult | FinetuneResult | None = None
     stages: dict[str, Done] = field(default_factory=dict)
 
 
@@ -49,8 +51,8 @@ class StudyResult:
     """What ``study()`` returns: the result rows by arm, the paired tests, the verdict and the files written."""
 
     out: Path
-    rows: list[tuple[str, dict]]
-    pairs: list[dict]
+    rows: list[tuple[str, ProbeResult | FinetuneResult]]
+    pairs: list[PairedTest]
     verdict: str
     arms: list[ArmRun]
     files: dict[str, str]
@@ -212,8 +214,7 @@ class _Study:
 
         rows = [(r.status.arm.name, r.result) for r in runs if r.result is not None]
         pairs = paired_tests(rows, seed=self.opts.seed)
-        for _, r in rows:
-            r["paired_tests"] = pairs
+        rows = [(name, dataclasses.replace(r, paired_tests=pairs)) for name, r in rows]
         verdict = report.headline(pairs, arms=[r.status.arm for r in runs if r.result is not None])
         record = report.StudyRecord(opts=self.opts, prepared=p, runs=runs, rows=rows, pairs=pairs, verdict=verdict,
                                     seconds=time.perf_counter() - self.t0, device_type=self.device_type)

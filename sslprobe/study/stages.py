@@ -7,7 +7,6 @@ the command line it stands for, so the report can print the study as the command
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from sslprobe.fileio import file_sha256
 from sslprobe.pretraining.budget import fitted_steps
 from sslprobe.pretraining.pretrain import pretrain
 from sslprobe.probing.probe import probe
+from sslprobe.results import FinetuneResult, ProbeResult
 from sslprobe.study.commands import extract_command, flags, line, pretrain_command
 from sslprobe.study.layout import Layout
 from sslprobe.study.plan import Arm, StudyOptions
@@ -162,20 +162,21 @@ def probe_options(o: StudyOptions) -> dict[str, Any]:
             "select": o.select, "seed": o.seed}
 
 
-def probed(ctx: Context, arm: Arm, features: Done, *, index: int, arms: int) -> tuple[Done, dict]:
-    """The arm's rows cut by split, then one probe (linear, kNN, label curve); the result as report.json has it."""
+def probed(ctx: Context, arm: Arm, features: Done, *, index: int, arms: int) -> tuple[Done, ProbeResult]:
+    """The arm's rows cut by split, then one probe (linear, kNN, label curve); a reused probe's result is read
+    back from its report.json."""
     d = ctx.layout.arm(arm.name)
     key = fingerprint([features.key, ctx.split_key, probe_options(ctx.opts), ctx.device_type])
     marker = Marker(d / "probe")
     done = _reuse(marker, d / "probe", key)
-    if done is None:
-        ctx.progress.stage(arm=arm.name, index=index, arms=arms, stage="probe (linear, kNN, label efficiency)")
-        paths = write_split_features(features.dir, membership=ctx.membership, class_names=ctx.class_names,
-                                     out=d / "features")
-        probe(paths["train"], val=paths["val"], test=paths["test"], device=ctx.opts.device, out=d / "probe",
-              show_progress=False, **probe_options(ctx.opts))
-        done = _finish(marker, d / "probe", key, "")
-    return done, json.loads((d / "probe" / "report.json").read_text())
+    if done is not None:
+        return done, ProbeResult.from_json(d / "probe" / "report.json")
+    ctx.progress.stage(arm=arm.name, index=index, arms=arms, stage="probe (linear, kNN, label efficiency)")
+    paths = write_split_features(features.dir, membership=ctx.membership, class_names=ctx.class_names,
+                                 out=d / "features")
+    result = probe(paths["train"], val=paths["val"], test=paths["test"], device=ctx.opts.device, out=d / "probe",
+                   show_progress=False, **probe_options(ctx.opts))
+    return _finish(marker, d / "probe", key, ""), result
 
 
 def finetune_kwargs(ctx: Context, arm: Arm, weights: Path | None) -> dict[str, Any]:
@@ -189,7 +190,8 @@ def finetune_kwargs(ctx: Context, arm: Arm, weights: Path | None) -> dict[str, A
     return {**kw, "fractions": o.fractions, "shots": o.shots, "seeds": o.seeds, "select": o.select, "seed": o.seed}
 
 
-def finetuned(ctx: Context, arm: Arm, weights: Path | None, *, index: int, arms: int) -> tuple[Done, dict]:
+def finetuned(ctx: Context, arm: Arm, weights: Path | None, *, index: int,
+              arms: int) -> tuple[Done, FinetuneResult]:
     """The arm's network fine-tuned on the train split (epoch chosen on val, test scored once)."""
     from sslprobe.finetuning.finetune import finetune
 
@@ -203,11 +205,11 @@ def finetuned(ctx: Context, arm: Arm, weights: Path | None, *, index: int, arms:
                                                                      "out": d, **kw, "device": ctx.opts.device}),
                    "--resume")
     done = _reuse(marker, d, key)
-    if done is None:
-        ctx.progress.stage(arm=arm.name, index=index, arms=arms, stage="fine-tune")
-        result = finetune(split("train"), out=d, val=split("val"), test=split("test"), device=ctx.opts.device,
-                          workers=ctx.opts.workers, resume="auto", show_progress=False, **kw)
-        if result.get("status") != "complete":
-            raise SSLProbeError(f"the fine-tune in '{d}' ended '{result.get('status')}'; rerun the study to continue")
-        done = _finish(marker, d, key, command)
-    return done, json.loads((d / "report.json").read_text())
+    if done is not None:
+        return done, FinetuneResult.from_json(d / "report.json")
+    ctx.progress.stage(arm=arm.name, index=index, arms=arms, stage="fine-tune")
+    result = finetune(split("train"), out=d, val=split("val"), test=split("test"), device=ctx.opts.device,
+                      workers=ctx.opts.workers, resume="auto", show_progress=False, **kw)
+    if not isinstance(result, FinetuneResult) or result.status != "complete":
+        raise SSLProbeError(f"the fine-tune in '{d}' ended '{result.status}'; rerun the study to continue")
+    return _finish(marker, d, key, command), result
