@@ -892,7 +892,7 @@ def quality_stage(ctx: Context) -> tuple[dict[str, Measured], dict[str, Any]]:
     summary = pretrain(train, out=work / "byol", max_steps=steps, save_every="end", **kw)
     train_s = time.perf_counter() - t
     details: dict[str, Any] = {"fitted": asdict(fitted), "steps": steps, "train_s": round(train_s, 1),
-                               "final_loss": summary.get("final_loss"), "arms": {}}
+                               "final_loss": summary.final_loss, "arms": {}}
     epochs = steps * q.batch / max(1, count_files(train, "*.png"))
     rows = {"budget": Measured(steps, "steps", f"{epochs:.1f} epochs at {fitted.steps_per_second * q.batch:,.0f} "
                                                f"img/s; the run took {train_s:.0f} s of {60 * q.minutes:.0f} s")}

@@ -19,6 +19,7 @@ from sslprobe import options as opt
 from sslprobe.distributed import env_rank
 from sslprobe.errors import SSLProbeError
 from sslprobe.options import EXTRACT, FINETUNE, PRETRAIN, PROBE, VIEWS
+from sslprobe.results import PretrainResult
 
 app = typer.Typer(
     name="sslprobe",
@@ -214,15 +215,15 @@ def pretrain(
         _render_pretrain(s, resumed=resume)
 
 
-def _render_pretrain(s: dict, *, resumed: bool) -> None:
+def _render_pretrain(s: PretrainResult, *, resumed: bool) -> None:
     """pretrain's summary as stderr lines: where it resumed, how it ended, what to do next."""
     if resumed:
-        step = s["resumed_from"]
+        step = s.resumed_from
         _err(f"resumed from step {step}" if step is not None else "no checkpoint found: started a new run")
-    knn = f"; kNN top-1 {s['knn_top1']:.3f}" if s["knn_top1"] is not None else ""
-    _err(f"{s['status']}: {s['steps']}/{s['total_steps']} steps, final loss {s['final_loss']:.4f}{knn}; "
-         f"skipped {len(s['skipped'])} files; backbone written to {Path(s['out']) / 'backbone.safetensors'}")
-    if s["status"] != "complete":
+    knn = f"; kNN top-1 {s.knn_top1:.3f}" if s.knn_top1 is not None else ""
+    _err(f"{s.status}: {s.steps}/{s.total_steps} steps, final loss {s.final_loss:.4f}{knn}; "
+         f"skipped {len(s.skipped)} files; backbone written to {Path(s.out) / 'backbone.safetensors'}")
+    if not s.complete:
         _err("continue with the same command plus --resume")
 
 

@@ -519,6 +519,39 @@ class FinetuneStopped(JsonRecord):
     rank: int | None = optional()
 
 
+# --- pretrain ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class PretrainResult(JsonRecord):
+    """What ``pretrain`` returns; summary.json is its ``to_json()``."""
+
+    out: str
+    status: str  # "complete", or why the run stopped early (it continues with --resume)
+    steps: int
+    total_steps: int
+    resumed_from: int | None = None
+    final_loss: float | None = None
+    images: int = 0
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    model: str | None = None
+    image_size: int | None = None
+    small_stem: bool | None = None
+    device: str | None = None
+    world_size: int = 1
+    optimizer: str | None = None
+    compile: str | None = None
+    knn_top1: float | None = None
+    budget: dict[str, Any] | None = None  # --minutes: the fitted budget (pretraining.budget.FittedBudget)
+    checkpoint: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    loss_curve: str | None = None  # the PNG's path, or why it was skipped
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "complete"
+
+
 def read_scored(doc: Mapping[str, Any] | str | os.PathLike) -> ProbeResult | FinetuneResult:
     """A probe's or a fine-tune's report.json (a fine-tune's says ``"protocol": "finetune"``)."""
     if isinstance(doc, (str, os.PathLike)):
@@ -530,5 +563,5 @@ def read_scored(doc: Mapping[str, Any] | str | os.PathLike) -> ProbeResult | Fin
 
 __all__ = ["CPoint", "ClassRow", "CurvePoint", "CurveStats", "EpochPoint", "FinetuneChoice", "FinetuneCurve",
            "FinetuneCurvePoint", "FinetuneResult", "FinetuneStopped", "Intervals", "JsonRecord", "KnnResult",
-           "KnnSplits", "LabelCurve", "Metrics", "PairedTest", "ProbeCurve", "ProbeCurvePoint", "ProbeResult",
-           "ReportFiles", "ResultFormatError", "SelectionInfo", "json_key", "optional", "read_scored"]
+           "KnnSplits", "LabelCurve", "Metrics", "PairedTest", "PretrainResult", "ProbeCurve", "ProbeCurvePoint",
+           "ProbeResult", "ReportFiles", "ResultFormatError", "SelectionInfo", "json_key", "optional", "read_scored"]

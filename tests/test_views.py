@@ -84,7 +84,7 @@ def test_grey_images_keep_one_channel_through_pretraining_and_extraction(tmp_pat
 
     data = _grey_classes(tmp_path / "grey")
     s = pretrain(data, out=tmp_path / "run", grayscale=True, eval_train=data, eval_test=data, **FAST)
-    assert s["status"] == "complete" and s["knn_top1"] is not None  # the kNN monitor reads one channel too
+    assert s.status == "complete" and s.knn_top1 is not None  # the kNN monitor reads one channel too
     assert json.loads((tmp_path / "run" / "config.json").read_text())["in_chans"] == 1
     weights = tmp_path / "run" / "backbone.safetensors"
     with safe_open(str(weights), framework="pt") as f:

@@ -36,6 +36,7 @@ from sslprobe.pretraining.byol import tau_at
 from sslprobe.pretraining.checkpointer import Checkpointer, restore, resume_point
 from sslprobe.pretraining.monitor import KnnEval, LossMeter, MetricsLog, RunLog, knn_due, loss_curve
 from sslprobe.pretraining.trainstep import PretrainConfig, StepFeed, TrainStep, build_byol, run_config
+from sslprobe.results import PretrainResult
 from sslprobe.runtime import StopSignals, default_workers, pick_device
 
 
@@ -79,7 +80,7 @@ def pretrain(data: str | os.PathLike, *, out: str | os.PathLike, model: str | No
              eval_train: str | os.PathLike | None = None, eval_test: str | os.PathLike | None = None,
              eval_every: int = PRETRAIN.eval_every, log_every: int = PRETRAIN.log_every,
              image_column: str | None = None, label_column: str | None = None, grayscale: bool = False,
-             show_progress: bool = True, minutes: float | None = None) -> dict[str, Any]:
+             show_progress: bool = True, minutes: float | None = None) -> PretrainResult:
     """BYOL-pretrain a timm backbone on the images at ``data`` (labels, if any, are ignored).
 
     ``init``: ``random``, ``pretrained`` (timm's hub weights) or a weights file (a timm state dict, or
@@ -95,7 +96,7 @@ def pretrain(data: str | os.PathLike, *, out: str | os.PathLike, model: str | No
     stem for ResNets (default: at ≤ 64 px); config.json records it, so a resume must match.
     ``grayscale``: grey images keep one channel through store, views and backbone (its export says so,
     for ``extract``); colour images are refused. Crops come from the whole image (docs/pretrain.md, "Crops").
-    Ctrl-C saves and raises :class:`PretrainInterrupted`. Returns a summary dict (also summary.json).
+    Ctrl-C saves and raises :class:`PretrainInterrupted`. Returns a ``PretrainResult`` (summary.json's content).
     """
     check_pretrain(batch_size=batch_size, epochs=epochs, max_steps=max_steps, image_size=image_size,
                    stop_at=stop_at, eval_every=eval_every, log_every=log_every, lr=lr, max_minutes=max_minutes,
@@ -221,7 +222,7 @@ class _Session:
             print(f"pretrain: {cfg.defaults}", file=sys.stderr, flush=True)
         self.started = time.monotonic()
 
-    def run(self) -> dict[str, Any]:
+    def run(self) -> PretrainResult:
         try:
             status = self._train()
         finally:
@@ -231,7 +232,7 @@ class _Session:
             save_backbone(self.byol.backbone, self.spec, self.out / "backbone.safetensors", start=self.cfg.start)
         summary = self._summary(status)
         if self.dist.main:
-            write_json(self.out / "summary.json", summary)
+            write_json(self.out / "summary.json", summary.to_json())
         return summary
 
     def _train(self) -> str:
@@ -311,19 +312,19 @@ class _Session:
         self.knn_top1 = self.knn(self.byol.backbone, mean=self.spec.mean, std=self.spec.std)
         self.monitor.knn(self.step, self.knn_top1)
 
-    def _summary(self, status: str) -> dict[str, Any]:
+    def _summary(self, status: str) -> PretrainResult:
         cfg, spec, last = self.cfg, self.spec, self.ckpt.last
-        return {
-            "out": str(self.out), "status": status, "steps": self.step, "total_steps": cfg.total_steps,
-            "resumed_from": self.found.step if self.found else None, "final_loss": self.meter.loss,
-            "images": len(self.images), "skipped": skipped_report(self.images, self.source.skipped),
-            "model": spec.model, "image_size": spec.image_size, "small_stem": spec.small_stem,
-            "device": str(self.device), "world_size": self.dist.world, "optimizer": cfg.optimizer,
-            "compile": self.train_step.compile_note, "knn_top1": self.knn_top1,
-            "budget": asdict(self.budget) if self.budget is not None else None,
-            "checkpoint": str(last.json_path) if last else None, "warnings": self.monitor.warnings,
-            "loss_curve": loss_curve(self.log.records(), self.out / "loss_curve.png") if self.log is not None else None,
-        }
+        return PretrainResult(
+            out=str(self.out), status=status, steps=self.step, total_steps=cfg.total_steps,
+            resumed_from=self.found.step if self.found else None, final_loss=self.meter.loss,
+            images=len(self.images), skipped=skipped_report(self.images, self.source.skipped),
+            model=spec.model, image_size=spec.image_size, small_stem=spec.small_stem,
+            device=str(self.device), world_size=self.dist.world, optimizer=cfg.optimizer,
+            compile=self.train_step.compile_note, knn_top1=self.knn_top1,
+            budget=asdict(self.budget) if self.budget is not None else None,
+            checkpoint=str(last.json_path) if last else None, warnings=self.monitor.warnings,
+            loss_curve=loss_curve(self.log.records(), self.out / "loss_curve.png") if self.log is not None else None,
+        )
 
 
 def _prepare_out(out: Path, cfg: PretrainConfig, *, fresh: bool) -> None:

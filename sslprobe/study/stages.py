@@ -120,11 +120,11 @@ def byol_backbone(ctx: Context, arm: Arm, *, index: int, arms: int) -> Done:
     with ctx.progress.watching(d / "metrics.jsonl"):
         summary = pretrain(ctx.layout.pool, out=d, resume="auto", show_progress=False, workers=ctx.opts.workers,
                            **kw)
-    if summary["status"] != "complete":
-        raise SSLProbeError(f"BYOL run in '{d}' ended '{summary['status']}'; rerun the study to continue it")
-    return _finish(marker, d, key, command, steps=summary["steps"], final_loss=summary["final_loss"],
-                   skipped=summary["skipped"], resumed_from=summary["resumed_from"],
-                   fitted=None if fitted is None else asdict(fitted), loss_curve=summary.get("loss_curve"))
+    if not summary.complete:
+        raise SSLProbeError(f"BYOL run in '{d}' ended '{summary.status}'; rerun the study to continue it")
+    return _finish(marker, d, key, command, steps=summary.steps, final_loss=summary.final_loss,
+                   skipped=summary.skipped, resumed_from=summary.resumed_from,
+                   fitted=None if fitted is None else asdict(fitted), loss_curve=summary.loss_curve)
 
 
 def extract_kwargs(ctx: Context, arm: Arm, weights: Path | None) -> dict[str, Any]:
