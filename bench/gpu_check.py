@@ -683,9 +683,9 @@ def decode_row(*, data: Path, decode: str, e: Extract, ctx: Context, workers: in
                     show_progress=False)
     feats = load_file(str(out / "features" / "features.safetensors"))["features"]
     order = {p: i for i, p in enumerate(plain.paths)}
-    cos = _min_cosine(feats, plain.features[[order[p] for p in m["paths"]]])
+    cos = _min_cosine(feats, plain.features[[order[p] for p in m.paths]])
     details[f"{decode}_decode"] = {"seconds": round(c.seconds, 2), "min_cosine_vs_plain": cos,
-                                   "timings": m.get("timings"), "decode": m.get("decode")}
+                                   "timings": m.timings, "decode": m.preprocessing.get("decode")}
     note = f"{plain.n / c.seconds:,.0f} img/s in {c.seconds:.1f} s; min cosine vs plain {cos:.4f}"
     return Measured(round(plain.seconds / c.seconds, 2), "× plain", note,
                     status="ok" if cuda or decode == "cpu" else "skipped: no CUDA (ran the CPU decode)")

@@ -314,16 +314,16 @@ def extract(
             use_cache=not no_cache, decode=decode, labels=labels)
     if env_rank() != 0:  # torchrun: rank 0 reports for all
         return
-    c = m["cache"]
-    cached = f", {c['hits']} from cache, {c['misses']} computed" if c["enabled"] else ""
-    _err(f"{m['counts']['embedded']} images embedded ({m['dim']}-d){cached}, {m['counts']['skipped']} skipped, "
-         f"{m['seconds']:.1f} s → {out}")
-    if c["invalid_shards"]:
-        _err(f"  {c['invalid_shards']} damaged cache shard(s) ignored; their rows were recomputed")
-    for s in m["skipped"][:10]:
+    c = m.cache
+    cached = f", {c.hits} from cache, {c.misses} computed" if c.enabled else ""
+    _err(f"{m.counts.embedded} images embedded ({m.dim}-d){cached}, {m.counts.skipped} skipped, "
+         f"{m.seconds:.1f} s → {out}")
+    if c.invalid_shards:
+        _err(f"  {c.invalid_shards} damaged cache shard(s) ignored; their rows were recomputed")
+    for s in m.skipped[:10]:
         _err(f"  skipped {s['path']}: {s['reason']}")
-    if len(m["skipped"]) > 10:
-        _err(f"  … {len(m['skipped']) - 10} more in {out / 'manifest.json'}")
+    if len(m.skipped) > 10:
+        _err(f"  … {len(m.skipped) - 10} more in {out / 'manifest.json'}")
 
 
 cache_app = typer.Typer(help="Inspect and prune the embedding cache.", no_args_is_help=True)

@@ -519,6 +519,81 @@ class FinetuneStopped(JsonRecord):
     rank: int | None = optional()
 
 
+# --- extract -------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExtractCounts(JsonRecord):
+    """Images found at the source, embedded, and skipped as unreadable."""
+
+    found: int
+    embedded: int
+    skipped: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class CacheInfo(JsonRecord):
+    """How an extraction used the embedding cache."""
+
+    enabled: bool
+    dir: str | None
+    store: str
+    fingerprint: dict[str, Any]
+    hits: int
+    misses: int
+    invalid_shards: int
+    shards_written: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExtractResult(JsonRecord):
+    """What ``extract`` returns; manifest.json is its ``to_json()``.
+
+    ``weights_info`` holds the weights' entries (``weights`` and, by kind, e.g. ``weights_sha256``,
+    ``init``): the file has them as top-level keys after ``model``, so ``from_json`` takes every key it
+    does not otherwise know as one of them.
+    """
+
+    format: str = "sslprobe-features"
+    run_id: str
+    source: str
+    kind: str
+    model: str
+    weights_info: dict[str, Any]
+    preprocessing: dict[str, Any]
+    layer: str
+    pool: str
+    dtype: str
+    dim: int
+    classes: list[str]
+    paths: list[str]
+    counts: ExtractCounts
+    skipped: list[dict[str, str]]
+    cache: CacheInfo
+    device: str
+    world_size: int
+    timings: dict[str, float]
+    seconds: float
+    versions: dict[str, str]
+
+    def to_json(self) -> dict[str, Any]:
+        d = super().to_json()
+        weights = d.pop("weights_info")
+        at = list(d).index("model") + 1
+        items = list(d.items())
+        return dict([*items[:at], *weights.items(), *items[at:]])
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any] | str | os.PathLike, *, where: str | None = None) -> ExtractResult:
+        if isinstance(doc, (str, os.PathLike)):
+            return cls.from_json(_read_json(doc, cls.__name__), where=where or os.fspath(doc))
+        where = where or cls.__name__
+        _expect(doc, Mapping, where)
+        known = {s.key for s in cls._slots()} - {"weights_info"}
+        rest = {k: v for k, v in doc.items() if k not in known}
+        return super().from_json({**{k: v for k, v in doc.items() if k in known}, "weights_info": rest}, where=where)
+
+
 # --- pretrain ------------------------------------------------------------------------------------------------------
 
 
@@ -561,7 +636,8 @@ def read_scored(doc: Mapping[str, Any] | str | os.PathLike) -> ProbeResult | Fin
     return (FinetuneResult if doc.get("protocol") == "finetune" else ProbeResult).from_json(doc)
 
 
-__all__ = ["CPoint", "ClassRow", "CurvePoint", "CurveStats", "EpochPoint", "FinetuneChoice", "FinetuneCurve",
-           "FinetuneCurvePoint", "FinetuneResult", "FinetuneStopped", "Intervals", "JsonRecord", "KnnResult",
-           "KnnSplits", "LabelCurve", "Metrics", "PairedTest", "PretrainResult", "ProbeCurve", "ProbeCurvePoint",
-           "ProbeResult", "ReportFiles", "ResultFormatError", "SelectionInfo", "json_key", "optional", "read_scored"]
+__all__ = ["CPoint", "CacheInfo", "ClassRow", "CurvePoint", "CurveStats", "EpochPoint", "ExtractCounts",
+           "ExtractResult", "FinetuneChoice", "FinetuneCurve", "FinetuneCurvePoint", "FinetuneResult",
+           "FinetuneStopped", "Intervals", "JsonRecord", "KnnResult", "KnnSplits", "LabelCurve", "Metrics",
+           "PairedTest", "PretrainResult", "ProbeCurve", "ProbeCurvePoint", "ProbeResult", "ReportFiles",
+           "ResultFormatError", "SelectionInfo", "json_key", "optional", "read_scored"]

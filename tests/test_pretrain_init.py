@@ -76,7 +76,7 @@ def test_init_file_starts_both_networks_from_it_and_training_moves_them(class_fo
     from sslprobe.extraction.extract import extract
 
     m = extract(class_folder, out=tmp_path / "feats", weights=str(out), device="cpu", workers=0, show_progress=False)
-    assert m["counts"]["embedded"] == 24
+    assert m.counts.embedded == 24
 
 
 def test_init_from_an_earlier_run_is_a_new_run_with_its_model_and_stem(class_folder, tmp_path, monkeypatch):
@@ -254,7 +254,7 @@ def test_byol_on_a_vit_end_to_end(class_folder, tmp_path):
     from sslprobe.extraction.extract import extract
 
     m = extract(class_folder, out=tmp_path / "feats", weights=str(out), device="cpu", workers=0, show_progress=False)
-    assert m["counts"]["embedded"] == 24 and m["dim"] == net.num_features
+    assert m.counts.embedded == 24 and m.dim == net.num_features
     # and a new run from it: the ViT's weights are its start
     s2 = pretrain(class_folder, out=tmp_path / "vit2", init=str(out), **{**FAST, "model": None, "image_size": None})
     assert s2.model == "test_vit" and s2.image_size == 32

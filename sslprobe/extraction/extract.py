@@ -42,6 +42,7 @@ from sslprobe.images.decode import DECODE_POLICY
 from sslprobe.images.folders import ImageSet, open_images, skipped_report
 from sslprobe.images.transforms import Uint8Transform
 from sslprobe.options import EXTRACT, check_extract
+from sslprobe.results import ExtractResult
 from sslprobe.runtime import default_workers, pick_device, progress_bar
 
 if TYPE_CHECKING:
@@ -139,8 +140,8 @@ def extract(
     decode: str = EXTRACT.decode,
     show_progress: bool = True,
     labels: str | os.PathLike | None = None,
-) -> dict[str, Any]:
-    """Embed every readable image at ``data``; bad files are skipped and listed. Returns the manifest.
+) -> ExtractResult:
+    """Embed every readable image at ``data``; bad files are skipped and listed. Returns an ``ExtractResult``.
 
     ``weights``: ``random`` (seeded by ``seed``; the architecture's ordinary init, no zeroed residual
     branches), ``random-rescaled`` (that, then data-dependent rescaling on a seeded sample of the
@@ -341,8 +342,8 @@ def _take(rows: Rows, part: Part, *, store: Store | None) -> None:
 
 def _write(images: ImageSet, r: Assembled, *, out: Path, data: str | os.PathLike, feat: Featurizer, cache: CacheUse,
            dev: torch.device, world: int, shards_written: int, timings: dict[str, float],
-           t0: float) -> dict[str, Any]:
-    """features.safetensors, then manifest.json; returns the manifest."""
+           t0: float) -> ExtractResult:
+    """features.safetensors, then manifest.json; returns the result (the manifest is its ``to_json()``)."""
     from safetensors.torch import save_file
 
     features = _checked_features(images, r, data=data)  # (N, D)
@@ -356,10 +357,11 @@ def _write(images: ImageSet, r: Assembled, *, out: Path, data: str | os.PathLike
     with atomic_path(out / FEATURES) as tmp:
         save_file({"features": features.contiguous(), "labels": labels}, str(tmp),
                   metadata={"classes": json.dumps(list(images.classes)), "run_id": run_id})
-    manifest = _manifest(images, r, run_id=run_id, dim=int(features.shape[1]), data=data, feat=feat, cache=cache,
-                         dev=dev, world=world, shards_written=shards_written, timings=timings, t0=t0)
+    manifest = ExtractResult.from_json(_manifest(images, r, run_id=run_id, dim=int(features.shape[1]), data=data,
+                                                 feat=feat, cache=cache, dev=dev, world=world,
+                                                 shards_written=shards_written, timings=timings, t0=t0))
     try:
-        write_json(out / MANIFEST, manifest)
+        write_json(out / MANIFEST, manifest.to_json())
     except BaseException:  # a features file without its manifest would lose paths: leave neither
         (out / FEATURES).unlink(missing_ok=True)
         raise

@@ -153,8 +153,8 @@ def extracted(ctx: Context, arm: Arm, weights: Path | None, *, index: int, arms:
     ctx.progress.stage(arm=arm.name, index=index, arms=arms, stage="extract")
     m = extract(ctx.layout.labelled, out=d, seed=ctx.opts.seed, device=ctx.opts.device, workers=ctx.opts.workers,
                 show_progress=False, **kw)
-    return _finish(marker, d, key, command, skipped=m["skipped"], dim=m["dim"], seconds=m["seconds"],
-                   cache={k: m["cache"][k] for k in ("hits", "misses")})
+    return _finish(marker, d, key, command, skipped=m.skipped, dim=m.dim, seconds=m.seconds,
+                   cache={"hits": m.cache.hits, "misses": m.cache.misses})
 
 
 def probe_options(o: StudyOptions) -> dict[str, Any]:
