@@ -15,7 +15,7 @@ from sslprobe.pretraining.budget import fit, fitted_steps
 from sslprobe.study import plan, stages
 from sslprobe.study.numbers import CSV_COLUMNS
 from sslprobe.study.plan import ByolRecipe
-from sslprobe.study.run import StudyInterrupted, study
+from sslprobe.study.run import StudyInterrupted, StudyResult, study
 from sslprobe.study.sources import HashCache, hash_entries, open_sources
 from sslprobe.study.splits import SplitRule, assign, guard
 from tests.clirun import run
@@ -75,6 +75,10 @@ def test_every_arm_runs_and_the_report_files_exist(done):
     assert any(s["path"].endswith("mid/broken.png") for s in doc["skipped"])  # unreadable: skipped, listed
     assert "sslprobe pretrain" in "\n".join(doc["commands"]) and "sslprobe compare" in doc["commands"][-1]
     assert {"sslprobe", "torch", "timm", "python"} <= set(doc["versions"])
+    assert r.to_json() == doc
+    back = StudyResult.from_json(out / "study.json")  # the rows as study.json keeps them
+    assert back.verdict == r.verdict and back.pairs == r.pairs and [n for n, _ in back.rows] == list(ARMS)
+    assert [x.test.top1 for _, x in back.rows] == [x.test.top1 for _, x in r.rows] and back.out == out
     md = (out / "report.md").read_text()
     assert r.verdict in md and "## Commands" in md and "figures/label_efficiency.png" in md
 
