@@ -1,9 +1,10 @@
 """Typed results: what ``pretrain``, ``extract``, ``probe``, ``compare``, ``finetune`` and ``study`` return.
 
 Each result is a frozen dataclass whose ``to_json()`` is exactly the file the command writes
-(report.json, summary.json) and whose ``from_json()`` reads that file back — also one written
-before these types existed. Readers (the renderers, plots, the study's numbers) use the fields,
-not the keys: report.json's layout is written down here, once.
+(report.json, summary.json, manifest.json) and whose ``from_json()`` reads that file back — also one
+written before these types existed. Readers (the renderers, plots, the study's numbers) use the
+fields, not the keys: the files' layout is written down here, once. (``StudyResult`` lives in
+study/run.py: it holds the arms' stages; its JSON is study.json.)
 
 The mapping is by field: a field is the JSON key of its name (``json_key`` renames, e.g. a per-class
 row's ``class``). A field made with :func:`optional` is left out of the JSON when it is None (a key
@@ -31,7 +32,7 @@ R = TypeVar("R", bound="JsonRecord")
 
 
 class ResultFormatError(SSLProbeError):
-    """A results file (report.json, summary.json) that does not have the layout its type describes."""
+    """A results file (report.json, summary.json, …) that does not have the layout its type describes."""
 
 
 def optional(*, key: str | None = None) -> Any:
@@ -71,7 +72,7 @@ def _load(hint: Any, v: Any, where: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _load(inner[0], v, where) if len(inner) == 1 else v
-    if isinstance(hint, type) and issubclass(hint, JsonRecord):
+    if _is_record(hint):
         return hint.from_json(v, where=where)
     if origin is list and args:
         _expect(v, list, where)
@@ -85,6 +86,10 @@ def _load(hint: Any, v: Any, where: str) -> Any:
     return v
 
 
+def _is_record(hint: Any) -> bool:
+    return typing.get_origin(hint) is None and isinstance(hint, type) and issubclass(hint, JsonRecord)
+
+
 def _read_json(path: str | os.PathLike, what: str) -> Any:
     try:
         return json.loads(Path(path).read_text())
@@ -94,7 +99,7 @@ def _read_json(path: str | os.PathLike, what: str) -> Any:
 
 def _untyped(hint: Any) -> bool:
     """Whether ``hint`` holds plain JSON only: no record and no typed tuple anywhere inside."""
-    if isinstance(hint, type) and issubclass(hint, JsonRecord) or typing.get_origin(hint) is tuple:
+    if _is_record(hint) or typing.get_origin(hint) is tuple:
         return False
     return all(_untyped(a) for a in typing.get_args(hint))
 
@@ -164,12 +169,6 @@ class JsonRecord:
             elif s.required:
                 raise ResultFormatError(f"{where}: missing key {s.key!r} for {cls.__name__}")
         return cls(**kwargs)
-
-    def write(self, path: str | os.PathLike) -> None:
-        """Write ``to_json()`` as indented strict JSON, atomically."""
-        from sslprobe.fileio import write_json
-
-        write_json(path, self.to_json())
 
 
 # --- metrics -----------------------------------------------------------------------------------------------------
