@@ -112,7 +112,7 @@ def main() -> None:
 
         cold = load_file(str(Path(tmp) / "cold" / "features.safetensors"))["features"]
         warm = load_file(str(Path(tmp) / "warm" / "features.safetensors"))["features"]
-        assert m_cold["paths"] == paths, "plain loop and extract disagree on the file order"
+        assert m_cold.paths == paths, "plain loop and extract disagree on the file order"
         diff = float((cold - pf).abs().max())
         same = torch.equal(cold, warm)
 
@@ -126,9 +126,9 @@ def main() -> None:
     for name, key, t, k in rows:
         print(f"{name:<22}{t:>9.2f}{k / t:>11.0f}{t_plain / t:>9.2f}×{t_cold / t:>8.1f}×{cpu[key]:>8.1f}"
               f"{cpu['plain'] / max(cpu[key], 1e-9):>13.2f}×")
-    print(f"cold hits/misses {m_cold['cache']['hits']}/{m_cold['cache']['misses']}, warm "
-          f"{m_warm['cache']['hits']}/{m_warm['cache']['misses']}, +new {m_new['cache']['hits']}/"
-          f"{m_new['cache']['misses']}; warm == cold bitwise: {same}; max |cold − plain| = {diff:.2e}")
+    print(f"cold hits/misses {m_cold.cache.hits}/{m_cold.cache.misses}, warm "
+          f"{m_warm.cache.hits}/{m_warm.cache.misses}, +new {m_new.cache.hits}/"
+          f"{m_new.cache.misses}; warm == cold bitwise: {same}; max |cold − plain| = {diff:.2e}")
     print(f"targets: cold/plain speed {t_plain / t_cold:.2f}× (≥ 1.2), warm {t_cold / t_warm:.1f}× faster than cold "
           f"(≥ 20), +new costs {100 * t_new / t_cold:.1f} % of cold (≤ 5 %); load average before/after "
           f"{load0:.1f}/{os.getloadavg()[0]:.1f}")

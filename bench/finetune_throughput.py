@@ -96,10 +96,10 @@ def sslprobe_run(train: Path, val: Path, *, out: Path, model: str, image_size: i
     r = finetune(train, out=out, val=val, model=model, weights="random", image_size=image_size, epochs=epochs,
                  batch_size=batch_size, lr=lr, workers=workers, seed=seed, save_every="end")
     seconds = time.perf_counter() - t0
-    s = r["schedule"]
-    last = r["learning_curve"][-1]
-    return {"seconds": seconds, "train_images": s["total_steps"] * s["batch_size"], "val_top1": last["val_top1"],
-            "phases": r["timing"]}
+    s = r.schedule
+    last = r.learning_curve[-1]
+    return {"seconds": seconds, "train_images": s["total_steps"] * s["batch_size"], "val_top1": last.val_top1,
+            "phases": r.timing}
 
 
 def _rate(r: dict) -> float:

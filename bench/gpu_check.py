@@ -572,18 +572,18 @@ def probe_stage(ctx: Context) -> tuple[dict[str, Measured], dict[str, Any]]:
     step = max(1, p.n // 4096)  # warm-up: CUDA context, kernels and the allocator are not billed to the run
     _probe_timed(FeatureSet.from_arrays(train.features[::step], train.labels[::step]), None, device=ctx.device, C=1.0)
     r = _probe_timed(train, test, device=ctx.device)
-    tm = r["timing"]
+    tm = r.timing
     took = tm["search"] + tm["refit"]
-    details["probe"] = {"C": r["C"], "fits": len(r["val_curve"]), "path_iters": sum(q["iters"] for q in r["val_curve"]),
-                        "refit_iters": r.get("refit_iters"), "timing": tm, "test_top1": r["test"]["top1"],
-                        "device": r["device"], "dtype": r["dtype"]}
-    rows = {"search_refit": Measured(round(took, 2), "s", f"search {tm['search']:.1f} s ({len(r['val_curve'])} fits)"
-                                     f" + refit {tm['refit']:.1f} s, C={r['C']:.3g}, top-1 {r['test']['top1']:.3f}, "
-                                     f"on {r['device']}")}
+    details["probe"] = {"C": r.C, "fits": len(r.val_curve), "path_iters": sum(q.iters for q in r.val_curve),
+                        "refit_iters": r.refit_iters, "timing": tm, "test_top1": r.test.top1,
+                        "device": r.device, "dtype": r.dtype}
+    rows = {"search_refit": Measured(round(took, 2), "s", f"search {tm['search']:.1f} s ({len(r.val_curve)} fits)"
+                                     f" + refit {tm['refit']:.1f} s, C={r.C:.3g}, top-1 {r.test.top1:.3f}, "
+                                     f"on {r.device}")}
     ctx.keep(rows)
     rows["knn"] = guarded(knn_row, train=train, test=test, queries=p.knn_queries, k=p.k, dev=dev, details=details)
     ctx.keep(rows)
-    rows["offload"] = guarded(offload_row, train=train, test=test, rows=p.offload_rows, C=r["C"], ctx=ctx,
+    rows["offload"] = guarded(offload_row, train=train, test=test, rows=p.offload_rows, C=r.C, ctx=ctx,
                               details=details)
     return rows, details
 
@@ -616,8 +616,8 @@ def offload_row(*, train: Any, test: Any, rows: int, C: float, ctx: Context, det
         off = _probe_timed(sub, test, device=ctx.device, C=C)
     finally:
         compute.offload = chooser
-    t_on, t_off = (x["timing"]["refit"] for x in (on, off))
-    a, b = on["test"]["top1"], off["test"]["top1"]
+    t_on, t_off = (x.timing["refit"] for x in (on, off))
+    a, b = on.test.top1, off.test.top1
     status = "ok" if abs(a - b) <= 1e-3 else f"failed: top-1 {b:.4f} host-resident vs {a:.4f} on the device"
     details["offload"] = {"on_device": {"top1": a, "refit_s": t_on}, "host": {"top1": b, "refit_s": t_off}}
     note = f"{a:.4f} vs {b:.4f}; refit {t_on:.1f} s on the device, {t_off:.1f} s streamed ({len(sub.labels):,} rows)"
@@ -683,9 +683,9 @@ def decode_row(*, data: Path, decode: str, e: Extract, ctx: Context, workers: in
                     show_progress=False)
     feats = load_file(str(out / "features" / "features.safetensors"))["features"]
     order = {p: i for i, p in enumerate(plain.paths)}
-    cos = _min_cosine(feats, plain.features[[order[p] for p in m["paths"]]])
+    cos = _min_cosine(feats, plain.features[[order[p] for p in m.paths]])
     details[f"{decode}_decode"] = {"seconds": round(c.seconds, 2), "min_cosine_vs_plain": cos,
-                                   "timings": m.get("timings"), "decode": m.get("decode")}
+                                   "timings": m.timings, "decode": m.preprocessing.get("decode")}
     note = f"{plain.n / c.seconds:,.0f} img/s in {c.seconds:.1f} s; min cosine vs plain {cos:.4f}"
     return Measured(round(plain.seconds / c.seconds, 2), "× plain", note,
                     status="ok" if cuda or decode == "cpu" else "skipped: no CUDA (ran the CPU decode)")
@@ -893,7 +893,7 @@ def quality_stage(ctx: Context) -> tuple[dict[str, Measured], dict[str, Any]]:
     summary = pretrain(train, out=work / "byol", max_steps=steps, save_every="end", **kw)
     train_s = time.perf_counter() - t
     details: dict[str, Any] = {"fitted": asdict(fitted), "steps": steps, "train_s": round(train_s, 1),
-                               "final_loss": summary.get("final_loss"), "arms": {}}
+                               "final_loss": summary.final_loss, "arms": {}}
     epochs = steps * q.batch / max(1, count_files(train, "*.png"))
     rows = {"budget": Measured(steps, "steps", f"{epochs:.1f} epochs at {fitted.steps_per_second * q.batch:,.0f} "
                                                f"img/s; the run took {train_s:.0f} s of {60 * q.minutes:.0f} s")}
@@ -922,10 +922,11 @@ def arm_row(*, train: Path, test: Path, work: Path, weights: dict[str, Any], q: 
                 cache_dir=ctx.work / "quality" / "cache", show_progress=False, **weights)
     t_extract = time.perf_counter() - t
     r = probe(work / "train", test=work / "test", device=ctx.device)
-    details.update(linear_top1=r["test"]["top1"], knn_top1=(r.get("knn") or {}).get("test", {}).get("top1"),
-                   C=r["C"], dim=r.get("dim"), extract_s=round(t_extract, 1), probe_s=round(r["seconds"], 1))
-    return Measured(round(100 * r["test"]["top1"], 2), "%", f"C={r['C']:.3g}, {r.get('dim')}-d; extract "
-                                                           f"{t_extract:.0f} s, probe {r['seconds']:.0f} s")
+    knn_test = r.knn.test if r.knn is not None else None
+    details.update(linear_top1=r.test.top1, knn_top1=knn_test.top1 if knn_test is not None else None,
+                   C=r.C, dim=r.dim, extract_s=round(t_extract, 1), probe_s=round(r.seconds, 1))
+    return Measured(round(100 * r.test.top1, 2), "%", f"C={r.C:.3g}, {r.dim}-d; extract "
+                                                      f"{t_extract:.0f} s, probe {r.seconds:.0f} s")
 
 
 # ----------------------------------------------------------------------------- the stages, in run order

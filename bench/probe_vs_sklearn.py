@@ -165,30 +165,30 @@ def main() -> None:
         r = probe(train, test=test, seed=a.seed, device=a.device, search=mode,
                   patience=None if a.full_grid else 5, knn_k=())
         t_ours = time.perf_counter() - t
-        if r["C"] not in sk_cache:
-            sk_cache[r["C"]] = sklearn_fit(train, test, r["C"])
-        t_sk, sk_top1, sk_iter, converged = sk_cache[r["C"]]
-        tm, iters = r["timing"], sum(p["iters"] for p in r["val_curve"])
-        print(f"[{mode}] sslprobe: {len(r['val_curve'])} fits + refit {t_ours:8.2f} s  "
-              f"test top-1 {r['test']['top1']:.4f}  "
-              f"(C={r['C']:.3g}; {iters} L-BFGS iters on the path, {r['refit_iters']} in the refit; "
-              f"search {tm['search']:.1f} s, refit {tm['refit']:.1f} s; device {r['device']})")
-        print(f"[{mode}] sklearn : one lbfgs fit at C={r['C']:.3g} {t_sk:8.2f} s  test top-1 {sk_top1:.4f}  "
+        if r.C not in sk_cache:
+            sk_cache[r.C] = sklearn_fit(train, test, r.C)
+        t_sk, sk_top1, sk_iter, converged = sk_cache[r.C]
+        tm, iters = r.timing, sum(p.iters for p in r.val_curve)
+        print(f"[{mode}] sslprobe: {len(r.val_curve)} fits + refit {t_ours:8.2f} s  "
+              f"test top-1 {r.test.top1:.4f}  "
+              f"(C={r.C:.3g}; {iters} L-BFGS iters on the path, {r.refit_iters} in the refit; "
+              f"search {tm['search']:.1f} s, refit {tm['refit']:.1f} s; device {r.device})")
+        print(f"[{mode}] sklearn : one lbfgs fit at C={r.C:.3g} {t_sk:8.2f} s  test top-1 {sk_top1:.4f}  "
               f"(n_iter {sk_iter}{'' if converged else ', hit max_iter'})")
         print(f"[{mode}] ratio   : sslprobe full probe / one sklearn fit = {t_ours / t_sk:.2f}x   "
-              f"top-1 difference {100 * (r['test']['top1'] - sk_top1):+.2f} points")
+              f"top-1 difference {100 * (r.test.top1 - sk_top1):+.2f} points")
         if a.exact:
             c_sk, t_exact = sklearn_protocol(train, seed=a.seed)
-            same = math.isclose(c_sk, r["C"], rel_tol=1e-6)
+            same = math.isclose(c_sk, r.C, rel_tol=1e-6)
             print(f"[{mode}] exact   : scikit-learn's 45 tight fits choose C={c_sk:.3g} ({t_exact:.1f} s); "
-                  f"sslprobe chose C={r['C']:.3g} -> {'same' if same else 'DIFFERENT'}")
+                  f"sslprobe chose C={r.C:.3g} -> {'same' if same else 'DIFFERENT'}")
     if a.knn:  # the whole default probe, linear and kNN phases timed in the same run
         r = probe(train, test=test, seed=a.seed, device=a.device)
-        tm = r["timing"]
+        tm = r.timing
         linear = tm["search"] + tm["refit"]
-        print(f"kNN (k = {', '.join(r['knn']['by_k'])}; val and test queries) {tm['knn']:.2f} s vs linear probe "
+        print(f"kNN (k = {', '.join(r.knn.by_k)}; val and test queries) {tm['knn']:.2f} s vs linear probe "
               f"(search + refit) {linear:.2f} s in the same run: kNN / linear = {tm['knn'] / linear:.2f}x; "
-              f"test top-1 kNN@{r['knn']['k']} {r['knn']['test']['top1']:.4f}, linear {r['test']['top1']:.4f}")
+              f"test top-1 kNN@{r.knn.k} {r.knn.test.top1:.4f}, linear {r.test.top1:.4f}")
 
 
 if __name__ == "__main__":

@@ -258,15 +258,15 @@ def main() -> None:
                           + (torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU only"),
               "torch": torch.__version__, "lightly": lightly_info, "times_s": times, "rows": {}}
     for name, r in rows:
-        knn = r.get("knn") or {}
-        result["rows"][name] = {"linear_top1": r["test"]["top1"], "linear_top1_ci": r["test"]["ci"]["top1"],
-                                "balanced_accuracy": r["test"]["balanced_accuracy"],
-                                "knn_top1": (knn.get("test") or {}).get("top1"),
-                                "knn_top1_ci": ((knn.get("test") or {}).get("ci") or {}).get("top1"),
-                                "knn_k": knn.get("k"), "C": r["C"], "dim": r.get("dim"),
-                                "selection": r.get("selection"), "warnings": r.get("warnings"),
-                                "label_efficiency": (r.get("label_efficiency") or {}).get("points")}
-    result["paired_tests"] = rows[0][1].get("paired_tests", [])
+        knn_test = r.knn.test if r.knn is not None else None
+        result["rows"][name] = {"linear_top1": r.test.top1, "linear_top1_ci": r.test.interval("top1"),
+                                "balanced_accuracy": r.test.balanced_accuracy,
+                                "knn_top1": knn_test.top1 if knn_test is not None else None,
+                                "knn_top1_ci": knn_test.interval("top1") if knn_test is not None else None,
+                                "knn_k": r.knn.k if r.knn is not None else None, "C": r.C, "dim": r.dim,
+                                "selection": r.selection.to_json() if r.selection else None, "warnings": r.warnings,
+                                "label_efficiency": r.label_efficiency and r.label_efficiency.to_json()["points"]}
+    result["paired_tests"] = [q.to_json() for q in rows[0][1].paired_tests or []]
     write_json(work / "study.json", result)
     md = table(result)
     (work / "study.md").write_text(md)
@@ -302,13 +302,14 @@ def table(result: dict) -> str:
     pairs = [q for q in result.get("paired_tests", []) if q.get("paired")]
     if pairs:
         from sslprobe.probing.report import verdict_sentence
+        from sslprobe.results import PairedTest
 
         out += ["| A | B | Δ linear top-1 [95 % paired CI] | McNemar p | significant |",
                 "| --- | --- | --- | --- | --- |"]
         out += [f"| {q['a']} | {q['b']} | {100 * q['top1']:+.1f} [{100 * q['top1_ci'][0]:+.1f}, "
                 f"{100 * q['top1_ci'][1]:+.1f}] | {q['mcnemar_p']:.2g} | {'yes' if q['significant'] else 'no'} |"
                 for q in pairs]
-        out += ["", verdict_sentence(pairs), ""]
+        out += ["", verdict_sentence([PairedTest.from_json(q) for q in pairs]), ""]
     out.append("Wall times (s): " + "; ".join(f"{k} {v}" for k, v in result["times_s"].items()))
     return "\n".join(out) + "\n"
 

@@ -12,9 +12,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sslprobe.fileio import atomic_path
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sslprobe.results import CPoint, CurvePoint, EpochPoint, FinetuneResult, ProbeResult
 
 _NO_MATPLOTLIB = "plots skipped: matplotlib is not installed (pip install 'sslprobe[plots]')"
 # The curves of a label-efficiency figure: (the points' key, legend name, colour; None: matplotlib's cycle).
@@ -54,19 +57,19 @@ def confusion_png(conf: list[list[int]], classes: list[str], path: Path, *, titl
     _save(fig, path)
 
 
-def val_curve_png(curve: list[Mapping[str, Any]], chosen: float, path: Path) -> None:
+def val_curve_png(curve: Sequence[CPoint], chosen: float, path: Path) -> None:
     """Validation top-1 (and loss) against C on a log axis, the chosen C marked."""
     from matplotlib.figure import Figure
 
-    cs = [p["C"] for p in curve]
+    cs = [p.C for p in curve]
     fig = Figure(figsize=(6, 3.6))
     ax = fig.subplots()
-    ax.plot(cs, [100 * p["top1"] for p in curve], "o-", ms=3, label="val top-1")
+    ax.plot(cs, [100 * p.top1 for p in curve], "o-", ms=3, label="val top-1")
     ax.axvline(chosen, color="grey", ls="--", lw=1, label=f"chosen C = {chosen:.3g}")
     ax.set_xscale("log")
     ax.set_xlabel("C (inverse L2 strength)")
     ax.set_ylabel("val top-1 (%)")
-    losses = [(c, p["loss"]) for c, p in zip(cs, curve) if p.get("loss") is not None]
+    losses = [(c, p.loss) for c, p in zip(cs, curve) if p.loss is not None]
     if losses:
         ax2 = ax.twinx()
         ax2.plot(*zip(*losses), color="tab:orange", lw=1, alpha=0.7)
@@ -75,7 +78,7 @@ def val_curve_png(curve: list[Mapping[str, Any]], chosen: float, path: Path) -> 
     _save(fig, path)
 
 
-def label_efficiency_png(points: Sequence[Mapping[str, Any]], path: Path, *, scored_on: str,
+def label_efficiency_png(points: Sequence[CurvePoint], path: Path, *, scored_on: str,
                          curves: Sequence[tuple[str, str, str | None]] = PROBE_CURVES) -> None:
     """Top-1 (mean ± std over the draws) against labeled train rows, log x axis: one line per curve and kind.
 
@@ -86,12 +89,12 @@ def label_efficiency_png(points: Sequence[Mapping[str, Any]], path: Path, *, sco
     fig = Figure(figsize=(6, 3.6))
     ax = fig.subplots()
     for kind, marker in (("fraction", "o"), ("shots", "s")):
-        pts = sorted((p for p in points if p["kind"] == kind), key=lambda p: p["n_train"])
+        pts = sorted((p for p in points if p.kind == kind), key=lambda p: p.n_train)
         for key, name, colour in curves:
-            rows = [p for p in pts if p.get(key)]
+            rows = [(p.n_train, s) for p in pts if (s := p.stats(key))]
             if rows:
-                ax.errorbar([p["n_train"] for p in rows], [100 * p[key]["mean"] for p in rows],
-                            yerr=[100 * p[key]["std"] for p in rows], marker=marker, color=colour, capsize=3,
+                ax.errorbar([n for n, _ in rows], [100 * s.mean for _, s in rows],
+                            yerr=[100 * s.std for _, s in rows], marker=marker, color=colour, capsize=3,
                             label=f"{name} ({kind})")
     ax.set_xscale("log")
     ax.set_xlabel("labeled train rows")
@@ -100,16 +103,16 @@ def label_efficiency_png(points: Sequence[Mapping[str, Any]], path: Path, *, sco
     _save(fig, path)
 
 
-def learning_curve_png(history: Sequence[Mapping[str, Any]], chosen: int | None, path: Path) -> None:
+def learning_curve_png(history: Sequence[EpochPoint], chosen: int | None, path: Path) -> None:
     """A fine-tune's training and validation loss against epoch, validation top-1 on a second axis, the chosen
     epoch marked."""
     from matplotlib.figure import Figure
 
-    epochs = [h["epoch"] for h in history]
+    epochs = [h.epoch for h in history]
     fig = Figure(figsize=(6, 3.6))
     ax = fig.subplots()
-    ax.plot(epochs, [h["train_loss"] for h in history], "o-", ms=3, label="train loss")
-    val = [(h["epoch"], h["val_loss"], h["val_top1"]) for h in history if h["val_loss"] is not None]
+    ax.plot(epochs, [h.train_loss for h in history], "o-", ms=3, label="train loss")
+    val = [(h.epoch, h.val_loss, h.val_top1) for h in history if h.val_loss is not None]
     if val:
         ax.plot([v[0] for v in val], [v[1] for v in val], "o-", ms=3, label="val loss")
         ax2 = ax.twinx()
@@ -123,7 +126,7 @@ def learning_curve_png(history: Sequence[Mapping[str, Any]], chosen: int | None,
     _save(fig, path)
 
 
-def arms_label_efficiency_png(curves: Mapping[str, list[Mapping[str, Any]]], path: Path, *, scored_on: str) -> None:
+def arms_label_efficiency_png(curves: Mapping[str, Sequence[CurvePoint]], path: Path, *, scored_on: str) -> None:
     """Top-1 (mean ± std over the draws) against labelled train rows, one line per arm (the linear probe's, or a
     fine-tuned network's), log x axis."""
     from matplotlib.figure import Figure
@@ -131,10 +134,9 @@ def arms_label_efficiency_png(curves: Mapping[str, list[Mapping[str, Any]]], pat
     fig = Figure(figsize=(7, 4.2))
     ax = fig.subplots()
     for name, points in curves.items():
-        pts = sorted(((p["n_train"], p.get("linear") or p["finetune"]) for p in points
-                      if p.get("linear") or p.get("finetune")), key=lambda t: t[0])
+        pts = sorted(((p.n_train, p.headline) for p in points if p.headline), key=lambda t: t[0])
         if pts:
-            ax.errorbar([n for n, _ in pts], [100 * s["mean"] for _, s in pts], yerr=[100 * s["std"] for _, s in pts],
+            ax.errorbar([n for n, _ in pts], [100 * s.mean for _, s in pts], yerr=[100 * s.std for _, s in pts],
                         marker="o", capsize=3, label=name)
     ax.set_xscale("log")
     ax.set_xlabel("labelled train images")
@@ -191,45 +193,47 @@ def _have_matplotlib() -> bool:
     return True
 
 
-def _confusion_file(result: Mapping[str, Any], out: Path, *, who: str) -> list[str]:
+def _confusion_file(result: ProbeResult | FinetuneResult, out: Path, *, who: str) -> list[str]:
     """confusion.png of the test split (else validation), titled "WHO, SPLIT"; nothing when it has no matrix."""
-    split = "test" if result.get("test") else "val"
-    if not result.get(split, {}).get("confusion"):
+    split = result.headline_split
+    metrics = result.split(split)
+    if metrics is None or not metrics.confusion:
         return []
-    confusion_png(result[split]["confusion"], list(result["classes"]), out / "confusion.png", title=f"{who}, {split}")
+    confusion_png(metrics.confusion, list(result.classes), out / "confusion.png", title=f"{who}, {split}")
     return ["confusion.png"]
 
 
-def _label_efficiency_file(result: Mapping[str, Any], out: Path, *,
+def _label_efficiency_file(result: ProbeResult | FinetuneResult, out: Path, *,
                            curves: Sequence[tuple[str, str, str | None]]) -> list[str]:
     """label_efficiency.png when the result has label-efficiency points."""
-    le = result.get("label_efficiency")
-    if not (le and le["points"]):
+    le = result.label_efficiency
+    if not (le and le.points):
         return []
-    label_efficiency_png(le["points"], out / "label_efficiency.png", scored_on=le["scored_on"], curves=curves)
+    label_efficiency_png(le.points, out / "label_efficiency.png", scored_on=le.scored_on, curves=curves)
     return ["label_efficiency.png"]
 
 
-def write_plots(result: Mapping[str, Any], out: str | os.PathLike) -> tuple[list[str], str | None]:
+def write_plots(result: ProbeResult, out: str | os.PathLike) -> tuple[list[str], str | None]:
     """All figures for a probe result into ``out``: (file names written, note or None)."""
     if not _have_matplotlib():
         return [], _NO_MATPLOTLIB
     out = Path(out)
     written = _confusion_file(result, out, who="linear probe")
-    if len(result.get("val_curve") or []) > 1:
-        val_curve_png(result["val_curve"], result["C"], out / "val_curve.png")
+    if len(result.val_curve) > 1:
+        val_curve_png(result.val_curve, result.C, out / "val_curve.png")
         written.append("val_curve.png")
     return written + _label_efficiency_file(result, out, curves=PROBE_CURVES), None
 
 
-def write_finetune_plots(result: Mapping[str, Any], out: str | os.PathLike) -> tuple[list[str], str | None]:
+def write_finetune_plots(result: FinetuneResult, out: str | os.PathLike) -> tuple[list[str], str | None]:
     """A fine-tune's figures into ``out`` (confusion, learning curve, label efficiency): (file names, note or None)."""
     if not _have_matplotlib():
         return [], _NO_MATPLOTLIB
     out = Path(out)
     written = _confusion_file(result, out, who="fine-tuned")
-    if result.get("learning_curve"):
-        learning_curve_png(result["learning_curve"], result["chosen"]["epoch"], out / "learning_curve.png")
+    if result.learning_curve:
+        learning_curve_png(result.learning_curve, result.chosen.epoch if result.chosen else None,
+                           out / "learning_curve.png")
         written.append("learning_curve.png")
     return written + _label_efficiency_file(result, out, curves=FINETUNE_CURVES), None
 

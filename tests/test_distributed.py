@@ -42,7 +42,7 @@ def test_two_gloo_ranks_hold_identical_weights(tmp_path):
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["world_size"] == 2 and cfg["global_batch"] == 8 and cfg["lr"] == 0.06 * 8 / 256
     assert cfg["sync_batchnorm"].startswith("no: SyncBatchNorm has no CPU kernel")
-    assert r0["summary"]["steps"] == r1["summary"]["steps"] == 3 and r0["summary"]["world_size"] == 2
+    assert r0["summary"].steps == r1["summary"].steps == 3 and r0["summary"].world_size == 2
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [1, 2, 3]  # rank 0 alone wrote, once per step
     assert (tmp_path / "run" / "backbone.safetensors").exists()

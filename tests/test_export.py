@@ -44,4 +44,4 @@ def test_extract_reads_the_backbone(class_folder, tmp_path):
 
     path = _trained(class_folder, tmp_path, 16)
     m = extract(class_folder, out=tmp_path / "feats", weights=str(path), device="cpu", workers=0, show_progress=False)
-    assert m["counts"]["embedded"] == 24 and m["dim"] == 96
+    assert m.counts.embedded == 24 and m.dim == 96

@@ -14,6 +14,7 @@ from sslprobe.errors import SSLProbeError
 from sslprobe.extraction import cached_pass as cached_pass
 from sslprobe.extraction.extract import extract
 from sslprobe.images.folders import open_images
+from sslprobe.results import ExtractResult
 
 FAST = {"workers": 0, "show_progress": False, "batch_size": 5}
 
@@ -27,22 +28,23 @@ def test_features_equal_direct_forward(class_folder, tmp_path):
     with torch.no_grad():
         direct = net.eval()(torch.stack([tf(images.read(i)) for i in range(len(images))]))
     assert torch.allclose(t["features"], direct, atol=1e-5)
+    assert m.paths[0] == "dark/000.png" and m.classes == ["dark", "light"]
+    assert m.counts.to_json() == {"found": 24, "embedded": 24, "skipped": 0}
+    assert m.weights_info["weights"] == "random" and m.weights_info["seed"] == 3
     saved = json.loads((tmp_path / "f" / "manifest.json").read_text())
-    assert saved == json.loads(json.dumps(m))
-    assert m["paths"][0] == "dark/000.png" and m["classes"] == ["dark", "light"]
-    assert m["counts"] == {"found": 24, "embedded": 24, "skipped": 0} and m["weights"] == "random" and m["seed"] == 3
+    assert saved == m.to_json() and list(saved) == list(m.to_json()) and ExtractResult.from_json(saved) == m
 
 
 def test_bad_files_skipped_and_listed(class_folder, tmp_path):
     (class_folder / "light" / "empty.jpg").write_bytes(b"")
     (class_folder / "light" / "fake.png").write_text("<html></html>")
     m = extract(class_folder, out=tmp_path / "f", weights="pixels", image_size=8, **FAST)
-    assert m["counts"] == {"found": 26, "embedded": 24, "skipped": 2}
-    assert [s["path"] for s in m["skipped"]] == ["light/empty.jpg", "light/fake.png"]
-    assert all(s["reason"] for s in m["skipped"])
+    assert m.counts.to_json() == {"found": 26, "embedded": 24, "skipped": 2}
+    assert [s["path"] for s in m.skipped] == ["light/empty.jpg", "light/fake.png"]
+    assert all(s["reason"] for s in m.skipped)
     t = load_file(str(tmp_path / "f" / "features.safetensors"))
     assert t["features"].shape == (24, 3 * 8 * 8) and t["features"].min() >= 0 and t["features"].max() <= 1
-    assert "light/empty.jpg" not in m["paths"] and len(m["paths"]) == 24
+    assert "light/empty.jpg" not in m.paths and len(m.paths) == 24
 
 
 def test_unlabeled_folder_gets_minus_one(tmp_path):
@@ -55,7 +57,7 @@ def test_unlabeled_folder_gets_minus_one(tmp_path):
         p.rename(flat / f"{p.parent.name}_{p.name}")
     m = extract(flat, out=tmp_path / "f", weights="pixels", image_size=4, **FAST)
     assert load_file(str(tmp_path / "f" / "features.safetensors"))["labels"].tolist() == [-1] * 6
-    assert m["classes"] == [] and m["kind"] == "folder"
+    assert m.classes == [] and m.kind == "folder"
 
 
 def test_sslprobe_backbone_needs_no_model(class_folder, tmp_path):
@@ -64,7 +66,8 @@ def test_sslprobe_backbone_needs_no_model(class_folder, tmp_path):
     net, spec = create_backbone("test_resnet", weights="random", image_size=16, seed=5)
     save_backbone(net, spec, tmp_path / "b.safetensors")
     m = extract(class_folder, out=tmp_path / "f", weights=str(tmp_path / "b.safetensors"), **FAST)
-    assert m["model"] == "test_resnet" and len(m["weights_sha256"]) == 64 and m["preprocessing"]["image_size"] == 16
+    assert m.model == "test_resnet" and len(m.weights_info["weights_sha256"]) == 64
+    assert m.preprocessing["image_size"] == 16
 
 
 def test_all_bad_is_an_error(tmp_path):
@@ -95,17 +98,17 @@ def _feats(out):
 
 
 def _by_path(m, feats):
-    return dict(zip(m["paths"], feats))
+    return dict(zip(m.paths, feats))
 
 
 def test_cache_hit_is_bit_identical(class_folder, tmp_path):
     a = extract(class_folder, out=tmp_path / "a", **NET, **FAST)
     b = extract(class_folder, out=tmp_path / "b", **NET, **FAST)
-    assert (a["cache"]["hits"], a["cache"]["misses"]) == (0, 24)
-    assert (b["cache"]["hits"], b["cache"]["misses"]) == (24, 0) and b["cache"]["store"] == a["cache"]["store"]
-    assert torch.equal(_feats(tmp_path / "a"), _feats(tmp_path / "b")) and a["paths"] == b["paths"]
+    assert (a.cache.hits, a.cache.misses) == (0, 24)
+    assert (b.cache.hits, b.cache.misses) == (24, 0) and b.cache.store == a.cache.store
+    assert torch.equal(_feats(tmp_path / "a"), _feats(tmp_path / "b")) and a.paths == b.paths
     c = extract(class_folder, out=tmp_path / "c", **NET, **FAST, use_cache=False)
-    assert c["cache"]["enabled"] is False and c["cache"]["hits"] == 0
+    assert c.cache.enabled is False and c.cache.hits == 0
     assert torch.equal(_feats(tmp_path / "c"), _feats(tmp_path / "a"))
 
 
@@ -114,7 +117,7 @@ def test_cache_hit_is_bit_identical(class_folder, tmp_path):
 def test_changing_any_fingerprint_input_is_a_miss(class_folder, tmp_path, change):
     a = extract(class_folder, out=tmp_path / "a", **NET, **FAST)
     b = extract(class_folder, out=tmp_path / "b", **{**NET, **change}, **FAST)
-    assert b["cache"]["store"] != a["cache"]["store"] and b["cache"]["hits"] == 0 and b["cache"]["misses"] == 24
+    assert b.cache.store != a.cache.store and b.cache.hits == 0 and b.cache.misses == 24
 
 
 def test_a_new_decode_policy_is_a_miss(class_folder, tmp_path, monkeypatch):
@@ -123,7 +126,7 @@ def test_a_new_decode_policy_is_a_miss(class_folder, tmp_path, monkeypatch):
     a = extract(class_folder, out=tmp_path / "a", **NET, **FAST)
     monkeypatch.setattr(sslprobe.extraction.extract, "DECODE_POLICY", sslprobe.extraction.extract.DECODE_POLICY + 1)
     b = extract(class_folder, out=tmp_path / "b", **NET, **FAST)
-    assert b["cache"]["store"] != a["cache"]["store"] and b["cache"]["misses"] == 24
+    assert b.cache.store != a.cache.store and b.cache.misses == 24
 
 
 def test_weights_file_content_is_in_the_fingerprint(class_folder, tmp_path):
@@ -133,7 +136,7 @@ def test_weights_file_content_is_in_the_fingerprint(class_folder, tmp_path):
         net, spec = create_backbone("test_resnet", weights="random", image_size=16, seed=seed)
         save_backbone(net, spec, tmp_path / "b.safetensors")  # same path, new bytes
         m = extract(class_folder, out=tmp_path / f"f{seed}", weights=str(tmp_path / "b.safetensors"), **FAST)
-        assert m["cache"]["misses"] == 24
+        assert m.cache.misses == 24
 
 
 def test_one_changed_image_recomputes_exactly_that_row(class_folder, tmp_path):
@@ -142,10 +145,10 @@ def test_one_changed_image_recomputes_exactly_that_row(class_folder, tmp_path):
     (class_folder / "dark" / "001.png").rename(class_folder / "dark" / "renamed.png")
     (class_folder / "light" / "007.png").unlink()
     m = extract(class_folder, out=tmp_path / "b", **NET, **FAST)
-    assert (m["cache"]["hits"], m["cache"]["misses"]) == (22, 1) and m["counts"]["found"] == 23
-    assert "light/007.png" not in m["paths"] and "dark/renamed.png" in m["paths"]
+    assert (m.cache.hits, m.cache.misses) == (22, 1) and m.counts.found == 23
+    assert "light/007.png" not in m.paths and "dark/renamed.png" in m.paths
     fresh = extract(class_folder, out=tmp_path / "c", **NET, **FAST, use_cache=False)
-    assert fresh["paths"] == m["paths"]
+    assert fresh.paths == m.paths
     assert torch.allclose(_feats(tmp_path / "b"), _feats(tmp_path / "c"), atol=1e-6)
 
 
@@ -164,21 +167,21 @@ def test_killed_and_resumed_equals_uninterrupted(class_folder, tmp_path, monkeyp
     assert not (tmp_path / "a").exists()
     monkeypatch.setattr(cached_pass, "_embed_batch", real)
     m = extract(class_folder, out=tmp_path / "a", **NET, **FAST, shard_rows=5)
-    assert (m["cache"]["hits"], m["cache"]["misses"]) == (15, 9)  # three finished batches of 5 kept
+    assert (m.cache.hits, m.cache.misses) == (15, 9)  # three finished batches of 5 kept
     extract(class_folder, out=tmp_path / "u", **NET, **FAST, use_cache=False)
     assert torch.allclose(_feats(tmp_path / "a"), _feats(tmp_path / "u"), atol=1e-6)
 
 
 def test_damaged_shard_is_recomputed(class_folder, tmp_path):
     a = extract(class_folder, out=tmp_path / "a", **NET, **FAST, shard_rows=10)
-    shards = sorted((tmp_path / "cache" / a["cache"]["store"] / "shards").iterdir())
+    shards = sorted((tmp_path / "cache" / a.cache.store / "shards").iterdir())
     assert len(shards) == 3
     data = bytearray(shards[1].read_bytes())
     data[-3] ^= 0x40
     shards[1].write_bytes(bytes(data))
     shards[2].write_bytes(shards[2].read_bytes()[:100])  # truncated
     b = extract(class_folder, out=tmp_path / "b", **NET, **FAST)
-    assert b["cache"]["invalid_shards"] == 2 and (b["cache"]["hits"], b["cache"]["misses"]) == (10, 14)
+    assert b.cache.invalid_shards == 2 and (b.cache.hits, b.cache.misses) == (10, 14)
     assert torch.allclose(_feats(tmp_path / "a"), _feats(tmp_path / "b"), atol=1e-6)
 
 
@@ -186,7 +189,7 @@ def test_float16_storage(class_folder, tmp_path):
     m = extract(class_folder, out=tmp_path / "h", **NET, **FAST, dtype="float16")
     f = _feats(tmp_path / "h")
     extract(class_folder, out=tmp_path / "f", **NET, **FAST)
-    assert f.dtype == torch.float16 and m["dtype"] == "float16"
+    assert f.dtype == torch.float16 and m.dtype == "float16"
     assert torch.allclose(f.float(), _feats(tmp_path / "f"), rtol=1e-2, atol=1e-3)
 
 
@@ -210,8 +213,8 @@ def test_two_processes_equal_one(class_folder, tmp_path):
                        nprocs=2, start_method="spawn")
     one = extract(class_folder, out=tmp_path / "one", **NET, **FAST, device="cpu", use_cache=False)
     two = json.loads((tmp_path / "two" / "manifest.json").read_text())
-    assert two["world_size"] == 2 and two["paths"] == one["paths"] and two["skipped"] == one["skipped"]
-    assert two["cache"]["misses"] == 24 and two["counts"] == one["counts"]
+    assert two["world_size"] == 2 and two["paths"] == one.paths and two["skipped"] == one.skipped
+    assert two["cache"]["misses"] == 24 and two["counts"] == one.counts.to_json()
     shards = os.listdir(tmp_path / "c2" / two["cache"]["store"] / "shards")
     assert {n.split("-")[2] for n in shards} == {"r0", "r1"}  # each rank wrote its own shards
     assert torch.allclose(_feats(tmp_path / "two"), _feats(tmp_path / "one"), atol=1e-6)
@@ -232,7 +235,7 @@ def test_stage_features_equal_timm_features_only(class_folder, tmp_path):
     images, tf = open_images(class_folder), eval_transform(spec)
     with torch.no_grad():
         direct = fo.eval()(torch.stack([tf(images.read(i)) for i in range(len(images))]))[0].mean((2, 3))
-    assert m["layer"] == "stage2" and m["dim"] == direct.shape[1]
+    assert m.layer == "stage2" and m.dim == direct.shape[1]
     assert torch.allclose(_feats(tmp_path / "f"), direct, atol=1e-5)
 
 
@@ -248,7 +251,7 @@ def test_vit_cls_and_mean_pooling(class_folder, tmp_path):
         assert torch.allclose(_feats(tmp_path / pool), want, atol=1e-5), pool
     assert not torch.allclose(_feats(tmp_path / "cls"), _feats(tmp_path / "mean"))
     m = extract(class_folder, out=tmp_path / "blk", layer="-2", pool="mean", **kw)
-    assert m["layer"] == f"stage{len(net.blocks) - 2}" and m["dim"] == net.num_features
+    assert m.layer == f"stage{len(net.blocks) - 2}" and m.dim == net.num_features
 
 
 @pytest.mark.parametrize("kw, match", [({"layer": "9"}, "out of range"), ({"layer": "head"}, "stage number"),
@@ -289,18 +292,20 @@ def test_random_rescaled_extract_is_seeded(class_folder, tmp_path):
     a = extract(class_folder, out=tmp_path / "a", **{**NET, "weights": "random-rescaled"}, **FAST)
     b = extract(class_folder, out=tmp_path / "b", **{**NET, "weights": "random-rescaled"}, **FAST)
     c = extract(class_folder, out=tmp_path / "c", **{**NET, "weights": "random-rescaled", "seed": 9}, **FAST)
-    assert a["weights"] == "random-rescaled" and a["calibration_images"] == 24
-    assert b["cache"]["hits"] == 24 and a["weights_sha256"] == b["weights_sha256"] != c["weights_sha256"]
+    assert a.weights_info["weights"] == "random-rescaled" and a.weights_info["calibration_images"] == 24
+    assert b.cache.hits == 24
+    assert a.weights_info["weights_sha256"] == b.weights_info["weights_sha256"] != c.weights_info["weights_sha256"]
     f = _feats(tmp_path / "a")
     assert torch.isfinite(f).all() and f.std() > 0
 
 
 def test_random_manifest_records_the_fair_init(class_folder, tmp_path):
     m = extract(class_folder, out=tmp_path / "a", **NET, **FAST)
-    assert m["init"].startswith("timm default, zero_init_last off")
+    assert m.weights_info["init"].startswith("timm default, zero_init_last off")
     r = extract(class_folder, out=tmp_path / "b", **{**NET, "weights": "random-rescaled"}, **FAST)
-    assert r["init"].startswith("timm default, zero_init_last off") and "rescaled" in r["init"]
-    assert "init=" in m["cache"]["fingerprint"]["weights_id"] and "init=" in r["cache"]["fingerprint"]["weights_id"]
+    init = r.weights_info["init"]
+    assert init.startswith("timm default, zero_init_last off") and "rescaled" in init
+    assert "init=" in m.cache.fingerprint["weights_id"] and "init=" in r.cache.fingerprint["weights_id"]
 
 
 def test_rows_of_the_silenced_random_init_in_an_old_cache_are_not_reused(class_folder, tmp_path):
@@ -308,18 +313,18 @@ def test_rows_of_the_silenced_random_init_in_an_old_cache_are_not_reused(class_f
 
     fresh = extract(class_folder, out=tmp_path / "fresh", **NET, **FAST, use_cache=False)
     # The store an earlier version filled for these images: same fingerprint but for the weights id.
-    old = Fingerprint(**{**fresh["cache"]["fingerprint"], "weights_id": f"seed=3;timm={timm.__version__}"})
-    keys = [content_key((class_folder / p).read_bytes()) for p in fresh["paths"]]
-    Store.open(tmp_path / "cache", old).write_shard(keys, torch.zeros(len(keys), fresh["dim"]))
+    old = Fingerprint(**{**fresh.cache.fingerprint, "weights_id": f"seed=3;timm={timm.__version__}"})
+    keys = [content_key((class_folder / p).read_bytes()) for p in fresh.paths]
+    Store.open(tmp_path / "cache", old).write_shard(keys, torch.zeros(len(keys), fresh.dim))
     m = extract(class_folder, out=tmp_path / "f", **NET, **FAST)
-    assert m["cache"]["hits"] == 0 and torch.equal(_feats(tmp_path / "f"), _feats(tmp_path / "fresh"))
+    assert m.cache.hits == 0 and torch.equal(_feats(tmp_path / "f"), _feats(tmp_path / "fresh"))
 
 
 def test_small_stem_choice_reaches_the_features(class_folder, tmp_path):
     m = extract(class_folder, out=tmp_path / "a", **{**NET, "image_size": 40}, small_stem=False, **FAST)
     s = extract(class_folder, out=tmp_path / "b", **{**NET, "image_size": 40}, **FAST)
-    assert not m["preprocessing"]["small_stem"] and s["preprocessing"]["small_stem"]
-    assert m["cache"]["store"] != s["cache"]["store"]
+    assert not m.preprocessing["small_stem"] and s.preprocessing["small_stem"]
+    assert m.cache.store != s.cache.store
     with pytest.raises(SSLProbeError, match="drop --layer/--pool/--small-stem"):
         extract(class_folder, out=tmp_path / "p", weights="pixels", small_stem=True, **FAST)
 
@@ -376,4 +381,4 @@ def test_gpu_decode_path_and_cpu_fallback():
 
 def test_gpu_decode_request_on_cpu_falls_back(class_folder, tmp_path):
     m = extract(class_folder, out=tmp_path / "g", **NET, **FAST, decode="gpu")
-    assert m["preprocessing"]["decode"] == "pil-draft" and m["counts"]["embedded"] == 24
+    assert m.preprocessing["decode"] == "pil-draft" and m.counts.embedded == 24

@@ -29,6 +29,7 @@ from sslprobe.images.crops import crop_boxes
 from sslprobe.probing.features import load_features
 from sslprobe.probing.holdout import stratified_split
 from sslprobe.probing.pairs import paired_tests
+from sslprobe.results import FinetuneResult
 from tests.clirun import run
 from tests.conftest import write_class_folder
 
@@ -74,11 +75,11 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_loss_falls_and_fine_tuning_beats_the_frozen_random_probe(shapes):
     r = shapes["finetune"]
-    losses = [e["train_loss"] for e in r["learning_curve"]]
-    assert r["status"] == "complete" and len(losses) == 8 and losses[-1] < 0.7 * losses[0]
-    assert r["test"]["top1"] >= 0.85 and r["test"]["top1"] > shapes["probe"]["test"]["top1"] + 0.15
-    assert r["chosen"]["epoch"] == max(r["learning_curve"], key=lambda e: (e["val_top1"], -e["val_loss"]))["epoch"]
-    assert r["recipe"]["backbone"].startswith("1×") and r["test"]["ci"]["top1"][0] <= r["test"]["top1"]
+    losses = [e.train_loss for e in r.learning_curve]
+    assert r.status == "complete" and len(losses) == 8 and losses[-1] < 0.7 * losses[0]
+    assert r.test.top1 >= 0.85 and r.test.top1 > shapes["probe"].test.top1 + 0.15
+    assert r.chosen.epoch == max(r.learning_curve, key=lambda e: (e.val_top1, -e.val_loss)).epoch
+    assert r.recipe["backbone"].startswith("1×") and r.test.ci.top1[0] <= r.test.top1
 
 
 def test_the_hold_out_is_the_probes(shapes):
@@ -91,18 +92,18 @@ def test_the_hold_out_is_the_probes(shapes):
     fs = load_features(shapes["root"] / "ftrain")
     _, probe_val = stratified_split(fs.labels, fraction=0.2, seed=0)
     assert [images.ids[i] for i in rows.idx[held.val].tolist()] == [fs.paths[i] for i in probe_val.tolist()]
-    assert shapes["finetune"]["n_val"] == shapes["probe"]["n_val"] == len(probe_val)
+    assert shapes["finetune"].n_val == shapes["probe"].n_val == len(probe_val)
 
 
 def test_the_export_loads_in_timm_and_predicts_as_the_trained_network(shapes):
     r, path = shapes["finetune"], shapes["root"] / "ft" / "model.safetensors"
     got = predict_images(shapes["test"], model=path, workers=0, out=shapes["root"] / "preds.csv")
-    assert [row["prediction"] for row in got.rows] == [r["classes"][p] for p in r["test"]["predictions"]]
-    assert [row["path"] for row in got.rows] == r["test_paths"] and not got.skipped
+    assert [row["prediction"] for row in got.rows] == [r.classes[p] for p in r.test.predictions]
+    assert [row["path"] for row in got.rows] == r.test_paths and not got.skipped
     with open(shapes["root"] / "preds.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == len(got.rows)
     ft = load_finetuned(path.parent)
-    assert ft.classes == ("plus", "square") and ft.info["epoch"] == r["chosen"]["epoch"]
+    assert ft.classes == ("plus", "square") and ft.info["epoch"] == r.chosen.epoch
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
     plain = timm.create_model(json.loads(meta["model"]), num_classes=len(ft.classes))
@@ -118,15 +119,16 @@ def test_the_export_loads_in_timm_and_predicts_as_the_trained_network(shapes):
 def test_report_files_and_the_paired_row_beside_the_probe(shapes):
     r, out = shapes["finetune"], shapes["root"] / "ft"
     assert {"report.json", "per_class_val.csv", "per_class_test.csv", "model.safetensors", "confusion.png",
-            "learning_curve.png"} <= set(r["files"]["files"])
-    assert all((out / f).is_file() for f in r["files"]["files"])
-    assert json.loads((out / "report.json").read_text())["chosen"] == r["chosen"]
+            "learning_curve.png"} <= set(r.files.files)
+    assert all((out / f).is_file() for f in r.files.files)
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["chosen"] == r.chosen.to_json() and saved == r.to_json() and FinetuneResult.from_json(saved) == r
     (pair,) = paired_tests([("probe", shapes["probe"]), ("finetune", r)])
-    assert pair["paired"] and pair["n"] == 80 and pair["top1"] < 0  # the probe (A) trails the fine-tune (B)
+    assert pair.paired and pair.n == 80 and pair.top1 < 0  # the probe (A) trails the fine-tune (B)
 
 
 def _curve(r: dict) -> list[tuple]:
-    return [(e["epoch"], e["step"], e["train_loss"], e["val_loss"], e["val_top1"]) for e in r["learning_curve"]]
+    return [(e.epoch, e.step, e.train_loss, e.val_loss, e.val_top1) for e in r.learning_curve]
 
 
 def _weights(out: Path) -> dict[str, torch.Tensor]:
@@ -138,15 +140,15 @@ def test_resume_is_exact_after_a_stop_and_after_ctrl_c(class_folder, tmp_path, m
     save_backbone(*create_backbone("test_resnet", image_size=16, init="train"), backbone)
     kw = {**TINY, "weights": str(backbone), "model": None, "epochs": 3, "save_every": "end"}
     straight = finetune(class_folder, out=tmp_path / "a", **kw)
-    assert straight["recipe"]["backbone"].startswith("0.1×") and straight["schedule"]["total_steps"] == 6
+    assert straight.recipe["backbone"].startswith("0.1×") and straight.schedule["total_steps"] == 6
     stopped = finetune(class_folder, out=tmp_path / "b", stop_after=3, **kw)
-    assert stopped["status"].startswith("stopped") and not (tmp_path / "b" / "model.safetensors").exists()
+    assert stopped.status.startswith("stopped") and not (tmp_path / "b" / "model.safetensors").exists()
     with pytest.raises(SSLProbeError, match="unfinished fine-tune .*--resume"):
         finetune(class_folder, out=tmp_path / "b", **kw)
     with pytest.raises(SSLProbeError, match="configuration differs .*label_smoothing"):
         finetune(class_folder, out=tmp_path / "b", resume="yes", **{**kw, "label_smoothing": 0.0})
     resumed = finetune(class_folder, out=tmp_path / "b", resume="yes", **kw)
-    assert resumed["resumed"] == ["main"] and _curve(resumed) == _curve(straight)
+    assert resumed.resumed == ["main"] and _curve(resumed) == _curve(straight)
     a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -179,7 +181,7 @@ def test_rows_decoded_again_at_every_use_train_as_kept_rows_do(class_folder, tmp
 def test_a_finished_session_resumes_without_training(class_folder, tmp_path):
     first = finetune(class_folder, out=tmp_path / "o", epochs=1, **TINY)
     again = finetune(class_folder, out=tmp_path / "o", epochs=1, resume="yes", **TINY)
-    assert again["timing"]["train"] < first["timing"]["train"] and again["val"]["top1"] == first["val"]["top1"]
+    assert again.timing["train"] < first.timing["train"] and again.val.top1 == first.val.top1
 
 
 def _corrupt(folder: Path) -> None:
@@ -227,15 +229,15 @@ def test_cli_end_to_end_grid_curve_skipped_files_and_predict(monkeypatch, capsys
                          "--shots", "3", "--seeds", "2", "--warmup-epochs", "0", "--workers", "0", "--out",
                          tmp_path / "o", "--json")
     assert code == 0, err
-    r = json.loads(out)
-    assert [g["lr"] for g in r["lr_grid"]] == [0.003, 0.03]
-    best = max(r["lr_grid"], key=lambda g: (g["val_score"], -g["val_loss"], -g["lr"]))
-    assert r["chosen"]["lr"] == best["lr"] and r["chosen"]["epoch"] == best["best_epoch"]
-    (point,) = r["label_efficiency"]["points"]
-    assert point["kind"] == "shots" and point["n_train"] == 6 and point["seeds"] == 2
-    assert point["rule"] == ["best validation top1 over epochs and 2 learning rates"] and point["finetune"]["mean"] >= 0
-    assert r["skipped"]["train"][0]["path"] == "light/broken.png" and r["n_train"] == 20
-    assert "per_class" not in r["test"] and (tmp_path / "o" / "label_efficiency.png").is_file()
+    r = FinetuneResult.from_json(json.loads(out))  # the summary: a report.json without the bulky parts
+    assert [g["lr"] for g in r.lr_grid] == [0.003, 0.03]
+    best = max(r.lr_grid, key=lambda g: (g["val_score"], -g["val_loss"], -g["lr"]))
+    assert r.chosen.lr == best["lr"] and r.chosen.epoch == best["best_epoch"]
+    (point,) = r.label_efficiency.points
+    assert point.kind == "shots" and point.n_train == 6 and point.seeds == 2
+    assert point.rule == ["best validation top1 over epochs and 2 learning rates"] and point.finetune.mean >= 0
+    assert r.skipped["train"][0]["path"] == "light/broken.png" and r.n_train == 20
+    assert r.test.per_class is None and (tmp_path / "o" / "label_efficiency.png").is_file()
     code, _, err = run(monkeypatch, capsys, "predict", train, "--finetuned", tmp_path / "o", "--out",
                        tmp_path / "p.csv", "--workers", "0")
     assert code == 0 and "20 images classified, 1 skipped" in err and "light/broken.png" in err, err
@@ -247,8 +249,8 @@ def test_cli_end_to_end_grid_curve_skipped_files_and_predict(monkeypatch, capsys
 
 def test_minutes_plan_whole_epochs_and_random_rescaled_round_trips(class_folder, tmp_path):
     r = finetune(class_folder, out=tmp_path / "m", minutes=0.01, **{**TINY, "weights": "random-rescaled"})
-    assert r["schedule"]["minutes"] == 0.01 and r["schedule"]["epochs"] >= 1
-    assert "rescaled" in r["weights"]["init"] and r["weights"]["calibration_images"] == 24
+    assert r.schedule["minutes"] == 0.01 and r.schedule["epochs"] >= 1
+    assert "rescaled" in r.weights["init"] and r.weights["calibration_images"] == 24
     got = predict_images(class_folder, model=tmp_path / "m" / "model.safetensors", workers=0)
     assert len(got.rows) == 24  # the biases the rescaled init added are put back before the strict load
 
@@ -258,7 +260,7 @@ def test_a_grey_backbone_fine_tunes_on_one_channel(class_folder, tmp_path):
     r = finetune(class_folder, out=tmp_path / "g", epochs=1, **{**TINY, "weights": str(tmp_path / "g.safetensors"),
                                                                 "model": None})
     ft = load_finetuned(tmp_path / "g")
-    assert ft.spec.in_chans == 1 and r["status"] == "complete"
+    assert ft.spec.in_chans == 1 and r.status == "complete"
     got = predict_images(class_folder, model=ft, workers=0)
     assert len(got.rows) == 24 and {row["prediction"] for row in got.rows} <= {"dark", "light"}
 

@@ -1,5 +1,6 @@
 """sslprobe finetune under torchrun: two CPU processes on gloo train their shards in lockstep, end with the same
 network, rank 0 alone writes, and a stopped run resumes to the uninterrupted one's weights and curve."""
+import dataclasses
 import json
 import os
 import socket
@@ -8,6 +9,7 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
+from sslprobe.results import FinetuneStopped
 from tests.conftest import write_class_folder
 
 TINY = {"model": "test_resnet", "weights": "random", "image_size": 16, "batch_size": 4, "lr": 0.01, "epochs": 2,
@@ -53,16 +55,16 @@ def test_two_gloo_ranks_fine_tune_in_lockstep_and_resume_exactly(tmp_path):
     for k in r0["state"]:  # parameters through DDP's all-reduce, BatchNorm statistics from rank 0
         assert torch.equal(r0["state"][k], r1["state"][k]), k
     whole, stopped, resumed = r0["results"]
-    assert r1["results"][0] == {"status": "complete", "out": str(tmp_path / "whole"), "rank": 1}
-    assert stopped["status"] == r1["results"][1]["status"] == "stopped after 3 steps"
-    assert whole["recipe"]["world_size"] == 2 and whole["recipe"]["lr"] == 0.01 * 8 / 256
-    assert whole["schedule"]["batch_size"] == 4 and whole["schedule"]["steps_per_epoch"] == 19 // 8
-    assert whole["distributed"].startswith("torchrun DDP, 2 processes: --batch-size 4 per process, global batch 8")
-    assert "test" in whole and resumed["resumed"] == ["main"]
+    assert r1["results"][0] == FinetuneStopped(status="complete", out=str(tmp_path / "whole"), rank=1)
+    assert stopped.status == r1["results"][1].status == "stopped after 3 steps"
+    assert whole.recipe["world_size"] == 2 and whole.recipe["lr"] == 0.01 * 8 / 256
+    assert whole.schedule["batch_size"] == 4 and whole.schedule["steps_per_epoch"] == 19 // 8
+    assert whole.distributed.startswith("torchrun DDP, 2 processes: --batch-size 4 per process, global batch 8")
+    assert whole.test is not None and resumed.resumed == ["main"]
     report = json.loads((tmp_path / "whole" / "report.json").read_text())
-    assert report["learning_curve"] == whole["learning_curve"]  # rank 0 alone wrote it
+    assert report == whole.to_json()  # rank 0 alone wrote it
     assert sorted(p.name for p in (tmp_path / "whole").glob("model*")) == ["model.safetensors"]
     a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "split" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a) and torch.equal(a["fc.weight"], r0["state"]["fc.weight"])
-    strip = [{k: v for k, v in e.items() if k != "seconds"} for e in whole["learning_curve"]]
-    assert strip == [{k: v for k, v in e.items() if k != "seconds"} for e in resumed["learning_curve"]]
+    strip = [dataclasses.replace(e, seconds=0.0) for e in whole.learning_curve]
+    assert strip == [dataclasses.replace(e, seconds=0.0) for e in resumed.learning_curve]

@@ -105,7 +105,7 @@ def test_collapse_is_logged_and_warned(class_folder, tmp_path, monkeypatch):
     with pytest.warns(RuntimeWarning, match="collapsed"):
         s = pretrain(class_folder, out=tmp_path / "r", **FAST)
     lines = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
-    assert all(x["proj_std"] == 0 and x["collapsed"] for x in lines) and len(s["warnings"]) == 1
+    assert all(x["proj_std"] == 0 and x["collapsed"] for x in lines) and len(s.warnings) == 1
 
 
 def test_healthy_run_logs_proj_std_without_warning(class_folder, tmp_path, recwarn):
@@ -121,7 +121,7 @@ def test_online_knn_every_epoch(class_folder, tmp_path):
                  **{**FAST, "max_steps": 7})  # 3 steps per epoch: kNN after steps 3, 6 and at the end (7)
     knn = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines() if "knn_top1" in x]
     assert [x["step"] for x in knn] == [3, 6, 7]
-    assert 0.5 <= s["knn_top1"] <= 1  # two brightness classes, the bank is the test set itself
+    assert 0.5 <= s.knn_top1 <= 1  # two brightness classes, the bank is the test set itself
 
 
 def test_knn_eval_needs_labels_and_both_folders(class_folder, tmp_path):
@@ -150,7 +150,7 @@ def test_compile_flag_falls_back_cleanly(class_folder, tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "compile", unavailable)
     s = pretrain(class_folder, out=tmp_path / "a", compile=True, **FAST)
-    assert s["compile"].startswith("off (RuntimeError") and s["status"] == "complete"
+    assert s.compile.startswith("off (RuntimeError") and s.status == "complete"
 
     def fails_at_first_call(net, **k):
         def run(*a, **kw):
@@ -160,4 +160,4 @@ def test_compile_flag_falls_back_cleanly(class_folder, tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "compile", fails_at_first_call)
     with pytest.warns(UserWarning, match="--compile failed"):
         s = pretrain(class_folder, out=tmp_path / "b", compile=True, **FAST)
-    assert s["compile"].startswith("off (compile failed") and s["steps"] == 4
+    assert s.compile.startswith("off (compile failed") and s.steps == 4

@@ -28,12 +28,12 @@ def test_saved_probe_reproduces_test_predictions(tmp_path):
     tr = FeatureSet.from_arrays(X, y, classes=["ant", "bee", "cat"])
     te = FeatureSet.from_arrays(Xt, yt, classes=["ant", "bee", "cat"], paths=[f"t/{i}.png" for i in range(30)])
     r = probe(tr, test=te, Cs=[0.01, 0.1, 1.0], knn_k=(), out=tmp_path / "rep")
-    assert "probe.safetensors" in r["files"]["files"]
+    assert "probe.safetensors" in r.files.files
     model = ProbeModel.load(tmp_path / "rep")  # a directory finds probe.safetensors inside
-    assert model.classes == ("ant", "bee", "cat") and r["C"] == model.C
+    assert model.classes == ("ant", "bee", "cat") and r.C == model.C
     rows = predict(te, probe=tmp_path / "rep" / "probe.safetensors", out=tmp_path / "preds.csv")
     hits = sum(row["prediction"] == ["ant", "bee", "cat"][t] for row, t in zip(rows, yt))
-    assert hits / len(yt) == pytest.approx(r["test"]["top1"])
+    assert hits / len(yt) == pytest.approx(r.test.top1)
     with open(tmp_path / "preds.csv", newline="") as f:
         table = list(csv.DictReader(f))
     assert [t["path"] for t in table] == [f"t/{i}.png" for i in range(30)]
@@ -67,10 +67,12 @@ def test_bad_probe_files(tmp_path):
 def test_csv_cells_never_become_spreadsheet_formulas(tmp_path):
     from sslprobe.fileio import csv_text
     from sslprobe.probing.report import write_per_class_csv
+    from sslprobe.results import ClassRow, Metrics
 
     assert csv_text("=HYPERLINK(\"http://x\").png") == "'=HYPERLINK(\"http://x\").png"
     assert csv_text("@cmd.jpg") == "'@cmd.jpg"
     assert csv_text("cats/001.png") == "cats/001.png"
-    metrics = {"per_class": [{"class": 0, "precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 3}]}
+    metrics = Metrics(top1=1.0, top5=1.0, balanced_accuracy=1.0, macro_f1=1.0, n=3,
+                      per_class=[ClassRow(cls=0, precision=1.0, recall=1.0, f1=1.0, support=3)])
     write_per_class_csv(metrics, ["=cmd|' /C calc'!A0"], tmp_path / "c.csv")
     assert (tmp_path / "c.csv").read_text().splitlines()[1].startswith("'=cmd")

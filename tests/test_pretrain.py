@@ -9,6 +9,7 @@ from sslprobe.backbone import create_backbone
 from sslprobe.errors import SSLProbeError
 from sslprobe.pretraining.pretrain import pretrain
 from sslprobe.pretraining.recipe import pick_optimizer
+from sslprobe.results import PretrainResult
 
 FAST = {"model": "test_resnet", "image_size": 16, "batch_size": 8, "max_steps": 4, "proj_hidden": 32, "proj_dim": 16,
         "workers": 0, "show_progress": False, "log_every": 2}
@@ -18,7 +19,9 @@ def test_pretrain_writes_backbone_config_and_metrics(class_folder, tmp_path):
     (class_folder / "dark" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     s = pretrain(class_folder, out=tmp_path / "run", **FAST)
     run = tmp_path / "run"
-    assert s["steps"] == 4 and s["skipped"] == [{"path": "dark/broken.png", "reason": s["skipped"][0]["reason"]}]
+    assert s.steps == 4 and s.skipped == [{"path": "dark/broken.png", "reason": s.skipped[0]["reason"]}]
+    saved = json.loads((run / "summary.json").read_text())
+    assert saved == s.to_json() and list(saved) == list(s.to_json()) and PretrainResult.from_json(saved) == s
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [2, 4]
     assert set(lines[0]) >= {"step", "epoch", "loss", "lr", "tau", "img_per_s"}
@@ -55,9 +58,9 @@ def test_optimizer_choice(name, batch, expected):
 def test_batch_is_capped_to_data_size_and_lars_runs(class_folder, tmp_path):
     s = pretrain(class_folder, out=tmp_path / "r", **{**FAST, "batch_size": 512, "max_steps": 1})
     cfg = json.loads((tmp_path / "r" / "config.json").read_text())
-    assert cfg["batch_size"] == 24 and s["optimizer"] == "sgd"  # 24 images: capped, so below 256
+    assert cfg["batch_size"] == 24 and s.optimizer == "sgd"  # 24 images: capped, so below 256
     s = pretrain(class_folder, out=tmp_path / "l", **{**FAST, "optimizer": "lars", "max_steps": 1})
-    assert s["optimizer"] == "lars"
+    assert s.optimizer == "lars"
 
 
 @pytest.mark.parametrize("bad, match", [
@@ -101,10 +104,10 @@ def test_stop_and_resume_equals_straight_run(class_folder, tmp_path, monkeypatch
     kw = {**FAST, "max_steps": 8, "batch_size": 6}  # 4 steps per epoch: the stop falls mid-epoch 1
     straight = pretrain(class_folder, out=tmp_path / "a", **kw)
     first = pretrain(class_folder, out=tmp_path / "b", stop_at=5, **kw)
-    assert first["status"] == "stopped: --stop-at 5" and first["steps"] == 5
+    assert first.status == "stopped: --stop-at 5" and first.steps == 5
     assert (tmp_path / "b" / "backbone.safetensors").exists()
     second = pretrain(class_folder, out=tmp_path / "b", resume="yes", **kw)
-    assert straight["status"] == second["status"] == "complete" and second["resumed_from"] == 5
+    assert straight.status == second.status == "complete" and second.resumed_from == 5
     _assert_same(_weights(tmp_path / "a"), _weights(tmp_path / "b"))
     steps = [json.loads(x)["step"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [2, 4, 5, 6, 8]  # one run's log: the resumed part appended, nothing repeated
@@ -118,8 +121,8 @@ def test_resume_refuses_changed_config_and_unfinished_overwrite(class_folder, tm
         pretrain(class_folder, out=tmp_path / "r", **FAST)
     with pytest.raises(SSLProbeError, match="no usable checkpoint"):
         pretrain(class_folder, out=tmp_path / "new", resume="yes", **FAST)
-    assert pretrain(class_folder, out=tmp_path / "new2", resume="auto", **FAST)["resumed_from"] is None
-    assert pretrain(class_folder, out=tmp_path / "r", resume="auto", **FAST)["resumed_from"] == 2
+    assert pretrain(class_folder, out=tmp_path / "new2", resume="auto", **FAST).resumed_from is None
+    assert pretrain(class_folder, out=tmp_path / "r", resume="auto", **FAST).resumed_from == 2
 
 
 def _interrupt_at(monkeypatch, call, how):
@@ -196,10 +199,10 @@ def test_nan_leaves_last_good_checkpoint(class_folder, tmp_path, monkeypatch):
 
 def test_max_minutes_stops_with_checkpoint_then_resumes(class_folder, tmp_path):
     s = pretrain(class_folder, out=tmp_path / "r", max_minutes=1e-9, **FAST)
-    assert s["status"].startswith("stopped: --max-minutes") and s["steps"] == 1
+    assert s.status.startswith("stopped: --max-minutes") and s.steps == 1
     assert _interrupted_step(tmp_path / "r") == 1 and (tmp_path / "r" / "backbone.safetensors").exists()
     s = pretrain(class_folder, out=tmp_path / "r", resume="yes", **FAST)
-    assert s["status"] == "complete" and s["steps"] == 4
+    assert s.status == "complete" and s.steps == 4
 
 
 def test_time_based_checkpoint_cadence(class_folder, tmp_path, monkeypatch):
@@ -333,7 +336,7 @@ def test_resuming_a_finished_run_rewrites_outputs_and_keeps_its_loss(class_folde
     first = pretrain(class_folder, out=tmp_path / "r", **FAST)
     (tmp_path / "r" / "backbone.safetensors").unlink()  # as if killed right after the last checkpoint
     again = pretrain(class_folder, out=tmp_path / "r", resume="auto", **FAST)
-    assert again["resumed_from"] == 4 and again["final_loss"] == pytest.approx(first["final_loss"])
+    assert again.resumed_from == 4 and again.final_loss == pytest.approx(first.final_loss)
     assert (tmp_path / "r" / "backbone.safetensors").exists()
 
 
@@ -436,9 +439,9 @@ def test_worker_views_train_and_resume_exactly_like_in_process(class_folder, tmp
     first = pretrain(class_folder, out=tmp_path / "b", stop_at=5, **{**kw, "workers": 1})
     second = pretrain(class_folder, out=tmp_path / "b", resume="yes", **{**kw, "workers": 1})
     assert not in_process  # every step's views came from the worker
-    assert first["steps"] == 5 and second["resumed_from"] == 5 and straight["status"] == second["status"] == "complete"
+    assert first.steps == 5 and second.resumed_from == 5 and straight.status == second.status == "complete"
     _assert_same(_weights(tmp_path / "a"), _weights(tmp_path / "b"))
-    assert second["final_loss"] == pytest.approx(straight["final_loss"], rel=1e-5)
+    assert second.final_loss == pytest.approx(straight.final_loss, rel=1e-5)
 
 
 def test_ctrl_c_with_worker_views_saves_and_resumes(class_folder, tmp_path, monkeypatch):

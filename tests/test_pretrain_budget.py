@@ -26,18 +26,18 @@ def test_minutes_fit_the_whole_schedule_and_a_rerun_keeps_the_fit(class_folder, 
     s = pretrain(class_folder, out=out, minutes=0.1, **FAST)
     fitted = json.loads((out / "budget" / "budget.json").read_text())
     assert fitted["max_steps"] == math.floor((0.1 * 60 - fitted["setup_seconds"]) * RATE) >= 1
-    assert s["status"] == "complete" and s["steps"] == s["total_steps"] == fitted["max_steps"]
-    assert s["budget"] == fitted and json.loads((out / "summary.json").read_text())["budget"] == fitted
+    assert s.status == "complete" and s.steps == s.total_steps == fitted["max_steps"]
+    assert s.budget == fitted and json.loads((out / "summary.json").read_text())["budget"] == fitted
     timing = json.loads((out / "budget" / "timing" / "summary.json").read_text())
     assert timing["status"] == "complete" and timing["total_steps"] == budgets.MEASURE_STEPS
     # the schedule is a run of exactly the fitted steps: warm-up, cosine and τ end where the run ends
     ref = pretrain(class_folder, out=tmp_path / "ref", max_steps=fitted["max_steps"], **FAST)
-    assert ref["budget"] is None and _schedule(out) == _schedule(tmp_path / "ref")
+    assert ref.budget is None and _schedule(out) == _schedule(tmp_path / "ref")
     monkeypatch.setattr(pretrain_module, "_timing_run", _no_timing_run)
     again = pretrain(class_folder, out=out, minutes=0.1, **FAST)  # a rerun of the finished run
-    assert again["status"] == "complete" and again["total_steps"] == fitted["max_steps"] and again["budget"] == fitted
+    assert again.status == "complete" and again.total_steps == fitted["max_steps"] and again.budget == fitted
     resumed = pretrain(class_folder, out=out, minutes=0.1, resume="yes", **FAST)
-    assert resumed["resumed_from"] == fitted["max_steps"] and resumed["budget"] == fitted
+    assert resumed.resumed_from == fitted["max_steps"] and resumed.budget == fitted
 
 
 def test_cli_prints_the_fit_and_refuses_minutes_with_max_steps(class_folder, tmp_path, monkeypatch, capsys):

@@ -76,7 +76,7 @@ def test_init_file_starts_both_networks_from_it_and_training_moves_them(class_fo
     from sslprobe.extraction.extract import extract
 
     m = extract(class_folder, out=tmp_path / "feats", weights=str(out), device="cpu", workers=0, show_progress=False)
-    assert m["counts"]["embedded"] == 24
+    assert m.counts.embedded == 24
 
 
 def test_init_from_an_earlier_run_is_a_new_run_with_its_model_and_stem(class_folder, tmp_path, monkeypatch):
@@ -87,7 +87,7 @@ def test_init_from_an_earlier_run_is_a_new_run_with_its_model_and_stem(class_fol
     kw = {k: v for k, v in FAST.items() if k not in ("model", "image_size")}
     s = pretrain(class_folder, out=tmp_path / "second", init=str(first / "backbone.safetensors"), **kw)
     assert _same(seen["online"], earlier) and _same(seen["target"], earlier)
-    assert s["model"] == "test_resnet" and s["image_size"] == 16 and s["small_stem"] and s["resumed_from"] is None
+    assert s.model == "test_resnet" and s.image_size == 16 and s.small_stem and s.resumed_from is None
     with pytest.raises(SSLProbeError, match="holds a test_resnet backbone but --model resnet18 was given; drop"):
         pretrain(class_folder, out=tmp_path / "x", init=str(first / "backbone.safetensors"), model="resnet18", **kw)
     with pytest.raises(SSLProbeError, match="trained with the small-image stem; drop --no-small-stem"):
@@ -125,7 +125,7 @@ def test_init_pretrained_from_the_hub_cache_keeps_its_stem(class_folder, tmp_pat
     state = _hub(tmp_path, monkeypatch)
     seen = _capture_step0(monkeypatch)
     s = pretrain(class_folder, out=tmp_path / "r", init="pretrained", **{**FAST, "image_size": 32})
-    assert _same(seen["online"], state) and not s["small_stem"]  # a pretrained stem is kept, even at 32 px
+    assert _same(seen["online"], state) and not s.small_stem  # a pretrained stem is kept, even at 32 px
     cfg = json.loads((tmp_path / "r" / "config.json").read_text())
     assert cfg["start"] == {"init": "pretrained", "weights": "timm/test_resnet.r160_in1k", "sha256": None}
     with pytest.raises(SSLProbeError, match="pretrained test_resnet was trained with the standard stem; drop"):
@@ -242,7 +242,7 @@ def test_byol_on_a_vit_end_to_end(class_folder, tmp_path):
     kw = {**FAST, "model": "test_vit", "image_size": 32}
     s = pretrain(class_folder, out=tmp_path / "vit", **kw)
     cfg = json.loads((tmp_path / "vit" / "config.json").read_text())
-    assert s["status"] == "complete" and s["optimizer"] == "adamw" and not s["small_stem"]
+    assert s.status == "complete" and s.optimizer == "adamw" and not s.small_stem
     assert cfg["base_lr"] == 1.5e-4 and cfg["weight_decay"] == 0.1
     out = tmp_path / "vit" / "backbone.safetensors"
     trained = load_file(str(out))
@@ -254,10 +254,10 @@ def test_byol_on_a_vit_end_to_end(class_folder, tmp_path):
     from sslprobe.extraction.extract import extract
 
     m = extract(class_folder, out=tmp_path / "feats", weights=str(out), device="cpu", workers=0, show_progress=False)
-    assert m["counts"]["embedded"] == 24 and m["dim"] == net.num_features
+    assert m.counts.embedded == 24 and m.dim == net.num_features
     # and a new run from it: the ViT's weights are its start
     s2 = pretrain(class_folder, out=tmp_path / "vit2", init=str(out), **{**FAST, "model": None, "image_size": None})
-    assert s2["model"] == "test_vit" and s2["image_size"] == 32
+    assert s2.model == "test_vit" and s2.image_size == 32
 
 
 def test_the_backbone_runs_at_its_scale_of_the_scheduled_rate():

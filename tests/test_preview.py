@@ -84,7 +84,7 @@ def test_grey_images_keep_one_channel_through_pretraining_and_extraction(tmp_pat
 
     data = _grey_classes(tmp_path / "grey")
     s = pretrain(data, out=tmp_path / "run", grayscale=True, eval_train=data, eval_test=data, **FAST)
-    assert s["status"] == "complete" and s["knn_top1"] is not None  # the kNN monitor reads one channel too
+    assert s.status == "complete" and s.knn_top1 is not None  # the kNN monitor reads one channel too
     assert json.loads((tmp_path / "run" / "config.json").read_text())["in_chans"] == 1
     weights = tmp_path / "run" / "backbone.safetensors"
     with safe_open(str(weights), framework="pt") as f:
@@ -92,7 +92,7 @@ def test_grey_images_keep_one_channel_through_pretraining_and_extraction(tmp_pat
     net, spec = create_backbone(None, weights=str(weights))
     assert spec.in_chans == 1 and len(spec.mean) == 1 and net(torch.randn(2, 1, 16, 16)).shape[0] == 2
     m = extract(data, out=tmp_path / "feats", weights=str(weights), workers=0, show_progress=False)
-    assert m["counts"]["embedded"] == 12 and m["preprocessing"]["in_chans"] == 1
+    assert m.counts.embedded == 12 and m.preprocessing["in_chans"] == 1
     pairs = draw_views(data, n=2, model="test_resnet", image_size=16, batch_size=6, grayscale=True)
     assert pairs.stored.shape[1] == 1 and pairs.view1.shape == (2, 1, 16, 16)
     with pytest.raises(SSLProbeError, match="backbone for grey images; add --grayscale"):

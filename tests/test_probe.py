@@ -18,6 +18,7 @@ from sslprobe.probing.probe import probe
 from sslprobe.probing.report import summary
 from sslprobe.probing.search import DEFAULT_CS
 from sslprobe.probing.solver import fit_logistic
+from sslprobe.results import ProbeResult
 from tests.blobs import blobs, one_thread  # noqa: F401  (autouse fixture)
 
 SMALL_CS = [1e-3, 1e-2, 1e-1, 1.0, 10.0]
@@ -108,19 +109,19 @@ def test_path_picks_interior_C():
     X, y = imbalanced([120, 50, 30], seed=0)
     Xt, yt = imbalanced([300, 125, 75], seed=100)
     r = probe(FeatureSet.from_arrays(X, y), test=FeatureSet.from_arrays(Xt, yt), patience=None, knn_k=(20,))
-    curve = r["val_curve"]
-    assert len(curve) == 45 and [p["C"] for p in curve] == pytest.approx(list(DEFAULT_CS))
+    curve = r.val_curve
+    assert len(curve) == 45 and [p.C for p in curve] == pytest.approx(list(DEFAULT_CS))
     # 120:50:30 is imbalanced > 2:1, so C is chosen by balanced accuracy; ties → lower val loss
-    assert r["selection"]["metric"] == "balanced"
-    best = max(p["balanced_accuracy"] for p in curve)
-    tied = [p for p in curve if p["balanced_accuracy"] == best]
-    assert r["C"] == min(tied, key=lambda p: p["loss"])["C"]
-    assert r["val"]["balanced_accuracy"] == pytest.approx(best)
-    assert 1e-4 < r["C"] < 10
-    assert curve[0]["top1"] == pytest.approx(0.6)  # majority class only
-    assert curve[-1]["balanced_accuracy"] < best  # overfitting at weak regularisation
-    assert all(p["converged"] for p in curve)
-    assert r["test"]["top1"] > 0.75  # chance: 0.33 uniform, 0.6 majority
+    assert r.selection.metric == "balanced"
+    best = max(p.balanced_accuracy for p in curve)
+    tied = [p for p in curve if p.balanced_accuracy == best]
+    assert r.C == min(tied, key=lambda p: p.loss).C
+    assert r.val.balanced_accuracy == pytest.approx(best)
+    assert 1e-4 < r.C < 10
+    assert curve[0].top1 == pytest.approx(0.6)  # majority class only
+    assert curve[-1].balanced_accuracy < best  # overfitting at weak regularisation
+    assert all(p.converged for p in curve)
+    assert r.test.top1 > 0.75  # chance: 0.33 uniform, 0.6 majority
 
 
 def test_path_on_blobs_beats_chance_and_reports():
@@ -128,27 +129,27 @@ def test_path_on_blobs_beats_chance_and_reports():
     tr = FeatureSet.from_arrays(X[:180], y[:180])
     te = FeatureSet.from_arrays(X[180:], y[180:])
     r = probe(tr, test=te, seed=0)
-    assert r["test"]["top1"] > 0.9 and r["knn"]["test"]["top1"] > 0.9
-    assert r["knn"]["k"] == 20 and set(r["knn"]["by_k"]) == {"10", "20", "200"}
-    assert r["n_train"] == 180 and r["dim"] == 16 and r["n_fit"] + r["n_val"] == 180
-    assert r["device"] == "cpu" and r["classes"] == ["0", "1", "2", "3"]
-    json.dumps(r, allow_nan=False)  # JSON-serialisable as is
+    assert r.test.top1 > 0.9 and r.knn.test.top1 > 0.9
+    assert r.knn.k == 20 and set(r.knn.by_k) == {"10", "20", "200"}
+    assert r.n_train == 180 and r.dim == 16 and r.n_fit + r.n_val == 180
+    assert r.device == "cpu" and r.classes == ["0", "1", "2", "3"]
+    json.dumps(r.to_json(), allow_nan=False)  # its JSON is strict JSON as is
 
 
 def test_early_stop_stops_after_peak():
     X, y = imbalanced([120, 50, 30], seed=1)
     full = probe(FeatureSet.from_arrays(X, y), patience=None, knn_k=(5,))
     r = probe(FeatureSet.from_arrays(X, y), patience=3, knn_k=(5,))
-    curve = r["val_curve"]
-    assert 3 < len(curve) < 45 and curve == full["val_curve"][: len(curve)]
-    assert all(p["top1"] <= r["val"]["top1"] for p in curve[-3:])
-    assert r["C"] == full["C"]  # stopping early did not change the choice here
+    curve = r.val_curve
+    assert 3 < len(curve) < 45 and curve == full.val_curve[: len(curve)]
+    assert all(p.top1 <= r.val.top1 for p in curve[-3:])
+    assert r.C == full.C  # stopping early did not change the choice here
 
 
 def test_fixed_C_skips_search():
     X, y = blobs(30, 3, 5, seed=6)
     r = probe(FeatureSet.from_arrays(X, y), C=0.5, knn_k=(5,))
-    assert r["C"] == 0.5 and len(r["val_curve"]) == 1 and r["val_curve"][0]["C"] == 0.5
+    assert r.C == 0.5 and len(r.val_curve) == 1 and r.val_curve[0].C == 0.5
 
 
 def test_separate_val_and_out_dir(tmp_path):
@@ -156,10 +157,11 @@ def test_separate_val_and_out_dir(tmp_path):
     sets = [FeatureSet.from_arrays(X[s], y[s], source=name)
             for s, name in ((slice(0, 60), "tr"), (slice(60, 90), "va"), (slice(90, 120), "te"))]
     r = probe(sets[0], val=sets[1], test=sets[2], Cs=SMALL_CS, knn_k=(5, 20), out=tmp_path / "o")
-    assert r["inputs"] == {"train": "tr", "val": "va", "test": "te"}
-    assert r["n_fit"] == 60 and r["n_val"] == 30 and r["val"]["n"] == 30 and r["test"]["n"] == 30
+    assert r.inputs == {"train": "tr", "val": "va", "test": "te"}
+    assert r.n_fit == 60 and r.n_val == 30 and r.val.n == 30 and r.test.n == 30
     saved = json.loads((tmp_path / "o" / "report.json").read_text())
-    assert saved["C"] == r["C"] and saved["test"]["confusion"] == r["test"]["confusion"]
+    assert saved["C"] == r.C and saved["test"]["confusion"] == r.test.confusion
+    assert saved == r.to_json() and ProbeResult.from_json(saved) == r
 
 
 def test_standardize_flag():
@@ -171,9 +173,9 @@ def test_standardize_flag():
     on = probe(FeatureSet.from_arrays(X, y), standardize=True, **kw)
     off_raw = probe(FeatureSet.from_arrays(X, y), standardize=False, **kw)
     off_pre = probe(FeatureSet.from_arrays(Z, y), standardize=False, **kw)
-    assert on["standardize"] and not off_raw["standardize"]
-    assert on["val_curve"][0]["loss"] == pytest.approx(off_pre["val_curve"][0]["loss"], rel=0.05)
-    assert off_raw["val_curve"][0]["loss"] != pytest.approx(on["val_curve"][0]["loss"], rel=0.05)
+    assert on.standardize and not off_raw.standardize
+    assert on.val_curve[0].loss == pytest.approx(off_pre.val_curve[0].loss, rel=0.05)
+    assert off_raw.val_curve[0].loss != pytest.approx(on.val_curve[0].loss, rel=0.05)
 
 
 def test_global_state_untouched():
@@ -230,8 +232,8 @@ def test_knn_chunking_matches_unchunked():
 def test_knn_headline_without_20_and_skipping():
     X, y = blobs(20, 2, 4, seed=10)
     r = probe(FeatureSet.from_arrays(X, y), C=1.0, knn_k=(1, 3))
-    assert r["knn"]["k"] in (1, 3) and set(r["knn"]["by_k"]) == {"1", "3"}
-    assert probe(FeatureSet.from_arrays(X, y), C=1.0, knn_k=())["knn"] is None
+    assert r.knn.k in (1, 3) and set(r.knn.by_k) == {"1", "3"}
+    assert probe(FeatureSet.from_arrays(X, y), C=1.0, knn_k=()).knn is None
 
 
 # ---------------------------------------------------------------- loading
@@ -267,7 +269,7 @@ def test_class_names_aligned_across_sets():
     keep = y[60:] != 0  # test set without class "a": its own indices are b→0, c→1
     te = FeatureSet.from_arrays(X[60:][keep], y[60:][keep] - 1, classes=["b", "c"])
     r = probe(tr, test=te, C=1.0, knn_k=(5,))
-    assert r["test"]["top1"] > 0.9 and not r["warnings"]
+    assert r.test.top1 > 0.9 and not r.warnings
 
 
 # ---------------------------------------------------------------- bad input
@@ -345,12 +347,12 @@ def test_unseen_and_unlabeled_rows_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         r = probe(tr, test=te, C=1.0, knn_k=(3,))
-    w = " ".join(r["warnings"])
+    w = " ".join(r.warnings)
     assert "train: ignored" in w and "unlabeled rows excluded" in w and "zebra" in w
     n_zebra = int((y_te == 2).sum())
-    assert r["test"]["n"] == len(y_te) - 1 and r["classes"] == ["a", "b", "zebra"]
-    assert r["test"]["top1"] <= 1 - n_zebra / r["test"]["n"] + 1e-9  # zebras are all errors
-    assert r["test"]["per_class"][2]["recall"] == 0.0
+    assert r.test.n == len(y_te) - 1 and r.classes == ["a", "b", "zebra"]
+    assert r.test.top1 <= 1 - n_zebra / r.test.n + 1e-9  # zebras are all errors
+    assert r.test.per_class[2].recall == 0.0
 
 
 def test_bad_arguments():
@@ -370,15 +372,15 @@ def test_binary_search_matches_grid_optimum():
     # C = 560 on), which a 2-decade coarse sweep can miss by design
     grid = probe(FeatureSet.from_arrays(X, y), patience=None, knn_k=(), select="top1")
     binary = probe(FeatureSet.from_arrays(X, y), search="binary", patience=None, knn_k=(), select="top1")
-    curve = binary["val_curve"]
-    assert binary["search"] == "binary" and len(curve) <= 14 < len(grid["val_curve"])
-    cs = [p["C"] for p in curve]
+    curve = binary.val_curve
+    assert binary.search == "binary" and len(curve) <= 14 < len(grid.val_curve)
+    cs = [p.C for p in curve]
     assert cs == sorted(cs) and min(cs) == pytest.approx(1e-6) and len(set(cs)) == len(cs)
     # bisection ends at 1/8 decade around the best: neighbours of the chosen C were both tried
-    near = [c for c in cs if abs(math.log10(c / binary["C"])) == pytest.approx(0.125)]
+    near = [c for c in cs if abs(math.log10(c / binary.C)) == pytest.approx(0.125)]
     assert len(near) >= 1
-    assert binary["C"] == max(curve, key=lambda p: (p["top1"], -p["loss"], -p["C"]))["C"]
-    assert binary["val"]["top1"] >= grid["val"]["top1"] - 0.03  # as good as the grid, within noise
+    assert binary.C == max(curve, key=lambda p: (p.top1, -p.loss, -p.C)).C
+    assert binary.val.top1 >= grid.val.top1 - 0.03  # as good as the grid, within noise
 
 
 def test_half_features_chunks_and_float64_agree():
@@ -389,29 +391,29 @@ def test_half_features_chunks_and_float64_agree():
     half = probe(fs, test=te, Cs=SMALL_CS, knn_k=(5,), patience=None, feature_dtype="float16", chunk_rows=16)
     f64 = probe(fs, test=te, Cs=SMALL_CS, knn_k=(5,), patience=None, dtype="float64")
     for other in (chunked, f64):
-        assert [p["top1"] for p in other["val_curve"]] == [p["top1"] for p in base["val_curve"]]
-        assert other["C"] == base["C"] and other["test"]["top1"] == base["test"]["top1"]
-    assert [p["loss"] for p in chunked["val_curve"]] == pytest.approx([p["loss"] for p in base["val_curve"]], rel=1e-4)
-    assert [p["loss"] for p in half["val_curve"]] == pytest.approx([p["loss"] for p in base["val_curve"]], rel=1e-2)
-    assert half["feature_dtype"] == "float16" and f64["dtype"] == "float64" and chunked["chunk_rows"] == 7
-    assert abs(half["test"]["top1"] - base["test"]["top1"]) <= 0.05
+        assert [p.top1 for p in other.val_curve] == [p.top1 for p in base.val_curve]
+        assert other.C == base.C and other.test.top1 == base.test.top1
+    assert [p.loss for p in chunked.val_curve] == pytest.approx([p.loss for p in base.val_curve], rel=1e-4)
+    assert [p.loss for p in half.val_curve] == pytest.approx([p.loss for p in base.val_curve], rel=1e-2)
+    assert half.feature_dtype == "float16" and f64.dtype == "float64" and chunked.chunk_rows == 7
+    assert abs(half.test.top1 - base.test.top1) <= 0.05
 
 
 def test_label_efficiency_in_probe():
     X, y = blobs(60, 4, 16, sep=3.0, noise=1.0, seed=14)
     tr, te = FeatureSet.from_arrays(X[:200], y[:200]), FeatureSet.from_arrays(X[200:], y[200:])
     r = probe(tr, test=te, search="binary", fractions=(0.1, 1.0), shots=(2,), seeds=2, knn_k=(20,))
-    le = r["label_efficiency"]
-    assert le["scored_on"] == "test" and [(p["kind"], p["value"]) for p in le["points"]] == \
+    le = r.label_efficiency
+    assert le.scored_on == "test" and [(p.kind, p.value) for p in le.points] == \
         [("fraction", 0.1), ("fraction", 1.0), ("shots", 2)]
-    small, full, shot = le["points"]
-    assert small["seeds"] == 2 and full["seeds"] == 1 and shot["n_train"] == 8
-    assert full["n_train"] == r["n_fit"] and full["C"] == [r["C"]]
-    assert len(small["linear"]["runs"]) == 2 and 0.25 < small["linear"]["mean"] <= 1
-    assert full["linear"]["mean"] >= shot["linear"]["mean"] - 0.1 and full["knn"]["mean"] > 0.8
+    small, full, shot = le.points
+    assert small.seeds == 2 and full.seeds == 1 and shot.n_train == 8
+    assert full.n_train == r.n_fit and full.C == [r.C]
+    assert len(small.linear.runs) == 2 and 0.25 < small.linear.mean <= 1
+    assert full.linear.mean >= shot.linear.mean - 0.1 and full.knn.mean > 0.8
     no_test = probe(tr, shots=(1,), seeds=1, knn_k=(), C=1.0)
-    assert no_test["label_efficiency"]["scored_on"] == "val" and no_test["label_efficiency"]["points"][0]["knn"] is None
-    assert any("optimistic" in w for w in no_test["warnings"])
+    assert no_test.label_efficiency.scored_on == "val" and no_test.label_efficiency.points[0].knn is None
+    assert any("optimistic" in w for w in no_test.warnings)
 
 
 def test_report_files(tmp_path):
@@ -421,7 +423,7 @@ def test_report_files(tmp_path):
     r = probe(sets[0], test=sets[1], Cs=SMALL_CS, knn_k=(5,), fractions=(0.5, 1.0), seeds=2, out=tmp_path)
     names = {"report.json", "per_class_val.csv", "per_class_test.csv", "probe.safetensors", "confusion.png",
              "val_curve.png", "label_efficiency.png"}
-    assert set(r["files"]["files"]) == names and r["files"]["note"] is None
+    assert set(r.files.files) == names and r.files.note is None
     assert names <= {p.name for p in tmp_path.iterdir()}
     for png in ("confusion.png", "val_curve.png", "label_efficiency.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -445,7 +447,7 @@ def test_report_without_matplotlib(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_mpl)
     X, y = blobs(20, 2, 4, seed=16)
     r = probe(FeatureSet.from_arrays(X, y), Cs=SMALL_CS, knn_k=(3,), out=tmp_path)
-    assert "matplotlib" in r["files"]["note"] and not list(tmp_path.glob("*.png"))
+    assert "matplotlib" in r.files.note and not list(tmp_path.glob("*.png"))
     assert (tmp_path / "report.json").exists() and (tmp_path / "per_class_val.csv").exists()
 
 
@@ -457,7 +459,7 @@ def test_manifests_in_report(tmp_path):
     (d / "manifest.json").write_text(json.dumps({"paths": [f"{i}.png" for i in range(20)], "classes": ["a", "b"],
                                                  "model": "resnet18", "fingerprint": "abc"}))
     r = probe(d, C=1.0, knn_k=())
-    assert r["manifests"]["train"] == {"paths": "<20 entries>", "classes": ["a", "b"], "model": "resnet18",
+    assert r.manifests["train"] == {"paths": "<20 entries>", "classes": ["a", "b"], "model": "resnet18",
                                        "fingerprint": "abc"}
 
 
@@ -478,13 +480,14 @@ def test_compare_and_resolve_sets(tmp_path):
         resolve_sets(tmp_path / "nope")
     rows = compare({n: resolve_sets(tmp_path / n) for n in ("good", "bad")}, out=tmp_path / "cmp", Cs=SMALL_CS,
                    knn_k=(5,))
-    assert [n for n, _ in rows] == ["good", "bad"] and rows[0][1]["test"]["top1"] > rows[1][1]["test"]["top1"]
+    assert [n for n, _ in rows] == ["good", "bad"] and rows[0][1].test.top1 > rows[1][1].test.top1
     saved = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert set(saved["sets"]) == {"good", "bad"} and (tmp_path / "cmp" / "good" / "report.json").exists()
     assert "per_class" not in saved["sets"]["good"]["test"] and "predictions" not in saved["sets"]["good"]["test"]
     (pair,) = saved["paired_tests"]
     assert pair["a"] == "good" and pair["b"] == "bad" and pair["paired"] and pair["n"] == 30
-    assert pair["top1"] == pytest.approx(rows[0][1]["test"]["top1"] - rows[1][1]["test"]["top1"])
+    assert pair["top1"] == pytest.approx(rows[0][1].test.top1 - rows[1][1].test.top1)
+    assert [p.to_json() for p in rows[0][1].paired_tests] == saved["paired_tests"]
 
 
 def test_more_bad_arguments():
@@ -504,7 +507,7 @@ def test_overflow_and_labels_missing(tmp_path):
     # float16 storage holds standardised values: large raw features are fine
     r = probe(FeatureSet.from_arrays(np.array([[1e6, 0], [2e6, 1], [1e6, 0], [2e6, 1]]), [0, 1, 0, 1]),
               feature_dtype="float16", C=1.0, val_fraction=0.5, knn_k=())
-    assert r["val"]["top1"] == 1.0
+    assert r.val.top1 == 1.0
     f = write_set(tmp_path / "f.safetensors", torch.randn(4, 2), torch.tensor([0, 1, 0, 1]))
     save_file({"features": torch.randn(4, 2)}, str(tmp_path / "nolabels.safetensors"))
     with pytest.raises(SSLProbeError, match="labels"):
@@ -556,36 +559,36 @@ def test_label_subsets_choose_C_with_their_own_labels_only():
     scrambled = FeatureSet.from_arrays(X[240:], np.roll(y[240:], 7))
     kw = {"test": te, "fractions": (0.25,), "shots": (1, 4), "seeds": 2, "knn_k": ()}
     a, b = probe(tr, val=va, **kw), probe(tr, val=scrambled, **kw)
-    assert a["C"] != b["C"] or a["val_curve"] != b["val_curve"]  # the main search does use val
-    for pa, pb in zip(a["label_efficiency"]["points"], b["label_efficiency"]["points"]):
-        assert pa["C"] == pb["C"] and pa["linear"] == pb["linear"]
-    frac, one, four = a["label_efficiency"]["points"]
-    assert frac["C_rule"] == ["5-fold CV within the subset"] and four["C_rule"] == ["4-fold CV within the subset"]
-    assert one["C_rule"][0].startswith("default C=1") and one["C"] == [1.0, 1.0]
-    assert "k-fold CV" in a["label_efficiency"]["C_selection"]
+    assert a.C != b.C or a.val_curve != b.val_curve  # the main search does use val
+    for pa, pb in zip(a.label_efficiency.points, b.label_efficiency.points):
+        assert pa.C == pb.C and pa.linear == pb.linear
+    frac, one, four = a.label_efficiency.points
+    assert frac.C_rule == ["5-fold CV within the subset"] and four.C_rule == ["4-fold CV within the subset"]
+    assert one.C_rule[0].startswith("default C=1") and one.C == [1.0, 1.0]
+    assert "k-fold CV" in a.label_efficiency.C_selection
 
 
 def test_test_metrics_carry_bootstrap_intervals():
     X, y = blobs(60, 3, 8, sep=2.0, noise=1.5, seed=22)
     r = probe(FeatureSet.from_arrays(X[:120], y[:120]), test=FeatureSet.from_arrays(X[120:], y[120:]), knn_k=(5,))
-    for m in (r["test"], r["val"], r["knn"]["test"]):
-        lo, hi = m["ci"]["top1"]
-        assert lo <= m["top1"] <= hi and hi > lo
-        assert m["ci"]["balanced_accuracy"][0] <= m["balanced_accuracy"] <= m["ci"]["balanced_accuracy"][1]
-    assert len(r["test"]["predictions"]) == 60 and r["test_labels"] == y[120:].tolist()
+    for m in (r.test, r.val, r.knn.test):
+        lo, hi = m.ci.top1
+        assert lo <= m.top1 <= hi and hi > lo
+        assert m.ci.balanced_accuracy[0] <= m.balanced_accuracy <= m.ci.balanced_accuracy[1]
+    assert len(r.test.predictions) == 60 and r.test_labels == y[120:].tolist()
     assert "predictions" not in summary(r)["test"]
 
 
 def test_selection_metric_defaults_to_balanced_on_imbalanced_classes():
     X, y = imbalanced([150, 30, 20], seed=3)  # 7.5 : 1
     auto = probe(FeatureSet.from_arrays(X, y), knn_k=(1, 5, 50))
-    assert auto["selection"]["metric"] == "balanced" and auto["selection"]["reason"].startswith("auto")
-    assert auto["knn"]["selected_by"] == "balanced"
-    ks = auto["knn"]["by_k"]
-    assert auto["knn"]["k"] == max((1, 5, 50), key=lambda k: (ks[str(k)]["val"]["balanced_accuracy"], k == 20, -k))
+    assert auto.selection.metric == "balanced" and auto.selection.reason.startswith("auto")
+    assert auto.knn.selected_by == "balanced"
+    ks = auto.knn.by_k
+    assert auto.knn.k == max((1, 5, 50), key=lambda k: (ks[str(k)].val.balanced_accuracy, k == 20, -k))
     top1 = probe(FeatureSet.from_arrays(X, y), knn_k=(), select="top1")
-    assert top1["selection"] == {**top1["selection"], "metric": "top1", "reason": "asked"}
+    assert (top1.selection.metric, top1.selection.reason) == ("top1", "asked")
     Xb, yb = blobs(40, 3, 6, seed=23)
-    assert probe(FeatureSet.from_arrays(Xb, yb), knn_k=())["selection"]["metric"] == "top1"
+    assert probe(FeatureSet.from_arrays(Xb, yb), knn_k=()).selection.metric == "top1"
     with pytest.raises(SSLProbeError, match="--select"):
         probe(FeatureSet.from_arrays(Xb, yb), select="f1")

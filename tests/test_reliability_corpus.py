@@ -121,7 +121,7 @@ def test_extract_pixels_match_the_decoded_shapes(files, tmp_path):
 
     m = extract(files.root, out=tmp_path / "f", weights="pixels", image_size=4, workers=0, show_progress=False)
     t = load_file(str(tmp_path / "f" / "features.safetensors"))["features"]
-    one = t[m["paths"].index("one_pixel.png")].view(3, 4, 4)
+    one = t[m.paths.index("one_pixel.png")].view(3, 4, 4)
     assert torch.allclose(one, torch.tensor([9, 99, 199]).view(3, 1, 1) / 255, atol=1 / 255)
 
 

@@ -1,6 +1,7 @@
 """Atomic JSON and the rich renderers (the metrics themselves: test_metrics.py)."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 
@@ -16,6 +17,7 @@ from sslprobe.probing.report import (
     render_probe,
     summary,
 )
+from sslprobe.results import FinetuneResult, PairedTest, ProbeResult
 from tests.test_metrics import hand_case
 
 
@@ -31,18 +33,25 @@ def test_write_json_atomic(tmp_path):
     assert sorted(p.name for p in target.parent.iterdir()) == ["report.json"]  # no temp files
 
 
-def fake_result(test: bool = True, warnings=()) -> dict:
+def fake_doc(test: bool = True, warnings=()) -> dict:
+    """A probe's report.json, by hand (the keys of an older report: no selection, manifests, timing…)."""
     scores, labels = hand_case()
     m = classification_metrics(scores, labels, num_classes=3)
     knn_split = {"top1": 0.8, "top5": 1.0, "balanced_accuracy": 0.8, "macro_f1": 0.8, "n": 6}
     by_k = {str(k): {"val": knn_split, **({"test": knn_split} if test else {})} for k in (10, 20, 200)}
-    r = {"C": 0.0316, "val": m, "knn": {"k": 20, "temperature": 0.07, **by_k["20"], "by_k": by_k},
-         "val_curve": [{"C": 0.01, "top1": 0.4, "loss": 1.0}], "classes": ["a", "b", "c"], "n_train": 6,
+    r = {"C": 0.0316, "val": m, "knn": {"k": 20, "temperature": 0.07, "selected_by": "top1", **by_k["20"],
+                                        "by_k": by_k},
+         "val_curve": [{"C": 0.01, "top1": 0.4, "balanced_accuracy": 0.4, "loss": 1.0, "iters": 3, "converged": True,
+                        "floor_limited": False}], "classes": ["a", "b", "c"], "n_train": 6,
          "dim": 4, "device": "cpu", "seconds": 0.12, "warnings": list(warnings),
          "inputs": {"train": "t", "val": None, "test": "x" if test else None}}
     if test:
         r["test"] = m
     return r
+
+
+def fake_result(test: bool = True, warnings=()) -> ProbeResult:
+    return ProbeResult.from_json(fake_doc(test, warnings))
 
 
 def test_render_probe():
@@ -58,8 +67,7 @@ def test_render_probe():
 
 
 def test_render_without_knn():
-    r = fake_result()
-    r["knn"] = None
+    r = dataclasses.replace(fake_result(), knn=None)
     buf = io.StringIO()
     render_probe(r, console=Console(file=buf, width=120))
     render_comparison([("pixels", r)], console=Console(file=buf, width=120))
@@ -77,10 +85,14 @@ def test_render_comparison():
 
 
 def test_render_comparison_takes_a_fine_tuned_row():
-    ft = {**fake_result(), "protocol": "finetune", "C": None, "knn": None}
-    point = {"kind": "fraction", "value": 0.5, "seeds": 1}
-    ft["label_efficiency"] = {"points": [{**point, "finetune": {"mean": 0.9, "std": 0.0}}]}
-    probe = {**fake_result(), "label_efficiency": {"points": [{**point, "linear": {"mean": 0.7, "std": 0.0}}]}}
+    doc = {k: v for k, v in fake_doc().items() if k not in ("C", "val_curve", "dim")}
+    point = {"kind": "fraction", "value": 0.5, "n_train": 3, "seeds": 1}
+    ft = FinetuneResult.from_json({**doc, "protocol": "finetune", "knn": None, "label_efficiency": {
+        "scored_on": "test", "selection": "own hold-out",
+        "points": [{**point, "finetune": {"mean": 0.9, "std": 0.0, "runs": [0.9]}, "lr": [0.1], "epoch": [2],
+                    "rule": ["validation split"]}]}})
+    probe = ProbeResult.from_json({**fake_doc(), "label_efficiency": {"scored_on": "test", "points": [
+        {**point, "linear": {"mean": 0.7, "std": 0.0, "runs": [0.7]}, "C": [1.0], "C_rule": ["fixed"], "knn": None}]}})
     buf = io.StringIO()
     render_comparison([("probe", probe), ("finetune", ft)], console=Console(file=buf, width=160))
     text = buf.getvalue()
@@ -91,25 +103,26 @@ def test_summary_drops_bulky_fields():
     r = fake_result()
     s = summary(r)
     assert "per_class" not in s["val"] and "confusion" not in s["test"]
-    assert s["val"]["top1"] == r["val"]["top1"] and s["val_curve"] == r["val_curve"]
-    assert "per_class" in r["val"]  # the input is not modified
+    assert s["val"]["top1"] == r.val.top1 and s["val_curve"] == [p.to_json() for p in r.val_curve]
+    assert r.val.per_class  # the input is not modified
+    assert summary(r.to_json()) == s and "val_curve" not in summary(r, drop=("val_curve",))
     json.dumps(s, allow_nan=False)
 
 
 def test_paired_table_and_verdict_respect_the_interval():
     from sslprobe.probing.report import verdict_sentence
 
-    win = {"a": "byol", "b": "random", "paired": True, "top1": 0.031, "top1_ci": [0.019, 0.043],
-           "balanced_accuracy": 0.03, "balanced_accuracy_ci": [0.018, 0.042], "mcnemar_p": 1e-4, "significant": True}
-    tie = {**win, "b": "imagenet", "top1": 0.004, "top1_ci": [-0.006, 0.014], "significant": False, "mcnemar_p": 0.4}
-    lose = {**win, "b": "pixels", "top1": -0.05, "top1_ci": [-0.07, -0.03]}
-    unpaired = {"a": "x", "b": "y", "paired": False, "reason": "no test set on both sides"}
+    win = PairedTest(a="byol", b="random", paired=True, top1=0.031, top1_ci=(0.019, 0.043), balanced_accuracy=0.03,
+                     balanced_accuracy_ci=(0.018, 0.042), mcnemar_p=1e-4, significant=True)
+    tie = dataclasses.replace(win, b="imagenet", top1=0.004, top1_ci=(-0.006, 0.014), significant=False,
+                              mcnemar_p=0.4)
+    lose = dataclasses.replace(win, b="pixels", top1=-0.05, top1_ci=(-0.07, -0.03))
+    unpaired = PairedTest(a="x", b="y", paired=False, reason="no test set on both sides")
     text = verdict_sentence([win, tie, lose, unpaired])
     assert "byol beats random by 3.1 points of test top-1 (95 % CI 1.9 to 4.3)" in text
     assert "byol and imagenet are not distinguishable on this test set" in text
     assert "pixels beats byol by 5.0 points of test top-1 (95 % CI 3.0 to 7.0)" in text
-    r = fake_result()
-    r["paired_tests"] = [win, tie]
+    r = dataclasses.replace(fake_result(), paired_tests=[win, tie])
     buf = io.StringIO()
     render_comparison([("byol", r), ("random", fake_result())], console=Console(file=buf, width=160))
     out = buf.getvalue()

@@ -17,6 +17,7 @@ from sslprobe.probing.search import (
     grid_search,
 )
 from sslprobe.probing.solver import Design, Standardizer
+from sslprobe.results import CPoint
 from tests.blobs import one_thread  # noqa: F401  (autouse fixture)
 
 
@@ -44,7 +45,7 @@ def exact_curve(X: torch.Tensor, y: torch.Tensor) -> tuple[float, list[dict]]:
     state = PathState(Zf, y[fit_idx], Zv, y[val_idx], torch.unique(y), int(y.max()) + 1, 20_000, tol=1e-10,
                       rtol=None)
     grid_search(state, DEFAULT_CS, patience=None)
-    return state.best_c(), state.sorted_curve()
+    return state.best_c(), [CPoint.from_json(p) for p in state.sorted_curve()]
 
 
 @pytest.mark.parametrize("data", [digits, embeddings], ids=["digits", "embeddings-512d"])
@@ -54,12 +55,12 @@ def test_default_search_reproduces_the_exact_validation_curve(data):
     X, y = data()
     c_exact, exact = exact_curve(X, y)
     r = probe(FeatureSet.from_arrays(X, y), patience=None, knn_k=())
-    ours = r["val_curve"]
-    assert [p["C"] for p in ours] == pytest.approx([p["C"] for p in exact])
-    gaps = [abs(a["top1"] - b["top1"]) for a, b in zip(ours, exact)]
-    assert max(gaps) <= 0.001, [(p["C"], g) for p, g in zip(ours, gaps) if g > 0.001]
-    assert r["C"] == pytest.approx(c_exact)
-    assert all(p["converged"] and p["iters"] >= 1 for p in ours)
+    ours = r.val_curve
+    assert [p.C for p in ours] == pytest.approx([p.C for p in exact])
+    gaps = [abs(a.top1 - b.top1) for a, b in zip(ours, exact)]
+    assert max(gaps) <= 0.001, [(p.C, g) for p, g in zip(ours, gaps) if g > 0.001]
+    assert pytest.approx(c_exact) == r.C
+    assert all(p.converged and p.iters >= 1 for p in ours)
 
 
 def test_ties_go_to_the_lower_validation_loss_then_smaller_c():
@@ -76,12 +77,12 @@ def test_float32_path_never_scores_a_stale_model():
     X, y = digits()
     _, exact = exact_curve(X, y)
     r = probe(FeatureSet.from_arrays(X, y), patience=None, knn_k=(), dtype="float32")
-    assert r["dtype"] == "float32" and all(p["iters"] >= 1 for p in r["val_curve"])
-    assert sum(p["iters"] for p in r["val_curve"]) < 45 * 200  # no point burns max_iter at the floor
+    assert r.dtype == "float32" and all(p.iters >= 1 for p in r.val_curve)
+    assert sum(p.iters for p in r.val_curve) < 45 * 200  # no point burns max_iter at the floor
     # float32 is not exact at weak C (that is what the float64 default is for), but its choice is
     # one of the exact protocol's best points (C = 0.032 and 0.18 tie at 97.2 % on digits)
-    best = max(p["top1"] for p in exact)
-    assert next(p["top1"] for p in exact if p["C"] == pytest.approx(r["C"])) == best
+    best = max(p.top1 for p in exact)
+    assert next(p.top1 for p in exact if pytest.approx(r.C) == p.C) == best
 
 
 def test_precision_floor_scales_with_dtype_and_gradient():

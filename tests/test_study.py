@@ -14,7 +14,7 @@ from sslprobe.errors import SSLProbeError
 from sslprobe.study import plan, stages
 from sslprobe.study.assignment import SplitRule, assign, guard
 from sslprobe.study.numbers import CSV_COLUMNS
-from sslprobe.study.run import StudyInterrupted, study
+from sslprobe.study.run import StudyInterrupted, StudyResult, study
 from sslprobe.study.sources import HashCache, hash_entries, open_sources
 from tests.clirun import run
 from tests.conftest import write_class_folder
@@ -73,6 +73,10 @@ def test_every_arm_runs_and_the_report_files_exist(done):
     assert any(s["path"].endswith("mid/broken.png") for s in doc["skipped"])  # unreadable: skipped, listed
     assert "sslprobe pretrain" in "\n".join(doc["commands"]) and "sslprobe compare" in doc["commands"][-1]
     assert {"sslprobe", "torch", "timm", "python"} <= set(doc["versions"])
+    assert r.to_json() == doc
+    back = StudyResult.from_json(out / "study.json")  # the rows as study.json keeps them
+    assert back.verdict == r.verdict and back.pairs == r.pairs and [n for n, _ in back.rows] == list(ARMS)
+    assert [x.test.top1 for _, x in back.rows] == [x.test.top1 for _, x in r.rows] and back.out == out
     md = (out / "report.md").read_text()
     assert r.verdict in md and "## Commands" in md and "figures/label_efficiency.png" in md
 
@@ -227,7 +231,7 @@ def test_labels_csv_data_and_class_names_that_are_not_folder_names(tmp_path):
                              for p in sorted(src.rglob("*.png"))]
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
     r = study(src, out=tmp_path / "s", labels=tmp_path / "labels.csv", arms=("pixels",), **TINY)
-    assert set(r.rows[0][1]["classes"]) == {"T-shirt/top", "bag"}
+    assert set(r.rows[0][1].classes) == {"T-shirt/top", "bag"}
     assert (tmp_path / "s" / "data" / "labelled" / "T-shirt_top").is_dir()
 
 
@@ -239,7 +243,7 @@ def test_finetune_arm_is_a_row_of_the_same_comparison(class_folder, tmp_path, mo
     r = study(class_folder, out=tmp_path / "s", arms=("random", "finetune-random"), **{**TINY, "fractions": (),
                                                                                        "shots": ()})
     assert [name for name, _ in r.rows] == ["random", "finetune-random"]
-    assert r.pairs and r.pairs[0]["paired"]  # scored on the same test images
+    assert r.pairs and r.pairs[0].paired  # scored on the same test images
     lines = (tmp_path / "s" / "results.csv").read_text().splitlines()
     assert "finetune" in {row["method"] for row in csv.DictReader(lines)}
 
@@ -309,4 +313,4 @@ def test_hugging_face_data_is_written_out_once(tmp_path):
     r = study(tmp_path / "hf", out=tmp_path / "s", arms=("pixels",), **TINY)
     written = sorted((tmp_path / "s" / "data" / "labelled").rglob("*.png"))
     assert len(written) == 24 and written[0].read_bytes()[:4] == b"\x89PNG" and not written[0].is_symlink()
-    assert set(r.rows[0][1]["classes"]) == {"red", "dim"}
+    assert set(r.rows[0][1].classes) == {"red", "dim"}

@@ -1,6 +1,7 @@
 """Bootstrap intervals, McNemar and paired differences between feature sets."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 
 from sslprobe.probing.pairs import paired_tests
 from sslprobe.probing.uncertainty import bootstrap_intervals, mcnemar_p, paired_difference
+from sslprobe.results import Metrics, ProbeResult
 
 
 def predictions(n: int, acc: float, k: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,9 +59,12 @@ def test_a_one_point_gap_on_500_images_is_noise():
     assert d["mcnemar_p"] == pytest.approx(0.0625)
 
 
-def _result(pred, labels, classes, paths=None):
-    return {"classes": classes, "test": {"predictions": pred.tolist()}, "test_labels": labels.tolist(),
-            "test_paths": paths}
+def _result(pred, labels, classes, paths=None) -> ProbeResult:
+    """A probe result with just what pairing reads: classes, test predictions, labels and paths."""
+    metrics = Metrics(top1=0.0, top5=0.0, balanced_accuracy=0.0, macro_f1=0.0, n=len(labels),
+                      predictions=pred.tolist())
+    return ProbeResult(C=1.0, val=metrics, test=metrics, classes=classes, test_labels=labels.tolist(),
+                       test_paths=paths)
 
 
 def test_paired_tests_pair_by_rows_and_refuse_different_test_sets():
@@ -70,13 +75,13 @@ def test_paired_tests_pair_by_rows_and_refuse_different_test_sets():
     short = _result(labels[:50], labels[:50], ["a", "b", "c", "d"])
     pairs = paired_tests([("A", a), ("B", b), ("moved", moved), ("short", short)])
     ab = pairs[0]
-    assert (ab["a"], ab["b"], ab["paired"]) == ("A", "B", True) and ab["top1"] < 0 and ab["significant"]
-    reasons = {(p["a"], p["b"]): p.get("reason") for p in pairs if not p["paired"]}
+    assert (ab.a, ab.b, ab.paired) == ("A", "B", True) and ab.top1 < 0 and ab.significant
+    reasons = {(p.a, p.b): p.reason for p in pairs if not p.paired}
     assert "row paths differ" in reasons[("A", "moved")] and "rows" in reasons[("A", "short")]
     # classes listed in another order still pair by name
     perm = ["d", "c", "b", "a"]
     inv = {c: i for i, c in enumerate(perm)}
     remapped = _result(torch.tensor([inv["abcd"[i]] for i in labels.tolist()]),
                        torch.tensor([inv["abcd"[i]] for i in labels.tolist()]), perm)
-    (p,) = paired_tests([("A", {**a, "test_paths": None}), ("B", remapped)])
-    assert p["paired"] and p["top1"] == pytest.approx(ab["top1"])
+    (p,) = paired_tests([("A", dataclasses.replace(a, test_paths=None)), ("B", remapped)])
+    assert p.paired and p.top1 == pytest.approx(ab.top1)

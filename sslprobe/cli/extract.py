@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -11,6 +11,7 @@ from sslprobe.cli.app import app, err
 from sslprobe.cli.params import config_command
 from sslprobe.config.extract import ExtractConfig
 from sslprobe.distributed import env_rank
+from sslprobe.results import ExtractResult
 
 
 @config_command(app, ExtractConfig, epilog="Example: sslprobe extract photos/train --weights "
@@ -24,17 +25,17 @@ def extract(config: ExtractConfig) -> None:
         _render_extract(m, out=config.out)
 
 
-def _render_extract(m: Any, *, out: Path) -> None:
-    c = m["cache"]
-    cached = f", {c['hits']} from cache, {c['misses']} computed" if c["enabled"] else ""
-    err(f"{m['counts']['embedded']} images embedded ({m['dim']}-d){cached}, {m['counts']['skipped']} skipped, "
-        f"{m['seconds']:.1f} s → {out}")
-    if c["invalid_shards"]:
-        err(f"  {c['invalid_shards']} damaged cache shard(s) ignored; their rows were recomputed")
-    for s in m["skipped"][:10]:
+def _render_extract(m: ExtractResult, *, out: Path) -> None:
+    c = m.cache
+    cached = f", {c.hits} from cache, {c.misses} computed" if c.enabled else ""
+    err(f"{m.counts.embedded} images embedded ({m.dim}-d){cached}, {m.counts.skipped} skipped, "
+        f"{m.seconds:.1f} s → {out}")
+    if c.invalid_shards:
+        err(f"  {c.invalid_shards} damaged cache shard(s) ignored; their rows were recomputed")
+    for s in m.skipped[:10]:
         err(f"  skipped {s['path']}: {s['reason']}")
-    if len(m["skipped"]) > 10:
-        err(f"  … {len(m['skipped']) - 10} more in {out / 'manifest.json'}")
+    if len(m.skipped) > 10:
+        err(f"  … {len(m.skipped) - 10} more in {out / 'manifest.json'}")
 
 
 cache_app = typer.Typer(help="Inspect and prune the embedding cache.", no_args_is_help=True)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -10,6 +9,7 @@ from sslprobe.cli.app import app, err
 from sslprobe.cli.params import config_command
 from sslprobe.config.pretrain import PretrainConfig, PreviewConfig
 from sslprobe.distributed import env_rank
+from sslprobe.results import PretrainResult
 
 
 @config_command(app, PreviewConfig,
@@ -43,13 +43,13 @@ def pretrain(config: PretrainConfig) -> None:
         _render_pretrain(s, resumed=config.resume != "no")
 
 
-def _render_pretrain(s: Any, *, resumed: bool) -> None:
+def _render_pretrain(s: PretrainResult, *, resumed: bool) -> None:
     """pretrain's summary as stderr lines: where it resumed, how it ended, what to do next."""
     if resumed:
-        step = s["resumed_from"]
+        step = s.resumed_from
         err(f"resumed from step {step}" if step is not None else "no checkpoint found: started a new run")
-    knn = f"; kNN top-1 {s['knn_top1']:.3f}" if s["knn_top1"] is not None else ""
-    err(f"{s['status']}: {s['steps']}/{s['total_steps']} steps, final loss {s['final_loss']:.4f}{knn}; "
-        f"skipped {len(s['skipped'])} files; backbone written to {Path(s['out']) / 'backbone.safetensors'}")
-    if s["status"] != "complete":
+    knn = f"; kNN top-1 {s.knn_top1:.3f}" if s.knn_top1 is not None else ""
+    err(f"{s.status}: {s.steps}/{s.total_steps} steps, final loss {s.final_loss:.4f}{knn}; "
+        f"skipped {len(s.skipped)} files; backbone written to {Path(s.out) / 'backbone.safetensors'}")
+    if not s.complete:
         err("continue with the same command plus --resume")

@@ -46,7 +46,7 @@ def compare(config: CompareConfig, as_json: AsJson = False) -> None:
     console = Console()
     render_comparison(rows, console=console)
     for name, r in rows:
-        for w in r["warnings"]:
+        for w in r.warnings:
             console.print(f"warning: {name}: {w}", style="yellow", markup=False, highlight=False)
 
 

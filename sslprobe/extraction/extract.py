@@ -42,6 +42,7 @@ from sslprobe.fileio import atomic_path, write_json
 from sslprobe.images.decode import DECODE_POLICY
 from sslprobe.images.folders import ImageSet, open_images, skipped_report
 from sslprobe.images.transforms import Uint8Transform
+from sslprobe.results import ExtractResult
 from sslprobe.runtime.device import pick_device
 from sslprobe.runtime.progress import progress_bar
 from sslprobe.runtime.workers import default_workers
@@ -118,8 +119,8 @@ def _state_sha256(net: torch.nn.Module) -> str:
 
 
 def extract(config: ExtractConfig | str | os.PathLike, /, *, show_progress: bool = True,
-            **options: Any) -> dict[str, Any]:
-    """Embed every readable image of ``config.data``; bad files are skipped and listed. Returns the manifest.
+            **options: Any) -> ExtractResult:
+    """Embed every readable image of ``config.data``; bad files are skipped and listed. Returns an ``ExtractResult``.
 
     ``config``: an :class:`~sslprobe.config.extract.ExtractConfig`, or the data folder with the options
     as keywords. ``weights``: ``random`` (seeded by ``seed``; the architecture's ordinary init, no zeroed
@@ -320,8 +321,8 @@ def _take(rows: Rows, part: Part, *, store: Store | None) -> None:
 
 def _write(images: ImageSet, r: Assembled, *, out: Path, data: str | os.PathLike, feat: Featurizer, cache: CacheUse,
            dev: torch.device, world: int, shards_written: int, timings: dict[str, float],
-           t0: float) -> dict[str, Any]:
-    """features.safetensors, then manifest.json; returns the manifest."""
+           t0: float) -> ExtractResult:
+    """features.safetensors, then manifest.json; returns the result (the manifest is its ``to_json()``)."""
     from safetensors.torch import save_file
 
     features = _checked_features(images, r, data=data)  # (N, D)
@@ -335,10 +336,11 @@ def _write(images: ImageSet, r: Assembled, *, out: Path, data: str | os.PathLike
     with atomic_path(out / FEATURES) as tmp:
         save_file({"features": features.contiguous(), "labels": labels}, str(tmp),
                   metadata={"classes": json.dumps(list(images.classes)), "run_id": run_id})
-    manifest = _manifest(images, r, run_id=run_id, dim=int(features.shape[1]), data=data, feat=feat, cache=cache,
-                         dev=dev, world=world, shards_written=shards_written, timings=timings, t0=t0)
+    manifest = ExtractResult.from_json(_manifest(images, r, run_id=run_id, dim=int(features.shape[1]), data=data,
+                                                 feat=feat, cache=cache, dev=dev, world=world,
+                                                 shards_written=shards_written, timings=timings, t0=t0))
     try:
-        write_json(out / MANIFEST, manifest)
+        write_json(out / MANIFEST, manifest.to_json())
     except BaseException:  # a features file without its manifest would lose paths: leave neither
         (out / FEATURES).unlink(missing_ok=True)
         raise

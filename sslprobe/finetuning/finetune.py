@@ -36,6 +36,15 @@ from sslprobe.finetuning.timing import time_steps
 from sslprobe.images.folders import ImageSet
 from sslprobe.labelcurves import parse_points
 from sslprobe.probing.metrics import Selection, resolve_select, scored
+from sslprobe.results import (
+    EpochPoint,
+    FinetuneChoice,
+    FinetuneCurve,
+    FinetuneResult,
+    FinetuneStopped,
+    Metrics,
+    SelectionInfo,
+)
 from sslprobe.runtime.device import pick_device
 from sslprobe.runtime.progress import progress_bar
 from sslprobe.runtime.signals import StopSignals
@@ -185,7 +194,8 @@ def _length(o: Options, trainer: Trainer, fit: torch.Tensor) -> FinetuneLength:
     return FinetuneLength(None, o.minutes, ddp.broadcast(timing, trainer.dist))  # one plan for every rank
 
 
-def _score(trainer: Trainer, inputs: Inputs, best: dict[str, torch.Tensor], *, seed: int) -> tuple[dict, dict | None]:
+def _score(trainer: Trainer, inputs: Inputs, best: dict[str, torch.Tensor], *,
+           seed: int) -> tuple[Metrics, Metrics | None]:
     """Step: the chosen network on validation, then on test — the only time test is touched."""
     trainer.net.load_state_dict(best)
     k = len(inputs.classes)
@@ -218,18 +228,19 @@ def _distributed(dist: ddp.Dist, recipe: Recipe, dev: torch.device) -> str:
 
 def _record(o: Options, inputs: Inputs, recipe: Recipe, main: Selected, *, selection: Selection,
             dev: torch.device, dist: ddp.Dist, timer: PhaseTimer, warns: list[str]) -> dict[str, Any]:
-    """The result's bookkeeping: what was chosen and how, the recipe and schedule, the data, the machine."""
+    """The result's bookkeeping (FinetuneResult's fields): what was chosen and how, the recipe and schedule, the
+    data, the machine."""
     best, spec, test = main.best, inputs.backbone.spec, inputs.test
     return {
         "protocol": "finetune", "status": "complete", "model": spec.model, "image_size": spec.image_size,
         "small_stem": spec.small_stem, "weights": inputs.backbone.info,
-        "chosen": {"run": best.plan.name, "lr": best.plan.base_lr, "epoch": best.best_epoch,
-                   "epochs": best.plan.epochs, "selected_by": selection.metric, "rule": main.rule},
-        "lr_grid": main.grid(), "learning_curve": [asdict(e) for e in best.history],
+        "chosen": FinetuneChoice(run=best.plan.name, lr=best.plan.base_lr, epoch=best.best_epoch,
+                                 epochs=best.plan.epochs, selected_by=selection.metric, rule=main.rule),
+        "lr_grid": main.grid(), "learning_curve": [EpochPoint(**asdict(e)) for e in best.history],
         "recipe": asdict(recipe.with_lr(best.plan.base_lr)),
         "schedule": {k: v for k, v in asdict(best.plan).items() if k not in ("name", "rows_sha256")},
-        "selection": {**asdict(selection), "tie_break": "lower validation loss, then the earlier epoch and the "
-                                                        "smaller learning rate"},
+        "selection": SelectionInfo(**asdict(selection), tie_break="lower validation loss, then the earlier epoch "
+                                                                  "and the smaller learning rate"),
         "classes": list(inputs.classes), "n_train": len(inputs.train), "n_fit": int(inputs.held.fit.numel()),
         "n_val": int(inputs.held.val.numel()),
         "val_source": "given" if inputs.held.given else f"holdout {o.val_fraction:g} (seed {o.seed})",
@@ -245,10 +256,10 @@ def _record(o: Options, inputs: Inputs, recipe: Recipe, main: Selected, *, selec
     }
 
 
-def _export_info(result: dict[str, Any]) -> dict[str, Any]:
-    c = result["chosen"]
-    return {"weights": result["weights"], "epoch": c["epoch"], "lr": c["lr"], "run": c["run"],
-            "val_top1": result["val"]["top1"], "test_top1": result["test"]["top1"] if result.get("test") else None}
+def _export_info(result: FinetuneResult) -> dict[str, Any]:
+    c = result.chosen
+    return {"weights": result.weights, "epoch": c.epoch, "lr": c.lr, "run": c.run, "val_top1": result.val.top1,
+            "test_top1": result.test.top1 if result.test is not None else None}
 
 
 @dataclass
@@ -257,7 +268,7 @@ class Trained:
 
     trainer: Trainer
     main: Selected
-    curve: dict | None
+    curve: FinetuneCurve | None
 
 
 def _train(o: Options, inputs: Inputs, recipe: Recipe, metric: str, *, dev: torch.device, dist: ddp.Dist,
@@ -273,14 +284,15 @@ def _train(o: Options, inputs: Inputs, recipe: Recipe, metric: str, *, dev: torc
     if o.points and not main.stopped:
         spec = CurveSpec(o.points, o.seeds, o.seed, lrs, metric, o.val_fraction, length)
         with timer.phase("label_efficiency"):
-            curve = label_curve(trainer, spec, fit=inputs.held.fit, main=main, evaluation=_evaluation(inputs))
-        if curve is not None and curve["scored_on"] == "val":
+            drawn = label_curve(trainer, spec, fit=inputs.held.fit, main=main, evaluation=_evaluation(inputs))
+        curve = None if drawn is None else FinetuneCurve.from_json(drawn)
+        if curve is not None and curve.scored_on == "val":
             warns.append("label efficiency scored on val (no --test): the whole-split point chose its epoch on "
                          "the same rows, so it is optimistic")
     return Trained(trainer, main, curve)
 
 
-def _session(o: Options, dev: torch.device, dist: ddp.Dist, timer: PhaseTimer) -> dict[str, Any]:
+def _session(o: Options, dev: torch.device, dist: ddp.Dist, timer: PhaseTimer) -> FinetuneResult | FinetuneStopped:
     """The steps, in order, inside the caller's RNG fork; rank 0 alone scores and writes."""
     with timer.phase("load"):
         inputs = _inputs(o, dev)
@@ -293,23 +305,22 @@ def _session(o: Options, dev: torch.device, dist: ddp.Dist, timer: PhaseTimer) -
                       signals=signals)
         main, trainer = done.main, done.trainer
         if main.stopped or (o.points and done.curve is None):
-            return {"status": f"stopped after {o.stop_after} steps", "out": str(o.out),
-                    "runs": [r.plan.name for r in main.runs]}
+            return FinetuneStopped(status=f"stopped after {o.stop_after} steps", out=str(o.out),
+                                   runs=[r.plan.name for r in main.runs])
         if not dist.main:  # the chosen network on every rank; rank 0 reports for all
             trainer.net.load_state_dict(main.best.state)
-            return {"status": "complete", "out": str(o.out), "rank": dist.rank}
+            return FinetuneStopped(status="complete", out=str(o.out), rank=dist.rank)
         with timer.phase("score"):
             val, test = _score(trainer, inputs, main.best.state, seed=o.seed)
-    result = {"val": val, **({"test": test} if test is not None else {}), "knn": None,
-              **({"label_efficiency": done.curve} if done.curve is not None else {})}
-    result.update(_record(o, inputs, recipe, main, selection=selection, dev=dev, dist=dist, timer=timer,
-                          warns=warns))
+    result = FinetuneResult(val=val, test=test, knn=None, label_efficiency=done.curve,
+                            **_record(o, inputs, recipe, main, selection=selection, dev=dev, dist=dist, timer=timer,
+                                      warns=warns))
     save_finetuned(trainer.net, inputs.backbone.spec, inputs.classes, o.out / MODEL_FILE, info=_export_info(result))
-    result["files"] = write_finetune_reports(result, o.out, model_file=MODEL_FILE)
-    return result
+    return write_finetune_reports(result, o.out, model_file=MODEL_FILE)
 
 
-def finetune(config: FinetuneConfig | Source, /, *, show_progress: bool = False, **options: Any) -> dict[str, Any]:
+def finetune(config: FinetuneConfig | Source, /, *, show_progress: bool = False,
+             **options: Any) -> FinetuneResult | FinetuneStopped:
     """Fine-tune the backbone of ``weights`` with a new linear head on the class folders of ``config.train``.
 
     ``config``: a :class:`~sslprobe.config.finetune.FinetuneConfig` (every option, its default and its
@@ -322,7 +333,9 @@ def finetune(config: FinetuneConfig | Source, /, *, show_progress: bool = False,
     ``resume``: "no" (refuses to discard an unfinished run in ``out``), "auto" or "yes"; Ctrl-C saves and
     raises ``FinetuneInterrupted``. ``stop_after`` stops the session after that many steps (with a
     checkpoint). Writes ``out/model.safetensors`` (timm-loadable, with class names), report.json,
-    per-class CSVs and plots; returns the result.
+    per-class CSVs and plots; returns the result (:class:`~sslprobe.results.FinetuneResult`, report.json's
+    content; :class:`~sslprobe.results.FinetuneStopped` when the session stopped early or on a torchrun rank
+    other than 0).
     """
     c = FinetuneConfig.of(config, **options)
     o = Options(str(c.train), Path(c.out), c.weights, c.model, None if c.val is None else str(c.val),

@@ -8,10 +8,10 @@ learning_curve.png (loss and validation accuracy per epoch, the chosen epoch mar
 """
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sslprobe.fileio import write_json
 from sslprobe.plots import write_finetune_plots
@@ -22,51 +22,53 @@ from sslprobe.probing.report import (
     render_files_and_warnings,
     write_per_class_csvs,
 )
+from sslprobe.results import FinetuneResult, FinetuneStopped, ReportFiles
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
 
 
-def write_finetune_reports(result: dict, out: str | os.PathLike, *, model_file: str | None) -> dict:
-    """report.json, per-class CSVs, plots; returns {"dir", "files", "note"} (also put in report.json)."""
+def write_finetune_reports(result: FinetuneResult, out: str | os.PathLike, *,
+                           model_file: str | None) -> FinetuneResult:
+    """report.json, per-class CSVs, plots; returns ``result`` with its ``files`` (report.json is its ``to_json()``)."""
     out = Path(out)
     files = write_per_class_csvs(result, out)
     plots, note = write_finetune_plots(result, out)
-    info = {"dir": str(out), "files": ["report.json", *files, *([model_file] if model_file else []), *plots],
-            "note": note}
-    write_json(out / "report.json", {**result, "files": info})
-    return info
+    info = ReportFiles(dir=str(out), files=["report.json", *files, *([model_file] if model_file else []), *plots],
+                       note=note)
+    result = dataclasses.replace(result, files=info)
+    write_json(out / "report.json", result.to_json())
+    return result
 
 
-def render_finetune(result: Mapping[str, Any], *, console: Console) -> None:
+def render_finetune(result: FinetuneResult | FinetuneStopped, *, console: Console) -> None:
     """The chosen run's metrics per split, how it was chosen, the label curve, files and warnings."""
-    if result.get("status") != "complete":
-        console.print(f"fine-tune {result['status']}; continue with the same command plus --resume",
+    if not isinstance(result, FinetuneResult) or result.status != "complete":
+        console.print(f"fine-tune {result.status}; continue with the same command plus --resume",
                       markup=False, highlight=False)
         return
-    console.print(metrics_table(result, title=f"fine-tuned {result['model']} ({result['weights']['weights']} weights)"))
-    c = result["chosen"]
-    console.print(f"epoch {c['epoch']} of {c['epochs']} at lr {c['lr']:.3g} (per 256 images) chosen by validation "
-                  f"{c['selected_by']}; train n = {result['n_fit']}, val n = {result['n_val']} "
-                  f"({result['val_source']}); {result['device']}, {result['seconds']:.1f} s; "
+    console.print(metrics_table(result, title=f"fine-tuned {result.model} ({result.weights['weights']} weights)"))
+    c = result.chosen
+    console.print(f"epoch {c.epoch} of {c.epochs} at lr {c.lr:.3g} (per 256 images) chosen by validation "
+                  f"{c.selected_by}; train n = {result.n_fit}, val n = {result.n_val} "
+                  f"({result.val_source}); {result.device}, {result.seconds:.1f} s; "
                   "[..] = 95 % bootstrap interval",
                   style="dim", markup=False, highlight=False)
     _render_curve(result, console=console)
     render_files_and_warnings(result, console=console)
 
 
-def _render_curve(result: Mapping[str, Any], *, console: Console) -> None:
+def _render_curve(result: FinetuneResult, *, console: Console) -> None:
     from rich.table import Table
 
-    le = result.get("label_efficiency")
-    if not le or not le.get("points"):
+    le = result.label_efficiency
+    if not le or not le.points:
         return
-    table = Table(title=f"label efficiency ({le['scored_on']} top-1 %, mean ± std over draws)", title_justify="left")
+    table = Table(title=f"label efficiency ({le.scored_on} top-1 %, mean ± std over draws)", title_justify="left")
     for col in ("labels", "train rows", "draws", "fine-tuned", "epoch chosen by"):
         table.add_column(col, justify="left" if col == "labels" else "right")
-    for p in le["points"]:
-        table.add_row(curve_label(p), str(p["n_train"]), str(p["seeds"]), curve_cell(p, "finetune"),
-                      "; ".join(p["rule"]))
+    for p in le.points:
+        table.add_row(curve_label(p), str(p.n_train), str(p.seeds), curve_cell(p, "finetune"), "; ".join(p.rule))
     console.print(table)
 
 

@@ -35,6 +35,7 @@ from sslprobe.pretraining.batches import BatchSource, check_grey, store_side
 from sslprobe.pretraining.checkpointer import Checkpointer, restore, resume_point
 from sslprobe.pretraining.monitor import KnnEval, LossMeter, MetricsLog, RunLog, knn_due, loss_curve
 from sslprobe.pretraining.trainstep import RunSpec, StepFeed, TrainStep, build_byol, open_init, run_config
+from sslprobe.results import PretrainResult
 from sslprobe.runtime.device import pick_device
 from sslprobe.runtime.signals import StopSignals
 from sslprobe.runtime.workers import default_workers
@@ -62,7 +63,7 @@ class LoopOptions:
     show_progress: bool = True
 
 def pretrain(config: PretrainConfig | str | os.PathLike, /, *, show_progress: bool = True,
-             **options: Any) -> dict[str, Any]:
+             **options: Any) -> PretrainResult:
     """BYOL-pretrain a timm backbone on the images of ``config.data`` (labels, if any, are ignored).
 
     ``config``: a :class:`~sslprobe.config.pretrain.PretrainConfig` (every option, its default and its
@@ -72,7 +73,7 @@ def pretrain(config: PretrainConfig | str | os.PathLike, /, *, show_progress: bo
     continue). ``minutes`` sizes the schedule to fit, from a short timing run (:func:`_fit_minutes`);
     ``max_minutes``/``stop_at`` stop early with a checkpoint, keeping the full run's schedule. Crops come
     from the whole image (docs/pretrain.md, "Crops"). Ctrl-C saves and raises :class:`PretrainInterrupted`.
-    Returns a summary dict (also summary.json).
+    Returns a ``PretrainResult`` (summary.json's content).
     """
     c = PretrainConfig.of(config, **options)
     loop = LoopOptions(resume=c.resume, save_every=ckpts.parse_save_every(c.save_every), max_minutes=c.max_minutes,
@@ -190,7 +191,7 @@ class _Session:
             print(f"pretrain: {cfg.defaults}", file=sys.stderr, flush=True)
         self.started = time.monotonic()
 
-    def run(self) -> dict[str, Any]:
+    def run(self) -> PretrainResult:
         try:
             status = self._train()
         finally:
@@ -201,7 +202,7 @@ class _Session:
                           start=asdict(self.cfg.start))
         summary = self._summary(status)
         if self.dist.main:
-            write_json(self.out / "summary.json", summary)
+            write_json(self.out / "summary.json", summary.to_json())
         return summary
 
     def _train(self) -> str:
@@ -281,19 +282,19 @@ class _Session:
         self.knn_top1 = self.knn(self.byol.backbone, mean=self.spec.mean, std=self.spec.std)
         self.monitor.knn(self.step, self.knn_top1)
 
-    def _summary(self, status: str) -> dict[str, Any]:
+    def _summary(self, status: str) -> PretrainResult:
         cfg, spec, last = self.cfg, self.spec, self.ckpt.last
-        return {
-            "out": str(self.out), "status": status, "steps": self.step, "total_steps": cfg.total_steps,
-            "resumed_from": self.found.step if self.found else None, "final_loss": self.meter.loss,
-            "images": len(self.images), "skipped": skipped_report(self.images, self.source.skipped),
-            "model": spec.model, "image_size": spec.image_size, "small_stem": spec.small_stem,
-            "device": str(self.device), "world_size": self.dist.world, "optimizer": cfg.optimizer,
-            "compile": self.train_step.compile_note, "knn_top1": self.knn_top1,
-            "budget": asdict(self.budget) if self.budget is not None else None,
-            "checkpoint": str(last.json_path) if last else None, "warnings": self.monitor.warnings,
-            "loss_curve": loss_curve(self.log.records(), self.out / "loss_curve.png") if self.log is not None else None,
-        }
+        return PretrainResult(
+            out=str(self.out), status=status, steps=self.step, total_steps=cfg.total_steps,
+            resumed_from=self.found.step if self.found else None, final_loss=self.meter.loss,
+            images=len(self.images), skipped=skipped_report(self.images, self.source.skipped),
+            model=spec.model, image_size=spec.image_size, small_stem=spec.small_stem,
+            device=str(self.device), world_size=self.dist.world, optimizer=cfg.optimizer,
+            compile=self.train_step.compile_note, knn_top1=self.knn_top1,
+            budget=asdict(self.budget) if self.budget is not None else None,
+            checkpoint=str(last.json_path) if last else None, warnings=self.monitor.warnings,
+            loss_curve=loss_curve(self.log.records(), self.out / "loss_curve.png") if self.log is not None else None,
+        )
 
 
 def _prepare_out(out: Path, cfg: RunSpec, *, fresh: bool) -> None:

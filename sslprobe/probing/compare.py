@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +15,18 @@ from sslprobe.probing.features import resolve_sets
 from sslprobe.probing.pairs import paired_tests
 from sslprobe.probing.probe import Source, probe
 from sslprobe.probing.report import summary
+from sslprobe.results import ProbeResult
 
 
 def compare(config: CompareConfig | Mapping[str, Mapping[str, Source | None]], /, *,
-            out: str | os.PathLike | None = None, **options: Any) -> list[tuple[str, dict]]:
+            out: str | os.PathLike | None = None, **options: Any) -> list[tuple[str, ProbeResult]]:
     """Probe several feature sets with one protocol, then paired tests.
 
     ``config``: a :class:`~sslprobe.config.probe.CompareConfig` (NAME=DIR pairs and the protocol), or
     ``{name: {"train": …, "val": …, "test": …}}`` with the protocol's options as keywords. Each set gets
     its own report dir ``out/NAME``; ``out/comparison.json`` holds the headline rows and the paired tests
-    between every two sets scored on the same test images (``paired_tests``).
+    between every two sets scored on the same test images (``paired_tests``), which every returned result
+    also carries.
     """
     if isinstance(config, CompareConfig):
         protocol, out = config.protocol, config.out
@@ -38,12 +41,11 @@ def compare(config: CompareConfig | Mapping[str, Mapping[str, Source | None]], /
                               out=None if out is None else Path(out) / name))
         rows.append((name, r))
     pairs = paired_tests(rows, seed=protocol.seed)
-    for _, r in rows:
-        r["paired_tests"] = pairs
+    rows = [(name, replace(r, paired_tests=pairs)) for name, r in rows]
     if out is not None:
         write_json(Path(out) / "comparison.json",
-                   {"sets": {name: summary({k: v for k, v in r.items() if k not in ("val_curve", "paired_tests")})
-                             for name, r in rows}, "paired_tests": pairs})
+                   {"sets": {name: summary(r, drop=("val_curve", "paired_tests")) for name, r in rows},
+                    "paired_tests": [p.to_json() for p in pairs]})
     return rows
 
 

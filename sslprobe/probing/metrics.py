@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from sslprobe.probing.uncertainty import bootstrap_intervals
+from sslprobe.results import Metrics
 
 SELECT_METRICS = ("top1", "balanced")
 IMBALANCE = 2.0  # largest/smallest class count above which selection defaults to balanced accuracy
@@ -66,13 +67,13 @@ def classification_metrics(scores: torch.Tensor, labels: torch.Tensor, *, num_cl
     }
 
 
-def scored(scores: torch.Tensor, labels: torch.Tensor, *, num_classes: int, seed: int) -> dict:
+def scored(scores: torch.Tensor, labels: torch.Tensor, *, num_classes: int, seed: int) -> Metrics:
     """Metrics of ``scores`` with bootstrap intervals of top-1 and balanced accuracy, and the predictions."""
     metrics = classification_metrics(scores, labels, num_classes=num_classes)
     pred = scores.argmax(1)
     metrics["ci"] = bootstrap_intervals(pred, labels, num_classes=num_classes, seed=seed)
     metrics["predictions"] = pred.cpu().tolist()
-    return metrics
+    return Metrics.from_json(metrics)
 
 
 def selection_score(pred: torch.Tensor, labels: torch.Tensor, *, metric: str, num_classes: int) -> float:

@@ -7,31 +7,32 @@ balanced-accuracy differences with paired-bootstrap intervals and McNemar's exac
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from itertools import combinations
-from typing import Any
 
 import torch
 
 from sslprobe.probing.uncertainty import paired_difference
+from sslprobe.results import FinetuneResult, PairedTest, ProbeResult
+
+Scored = ProbeResult | FinetuneResult
 
 
-def _test_rows(r: Mapping[str, Any]) -> tuple[list[str], list[int], list[int]] | None:
+def _test_rows(r: Scored) -> tuple[list[str], list[int], list[int]] | None:
     """(class names of the test labels in row order, the labels, the linear predictions) or None."""
-    test = r.get("test") or {}
-    if "predictions" not in test or r.get("test_labels") is None:
+    if r.test is None or r.test.predictions is None or r.test_labels is None:
         return None
-    names = r["classes"]
-    return [names[i] for i in r["test_labels"]], r["test_labels"], test["predictions"]
+    names = r.classes
+    return [names[i] for i in r.test_labels], r.test_labels, r.test.predictions
 
 
-def _why_unpaired(a: Mapping[str, Any], b: Mapping[str, Any]) -> str | None:
+def _why_unpaired(a: Scored, b: Scored) -> str | None:
     ra, rb = _test_rows(a), _test_rows(b)
     if ra is None or rb is None:
         return "no test set on both sides"
     if len(ra[0]) != len(rb[0]):
         return f"different test sets ({len(ra[0])} vs {len(rb[0])} rows)"
-    if a.get("test_paths") and b.get("test_paths") and a["test_paths"] != b["test_paths"]:
+    if a.test_paths and b.test_paths and a.test_paths != b.test_paths:
         return "different test images (row paths differ)"
     if ra[0] != rb[0]:
         return "different test labels row by row"
@@ -43,22 +44,21 @@ def _renumbered(pred: list[int], classes: list[str], index: dict[str, int]) -> t
     return torch.tensor([index.get(classes[p], -1) for p in pred])
 
 
-def paired_tests(rows: Sequence[tuple[str, Mapping[str, Any]]], *, seed: int = 0) -> list[dict]:
+def paired_tests(rows: Sequence[tuple[str, Scored]], *, seed: int = 0) -> list[PairedTest]:
     """One entry per pair of results (in the given order): differences A − B or why they are unpaired."""
     out = []
     for (na, a), (nb, b) in combinations(rows, 2):
         why = _why_unpaired(a, b)
-        entry: dict[str, Any] = {"a": na, "b": nb}
         if why is not None:
-            out.append({**entry, "paired": False, "reason": why})
+            out.append(PairedTest(a=na, b=nb, paired=False, reason=why))
             continue
         names, _, pa = _test_rows(a)
         pb = _test_rows(b)[2]
         index = {c: i for i, c in enumerate(sorted(set(names)))}  # one class numbering for both sides
         labels = torch.tensor([index[c] for c in names])
-        diff = paired_difference(_renumbered(pa, a["classes"], index), _renumbered(pb, b["classes"], index), labels,
+        diff = paired_difference(_renumbered(pa, a.classes, index), _renumbered(pb, b.classes, index), labels,
                                  num_classes=len(index), seed=seed)
-        out.append({**entry, "paired": True, "n": len(names), **diff})
+        out.append(PairedTest.from_json({"a": na, "b": nb, "paired": True, "n": len(names), **diff}))
     return out
 
 

@@ -26,9 +26,10 @@ from sslprobe.probing.holdout import Splits, make_splits
 from sslprobe.probing.labeleff import CurvePlan, label_curve
 from sslprobe.probing.metrics import Selection, resolve_select, scored, selection_score
 from sslprobe.probing.predict import ProbeModel
-from sslprobe.probing.report import summary, write_reports
+from sslprobe.probing.report import write_reports
 from sslprobe.probing.search import PathState, SearchSpec
 from sslprobe.probing.solver import Design, LogReg, Standardizer, class_scores, fit, model_columns
+from sslprobe.results import CPoint, KnnResult, KnnSplits, Metrics, ProbeCurve, ProbeResult, SelectionInfo
 from sslprobe.runtime.progress import progress_bar
 from sslprobe.runtime.timing import PhaseTimer
 
@@ -62,9 +63,9 @@ class Chosen:
 
     C: float
     fitted: Fitted
-    val: dict
-    path: list[dict]  # every fitted C, sorted by C
-    label_efficiency: dict | None
+    val: Metrics
+    path: list[CPoint]  # every fitted C, sorted by C
+    label_efficiency: ProbeCurve | None
 
 
 def _advance(bar: Any, task: int, point: dict) -> None:
@@ -100,7 +101,8 @@ def on_validation(solver: Solver, splits: Splits, *, spec: SearchSpec, standardi
         with timer.phase("label_efficiency"):
             curve = label_curve(solver, splits, Zf, Zv, scaler, spec=spec, plan=plan, main=state,
                                 show_progress=show_progress)
-    return Chosen(C, Fitted(model, scaler, state.cols), val, state.sorted_curve(), curve)
+    return Chosen(C, Fitted(model, scaler, state.cols), val, [CPoint.from_json(p) for p in state.sorted_curve()],
+                  None if curve is None else ProbeCurve.from_json(curve))
 
 
 def refit(solver: Solver, splits: Splits, *, C: float, init: Fitted, standardize: bool, tol: float) -> Fitted:
@@ -114,21 +116,21 @@ def refit(solver: Solver, splits: Splits, *, C: float, init: Fitted, standardize
     return Fitted(model, scaler, cols)
 
 
-def score_test(solver: Solver, splits: Splits, fitted: Fitted, *, seed: int) -> dict:
+def score_test(solver: Solver, splits: Splits, fitted: Fitted, *, seed: int) -> Metrics:
     """Step: the test set, touched once."""
     Xt, yt = splits.test
     logits = solver.design(Xt, fitted.scaler).scores(fitted.model)
     return scored(class_scores(logits, fitted.cols, splits.K), yt.to(solver.device), num_classes=splits.K, seed=seed)
 
 
-def knn_step(solver: Solver, splits: Splits, *, ks: list[int], temperature: float, seed: int) -> dict | None:
+def knn_step(solver: Solver, splits: Splits, *, ks: list[int], temperature: float, seed: int) -> KnnResult | None:
     """Step: kNN on L2-normalised raw features, val against the fit split and test against train+val.
 
     k is chosen on validation by the selection metric (ties → k = 20 as in DINO, then smaller k).
     """
     if not ks:
         return None
-    by_k: dict[str, dict] = {str(k): {} for k in ks}
+    by_k: dict[str, dict[str, Metrics]] = {str(k): {} for k in ks}
     val_score: dict[int, float] = {}
     votes_val, votes_test = knn_val_test(splits.Xf, splits.yf, splits.Xv, splits.yv,
                                          splits.test[0] if splits.test is not None else None, ks=ks,
@@ -138,21 +140,20 @@ def knn_step(solver: Solver, splits: Splits, *, ks: list[int], temperature: floa
             continue
         yq_d = yq.to(solver.device)
         for k in ks:
-            by_k[str(k)][name] = summary(scored(votes[k], yq_d, num_classes=splits.K, seed=seed))
+            by_k[str(k)][name] = scored(votes[k], yq_d, num_classes=splits.K, seed=seed).summary()
             if name == "val":
                 val_score[k] = selection_score(votes[k].argmax(1), yq_d, metric=solver.select,
                                                num_classes=splits.K)
     if ks[-1] > splits.Xf.shape[0]:
         splits.warns.append(f"kNN: k > {splits.Xf.shape[0]} train rows was clipped to the train size")
     k_head = max(ks, key=lambda k: (val_score[k], k == HEADLINE_K, -k))
-    return {"k": k_head, "temperature": temperature, "selected_by": solver.select, **by_k[str(k_head)],
-            "by_k": {k: {s: {kk: vv for kk, vv in v.items() if kk != "predictions"} for s, v in row.items()}
-                     for k, row in by_k.items()}}
+    return KnnResult(k=k_head, temperature=temperature, selected_by=solver.select, **by_k[str(k_head)],
+                     by_k={k: KnnSplits(**row) for k, row in by_k.items()})
 
 
-def _warn_unconverged(path: list[dict], dtype: str, warns: list[str]) -> None:
+def _warn_unconverged(path: list[CPoint], dtype: str, warns: list[str]) -> None:
     """C's of the path whose fit stopped at the precision floor (float32 at weak regularisation)."""
-    unconverged = [p["C"] for p in path if not p["converged"] or p["floor_limited"]]
+    unconverged = [p.C for p in path if not p.converged or p.floor_limited]
     if unconverged:
         warns.append(f"{len(unconverged)} of {len(path)} C's of the path were resolved only to the {dtype} "
                      f"precision floor (C ≥ {min(unconverged):.3g}); --float64 resolves them")
@@ -160,11 +161,12 @@ def _warn_unconverged(path: list[dict], dtype: str, warns: list[str]) -> None:
 
 def _record(chosen: Chosen, splits: Splits, sets: Mapping[str, FeatureSet | None], solver: Solver, *,
             selection: Selection, search: str, standardize: bool, val_fraction: float, seed: int,
-            feature_dtype: str, chunk_rows: int | None, timer: PhaseTimer) -> dict:
-    """The result's bookkeeping: the C path, how C was selected, the data, the machine and the timing."""
+            feature_dtype: str, chunk_rows: int | None, timer: PhaseTimer) -> dict[str, Any]:
+    """The result's bookkeeping (ProbeResult's fields): the C path, how C was selected, the data, the machine
+    and the timing."""
     return {
         "val_curve": chosen.path, "search": search,
-        "selection": {**asdict(selection), "tie_break": "lower validation loss, then smaller C"},
+        "selection": SelectionInfo(**asdict(selection), tie_break="lower validation loss, then smaller C"),
         "classes": splits.names, "n_train": int(splits.X.shape[0]), "n_fit": int(splits.Xf.shape[0]),
         "n_val": int(splits.Xv.shape[0]), "dim": int(splits.X.shape[1]), "standardize": standardize,
         "val_source": "given" if splits.val_given else f"holdout {val_fraction:g} (seed {seed})",
@@ -177,7 +179,7 @@ def _record(chosen: Chosen, splits: Splits, sets: Mapping[str, FeatureSet | None
     }
 
 
-def probe(config: ProbeConfig | Source, /, *, show_progress: bool = False, **options: Any) -> dict:
+def probe(config: ProbeConfig | Source, /, *, show_progress: bool = False, **options: Any) -> ProbeResult:
     """Linear probe + kNN: choose C on validation, refit on train+val, score test once.
 
     ``config``: a :class:`~sslprobe.config.probe.ProbeConfig` (the feature sets and the
@@ -212,23 +214,22 @@ def probe(config: ProbeConfig | Source, /, *, show_progress: bool = False, **opt
                                    chunk_rows=p.chunk_rows, max_iter=p.max_iter, select=selection.metric)
     chosen = on_validation(solver, splits, spec=SearchSpec(C, p.Cs, p.search, p.patience), standardize=standardize,
                            plan=plan, seed=seed, timer=timer, show_progress=show_progress)
-    result: dict[str, Any] = {"C": chosen.C, "val": chosen.val}
-    if chosen.label_efficiency is not None:
-        result["label_efficiency"] = chosen.label_efficiency
-    final = chosen.fitted  # without a test set there is no refit
+    final, test, refit_iters = chosen.fitted, None, None  # without a test set there is no refit
     if splits.test is not None:
         with timer.phase("refit"):
             final = refit(solver, splits, C=chosen.C, init=chosen.fitted, standardize=standardize, tol=p.tol)
-            result["test"], result["refit_iters"] = score_test(solver, splits, final, seed=seed), final.model.n_iter
+            test, refit_iters = score_test(solver, splits, final, seed=seed), final.model.n_iter
     with timer.phase("knn"):
-        result["knn"] = knn_step(solver, splits, ks=ks, temperature=knn_temperature, seed=seed)
+        knn = knn_step(solver, splits, ks=ks, temperature=knn_temperature, seed=seed)
     _warn_unconverged(chosen.path, solver.dtype_name, splits.warns)
-    result.update(_record(chosen, splits, sets, solver, selection=selection,
-                          search="fixed" if C is not None else p.search, standardize=standardize,
-                          val_fraction=p.val_fraction, seed=seed, feature_dtype=feature_dtype, chunk_rows=p.chunk_rows,
-                          timer=timer))
+    result = ProbeResult(C=chosen.C, val=chosen.val, label_efficiency=chosen.label_efficiency, test=test,
+                         refit_iters=refit_iters, knn=knn,
+                         **_record(chosen, splits, sets, solver, selection=selection,
+                                   search="fixed" if C is not None else p.search, standardize=standardize,
+                                   val_fraction=p.val_fraction, seed=seed, feature_dtype=feature_dtype,
+                                   chunk_rows=p.chunk_rows, timer=timer))
     if c.out is not None:
-        result["files"] = write_reports(result, c.out, probe_model=final.probe_model(splits.names, C=chosen.C))
+        result = write_reports(result, c.out, probe_model=final.probe_model(splits.names, C=chosen.C))
     return result
 
 

@@ -7,13 +7,13 @@ budget, the exact commands and versions) — enough to rerun and check every num
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from sslprobe.probing.report import percent
+from sslprobe.probing.report import pair_verdict, percent
 from sslprobe.probing.report import with_ci as report_with_ci
+from sslprobe.results import CurvePoint, Metrics
 from sslprobe.study import numbers
 from sslprobe.study.records import StudyRecord
 from sslprobe.study.render import Block, Code, Figure, Heading, Items, Para, Table
@@ -35,16 +35,16 @@ def _pct(x: float | None) -> str:
     return percent(x, digits=1, unit="")
 
 
-def with_ci(m: Mapping[str, Any] | None, key: str) -> str:
+def with_ci(m: Metrics | None, key: str) -> str:
     """'84.5 [83.8, 85.2]': a metric in percent with its 95 % bootstrap interval."""
     return report_with_ci(m, key, digits=1, unit="")
 
 
-def _budget_cell(p: Mapping[str, Any] | None, method: str) -> str:
-    s = numbers.headline_stats(p) if method == "linear" else (p or {}).get(method)
+def _budget_cell(p: CurvePoint | None, method: str) -> str:
+    s = numbers.headline_stats(p) if method == "linear" else (p.stats(method) if p is not None else None)
     if not s:
         return "—"
-    return f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f}" if p["seeds"] > 1 else _pct(s["mean"])
+    return f"{100 * s.mean:.1f} ± {100 * s.std:.1f}" if p.seeds > 1 else _pct(s.mean)
 
 
 def build(r: StudyRecord, figures: Figures) -> list[Block]:
@@ -74,18 +74,19 @@ def _verdict(r: StudyRecord) -> list[Block]:
 
 def _results(r: StudyRecord) -> list[Block]:
     bs = numbers.label_budgets(r.rows)
-    split = "test" if all(x.get("test") for _, x in r.rows) else "val"
+    split = "test" if all(x.test is not None for _, x in r.rows) else "val"
     cols = ("arm", "what", "top-1 % [95 % CI]", "balanced acc %", "kNN top-1 %", "C",
             *(f"top-1 @{b.label}" for b in bs))
     titles = {a.status.arm.name: a.status.arm.title for a in r.runs}
     rows = []
     for name, x in r.rows:
-        knn = (x.get("knn") or {}).get(split)
-        rows.append((name, titles.get(name, ""), with_ci(x.get(split), "top1"),
-                     with_ci(x.get(split), "balanced_accuracy"), with_ci(knn, "top1"),
-                     f"{x['C']:.3g}" if x.get("C") is not None else "—",
+        knn = getattr(x.knn, split) if x.knn is not None else None
+        rows.append((name, titles.get(name, ""), with_ci(x.split(split), "top1"),
+                     with_ci(x.split(split), "balanced_accuracy"), with_ci(knn, "top1"),
+                     f"{x.C:.3g}" if x.C is not None else "—",
                      *(_budget_cell(numbers.point(x, b), "linear") for b in bs)))
-    n = (r.rows[0][1].get(split) or {}).get("n", "?") if r.rows else "?"
+    first = r.rows[0][1].split(split) if r.rows else None
+    n = first.n if first is not None else "?"
     return [Heading(f"Results ({split}, {n} images)"), Table(cols, tuple(rows)),
             Para("[..] = 95 % bootstrap interval over the test images. Probe rows: the linear probe refit on train "
                  "+ val at the C chosen on val; fine-tune rows: the epoch chosen on val. @budget columns: mean ± std "
@@ -95,12 +96,11 @@ def _results(r: StudyRecord) -> list[Block]:
 def _pairs(r: StudyRecord) -> list[Block]:
     rows = []
     for p in r.pairs:
-        if not p.get("paired"):
-            rows.append((p["a"], p["b"], "—", "—", "—", f"not paired: {p['reason']}"))
+        if not p.paired:
+            rows.append((p.a, p.b, "—", "—", "—", f"not paired: {p.reason}"))
             continue
-        verdict = "within noise" if not p["significant"] else f"{p['a'] if p['top1'] > 0 else p['b']} better"
-        rows.append((p["a"], p["b"], _signed(p["top1"], p["top1_ci"]),
-                     _signed(p["balanced_accuracy"], p["balanced_accuracy_ci"]), f"{p['mcnemar_p']:.3g}", verdict))
+        rows.append((p.a, p.b, _signed(p.top1, p.top1_ci), _signed(p.balanced_accuracy, p.balanced_accuracy_ci),
+                     f"{p.mcnemar_p:.3g}", pair_verdict(p)))
     if not rows:
         return []
     return [Heading("Paired tests (same test images, linear top-1, A − B)"),
@@ -120,7 +120,7 @@ def _label_efficiency(r: StudyRecord, figures: Figures) -> list[Block]:
         for b in bs:
             p = numbers.point(x, b)
             if p:
-                rows.append((name, b.label, str(p["n_train"]), str(p["seeds"]), _budget_cell(p, "linear"),
+                rows.append((name, b.label, str(p.n_train), str(p.seeds), _budget_cell(p, "linear"),
                              _budget_cell(p, "knn")))
     out: list[Block] = [Heading("Label efficiency")]
     if figures.label_efficiency is not None:

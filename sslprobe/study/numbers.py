@@ -1,6 +1,6 @@
 """The numbers a study reports, read from its arms' results: headline metrics, label budgets, differences.
 
-Results are the probe's report.json (or a fine-tune's, which has the same keys). Full-label
+Results are :class:`~sslprobe.results.ProbeResult` (or a fine-tune's result, read the same way). Full-label
 numbers carry the probe's 95 % bootstrap intervals over test rows; a label-budget number is a mean
 over seeded draws, with a t-interval over the draws. Two arms' draws at one budget are the same
 rows (the draws depend only on the train labels and the seed), so their difference is paired.
@@ -12,6 +12,10 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from sslprobe.results import CurvePoint, CurveStats, FinetuneResult, Metrics, ProbeResult
+
+Scored = ProbeResult | FinetuneResult
 
 # two-sided 95 % Student t quantiles by degrees of freedom (beyond 30: the normal's 1.96)
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
@@ -45,37 +49,41 @@ class LabelBudget:
         return f"{100 * self.value:g} %" if self.kind == "fraction" else f"{int(self.value)}-shot"
 
 
-def label_budgets(rows: Sequence[tuple[str, Mapping[str, Any]]]) -> list[LabelBudget]:
+def points(r: Scored) -> Sequence[CurvePoint]:
+    """The label-budget points of a result (none without a label curve)."""
+    return r.label_efficiency.points if r.label_efficiency is not None else []
+
+
+def label_budgets(rows: Sequence[tuple[str, Scored]]) -> list[LabelBudget]:
     """Every label budget any arm has, in curve order (fractions, then shots, each ascending)."""
     seen: list[LabelBudget] = []
     for _, r in rows:
-        for p in (r.get("label_efficiency") or {}).get("points", []):
-            b = LabelBudget(p["kind"], p["value"])
+        for p in points(r):
+            b = LabelBudget(p.kind, p.value)
             if b not in seen:
                 seen.append(b)
     return sorted(seen, key=lambda b: (b.kind != "fraction", b.value))
 
 
-def point(r: Mapping[str, Any], b: LabelBudget) -> Mapping[str, Any] | None:
-    return next((p for p in (r.get("label_efficiency") or {}).get("points", [])
-                 if p["kind"] == b.kind and p["value"] == b.value), None)
+def point(r: Scored, b: LabelBudget) -> CurvePoint | None:
+    return next((p for p in points(r) if p.kind == b.kind and p.value == b.value), None)
 
 
-def split_of(r: Mapping[str, Any]) -> str:
-    return "test" if r.get("test") else "val"
+def split_of(r: Scored) -> str:
+    return r.headline_split
 
 
-def headline_stats(p: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+def headline_stats(p: CurvePoint | None) -> CurveStats | None:
     """A budget point's main top-1 statistics: the linear probe's, or a fine-tuned row's."""
-    return None if not p else p.get("linear") or p.get("finetune")
+    return None if p is None else p.headline
 
 
-def budget_difference(a: Mapping[str, Any], b: Mapping[str, Any], budget: LabelBudget) -> dict[str, Any] | None:
+def budget_difference(a: Scored, b: Scored, budget: LabelBudget) -> dict[str, Any] | None:
     """A − B top-1 (linear or fine-tuned) at one budget over the paired draws: mean, t-interval, draws."""
     sa, sb = headline_stats(point(a, budget)), headline_stats(point(b, budget))
     if not sa or not sb:
         return None
-    ra, rb = sa["runs"], sb["runs"]
+    ra, rb = sa.runs, sb.runs
     if len(ra) != len(rb):
         return None
     diffs = [x - y for x, y in zip(ra, rb)]
@@ -99,32 +107,32 @@ def difference_sentence(name_a: str, name_b: str, d: Mapping[str, Any]) -> str:
     return f"{name_a} and {name_b} are not distinguishable {at} (Δ {100 * d['mean']:+.1f} points, {how})"
 
 
-def csv_rows(name: str, r: Mapping[str, Any], *, method: str) -> list[dict[str, Any]]:
+def csv_rows(name: str, r: Scored, *, method: str) -> list[dict[str, Any]]:
     """results.csv rows of one arm: the full-label metrics, then every label budget (mean over draws)."""
     split = split_of(r)
-    used = int(r.get("n_train", 0)) + (int(r.get("n_val", 0)) if split == "test" else 0)
-    out = [*_full(name, method, r.get(split) or {}, split=split, n=used)]
-    knn = (r.get("knn") or {}).get(split)
+    used = int(r.n_train) + (int(r.n_val) if split == "test" else 0)
+    out = [*_full(name, method, r.split(split), split=split, n=used)]
+    knn = getattr(r.knn, split) if r.knn is not None else None
     if knn and method == "linear":
         out += _full(name, "knn", knn, split=split, n=used)
-    le = r.get("label_efficiency") or {}
+    scored_on = r.label_efficiency.scored_on if r.label_efficiency is not None else split
     for b in label_budgets([(name, r)]):
         p = point(r, b)
         for m in ("linear", "finetune", "knn"):
-            if p and p.get(m):
-                runs = p[m]["runs"]
-                ci = mean_interval(runs)
-                out.append(_row(name, m, b.label, b.kind, b.value, p["n_train"],
-                                len(runs), le.get("scored_on", split), "top1", p[m]["mean"], ci, p[m]["std"],
-                                "t-interval over seeded draws" if ci else ""))
+            stats = p.stats(m) if p is not None else None
+            if stats:
+                ci = mean_interval(stats.runs)
+                out.append(_row(name, m, b.label, b.kind, b.value, p.n_train, len(stats.runs), scored_on, "top1",
+                                stats.mean, ci, stats.std, "t-interval over seeded draws" if ci else ""))
     return out
 
 
-def _full(name: str, method: str, m: Mapping[str, Any], *, split: str, n: int) -> list[dict[str, Any]]:
-    ci = m.get("ci") or {}
-    return [_row(name, method, "all", "all", 1.0, n, 1, split, metric, m[metric], ci.get(metric), None,
-                 "bootstrap over test rows" if ci.get(metric) else "")
-            for metric in ("top1", "balanced_accuracy", "macro_f1", "top5") if m.get(metric) is not None]
+def _full(name: str, method: str, m: Metrics | None, *, split: str, n: int) -> list[dict[str, Any]]:
+    if m is None:
+        return []
+    return [_row(name, method, "all", "all", 1.0, n, 1, split, metric, m.value(metric), m.interval(metric), None,
+                 "bootstrap over test rows" if m.interval(metric) else "")
+            for metric in ("top1", "balanced_accuracy", "macro_f1", "top5") if m.value(metric) is not None]
 
 
 def _row(arm: str, method: str, labels: str, kind: str, value: float, n_train: int, seeds: int, split: str,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sslprobe.results import FinetuneResult, PairedTest, ProbeResult
 from sslprobe.study import numbers
 from sslprobe.study.assignment import Guard, Splits
 from sslprobe.study.commands import compare_command, study_command
@@ -36,7 +37,7 @@ class ArmRun:
     """One arm's outcome: its status, and when it ran, its result (report.json) and its stages."""
 
     status: ArmStatus
-    result: dict | None = None
+    result: ProbeResult | FinetuneResult | None = None
     stages: dict[str, Done] = field(default_factory=dict)
 
 
@@ -59,8 +60,8 @@ class StudyRecord:
     opts: StudyOptions
     prepared: Prepared
     runs: list[ArmRun]
-    rows: list[tuple[str, dict]]
-    pairs: list[dict]
+    rows: list[tuple[str, ProbeResult | FinetuneResult]]
+    pairs: list[PairedTest]
     verdict: str
     seconds: float
     device_type: str

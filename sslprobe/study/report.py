@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from sslprobe.fileio import atomic_path, csv_text, write_json
 from sslprobe.probing.report import render_comparison, summary, verdict_sentence
+from sslprobe.results import FinetuneResult, PairedTest, ProbeResult
 from sslprobe.study import numbers
 from sslprobe.study.document import Figures, build
 from sslprobe.study.layout import Layout
@@ -27,11 +28,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
 
 
-def headline(pairs: Sequence[Mapping[str, Any]], *, arms: Sequence[Arm]) -> str:
+def headline(pairs: Sequence[PairedTest], *, arms: Sequence[Arm]) -> str:
     """The verdict sentence of the paired tests that answer the study's question (a BYOL arm against the
     others), or of every pair when no BYOL arm ran."""
     byol = {a.name for a in arms if a.byol_init}
-    chosen = [p for p in pairs if p["a"] in byol or p["b"] in byol] or list(pairs)
+    chosen = [p for p in pairs if p.a in byol or p.b in byol] or list(pairs)
     return verdict_sentence(chosen)
 
 
@@ -45,11 +46,11 @@ def _figures(r: StudyRecord, layout: Layout) -> Figures:
         return Figures(note="figures skipped: matplotlib is not installed (pip install 'sslprobe[plots]')")
     d = layout.figures
     d.mkdir(parents=True, exist_ok=True)
-    curves = {name: (x.get("label_efficiency") or {}).get("points", []) for name, x in r.rows}
+    curves = {name: numbers.points(x) for name, x in r.rows}
     le = None
     if any(curves.values()):
         le = d / "label_efficiency.png"
-        scored = next((x["label_efficiency"]["scored_on"] for _, x in r.rows if x.get("label_efficiency")), "test")
+        scored = next((x.label_efficiency.scored_on for _, x in r.rows if x.label_efficiency is not None), "test")
         arms_label_efficiency_png(curves, le, scored_on=scored)
     confusion, loss = {}, {}
     for run in r.runs:
@@ -69,7 +70,7 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def write_results_csv(rows: Sequence[tuple[str, Mapping[str, Any]]], path: Path, *,
+def write_results_csv(rows: Sequence[tuple[str, ProbeResult | FinetuneResult]], path: Path, *,
                       methods: Mapping[str, str]) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=numbers.CSV_COLUMNS)
@@ -94,9 +95,9 @@ def study_json(r: StudyRecord, files: Mapping[str, str]) -> dict[str, Any]:
                   "note": run.status.note,
                   "stages": {s: {"dir": str(d.dir), "key": d.key, "reused": d.reused, "command": d.command}
                              for s, d in run.stages.items()}} for run in r.runs],
-        "results": {name: summary({k: v for k, v in x.items() if k not in ("val_curve", "paired_tests")})
-                    for name, x in r.rows},
-        "paired_tests": r.pairs, "verdict": r.verdict, "label_budget_verdicts": r.budget_sentences(),
+        "results": {name: summary(x, drop=("val_curve", "paired_tests")) for name, x in r.rows},
+        "paired_tests": [p.to_json() for p in r.pairs], "verdict": r.verdict,
+        "label_budget_verdicts": r.budget_sentences(),
         "commands": r.stage_commands(), "versions": r.versions(), "seconds": r.seconds, "files": dict(files),
     }
 
@@ -121,9 +122,8 @@ def write_all(r: StudyRecord, layout: Layout) -> tuple[dict[str, str], dict[str,
 
 def render_terminal(r: StudyRecord, files: Mapping[str, str], *, console: Console) -> None:
     """The comparison table, its paired tests, the verdict and where the report is."""
-    if r.rows:  # a fine-tuned row has no C: shown as nan
-        shown = [(name, x if "C" in x else {**x, "C": float("nan")}) for name, x in r.rows]
-        render_comparison(shown, console=console, title="study: comparison on the same test images")
+    if r.rows:  # a fine-tuned row has no C: its cell is a dash
+        render_comparison(r.rows, console=console, title="study: comparison on the same test images")
     for run in r.runs:
         if not run.status.runnable:
             console.print(f"{run.status.arm.name}: {run.status.note}", style="yellow", markup=False, highlight=False)

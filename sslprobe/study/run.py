@@ -8,14 +8,18 @@ rules and the outputs; a rerun of the same call reuses every finished stage (res
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sslprobe.config.study import StudyConfig
 from sslprobe.errors import SSLProbeError
+from sslprobe.results import FinetuneResult, PairedTest, ProbeResult, ResultFormatError, read_scored
 from sslprobe.study import plan
 from sslprobe.study.assignment import SplitRule, assign, guard
 from sslprobe.study.layout import Layout, class_dirs, materialise, place_labelled, pool_names
@@ -37,15 +41,41 @@ class StudyInterrupted(KeyboardInterrupt):
 
 @dataclass(frozen=True)
 class StudyResult:
-    """What ``study()`` returns: the result rows by arm, the paired tests, the verdict and the files written."""
+    """What ``study()`` returns: the result rows by arm, the paired tests, the verdict and the files written.
+
+    study.json is its ``to_json()``; ``from_json`` reads one back: its rows are the results as study.json
+    keeps them (without the C path and the per-row lists), and ``arms`` is empty (the arms' stages are
+    not in the file).
+    """
 
     out: Path
-    rows: list[tuple[str, dict]]
-    pairs: list[dict]
+    rows: list[tuple[str, ProbeResult | FinetuneResult]]
+    pairs: list[PairedTest]
     verdict: str
     arms: list[ArmRun]
     files: dict[str, str]
     record: dict[str, Any]  # study.json
+
+    def to_json(self) -> dict[str, Any]:
+        """study.json's content, in JSON's types (paths as strings, tuples as lists)."""
+        return json.loads(json.dumps(self.record, default=os.fspath))
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any] | str | os.PathLike) -> StudyResult:
+        """A study's result from its study.json (a path or the parsed object)."""
+        if not isinstance(doc, Mapping):
+            path = Path(doc)
+            try:
+                doc = json.loads(path.read_text())
+            except (OSError, ValueError) as e:
+                raise ResultFormatError(f"cannot read a study from '{path}': {e}") from e
+        if not isinstance(doc, Mapping) or doc.get("format") != "sslprobe-study":
+            raise ResultFormatError("not a study.json (its format is not 'sslprobe-study')")
+        files = dict(doc.get("files") or {})
+        return cls(out=Path(files["study.json"]).parent if "study.json" in files else Path("."),
+                   rows=[(name, read_scored(x)) for name, x in doc.get("results", {}).items()],
+                   pairs=[PairedTest.from_json(p) for p in doc.get("paired_tests", [])],
+                   verdict=str(doc.get("verdict", "")), arms=[], files=files, record=dict(doc))
 
 
 def study(config: StudyConfig | str | os.PathLike, /, *, show_progress: bool = False, console: Console | None = None,
@@ -167,8 +197,7 @@ class _Study:
 
         rows = [(r.status.arm.name, r.result) for r in runs if r.result is not None]
         pairs = paired_tests(rows, seed=self.opts.config.seed)
-        for _, r in rows:
-            r["paired_tests"] = pairs
+        rows = [(name, dataclasses.replace(r, paired_tests=pairs)) for name, r in rows]
         verdict = report.headline(pairs, arms=[r.status.arm for r in runs if r.result is not None])
         record = StudyRecord(opts=self.opts, prepared=p, runs=runs, rows=rows, pairs=pairs, verdict=verdict,
                                     seconds=time.perf_counter() - self.t0, device_type=self.device_type)

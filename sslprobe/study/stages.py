@@ -7,7 +7,6 @@ the command line it stands for, so the report can print the study as the command
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from sslprobe.extraction.extract import extract
 from sslprobe.fileio import file_sha256
 from sslprobe.pretraining.pretrain import pretrain
 from sslprobe.probing.probe import probe
+from sslprobe.results import FinetuneResult, ProbeResult
 from sslprobe.study.commands import command
 from sslprobe.study.layout import Layout
 from sslprobe.study.plan import Arm, StudyOptions
@@ -124,11 +124,11 @@ def byol_backbone(ctx: Context, arm: Arm, *, index: int, arms: int) -> Done:
                        total=config.max_steps)
     with ctx.progress.watching(d / "metrics.jsonl"):
         summary = pretrain(config, show_progress=False)
-    if summary["status"] != "complete":
-        raise SSLProbeError(f"BYOL run in '{d}' ended '{summary['status']}'; rerun the study to continue it")
-    return _finish(marker, d, key, command("pretrain", config, config.data), steps=summary["steps"],
-                   final_loss=summary["final_loss"], skipped=summary["skipped"], resumed_from=summary["resumed_from"],
-                   fitted=None if fitted is None else asdict(fitted), loss_curve=summary.get("loss_curve"))
+    if not summary.complete:
+        raise SSLProbeError(f"BYOL run in '{d}' ended '{summary.status}'; rerun the study to continue it")
+    return _finish(marker, d, key, command("pretrain", config, config.data), steps=summary.steps,
+                   final_loss=summary.final_loss, skipped=summary.skipped, resumed_from=summary.resumed_from,
+                   fitted=None if fitted is None else asdict(fitted), loss_curve=summary.loss_curve)
 
 
 def extract_config(ctx: Context, arm: Arm, weights: Path | None) -> ExtractConfig:
@@ -154,25 +154,26 @@ def extracted(ctx: Context, arm: Arm, weights: Path | None, *, index: int, arms:
         return done
     ctx.progress.stage(arm=arm.name, index=index, arms=arms, stage="extract")
     m = extract(config, show_progress=False)
-    return _finish(marker, d, key, command("extract", config, config.data), skipped=m["skipped"], dim=m["dim"],
-                   seconds=m["seconds"], cache={k: m["cache"][k] for k in ("hits", "misses")})
+    return _finish(marker, d, key, command("extract", config, config.data), skipped=m.skipped, dim=m.dim,
+                   seconds=m.seconds, cache={"hits": m.cache.hits, "misses": m.cache.misses})
 
 
-def probed(ctx: Context, arm: Arm, features: Done, *, index: int, arms: int) -> tuple[Done, dict]:
-    """The arm's rows cut by split, then one probe (linear, kNN, label curve); the result as report.json has it."""
+def probed(ctx: Context, arm: Arm, features: Done, *, index: int, arms: int) -> tuple[Done, ProbeResult]:
+    """The arm's rows cut by split, then one probe (linear, kNN, label curve); a reused probe's result is read
+    back from its report.json."""
     d = ctx.layout.arm(arm.name)
     protocol = ctx.opts.protocol()
     key = fingerprint([features.key, ctx.split_key, identity(protocol), ctx.device_type])
     marker = Marker(d / "probe")
     done = _reuse(marker, d / "probe", key)
-    if done is None:
-        ctx.progress.stage(arm=arm.name, index=index, arms=arms, stage="probe (linear, kNN, label efficiency)")
-        paths = write_split_features(features.dir, membership=ctx.membership, class_names=ctx.class_names,
-                                     out=d / "features")
-        probe(ProbeConfig(train=paths["train"], val=paths["val"], test=paths["test"], protocol=protocol,
-                          out=d / "probe"))
-        done = _finish(marker, d / "probe", key, "")
-    return done, json.loads((d / "probe" / "report.json").read_text())
+    if done is not None:
+        return done, ProbeResult.from_json(d / "probe" / "report.json")
+    ctx.progress.stage(arm=arm.name, index=index, arms=arms, stage="probe (linear, kNN, label efficiency)")
+    paths = write_split_features(features.dir, membership=ctx.membership, class_names=ctx.class_names,
+                                 out=d / "features")
+    result = probe(ProbeConfig(train=paths["train"], val=paths["val"], test=paths["test"], protocol=protocol,
+                               out=d / "probe"))
+    return _finish(marker, d / "probe", key, ""), result
 
 
 def finetune_config(ctx: Context, arm: Arm, weights: Path | None) -> FinetuneConfig:
@@ -187,7 +188,8 @@ def finetune_config(ctx: Context, arm: Arm, weights: Path | None) -> FinetuneCon
                           device=c.device, workers=c.workers, resume="auto", **start)
 
 
-def finetuned(ctx: Context, arm: Arm, weights: Path | None, *, index: int, arms: int) -> tuple[Done, dict]:
+def finetuned(ctx: Context, arm: Arm, weights: Path | None, *, index: int,
+              arms: int) -> tuple[Done, FinetuneResult]:
     """The arm's network fine-tuned on the train split (epoch chosen on val, test scored once)."""
     from sslprobe.finetuning.finetune import finetune
 
@@ -196,10 +198,10 @@ def finetuned(ctx: Context, arm: Arm, weights: Path | None, *, index: int, arms:
     d = Path(config.out)
     marker = Marker(d)
     done = _reuse(marker, d, key)
-    if done is None:
-        ctx.progress.stage(arm=arm.name, index=index, arms=arms, stage="fine-tune")
-        result = finetune(config, show_progress=False)
-        if result.get("status") != "complete":
-            raise SSLProbeError(f"the fine-tune in '{d}' ended '{result.get('status')}'; rerun the study to continue")
-        done = _finish(marker, d, key, command("finetune", config, config.train))
-    return done, json.loads((d / "report.json").read_text())
+    if done is not None:
+        return done, FinetuneResult.from_json(d / "report.json")
+    ctx.progress.stage(arm=arm.name, index=index, arms=arms, stage="fine-tune")
+    result = finetune(config, show_progress=False)
+    if not isinstance(result, FinetuneResult) or result.status != "complete":
+        raise SSLProbeError(f"the fine-tune in '{d}' ended '{result.status}'; rerun the study to continue")
+    return _finish(marker, d, key, command("finetune", config, config.train)), result
