@@ -245,14 +245,12 @@ class KnnSplits(JsonRecord):
 
 
 @dataclass(frozen=True, kw_only=True)
-class KnnResult(JsonRecord):
-    """kNN on the raw features: the k chosen on validation, its metrics, and every k's."""
+class KnnResult(KnnSplits):
+    """kNN on the raw features: the k chosen on validation with its metrics (``val``, ``test``), and every k's."""
 
     k: int
     temperature: float
     selected_by: str
-    val: Metrics | None = optional()
-    test: Metrics | None = optional()
     by_k: dict[str, KnnSplits] = field(default_factory=dict)
 
 
@@ -266,13 +264,20 @@ class CurveStats(JsonRecord):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ProbeCurvePoint(JsonRecord):
-    """A probe's label-budget point: linear (and kNN) top-1 over draws, each draw's C and how it was chosen."""
+class LabelPoint(JsonRecord):
+    """What every label-budget point says first: the budget (a fraction or shots per class), the training rows
+    it gave, and how many seeded draws scored it."""
 
     kind: str  # "fraction" or "shots"
     value: float
     n_train: int
     seeds: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeCurvePoint(LabelPoint):
+    """A probe's label-budget point: linear (and kNN) top-1 over draws, each draw's C and how it was chosen."""
+
     linear: CurveStats | None = None
     C: list[float] = field(default_factory=list)
     C_rule: list[str] = field(default_factory=list)
@@ -298,13 +303,9 @@ class ProbeCurve(JsonRecord):
 
 
 @dataclass(frozen=True, kw_only=True)
-class FinetuneCurvePoint(JsonRecord):
+class FinetuneCurvePoint(LabelPoint):
     """A fine-tune's label-budget point: fine-tuned top-1 over draws, each draw's learning rate, epoch and rule."""
 
-    kind: str
-    value: float
-    n_train: int
-    seeds: int
     finetune: CurveStats
     lr: list[float]
     epoch: list[int | None]
@@ -635,7 +636,7 @@ def read_scored(doc: Mapping[str, Any] | str | os.PathLike) -> ProbeResult | Fin
     return (FinetuneResult if doc.get("protocol") == "finetune" else ProbeResult).from_json(doc)
 
 
-__all__ = ["CPoint", "CacheInfo", "ClassRow", "CurvePoint", "CurveStats", "EpochPoint", "ExtractCounts",
+__all__ = ["CPoint", "CacheInfo", "ClassRow", "CurvePoint", "CurveStats", "EpochPoint", "LabelPoint", "ExtractCounts",
            "ExtractResult", "FinetuneChoice", "FinetuneCurve", "FinetuneCurvePoint", "FinetuneResult",
            "FinetuneStopped", "Intervals", "JsonRecord", "KnnResult", "KnnSplits", "LabelCurve", "Metrics",
            "PairedTest", "PretrainResult", "ProbeCurve", "ProbeCurvePoint", "ProbeResult", "ReportFiles",
