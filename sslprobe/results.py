@@ -352,24 +352,54 @@ class ReportFiles(JsonRecord):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Difference(JsonRecord):
+    """A − B in one metric, with its paired-bootstrap interval at ``level``."""
+
+    value: float
+    ci: tuple[float, float]
+    level: float
+
+
+@dataclass(frozen=True, kw_only=True)
 class PairedTest(JsonRecord):
-    """A − B on the same test rows (top-1 and balanced-accuracy differences, McNemar), or why not paired."""
+    """A − B on the same test rows in the declared metric, or why the two cannot be paired.
+
+    ``p`` is the paired bootstrap's two-sided p and ``ci`` the interval from the same resamples
+    (uncertainty.order_interval), so they never disagree; ``role`` says whether the pair is the
+    study's declared question (``primary``, tested at the level alone) or one of the ``family``
+    others (``secondary``: Holm-adjusted ``p_adjusted``, ``ci`` widened to the level the adjustment
+    used). ``significant`` is ``p_adjusted`` < 1 − 0.95: exactly what the verdict sentence says.
+    ``others``: the other metrics' differences at 95 %, unadjusted (descriptive).
+    """
 
     a: str
     b: str
     paired: bool
     reason: str | None = optional()
     n: int | None = optional()
-    top1: float | None = optional()
-    top1_ci: tuple[float, float] | None = optional()
-    balanced_accuracy: float | None = optional()
-    balanced_accuracy_ci: tuple[float, float] | None = optional()
+    metric: str | None = optional()
+    role: str | None = optional()
+    difference: float | None = optional()
+    ci: tuple[float, float] | None = optional()
+    level: float | None = optional()
+    p: float | None = optional()
+    p_adjusted: float | None = optional()
+    family: int | None = optional()
+    significant: bool | None = optional()
+    se: float | None = optional()
+    detectable: float | None = optional()  # the difference this test finds with 80 % power
+    repeats: int | None = optional()
+    resamples: int | None = optional()
     a_only_correct: int | None = optional()
     b_only_correct: int | None = optional()
-    mcnemar_p: float | None = optional()
-    significant: bool | None = optional()
-    level: float | None = optional()
-    resamples: int | None = optional()
+    others: dict[str, Difference] = field(default_factory=dict)
+
+    @property
+    def winner(self) -> str | None:
+        """The better arm when the difference is significant, else None."""
+        if not self.significant:
+            return None
+        return self.a if self.difference > 0 else self.b
 
 
 # --- probe and fine-tune ------------------------------------------------------------------------------------------
@@ -636,8 +666,8 @@ def read_scored(doc: Mapping[str, Any] | str | os.PathLike) -> ProbeResult | Fin
     return (FinetuneResult if doc.get("protocol") == "finetune" else ProbeResult).from_json(doc)
 
 
-__all__ = ["CPoint", "CacheInfo", "ClassRow", "CurvePoint", "CurveStats", "EpochPoint", "LabelPoint", "ExtractCounts",
-           "ExtractResult", "FinetuneChoice", "FinetuneCurve", "FinetuneCurvePoint", "FinetuneResult",
-           "FinetuneStopped", "Intervals", "JsonRecord", "KnnResult", "KnnSplits", "LabelCurve", "Metrics",
-           "PairedTest", "PretrainResult", "ProbeCurve", "ProbeCurvePoint", "ProbeResult", "ReportFiles",
-           "ResultFormatError", "SelectionInfo", "json_key", "optional", "read_scored"]
+__all__ = ["CPoint", "CacheInfo", "ClassRow", "CurvePoint", "CurveStats", "Difference", "EpochPoint",
+           "ExtractCounts", "ExtractResult", "FinetuneChoice", "FinetuneCurve", "FinetuneCurvePoint",
+           "FinetuneResult", "FinetuneStopped", "Intervals", "JsonRecord", "KnnResult", "KnnSplits", "LabelCurve",
+           "LabelPoint", "Metrics", "PairedTest", "PretrainResult", "ProbeCurve", "ProbeCurvePoint", "ProbeResult",
+           "ReportFiles", "ResultFormatError", "SelectionInfo", "json_key", "optional", "read_scored"]

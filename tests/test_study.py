@@ -314,3 +314,22 @@ def test_hugging_face_data_is_written_out_once(tmp_path):
     written = sorted((tmp_path / "s" / "data" / "labelled").rglob("*.png"))
     assert len(written) == 24 and written[0].read_bytes()[:4] == b"\x89PNG" and not written[0].is_symlink()
     assert set(r.rows[0][1].classes) == {"red", "dim"}
+
+
+def test_repeats_rerun_every_seeded_stage_and_pool_the_intervals(class_folder, tmp_path, monkeypatch):
+    """--repeats 3: three BYOL runs with seeds 0, 1, 2; each repeat's number beside the pooled one; the pooled
+    interval (repeats and rows resampled) wider than a single repeat's."""
+    monkeypatch.setenv("SSLPROBE_CACHE_DIR", str(tmp_path / "cache"))
+    seeds = []
+    real = stages.pretrain
+    monkeypatch.setattr(stages, "pretrain", lambda c, **k: seeds.append(c.seed) or real(c, **k))
+    r = study(class_folder, out=tmp_path / "s", arms=("random", "byol"), repeats=3, **TINY)
+    assert sorted(seeds) == [0, 1, 2] and len({a.stages["pretrain"].dir for a in r.arms[1:]}) == 1
+    byol = next(a for a in r.arms if a.status.arm.name == "byol")
+    assert len(byol.repeats) == 2 and all(x.test is not None for x in byol.repeats)
+    (pair,) = [p for p in r.pairs if p.paired]
+    assert pair.repeats == 3 and pair.role == "primary" and {pair.a, pair.b} == {"byol", "random"}
+    report = (tmp_path / "s" / "report.md").read_text()
+    assert "## Repeats (3 seeds from 0)" in report and "One seed" not in r.verdict
+    single = study(class_folder, out=tmp_path / "s", arms=("random", "byol"), **TINY)  # repeat 1's stages reused
+    assert pair.se > single.pairs[0].se and "One seed" in single.verdict

@@ -1,15 +1,22 @@
-"""Bootstrap intervals, McNemar and paired differences between feature sets."""
+"""Bootstrap intervals, the one-metric bootstrap over repeats and rows, its p-value and interval, Holm."""
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
 import torch
 
-from sslprobe.probing.pairs import paired_tests
-from sslprobe.probing.uncertainty import bootstrap_intervals, mcnemar_p, paired_difference
-from sslprobe.results import Metrics, ProbeResult
+from sslprobe.probing.metrics import classification_metrics
+from sslprobe.probing.uncertainty import (
+    METRIC_KEYS,
+    bootstrap,
+    bootstrap_intervals,
+    bootstrap_p,
+    holm,
+    metric_value,
+    order_interval,
+    pooled_value,
+)
 
 
 def predictions(n: int, acc: float, k: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,57 +38,43 @@ def test_interval_brackets_the_estimate_with_the_binomial_width():
     assert bootstrap_intervals(pred, labels, num_classes=4) == ci  # seeded
 
 
-def test_mcnemar_exact_values():
-    assert mcnemar_p(0, 0) == 1.0
-    assert mcnemar_p(10, 0) == pytest.approx(2 * 0.5**10)
-    assert mcnemar_p(3, 3) == pytest.approx(1.0)
-    assert mcnemar_p(60, 40) == pytest.approx(0.0569, abs=2e-3)  # exact binomial, two-sided
+def test_order_interval_and_bootstrap_p_never_disagree():
+    """The interval at level 1 − α excludes 0 exactly when p < α, for any resampled differences and any α."""
+    g = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        b = int(torch.randint(20, 3000, (1,), generator=g))
+        d = (torch.randn(b, generator=g) * 0.02 + float(torch.randn(1, generator=g)) * 0.02).double()
+        if trial % 5 == 0:
+            d = torch.round(d * 100) / 100  # ties at 0, as with few discordant rows
+        d = d.sort().values
+        p = bootstrap_p(d)
+        for alpha in (0.05, 0.01, 0.05 / 3, 0.05 / 15, 0.2):
+            lo, hi = order_interval(d, alpha)
+            assert (lo > 0 or hi < 0) == (p < alpha), (b, alpha, p, lo, hi)
 
 
-def test_paired_difference_identical_and_clearly_better():
-    pred, labels = predictions(400, 0.7)
-    same = paired_difference(pred, pred, labels, num_classes=4)
-    assert same["top1"] == 0 and same["top1_ci"] == [0.0, 0.0] and not same["significant"]
-    better = labels.clone()  # perfect predictions vs 70 %
-    d = paired_difference(better, pred, labels, num_classes=4)
-    assert d["top1"] == pytest.approx(1 - float((pred == labels).double().mean()))
-    assert d["significant"] and d["top1_ci"][0] > 0.2 and d["mcnemar_p"] < 1e-10 and d["b_only_correct"] == 0
+def test_holm_adjusted_values_by_hand():
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5]) == [0.5] and holm([]) == [] and holm([0.4, 0.6]) == pytest.approx([0.8, 0.8])
 
 
-def test_a_one_point_gap_on_500_images_is_noise():
-    pred, labels = predictions(500, 0.80, seed=1)
-    other = pred.clone()
-    fix = ((pred != labels).nonzero().flatten())[:5]  # B fixes 5 of A's errors: +1 point
-    other[fix] = labels[fix]
-    d = paired_difference(other, pred, labels, num_classes=4)
-    assert d["top1"] == pytest.approx(0.01)
-    # paired, 5 discordant rows all one way: McNemar p = 2/32 = 0.0625, not significant at 5 %
-    assert d["mcnemar_p"] == pytest.approx(0.0625)
+def test_metrics_from_counts_match_the_reported_ones():
+    g = torch.Generator().manual_seed(3)
+    labels = torch.cat([torch.zeros(60, dtype=torch.long), torch.randint(1, 5, (40,), generator=g)])
+    pred = torch.where(torch.rand(100, generator=g) < 0.6, labels, torch.randint(0, 6, (100,), generator=g))
+    scores = torch.nn.functional.one_hot(pred, 6).float()
+    m = classification_metrics(scores, labels, num_classes=6)
+    for metric, key in METRIC_KEYS.items():
+        assert metric_value(pred, labels, metric=metric, num_classes=6) == pytest.approx(m[key])
 
 
-def _result(pred, labels, classes, paths=None) -> ProbeResult:
-    """A probe result with just what pairing reads: classes, test predictions, labels and paths."""
-    metrics = Metrics(top1=0.0, top5=0.0, balanced_accuracy=0.0, macro_f1=0.0, n=len(labels),
-                      predictions=pred.tolist())
-    return ProbeResult(C=1.0, val=metrics, test=metrics, classes=classes, test_labels=labels.tolist(),
-                       test_paths=paths)
-
-
-def test_paired_tests_pair_by_rows_and_refuse_different_test_sets():
-    pred, labels = predictions(100, 0.6)
-    a = _result(pred, labels, ["a", "b", "c", "d"], paths=[f"{i}.png" for i in range(100)])
-    b = _result(labels, labels, ["a", "b", "c", "d"], paths=[f"{i}.png" for i in range(100)])
-    moved = _result(labels, labels, ["a", "b", "c", "d"], paths=[f"x{i}.png" for i in range(100)])
-    short = _result(labels[:50], labels[:50], ["a", "b", "c", "d"])
-    pairs = paired_tests([("A", a), ("B", b), ("moved", moved), ("short", short)])
-    ab = pairs[0]
-    assert (ab.a, ab.b, ab.paired) == ("A", "B", True) and ab.top1 < 0 and ab.significant
-    reasons = {(p.a, p.b): p.reason for p in pairs if not p.paired}
-    assert "row paths differ" in reasons[("A", "moved")] and "rows" in reasons[("A", "short")]
-    # classes listed in another order still pair by name
-    perm = ["d", "c", "b", "a"]
-    inv = {c: i for i, c in enumerate(perm)}
-    remapped = _result(torch.tensor([inv["abcd"[i]] for i in labels.tolist()]),
-                       torch.tensor([inv["abcd"[i]] for i in labels.tolist()]), perm)
-    (p,) = paired_tests([("A", dataclasses.replace(a, test_paths=None)), ("B", remapped)])
-    assert p.paired and p.top1 == pytest.approx(ab.top1)
+def test_repeats_widen_the_interval_when_seeds_disagree():
+    """Three repeats that differ (a seed effect) pool to a wider interval than one of them alone."""
+    g = torch.Generator().manual_seed(4)
+    labels = torch.randint(3, (300,), generator=g)
+    runs = torch.stack([torch.where(torch.rand(300, generator=g) < acc, labels, (labels + 1) % 3)
+                        for acc in (0.6, 0.75, 0.9)])
+    one = bootstrap([runs[1:2]], labels, metric="top1", num_classes=3, resamples=2000)[0]
+    pooled = bootstrap([runs], labels, metric="top1", num_classes=3, resamples=2000)[0]
+    assert float(pooled.std()) > 1.5 * float(one.std())
+    assert float(pooled.mean()) == pytest.approx(pooled_value(runs, labels, metric="top1", num_classes=3), abs=0.02)

@@ -12,6 +12,8 @@ from sslprobe.config.extract import FEATURE_DTYPES
 from sslprobe.errors import SSLProbeError
 
 SEARCHES = ("grid", "binary")
+PRIMARY_HELP = ("The declared question A,B: tested alone at 95 %; every other pair is one Holm-adjusted family "
+                "(default: every pair is in the family).")
 SELECTS = ("auto", "top1", "balanced")
 SELECT_HELP = ("Metric that chooses C and kNN k on validation: auto (balanced accuracy when classes are imbalanced "
                "> 2:1, else top-1), top1 or balanced.")
@@ -104,8 +106,14 @@ class CompareConfig(Config):
                                                "test/) feature dirs.", argument=True, cli_type=list[str],
                                                parse=_sets, show_default=False)
     protocol: ProbeProtocol = option(help="The probe protocol.", factory=ProbeProtocol)
+    primary: tuple[str, str] | None = option(None, PRIMARY_HELP, rule=r.two_names, cli_type=str, parse=r.pair,
+                                              show_default=False)
     out: Path | None = option(None, "Report directory: OUT/NAME/ per set and comparison.json.", path=True)
 
     def rules(self) -> None:
         if not self.sets:
             raise SSLProbeError("nothing to compare; pass NAME=FEATURES pairs")
+        names = [n for n, _ in self.sets]
+        for n in self.primary or ():
+            if n not in names:
+                raise SSLProbeError(f"--primary names '{n}', which is not one of the feature sets ({', '.join(names)})")

@@ -135,3 +135,18 @@ def init_source(name: str, init: str) -> None:
     if path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
         raise SSLProbeError(f"--init '{init}' is a pickle file, which can run code when loaded; convert it with "
                             "safetensors.torch.save_file(state_dict, 'weights.safetensors') and pass that")
+
+
+def pair(name: str, text: str | None) -> tuple[str, str] | None:
+    """'byol,pixels' → ('byol', 'pixels'): the declared question's two arms (or feature sets), distinct."""
+    if text is None or not text.strip():
+        return None
+    parts = tuple(t for t in text.replace(" ", "").split(",") if t)
+    if len(parts) != 2 or parts[0] == parts[1]:
+        raise SSLProbeError(f"{name} takes two different names, A,B (got '{text}')")
+    return parts
+
+
+def two_names(name: str, value: Sequence[str] | None) -> None:
+    if value is not None and (len(value) != 2 or value[0] == value[1]):
+        raise SSLProbeError(f"{name} takes two different names, A,B (got {','.join(value)})")

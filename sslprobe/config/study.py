@@ -75,6 +75,13 @@ class StudyConfig(common.Runtime, common.ImageInputs):
                                    rule=r.positive)
     steps: int | None = option(None, "BYOL steps per BYOL arm (the demo's fixed run).", rule=r.ge(1), cli=False)
     byol: ByolRecipe = option(help="The BYOL recipe.", factory=ByolRecipe)
+    repeats: int | None = option(None, "Run every seeded stage (BYOL, random init, fine-tuning, label draws) this "
+                                 "many times with seeds SEED, SEED+1, …; intervals and tests pool the repeats "
+                                 "(default: 1 on CPU, 3 on a GPU). The split stays fixed.", rule=r.ge(1))
+    primary: tuple[str, str] | None = option(None, "The declared question A,B (default: the best self-supervised arm "
+                                              "vs the best baseline, each chosen on validation); every other pair "
+                                              "is one Holm-adjusted family.", rule=r.two_names, cli_type=str,
+                                              parse=r.pair, show_default=False)
     test_fraction: float = option(0.2, "Test share of each class, drawn once into splits.json.", rule=r.open_unit)
     val_fraction: float = option(0.2, "Validation share of each class after the test draw.", rule=r.open_unit)
     fractions: tuple[float, ...] = option((0.01, 0.1, 1.0), "Label-efficiency fractions of each class, e.g. "
@@ -93,5 +100,8 @@ class StudyConfig(common.Runtime, common.ImageInputs):
         if self.labels is not None and self.data.startswith("hf:"):
             raise SSLProbeError("--labels names files in a folder; a Hugging Face dataset brings its own label column "
                                 "(--label-column NAME)")
+        for n in self.primary or ():
+            if self.arms and n not in self.arms:
+                raise SSLProbeError(f"--primary names '{n}', which is not one of --arms ({', '.join(self.arms)})")
         if sum(v is not None for v in (self.epochs, self.minutes, self.steps)) > 1:
             raise SSLProbeError("--epochs and --minutes are both budgets; give one of them")

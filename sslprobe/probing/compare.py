@@ -28,10 +28,12 @@ def compare(config: CompareConfig | Mapping[str, Mapping[str, Source | None]], /
     between every two sets scored on the same test images (``paired_tests``), which every returned result
     also carries.
     """
+    primary = None
     if isinstance(config, CompareConfig):
-        protocol, out = config.protocol, config.out
+        protocol, out, primary = config.protocol, config.out, config.primary
         sets = {name: resolve_sets(path) for name, path in config.sets}
     else:
+        primary = options.pop("primary", None)
         protocol, sets = ProbeProtocol.build(**options), dict(config)
     if not sets:
         raise SSLProbeError("nothing to compare; pass NAME=FEATURES pairs")
@@ -40,7 +42,7 @@ def compare(config: CompareConfig | Mapping[str, Mapping[str, Source | None]], /
         r = probe(ProbeConfig(train=s["train"], val=s.get("val"), test=s.get("test"), protocol=protocol,
                               out=None if out is None else Path(out) / name))
         rows.append((name, r))
-    pairs = paired_tests(rows, seed=protocol.seed)
+    pairs = paired_tests(rows, metric=protocol.metric, primary=primary, seed=protocol.seed)
     rows = [(name, replace(r, paired_tests=pairs)) for name, r in rows]
     if out is not None:
         write_json(Path(out) / "comparison.json",

@@ -1,29 +1,50 @@
-"""Paired tests between the probe results of a comparison: is A's lead over B more than noise?
+"""Paired tests between the results of a comparison, as one family: is A's lead over B more than noise?
 
-Two feature sets are paired when they were scored on the same test images: the same row paths
-when both manifests list them, else the same labels row by row. Each pair gets the top-1 and
-balanced-accuracy differences with paired-bootstrap intervals and McNemar's exact p
-(``uncertainty.paired_difference``); a pair that cannot be paired says why instead.
+Two results are paired when they were scored on the same test images: the same row paths when both
+list them, else the same labels row by row. Every arm of one test set is resampled on the same
+bootstrap draws (``uncertainty.bootstrap``: test rows, and repeats when there are several), so each
+pair's difference has a paired distribution; its two-sided p and its interval are read from the
+same resampled differences and cannot disagree (``uncertainty.order_interval``).
+
+One pair may be declared the **primary** question before any number is seen (a study's best
+self-supervised arm against its best baseline, each chosen on validation; ``--primary A,B``); it is
+tested alone at 95 %. Every other pair is **secondary**: one family whose p-values are Holm-adjusted
+(Holm 1979) and whose intervals are widened to the level each adjustment used, so the chance of any
+false "A beats B" in the family stays at 5 % (docs/probe.md, "Verdict").
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from itertools import combinations
 
 import torch
 
-from sslprobe.probing.uncertainty import paired_difference
+from sslprobe.probing.uncertainty import (
+    LEVEL,
+    METRIC_KEYS,
+    METRICS,
+    PAIRED_RESAMPLES,
+    RESAMPLES,
+    bootstrap,
+    bootstrap_p,
+    holm,
+    minimum_detectable,
+    order_interval,
+    pooled_value,
+    signflip_p,
+)
 from sslprobe.results import FinetuneResult, PairedTest, ProbeResult
 
 Scored = ProbeResult | FinetuneResult
+ALPHA = 1 - LEVEL
 
 
-def _test_rows(r: Scored) -> tuple[list[str], list[int], list[int]] | None:
-    """(class names of the test labels in row order, the labels, the linear predictions) or None."""
+def _test_rows(r: Scored) -> tuple[list[str], list[int]] | None:
+    """(class names of the test labels in row order, the linear predictions) or None."""
     if r.test is None or r.test.predictions is None or r.test_labels is None:
         return None
-    names = r.classes
-    return [names[i] for i in r.test_labels], r.test_labels, r.test.predictions
+    return [r.classes[i] for i in r.test_labels], r.test.predictions
 
 
 def _why_unpaired(a: Scored, b: Scored) -> str | None:
@@ -39,27 +60,146 @@ def _why_unpaired(a: Scored, b: Scored) -> str | None:
     return None
 
 
-def _renumbered(pred: list[int], classes: list[str], index: dict[str, int]) -> torch.Tensor:
+def _groups(rows: Sequence[tuple[str, Scored]]) -> list[list[str]]:
+    """Names of the results that share one test set (each group is bootstrapped on one set of draws)."""
+    groups: list[list[str]] = []
+    by_name = dict(rows)
+    for name, r in rows:
+        if _test_rows(r) is None:
+            continue
+        home = next((g for g in groups if _why_unpaired(by_name[g[0]], r) is None), None)
+        if home is None:
+            groups.append([name])
+        else:
+            home.append(name)
+    return groups
+
+
+def _renumbered(pred: Sequence[int], classes: Sequence[str], index: Mapping[str, int]) -> torch.Tensor:
     """Predictions as indices of ``index`` (a class the test labels lack is -1: always wrong)."""
     return torch.tensor([index.get(classes[p], -1) for p in pred])
 
 
-def paired_tests(rows: Sequence[tuple[str, Scored]], *, seed: int = 0) -> list[PairedTest]:
-    """One entry per pair of results (in the given order): differences A − B or why they are unpaired."""
-    out = []
-    for (na, a), (nb, b) in combinations(rows, 2):
-        why = _why_unpaired(a, b)
-        if why is not None:
-            out.append(PairedTest(a=na, b=nb, paired=False, reason=why))
+@dataclass(frozen=True)
+class _Group:
+    """One test set's labels, its arms' predictions (R, N) in one class numbering, and every metric's bootstrap
+    (A, resamples) of those arms, all on the same draws (the declared metric with ``resamples``, the others with
+    ``RESAMPLES``: they are descriptive)."""
+
+    names: list[str]
+    labels: torch.Tensor
+    preds: list[torch.Tensor]
+    values: dict[str, torch.Tensor]
+    k: int
+
+
+def _draws(group: Sequence[str], rows: Mapping[str, Scored], repeats: Mapping[str, Sequence[Scored]], *,
+           metric: str, seed: int, resamples: int) -> _Group:
+    names = _test_rows(rows[group[0]])[0]
+    index = {c: i for i, c in enumerate(sorted(set(names)))}
+    labels = torch.tensor([index[c] for c in names])
+    preds = []
+    for name in group:
+        runs = repeats.get(name) or [rows[name]]
+        preds.append(torch.stack([_renumbered(_test_rows(x)[1], x.classes, index) for x in runs]))
+    values = {m: bootstrap(preds, labels, metric=m, num_classes=len(index), seed=seed,
+                           resamples=resamples if m == metric else RESAMPLES) for m in METRICS}
+    return _Group(list(group), labels, preds, values, len(index))
+
+
+def _pair(a: str, b: str, g: _Group, *, metric: str, resamples: int, seed: int) -> dict:
+    """The unadjusted test of one pair: difference, p, standard error, the 80 %-power detectable difference, and
+    the other metrics' differences with 95 % intervals (descriptive, unadjusted).
+
+    p is the larger of the paired bootstrap's and the sign-flip randomization test's: the bootstrap's alone is
+    optimistic when few rows disagree (it resamples the rows as they are), the randomization test's alone
+    gives no interval; the larger keeps both honest (uncertainty.signflip_p)."""
+    i, j = g.names.index(a), g.names.index(b)
+
+    def value(m: str) -> float:
+        return (pooled_value(g.preds[i], g.labels, metric=m, num_classes=g.k)
+                - pooled_value(g.preds[j], g.labels, metric=m, num_classes=g.k))
+
+    diff = (g.values[metric][i] - g.values[metric][j]).sort().values
+    exchange = signflip_p(g.preds[i], g.preds[j], g.labels, metric=metric, num_classes=g.k, resamples=resamples,
+                          seed=seed)
+    others = {METRIC_KEYS[m]: {"value": value(m), "level": LEVEL,
+                               "ci": order_interval((g.values[m][i] - g.values[m][j]).sort().values, ALPHA)}
+              for m in METRICS if m != metric}
+    hit_a, hit_b = g.preds[i][0] == g.labels, g.preds[j][0] == g.labels
+    return {"a": a, "b": b, "paired": True, "n": int(g.labels.numel()), "metric": metric, "difference": value(metric),
+            "p": max(bootstrap_p(diff), exchange), "se": float(diff.std()), "detectable": minimum_detectable(diff),
+            "repeats": max(len(g.preds[i]), len(g.preds[j])), "resamples": resamples,
+            "a_only_correct": int((hit_a & ~hit_b).sum()), "b_only_correct": int((hit_b & ~hit_a).sum()),
+            "others": others, "_sorted": diff}
+
+
+def _decide(t: dict, *, role: str, p_adjusted: float, family: int, rank_multiplier: int) -> PairedTest:
+    """The pair's verdict at its (adjusted) level, with the interval from the bootstrap at that level.
+
+    Holm multiplies the pair's p by ``p_adjusted / p``; the bootstrap interval at α / that multiplier
+    excludes 0 whenever ``p_adjusted`` < α (the bootstrap's own p is at most p). When the randomization
+    test keeps the pair within noise although that interval misses 0 (a handful of disagreeing rows), the
+    interval is extended to reach 0: interval and verdict say the same, always. A pair no resample crossed
+    (p = 0) uses its rank's Holm multiplier.
+    """
+    multiplier = p_adjusted / t["p"] if t["p"] > 0 else rank_multiplier
+    alpha = ALPHA / max(multiplier, 1.0)
+    significant = p_adjusted < ALPHA
+    lo, hi = order_interval(t.pop("_sorted"), alpha)
+    if not significant:
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+    return PairedTest.from_json({**t, "role": role, "ci": [lo, hi], "level": 1 - alpha, "p_adjusted": p_adjusted,
+                                 "family": family, "significant": significant})
+
+
+def paired_tests(rows: Sequence[tuple[str, Scored]], *, metric: str = "balanced",
+                 primary: tuple[str, str] | None = None, seed: int = 0, resamples: int = PAIRED_RESAMPLES,
+                 repeats: Mapping[str, Sequence[Scored]] | None = None) -> list[PairedTest]:
+    """One entry per pair of results (in the given order): A − B in ``metric``, primary or in the Holm family,
+    or why the two are unpaired. ``repeats``: an arm's results over repeats (seeds), pooled by the bootstrap."""
+    by_name, repeats = dict(rows), repeats or {}
+    groups = {g[0]: g for g in _groups(rows)}
+    drawn = {first: _draws(g, by_name, repeats, metric=metric, seed=seed, resamples=resamples)
+             for first, g in groups.items()}
+    home = {n: first for first, g in groups.items() for n in g}
+    tests, unpaired = [], []
+    for (na, _), (nb, _) in combinations(rows, 2):
+        if na not in home or home.get(na) != home.get(nb):
+            why = _why_unpaired(by_name[na], by_name[nb])
+            unpaired.append(PairedTest(a=na, b=nb, paired=False, reason=why or "different test sets"))
             continue
-        names, _, pa = _test_rows(a)
-        pb = _test_rows(b)[2]
-        index = {c: i for i, c in enumerate(sorted(set(names)))}  # one class numbering for both sides
-        labels = torch.tensor([index[c] for c in names])
-        diff = paired_difference(_renumbered(pa, a.classes, index), _renumbered(pb, b.classes, index), labels,
-                                 num_classes=len(index), seed=seed)
-        out.append(PairedTest.from_json({"a": na, "b": nb, "paired": True, "n": len(names), **diff}))
-    return out
+        if primary is not None and (nb, na) == tuple(primary):
+            na, nb = nb, na  # the declared question reads as declared: A − B with A first
+        tests.append(_pair(na, nb, drawn[home[na]], metric=metric, resamples=resamples, seed=seed))
+    return _family(tests, primary=primary) + unpaired
 
 
-__all__ = ["paired_tests"]
+def pooled(runs: Sequence[Scored], *, metric: str, seed: int = 0,
+           resamples: int = RESAMPLES) -> tuple[float, list[float]]:
+    """An arm's metric pooled over its repeats (mean), with the 95 % interval of the two-way bootstrap."""
+    names = _test_rows(runs[0])[0]
+    index = {c: i for i, c in enumerate(sorted(set(names)))}
+    labels = torch.tensor([index[c] for c in names])
+    preds = torch.stack([_renumbered(_test_rows(x)[1], x.classes, index) for x in runs])
+    values = bootstrap([preds], labels, metric=metric, num_classes=len(index), resamples=resamples, seed=seed)[0]
+    return (pooled_value(preds, labels, metric=metric, num_classes=len(index)),
+            order_interval(values.sort().values, ALPHA))
+
+
+def _family(tests: list[dict], *, primary: tuple[str, str] | None) -> list[PairedTest]:
+    """The primary pair alone at 95 %; every other pair in one Holm family."""
+    is_primary = [primary is not None and {t["a"], t["b"]} == set(primary) for t in tests]
+    family = [t for t, first in zip(tests, is_primary) if not first]
+    adjusted = holm([t["p"] for t in family])
+    order = sorted(range(len(family)), key=lambda i: family[i]["p"])
+    multiplier = {i: len(family) - rank for rank, i in enumerate(order)}
+    decided = {id(t): _decide(t, role="secondary", p_adjusted=adjusted[i], family=len(family),
+                              rank_multiplier=multiplier[i]) for i, t in enumerate(family)}
+    for t, first in zip(tests, is_primary):
+        if first:
+            decided[id(t)] = _decide(t, role="primary", p_adjusted=t["p"], family=1, rank_multiplier=1)
+    return sorted((decided[id(t)] for t in tests), key=lambda p: p.role != "primary")
+
+
+__all__ = ["ALPHA", "paired_tests", "pooled"]

@@ -225,53 +225,94 @@ def _points(r: ProbeResult | FinetuneResult) -> Sequence[CurvePoint]:
     return r.label_efficiency.points if r.label_efficiency is not None else []
 
 
+METRIC_NAMES = {"balanced": "balanced accuracy", "top1": "top-1", "macro-f1": "macro-F1"}
+PAIR_COLUMNS = ("A", "B", "Δ [CI]", "p", "p adj.", "verdict")
+
+
+def pair_cells(p: PairedTest) -> tuple[str, ...]:
+    """A pair as table cells: A, B, Δ [its interval], p, adjusted p, verdict (with its role)."""
+    if not p.paired:
+        return p.a, p.b, "—", "—", "—", f"not paired: {p.reason}"
+    return (p.a, p.b, f"{signed_ci(p.difference, p.ci)} ({100 * p.level:.3g} %)", f"{p.p:.2g}", f"{p.p_adjusted:.2g}",
+            f"{pair_verdict(p)}{' (primary)' if p.role == 'primary' else ''}")
+
+
 def render_paired(pairs: Sequence[PairedTest], *, console: Console) -> None:
-    """Paired differences of linear test top-1 (same test images), significance and a verdict."""
+    """The paired tests (same test images, A − B in the declared metric), the primary first, and the verdict."""
     from rich.table import Table
 
+    tested = [p for p in pairs if p.paired]
     if not pairs:
         return
-    table = Table(title="paired tests on the same test images (linear top-1, A − B)", title_justify="left")
-    for col in ("A", "B", "Δ top-1 [95 % CI]", "Δ balanced acc [95 % CI]", "McNemar p", "verdict"):
+    metric = METRIC_NAMES.get(tested[0].metric, tested[0].metric) if tested else ""
+    table = Table(title=f"paired tests on the same test images ({metric}, A − B, points)", title_justify="left",
+                  caption=family_note(pairs), caption_justify="left")
+    for col in PAIR_COLUMNS:
         table.add_column(col, justify="left" if col in ("A", "B", "verdict") else "right")
     for p in pairs:
-        if not p.paired:
-            table.add_row(p.a, p.b, "—", "—", "—", f"not paired: {p.reason}")
-            continue
-        table.add_row(p.a, p.b, _signed_ci(p.top1, p.top1_ci), _signed_ci(p.balanced_accuracy, p.balanced_accuracy_ci),
-                      f"{p.mcnemar_p:.3g}", pair_verdict(p))
+        table.add_row(*pair_cells(p))
     console.print(table)
     console.print(verdict_sentence(pairs), markup=False, highlight=False)
 
 
-def _signed_ci(d: float, ci: Sequence[float]) -> str:
+def signed_ci(d: float, ci: Sequence[float]) -> str:
     return f"{100 * d:+.2f} [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
 
 
 def pair_verdict(p: PairedTest) -> str:
-    """'within noise' or 'NAME better' for a paired test."""
-    if not p.significant:
-        return "within noise"
-    return f"{p.a if p.top1 > 0 else p.b} better"
+    """'within noise' or 'NAME better' for a paired test: its ``significant``, nothing else."""
+    return f"{p.winner} better" if p.significant else "within noise"
+
+
+def family_note(pairs: Sequence[PairedTest]) -> str:
+    """What the intervals and p-values are adjusted for, in one line."""
+    tested = [p for p in pairs if p.paired]
+    secondary = [p for p in tested if p.role == "secondary"]
+    if not tested:
+        return ""
+    note = "p and CI from one paired bootstrap over the test images"
+    if tested[0].repeats and tested[0].repeats > 1:
+        note += f" and {tested[0].repeats} repeats"
+    if secondary:
+        note += (f"; the {len(secondary)} secondary comparisons are one family: Holm-adjusted p, intervals widened "
+                 "to the adjusted level")
+    return note
+
+
+def _sentence(p: PairedTest) -> str:
+    metric = METRIC_NAMES.get(p.metric, p.metric)
+    lo, hi = (100 * v for v in p.ci)
+    level = f"{100 * p.level:.3g} % CI"
+    if p.significant:
+        sign = 1 if p.difference > 0 else -1
+        a_lo, a_hi = sorted((sign * lo, sign * hi))
+        loser = p.b if sign > 0 else p.a
+        return (f"{p.winner} beats {loser} by {100 * abs(p.difference):.1f} points of {metric} "
+                f"({level} {a_lo:.1f} to {a_hi:.1f}, p {p.p_adjusted:.2g})")
+    return (f"{p.a} and {p.b} are not distinguishable on this test set (Δ {100 * p.difference:+.1f} points of "
+            f"{metric}, {level} {lo:+.1f} to {hi:+.1f})")
 
 
 def verdict_sentence(pairs: Sequence[PairedTest]) -> str:
-    """One sentence per paired comparison that respects the intervals, e.g. 'byol beats random by
-    3.1 points (95 % CI 1.9 to 4.3)' or 'byol and random are not distinguishable on this test set'."""
-    out = []
-    for p in pairs:
-        if not p.paired:
-            continue
-        lo, hi = (100 * v for v in p.top1_ci)
-        if p.significant:
-            win, lose, d = (p.a, p.b, 1) if p.top1 > 0 else (p.b, p.a, -1)
-            a_lo, a_hi = sorted((d * lo, d * hi))
-            out.append(f"{win} beats {lose} by {100 * abs(p.top1):.1f} points of test top-1 "
-                       f"(95 % CI {a_lo:.1f} to {a_hi:.1f})")
+    """The verdict in words: the declared primary question first, then the family of the others (only the
+    significant ones by name), each exactly as its ``significant`` says, e.g. 'byol beats random by 3.1
+    points of balanced accuracy (95 % CI 1.9 to 4.3, p 0.001)'."""
+    tested = [p for p in pairs if p.paired]
+    primary = [p for p in tested if p.role == "primary"]
+    secondary = [p for p in tested if p.role != "primary"]
+    out = [f"Primary question: {_sentence(p)}" for p in primary]
+    if secondary:
+        found = [_sentence(p) for p in secondary if p.significant]
+        scope = "other comparison" if primary else "comparison"
+        head = f"of the {len(secondary)} {scope}{'s' if len(secondary) > 1 else ''} (Holm-adjusted)"
+        if found:
+            out.append(f"{head[0].upper()}{head[1:]}: " + "; ".join(found)
+                       + ("" if len(found) == len(secondary) else "; the rest are within noise"))
+        elif len(secondary) == 1 and not primary:
+            out.append(_sentence(secondary[0]))
         else:
-            out.append(f"{p.a} and {p.b} are not distinguishable on this test set "
-                       f"(Δ {100 * p.top1:+.1f} points, 95 % CI {lo:+.1f} to {hi:+.1f})")
-    return "; ".join(out) + "." if out else ""
+            out.append(f"None {head} is beyond noise")
+    return ". ".join(out) + "." if out else ""
 
 
 def write_per_class_csv(metrics: Metrics, classes: Sequence[str], path: str | os.PathLike) -> None:
@@ -315,7 +356,7 @@ def write_reports(result: ProbeResult, out: str | os.PathLike, *, probe_model: P
     return result
 
 
-__all__ = ["budget_label", "curve_cell", "curve_label", "metrics_table", "pair_verdict",
-           "percent", "render_comparison", "render_files_and_warnings", "render_label_efficiency", "render_paired",
-           "render_probe", "summary", "verdict_sentence", "with_ci", "write_per_class_csv",
-           "write_per_class_csvs", "write_reports"]
+__all__ = ["METRIC_NAMES", "PAIR_COLUMNS", "budget_label", "curve_cell", "curve_label", "family_note",
+           "metrics_table", "pair_cells", "pair_verdict", "percent", "render_comparison", "render_files_and_warnings",
+           "render_label_efficiency", "render_paired", "render_probe", "signed_ci", "summary", "verdict_sentence",
+           "with_ci", "write_per_class_csv", "write_per_class_csvs", "write_reports"]

@@ -7,11 +7,10 @@ budget, the exact commands and versions) — enough to rerun and check every num
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sslprobe.probing.report import pair_verdict, percent
+from sslprobe.probing.report import METRIC_NAMES, PAIR_COLUMNS, family_note, pair_cells, percent
 from sslprobe.probing.report import with_ci as report_with_ci
 from sslprobe.results import CurvePoint, Metrics
 from sslprobe.study import numbers
@@ -49,7 +48,7 @@ def _budget_cell(p: CurvePoint | None, method: str) -> str:
 
 def build(r: StudyRecord, figures: Figures) -> list[Block]:
     """Every section of the report, in reading order."""
-    return [*_title(r), *_verdict(r), *_results(r), *_pairs(r), *_label_efficiency(r, figures),
+    return [*_title(r), *_verdict(r), *_results(r), *_repeats(r), *_pairs(r), *_label_efficiency(r, figures),
             *_confusions(figures), *_pretraining(r, figures), *_arms(r), *_data(r), *_commands(r), *_versions(r)]
 
 
@@ -64,9 +63,14 @@ def _title(r: StudyRecord) -> list[Block]:
 
 
 def _verdict(r: StudyRecord) -> list[Block]:
-    out: list[Block] = [Heading("Verdict"), Para(r.verdict or "No two arms were scored on the same test images.",
-                                                 strong=True)]
-    lines = r.budget_sentences()
+    question = (f"Declared question (before any number was seen): {r.primary[0]} vs {r.primary[1]} in "
+                f"{METRIC_NAMES[r.opts.config.metric]}" + ("" if r.opts.config.primary else
+                                                            ", each the best of its kind on validation") + ".")
+    out: list[Block] = [Heading("Verdict")]
+    if r.primary:
+        out.append(Para(question))
+    out.append(Para(r.verdict or "No two arms were scored on the same test images.", strong=True))
+    lines = [*r.notes, *r.budget_sentences()]
     if lines:
         out.append(Items(tuple(lines)))
     return out
@@ -93,22 +97,25 @@ def _results(r: StudyRecord) -> list[Block]:
                  "over seeded draws of the train labels, each draw choosing its C (or epoch) on its own labels.")]
 
 
-def _pairs(r: StudyRecord) -> list[Block]:
-    rows = []
-    for p in r.pairs:
-        if not p.paired:
-            rows.append((p.a, p.b, "—", "—", "—", f"not paired: {p.reason}"))
-            continue
-        rows.append((p.a, p.b, _signed(p.top1, p.top1_ci), _signed(p.balanced_accuracy, p.balanced_accuracy_ci),
-                     f"{p.mcnemar_p:.3g}", pair_verdict(p)))
+def _repeats(r: StudyRecord) -> list[Block]:
+    """With --repeats: each arm's metric per repeat beside the pooled one and its interval over repeats and rows."""
+    rows = numbers.repeat_rows(r.repeated(), metric=r.opts.config.metric, seed=r.opts.config.seed)
     if not rows:
         return []
-    return [Heading("Paired tests (same test images, linear top-1, A − B)"),
-            Table(("A", "B", "Δ top-1 [95 % CI]", "Δ balanced acc [95 % CI]", "McNemar p", "verdict"), tuple(rows))]
+    return [Heading(f"Repeats ({r.opts.repeats} seeds from {r.opts.config.seed})"),
+            Table(("arm", f"pooled {METRIC_NAMES[r.opts.config.metric]} % [95 % CI]", "each repeat %"), tuple(rows)),
+            Para("The pooled interval resamples repeats and test images together (the two-way bootstrap); every "
+                 "seeded stage — BYOL, the random init, fine-tuning, the label draws — reran with each seed, on "
+                 "the same split.")]
 
 
-def _signed(d: float, ci: Sequence[float]) -> str:
-    return f"{100 * d:+.2f} [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
+def _pairs(r: StudyRecord) -> list[Block]:
+    rows = tuple(pair_cells(p) for p in r.pairs)
+    if not rows:
+        return []
+    metric = METRIC_NAMES[r.opts.config.metric]
+    return [Heading(f"Paired tests (same test images, {metric}, A − B, points)"), Table(PAIR_COLUMNS, rows),
+            Para(family_note(r.pairs) + ".")]
 
 
 def _label_efficiency(r: StudyRecord, figures: Figures) -> list[Block]:

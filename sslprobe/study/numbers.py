@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sslprobe.probing.pairs import pooled
+from sslprobe.probing.uncertainty import METRIC_KEYS
 from sslprobe.results import CurvePoint, CurveStats, FinetuneResult, Metrics, ProbeResult
 
 Scored = ProbeResult | FinetuneResult
@@ -105,6 +107,19 @@ def difference_sentence(name_a: str, name_b: str, d: Mapping[str, Any]) -> str:
         win, lose = (name_a, name_b) if sign > 0 else (name_b, name_a)
         return f"{win} beats {lose} by {100 * abs(d['mean']):.1f} points {at} ({how})"
     return f"{name_a} and {name_b} are not distinguishable {at} (Δ {100 * d['mean']:+.1f} points, {how})"
+
+
+def repeat_rows(arms: Sequence[tuple[str, Sequence[Scored]]], *, metric: str,
+                seed: int) -> list[tuple[str, str, str]]:
+    """(arm, pooled % [95 % CI], each repeat's %) for the arms run more than once (--repeats)."""
+    key, rows = METRIC_KEYS[metric], []
+    for name, every in arms:
+        if len(every) < 2:
+            continue
+        value, ci = pooled(every, metric=metric, seed=seed)
+        rows.append((name, f"{100 * value:.1f} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]",
+                     " / ".join(f"{100 * x.test.value(key):.1f}" for x in every if x.test is not None)))
+    return rows
 
 
 def csv_rows(name: str, r: Scored, *, method: str) -> list[dict[str, Any]]:

@@ -80,6 +80,9 @@ class ByolLength:
         return f"{self.epochs} epochs per BYOL arm"
 
 
+GPU_REPEATS = 3  # a GPU study's default: three seeds of every arm (on CPU one, and the verdict says so)
+
+
 @dataclass(frozen=True)
 class StudyOptions:
     """A study's config with what it resolves to before any arm runs: the arms (by name, or the device's
@@ -88,6 +91,7 @@ class StudyOptions:
     config: StudyConfig
     arms: tuple[Arm, ...]
     budget: ByolLength
+    repeats: int = 1  # every seeded stage of every arm, run this many times (seed, seed + 1, …)
 
     @classmethod
     def resolve(cls, config: StudyConfig, *, cuda: bool) -> StudyOptions:
@@ -95,7 +99,8 @@ class StudyOptions:
         budget = ByolLength(epochs=c.epochs, minutes=c.minutes, steps=c.steps)
         if c.epochs is None and c.minutes is None and c.steps is None:
             budget = ByolLength(epochs=PretrainConfig.epochs)
-        return cls(config, parse_arms(c.arms or default_arms(cuda=cuda)), budget)
+        repeats = c.repeats if c.repeats is not None else GPU_REPEATS if cuda else 1
+        return cls(config, parse_arms(c.arms or default_arms(cuda=cuda)), budget, repeats)
 
     @property
     def out(self) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +47,13 @@ class StudyProgress:
             return
         self.bar.update(self.study_task, description=f"study · arm {index}/{arms} {arm}" if arms else "study")
         self.bar.reset(self.stage_task, total=total, description=f"  {stage}", rate="")
+
+    def note(self, text: str) -> None:
+        """A line the user should read before the work goes on (above the live display when there is one)."""
+        if self.bar is not None:
+            self.bar.console.print(text, markup=False, highlight=False, style="yellow")
+        else:
+            print(text, file=sys.stderr, flush=True)
 
     def advance(self, n: int = 1) -> None:
         if self.bar is not None:

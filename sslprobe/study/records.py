@@ -39,6 +39,7 @@ class ArmRun:
     status: ArmStatus
     result: ProbeResult | FinetuneResult | None = None
     stages: dict[str, Done] = field(default_factory=dict)
+    repeats: tuple[ProbeResult | FinetuneResult, ...] = ()  # --repeats: the same arm with the next seeds
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,9 @@ class StudyRecord:
     runs: list[ArmRun]
     rows: list[tuple[str, ProbeResult | FinetuneResult]]
     pairs: list[PairedTest]
+    primary: tuple[str, str] | None  # the declared question (study/verdict.py)
     verdict: str
+    notes: list[str]  # what the test set can detect, near-chance arms, grid edges, short BYOL runs
     seconds: float
     device_type: str
 
@@ -77,6 +80,10 @@ class StudyRecord:
                 for s in stage.info.get("skipped") or []:
                     seen.setdefault(where.get(s["path"], s["path"]), s["reason"])
         return [{"path": p, "reason": why} for p, why in sorted(seen.items())]
+
+    def repeated(self) -> list[tuple[str, list[ProbeResult | FinetuneResult]]]:
+        """Each arm's results over its repeats (the first is its row), for the arms that have repeats."""
+        return [(r.status.arm.name, [r.result, *r.repeats]) for r in self.runs if r.result is not None and r.repeats]
 
     def byol_names(self) -> list[str]:
         return [r.status.arm.name for r in self.runs if r.result is not None and r.status.arm.byol_init]

@@ -1,9 +1,9 @@
 """A study's outputs: report.html, report.md, results.csv, study.json, figures/, and the terminal summary.
 
-The report says one thing first: the verdict, in words that respect the intervals
-(``probing.report.verdict_sentence`` on the paired tests that involve a BYOL arm, and the
-paired label-budget differences). results.csv is tidy: one row per arm × label budget × metric,
-with its interval's bounds and how the interval was made.
+The report says one thing first: the verdict — the question declared before any number was seen,
+then the family of the other comparisons (study/verdict.py) — and beside it what the test set
+can detect, which arms are near chance and how short the BYOL runs were. results.csv is tidy: one
+row per arm × label budget × metric, with its interval's bounds and how the interval was made.
 """
 from __future__ import annotations
 
@@ -15,25 +15,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sslprobe.fileio import atomic_path, csv_text, write_json
-from sslprobe.probing.report import render_comparison, summary, verdict_sentence
-from sslprobe.results import FinetuneResult, PairedTest, ProbeResult
+from sslprobe.probing.report import render_comparison, summary
+from sslprobe.results import FinetuneResult, ProbeResult
 from sslprobe.study import numbers
 from sslprobe.study.document import Figures, build
 from sslprobe.study.layout import Layout
-from sslprobe.study.plan import Arm
 from sslprobe.study.records import StudyRecord
 from sslprobe.study.render import html_page, markdown
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
-
-
-def headline(pairs: Sequence[PairedTest], *, arms: Sequence[Arm]) -> str:
-    """The verdict sentence of the paired tests that answer the study's question (a BYOL arm against the
-    others), or of every pair when no BYOL arm ran."""
-    byol = {a.name for a in arms if a.byol_init}
-    chosen = [p for p in pairs if p.a in byol or p.b in byol] or list(pairs)
-    return verdict_sentence(chosen)
 
 
 def _figures(r: StudyRecord, layout: Layout) -> Figures:
@@ -96,7 +87,8 @@ def study_json(r: StudyRecord, files: Mapping[str, str]) -> dict[str, Any]:
                   "stages": {s: {"dir": str(d.dir), "key": d.key, "reused": d.reused, "command": d.command}
                              for s, d in run.stages.items()}} for run in r.runs],
         "results": {name: summary(x, drop=("val_curve", "paired_tests")) for name, x in r.rows},
-        "paired_tests": [p.to_json() for p in r.pairs], "verdict": r.verdict,
+        "primary": list(r.primary) if r.primary else None, "metric": r.opts.config.metric,
+        "paired_tests": [p.to_json() for p in r.pairs], "verdict": r.verdict, "notes": r.notes,
         "label_budget_verdicts": r.budget_sentences(),
         "commands": r.stage_commands(), "versions": r.versions(), "seconds": r.seconds, "files": dict(files),
     }
@@ -127,9 +119,14 @@ def render_terminal(r: StudyRecord, files: Mapping[str, str], *, console: Consol
     for run in r.runs:
         if not run.status.runnable:
             console.print(f"{run.status.arm.name}: {run.status.note}", style="yellow", markup=False, highlight=False)
+    for name, pooled, each in numbers.repeat_rows(r.repeated(), metric=r.opts.config.metric, seed=r.opts.config.seed):
+        console.print(f"  {name}: pooled over {r.opts.repeats} repeats {pooled} (each: {each})", markup=False,
+                      highlight=False)
     for line in r.budget_sentences():
         console.print(f"  {line}", markup=False, highlight=False)
     console.print(f"Verdict: {r.verdict or 'no two arms were scored on the same test images'}", style="bold",
                   markup=False, highlight=False)
+    for line in r.notes:
+        console.print(f"  note: {line}", markup=False, highlight=False)
     console.print(f"report: {files['report.html']} (also report.md, results.csv, study.json)", style="dim",
                   markup=False, highlight=False)

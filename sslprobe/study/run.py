@@ -119,13 +119,18 @@ class _Study:
         if not runnable:
             raise SSLProbeError("none of the arms can run here: " + "; ".join(f"{s.arm.name}: {s.note}"
                                                                              for s in statuses))
-        with StudyProgress(show=self.show_progress, stages=1 + sum(_stages(a) for a in runnable)) as progress:
+        r = self.opts.repeats
+        with StudyProgress(show=self.show_progress, stages=1 + r * sum(_stages(a) for a in runnable)) as progress:
             prepared = self._prepare(progress)
             progress.done()
             ctx = self._context(prepared, progress)
             runs = {s.arm.name: ArmRun(s) for s in statuses}
             for i, a in enumerate(runnable, start=1):
                 runs[a.name] = self._arm(ctx, a, status=runs[a.name].status, index=i, arms=len(runnable))
+                for rep in range(1, r):  # the same arm again with the next seed: every seeded stage reruns
+                    again = self._arm(_repeat(ctx, rep), dataclasses.replace(a, name=repeat_name(a.name, rep)),
+                                      status=runs[a.name].status, index=i, arms=len(runnable))
+                    runs[a.name] = dataclasses.replace(runs[a.name], repeats=(*runs[a.name].repeats, again.result))
         return self._finish(prepared, list(runs.values()))
 
     def _prepare(self, progress: StudyProgress) -> Prepared:
@@ -158,7 +163,7 @@ class _Study:
         from sslprobe.study.stages import Context
 
         return Context(opts=self.opts, layout=self.layout, progress=progress, device_type=self.device_type,
-                       pool_key=fingerprint(sorted(e.key for e in p.guard.pool)),
+                       pool_key=fingerprint(sorted(e.key for e in p.guard.pool)), pool_size=len(p.pool),
                        labelled_key=fingerprint([(q.id, q.entry.key, q.entry.label) for q in p.placed]),
                        split_key=fingerprint({q.id: q.split for q in p.placed}),
                        membership={q.id: q.split for q in p.placed}, class_names=p.class_names)
@@ -191,20 +196,50 @@ class _Study:
         return ArmRun(status, result, done)
 
     def _finish(self, p: Prepared, runs: list[ArmRun]) -> StudyResult:
-        """Steps: paired tests, the verdict, the report files and the terminal summary."""
+        """Steps: the declared question, paired tests, the verdict and its notes, the report files, the terminal."""
         from sslprobe.probing.pairs import paired_tests
-        from sslprobe.study import report
+        from sslprobe.study import report, verdict
 
+        c = self.opts.config
         rows = [(r.status.arm.name, r.result) for r in runs if r.result is not None]
-        pairs = paired_tests(rows, seed=self.opts.config.seed)
+        primary = verdict.primary_pair(rows, [r.status.arm for r in runs], metric=c.metric, declared=c.primary)
+        repeats = {r.status.arm.name: [r.result, *r.repeats] for r in runs if r.result is not None and r.repeats}
+        pairs = paired_tests(rows, metric=c.metric, primary=primary, seed=c.seed, repeats=repeats)
         rows = [(name, dataclasses.replace(r, paired_tests=pairs)) for name, r in rows]
-        verdict = report.headline(pairs, arms=[r.status.arm for r in runs if r.result is not None])
-        record = StudyRecord(opts=self.opts, prepared=p, runs=runs, rows=rows, pairs=pairs, verdict=verdict,
-                                    seconds=time.perf_counter() - self.t0, device_type=self.device_type)
+        notes = verdict.notes(rows, pairs, metric=c.metric, byol=_byol_runs(runs, pool=len(p.pool),
+                                                                             batch=c.byol.batch_size))
+        record = StudyRecord(opts=self.opts, prepared=p, runs=runs, rows=rows, pairs=pairs, primary=primary,
+                             verdict=verdict.headline(pairs, repeats=self.opts.repeats), notes=notes,
+                             seconds=time.perf_counter() - self.t0, device_type=self.device_type)
         files, doc = report.write_all(record, self.layout)
         if self.console is not None:
             report.render_terminal(record, files, console=self.console)
-        return StudyResult(self.layout.out, rows, pairs, verdict, runs, files, doc)
+        return StudyResult(self.layout.out, rows, pairs, record.verdict, runs, files, doc)
+
+
+def _byol_runs(runs: list[ArmRun], *, pool: int, batch: int) -> dict[str, dict]:
+    """Each BYOL arm's run as the budget sentence reads it: steps, batch, pool, the measured images/s."""
+    out = {}
+    for r in runs:
+        done = r.stages.get("pretrain")
+        if done is None or r.result is None:
+            continue
+        fitted = done.info.get("fitted") or {}
+        rate = fitted.get("steps_per_second")
+        out[r.status.arm.name] = {"steps": int(done.info.get("steps") or 0), "batch": min(batch, pool), "pool": pool,
+                                  "images_per_second": rate * min(batch, pool) if rate else None}
+    return out
+
+
+def repeat_name(name: str, rep: int) -> str:
+    """Where repeat ``rep`` (from 0) of an arm keeps its stages: the arm's own folder for the first."""
+    return name if rep == 0 else f"{name}-r{rep + 1}"
+
+
+def _repeat(ctx: Context, rep: int) -> Context:
+    """The context of repeat ``rep``: the same split and data, the seed moved on by ``rep``."""
+    c = ctx.opts.config
+    return dataclasses.replace(ctx, opts=dataclasses.replace(ctx.opts, config=c.replace(seed=c.seed + rep)))
 
 
 def _stages(a: Arm) -> int:

@@ -30,6 +30,7 @@ from sslprobe.study.progress import StudyProgress
 from sslprobe.study.records import Done
 from sslprobe.study.resume import Marker, fingerprint
 from sslprobe.study.slices import write_split_features
+from sslprobe.study.verdict import budget_sentence
 from sslprobe.timebudget import FittedSteps, fitted_steps
 
 PIXELS_MAX = 32  # raw pixels at 32 px (or a smaller --image-size): 3,072 numbers an image
@@ -45,6 +46,7 @@ class Context:
     device_type: str  # "cpu" or "cuda": both the compute of the rows and the run's config depend on it
     pool_key: str  # the pretraining pool's content
     labelled_key: str  # the labelled folder's listing
+    pool_size: int  # images in the pretraining pool
     split_key: str  # which labelled image is in which split
     membership: Mapping[str, str]  # labelled-folder id → split
     class_names: Mapping[str, str]  # class folder name → class name
@@ -113,6 +115,12 @@ def byol_backbone(ctx: Context, arm: Arm, *, index: int, arms: int) -> Done:
                        else "pretrain")
     length, fitted = _length(ctx, init)
     config = pretrain_config(ctx, init=init, **length)
+    if fitted is not None:  # a --minutes budget: say before training what it buys (study/verdict.py)
+        batch = min(config.batch_size, ctx.pool_size)
+        warning = budget_sentence(arm.name, steps=fitted.max_steps, batch=batch, pool=ctx.pool_size,
+                                  images_per_second=fitted.steps_per_second * batch)
+        if warning:
+            ctx.progress.note(f"note: {warning}")
     key = fingerprint([ctx.pool_key, ctx.device_type, identity(config)])
     d = ctx.layout.pretrain_run(init, key)
     config = config.replace(out=d, resume="auto")

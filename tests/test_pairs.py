@@ -1,0 +1,123 @@
+"""Paired tests as one family: the declared primary pair alone at 95 %, the rest Holm-adjusted; p and interval agree."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from sslprobe.probing.pairs import paired_tests
+from sslprobe.results import Metrics, ProbeResult
+from tests.test_uncertainty import predictions
+
+
+def test_a_one_point_gap_on_500_images_is_noise():
+    pred, labels = predictions(500, 0.80, seed=1)
+    other = pred.clone()
+    fix = ((pred != labels).nonzero().flatten())[:5]  # B fixes 5 of A's errors: +1 point
+    other[fix] = labels[fix]
+    (p,) = paired_tests([("B", _result(other, labels, list("abcd"))), ("A", _result(pred, labels, list("abcd")))],
+                        metric="top1")
+    assert p.difference == pytest.approx(0.01) and (p.a_only_correct, p.b_only_correct) == (5, 0)
+    assert not p.significant and p.ci[0] <= 0 < p.ci[1]
+
+
+def test_seven_against_one_discordant_rows_give_one_answer():
+    """7 vs 1 discordant of 500: the old bootstrap interval said "better", McNemar said p = 0.07. Now the
+    interval and the p-value come from one test and agree, whichever way it falls."""
+    labels = torch.arange(500) % 4
+    a, b = labels.clone(), labels.clone()
+    wrong = (labels + 1) % 4
+    a[:40], b[:40] = wrong[:40], wrong[:40]  # both wrong on 40 rows
+    b[40:47] = wrong[40:47]  # only A right on 7
+    a[47:48] = wrong[47:48]  # only B right on 1
+    (p,) = paired_tests([("A", _result(a, labels, list("abcd"))), ("B", _result(b, labels, list("abcd")))],
+                        metric="top1")
+    assert (p.a_only_correct, p.b_only_correct) == (7, 1)
+    assert p.significant == (p.ci[0] > 0 or p.ci[1] < 0) == (p.p_adjusted < 0.05)
+
+
+def _result(pred, labels, classes, paths=None) -> ProbeResult:
+    """A probe result with just what pairing reads: classes, test predictions, labels and paths."""
+    metrics = Metrics(top1=0.0, top5=0.0, balanced_accuracy=0.0, macro_f1=0.0, n=len(labels),
+                      predictions=pred.tolist())
+    return ProbeResult(C=1.0, val=metrics, test=metrics, classes=classes, test_labels=labels.tolist(),
+                       test_paths=paths)
+
+
+def test_paired_tests_pair_by_rows_and_refuse_different_test_sets():
+    pred, labels = predictions(100, 0.6)
+    a = _result(pred, labels, ["a", "b", "c", "d"], paths=[f"{i}.png" for i in range(100)])
+    b = _result(labels, labels, ["a", "b", "c", "d"], paths=[f"{i}.png" for i in range(100)])
+    moved = _result(labels, labels, ["a", "b", "c", "d"], paths=[f"x{i}.png" for i in range(100)])
+    short = _result(labels[:50], labels[:50], ["a", "b", "c", "d"])
+    pairs = paired_tests([("A", a), ("B", b), ("moved", moved), ("short", short)], metric="top1")
+    ab = pairs[0]
+    assert (ab.a, ab.b, ab.paired) == ("A", "B", True) and ab.difference < 0 and ab.significant
+    reasons = {(p.a, p.b): p.reason for p in pairs if not p.paired}
+    assert "row paths differ" in reasons[("A", "moved")] and "rows" in reasons[("A", "short")]
+    # classes listed in another order still pair by name
+    perm = ["d", "c", "b", "a"]
+    inv = {c: i for i, c in enumerate(perm)}
+    remapped = _result(torch.tensor([inv["abcd"[i]] for i in labels.tolist()]),
+                       torch.tensor([inv["abcd"[i]] for i in labels.tolist()]), perm)
+    (p,) = paired_tests([("A", dataclasses.replace(a, test_paths=None)), ("B", remapped)], metric="top1")
+    assert p.paired and p.difference == pytest.approx(ab.difference)
+
+
+def _equal_quality(replicate: int, *, sets: int = 6, better: int | None = None, n_train: int = 500, n_test: int = 400,
+                   k: int = 5, dim: int = 20) -> list[tuple[str, ProbeResult]]:
+    """The issue's simulation: one signal, six feature sets each with its own noise of the same size (``better``:
+    that set's noise a third of the others'); a nearest-class-mean classifier per set, 500 train / 400 test."""
+    g = torch.Generator().manual_seed(1000 + replicate)
+    means = torch.randn(k, dim, generator=g)
+    y_train, y_test = torch.randint(k, (n_train,), generator=g), torch.randint(k, (n_test,), generator=g)
+    rows = []
+    for s in range(sets):
+        scale = 2.2 / (3 if s == better else 1)
+        x_train = means[y_train] + scale * torch.randn(n_train, dim, generator=g)
+        x_test = means[y_test] + scale * torch.randn(n_test, dim, generator=g)
+        centroids = torch.stack([x_train[y_train == c].mean(0) for c in range(k)])
+        pred = torch.cdist(x_test, centroids).argmin(1)
+        rows.append((f"set{s}", _result(pred, y_test, [str(c) for c in range(k)])))
+    return rows
+
+
+def test_equal_sets_rarely_give_any_significant_pair():
+    """Six sets of exactly equal quality, 150 replicates: the share of reports with any 'A beats B' stays at
+    5 % plus Monte-Carlo error (it was 33 % with each of the 15 pairs tested at 95 % on its own)."""
+    reps = 150
+    hits = sum(any(p.significant for p in paired_tests(_equal_quality(r), metric="balanced", resamples=1000))
+               for r in range(reps))
+    assert hits / reps <= 0.05 + 2 * (0.05 * 0.95 / reps) ** 0.5, hits
+
+
+def test_a_clearly_better_set_still_beats_every_other():
+    """The correction must not buy its error rate by never deciding: a set with a third of the noise is
+    significant against all five others in at least 90 % of replicates."""
+    reps, wins = 40, 0
+    for r in range(reps):
+        pairs = paired_tests(_equal_quality(r, better=0), metric="balanced", resamples=1000)
+        wins += all(p.significant and p.winner == "set0" for p in pairs if "set0" in (p.a, p.b))
+    assert wins / reps >= 0.9, wins
+
+
+def test_the_primary_pair_is_tested_alone_and_the_rest_as_a_family():
+    rows = _equal_quality(0, sets=4, better=0)
+    pairs = paired_tests(rows, metric="balanced", primary=("set0", "set1"), resamples=2000)
+    assert pairs[0].role == "primary" and {pairs[0].a, pairs[0].b} == {"set0", "set1"}
+    assert pairs[0].family == 1 and pairs[0].p_adjusted == pairs[0].p and pairs[0].level == pytest.approx(0.95)
+    rest = pairs[1:]
+    assert len(rest) == 5 and all(p.role == "secondary" and p.family == 5 for p in rest)
+    assert all(p.p_adjusted >= p.p and p.level >= 0.95 for p in rest)
+    for p in pairs:  # the interval at the level each pair was tested at agrees with its verdict
+        assert p.significant == (p.ci[0] > 0 or p.ci[1] < 0)
+    everyone = paired_tests(rows, metric="balanced", resamples=2000)
+    assert all(p.role == "secondary" and p.family == 6 for p in everyone)
+
+
+def test_the_other_metrics_are_reported_beside_the_declared_one():
+    rows = _equal_quality(1, sets=2)
+    (p,) = paired_tests(rows, metric="macro-f1", resamples=1000)
+    assert p.metric == "macro-f1" and set(p.others) == {"balanced_accuracy", "top1"}
+    assert all(d.ci[0] <= d.value <= d.ci[1] and d.level == 0.95 for d in p.others.values())
