@@ -215,7 +215,7 @@ def _label_efficiency_file(result: ProbeResult | FinetuneResult, out: Path, *,
     if not (le and le.points):
         return []
     label_efficiency_png(le.points, out / "label_efficiency.png", scored_on=le.scored_on, curves=curves,
-                         metric=le.metric)
+                         metric=le.scored_by)
     return ["label_efficiency.png"]
 
 

@@ -296,12 +296,23 @@ class ProbeCurvePoint(LabelPoint):
         return self.linear if method == "linear" else self.knn if method == "knn" else None
 
 
+class _Curve:
+    """What a probe's and a fine-tune's label curve share for their readers."""
+
+    metric: str | None
+
+    @property
+    def scored_by(self) -> str:
+        """The metric of the curve's points: its ``metric``, or top1 (what a curve without one was scored by)."""
+        return self.metric or "top1"
+
+
 @dataclass(frozen=True, kw_only=True)
-class ProbeCurve(JsonRecord):
-    """A probe's label-efficiency curve; ``metric``: what its points score (top1 in files written before it)."""
+class ProbeCurve(_Curve, JsonRecord):
+    """A probe's label-efficiency curve; ``metric``: what its points score (absent from files written before it)."""
 
     scored_on: str
-    metric: str = "top1"
+    metric: str | None = optional()
     knn_k: int | None = optional()
     points: list[ProbeCurvePoint]
     C_selection: str | None = optional()
@@ -325,11 +336,11 @@ class FinetuneCurvePoint(LabelPoint):
 
 
 @dataclass(frozen=True, kw_only=True)
-class FinetuneCurve(JsonRecord):
-    """A fine-tune's label-efficiency curve; ``metric``: what its points score (top1 in files written before it)."""
+class FinetuneCurve(_Curve, JsonRecord):
+    """A fine-tune's label-efficiency curve; ``metric``: what its points score (absent from files written before it)."""
 
     scored_on: str
-    metric: str = "top1"
+    metric: str | None = optional()
     points: list[FinetuneCurvePoint]
     selection: str
 
@@ -477,7 +488,7 @@ class EpochPoint(JsonRecord):
     val_balanced: float | None
     lr: float
     seconds: float
-    val_macro_f1: float | None = None  # absent from files written before --metric
+    val_macro_f1: float | None = optional()  # absent from files written before --metric
 
     def val_score(self, metric: str) -> float | None:
         """The validation value of ``metric`` (balanced, top1 or macro-f1) at this epoch."""

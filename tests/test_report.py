@@ -127,3 +127,25 @@ def test_paired_table_and_verdict_respect_the_interval():
     render_comparison([("byol", r), ("random", fake_result())], console=Console(file=buf, width=160))
     out = buf.getvalue()
     assert "within noise" in out and "byol better" in out and "+3.10 [+1.9, +4.3]" in out
+
+
+def test_tables_lead_with_the_declared_metric_and_fit_80_columns():
+    sel = {"metric": "macro-f1", "imbalance": 3.0, "tie_break": "lower validation loss, then smaller C"}
+    point = {"kind": "shots", "value": 5, "n_train": 15, "seeds": 3, "C": [1.0] * 3, "C_rule": ["fixed"], "knn": None,
+             "linear": {"mean": 0.7, "std": 0.1, "runs": [0.6, 0.7, 0.8]}}
+    r = ProbeResult.from_json({**fake_doc(), "selection": sel,
+                               "label_efficiency": {"scored_on": "test", "metric": "macro-f1", "points": [point]}})
+    buf = io.StringIO()
+    render_probe(r, console=Console(file=buf, width=80))
+    text = buf.getvalue()
+    head = text.split("kNN")[0]
+    assert head.index("macro-F1") < head.index("balanced acc") < head.index("top-1") < head.index("top-5")
+    flat = " ".join(text.split())
+    assert "val macro-F1" in flat and "label efficiency (test macro-F1 %" in flat
+    assert "chosen by validation macro-F1 (--metric; largest / smallest class 3:1)" in flat
+    buf = io.StringIO()
+    render_comparison([("random", r), ("byol", r)], console=Console(file=buf, width=80))
+    text = buf.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert text.index("macro-F1") < text.index("balanced") < text.index("top-1") < text.index("top-5")
+    assert "label-efficiency cells: macro-F1, mean ± std" in " ".join(text.split())

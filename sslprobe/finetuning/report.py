@@ -65,7 +65,7 @@ def _render_curve(result: FinetuneResult, *, console: Console) -> None:
     le = result.label_efficiency
     if not le or not le.points:
         return
-    table = Table(title=f"label efficiency ({le.scored_on} {METRIC_NAMES.get(le.metric, le.metric)} %, mean ± std "
+    table = Table(title=f"label efficiency ({le.scored_on} {METRIC_NAMES[le.scored_by]} %, mean ± std "
                   "over draws)", title_justify="left")
     for col in ("labels", "train rows", "draws", "fine-tuned", "epoch chosen by"):
         table.add_column(col, justify="left" if col == "labels" else "right")

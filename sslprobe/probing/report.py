@@ -174,7 +174,7 @@ def render_label_efficiency(result: ProbeResult, *, console: Console) -> None:
     le = result.label_efficiency
     if not le or not le.points:
         return
-    table = Table(title=f"label efficiency ({le.scored_on} {METRIC_NAMES.get(le.metric, le.metric)} %, mean ± std "
+    table = Table(title=f"label efficiency ({le.scored_on} {METRIC_NAMES[le.scored_by]} %, mean ± std "
                   "over seeds)", title_justify="left")
     has_knn = any(p.knn for p in le.points)
     knn_k = le.knn_k if le.knn_k is not None else 20
@@ -224,8 +224,8 @@ def render_comparison(rows: Sequence[tuple[str, ProbeResult | FinetuneResult]], 
     console.print(table)
     if le_points:
         seeds = sorted({p.seeds for _, r in rows for p in _points(r)})
-        curve_metrics = sorted({r.label_efficiency.metric for _, r in rows if r.label_efficiency is not None})
-        console.print(f"label-efficiency cells: {'/'.join(METRIC_NAMES.get(c, c) for c in curve_metrics)}, mean ± "
+        curve_metrics = sorted({r.label_efficiency.scored_by for _, r in rows if r.label_efficiency is not None})
+        console.print(f"label-efficiency cells: {'/'.join(METRIC_NAMES[c] for c in curve_metrics)}, mean ± "
                       f"std over {'/'.join(map(str, seeds))} seeded draws; each subset chose C by k-fold CV on its "
                       "own labels", style="dim", markup=False, highlight=False)
     if _selection_line(rows[0][1]):

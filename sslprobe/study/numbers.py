@@ -91,7 +91,7 @@ def budget_difference(a: Scored, b: Scored, budget: LabelBudget) -> dict[str, An
         return None
     diffs = [x - y for x, y in zip(ra, rb)]
     ci = mean_interval(diffs)
-    metric = a.label_efficiency.metric if a.label_efficiency is not None else "top1"
+    metric = a.label_efficiency.scored_by if a.label_efficiency is not None else "top1"
     return {"budget": budget.label, "kind": budget.kind, "value": budget.value, "metric": metric,
             "mean": statistics.fmean(diffs),
             "ci": list(ci) if ci else None, "draws": len(diffs),
@@ -124,7 +124,7 @@ def csv_rows(name: str, r: Scored, *, method: str) -> list[dict[str, Any]]:
     if knn and method == "linear":
         out += _full(name, "knn", knn, keys, split=split, n=used)
     le = r.label_efficiency
-    scored_on, curve_key = (le.scored_on, METRIC_KEYS[le.metric]) if le is not None else (split, "")
+    scored_on, curve_key = (le.scored_on, METRIC_KEYS[le.scored_by]) if le is not None else (split, "")
     for b in label_budgets([(name, r)]):
         p = point(r, b)
         for m in ("linear", "finetune", "knn"):
