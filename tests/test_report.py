@@ -147,5 +147,19 @@ def test_tables_lead_with_the_declared_metric_and_fit_80_columns():
     render_comparison([("random", r), ("byol", r)], console=Console(file=buf, width=80))
     text = buf.getvalue()
     assert max(len(line) for line in text.splitlines()) <= 80
-    assert text.index("macro-F1") < text.index("balanced") < text.index("top-1") < text.index("top-5")
     assert "label-efficiency cells: macro-F1, mean ± std" in " ".join(text.split())
+    ci = {"top1": [0.45, 0.55], "balanced_accuracy": [0.44, 0.56], "macro_f1": [0.43, 0.57], "level": 0.95,
+          "resamples": 1000, "method": "percentile bootstrap over test rows"}
+    split = {**fake_doc()["val"], "ci": ci}
+    r = ProbeResult.from_json({**fake_doc(), "selection": sel, "val": split, "test": split})
+    buf = io.StringIO()
+    render_comparison([("random", r), ("byol", r)], console=Console(file=buf, width=80))
+    text = buf.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text  # nothing cut at 80 columns
+    header = text.split("random")[0].splitlines()
+
+    def column(name):  # a header's horizontal position, whichever of its lines it is on
+        return min(line.find(name) for line in header if name in line)
+
+    assert column("macro-F1") < column("balanced") < column("top-1") < column("top-5") < column("kNN")
+    assert "43.0–57.0" in text and "44.0–56.0" in text and "45.0–55.0" in text  # each metric's interval

@@ -55,14 +55,21 @@ def percent(x: float | None, *, digits: int = 2, unit: str = "%") -> str:
     return "—" if x is None else f"{100 * x:.{digits}f}{unit}"
 
 
-def with_ci(metrics: Metrics | None, key: str, *, digits: int = 2, unit: str = "%", sep: str = " ") -> str:
-    """'84.51% [83.8, 85.2]': the value and its 95 % bootstrap interval when the metrics carry one (``sep`` between:
-    a newline keeps a table's column narrow)."""
+def with_ci(metrics: Metrics | None, key: str, *, digits: int = 2, unit: str = "%") -> str:
+    """'84.51% [83.8, 85.2]': the value and its 95 % bootstrap interval when the metrics carry one."""
     if metrics is None or metrics.value(key) is None:
         return "—"
     ci = metrics.interval(key)
-    return percent(metrics.value(key), digits=digits, unit=unit) + (f"{sep}[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+    return percent(metrics.value(key), digits=digits, unit=unit) + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
                                                                     if ci else "")
+
+
+def stacked_ci(metrics: Metrics | None, key: str) -> str:
+    """'84.51%' over '83.8–85.2': the value and its 95 % bootstrap interval on two lines, for a narrow column."""
+    if metrics is None or metrics.value(key) is None:
+        return "—"
+    ci = metrics.interval(key)
+    return percent(metrics.value(key)) + (f"\n{100 * ci[0]:.1f}–{100 * ci[1]:.1f}" if ci else "")
 
 
 _LONG_NAMES = {"balanced": "balanced accuracy", "top1": "top-1", "macro-f1": "macro-F1"}
@@ -80,8 +87,7 @@ def _selection_line(result: ProbeResult | FinetuneResult) -> str | None:
     std = "standardised" if getattr(result, "standardize", True) else "not standardised"
     why = f"{sel.reason}; " if sel.reason else ""
     return (f"C and kNN k chosen by validation {_LONG_NAMES.get(sel.metric, sel.metric)} (--metric; {why}largest / "
-            f"smallest class {sel.imbalance:.3g}:1); ties → lower val loss; features {std}; [..] = 95 % bootstrap "
-            "interval")
+            f"smallest class {sel.imbalance:.3g}:1); ties → lower val loss; features {std}")
 
 
 def metrics_table(result: ProbeResult | FinetuneResult, *, title: str) -> Table:
@@ -117,6 +123,7 @@ def render_probe(result: ProbeResult, *, console: Console, title: str | None = N
     from rich.table import Table
 
     console.print(metrics_table(result, title=title or "linear probe"))
+    console.print("[..] = 95 % bootstrap interval", style="dim", markup=False, highlight=False)
     searched = result.search not in (None, "fixed") and result.val_curve
     info = [f"C = {result.C:.3g}" + (f" ({result.search}, {len(result.val_curve)} fits)" if searched else ""),
             f"train n = {result.n_train}", f"dim = {result.dim}"]
@@ -196,7 +203,7 @@ def render_comparison(rows: Sequence[tuple[str, ProbeResult | FinetuneResult]], 
 
     The declared metric leads (with its interval), then the other two and top-5, kNN in the declared metric, C;
     label-efficiency points (when the results have them) become extra linear / kNN columns in the curves' metric.
-    Intervals sit under their values, so the table stays narrow.
+    Intervals sit under their values, so the table fits 80 columns (without label-budget columns).
     """
     from rich.table import Table
 
@@ -204,19 +211,19 @@ def render_comparison(rows: Sequence[tuple[str, ProbeResult | FinetuneResult]], 
     metric = rows[0][1].metric
     order = metric_order(metric)
     table = Table(title=title or f"linear probe comparison ({split})", title_justify="left",
-                  caption="[..] = 95 % bootstrap interval over test rows", caption_justify="left")
+                  caption="under each value: its 95 % bootstrap interval over test rows", caption_justify="left")
     for col in ("features", *(METRIC_NAMES[m] for m in order), "top-5", f"kNN {METRIC_NAMES[metric]}", "C"):
-        table.add_column(col, justify="left" if col == "features" else "right")
+        table.add_column(col, justify="left" if col == "features" else "right", overflow="fold")
     le_points = _budgets(rows)
     for kind, value in le_points:
         label = budget_label(kind, value)
-        table.add_column(f"linear @{label}", justify="right")
-        table.add_column(f"kNN @{label}", justify="right")
+        table.add_column(f"linear @{label}", justify="right", overflow="fold")
+        table.add_column(f"kNN @{label}", justify="right", overflow="fold")
     for name, r in rows:
         m, knn = r.split(split), r.knn
-        knn_cell = with_ci(getattr(knn, split), METRIC_KEYS[metric], sep="\n") + f"\n(k={knn.k})" if knn else "—"
+        knn_cell = stacked_ci(getattr(knn, split), METRIC_KEYS[metric]) + f"\nk={knn.k}" if knn else "—"
         c_cell = f"{r.C:.3g}" if r.C is not None else "—"  # a fine-tuned row has no C
-        cells = [name, *(with_ci(m, METRIC_KEYS[k], sep="\n") for k in order), with_ci(m, "top5"), knn_cell, c_cell]
+        cells = [name, *(stacked_ci(m, METRIC_KEYS[k]) for k in order), stacked_ci(m, "top5"), knn_cell, c_cell]
         pts = {(p.kind, p.value): p for p in _points(r)}
         for key in le_points:
             cells += [curve_cell(pts.get(key), r.protocol), curve_cell(pts.get(key), "knn")]
@@ -340,5 +347,5 @@ def write_reports(result: ProbeResult, out: str | os.PathLike, *, probe_model: P
 
 __all__ = ["budget_label", "curve_cell", "curve_label", "metric_order", "metrics_table", "pair_verdict",
            "percent", "render_comparison", "render_files_and_warnings", "render_label_efficiency", "render_paired",
-           "render_probe", "summary", "verdict_sentence", "with_ci", "write_per_class_csv",
+           "render_probe", "stacked_ci", "summary", "verdict_sentence", "with_ci", "write_per_class_csv",
            "write_per_class_csvs", "write_reports"]
