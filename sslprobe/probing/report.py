@@ -69,7 +69,11 @@ def stacked_ci(metrics: Metrics | None, key: str) -> str:
     if metrics is None or metrics.value(key) is None:
         return "—"
     ci = metrics.interval(key)
-    return percent(metrics.value(key)) + (f"\n{100 * ci[0]:.1f}–{100 * ci[1]:.1f}" if ci else "")
+    return percent(metrics.value(key)) + (f"\n{_bound(ci[0])}–{_bound(ci[1])}" if ci else "")
+
+
+def _bound(x: float) -> str:
+    return "100" if x >= 0.9995 else f"{100 * x:.1f}"  # '100–100' keeps a perfect interval as narrow as others
 
 
 _LONG_NAMES = {"balanced": "balanced accuracy", "top1": "top-1", "macro-f1": "macro-F1"}
@@ -198,12 +202,12 @@ def render_label_efficiency(result: ProbeResult, *, console: Console) -> None:
 
 def render_comparison(rows: Sequence[tuple[str, ProbeResult | FinetuneResult]], *, console: Console,
                       title: str | None = None) -> None:
-    """One table comparing several probe results (e.g. random vs ImageNet vs BYOL features), then
-    the paired tests between them and one verdict sentence that respects the intervals.
+    """One table comparing several probe results (e.g. random vs ImageNet vs BYOL features), their label budgets,
+    then the paired tests between them and one verdict sentence that respects the intervals.
 
-    The declared metric leads (with its interval), then the other two and top-5, kNN in the declared metric, C;
-    label-efficiency points (when the results have them) become extra linear / kNN columns in the curves' metric.
-    Intervals sit under their values, so the table fits 80 columns (without label-budget columns).
+    The declared metric leads (with its interval), then the other two and top-5, kNN in the declared metric, C.
+    Intervals sit under their values, so the table fits 80 columns; label-efficiency points (when the results
+    have them) are a table of their own, in the curves' metric.
     """
     from rich.table import Table
 
@@ -214,31 +218,41 @@ def render_comparison(rows: Sequence[tuple[str, ProbeResult | FinetuneResult]], 
                   caption="under each value: its 95 % bootstrap interval over test rows", caption_justify="left")
     for col in ("features", *(METRIC_NAMES[m] for m in order), "top-5", f"kNN {METRIC_NAMES[metric]}", "C"):
         table.add_column(col, justify="left" if col == "features" else "right", overflow="fold")
+    for name, r in rows:
+        m, knn = r.split(split), r.knn
+        knn_cell = stacked_ci(getattr(knn, split), METRIC_KEYS[metric]) + f"\nk={knn.k}" if knn else "—"
+        c_cell = f"{r.C:.3g}" if r.C is not None else "—"  # a fine-tuned row has no C
+        table.add_row(name, *(stacked_ci(m, METRIC_KEYS[k]) for k in order), stacked_ci(m, "top5"), knn_cell, c_cell)
+    console.print(table)
+    _render_budgets(rows, console=console)
+    if _selection_line(rows[0][1]):
+        console.print(_selection_line(rows[0][1]), style="dim", markup=False, highlight=False)
+    pairs = getattr(rows[0][1], "paired_tests", None) or []
+    render_paired(pairs, console=console)
+
+
+def _render_budgets(rows: Sequence[tuple[str, ProbeResult | FinetuneResult]], *, console: Console) -> None:
+    """The rows' label-efficiency points side by side: linear (or fine-tuned) and kNN at each budget."""
+    from rich.table import Table
+
     le_points = _budgets(rows)
+    if not le_points:
+        return
+    seeds = sorted({p.seeds for _, r in rows for p in _points(r)})
+    names = "/".join(sorted({METRIC_NAMES[r.label_efficiency.scored_by] for _, r in rows if r.label_efficiency}))
+    table = Table(title=f"label efficiency ({names} %, mean ± std)", title_justify="left",
+                  caption=f"over {'/'.join(map(str, seeds))} seeded draws, each choosing C (or its epoch) with its own "
+                  "labels", caption_justify="left")
+    table.add_column("features", overflow="fold")
     for kind, value in le_points:
         label = budget_label(kind, value)
         table.add_column(f"linear @{label}", justify="right", overflow="fold")
         table.add_column(f"kNN @{label}", justify="right", overflow="fold")
     for name, r in rows:
-        m, knn = r.split(split), r.knn
-        knn_cell = stacked_ci(getattr(knn, split), METRIC_KEYS[metric]) + f"\nk={knn.k}" if knn else "—"
-        c_cell = f"{r.C:.3g}" if r.C is not None else "—"  # a fine-tuned row has no C
-        cells = [name, *(stacked_ci(m, METRIC_KEYS[k]) for k in order), stacked_ci(m, "top5"), knn_cell, c_cell]
         pts = {(p.kind, p.value): p for p in _points(r)}
-        for key in le_points:
-            cells += [curve_cell(pts.get(key), r.protocol), curve_cell(pts.get(key), "knn")]
-        table.add_row(*cells)
+        table.add_row(name, *(c for key in le_points for c in (curve_cell(pts.get(key), r.protocol),
+                                                               curve_cell(pts.get(key), "knn"))))
     console.print(table)
-    if le_points:
-        seeds = sorted({p.seeds for _, r in rows for p in _points(r)})
-        curve_metrics = sorted({r.label_efficiency.scored_by for _, r in rows if r.label_efficiency is not None})
-        console.print(f"label-efficiency cells: {'/'.join(METRIC_NAMES[c] for c in curve_metrics)}, mean ± "
-                      f"std over {'/'.join(map(str, seeds))} seeded draws; each subset chose C by k-fold CV on its "
-                      "own labels", style="dim", markup=False, highlight=False)
-    if _selection_line(rows[0][1]):
-        console.print(_selection_line(rows[0][1]), style="dim", markup=False, highlight=False)
-    pairs = getattr(rows[0][1], "paired_tests", None) or []
-    render_paired(pairs, console=console)
 
 
 def _budgets(rows: Sequence[tuple[str, ProbeResult | FinetuneResult]]) -> list[tuple[str, float]]:
