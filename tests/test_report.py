@@ -147,7 +147,7 @@ def test_tables_lead_with_the_declared_metric_and_fit_80_columns():
     render_comparison([("random", r), ("byol", r)], console=Console(file=buf, width=80))
     text = buf.getvalue()
     assert max(len(line) for line in text.splitlines()) <= 80
-    assert "label-efficiency cells: macro-F1, mean ± std" in " ".join(text.split())
+    assert "label efficiency (macro-F1 %, mean ± std)" in text and "70.00 ± 10.00" in text
     ci = {"top1": [0.45, 0.55], "balanced_accuracy": [0.44, 0.56], "macro_f1": [0.43, 0.57], "level": 0.95,
           "resamples": 1000, "method": "percentile bootstrap over test rows"}
     split = {**fake_doc()["val"], "ci": ci}
