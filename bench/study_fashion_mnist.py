@@ -304,11 +304,11 @@ def table(result: dict) -> str:
         from sslprobe.probing.report import verdict_sentence
         from sslprobe.results import PairedTest
 
-        out += ["| A | B | Δ linear top-1 [95 % paired CI] | McNemar p | significant |",
-                "| --- | --- | --- | --- | --- |"]
-        out += [f"| {q['a']} | {q['b']} | {100 * q['top1']:+.1f} [{100 * q['top1_ci'][0]:+.1f}, "
-                f"{100 * q['top1_ci'][1]:+.1f}] | {q['mcnemar_p']:.2g} | {'yes' if q['significant'] else 'no'} |"
-                for q in pairs]
+        out += ["| A | B | Δ (metric) [CI at its level] | p | p adjusted | significant |",
+                "| --- | --- | --- | --- | --- | --- |"]
+        out += [f"| {q['a']} | {q['b']} | {100 * q['difference']:+.1f} [{100 * q['ci'][0]:+.1f}, "
+                f"{100 * q['ci'][1]:+.1f}] ({q['metric']}, {100 * q['level']:.3g} %) | {q['p']:.2g} | "
+                f"{q['p_adjusted']:.2g} | {'yes' if q['significant'] else 'no'} |" for q in pairs]
         out += ["", verdict_sentence([PairedTest.from_json(q) for q in pairs]), ""]
     out.append("Wall times (s): " + "; ".join(f"{k} {v}" for k, v in result["times_s"].items()))
     return "\n".join(out) + "\n"

@@ -6,7 +6,8 @@ with seed ``seed + 1000·draw``), so a probe curve and a fine-tune curve of one 
 same images. A draw that is the whole split (fraction 1, or shots ≥ every class size) is the same
 for every seed and runs once. What a draw trains and how it is scored is the caller's: the linear
 probe and kNN (``probing.labeleff``), or a fine-tune (``finetuning.curve``) pass their own
-fit-and-score function; :func:`run_curve` calls it once per draw and collects its results by point.
+fit-and-score function (scoring in the declared ``--metric``); :func:`run_curve` calls it once per draw and
+collects its results by point; :func:`stats` is a point's mean ± sample std.
 :func:`class_ranks` (one seeded order of the rows grouped by class) is also the core of the probe's
 validation hold-out and cross-validation folds (``probing.holdout``).
 """
@@ -157,8 +158,8 @@ def run_curve(plan: LabelPlan, *, labels: torch.Tensor, fit_and_score: Callable[
 
 
 def stats(values: list[float]) -> dict[str, Any]:
-    """mean, population std (0 for one draw) and the draws' values."""
-    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
+    """mean, sample std (n − 1: the one std of every ± sslprobe shows; 0 for one draw) and the draws' values."""
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "runs": values}
 
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sslprobe.config.common import METRIC_KEYS, METRIC_NAMES
 from sslprobe.fileio import atomic_path
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -57,18 +58,19 @@ def confusion_png(conf: list[list[int]], classes: list[str], path: Path, *, titl
     _save(fig, path)
 
 
-def val_curve_png(curve: Sequence[CPoint], chosen: float, path: Path) -> None:
-    """Validation top-1 (and loss) against C on a log axis, the chosen C marked."""
+def val_curve_png(curve: Sequence[CPoint], chosen: float, path: Path, *, metric: str = "top1") -> None:
+    """The validation metric that chose C (and the loss) against C on a log axis, the chosen C marked."""
     from matplotlib.figure import Figure
 
     cs = [p.C for p in curve]
     fig = Figure(figsize=(6, 3.6))
     ax = fig.subplots()
-    ax.plot(cs, [100 * p.top1 for p in curve], "o-", ms=3, label="val top-1")
+    scored = [(p.C, v) for p in curve if (v := getattr(p, METRIC_KEYS[metric])) is not None]
+    ax.plot([c for c, _ in scored], [100 * v for _, v in scored], "o-", ms=3, label=f"val {METRIC_NAMES[metric]}")
     ax.axvline(chosen, color="grey", ls="--", lw=1, label=f"chosen C = {chosen:.3g}")
     ax.set_xscale("log")
     ax.set_xlabel("C (inverse L2 strength)")
-    ax.set_ylabel("val top-1 (%)")
+    ax.set_ylabel(f"val {METRIC_NAMES[metric]} (%)")
     losses = [(c, p.loss) for c, p in zip(cs, curve) if p.loss is not None]
     if losses:
         ax2 = ax.twinx()
@@ -79,8 +81,9 @@ def val_curve_png(curve: Sequence[CPoint], chosen: float, path: Path) -> None:
 
 
 def label_efficiency_png(points: Sequence[CurvePoint], path: Path, *, scored_on: str,
-                         curves: Sequence[tuple[str, str, str | None]] = PROBE_CURVES) -> None:
-    """Top-1 (mean ± std over the draws) against labeled train rows, log x axis: one line per curve and kind.
+                         curves: Sequence[tuple[str, str, str | None]] = PROBE_CURVES, metric: str = "top1") -> None:
+    """The curve's ``metric`` (mean ± std over the draws) against labeled train rows, log x axis: one line per curve
+    and kind.
 
     ``curves``: :data:`PROBE_CURVES` (linear and kNN) or :data:`FINETUNE_CURVES` (the fine-tuned network).
     """
@@ -98,26 +101,27 @@ def label_efficiency_png(points: Sequence[CurvePoint], path: Path, *, scored_on:
                             label=f"{name} ({kind})")
     ax.set_xscale("log")
     ax.set_xlabel("labeled train rows")
-    ax.set_ylabel(f"{scored_on} top-1 (%)")
+    ax.set_ylabel(f"{scored_on} {METRIC_NAMES.get(metric, metric)} (%)")
     ax.legend(fontsize=8)
     _save(fig, path)
 
 
-def learning_curve_png(history: Sequence[EpochPoint], chosen: int | None, path: Path) -> None:
-    """A fine-tune's training and validation loss against epoch, validation top-1 on a second axis, the chosen
-    epoch marked."""
+def learning_curve_png(history: Sequence[EpochPoint], chosen: int | None, path: Path, *, metric: str = "top1") -> None:
+    """A fine-tune's training and validation loss against epoch, the validation ``metric`` that chose the epoch on a
+    second axis, the chosen epoch marked."""
     from matplotlib.figure import Figure
 
     epochs = [h.epoch for h in history]
     fig = Figure(figsize=(6, 3.6))
     ax = fig.subplots()
     ax.plot(epochs, [h.train_loss for h in history], "o-", ms=3, label="train loss")
-    val = [(h.epoch, h.val_loss, h.val_top1) for h in history if h.val_loss is not None]
+    val = [(h.epoch, h.val_loss, h.val_score(metric)) for h in history
+           if h.val_loss is not None and h.val_score(metric) is not None]
     if val:
         ax.plot([v[0] for v in val], [v[1] for v in val], "o-", ms=3, label="val loss")
         ax2 = ax.twinx()
         ax2.plot([v[0] for v in val], [100 * v[2] for v in val], "s-", ms=3, color="tab:green")
-        ax2.set_ylabel("val top-1 (%)", color="tab:green")
+        ax2.set_ylabel(f"val {METRIC_NAMES[metric]} (%)", color="tab:green")
     if chosen is not None:
         ax.axvline(chosen, color="grey", ls="--", lw=1, label=f"chosen epoch {chosen}")
     ax.set_xlabel("epoch")
@@ -126,9 +130,10 @@ def learning_curve_png(history: Sequence[EpochPoint], chosen: int | None, path: 
     _save(fig, path)
 
 
-def arms_label_efficiency_png(curves: Mapping[str, Sequence[CurvePoint]], path: Path, *, scored_on: str) -> None:
-    """Top-1 (mean ± std over the draws) against labelled train rows, one line per arm (the linear probe's, or a
-    fine-tuned network's), log x axis."""
+def arms_label_efficiency_png(curves: Mapping[str, Sequence[CurvePoint]], path: Path, *, scored_on: str,
+                              metric: str = "top1") -> None:
+    """The curves' ``metric`` (mean ± std over the draws) against labelled train rows, one line per arm (the linear
+    probe's, or a fine-tuned network's), log x axis."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7, 4.2))
@@ -140,7 +145,7 @@ def arms_label_efficiency_png(curves: Mapping[str, Sequence[CurvePoint]], path: 
                         marker="o", capsize=3, label=name)
     ax.set_xscale("log")
     ax.set_xlabel("labelled train images")
-    ax.set_ylabel(f"{scored_on} top-1 (%)")
+    ax.set_ylabel(f"{scored_on} {METRIC_NAMES.get(metric, metric)} (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     _save(fig, path)
@@ -209,7 +214,8 @@ def _label_efficiency_file(result: ProbeResult | FinetuneResult, out: Path, *,
     le = result.label_efficiency
     if not (le and le.points):
         return []
-    label_efficiency_png(le.points, out / "label_efficiency.png", scored_on=le.scored_on, curves=curves)
+    label_efficiency_png(le.points, out / "label_efficiency.png", scored_on=le.scored_on, curves=curves,
+                         metric=le.scored_by)
     return ["label_efficiency.png"]
 
 
@@ -220,7 +226,7 @@ def write_plots(result: ProbeResult, out: str | os.PathLike) -> tuple[list[str],
     out = Path(out)
     written = _confusion_file(result, out, who="linear probe")
     if len(result.val_curve) > 1:
-        val_curve_png(result.val_curve, result.C, out / "val_curve.png")
+        val_curve_png(result.val_curve, result.C, out / "val_curve.png", metric=result.metric)
         written.append("val_curve.png")
     return written + _label_efficiency_file(result, out, curves=PROBE_CURVES), None
 
@@ -233,7 +239,7 @@ def write_finetune_plots(result: FinetuneResult, out: str | os.PathLike) -> tupl
     written = _confusion_file(result, out, who="fine-tuned")
     if result.learning_curve:
         learning_curve_png(result.learning_curve, result.chosen.epoch if result.chosen else None,
-                           out / "learning_curve.png")
+                           out / "learning_curve.png", metric=result.metric)
         written.append("learning_curve.png")
     return written + _label_efficiency_file(result, out, curves=FINETUNE_CURVES), None
 

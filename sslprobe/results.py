@@ -176,10 +176,12 @@ class JsonRecord:
 
 @dataclass(frozen=True, kw_only=True)
 class Intervals(JsonRecord):
-    """95 % percentile-bootstrap intervals of top-1 and balanced accuracy over the scored rows."""
+    """95 % percentile-bootstrap intervals of top-1, balanced accuracy and macro-F1 over the scored rows (a file
+    written before macro-F1 had one reads back without it)."""
 
     top1: tuple[float, float]
     balanced_accuracy: tuple[float, float]
+    macro_f1: tuple[float, float] | None = optional()
     level: float
     resamples: int
     method: str
@@ -215,7 +217,7 @@ class Metrics(JsonRecord):
         return getattr(self, metric)
 
     def interval(self, metric: str) -> tuple[float, float] | None:
-        """The bootstrap interval of ``metric`` (top-1 and balanced accuracy have one), else None."""
+        """The bootstrap interval of ``metric`` (top-1, balanced accuracy and macro-F1 have one), else None."""
         return getattr(self.ci, metric, None) if self.ci is not None else None
 
     def summary(self) -> Metrics:
@@ -230,6 +232,7 @@ class CPoint(JsonRecord):
     C: float
     top1: float
     balanced_accuracy: float
+    macro_f1: float | None = optional()  # absent from files written before --metric
     loss: float | None
     iters: int
     converged: bool
@@ -256,7 +259,8 @@ class KnnResult(KnnSplits):
 
 @dataclass(frozen=True, kw_only=True)
 class CurveStats(JsonRecord):
-    """Top-1 of a label-budget point over its seeded draws."""
+    """A label-budget point's score over its seeded draws, in the curve's metric (``metric`` of its curve: the
+    declared --metric; top-1 in files written before it): the mean, the sample std (n − 1) and each draw's."""
 
     mean: float
     std: float
@@ -276,7 +280,7 @@ class LabelPoint(JsonRecord):
 
 @dataclass(frozen=True, kw_only=True)
 class ProbeCurvePoint(LabelPoint):
-    """A probe's label-budget point: linear (and kNN) top-1 over draws, each draw's C and how it was chosen."""
+    """A probe's label-budget point: linear (and kNN) scores over draws, each draw's C and how it was chosen."""
 
     linear: CurveStats | None = None
     C: list[float] = field(default_factory=list)
@@ -292,11 +296,23 @@ class ProbeCurvePoint(LabelPoint):
         return self.linear if method == "linear" else self.knn if method == "knn" else None
 
 
+class _Curve:
+    """What a probe's and a fine-tune's label curve share for their readers."""
+
+    metric: str | None
+
+    @property
+    def scored_by(self) -> str:
+        """The metric of the curve's points: its ``metric``, or top1 (what a curve without one was scored by)."""
+        return self.metric or "top1"
+
+
 @dataclass(frozen=True, kw_only=True)
-class ProbeCurve(JsonRecord):
-    """A probe's label-efficiency curve."""
+class ProbeCurve(_Curve, JsonRecord):
+    """A probe's label-efficiency curve; ``metric``: what its points score (absent from files written before it)."""
 
     scored_on: str
+    metric: str | None = optional()
     knn_k: int | None = optional()
     points: list[ProbeCurvePoint]
     C_selection: str | None = optional()
@@ -304,7 +320,7 @@ class ProbeCurve(JsonRecord):
 
 @dataclass(frozen=True, kw_only=True)
 class FinetuneCurvePoint(LabelPoint):
-    """A fine-tune's label-budget point: fine-tuned top-1 over draws, each draw's learning rate, epoch and rule."""
+    """A fine-tune's label-budget point: fine-tuned scores over draws, each draw's learning rate, epoch and rule."""
 
     finetune: CurveStats
     lr: list[float]
@@ -320,10 +336,11 @@ class FinetuneCurvePoint(LabelPoint):
 
 
 @dataclass(frozen=True, kw_only=True)
-class FinetuneCurve(JsonRecord):
-    """A fine-tune's label-efficiency curve."""
+class FinetuneCurve(_Curve, JsonRecord):
+    """A fine-tune's label-efficiency curve; ``metric``: what its points score (absent from files written before it)."""
 
     scored_on: str
+    metric: str | None = optional()
     points: list[FinetuneCurvePoint]
     selection: str
 
@@ -334,10 +351,11 @@ LabelCurve = ProbeCurve | FinetuneCurve
 
 @dataclass(frozen=True, kw_only=True)
 class SelectionInfo(JsonRecord):
-    """The validation metric that chose C / the epoch, why, and how ties break."""
+    """The declared metric (--metric) that chose C / the epoch, how ties break, and as information the fit split's
+    largest / smallest class count (``reason``: why, in files written before --metric)."""
 
     metric: str
-    reason: str
+    reason: str | None = optional()
     imbalance: float
     tie_break: str
 
@@ -392,7 +410,7 @@ class PairedTest(JsonRecord):
     resamples: int | None = optional()
     a_only_correct: int | None = optional()
     b_only_correct: int | None = optional()
-    others: dict[str, Difference] = field(default_factory=dict)
+    others: dict[str, Difference] | None = optional()
 
     @property
     def winner(self) -> str | None:
@@ -422,6 +440,12 @@ class _Scored:
     warnings: list[str]
     paired_tests: list[PairedTest] | None
     protocol: str
+
+    @property
+    def metric(self) -> str:
+        """The declared metric (--metric: balanced, top1 or macro-f1) the run chose by and its tables lead with
+        (top1 for a file that does not say)."""
+        return self.selection.metric if self.selection is not None else "top1"
 
     def split(self, name: str) -> Metrics | None:
         """The metrics of ``val`` or ``test`` (None when the run had no such split)."""
@@ -494,6 +518,11 @@ class EpochPoint(JsonRecord):
     val_balanced: float | None
     lr: float
     seconds: float
+    val_macro_f1: float | None = optional()  # absent from files written before --metric
+
+    def val_score(self, metric: str) -> float | None:
+        """The validation value of ``metric`` (balanced, top1 or macro-f1) at this epoch."""
+        return {"balanced": self.val_balanced, "top1": self.val_top1, "macro-f1": self.val_macro_f1}[metric]
 
 
 @dataclass(frozen=True, kw_only=True)

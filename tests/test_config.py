@@ -44,7 +44,7 @@ def test_numbers_parse_and_name_the_option():
     ({"knn_k": (0,)}, "--knn-k must be ≥ 1"), ({"seeds": 0}, "--seeds must be ≥ 1"),
     ({"search": "random"}, "--search must be one of grid, binary"), ({"C": -1.0}, "--C must be a positive number"),
     ({"knn_temperature": 0.0}, r"--knn-t \(the kNN temperature\) must be a positive"),
-    ({"select": "f1"}, "--select must be one of auto"),
+    ({"metric": "f1"}, "--metric must be one of balanced, top1, macro-f1"),
     ({"Cs": ()}, "C values must be positive"), ({"fractions": (0.0,)}, "label fractions must lie in")])
 def test_probe_protocol_checks_every_rule(change, message):
     with pytest.raises(SSLProbeError, match=message):
@@ -89,9 +89,9 @@ def _non_default(tmp_path):
         ExtractConfig(data=d, out=tmp_path / "f", weights="pixels", use_cache=False, dtype="float16", layer="2"),
         ProbeConfig(train=d, test=d, protocol=ProbeProtocol(C=0.5, knn_k=(), fractions=(0.1, 1.0), dtype="float64",
                                                             feature_dtype="float16", standardize=False)),
-        CompareConfig(sets=(("a", d), ("b", d)), protocol=ProbeProtocol(shots=(1, 5), select="balanced")),
+        CompareConfig(sets=(("a", d), ("b", d)), protocol=ProbeProtocol(shots=(1, 5), metric="top1")),
         FinetuneConfig(train=d, out=tmp_path / "ft", model="test_resnet", lrs=(1e-3, 3e-3), crop_scale=(0.3, 1.0),
-                       resume="auto", allow_pickle=True),
+                       resume="auto", allow_pickle=True, metric="macro-f1"),
         StudyConfig(data=d, out=tmp_path / "s", arms=("pixels", "byol"), minutes=2.5, fractions=(),
                     byol=ByolRecipe(batch_size=16, lr=0.2), labels=None),
     ]
@@ -130,6 +130,46 @@ def test_flags_are_the_command_line_that_builds_the_same_config(tmp_path):
             [getattr(c, "data", None) or c.train]
         click_cmd.main(args=[*arguments, *c.flags()], standalone_mode=False)
         assert got["config"] == c, name
+
+
+def _parsed(cls, args):
+    """The config the command line of ``cls``'s command builds from ``args`` (nothing runs)."""
+    import typer.main
+
+    from sslprobe.cli.app import app
+    from sslprobe.cli.params import build_config
+
+    cmd = next(v for k, v in {c.callback.__name__: c for c in app.registered_commands}.items()
+               if (v.name or k) == cls.name)
+    got = {}
+    click_cmd = typer.main.get_command_from_info(cmd, pretty_exceptions_short=True, rich_markup_mode=None)
+    click_cmd.callback = lambda **values: got.setdefault("config", build_config(cls, values))
+    click_cmd.main(args=[str(a) for a in args], standalone_mode=False)
+    return got["config"]
+
+
+def test_metric_is_one_option_of_probe_compare_finetune_and_study(tmp_path):
+    """--metric (default balanced) on the four commands that choose by a metric; --select is gone."""
+    from sslprobe.config.common import METRIC_KEYS, METRICS
+    from sslprobe.probing.uncertainty import METRIC_KEYS as KEYS
+    from sslprobe.probing.uncertainty import METRICS as CHOICES
+
+    assert (CHOICES, KEYS) == (METRICS, METRIC_KEYS) == (("balanced", "top1", "macro-f1"),
+                                                         {"balanced": "balanced_accuracy", "top1": "top1",
+                                                          "macro-f1": "macro_f1"})
+    d = str(tmp_path)
+    commands = ((ProbeConfig, [d], lambda c: c.protocol.metric),
+                (CompareConfig, [f"a={d}"], lambda c: c.protocol.metric),
+                (FinetuneConfig, [d, "--out", tmp_path / "ft", "--model", "resnet18"], lambda c: c.metric),
+                (StudyConfig, [d, "--out", tmp_path / "s"], lambda c: c.metric))
+    for cls, args, metric in commands:
+        assert metric(_parsed(cls, args)) == "balanced", cls.name
+        for m in METRICS:
+            assert metric(_parsed(cls, [*args, "--metric", m])) == m, (cls.name, m)
+        with pytest.raises(SSLProbeError, match="--metric must be one of balanced, top1, macro-f1"):
+            _parsed(cls, [*args, "--metric", "f1"])
+        with pytest.raises(Exception, match="--select"):
+            _parsed(cls, [*args, "--select", "top1"])
 
 
 def test_importing_configs_loads_no_torch():

@@ -124,7 +124,7 @@ def test_report_files_and_the_paired_row_beside_the_probe(shapes):
     saved = json.loads((out / "report.json").read_text())
     assert saved["chosen"] == r.chosen.to_json() and saved == r.to_json() and FinetuneResult.from_json(saved) == r
     (pair,) = paired_tests([("probe", shapes["probe"]), ("finetune", r)])
-    assert pair.paired and pair.n == 80 and pair.top1 < 0  # the probe (A) trails the fine-tune (B)
+    assert pair.paired and pair.n == 80 and pair.difference < 0  # the probe (A) trails the fine-tune (B)
 
 
 def _curve(r: dict) -> list[tuple]:
@@ -227,15 +227,19 @@ def test_cli_end_to_end_grid_curve_skipped_files_and_predict(monkeypatch, capsys
     code, out, err = run(monkeypatch, capsys, "finetune", train, "--test", test, "--model", "test_resnet",
                          "--image-size", "16", "--epochs", "2", "--batch-size", "8", "--lrs", "0.003,0.03",
                          "--shots", "3", "--seeds", "2", "--warmup-epochs", "0", "--workers", "0", "--out",
-                         tmp_path / "o", "--json")
+                         tmp_path / "o", "--metric", "macro-f1", "--json")
     assert code == 0, err
     r = FinetuneResult.from_json(json.loads(out))  # the summary: a report.json without the bulky parts
     assert [g["lr"] for g in r.lr_grid] == [0.003, 0.03]
     best = max(r.lr_grid, key=lambda g: (g["val_score"], -g["val_loss"], -g["lr"]))
     assert r.chosen.lr == best["lr"] and r.chosen.epoch == best["best_epoch"]
+    # --metric macro-f1 chose the epoch and rate, and is the label curve's metric
+    assert (r.selection.metric, r.chosen.selected_by, r.label_efficiency.metric) == ("macro-f1",) * 3
+    by_epoch = {e.epoch: e for e in r.learning_curve}
+    assert by_epoch[r.chosen.epoch].val_macro_f1 == best["val_score"]
     (point,) = r.label_efficiency.points
     assert point.kind == "shots" and point.n_train == 6 and point.seeds == 2
-    assert point.rule == ["best validation top1 over epochs and 2 learning rates"] and point.finetune.mean >= 0
+    assert point.rule == ["best validation macro-f1 over epochs and 2 learning rates"] and point.finetune.mean >= 0
     assert r.skipped["train"][0]["path"] == "light/broken.png" and r.n_train == 20
     assert r.test.per_class is None and (tmp_path / "o" / "label_efficiency.png").is_file()
     code, _, err = run(monkeypatch, capsys, "predict", train, "--finetuned", tmp_path / "o", "--out",

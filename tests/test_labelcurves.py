@@ -68,6 +68,8 @@ def test_run_curve_collects_each_points_results_and_can_be_stopped():
         run_curve(LabelPlan([("shots", 1)], seeds=0, seed=0), labels=y, fit_and_score=lambda d: {})
 
 
-def test_stats_is_mean_and_population_std():
+def test_stats_is_mean_and_sample_std():
+    """The one std of every ± shown: the sample std (n − 1), 0 for one draw."""
     assert stats([0.5]) == {"mean": 0.5, "std": 0.0, "runs": [0.5]}
-    assert stats([0.2, 0.4])["std"] == pytest.approx(0.1)
+    assert stats([0.2, 0.4])["std"] == pytest.approx(0.1 * 2**0.5)
+    assert stats([0.1, 0.2, 0.6])["std"] == pytest.approx(0.26457513, rel=1e-6)

@@ -1,4 +1,5 @@
-"""The metrics probe and fine-tune are scored by: hand-made scores, scikit-learn parity, the selection metric."""
+"""The metrics probe and fine-tune are scored by: hand-made scores, scikit-learn parity, the declared metric, the
+intervals of all three."""
 from __future__ import annotations
 
 import math
@@ -7,7 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from sslprobe.probing.metrics import classification_metrics, resolve_select, selection_score
+from sslprobe.probing.metrics import (
+    class_imbalance,
+    classification_metrics,
+    scored,
+    selection_score,
+    selection_scores,
+)
 
 
 def hand_case():
@@ -91,8 +98,45 @@ def test_selection_score_balanced_is_mean_recall():
     assert selection_score(pred, y, metric="balanced", num_classes=2) == pytest.approx(0.5)
 
 
-def test_resolve_select_turns_balanced_past_two_to_one():
-    assert resolve_select("auto", torch.tensor([0, 0, 1, 1])).metric == "top1"
-    auto = resolve_select("auto", torch.tensor([0, 0, 0, 1]))
-    assert auto.metric == "balanced" and auto.imbalance == 3.0 and "auto" in auto.reason
-    assert resolve_select("top1", torch.tensor([0, 0, 0, 1])).metric == "top1"
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+def test_selection_scores_are_the_reported_metrics():
+    """The three selection metrics equal classification_metrics' (scikit-learn's definitions), a class never
+    predicted and a class never true included; an unknown metric is an error."""
+    g = torch.Generator().manual_seed(1)
+    K = 6
+    labels = torch.cat([torch.zeros(50, dtype=torch.long), torch.randint(1, K - 1, (40,), generator=g)])
+    pred = torch.where(torch.rand(90, generator=g) < 0.7, labels, torch.randint(K, (90,), generator=g))
+    m = classification_metrics(torch.nn.functional.one_hot(pred, K).float(), labels, num_classes=K)
+    got = selection_scores(pred, labels, num_classes=K)
+    assert got == pytest.approx({"balanced": m["balanced_accuracy"], "top1": m["top1"], "macro-f1": m["macro_f1"]})
+    for metric, value in got.items():
+        assert selection_score(pred, labels, metric=metric, num_classes=K) == value
+    with pytest.raises(ValueError, match="unknown metric 'f1'"):
+        selection_score(pred, labels, metric="f1", num_classes=K)
+
+
+def test_majority_guessing_scores_low_in_balanced_and_macro_f1():
+    """The imbalanced set's lesson: top-1 rewards predicting the majority class, the other two do not."""
+    y = torch.tensor([0] * 8 + [1] * 2)
+    s = selection_scores(torch.zeros(10, dtype=torch.long), y, num_classes=2)
+    assert s == pytest.approx({"top1": 0.8, "balanced": 0.5, "macro-f1": (2 * 8 / 18) / 2})
+
+
+def test_class_imbalance_is_largest_over_smallest_present_class():
+    assert class_imbalance(torch.tensor([0, 0, 0, 2])) == 3.0
+    assert class_imbalance(torch.tensor([1, 1, 0, 0])) == 1.0
+
+
+def test_metrics_carry_an_interval_for_each_of_the_three():
+    g = torch.Generator().manual_seed(3)
+    labels = torch.cat([torch.zeros(300, dtype=torch.long), torch.randint(1, 4, (200,), generator=g)])
+    pred = torch.where(torch.rand(500, generator=g) < 0.75, labels, torch.randint(4, (500,), generator=g))
+    m = scored(torch.nn.functional.one_hot(pred, 4).float(), labels, num_classes=4, seed=0)
+    assert (m.ci.level, m.ci.resamples) == (0.95, 1000)
+    for key in ("balanced_accuracy", "top1", "macro_f1"):
+        lo, hi = m.interval(key)
+        assert lo < m.value(key) < hi and hi - lo < 0.15, key
+    p = m.top1  # the top-1 interval has the binomial width
+    assert m.ci.top1[1] - m.ci.top1[0] == pytest.approx(2 * 1.96 * math.sqrt(p * (1 - p) / 500), rel=0.15)
+    assert scored(torch.nn.functional.one_hot(pred, 4).float(), labels, num_classes=4, seed=0).ci == m.ci  # seeded
+    assert m.summary().ci == m.ci and set(m.to_json()["ci"]) >= {"balanced_accuracy", "top1", "macro_f1"}

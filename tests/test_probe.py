@@ -111,7 +111,7 @@ def test_path_picks_interior_C():
     r = probe(FeatureSet.from_arrays(X, y), test=FeatureSet.from_arrays(Xt, yt), patience=None, knn_k=(20,))
     curve = r.val_curve
     assert len(curve) == 45 and [p.C for p in curve] == pytest.approx(list(DEFAULT_CS))
-    # 120:50:30 is imbalanced > 2:1, so C is chosen by balanced accuracy; ties → lower val loss
+    # C is chosen by the default metric, balanced accuracy; ties → lower val loss
     assert r.selection.metric == "balanced"
     best = max(p.balanced_accuracy for p in curve)
     tied = [p for p in curve if p.balanced_accuracy == best]
@@ -370,8 +370,8 @@ def test_binary_search_matches_grid_optimum():
     X, y = imbalanced([120, 50, 30], seed=0)
     # top-1 selection: this set's balanced-accuracy curve is bimodal (0.65 at C = 0.03, 0.56 from
     # C = 560 on), which a 2-decade coarse sweep can miss by design
-    grid = probe(FeatureSet.from_arrays(X, y), patience=None, knn_k=(), select="top1")
-    binary = probe(FeatureSet.from_arrays(X, y), search="binary", patience=None, knn_k=(), select="top1")
+    grid = probe(FeatureSet.from_arrays(X, y), patience=None, knn_k=(), metric="top1")
+    binary = probe(FeatureSet.from_arrays(X, y), search="binary", patience=None, knn_k=(), metric="top1")
     curve = binary.val_curve
     assert binary.search == "binary" and len(curve) <= 14 < len(grid.val_curve)
     cs = [p.C for p in curve]
@@ -486,7 +486,9 @@ def test_compare_and_resolve_sets(tmp_path):
     assert "per_class" not in saved["sets"]["good"]["test"] and "predictions" not in saved["sets"]["good"]["test"]
     (pair,) = saved["paired_tests"]
     assert pair["a"] == "good" and pair["b"] == "bad" and pair["paired"] and pair["n"] == 30
-    assert pair["top1"] == pytest.approx(rows[0][1].test.top1 - rows[1][1].test.top1)
+    assert pair["metric"] == "balanced" and pair["role"] == "secondary" and pair["family"] == 1
+    assert pair["difference"] == pytest.approx(rows[0][1].test.balanced_accuracy - rows[1][1].test.balanced_accuracy)
+    assert pair["others"]["top1"]["value"] == pytest.approx(rows[0][1].test.top1 - rows[1][1].test.top1)
     assert [p.to_json() for p in rows[0][1].paired_tests] == saved["paired_tests"]
 
 
@@ -575,20 +577,80 @@ def test_test_metrics_carry_bootstrap_intervals():
         lo, hi = m.ci.top1
         assert lo <= m.top1 <= hi and hi > lo
         assert m.ci.balanced_accuracy[0] <= m.balanced_accuracy <= m.ci.balanced_accuracy[1]
+        assert m.ci.macro_f1[0] <= m.macro_f1 <= m.ci.macro_f1[1]
     assert len(r.test.predictions) == 60 and r.test_labels == y[120:].tolist()
     assert "predictions" not in summary(r)["test"]
 
 
-def test_selection_metric_defaults_to_balanced_on_imbalanced_classes():
+def test_metric_defaults_to_balanced_whatever_the_class_mix():
     X, y = imbalanced([150, 30, 20], seed=3)  # 7.5 : 1
-    auto = probe(FeatureSet.from_arrays(X, y), knn_k=(1, 5, 50))
-    assert auto.selection.metric == "balanced" and auto.selection.reason.startswith("auto")
-    assert auto.knn.selected_by == "balanced"
-    ks = auto.knn.by_k
-    assert auto.knn.k == max((1, 5, 50), key=lambda k: (ks[str(k)].val.balanced_accuracy, k == 20, -k))
-    top1 = probe(FeatureSet.from_arrays(X, y), knn_k=(), select="top1")
-    assert (top1.selection.metric, top1.selection.reason) == ("top1", "asked")
+    r = probe(FeatureSet.from_arrays(X, y), knn_k=(1, 5, 50))
+    assert (r.selection.metric, r.selection.reason) == ("balanced", None) and r.metric == "balanced"
+    assert r.selection.imbalance == pytest.approx(7.5) and r.knn.selected_by == "balanced"
+    ks = r.knn.by_k
+    assert r.knn.k == max((1, 5, 50), key=lambda k: (ks[str(k)].val.balanced_accuracy, k == 20, -k))
+    top1 = probe(FeatureSet.from_arrays(X, y), knn_k=(), metric="top1")
+    assert (top1.selection.metric, top1.selection.reason) == ("top1", None)
     Xb, yb = blobs(40, 3, 6, seed=23)
-    assert probe(FeatureSet.from_arrays(Xb, yb), knn_k=()).selection.metric == "top1"
-    with pytest.raises(SSLProbeError, match="--select"):
-        probe(FeatureSet.from_arrays(Xb, yb), select="f1")
+    balanced = probe(FeatureSet.from_arrays(Xb, yb), knn_k=()).selection
+    assert balanced.metric == "balanced" and balanced.imbalance == 1.0
+    with pytest.raises(SSLProbeError, match="--metric must be one of balanced, top1, macro-f1"):
+        probe(FeatureSet.from_arrays(Xb, yb), metric="f1")
+    with pytest.raises(SSLProbeError, match="unknown probe option 'select'"):
+        probe(FeatureSet.from_arrays(Xb, yb), select="top1")
+
+
+def test_macro_f1_chooses_C_by_macro_f1():
+    """Same fits, another ranking: top-1 and macro-F1 peak at different C's of this imbalanced path."""
+    X, y = imbalanced([120, 50, 30], seed=4)
+    by = {m: probe(FeatureSet.from_arrays(X, y), patience=None, knn_k=(), metric=m) for m in ("top1", "macro-f1")}
+    assert by["top1"].val_curve == by["macro-f1"].val_curve  # the path does not depend on the metric
+    for metric, key in (("top1", "top1"), ("macro-f1", "macro_f1")):
+        curve = by[metric].val_curve
+        best = max(getattr(p, key) for p in curve)
+        assert by[metric].C == min((p for p in curve if getattr(p, key) == best), key=lambda p: (p.loss, p.C)).C
+        assert by[metric].selection.metric == metric
+    assert by["top1"].C != by["macro-f1"].C
+    assert by["macro-f1"].val.macro_f1 > by["top1"].val.macro_f1 and by["top1"].val.top1 > by["macro-f1"].val.top1
+
+
+def _two_clusters(n0: int, n1: int, *, spread: float, seed: int) -> np.ndarray:
+    """Rows at angles near 0 (the first n0) and near π/2 (the next n1) in 2-D: cosine kNN sees the angle only."""
+    g = np.random.default_rng(seed)
+    angle = np.concatenate([np.zeros(n0), np.full(n1, math.pi / 2)]) + g.uniform(-spread, spread, n0 + n1)
+    return np.stack([np.cos(angle), np.sin(angle)], 1).astype(np.float32)
+
+
+def test_macro_f1_and_top1_choose_different_knn_k():
+    """A constructed case: 16 majority and 4 minority train rows; of the 8 majority val rows 3 lie among the minority.
+    k = 1 follows the neighbours (top-1 0.7, macro-F1 0.67); k = 50 (clipped to 20, near-uniform votes) always
+    answers the majority (top-1 0.8, macro-F1 0.44). Top-1 takes k = 50, macro-F1 and balanced accuracy k = 1."""
+    train = FeatureSet.from_arrays(_two_clusters(16, 4, spread=0.3, seed=0), np.repeat([0, 1], [16, 4]))
+    xv = np.concatenate([_two_clusters(5, 0, spread=0.1, seed=1), _two_clusters(0, 5, spread=0.1, seed=2)])
+    val = FeatureSet.from_arrays(xv, np.array([0] * 8 + [1] * 2))  # rows 5-7: majority labels at the minority
+    chosen = {}
+    for metric in ("top1", "macro-f1", "balanced"):
+        r = probe(train, val=val, C=1.0, knn_k=(1, 50), knn_temperature=1e3, metric=metric)
+        chosen[metric] = r.knn.k
+        one, fifty = r.knn.by_k["1"].val, r.knn.by_k["50"].val
+        assert (one.top1, fifty.top1) == pytest.approx((0.7, 0.8))
+        assert (one.macro_f1, fifty.macro_f1) == pytest.approx(((10 / 13 + 4 / 7) / 2, (16 / 18) / 2))
+    assert chosen == {"top1": 50, "macro-f1": 1, "balanced": 1}
+
+
+def test_label_curve_is_in_the_declared_metric_with_the_sample_std():
+    """On an imbalanced set the default curve is balanced accuracy: the whole-split point is the val score of the
+    main search's model (and kNN's), each ± is the sample std of the draws, report.json says the metric."""
+    import statistics
+
+    X, y = imbalanced([150, 30, 20], seed=3)
+    r = probe(FeatureSet.from_arrays(X, y), knn_k=(20,), fractions=(0.5, 1.0), seeds=3)
+    le = r.label_efficiency
+    assert (le.metric, le.scored_on) == ("balanced", "val") and r.to_json()["label_efficiency"]["metric"] == "balanced"
+    half, whole = le.points
+    assert whole.linear.mean == pytest.approx(r.val.balanced_accuracy) and r.val.balanced_accuracy < r.val.top1 - 0.01
+    assert whole.knn.mean == pytest.approx(r.knn.by_k["20"].val.balanced_accuracy)
+    assert half.seeds == 3 and half.linear.std == pytest.approx(statistics.stdev(half.linear.runs)) and half.linear.std
+    assert half.knn.std == pytest.approx(statistics.stdev(half.knn.runs))
+    top1 = probe(FeatureSet.from_arrays(X, y), knn_k=(20,), fractions=(1.0,), seeds=3, metric="top1")
+    assert top1.label_efficiency.metric == "top1" and top1.label_efficiency.points[0].linear.mean == top1.val.top1

@@ -112,18 +112,57 @@ def test_summary_drops_bulky_fields():
 def test_paired_table_and_verdict_respect_the_interval():
     from sslprobe.probing.report import verdict_sentence
 
-    win = PairedTest(a="byol", b="random", paired=True, top1=0.031, top1_ci=(0.019, 0.043), balanced_accuracy=0.03,
-                     balanced_accuracy_ci=(0.018, 0.042), mcnemar_p=1e-4, significant=True)
-    tie = dataclasses.replace(win, b="imagenet", top1=0.004, top1_ci=(-0.006, 0.014), significant=False,
-                              mcnemar_p=0.4)
-    lose = dataclasses.replace(win, b="pixels", top1=-0.05, top1_ci=(-0.07, -0.03))
+    win = PairedTest(a="byol", b="random", paired=True, n=500, metric="balanced", role="primary", difference=0.031,
+                     ci=(0.019, 0.043), level=0.95, p=1e-4, p_adjusted=1e-4, family=1, significant=True)
+    tie = dataclasses.replace(win, b="imagenet", role="secondary", difference=0.004, ci=(-0.006, 0.014), p=0.2,
+                              p_adjusted=0.4, family=2, level=0.975, significant=False)
+    lose = dataclasses.replace(win, b="pixels", role="secondary", difference=-0.05, ci=(-0.07, -0.03), p=1e-3,
+                               p_adjusted=2e-3, family=2, level=0.975)
     unpaired = PairedTest(a="x", b="y", paired=False, reason="no test set on both sides")
     text = verdict_sentence([win, tie, lose, unpaired])
-    assert "byol beats random by 3.1 points of test top-1 (95 % CI 1.9 to 4.3)" in text
-    assert "byol and imagenet are not distinguishable on this test set" in text
-    assert "pixels beats byol by 5.0 points of test top-1 (95 % CI 3.0 to 7.0)" in text
+    assert text.startswith("Primary question: byol beats random by 3.1 points of balanced accuracy "
+                           "(95 % CI 1.9 to 4.3, p 0.0001)")
+    assert "Of the 2 other comparisons (Holm-adjusted): pixels beats byol by 5.0 points of balanced accuracy " \
+           "(97.5 % CI 3.0 to 7.0, p 0.002); the rest are within noise" in text
     r = dataclasses.replace(fake_result(), paired_tests=[win, tie])
     buf = io.StringIO()
     render_comparison([("byol", r), ("random", fake_result())], console=Console(file=buf, width=160))
     out = buf.getvalue()
-    assert "within noise" in out and "byol better" in out and "+3.10 [+1.9, +4.3]" in out
+    assert "within noise" in out and "byol better (primary)" in out and "+3.10 [+1.9, +4.3] (95 %)" in out
+    assert "Holm-adjusted p" in out
+
+
+def test_tables_lead_with_the_declared_metric_and_fit_80_columns():
+    sel = {"metric": "macro-f1", "imbalance": 3.0, "tie_break": "lower validation loss, then smaller C"}
+    point = {"kind": "shots", "value": 5, "n_train": 15, "seeds": 3, "C": [1.0] * 3, "C_rule": ["fixed"], "knn": None,
+             "linear": {"mean": 0.7, "std": 0.1, "runs": [0.6, 0.7, 0.8]}}
+    r = ProbeResult.from_json({**fake_doc(), "selection": sel,
+                               "label_efficiency": {"scored_on": "test", "metric": "macro-f1", "points": [point]}})
+    buf = io.StringIO()
+    render_probe(r, console=Console(file=buf, width=80))
+    text = buf.getvalue()
+    head = text.split("kNN")[0]
+    assert head.index("macro-F1") < head.index("balanced acc") < head.index("top-1") < head.index("top-5")
+    flat = " ".join(text.split())
+    assert "val macro-F1" in flat and "label efficiency (test macro-F1 %" in flat
+    assert "chosen by validation macro-F1 (--metric; largest / smallest class 3:1)" in flat
+    buf = io.StringIO()
+    render_comparison([("random", r), ("byol", r)], console=Console(file=buf, width=80))
+    text = buf.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "label efficiency (macro-F1 %, mean ± std)" in text and "70.00 ± 10.00" in text
+    ci = {"top1": [0.45, 0.55], "balanced_accuracy": [0.44, 0.56], "macro_f1": [0.43, 0.57], "level": 0.95,
+          "resamples": 1000, "method": "percentile bootstrap over test rows"}
+    split = {**fake_doc()["val"], "ci": ci}
+    r = ProbeResult.from_json({**fake_doc(), "selection": sel, "val": split, "test": split})
+    buf = io.StringIO()
+    render_comparison([("random", r), ("byol", r)], console=Console(file=buf, width=80))
+    text = buf.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text  # nothing cut at 80 columns
+    header = text.split("random")[0].splitlines()
+
+    def column(name):  # a header's horizontal position, whichever of its lines it is on
+        return min(line.find(name) for line in header if name in line)
+
+    assert column("macro-F1") < column("balanced") < column("top-1") < column("top-5") < column("kNN")
+    assert "43.0–57.0" in text and "44.0–56.0" in text and "45.0–55.0" in text  # each metric's interval

@@ -82,6 +82,19 @@ def test_a_report_written_before_the_types_reads_and_writes_back_unchanged():
     assert read_scored(OLD_REPORT) == r and r.protocol == "linear" and r.headline_split == "test"
 
 
+def test_a_report_from_before_metric_reads_as_top1():
+    """Before --metric a curve said no metric (top-1), intervals had no macro-F1 and selection said why."""
+    r = ProbeResult.from_json(OLD_REPORT)
+    assert r.label_efficiency.metric is None and r.label_efficiency.scored_by == "top1" and r.metric == "top1"
+    assert r.test.interval("macro_f1") is None and r.test.interval("top1") == (0.0, 1.0)
+    assert r.selection.reason == "asked" and r.val_curve[0].macro_f1 is None
+    X, y = blobs(30, 3, 4)
+    new = probe(FeatureSet.from_arrays(X, y), Cs=[0.1, 1.0], knn_k=(), fractions=(0.5,), seeds=2).to_json()
+    assert new["label_efficiency"]["metric"] == "balanced" and new["selection"]["metric"] == "balanced"
+    assert "reason" not in new["selection"] and set(new["val"]["ci"]) >= {"balanced_accuracy", "top1", "macro_f1"}
+    assert set(new["val_curve"][0]) >= {"balanced_accuracy", "top1", "macro_f1"}
+
+
 def test_older_reports_without_later_keys_still_read():
     """Bookkeeping keys added over time (selection, timing, manifests, …) may be missing from an old file."""
     minimal = {"C": 1.0, "val": OLD_REPORT["val"], "classes": ["a", "b"], "n_train": 12}

@@ -12,12 +12,25 @@ from sslprobe.config.base import Config, option
 
 CKPT = "Checkpoints"  # --help panel
 RESUMES = ("no", "auto", "yes")
+# The one metric (--metric) of probe, compare, finetune and study: it chooses C, k, the epoch and the learning rate,
+# heads every table and the label curves. Balanced first: its chance level is 1/K whatever the class mix.
+METRICS = ("balanced", "top1", "macro-f1")
+METRIC_KEYS = {"balanced": "balanced_accuracy", "top1": "top1", "macro-f1": "macro_f1"}  # their report.json keys
+METRIC_NAMES = {"balanced": "balanced acc", "top1": "top-1", "macro-f1": "macro-F1"}  # in table headers and axes
+METRIC_WORDS = {"balanced": "balanced accuracy", "top1": "top-1", "macro-f1": "macro-F1"}  # in sentences
 SMALL_STEM = ("ResNet small-image stem: 3×3 stride-1 first conv, no max-pool (default: for networks trained from "
               "scratch at ≤ 64 px; trained weights keep the stem they were trained with).")
 
 
 def _resume_switch(name: str, value: bool) -> str:
     return "auto" if value else "no"
+
+
+def metric(chooses: str) -> Any:
+    """``--metric``: the metric that chooses ``chooses`` on validation and heads every table and curve."""
+    return option("balanced", f"The metric that chooses {chooses} on validation, leads every table and is the label "
+                  "curves' metric: balanced (mean per-class recall; chance is 1/K whatever the class mix), top1 or "
+                  "macro-f1; the other two are reported beside it.", rule=r.choice(*METRICS))
 
 
 def seed() -> Any:

@@ -8,7 +8,6 @@ from sslprobe.config import common
 from sslprobe.config import rules as r
 from sslprobe.config.base import option
 from sslprobe.config.extract import NEEDS_MODEL
-from sslprobe.config.probe import SELECTS
 from sslprobe.errors import SSLProbeError
 
 RECIPE, LABELS = "Recipe (docs/finetune.md)", "Label efficiency"  # --help panels
@@ -56,9 +55,7 @@ class FinetuneConfig(common.Runtime, common.ImageInputs):
     crop_scale: tuple[float, float] = option((0.08, 1.0), "Random resized crop area range MIN MAX (of the whole "
                                              "image).", rule=r.min_max(0, 1), panel=RECIPE)
     flip_p: float = option(0.5, "Horizontal flip probability.", rule=r.probability, panel=RECIPE)
-    select: str = option("auto", "Metric that chooses the epoch (and learning rate) on validation: auto (balanced "
-                         "accuracy when classes are imbalanced > 2:1, else top1), top1 or balanced.",
-                         rule=r.choice(*SELECTS))
+    metric: str = common.metric("the epoch (and learning rate)")
     fractions: tuple[float, ...] = option((), "Label-efficiency fractions of each class, e.g. 0.01,0.1,1.0.",
                                           rule=r.label_fractions, cli_type=str, parse=r.floats, panel=LABELS)
     shots: tuple[int, ...] = option((), "Label-efficiency shots per class, e.g. 1,5,10.", rule=r.each(r.ge(1)),

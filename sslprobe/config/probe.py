@@ -14,9 +14,6 @@ from sslprobe.errors import SSLProbeError
 SEARCHES = ("grid", "binary")
 PRIMARY_HELP = ("The declared question A,B: tested alone at 95 %; every other pair is one Holm-adjusted family "
                 "(default: every pair is in the family).")
-SELECTS = ("auto", "top1", "balanced")
-SELECT_HELP = ("Metric that chooses C and kNN k on validation: auto (balanced accuracy when classes are imbalanced "
-               "> 2:1, else top-1), top1 or balanced.")
 
 
 def _float64_switch(name: str, value: bool) -> str:
@@ -47,7 +44,7 @@ class ProbeProtocol(common.Runtime):
     shots: tuple[int, ...] = option((), "Label-efficiency shots per class, e.g. 1,5,10,25.", rule=r.each(r.ge(1)),
                                     cli_type=str, parse=r.ints)
     seeds: int = option(3, "Draws per label-efficiency point (mean ± std).", rule=r.ge(1))
-    select: str = option("auto", SELECT_HELP, rule=r.choice(*SELECTS))
+    metric: str = common.metric("C and kNN k")
     dtype: str = option("auto", "Solve in float64 (default: float64 for small problems, else float32; TF32 always "
                         "off).", flag="--float64", cli_type=bool, cli_default=False, parse=_float64_switch,
                         rule=r.choice("auto", "float32", "float64"), title="compute dtype")

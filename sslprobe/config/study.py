@@ -8,7 +8,7 @@ from sslprobe.config import common
 from sslprobe.config import rules as r
 from sslprobe.config.base import Config, option
 from sslprobe.config.pretrain import OPTIMIZERS, PretrainConfig
-from sslprobe.config.probe import SEARCHES, SELECT_HELP, SELECTS
+from sslprobe.config.probe import SEARCHES
 from sslprobe.errors import SSLProbeError
 
 BYOL = "BYOL recipe (every BYOL arm)"  # --help panel
@@ -93,7 +93,7 @@ class StudyConfig(common.Runtime, common.ImageInputs):
                                     "skips kNN.", rule=r.each(r.ge(1)), cli_type=str, parse=r.ints)
     search: str = option("grid", "How to choose C on validation: grid (45 C's in 1e-6..1e5, warm-started, early stop) "
                          "or binary (CLIP's coarse-then-bisect, ~14 fits).", rule=r.choice(*SEARCHES))
-    select: str = option("auto", SELECT_HELP, rule=r.choice(*SELECTS))
+    metric: str = common.metric("C, kNN k, the fine-tune epoch and learning rate")
     command: str = option("", "The command line that asked for the study, for the report.", cli=False)
 
     def rules(self) -> None:

@@ -5,7 +5,8 @@ fit split, seed + 1000·draw), so a fine-tune curve and a probe curve of one fol
 Each subset holds out a stratified part of itself — the validation fraction, raised so that every class keeps one
 image out when it has two — and chooses its epoch (and learning rate) there; the rest trains. The
 whole-split point is the main run, whose epoch the validation split chose, as the probe's is.
-Every draw is scored on test (else on validation, flagged).
+Every draw is scored on test (else on validation, flagged) in the declared metric (``--metric``), the one that
+chose its epoch and learning rate.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from sslprobe.finetuning.loop import Trainer
 from sslprobe.finetuning.selection import FinetuneLength, Selected, select
 from sslprobe.labelcurves import Draw, LabelPlan, run_curve, stats
 from sslprobe.probing.holdout import stratified_split
+from sslprobe.probing.metrics import selection_score
 
 
 def subset_hold_out(labels: torch.Tensor, *, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,11 +39,13 @@ class Evaluation:
     rows: ImageRows
     positions: torch.Tensor
 
-    def top1(self, trainer: Trainer, state: dict[str, torch.Tensor]) -> float:
+    def score(self, trainer: Trainer, state: dict[str, torch.Tensor], *, metric: str) -> float:
+        """The metric ``metric`` of the network with weights ``state`` on the evaluation rows."""
         def score() -> float:
             trainer.net.load_state_dict(state)
             pred = trainer.eval_logits(self.rows, self.positions).argmax(1).cpu()
-            return float((pred == self.rows.labels[self.positions]).double().mean())
+            return selection_score(pred, self.rows.labels[self.positions], metric=metric,
+                                   num_classes=len(trainer.setup["classes"]))
 
         return trainer.on_main(score)  # rank 0 scores, every rank gets its number (torchrun)
 
@@ -68,22 +72,22 @@ def _draw(trainer: Trainer, spec: CurveSpec, *, fit: torch.Tensor, rows: torch.T
 
 def label_curve(trainer: Trainer, spec: CurveSpec, *, fit: torch.Tensor, main: Selected,
                 evaluation: Evaluation) -> dict | None:
-    """Step: every point's draws (``labelcurves.run_curve``), mean ± std of their top-1 on the evaluation rows;
-    None when the session stopped."""
+    """Step: every point's draws (``labelcurves.run_curve``), mean ± std of their score (the declared metric) on
+    the evaluation rows; None when the session stopped."""
     def fit_and_score(d: Draw) -> dict[str, Any] | None:
         # a whole-split draw is the main run's (every seed would draw the same rows)
         sel = main if d.whole else _draw(trainer, spec, fit=fit, rows=d.rows, name=d.name, seed=d.seed)
         if sel.stopped:
             return None
-        return {"top1": evaluation.top1(trainer, sel.best.state), "lr": sel.best.plan.base_lr,
+        return {"score": evaluation.score(trainer, sel.best.state, metric=spec.metric), "lr": sel.best.plan.base_lr,
                 "epoch": sel.best.best_epoch, "rule": "validation split" if d.whole else sel.rule}
 
     curve = run_curve(spec, labels=trainer.train.labels[fit], fit_and_score=fit_and_score)
     if curve is None:
         return None
-    points = [p.row(finetune=stats(p.column("top1")), lr=p.column("lr"), epoch=p.column("epoch"),
+    points = [p.row(finetune=stats(p.column("score")), lr=p.column("lr"), epoch=p.column("epoch"),
                     rule=sorted(set(p.column("rule")))) for p in curve]
-    return {"scored_on": evaluation.name, "points": points,
+    return {"scored_on": evaluation.name, "metric": spec.metric, "points": points,
             "selection": "each subset by its own stratified hold-out (the validation fraction, at least one image "
                          "of a class with two), epoch and learning rate; 1 label in a class: the last epoch"}
 

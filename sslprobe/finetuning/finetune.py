@@ -35,7 +35,7 @@ from sslprobe.finetuning.selection import FinetuneLength, Selected, select
 from sslprobe.finetuning.timing import time_steps
 from sslprobe.images.folders import ImageSet
 from sslprobe.labelcurves import parse_points
-from sslprobe.probing.metrics import Selection, resolve_select, scored
+from sslprobe.probing.metrics import class_imbalance, scored
 from sslprobe.results import (
     EpochPoint,
     FinetuneChoice,
@@ -80,7 +80,7 @@ class Options:
     crop_scale: tuple[float, float]
     flip_p: float
     val_fraction: float
-    select: str
+    metric: str
     points: list[tuple[str, float]]
     seeds: int
     seed: int
@@ -226,8 +226,8 @@ def _distributed(dist: ddp.Dist, recipe: Recipe, dev: torch.device) -> str:
             f"{recipe.global_batch}; BatchNorm statistics {bn}")
 
 
-def _record(o: Options, inputs: Inputs, recipe: Recipe, main: Selected, *, selection: Selection,
-            dev: torch.device, dist: ddp.Dist, timer: PhaseTimer, warns: list[str]) -> dict[str, Any]:
+def _record(o: Options, inputs: Inputs, recipe: Recipe, main: Selected, *, dev: torch.device, dist: ddp.Dist,
+            timer: PhaseTimer, warns: list[str]) -> dict[str, Any]:
     """The result's bookkeeping (FinetuneResult's fields): what was chosen and how, the recipe and schedule, the
     data, the machine."""
     best, spec, test = main.best, inputs.backbone.spec, inputs.test
@@ -235,12 +235,13 @@ def _record(o: Options, inputs: Inputs, recipe: Recipe, main: Selected, *, selec
         "protocol": "finetune", "status": "complete", "model": spec.model, "image_size": spec.image_size,
         "small_stem": spec.small_stem, "weights": inputs.backbone.info,
         "chosen": FinetuneChoice(run=best.plan.name, lr=best.plan.base_lr, epoch=best.best_epoch,
-                                 epochs=best.plan.epochs, selected_by=selection.metric, rule=main.rule),
+                                 epochs=best.plan.epochs, selected_by=o.metric, rule=main.rule),
         "lr_grid": main.grid(), "learning_curve": [EpochPoint(**asdict(e)) for e in best.history],
         "recipe": asdict(recipe.with_lr(best.plan.base_lr)),
         "schedule": {k: v for k, v in asdict(best.plan).items() if k not in ("name", "rows_sha256")},
-        "selection": SelectionInfo(**asdict(selection), tie_break="lower validation loss, then the earlier epoch "
-                                                                  "and the smaller learning rate"),
+        "selection": SelectionInfo(metric=o.metric, imbalance=class_imbalance(inputs.train.labels[inputs.held.fit]),
+                                   tie_break="lower validation loss, then the earlier epoch and the smaller learning "
+                                             "rate"),
         "classes": list(inputs.classes), "n_train": len(inputs.train), "n_fit": int(inputs.held.fit.numel()),
         "n_val": int(inputs.held.val.numel()),
         "val_source": "given" if inputs.held.given else f"holdout {o.val_fraction:g} (seed {o.seed})",
@@ -271,7 +272,7 @@ class Trained:
     curve: FinetuneCurve | None
 
 
-def _train(o: Options, inputs: Inputs, recipe: Recipe, metric: str, *, dev: torch.device, dist: ddp.Dist,
+def _train(o: Options, inputs: Inputs, recipe: Recipe, *, dev: torch.device, dist: ddp.Dist,
            timer: PhaseTimer, warns: list[str], bar: Any, signals: StopSignals) -> Trained:
     """Step: the main selection over epochs (and ``lrs``), then the label-efficiency curve; every rank."""
     trainer = _trainer(o, inputs, recipe, dev, dist=dist, bar=bar, signals=signals)
@@ -279,10 +280,10 @@ def _train(o: Options, inputs: Inputs, recipe: Recipe, metric: str, *, dev: torc
     lrs = o.lrs or (recipe.base_lr,)
     with timer.phase("train"):
         main = select(trainer, name="main", fit=inputs.held.fit, val_rows=inputs.val, val=inputs.held.val,
-                      lrs=lrs, seed=o.seed, metric=metric, length=length)
+                      lrs=lrs, seed=o.seed, metric=o.metric, length=length)
     curve = None
     if o.points and not main.stopped:
-        spec = CurveSpec(o.points, o.seeds, o.seed, lrs, metric, o.val_fraction, length)
+        spec = CurveSpec(o.points, o.seeds, o.seed, lrs, o.metric, o.val_fraction, length)
         with timer.phase("label_efficiency"):
             drawn = label_curve(trainer, spec, fit=inputs.held.fit, main=main, evaluation=_evaluation(inputs))
         curve = None if drawn is None else FinetuneCurve.from_json(drawn)
@@ -298,10 +299,9 @@ def _session(o: Options, dev: torch.device, dist: ddp.Dist, timer: PhaseTimer) -
         inputs = _inputs(o, dev)
         _prepare_out(o, dist)
         recipe = _recipe(o, inputs, dist)
-        selection = resolve_select(o.select, inputs.train.labels[inputs.held.fit])
     warns = list(inputs.warnings)
     with StopSignals() as signals, progress_bar(o.show_progress) as bar:
-        done = _train(o, inputs, recipe, selection.metric, dev=dev, dist=dist, timer=timer, warns=warns, bar=bar,
+        done = _train(o, inputs, recipe, dev=dev, dist=dist, timer=timer, warns=warns, bar=bar,
                       signals=signals)
         main, trainer = done.main, done.trainer
         if main.stopped or (o.points and done.curve is None):
@@ -313,8 +313,7 @@ def _session(o: Options, dev: torch.device, dist: ddp.Dist, timer: PhaseTimer) -
         with timer.phase("score"):
             val, test = _score(trainer, inputs, main.best.state, seed=o.seed)
     result = FinetuneResult(val=val, test=test, knn=None, label_efficiency=done.curve,
-                            **_record(o, inputs, recipe, main, selection=selection, dev=dev, dist=dist, timer=timer,
-                                      warns=warns))
+                            **_record(o, inputs, recipe, main, dev=dev, dist=dist, timer=timer, warns=warns))
     save_finetuned(trainer.net, inputs.backbone.spec, inputs.classes, o.out / MODEL_FILE, info=_export_info(result))
     return write_finetune_reports(result, o.out, model_file=MODEL_FILE)
 
@@ -327,9 +326,10 @@ def finetune(config: FinetuneConfig | Source, /, *, show_progress: bool = False,
     rule; docs/finetune.md), or the training folder with the options as keywords. ``weights``: random,
     random-rescaled, pretrained (these need ``model``) or a backbone file, as ``extract`` takes them. The
     run length is ``epochs`` (default 30) or ``minutes`` (whole epochs planned from a timing of the step).
-    The epoch — and with ``lrs`` the base learning rate — is chosen on ``val``, else on the probe's
-    stratified hold-out of ``val_fraction`` of train (seeded); ``test`` is scored once, with the chosen
-    network. ``fractions``/``shots`` add a label curve whose subsets select with their own labels only.
+    The epoch — and with ``lrs`` the base learning rate — is chosen by ``metric`` (balanced, top1 or macro-f1) on
+    ``val``, else on the probe's stratified hold-out of ``val_fraction`` of train (seeded); ``test`` is scored
+    once, with the chosen network. ``fractions``/``shots`` add a label curve (in ``metric``) whose subsets select
+    with their own labels only.
     ``resume``: "no" (refuses to discard an unfinished run in ``out``), "auto" or "yes"; Ctrl-C saves and
     raises ``FinetuneInterrupted``. ``stop_after`` stops the session after that many steps (with a
     checkpoint). Writes ``out/model.safetensors`` (timm-loadable, with class names), report.json,
@@ -341,7 +341,7 @@ def finetune(config: FinetuneConfig | Source, /, *, show_progress: bool = False,
     o = Options(str(c.train), Path(c.out), c.weights, c.model, None if c.val is None else str(c.val),
                 None if c.test is None else str(c.test), c.image_size, c.small_stem, c.epochs, c.minutes,
                 c.batch_size, c.lr, c.lrs, c.backbone_lr_scale, c.layer_decay, c.weight_decay, c.warmup_epochs,
-                c.label_smoothing, c.crop_scale, c.flip_p, c.val_fraction, c.select,
+                c.label_smoothing, c.crop_scale, c.flip_p, c.val_fraction, c.metric,
                 parse_points(c.fractions, c.shots), c.seeds, c.seed,
                 default_workers() if c.workers is None else c.workers, c.resume,
                 ckpts.parse_save_every(c.save_every), c.stop_after, c.allow_pickle, c.image_column, c.label_column,

@@ -36,7 +36,7 @@ from sslprobe.finetuning.augment import TrainViews, normalize
 from sslprobe.finetuning.data import ImageRows
 from sslprobe.finetuning.recipe import Recipe, make_optimizer, set_lr
 from sslprobe.images.datasets import epoch_order
-from sslprobe.probing.metrics import selection_score
+from sslprobe.probing.metrics import selection_scores
 from sslprobe.runtime.signals import StopSignals
 from sslprobe.schedules import warmup_cosine, warmup_steps
 
@@ -72,12 +72,12 @@ class RunPlan:
     epochs: int
     total_steps: int
     warmup_steps: int
-    select: str
+    metric: str  # the declared metric (--metric) that chooses the epoch
     minutes: float | None  # the budget ``epochs`` was planned from (None: epochs were asked)
 
 
 def plan_run(name: str, *, recipe: Recipe, seed: int, fit: torch.Tensor, val: torch.Tensor, epochs: int,
-             select: str, minutes: float | None) -> RunPlan:
+             metric: str, minutes: float | None) -> RunPlan:
     """The run's schedule: the batch per process capped to the training rows, whole global batches per epoch,
     the warm-up."""
     world = recipe.world_size
@@ -88,7 +88,7 @@ def plan_run(name: str, *, recipe: Recipe, seed: int, fit: torch.Tensor, val: to
     spe = int(fit.numel()) // (batch * world)
     total = spe * epochs
     return RunPlan(name, recipe.base_lr, seed, int(fit.numel()), int(val.numel()), rows_digest(fit, val), batch, spe,
-                   epochs, total, warmup_steps(recipe.warmup_epochs, steps_per_epoch=spe, total=total), select, minutes)
+                   epochs, total, warmup_steps(recipe.warmup_epochs, steps_per_epoch=spe, total=total), metric, minutes)
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,7 @@ class EpochRecord:
     val_balanced: float | None
     lr: float  # the head's rate at the epoch's last step
     seconds: float
+    val_macro_f1: float | None = None  # (absent from a history saved before --metric)
 
 
 @dataclass
@@ -387,25 +388,25 @@ class Run:
         if not math.isfinite(train_loss):
             raise SSLProbeError(f"the training loss became {train_loss} in epoch {epoch} of run '{self.plan.name}'; "
                                 "lower --lr (nothing was saved for this run)")
-        self.history.append(EpochRecord(epoch, self.step, train_loss, *val, self.recipe.lr * self.factor,
-                                        self._elapsed()))
-        score = math.nan if val[0] is None else val[1] if self.plan.select == "top1" else val[2]
-        loss = math.inf if val[0] is None else val[0]
-        if val[0] is None or (score, -loss) > (self.best[1], -self.best[2]):  # ties: lower loss, then earlier
+        loss, scores = val
+        self.history.append(EpochRecord(epoch, self.step, train_loss, loss, scores.get("top1"), scores.get("balanced"),
+                                        self.recipe.lr * self.factor, self._elapsed(), scores.get("macro-f1")))
+        score = math.nan if loss is None else scores[self.plan.metric]
+        loss = math.inf if loss is None else loss
+        if not scores or (score, -loss) > (self.best[1], -self.best[2]):  # ties: lower loss, then earlier
             self.best = (epoch, score, loss)
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.t.net.state_dict().items()}
-        shown = "" if val[0] is None else f", val {self.plan.select} {score:.3f}"
+        shown = "" if not scores else f", val {self.plan.metric} {score:.3f}"
         self.t.bar.update(self.task, description=f"{self.plan.name}: epoch {epoch}/{self.plan.epochs}{shown}")
 
-    def _validate(self) -> tuple[float | None, float | None, float | None]:
-        """(loss, top-1, balanced accuracy) on the run's validation rows; Nones without any."""
+    def _validate(self) -> tuple[float | None, dict[str, float]]:
+        """(loss, every metric of ``METRICS``) on the run's validation rows; (None, {}) without any."""
         if self.val.numel() == 0:
-            return None, None, None
+            return None, {}
         y = self.val_rows.labels[self.val].to(self.t.device)
         scores = self.t.eval_logits(self.val_rows, self.val)
-        pred, k = scores.argmax(1), len(self.t.setup["classes"])
-        return (float(F.cross_entropy(scores, y)), selection_score(pred, y, metric="top1", num_classes=k),
-                selection_score(pred, y, metric="balanced", num_classes=k))
+        return (float(F.cross_entropy(scores, y)),
+                selection_scores(scores.argmax(1), y, num_classes=len(self.t.setup["classes"])))
 
     def _due(self) -> bool:
         last_step, last_time = self.saved

@@ -1,9 +1,9 @@
 """A fine-tune's report: the table on the terminal and the files of a probe report, plus the learning curve.
 
 The metrics are ``probing.metrics.scored``'s (top-1/top-5, balanced accuracy, macro-F1, per class,
-confusion, bootstrap intervals), shown in ``probing.report``'s table and cells, and the files a probe
-writes — report.json, per_class_{val,test}.csv, confusion.png, label_efficiency.png — with
-learning_curve.png (loss and validation accuracy per epoch, the chosen epoch marked; the figures are
+confusion, bootstrap intervals), shown in ``probing.report``'s table and cells (the declared metric first), and
+the files a probe writes — report.json, per_class_{val,test}.csv, confusion.png, label_efficiency.png — with
+learning_curve.png (loss and the declared metric on validation per epoch, the chosen epoch marked; the figures are
 ``plots.write_finetune_plots``) instead of the C path, so a fine-tune sits next to probe rows.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sslprobe.config.common import METRIC_NAMES
 from sslprobe.fileio import write_json
 from sslprobe.plots import write_finetune_plots
 from sslprobe.probing.report import (
@@ -64,7 +65,8 @@ def _render_curve(result: FinetuneResult, *, console: Console) -> None:
     le = result.label_efficiency
     if not le or not le.points:
         return
-    table = Table(title=f"label efficiency ({le.scored_on} top-1 %, mean ± std over draws)", title_justify="left")
+    table = Table(title=f"label efficiency ({le.scored_on} {METRIC_NAMES[le.scored_by]} %, mean ± std "
+                  "over draws)", title_justify="left")
     for col in ("labels", "train rows", "draws", "fine-tuned", "epoch chosen by"):
         table.add_column(col, justify="left" if col == "labels" else "right")
     for p in le.points:

@@ -1,7 +1,7 @@
 """Model selection on validation rows: one run per learning rate of the grid, each choosing its epoch; the best wins.
 
-Runs are ranked by the selection metric of their best epoch (validation top-1 or balanced accuracy,
-``probing.metrics.resolve_select``'s rule), ties going to the lower validation loss, then to the smaller
+Runs are ranked by the declared metric (``--metric``: validation balanced accuracy, top-1 or macro-F1) of their
+best epoch, ties going to the lower validation loss, then to the smaller
 learning rate — the probe's ranking of C (docs/probe.md). Without validation rows (a label subset
 with one label in a class) nothing can choose: the middle learning rate of the grid trains and its
 last epoch is kept.
@@ -62,12 +62,12 @@ def select(trainer: Trainer, *, name: str, fit: torch.Tensor, val_rows: ImageRow
         if trainer.budget.stopped:
             return Selected(runs, None, rule)
         plan = plan_run(name if len(lrs) == 1 else f"{name}-lr{lr:g}", recipe=trainer.recipe.with_lr(lr), seed=seed,
-                        fit=fit, val=val, epochs=1, select=metric, minutes=length.minutes)
+                        fit=fit, val=val, epochs=1, metric=metric, minutes=length.minutes)
         # the rows one process trains per epoch (all of them in one process): its steps at the timed cost
         epochs = length.epochs_for(n_train=plan.steps_per_epoch * plan.batch_size, n_val=plan.n_val,
                                    batch=plan.batch_size)
         plan = plan_run(plan.name, recipe=trainer.recipe.with_lr(lr), seed=seed, fit=fit, val=val, epochs=epochs,
-                        select=metric, minutes=length.minutes)
+                        metric=metric, minutes=length.minutes)
         task = trainer.bar.add_task(plan.name, total=plan.total_steps)
         result = Run(trainer, plan, fit=fit, val_rows=val_rows, val=val, task=task).run()
         runs.append(result)

@@ -1,4 +1,4 @@
-"""Where and how one probe computes: the device, solver and storage precisions, host offload, the selection metric.
+"""Where and how one probe computes: the device, solver and storage precisions, host offload, the declared metric.
 
 ``Solver`` is resolved once from the probe's arguments and the size of its splits, then every step
 builds its designs and C paths through it, so the choices (e.g. float64 for small problems, features
@@ -40,7 +40,7 @@ def offload(n: int, d: int, store: torch.dtype, dev: torch.device) -> bool:
 
 @dataclass(frozen=True)
 class Solver:
-    """Where and how the probe's designs live and are fitted (device, precisions, selection metric)."""
+    """Where and how the probe's designs live and are fitted (device, precisions, the metric that ranks C and k)."""
 
     device: torch.device
     dtype: torch.dtype
@@ -49,15 +49,15 @@ class Solver:
     offload: bool
     max_iter: int
     num_classes: int
-    select: str
+    metric: str  # the declared metric (--metric): it ranks C and kNN k
 
     @classmethod
     def for_splits(cls, splits: Splits, *, device: str, dtype: str, feature_dtype: str, chunk_rows: int | None,
-                   max_iter: int, select: str) -> Solver:
+                   max_iter: int, metric: str) -> Solver:
         """The solver for ``splits``: ``dtype`` "auto" sized by the fit split, offload by all train rows."""
         dev, store = pick_device(device), DTYPES[feature_dtype]
         compute = DTYPES[resolve_dtype(dtype, splits.Xf.shape[0], splits.X.shape[1])]
-        return cls(dev, compute, store, chunk_rows, offload(*splits.X.shape, store, dev), max_iter, splits.K, select)
+        return cls(dev, compute, store, chunk_rows, offload(*splits.X.shape, store, dev), max_iter, splits.K, metric)
 
     @property
     def dtype_name(self) -> str:
@@ -72,7 +72,7 @@ class Solver:
         """A C path fitting ``Zf`` (labels ``yf`` in [0, K)) scored on ``Zv``; ``stops`` override
         PathState's tol / rtol / max_iter."""
         return PathState(Zf, yf, Zv, yv, torch.unique(yf), self.num_classes, **{"max_iter": self.max_iter, **stops},
-                         select=self.select, on_fit=on_fit)
+                         metric=self.metric, on_fit=on_fit)
 
 
 __all__ = ["AUTO_FLOAT64_ELEMENTS", "DTYPES", "Solver", "offload", "resolve_dtype"]

@@ -5,7 +5,8 @@ Each point (a fraction of every class, or k shots per class) is drawn ``seeds`` 
 probe chooses its C with the subset's own labels only (k-fold cross-validation inside the subset,
 ``subset_c``): a "1 % labels" point that chose C on the full validation split would be using
 25× the labels it claims. kNN uses the subset as its bank; both are scored on the same
-evaluation rows, giving mean ± std over the draws.
+evaluation rows in the declared metric (``--metric``: the one that also ranks each subset's C), giving
+mean ± std over the draws.
 The standardisation of the full fit split and its stored design matrix are reused throughout;
 only row indices change, so the whole curve costs about as much as one probe.
 """
@@ -22,6 +23,7 @@ from sslprobe.knn import HEADLINE_K, knn_votes
 from sslprobe.labelcurves import Draw, LabelPlan, check_seeds, parse_points, run_curve, stats
 from sslprobe.probing.compute import Solver
 from sslprobe.probing.holdout import Splits, stratified_folds
+from sslprobe.probing.metrics import selection_score
 from sslprobe.probing.search import FoldedPath, PathState, SearchSpec, run_search
 from sslprobe.probing.solver import Design, Standardizer, fit, model_columns
 from sslprobe.runtime.progress import progress_bar
@@ -42,9 +44,9 @@ def label_efficiency(points: Sequence[tuple[str, float]], *, labels: torch.Tenso
                      linear: Callable[[torch.Tensor], tuple[float, float, str]] | None,
                      knn: Callable[[torch.Tensor], float] | None,
                      progress: Callable[[], None] | None = None) -> list[dict]:
-    """One row per point: subset sizes and mean ± std of linear and kNN top-1 over ``seeds`` draws.
+    """One row per point: subset sizes and mean ± std of linear and kNN scores over ``seeds`` draws.
 
-    ``linear(rows) -> (top1, C, rule)`` and ``knn(rows) -> top1`` train on the fit-split ``rows`` and
+    ``linear(rows) -> (score, C, rule)`` and ``knn(rows) -> score`` train on the fit-split ``rows`` and
     score the evaluation rows; ``rule`` says how C was chosen. The draws are ``labelcurves.run_curve``'s
     (a whole-split draw runs once).
     """
@@ -129,8 +131,12 @@ class CurveLearners:
         _, self.Xe, ye = self.splits.evaluation
         self.yf, self.ye = self.splits.yf.to(self.solver.device), ye.to(self.solver.device)
 
+    def score(self, pred: torch.Tensor) -> float:
+        """The declared metric of predictions ``pred`` of the evaluation rows."""
+        return selection_score(pred, self.ye, metric=self.solver.metric, num_classes=self.solver.num_classes)
+
     def linear(self, rows: torch.Tensor) -> tuple[float, float, str]:
-        """(top-1, C, how C was chosen) of the linear probe trained on ``rows``."""
+        """(score, C, how C was chosen) of the linear probe trained on ``rows``."""
         if rows.numel() == self.splits.yf.numel():  # the whole fit split: the main search chose its C
             (c, model), cols, rule = self.main.best(), self.main.cols, "validation split"
         else:
@@ -139,14 +145,14 @@ class CurveLearners:
             c, rule = subset_c(self.solver, Zs, ys, spec=self.spec, seed=self.plan.seed)
             cols, lut = model_columns(ys, self.solver.num_classes)
             model = fit(Zs, lut[ys], C=c, max_iter=self.solver.max_iter, num_classes=cols.numel())
-        return float((cols[self.Ze.scores(model).argmax(1)] == self.ye).float().mean()), c, rule
+        return self.score(cols[self.Ze.scores(model).argmax(1)]), c, rule
 
     def knn(self, rows: torch.Tensor) -> float:
-        """Top-1 of kNN (k = 20) with the raw fit rows ``rows`` as its bank."""
+        """The score of kNN (k = 20) with the raw fit rows ``rows`` as its bank."""
         votes = knn_votes(self.splits.Xf[rows], self.splits.yf[rows], self.Xe, ks=[HEADLINE_K],
                           num_classes=self.solver.num_classes, temperature=self.plan.knn_temperature,
                           device=self.solver.device)[HEADLINE_K]
-        return float((votes.argmax(1) == self.ye).float().mean())
+        return self.score(votes.argmax(1))
 
 
 def label_curve(solver: Solver, splits: Splits, Zf: Design, Zv: Design, scaler: Standardizer, *,
@@ -165,7 +171,7 @@ def label_curve(solver: Solver, splits: Splits, Zf: Design, Zv: Design, scaler: 
     if ev_name == "val":
         splits.warns.append("label efficiency scored on val (no --test): the full-split point chose C on "
                             "the same rows, so it is optimistic")
-    return {"scored_on": ev_name, "knn_k": HEADLINE_K, "points": curve,
+    return {"scored_on": ev_name, "metric": solver.metric, "knn_k": HEADLINE_K, "points": curve,
             "C_selection": f"each subset by stratified k-fold CV on its own labels (k = min({CV_FOLDS}, smallest "
                            f"class), binary search over C); 1 label in a class: C = {FEW_SHOT_C:g}"}
 

@@ -1,23 +1,20 @@
 """The metrics every classifier of sslprobe is scored by, and their intervals: one place for probe and fine-tune.
 
 ``classification_metrics`` computes the reported accuracies (linear, kNN and fine-tuned alike);
-``scored`` adds the 95 % bootstrap intervals of top-1 and balanced accuracy (uncertainty.py) and the
-predictions. The selection metric (``selection_score``: validation top-1 or balanced accuracy) ranks C,
-kNN k, epochs and learning rates; ``resolve_select`` says which one a run uses. Rendering these
-numbers is report.py's job, not this module's.
+``scored`` adds the 95 % bootstrap intervals of the three metrics (balanced accuracy, top-1, macro-F1:
+``uncertainty.bootstrap``) and the predictions. The declared metric (``--metric``; ``selection_score``
+on validation rows, defined by ``uncertainty.metric_of_counts``) ranks C, kNN k, epochs and learning
+rates. Rendering these numbers is report.py's job, not this module's.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
-from sslprobe.probing.uncertainty import bootstrap_intervals
+from sslprobe.config.common import METRIC_KEYS, METRICS
+from sslprobe.probing.uncertainty import LEVEL, RESAMPLES, bootstrap, metric_of_counts, order_interval
 from sslprobe.results import Metrics
-
-SELECT_METRICS = ("top1", "balanced")
-IMBALANCE = 2.0  # largest/smallest class count above which selection defaults to balanced accuracy
 
 
 def classification_metrics(scores: torch.Tensor, labels: torch.Tensor, *, num_classes: int) -> dict:
@@ -67,46 +64,47 @@ def classification_metrics(scores: torch.Tensor, labels: torch.Tensor, *, num_cl
     }
 
 
+def intervals(pred: torch.Tensor, labels: torch.Tensor, *, num_classes: int, seed: int) -> dict:
+    """95 % percentile-bootstrap intervals of balanced accuracy, top-1 and macro-F1 of predictions ``pred`` (N,):
+    ``RESAMPLES`` draws of the rows (the same draws for the three), order-statistic bounds at ``LEVEL``."""
+    out: dict = {}
+    for metric in METRICS:
+        values = bootstrap([pred[None]], labels, metric=metric, num_classes=num_classes, resamples=RESAMPLES, seed=seed)
+        out[METRIC_KEYS[metric]] = order_interval(values[0].sort().values, 1 - LEVEL)
+    return {**out, "level": LEVEL, "resamples": RESAMPLES, "method": "percentile bootstrap over test rows"}
+
+
 def scored(scores: torch.Tensor, labels: torch.Tensor, *, num_classes: int, seed: int) -> Metrics:
-    """Metrics of ``scores`` with bootstrap intervals of top-1 and balanced accuracy, and the predictions."""
+    """Metrics of ``scores`` with bootstrap intervals of the three metrics, and the predictions."""
     metrics = classification_metrics(scores, labels, num_classes=num_classes)
     pred = scores.argmax(1)
-    metrics["ci"] = bootstrap_intervals(pred, labels, num_classes=num_classes, seed=seed)
+    metrics["ci"] = intervals(pred, labels, num_classes=num_classes, seed=seed)
     metrics["predictions"] = pred.cpu().tolist()
     return Metrics.from_json(metrics)
 
 
-def selection_score(pred: torch.Tensor, labels: torch.Tensor, *, metric: str, num_classes: int) -> float:
-    """Top-1, or balanced accuracy (mean recall over the classes present in ``labels``)."""
-    hit = (pred == labels).double()
-    if metric == "top1":
-        return float(hit.mean())
+def selection_scores(pred: torch.Tensor, labels: torch.Tensor, *, num_classes: int) -> dict[str, float]:
+    """Each metric of ``METRICS`` (balanced, top1, macro-f1) of predictions ``pred`` (N,) in [0, K) on ``labels``,
+    from per-class counts on their device (``uncertainty.metric_of_counts``: one definition of each)."""
+    labels = labels.to(pred.device, torch.int64)
     support = torch.bincount(labels, minlength=num_classes).double()
-    recall = torch.zeros(num_classes, dtype=torch.float64, device=labels.device).index_add_(0, labels, hit)
-    present = support > 0
-    return float((recall[present] / support[present]).mean())
+    predicted = torch.bincount(pred, minlength=num_classes).double()
+    tp = torch.bincount(labels[pred == labels], minlength=num_classes).double()
+    return {m: float(metric_of_counts(tp, support, predicted, m)) for m in METRICS}
 
 
-@dataclass(frozen=True)
-class Selection:
-    """The metric that ranks C and kNN k on validation, and why it was chosen."""
-
-    metric: str  # one of SELECT_METRICS
-    reason: str
-    imbalance: float  # largest / smallest class count of the fit split
+def selection_score(pred: torch.Tensor, labels: torch.Tensor, *, metric: str, num_classes: int) -> float:
+    """The metric ``metric`` (balanced, top1 or macro-f1) of predictions ``pred`` on ``labels``."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric '{metric}'; one of {', '.join(METRICS)}")
+    return selection_scores(pred, labels, num_classes=num_classes)[metric]
 
 
-def resolve_select(select: str, labels: torch.Tensor) -> Selection:
-    """The selection metric: as asked, or balanced accuracy when classes are imbalanced > 2:1."""
-    counts = torch.bincount(labels)
+def class_imbalance(labels: torch.Tensor) -> float:
+    """Largest / smallest class count among the classes ``labels`` has (information for the report)."""
+    counts = torch.bincount(labels.cpu())
     counts = counts[counts > 0]
-    ratio = float(counts.max() / counts.min())
-    if select != "auto":
-        return Selection(select, "asked", ratio)
-    metric = "balanced" if ratio > IMBALANCE else "top1"
-    return Selection(metric, f"auto: largest/smallest class = {ratio:.3g} "
-                             f"({'>' if metric == 'balanced' else '≤'} {IMBALANCE:g})", ratio)
+    return float(counts.max() / counts.min())
 
 
-__all__ = ["IMBALANCE", "SELECT_METRICS", "Selection", "classification_metrics", "resolve_select", "scored",
-           "selection_score"]
+__all__ = ["class_imbalance", "classification_metrics", "intervals", "scored", "selection_score", "selection_scores"]

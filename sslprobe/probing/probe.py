@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,7 +24,7 @@ from sslprobe.probing.compute import Solver
 from sslprobe.probing.features import FeatureSet, as_feature_set, check_widths, labelled_paths, manifest_summary
 from sslprobe.probing.holdout import Splits, make_splits
 from sslprobe.probing.labeleff import CurvePlan, label_curve
-from sslprobe.probing.metrics import Selection, resolve_select, scored, selection_score
+from sslprobe.probing.metrics import class_imbalance, scored, selection_score
 from sslprobe.probing.predict import ProbeModel
 from sslprobe.probing.report import write_reports
 from sslprobe.probing.search import PathState, SearchSpec
@@ -126,7 +126,7 @@ def score_test(solver: Solver, splits: Splits, fitted: Fitted, *, seed: int) -> 
 def knn_step(solver: Solver, splits: Splits, *, ks: list[int], temperature: float, seed: int) -> KnnResult | None:
     """Step: kNN on L2-normalised raw features, val against the fit split and test against train+val.
 
-    k is chosen on validation by the selection metric (ties → k = 20 as in DINO, then smaller k).
+    k is chosen on validation by the declared metric (ties → k = 20 as in DINO, then smaller k).
     """
     if not ks:
         return None
@@ -142,12 +142,12 @@ def knn_step(solver: Solver, splits: Splits, *, ks: list[int], temperature: floa
         for k in ks:
             by_k[str(k)][name] = scored(votes[k], yq_d, num_classes=splits.K, seed=seed).summary()
             if name == "val":
-                val_score[k] = selection_score(votes[k].argmax(1), yq_d, metric=solver.select,
+                val_score[k] = selection_score(votes[k].argmax(1), yq_d, metric=solver.metric,
                                                num_classes=splits.K)
     if ks[-1] > splits.Xf.shape[0]:
         splits.warns.append(f"kNN: k > {splits.Xf.shape[0]} train rows was clipped to the train size")
     k_head = max(ks, key=lambda k: (val_score[k], k == HEADLINE_K, -k))
-    return KnnResult(k=k_head, temperature=temperature, selected_by=solver.select, **by_k[str(k_head)],
+    return KnnResult(k=k_head, temperature=temperature, selected_by=solver.metric, **by_k[str(k_head)],
                      by_k={k: KnnSplits(**row) for k, row in by_k.items()})
 
 
@@ -160,13 +160,14 @@ def _warn_unconverged(path: list[CPoint], dtype: str, warns: list[str]) -> None:
 
 
 def _record(chosen: Chosen, splits: Splits, sets: Mapping[str, FeatureSet | None], solver: Solver, *,
-            selection: Selection, search: str, standardize: bool, val_fraction: float, seed: int,
+            search: str, standardize: bool, val_fraction: float, seed: int,
             feature_dtype: str, chunk_rows: int | None, timer: PhaseTimer) -> dict[str, Any]:
     """The result's bookkeeping (ProbeResult's fields): the C path, how C was selected, the data, the machine
     and the timing."""
     return {
         "val_curve": chosen.path, "search": search,
-        "selection": SelectionInfo(**asdict(selection), tie_break="lower validation loss, then smaller C"),
+        "selection": SelectionInfo(metric=solver.metric, imbalance=class_imbalance(splits.yf),
+                                   tie_break="lower validation loss, then smaller C"),
         "classes": splits.names, "n_train": int(splits.X.shape[0]), "n_fit": int(splits.Xf.shape[0]),
         "n_val": int(splits.Xv.shape[0]), "dim": int(splits.X.shape[1]), "standardize": standardize,
         "val_source": "given" if splits.val_given else f"holdout {val_fraction:g} (seed {seed})",
@@ -187,9 +188,9 @@ def probe(config: ProbeConfig | Source, /, *, show_progress: bool = False, **opt
     ``search="grid"`` walks ``Cs`` (default: 45 log-spaced in [1e-6, 1e5]) small → large with warm
     starts and stops after ``patience`` C's that beat neither the best val score nor the lowest val
     loss (``patience=None``: the whole grid); ``"binary"`` is CLIP's coarse-then-bisect search.
-    ``C`` fixes it. ``select`` ranks C and kNN k by val ``top1`` or ``balanced`` accuracy (``auto``:
-    balanced when the classes are imbalanced more than 2:1); ties go to the lower val loss, then the
-    smaller C. Without a test set there is no refit: val metrics come from the search fit.
+    ``C`` fixes it. ``metric`` (``balanced``, the default, ``top1`` or ``macro-f1``) ranks C and kNN k on
+    val and is the label curve's metric; ties go to the lower val loss, then the smaller C. Without a test
+    set there is no refit: val metrics come from the search fit.
     ``knn_k=()`` skips kNN. ``fractions``/``shots`` add a label-efficiency curve (``seeds`` draws per
     point, each choosing C by k-fold CV within its own labels) scored on test (else val). ``dtype``:
     solver precision (``auto``: float64 for small problems; TF32 is always off); ``feature_dtype=
@@ -209,9 +210,8 @@ def probe(config: ProbeConfig | Source, /, *, show_progress: bool = False, **opt
                                    knn_temperature=knn_temperature if ks else None)
         sets = _load(c.train, c.val, c.test)
         splits = make_splits(sets, val_fraction=p.val_fraction, seed=seed)
-        selection = resolve_select(p.select, splits.yf)
         solver = Solver.for_splits(splits, device=p.device, dtype=p.dtype, feature_dtype=feature_dtype,
-                                   chunk_rows=p.chunk_rows, max_iter=p.max_iter, select=selection.metric)
+                                   chunk_rows=p.chunk_rows, max_iter=p.max_iter, metric=p.metric)
     chosen = on_validation(solver, splits, spec=SearchSpec(C, p.Cs, p.search, p.patience), standardize=standardize,
                            plan=plan, seed=seed, timer=timer, show_progress=show_progress)
     final, test, refit_iters = chosen.fitted, None, None  # without a test set there is no refit
@@ -224,7 +224,7 @@ def probe(config: ProbeConfig | Source, /, *, show_progress: bool = False, **opt
     _warn_unconverged(chosen.path, solver.dtype_name, splits.warns)
     result = ProbeResult(C=chosen.C, val=chosen.val, label_efficiency=chosen.label_efficiency, test=test,
                          refit_iters=refit_iters, knn=knn,
-                         **_record(chosen, splits, sets, solver, selection=selection,
+                         **_record(chosen, splits, sets, solver,
                                    search="fixed" if C is not None else p.search, standardize=standardize,
                                    val_fraction=p.val_fraction, seed=seed, feature_dtype=feature_dtype,
                                    chunk_rows=p.chunk_rows, timer=timer))

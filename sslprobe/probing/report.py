@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sslprobe.config.common import METRIC_KEYS, METRIC_NAMES, METRIC_WORDS, METRICS
 from sslprobe.fileio import atomic_path, csv_text, write_json
 from sslprobe.results import (
     CurvePoint,
@@ -63,7 +64,24 @@ def with_ci(metrics: Metrics | None, key: str, *, digits: int = 2, unit: str = "
                                                                     if ci else "")
 
 
-_SELECT_NAMES = {"top1": "top-1", "balanced": "balanced accuracy"}
+def stacked_ci(metrics: Metrics | None, key: str) -> str:
+    """'84.51%' over '83.8–85.2': the value and its 95 % bootstrap interval on two lines, for a narrow column."""
+    if metrics is None or metrics.value(key) is None:
+        return "—"
+    ci = metrics.interval(key)
+    return percent(metrics.value(key)) + (f"\n{_bound(ci[0])}–{_bound(ci[1])}" if ci else "")
+
+
+def _bound(x: float) -> str:
+    return "100" if x >= 0.9995 else f"{100 * x:.1f}"  # '100–100' keeps a perfect interval as narrow as others
+
+
+_LONG_NAMES = {"balanced": "balanced accuracy", "top1": "top-1", "macro-f1": "macro-F1"}
+
+
+def metric_order(metric: str) -> list[str]:
+    """The three metrics as tables show them: the declared one first, then the other two (``METRICS`` order)."""
+    return [metric, *(m for m in METRICS if m != metric)]
 
 
 def _selection_line(result: ProbeResult | FinetuneResult) -> str | None:
@@ -71,12 +89,13 @@ def _selection_line(result: ProbeResult | FinetuneResult) -> str | None:
     if not sel:
         return None
     std = "standardised" if getattr(result, "standardize", True) else "not standardised"
-    return (f"C and kNN k chosen by validation {_SELECT_NAMES.get(sel.metric, sel.metric)} "
-            f"({sel.reason}); ties → lower val loss; features {std}; [..] = 95 % bootstrap interval")
+    why = f"{sel.reason}; " if sel.reason else ""
+    return (f"C and kNN k chosen by validation {_LONG_NAMES.get(sel.metric, sel.metric)} (--metric; {why}largest / "
+            f"smallest class {sel.imbalance:.3g}:1); ties → lower val loss; features {std}")
 
 
 def metrics_table(result: ProbeResult | FinetuneResult, *, title: str) -> Table:
-    """A rich table of top-1, top-5, balanced accuracy and macro-F1 (with intervals) and n, one column per split."""
+    """A rich table, one column per split: the declared metric, the other two (each with its interval), top-5, n."""
     from rich.table import Table
 
     splits = [s for s in ("val", "test") if result.split(s) is not None]
@@ -84,9 +103,9 @@ def metrics_table(result: ProbeResult | FinetuneResult, *, title: str) -> Table:
     table.add_column("metric")
     for s in splits:
         table.add_column(s, justify="right")
-    for key, name in (("top1", "top-1"), ("top5", "top-5"), ("balanced_accuracy", "balanced acc"),
-                      ("macro_f1", "macro-F1")):
-        table.add_row(name, *(with_ci(result.split(s), key) for s in splits))
+    for m in metric_order(result.metric):
+        table.add_row(METRIC_NAMES[m], *(with_ci(result.split(s), METRIC_KEYS[m]) for s in splits))
+    table.add_row("top-5", *(with_ci(result.split(s), "top5") for s in splits))
     table.add_row("n", *(str(result.split(s).n) for s in splits))
     return table
 
@@ -104,10 +123,11 @@ def render_files_and_warnings(result: ProbeResult | FinetuneResult, *, console: 
 
 
 def render_probe(result: ProbeResult, *, console: Console, title: str | None = None) -> None:
-    """Print the chosen C, linear-probe metrics per split, kNN top-1 by k and warnings."""
+    """Print the chosen C, linear-probe metrics per split, kNN by k (in the declared metric) and warnings."""
     from rich.table import Table
 
     console.print(metrics_table(result, title=title or "linear probe"))
+    console.print("[..] = 95 % bootstrap interval", style="dim", markup=False, highlight=False)
     searched = result.search not in (None, "fixed") and result.val_curve
     info = [f"C = {result.C:.3g}" + (f" ({result.search}, {len(result.val_curve)} fits)" if searched else ""),
             f"train n = {result.n_train}", f"dim = {result.dim}"]
@@ -124,18 +144,20 @@ def render_probe(result: ProbeResult, *, console: Console, title: str | None = N
         table = Table(title=f"kNN (cosine, T = {knn.temperature})", title_justify="left")
         table.add_column("k", justify="right")
         kn_splits = [s for s in ("val", "test") if any(getattr(v, s) for v in knn.by_k.values())]
+        metric = result.metric
         for s in kn_splits:
-            table.add_column(f"{s} top-1", justify="right")
+            table.add_column(f"{s} {METRIC_NAMES[metric]}", justify="right")
         for k, row in knn.by_k.items():
             mark = " *" if str(k) == str(knn.k) else ""
-            table.add_row(f"{k}{mark}", *(with_ci(getattr(row, s), "top1") for s in kn_splits))
+            table.add_row(f"{k}{mark}", *(with_ci(getattr(row, s), METRIC_KEYS[metric]) for s in kn_splits))
         console.print(table)
     render_label_efficiency(result, console=console)
     render_files_and_warnings(result, console=console)
 
 
 def curve_cell(point: CurvePoint | None, method: str) -> str:
-    """A label-efficiency point's top-1 for ``method`` ("linear", "knn", "finetune"): mean ± std over its draws."""
+    """A label-efficiency point's score (its curve's metric) for ``method`` ("linear", "knn", "finetune"): mean ±
+    sample std over its draws."""
     stats = point.stats(method) if point is not None else None
     if not stats:
         return "—"
@@ -157,13 +179,14 @@ def curve_label(point: CurvePoint) -> str:
 
 
 def render_label_efficiency(result: ProbeResult, *, console: Console) -> None:
-    """Mean ± std top-1 (over seeds) per label fraction / shot count, linear and kNN."""
+    """Mean ± std (over seeds) per label fraction / shot count, linear and kNN, in the curve's metric."""
     from rich.table import Table
 
     le = result.label_efficiency
     if not le or not le.points:
         return
-    table = Table(title=f"label efficiency ({le.scored_on} top-1 %, mean ± std over seeds)", title_justify="left")
+    table = Table(title=f"label efficiency ({le.scored_on} {METRIC_NAMES[le.scored_by]} %, mean ± std "
+                  "over seeds)", title_justify="left")
     has_knn = any(p.knn for p in le.points)
     knn_k = le.knn_k if le.knn_k is not None else 20
     for col in ("labels", "train rows", "seeds", "linear", *([f"kNN k={knn_k}"] if has_knn else []),
@@ -179,53 +202,73 @@ def render_label_efficiency(result: ProbeResult, *, console: Console) -> None:
 
 def render_comparison(rows: Sequence[tuple[str, ProbeResult | FinetuneResult]], *, console: Console,
                       title: str | None = None) -> None:
-    """One table comparing several probe results (e.g. random vs ImageNet vs BYOL features), then
-    the paired tests between them and one verdict sentence that respects the intervals.
+    """One table comparing several probe results (e.g. random vs ImageNet vs BYOL features), their label budgets,
+    then the paired tests between them and one verdict sentence that respects the intervals.
 
-    Label-efficiency points (when the results have them) become extra linear / kNN columns.
+    The declared metric leads (with its interval), then the other two and top-5, kNN in the declared metric, C.
+    Intervals sit under their values, so the table fits 80 columns; label-efficiency points (when the results
+    have them) are a table of their own, in the curves' metric.
     """
     from rich.table import Table
 
     split = "test" if all(r.test is not None for _, r in rows) else "val"
+    metric = rows[0][1].metric
+    order = metric_order(metric)
     table = Table(title=title or f"linear probe comparison ({split})", title_justify="left",
-                  caption="[..] = 95 % bootstrap interval over test rows", caption_justify="left")
-    for col in ("features", "linear top-1", "balanced acc", "kNN top-1", "C"):
-        table.add_column(col, justify="left" if col == "features" else "right")
-    le_points: list[tuple[str, float]] = []
-    for _, r in rows:
-        for p in _points(r):
-            if (p.kind, p.value) not in le_points:
-                le_points.append((p.kind, p.value))
-    for kind, value in le_points:
-        label = budget_label(kind, value)
-        table.add_column(f"linear @{label}", justify="right")
-        table.add_column(f"kNN @{label}", justify="right")
+                  caption="under each value: its 95 % bootstrap interval over test rows", caption_justify="left")
+    for col in ("features", *(METRIC_NAMES[m] for m in order), "top-5", f"kNN {METRIC_NAMES[metric]}", "C"):
+        table.add_column(col, justify="left" if col == "features" else "right", overflow="fold")
     for name, r in rows:
-        knn = r.knn
-        knn_cell = with_ci(getattr(knn, split), "top1") + f" (k={knn.k})" if knn is not None else "—"
+        m, knn = r.split(split), r.knn
+        knn_cell = stacked_ci(getattr(knn, split), METRIC_KEYS[metric]) + f"\nk={knn.k}" if knn else "—"
         c_cell = f"{r.C:.3g}" if r.C is not None else "—"  # a fine-tuned row has no C
-        cells = [name, with_ci(r.split(split), "top1"), with_ci(r.split(split), "balanced_accuracy"), knn_cell, c_cell]
-        pts = {(p.kind, p.value): p for p in _points(r)}
-        main = r.protocol
-        for key in le_points:
-            cells += [curve_cell(pts.get(key), main), curve_cell(pts.get(key), "knn")]
-        table.add_row(*cells)
+        table.add_row(name, *(stacked_ci(m, METRIC_KEYS[k]) for k in order), stacked_ci(m, "top5"), knn_cell, c_cell)
     console.print(table)
-    if le_points:
-        seeds = sorted({p.seeds for _, r in rows for p in _points(r)})
-        console.print(f"label-efficiency cells: mean ± std over {'/'.join(map(str, seeds))} seeded draws; each "
-                      "subset chose C by k-fold CV on its own labels", style="dim", markup=False, highlight=False)
+    _render_budgets(rows, console=console)
     if _selection_line(rows[0][1]):
         console.print(_selection_line(rows[0][1]), style="dim", markup=False, highlight=False)
     pairs = getattr(rows[0][1], "paired_tests", None) or []
     render_paired(pairs, console=console)
 
 
+def _render_budgets(rows: Sequence[tuple[str, ProbeResult | FinetuneResult]], *, console: Console) -> None:
+    """The rows' label-efficiency points side by side: linear (or fine-tuned) and kNN at each budget."""
+    from rich.table import Table
+
+    le_points = _budgets(rows)
+    if not le_points:
+        return
+    seeds = sorted({p.seeds for _, r in rows for p in _points(r)})
+    names = "/".join(sorted({METRIC_NAMES[r.label_efficiency.scored_by] for _, r in rows if r.label_efficiency}))
+    table = Table(title=f"label efficiency ({names} %, mean ± std)", title_justify="left",
+                  caption=f"over {'/'.join(map(str, seeds))} seeded draws, each choosing C (or its epoch) with its own "
+                  "labels", caption_justify="left")
+    table.add_column("features", overflow="fold")
+    for kind, value in le_points:
+        label = budget_label(kind, value)
+        table.add_column(f"linear @{label}", justify="right", overflow="fold")
+        table.add_column(f"kNN @{label}", justify="right", overflow="fold")
+    for name, r in rows:
+        pts = {(p.kind, p.value): p for p in _points(r)}
+        table.add_row(name, *(c for key in le_points for c in (curve_cell(pts.get(key), r.protocol),
+                                                               curve_cell(pts.get(key), "knn"))))
+    console.print(table)
+
+
+def _budgets(rows: Sequence[tuple[str, ProbeResult | FinetuneResult]]) -> list[tuple[str, float]]:
+    """Every (kind, value) label budget of the rows' curves, in first-seen order."""
+    out: list[tuple[str, float]] = []
+    for _, r in rows:
+        for p in _points(r):
+            if (p.kind, p.value) not in out:
+                out.append((p.kind, p.value))
+    return out
+
+
 def _points(r: ProbeResult | FinetuneResult) -> Sequence[CurvePoint]:
     return r.label_efficiency.points if r.label_efficiency is not None else []
 
 
-METRIC_NAMES = {"balanced": "balanced accuracy", "top1": "top-1", "macro-f1": "macro-F1"}
 PAIR_COLUMNS = ("A", "B", "Δ [CI]", "p", "p adj.", "verdict")
 
 
@@ -244,7 +287,7 @@ def render_paired(pairs: Sequence[PairedTest], *, console: Console) -> None:
     tested = [p for p in pairs if p.paired]
     if not pairs:
         return
-    metric = METRIC_NAMES.get(tested[0].metric, tested[0].metric) if tested else ""
+    metric = METRIC_WORDS.get(tested[0].metric, tested[0].metric) if tested else ""
     table = Table(title=f"paired tests on the same test images ({metric}, A − B, points)", title_justify="left",
                   caption=family_note(pairs), caption_justify="left")
     for col in PAIR_COLUMNS:
@@ -280,7 +323,7 @@ def family_note(pairs: Sequence[PairedTest]) -> str:
 
 
 def _sentence(p: PairedTest) -> str:
-    metric = METRIC_NAMES.get(p.metric, p.metric)
+    metric = METRIC_WORDS.get(p.metric, p.metric)
     lo, hi = (100 * v for v in p.ci)
     level = f"{100 * p.level:.3g} % CI"
     if p.significant:
@@ -356,7 +399,7 @@ def write_reports(result: ProbeResult, out: str | os.PathLike, *, probe_model: P
     return result
 
 
-__all__ = ["METRIC_NAMES", "PAIR_COLUMNS", "budget_label", "curve_cell", "curve_label", "family_note",
+__all__ = ["PAIR_COLUMNS", "budget_label", "curve_cell", "curve_label", "family_note", "metric_order",
            "metrics_table", "pair_cells", "pair_verdict", "percent", "render_comparison", "render_files_and_warnings",
-           "render_label_efficiency", "render_paired", "render_probe", "signed_ci", "summary", "verdict_sentence",
-           "with_ci", "write_per_class_csv", "write_per_class_csvs", "write_reports"]
+           "render_label_efficiency", "render_paired", "render_probe", "signed_ci", "stacked_ci", "summary",
+           "verdict_sentence", "with_ci", "write_per_class_csv", "write_per_class_csvs", "write_reports"]

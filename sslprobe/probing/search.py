@@ -4,8 +4,9 @@ Both walk from strong to weak regularisation with warm starts (weights and L-BFG
 carried from fit to fit). Every point is a converged fit of its own objective (``solver.fit``'s
 relative stop, max|grad| ≤ rtol·λ·max|W|): with an absolute tolerance alone, a warm start at weak
 regularisation already meets it, 19-21 of the 45 fits on scikit-learn's digits ran zero
-iterations, and one stale model was scored again and again. C is ranked by the selection metric
-(validation top-1 or balanced accuracy), ties going to the lower validation loss, then the smaller C.
+iterations, and one stale model was scored again and again. C is ranked by the declared metric
+(``--metric``: validation balanced accuracy, top-1 or macro-F1), ties going to the lower validation loss, then
+the smaller C.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from sslprobe.probing.metrics import selection_score
+from sslprobe.probing.metrics import selection_scores
 from sslprobe.probing.solver import Design, LogReg, column_table, fit
 
 DEFAULT_CS: tuple[float, ...] = tuple(10.0 ** (-6 + 11 * i / 44) for i in range(45))
@@ -50,7 +51,7 @@ class PathState:
     tol: float = SEARCH_TOL
     rtol: float | None = SEARCH_RTOL
     dec_rtol: float | None = SEARCH_DEC_RTOL
-    select: str = "top1"
+    metric: str = "balanced"  # the declared metric (config.common.METRICS) that ranks C
     on_fit: Callable[[dict], None] | None = None
     points: dict[float, tuple[float, float, LogReg]] = field(default_factory=dict)  # C → (score, loss, model)
     curve: list[dict] = field(default_factory=list)
@@ -77,11 +78,11 @@ class PathState:
         pred = self.cols[logits.argmax(1)]
         seen = self.seen
         loss = float(F.cross_entropy(logits[seen], self.lut[self.yv[seen]])) if seen.any() else math.inf
-        top1 = selection_score(pred, self.yv, metric="top1", num_classes=self.num_classes)
-        balanced = selection_score(pred, self.yv, metric="balanced", num_classes=self.num_classes)
-        score = top1 if self.select == "top1" else balanced
+        scores = selection_scores(pred, self.yv, num_classes=self.num_classes)
+        score = scores[self.metric]
         self.points[c] = (score, loss, model)
-        point = {"C": c, "top1": top1, "balanced_accuracy": balanced, "loss": loss if loss < math.inf else None,
+        point = {"C": c, "top1": scores["top1"], "balanced_accuracy": scores["balanced"],
+                 "macro_f1": scores["macro-f1"], "loss": loss if loss < math.inf else None,
                  "iters": model.n_iter, "converged": model.converged, "floor_limited": model.floor_limited}
         self.curve.append(point)
         if self.on_fit:

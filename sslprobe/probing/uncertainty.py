@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import torch
 
+from sslprobe.config.common import METRIC_KEYS, METRICS  # the --metric choices and their report.json keys, defined once
+
 RESAMPLES = 1000
 LEVEL = 0.95
 _BLOCK = 100  # resamples per block: (100, N) index tensors stay small for any test set
@@ -57,8 +59,6 @@ def bootstrap_intervals(pred: torch.Tensor, labels: torch.Tensor, *, num_classes
 
 # --- One metric, its intervals and paired tests over repeats and test rows (issue 21; docs/probe.md, "Verdict") ---
 
-METRICS = ("balanced", "top1", "macro-f1")  # the --metric choices; balanced first: chance is 1/K whatever the mix
-METRIC_KEYS = {"balanced": "balanced_accuracy", "top1": "top1", "macro-f1": "macro_f1"}  # their report.json keys
 PAIRED_RESAMPLES = 10_000  # enough for p-values near 0.05 / m to rest on tens of resamples, not a handful
 POWER = 0.8
 _CELLS = 4_000_000  # resample weights per block (b × N doubles): ~32 MB whatever the test size

@@ -10,7 +10,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sslprobe.probing.report import METRIC_NAMES, PAIR_COLUMNS, family_note, pair_cells, percent
+from sslprobe.config.common import METRIC_KEYS, METRIC_NAMES, METRIC_WORDS
+from sslprobe.probing.report import PAIR_COLUMNS, family_note, metric_order, pair_cells, percent
 from sslprobe.probing.report import with_ci as report_with_ci
 from sslprobe.results import CurvePoint, Metrics
 from sslprobe.study import numbers
@@ -63,12 +64,11 @@ def _title(r: StudyRecord) -> list[Block]:
 
 
 def _verdict(r: StudyRecord) -> list[Block]:
-    question = (f"Declared question (before any number was seen): {r.primary[0]} vs {r.primary[1]} in "
-                f"{METRIC_NAMES[r.opts.config.metric]}" + ("" if r.opts.config.primary else
-                                                            ", each the best of its kind on validation") + ".")
     out: list[Block] = [Heading("Verdict")]
     if r.primary:
-        out.append(Para(question))
+        how = "" if r.opts.config.primary else ", each the best of its kind on validation"
+        out.append(Para(f"Declared question (before any number was seen): {r.primary[0]} vs {r.primary[1]} in "
+                        f"{METRIC_WORDS[r.opts.config.metric]}{how}."))
     out.append(Para(r.verdict or "No two arms were scored on the same test images.", strong=True))
     lines = [*r.notes, *r.budget_sentences()]
     if lines:
@@ -77,24 +77,30 @@ def _verdict(r: StudyRecord) -> list[Block]:
 
 
 def _results(r: StudyRecord) -> list[Block]:
+    """The comparison table: the declared metric first with its interval, the other two, top-5, kNN, C, budgets."""
     bs = numbers.label_budgets(r.rows)
     split = "test" if all(x.test is not None for _, x in r.rows) else "val"
-    cols = ("arm", "what", "top-1 % [95 % CI]", "balanced acc %", "kNN top-1 %", "C",
-            *(f"top-1 @{b.label}" for b in bs))
+    metric = r.opts.config.metric
+    order = metric_order(metric)
+    name_of = METRIC_NAMES[metric]
+    cols = ("arm", "what", f"{name_of} % [95 % CI]", *(f"{METRIC_NAMES[m]} %" for m in order[1:]), "top-5 %",
+            f"kNN {name_of} %", "C", *(f"{name_of} @{b.label}" for b in bs))
     titles = {a.status.arm.name: a.status.arm.title for a in r.runs}
     rows = []
     for name, x in r.rows:
         knn = getattr(x.knn, split) if x.knn is not None else None
-        rows.append((name, titles.get(name, ""), with_ci(x.split(split), "top1"),
-                     with_ci(x.split(split), "balanced_accuracy"), with_ci(knn, "top1"),
-                     f"{x.C:.3g}" if x.C is not None else "—",
+        m = x.split(split)
+        rows.append((name, titles.get(name, ""), *(with_ci(m, METRIC_KEYS[k]) for k in order), with_ci(m, "top5"),
+                     with_ci(knn, METRIC_KEYS[metric]), f"{x.C:.3g}" if x.C is not None else "—",
                      *(_budget_cell(numbers.point(x, b), "linear") for b in bs)))
     first = r.rows[0][1].split(split) if r.rows else None
     n = first.n if first is not None else "?"
     return [Heading(f"Results ({split}, {n} images)"), Table(cols, tuple(rows)),
-            Para("[..] = 95 % bootstrap interval over the test images. Probe rows: the linear probe refit on train "
-                 "+ val at the C chosen on val; fine-tune rows: the epoch chosen on val. @budget columns: mean ± std "
-                 "over seeded draws of the train labels, each draw choosing its C (or epoch) on its own labels.")]
+            Para(f"Every number is in the declared metric, {name_of} (--metric {metric}): it chose C, kNN k, the "
+                 "fine-tune epoch and learning rate; the other two follow. [..] = 95 % bootstrap interval over the "
+                 "test images. Probe rows: the linear probe refit on train + val at the C chosen on val; fine-tune "
+                 "rows: the epoch chosen on val. @budget columns: mean ± std (sample, n − 1) over seeded draws of the "
+                 "train labels, each draw choosing its C (or epoch) on its own labels.")]
 
 
 def _repeats(r: StudyRecord) -> list[Block]:
@@ -129,12 +135,13 @@ def _label_efficiency(r: StudyRecord, figures: Figures) -> list[Block]:
             if p:
                 rows.append((name, b.label, str(p.n_train), str(p.seeds), _budget_cell(p, "linear"),
                              _budget_cell(p, "knn")))
+    name_of = METRIC_NAMES[r.opts.config.metric]
     out: list[Block] = [Heading("Label efficiency")]
     if figures.label_efficiency is not None:
-        out.append(Figure(figures.label_efficiency, "top-1 against labelled train images (the linear probe; "
+        out.append(Figure(figures.label_efficiency, f"{name_of} against labelled train images (the linear probe; "
                                                     "fine-tune arms: fine-tuned), mean ± std over seeded draws"))
-    out.append(Table(("arm", "labels", "train images", "draws", "top-1 % (linear or fine-tuned)", "kNN top-1 %"),
-                     tuple(rows)))
+    out.append(Table(("arm", "labels", "train images", "draws", f"{name_of} % (linear or fine-tuned)",
+                      f"kNN {name_of} %"), tuple(rows)))
     return out
 
 

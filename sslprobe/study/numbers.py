@@ -2,8 +2,9 @@
 
 Results are :class:`~sslprobe.results.ProbeResult` (or a fine-tune's result, read the same way). Full-label
 numbers carry the probe's 95 % bootstrap intervals over test rows; a label-budget number is a mean
-over seeded draws, with a t-interval over the draws. Two arms' draws at one budget are the same
-rows (the draws depend only on the train labels and the seed), so their difference is paired.
+over seeded draws in the curve's metric (the declared --metric), with a t-interval over the draws. Two
+arms' draws at one budget are the same rows (the draws depend only on the train labels and the seed), so
+their difference is paired.
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sslprobe.config.common import METRIC_KEYS, METRIC_NAMES, METRICS
 from sslprobe.probing.pairs import pooled
-from sslprobe.probing.uncertainty import METRIC_KEYS
 from sslprobe.results import CurvePoint, CurveStats, FinetuneResult, Metrics, ProbeResult
 
 Scored = ProbeResult | FinetuneResult
@@ -76,12 +77,13 @@ def split_of(r: Scored) -> str:
 
 
 def headline_stats(p: CurvePoint | None) -> CurveStats | None:
-    """A budget point's main top-1 statistics: the linear probe's, or a fine-tuned row's."""
+    """A budget point's main statistics (its curve's metric): the linear probe's, or a fine-tuned row's."""
     return None if p is None else p.headline
 
 
 def budget_difference(a: Scored, b: Scored, budget: LabelBudget) -> dict[str, Any] | None:
-    """A − B top-1 (linear or fine-tuned) at one budget over the paired draws: mean, t-interval, draws."""
+    """A − B (linear or fine-tuned, in the curves' metric) at one budget over the paired draws: mean, t-interval,
+    draws."""
     sa, sb = headline_stats(point(a, budget)), headline_stats(point(b, budget))
     if not sa or not sb:
         return None
@@ -90,23 +92,26 @@ def budget_difference(a: Scored, b: Scored, budget: LabelBudget) -> dict[str, An
         return None
     diffs = [x - y for x, y in zip(ra, rb)]
     ci = mean_interval(diffs)
-    return {"budget": budget.label, "kind": budget.kind, "value": budget.value, "mean": statistics.fmean(diffs),
+    metric = a.label_efficiency.scored_by if a.label_efficiency is not None else "top1"
+    return {"budget": budget.label, "kind": budget.kind, "value": budget.value, "metric": metric,
+            "mean": statistics.fmean(diffs),
             "ci": list(ci) if ci else None, "draws": len(diffs),
             "clear": ci is not None and (ci[0] > 0 or ci[1] < 0)}
 
 
 def difference_sentence(name_a: str, name_b: str, d: Mapping[str, Any]) -> str:
-    """'byol beats random by 3.1 points at 10 % labels (95 % t-interval over 3 draws 1.2 to 5.0)' or 'not
-    distinguishable'; a winner's interval is of its own lead."""
+    """'byol beats random by 3.1 points of balanced acc at 10 % labels (95 % t-interval over 3 draws 1.2 to 5.0)'
+    or 'not distinguishable'; a winner's interval is of its own lead."""
     at = f"at {d['budget']} labels" if d["kind"] == "fraction" else f"at {d['budget']}"
     sign = 1 if d["mean"] > 0 or not d["clear"] else -1
     lo, hi = sorted(sign * 100 * v for v in d["ci"]) if d["ci"] else (None, None)
     how = f"95 % t-interval over {d['draws']} paired draws {lo:+.1f} to {hi:+.1f}" if d["ci"] else \
         f"{d['draws']} draw, no interval"
+    of = METRIC_NAMES.get(d.get("metric", "top1"), "top-1")
     if d["clear"]:
         win, lose = (name_a, name_b) if sign > 0 else (name_b, name_a)
-        return f"{win} beats {lose} by {100 * abs(d['mean']):.1f} points {at} ({how})"
-    return f"{name_a} and {name_b} are not distinguishable {at} (Δ {100 * d['mean']:+.1f} points, {how})"
+        return f"{win} beats {lose} by {100 * abs(d['mean']):.1f} points of {of} {at} ({how})"
+    return f"{name_a} and {name_b} are not distinguishable {at} (Δ {100 * d['mean']:+.1f} points of {of}, {how})"
 
 
 def repeat_rows(arms: Sequence[tuple[str, Sequence[Scored]]], *, metric: str,
@@ -123,31 +128,36 @@ def repeat_rows(arms: Sequence[tuple[str, Sequence[Scored]]], *, metric: str,
 
 
 def csv_rows(name: str, r: Scored, *, method: str) -> list[dict[str, Any]]:
-    """results.csv rows of one arm: the full-label metrics, then every label budget (mean over draws)."""
+    """results.csv rows of one arm: the full-label metrics (one row each), then every label budget (mean over draws,
+    in the curve's metric)."""
     split = split_of(r)
     used = int(r.n_train) + (int(r.n_val) if split == "test" else 0)
-    out = [*_full(name, method, r.split(split), split=split, n=used)]
+    keys = [*(METRIC_KEYS[m] for m in (r.metric, *(m for m in METRICS if m != r.metric))), "top5"]
+    out = [*_full(name, method, r.split(split), keys, split=split, n=used)]
     knn = getattr(r.knn, split) if r.knn is not None else None
     if knn and method == "linear":
-        out += _full(name, "knn", knn, split=split, n=used)
-    scored_on = r.label_efficiency.scored_on if r.label_efficiency is not None else split
+        out += _full(name, "knn", knn, keys, split=split, n=used)
+    le = r.label_efficiency
+    scored_on, curve_key = (le.scored_on, METRIC_KEYS[le.scored_by]) if le is not None else (split, "")
     for b in label_budgets([(name, r)]):
         p = point(r, b)
         for m in ("linear", "finetune", "knn"):
             stats = p.stats(m) if p is not None else None
             if stats:
                 ci = mean_interval(stats.runs)
-                out.append(_row(name, m, b.label, b.kind, b.value, p.n_train, len(stats.runs), scored_on, "top1",
+                out.append(_row(name, m, b.label, b.kind, b.value, p.n_train, len(stats.runs), scored_on, curve_key,
                                 stats.mean, ci, stats.std, "t-interval over seeded draws" if ci else ""))
     return out
 
 
-def _full(name: str, method: str, m: Metrics | None, *, split: str, n: int) -> list[dict[str, Any]]:
+def _full(name: str, method: str, m: Metrics | None, keys: Sequence[str], *, split: str,
+          n: int) -> list[dict[str, Any]]:
+    """One row per metric of ``keys`` (the declared metric first)."""
     if m is None:
         return []
     return [_row(name, method, "all", "all", 1.0, n, 1, split, metric, m.value(metric), m.interval(metric), None,
                  "bootstrap over test rows" if m.interval(metric) else "")
-            for metric in ("top1", "balanced_accuracy", "macro_f1", "top5") if m.value(metric) is not None]
+            for metric in keys if m.value(metric) is not None]
 
 
 def _row(arm: str, method: str, labels: str, kind: str, value: float, n_train: int, seeds: int, split: str,

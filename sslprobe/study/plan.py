@@ -110,7 +110,7 @@ class StudyOptions:
         """The one probe protocol every probe arm goes through (and `compare` would, by hand)."""
         c = self.config
         return ProbeProtocol(fractions=c.fractions, shots=c.shots, seeds=c.seeds, knn_k=c.knn_k, search=c.search,
-                             select=c.select, seed=c.seed, device=c.device)
+                             metric=c.metric, seed=c.seed, device=c.device)
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ def _figures(r: StudyRecord, layout: Layout) -> Figures:
     if any(curves.values()):
         le = d / "label_efficiency.png"
         scored = next((x.label_efficiency.scored_on for _, x in r.rows if x.label_efficiency is not None), "test")
-        arms_label_efficiency_png(curves, le, scored_on=scored)
+        arms_label_efficiency_png(curves, le, scored_on=scored, metric=r.opts.config.metric)
     confusion, loss = {}, {}
     for run in r.runs:
         name = run.status.arm.name

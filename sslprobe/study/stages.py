@@ -192,7 +192,7 @@ def finetune_config(ctx: Context, arm: Arm, weights: Path | None) -> FinetuneCon
         {"weights": arm.weights, "model": c.model, "image_size": c.image_size}
     return FinetuneConfig(train=str(split("train")), val=str(split("val")), test=str(split("test")),
                           out=ctx.layout.arm(arm.name) / "finetune", minutes=ctx.opts.budget.minutes,
-                          fractions=c.fractions, shots=c.shots, seeds=c.seeds, select=c.select, seed=c.seed,
+                          fractions=c.fractions, shots=c.shots, seeds=c.seeds, metric=c.metric, seed=c.seed,
                           device=c.device, workers=c.workers, resume="auto", **start)
 
 

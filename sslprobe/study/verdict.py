@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from sslprobe.config.common import METRIC_WORDS
 from sslprobe.errors import SSLProbeError
-from sslprobe.probing.report import METRIC_NAMES, verdict_sentence
+from sslprobe.probing.report import verdict_sentence
 from sslprobe.probing.search import DEFAULT_CS
 from sslprobe.probing.uncertainty import METRIC_KEYS
 from sslprobe.results import FinetuneResult, Metrics, PairedTest, ProbeResult
@@ -76,7 +77,7 @@ def detectable_sentence(pairs: Sequence[PairedTest]) -> str | None:
     mde = lead.detectable if lead else sorted(p.detectable for p in tested)[len(tested) // 2]
     which = "the primary contrast" if lead else "a typical pair"
     return (f"With {tested[0].n:,} test images, differences under about {100 * mde:.1f} points of "
-            f"{METRIC_NAMES.get(tested[0].metric, tested[0].metric)} cannot be told apart (80 % power at the 5 % "
+            f"{METRIC_WORDS.get(tested[0].metric, tested[0].metric)} cannot be told apart (80 % power at the 5 % "
             f"level, from the bootstrap spread of {which}).")
 
 
@@ -87,7 +88,7 @@ def cautions(rows: Sequence[tuple[str, Scored]], *, metric: str) -> list[str]:
         m = r.split(r.headline_split)
         level, ci = (chance(m, metric), m.interval(key)) if m is not None else (None, None)
         if level is not None and ci is not None and ci[0] <= level:
-            out.append(f"{name} is near chance: its {METRIC_NAMES[metric]} interval [{100 * ci[0]:.1f}, "
+            out.append(f"{name} is near chance: its {METRIC_WORDS[metric]} interval [{100 * ci[0]:.1f}, "
                        f"{100 * ci[1]:.1f}] includes the {100 * level:.1f} % that guessing scores here.")
         out += _edges(name, r)
     return out
