@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -98,10 +99,15 @@ def metric_value(pred: torch.Tensor, labels: torch.Tensor, *, metric: str, num_c
 
 
 def _weighted(w: torch.Tensor, pred: torch.Tensor, labels: torch.Tensor, k: int, metric: str) -> torch.Tensor:
-    """The metric of one prediction vector under each row weighting of ``w`` (b, N): (b,)."""
-    y = _one_hot(labels, k)
-    hit = (pred == labels).double().unsqueeze(1)
-    return metric_of_counts(w @ (y * hit), w @ y, w @ _one_hot(pred, k), metric)
+    """The metric of one prediction vector under each row weighting of ``w`` (b, N): (b,). Per-class sums by
+    index_add (O(b·N), whatever the number of classes); a prediction outside [0, K) counts for no class."""
+    b = w.shape[0]
+    hit = (pred == labels).double()
+    inside = (pred >= 0) & (pred < k)
+    tp = torch.zeros(b, k, dtype=torch.float64).index_add_(1, labels, w * hit)
+    support = torch.zeros(b, k, dtype=torch.float64).index_add_(1, labels, w)
+    predicted = torch.zeros(b, k, dtype=torch.float64).index_add_(1, pred[inside], w[:, inside])
+    return metric_of_counts(tp, support, predicted, metric)
 
 
 def bootstrap(arms: Sequence[torch.Tensor], labels: torch.Tensor, *, metric: str, num_classes: int, resamples: int,
@@ -145,29 +151,60 @@ def signflip_p(a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor, *, metric
     predictions differ can change anything, so only they are drawn.
     """
     labels = labels.cpu()
-    n, r = labels.numel(), max(len(a), len(b))
+    n, r, k = labels.numel(), max(len(a), len(b)), num_classes
     a, b = a.cpu().reshape(-1, n).expand(r, n), b.cpu().reshape(-1, n).expand(r, n)
-    y, g = _one_hot(labels, num_classes), torch.Generator().manual_seed(seed)
-    support = y.sum(0)
-    parts = []  # per repeat: A's and B's counts, and what swapping each differing row moves from B to A
-    for i in range(r):
-        ha, hb = y * (a[i] == labels).double().unsqueeze(1), y * (b[i] == labels).double().unsqueeze(1)
-        pa, pb = _one_hot(a[i], num_classes), _one_hot(b[i], num_classes)
-        rows = (a[i] != b[i]).nonzero().squeeze(1)
-        parts.append((ha.sum(0), hb.sum(0), pa.sum(0), pb.sum(0), (hb - ha)[rows], (pb - pa)[rows]))
-    observed = abs(sum(float(metric_of_counts(ta, support, qa, metric) - metric_of_counts(tb, support, qb, metric))
-                       for ta, tb, qa, qb, _, _ in parts) / r)
+    g = torch.Generator().manual_seed(seed)
+    support = torch.bincount(labels, minlength=k).double()
+    parts = [_swappable(a[i], b[i], labels, k) for i in range(r)]
+    observed = abs(sum(float(metric_of_counts(p.tp_a, support, p.pred_a, metric)
+                             - metric_of_counts(p.tp_b, support, p.pred_b, metric)) for p in parts) / r)
     block, extreme = max(1, min(resamples, _CELLS // max(n, 1))), 0
     for start in range(0, resamples, block):
         m = min(block, resamples - start)
         delta = torch.zeros(m, dtype=torch.float64)
-        for ta, tb, qa, qb, dt, dq in parts:
-            swap = (torch.rand(m, len(dt), generator=g) < 0.5).double()
-            move_t, move_q = swap @ dt, swap @ dq
-            delta += (metric_of_counts(ta + move_t, support, qa + move_q, metric)
-                      - metric_of_counts(tb - move_t, support, qb - move_q, metric)) / r
+        for p in parts:
+            swap = (torch.rand(m, p.rows.numel(), generator=g) < 0.5).double()
+            move_t = torch.zeros(m, k, dtype=torch.float64).index_add_(1, p.label, swap * p.hit_gain)
+            move_q = (torch.zeros(m, k, dtype=torch.float64).index_add_(1, p.to_b, swap[:, p.b_inside])
+                      .index_add_(1, p.to_a, -swap[:, p.a_inside]))
+            delta += (metric_of_counts(p.tp_a + move_t, support, p.pred_a + move_q, metric)
+                      - metric_of_counts(p.tp_b - move_t, support, p.pred_b - move_q, metric)) / r
         extreme += int((delta.abs() >= observed - 1e-12).sum())
     return (1 + extreme) / (1 + resamples)
+
+
+@dataclass(frozen=True)
+class _Swap:
+    """One repeat of a pair for the randomization test: A's and B's per-class counts, and for each row where
+    the two predictions differ, what swapping it moves from B to A (its class, the hit it gains, the classes
+    predicted)."""
+
+    tp_a: torch.Tensor
+    tp_b: torch.Tensor
+    pred_a: torch.Tensor
+    pred_b: torch.Tensor
+    rows: torch.Tensor
+    label: torch.Tensor
+    hit_gain: torch.Tensor
+    to_a: torch.Tensor
+    to_b: torch.Tensor
+    a_inside: torch.Tensor
+    b_inside: torch.Tensor
+
+
+def _swappable(a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor, k: int) -> _Swap:
+    def counts(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hit = (p == labels).double()
+        inside = (p >= 0) & (p < k)
+        return (torch.zeros(k, dtype=torch.float64).index_add_(0, labels, hit),
+                torch.bincount(p[inside], minlength=k).double())
+
+    (tp_a, pred_a), (tp_b, pred_b) = counts(a), counts(b)
+    rows = (a != b).nonzero().squeeze(1)
+    pa, pb, y = a[rows], b[rows], labels[rows]
+    gain = (pb == y).double() - (pa == y).double()
+    a_in, b_in = (pa >= 0) & (pa < k), (pb >= 0) & (pb < k)
+    return _Swap(tp_a, tp_b, pred_a, pred_b, rows, y, gain, pa[a_in], pb[b_in], a_in, b_in)
 
 
 def pooled_value(preds: torch.Tensor, labels: torch.Tensor, *, metric: str, num_classes: int) -> float:
