@@ -157,10 +157,12 @@ def run_curve(plan: LabelPlan, *, labels: torch.Tensor, fit_and_score: Callable[
     return out
 
 
-def stats(values: list[float]) -> dict[str, Any]:
-    """mean, sample std (n − 1: the one std of every ± sslprobe shows; 0 for one draw) and the draws' values."""
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "runs": values}
+def stats(values: list[float], *, predictions: list[list[int]] | None = None) -> dict[str, Any]:
+    """mean, sample std (n − 1: the one std of every ± sslprobe shows; 0 for one draw) and the draws' values, with
+    each draw's predictions on the scored rows when given (the label-budget tests resample them)."""
+    out = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+           "runs": values}
+    return out if predictions is None else {**out, "predictions": predictions}
 
 
 __all__ = ["DRAW_SEED_STRIDE", "Draw", "LabelPlan", "Point", "check_seeds", "class_ranks", "draws", "parse_points",

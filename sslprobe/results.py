@@ -265,6 +265,7 @@ class CurveStats(JsonRecord):
     mean: float
     std: float
     runs: list[float]
+    predictions: list[list[int]] | None = optional()  # each draw's on the scored rows (not in summaries)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -394,6 +395,7 @@ class PairedTest(JsonRecord):
     b: str
     paired: bool
     reason: str | None = optional()
+    budget: str | None = optional()  # a label budget's test ("10 %", "5-shot"); absent: all the labels
     n: int | None = optional()
     metric: str | None = optional()
     role: str | None = optional()

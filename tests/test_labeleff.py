@@ -14,7 +14,7 @@ def test_curve_mean_std_and_single_run_for_whole_split():
 
     def linear(rows):
         calls.append(rows.numel())
-        return rows.numel() / 100, 1.0, "rule"
+        return rows.numel() / 100, 1.0, "rule", [rows.numel() % 2] * 4  # the draw's predictions of 4 rows
 
     points = label_efficiency([("fraction", 0.1), ("fraction", 1.0), ("shots", 2)], labels=y, seeds=3, seed=0,
                               linear=linear, knn=lambda rows: 0.5)
@@ -22,7 +22,7 @@ def test_curve_mean_std_and_single_run_for_whole_split():
     p = points[0]
     assert p["n_train"] == 10 and p["seeds"] == 3 and p["linear"]["mean"] == pytest.approx(0.1)
     assert p["linear"]["std"] == 0.0 and p["knn"]["runs"] == [0.5] * 3 and p["C"] == [1.0] * 3
-    assert p["C_rule"] == ["rule"]
+    assert p["C_rule"] == ["rule"] and p["linear"]["predictions"] == [[0, 0, 0, 0]] * 3  # kept per draw
     assert points[1]["seeds"] == 1 and points[2]["kind"] == "shots" and points[2]["n_train"] == 4
 
 

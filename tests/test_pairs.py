@@ -121,3 +121,36 @@ def test_the_other_metrics_are_reported_beside_the_declared_one():
     (p,) = paired_tests(rows, metric="macro-f1", resamples=1000)
     assert p.metric == "macro-f1" and set(p.others) == {"balanced_accuracy", "top1"}
     assert all(d.ci[0] <= d.value <= d.ci[1] and d.level == 0.95 for d in p.others.values())
+
+
+def _curved(name_draws: dict, labels: torch.Tensor) -> ProbeResult:
+    """A result whose label curve holds each budget's draws' test predictions."""
+    points = [{"kind": kind, "value": value, "n_train": 10, "seeds": len(draws), "C": [1.0] * len(draws),
+               "C_rule": ["fixed"], "linear": {"mean": 0.0, "std": 0.0, "runs": [0.0] * len(draws),
+                                              "predictions": [d.tolist() for d in draws]}}
+              for (kind, value), draws in name_draws.items()]
+    r = _result(labels, labels, list("abcd"))
+    return dataclasses.replace(r, label_efficiency=ProbeResult.from_json(
+        {**r.to_json(), "label_efficiency": {"scored_on": "test", "metric": "top1", "points": points}}
+    ).label_efficiency)
+
+
+def test_label_budgets_are_one_family_with_draws_pooled():
+    """At every budget (1-shot included) the BYOL arm against each other arm, draws as repeats, one Holm family."""
+    from sslprobe.probing.pairs import budget_tests
+
+    g = torch.Generator().manual_seed(9)
+    labels = torch.randint(4, (400,), generator=g)
+
+    def draws(acc: float, n: int = 3) -> list[torch.Tensor]:
+        return [torch.where(torch.rand(400, generator=g) < acc, labels, (labels + 1) % 4) for _ in range(n)]
+
+    rows = [("pixels", _curved({("shots", 1): draws(0.5), ("fraction", 0.1): draws(0.7)}, labels)),
+            ("random", _curved({("shots", 1): draws(0.5), ("fraction", 0.1): draws(0.7)}, labels)),
+            ("byol", _curved({("shots", 1): draws(0.5), ("fraction", 0.1): draws(0.95)}, labels))]
+    tests = budget_tests(rows, metric="top1", against=["byol"], resamples=2000)
+    assert sorted((p.budget, p.a, p.b) for p in tests) == [
+        ("1-shot", "pixels", "byol"), ("1-shot", "random", "byol"), ("10 %", "pixels", "byol"),
+        ("10 %", "random", "byol")]
+    assert all(p.family == 4 and p.repeats == 3 and p.role == "secondary" for p in tests)
+    assert {p.budget for p in tests if p.significant} == {"10 %"}  # byol's 95 % vs 70 %; 1-shot all alike

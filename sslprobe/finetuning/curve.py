@@ -39,13 +39,14 @@ class Evaluation:
     rows: ImageRows
     positions: torch.Tensor
 
-    def score(self, trainer: Trainer, state: dict[str, torch.Tensor], *, metric: str) -> float:
-        """The metric ``metric`` of the network with weights ``state`` on the evaluation rows."""
-        def score() -> float:
+    def score(self, trainer: Trainer, state: dict[str, torch.Tensor], *, metric: str) -> tuple[float, list[int]]:
+        """The metric ``metric`` of the network with weights ``state`` on the evaluation rows, and its predictions
+        (kept per draw: the study's label-budget tests resample draws and rows together)."""
+        def score() -> tuple[float, list[int]]:
             trainer.net.load_state_dict(state)
             pred = trainer.eval_logits(self.rows, self.positions).argmax(1).cpu()
             return selection_score(pred, self.rows.labels[self.positions], metric=metric,
-                                   num_classes=len(trainer.setup["classes"]))
+                                   num_classes=len(trainer.setup["classes"])), pred.tolist()
 
         return trainer.on_main(score)  # rank 0 scores, every rank gets its number (torchrun)
 
@@ -79,14 +80,15 @@ def label_curve(trainer: Trainer, spec: CurveSpec, *, fit: torch.Tensor, main: S
         sel = main if d.whole else _draw(trainer, spec, fit=fit, rows=d.rows, name=d.name, seed=d.seed)
         if sel.stopped:
             return None
-        return {"score": evaluation.score(trainer, sel.best.state, metric=spec.metric), "lr": sel.best.plan.base_lr,
-                "epoch": sel.best.best_epoch, "rule": "validation split" if d.whole else sel.rule}
+        score, pred = evaluation.score(trainer, sel.best.state, metric=spec.metric)
+        return {"score": score, "pred": pred, "lr": sel.best.plan.base_lr, "epoch": sel.best.best_epoch,
+                "rule": "validation split" if d.whole else sel.rule}
 
     curve = run_curve(spec, labels=trainer.train.labels[fit], fit_and_score=fit_and_score)
     if curve is None:
         return None
-    points = [p.row(finetune=stats(p.column("score")), lr=p.column("lr"), epoch=p.column("epoch"),
-                    rule=sorted(set(p.column("rule")))) for p in curve]
+    points = [p.row(finetune=stats(p.column("score"), predictions=p.column("pred")), lr=p.column("lr"),
+                    epoch=p.column("epoch"), rule=sorted(set(p.column("rule")))) for p in curve]
     return {"scored_on": evaluation.name, "metric": spec.metric, "points": points,
             "selection": "each subset by its own stratified hold-out (the validation fraction, at least one image "
                          "of a class with two), epoch and learning rate; 1 label in a class: the last epoch"}

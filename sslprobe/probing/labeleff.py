@@ -41,19 +41,20 @@ FEW_SHOT_C = 1.0  # scikit-learn's default C: used when a subset has a class wit
 
 
 def label_efficiency(points: Sequence[tuple[str, float]], *, labels: torch.Tensor, seeds: int, seed: int,
-                     linear: Callable[[torch.Tensor], tuple[float, float, str]] | None,
+                     linear: Callable[[torch.Tensor], tuple[float, float, str, list[int]]] | None,
                      knn: Callable[[torch.Tensor], float] | None,
                      progress: Callable[[], None] | None = None) -> list[dict]:
     """One row per point: subset sizes and mean ± std of linear and kNN scores over ``seeds`` draws.
 
-    ``linear(rows) -> (score, C, rule)`` and ``knn(rows) -> score`` train on the fit-split ``rows`` and
-    score the evaluation rows; ``rule`` says how C was chosen. The draws are ``labelcurves.run_curve``'s
-    (a whole-split draw runs once).
+    ``linear(rows) -> (score, C, rule, predictions)`` and ``knn(rows) -> score`` train on the fit-split
+    ``rows`` and score the evaluation rows; ``rule`` says how C was chosen; the linear predictions of every
+    draw are kept (a study tests label budgets by resampling draws and rows together). The draws are
+    ``labelcurves.run_curve``'s (a whole-split draw runs once).
     """
     def fit_and_score(draw: Draw) -> dict[str, Any]:
         got: dict[str, Any] = {}
         if linear is not None:
-            got["linear"], got["C"], got["rule"] = linear(draw.rows)
+            got["linear"], got["C"], got["rule"], got["pred"] = linear(draw.rows)
         if knn is not None:
             got["knn"] = knn(draw.rows)
         return got
@@ -61,7 +62,8 @@ def label_efficiency(points: Sequence[tuple[str, float]], *, labels: torch.Tenso
     curve = run_curve(LabelPlan(list(points), seeds, seed), labels=labels, fit_and_score=fit_and_score,
                       progress=progress)
     assert curve is not None  # fit_and_score never stops the curve
-    return [p.row(linear=stats(p.column("linear")) if linear is not None else None, C=p.column("C"),
+    return [p.row(linear=stats(p.column("linear"), predictions=p.column("pred")) if linear is not None else None,
+                  C=p.column("C"),
                   C_rule=sorted(set(p.column("rule"))), knn=stats(p.column("knn")) if knn is not None else None)
             for p in curve]
 
@@ -135,8 +137,8 @@ class CurveLearners:
         """The declared metric of predictions ``pred`` of the evaluation rows."""
         return selection_score(pred, self.ye, metric=self.solver.metric, num_classes=self.solver.num_classes)
 
-    def linear(self, rows: torch.Tensor) -> tuple[float, float, str]:
-        """(score, C, how C was chosen) of the linear probe trained on ``rows``."""
+    def linear(self, rows: torch.Tensor) -> tuple[float, float, str, list[int]]:
+        """(score, C, how C was chosen, predictions) of the linear probe trained on ``rows``."""
         if rows.numel() == self.splits.yf.numel():  # the whole fit split: the main search chose its C
             (c, model), cols, rule = self.main.best(), self.main.cols, "validation split"
         else:
@@ -145,7 +147,8 @@ class CurveLearners:
             c, rule = subset_c(self.solver, Zs, ys, spec=self.spec, seed=self.plan.seed)
             cols, lut = model_columns(ys, self.solver.num_classes)
             model = fit(Zs, lut[ys], C=c, max_iter=self.solver.max_iter, num_classes=cols.numel())
-        return self.score(cols[self.Ze.scores(model).argmax(1)]), c, rule
+        pred = cols[self.Ze.scores(model).argmax(1)]
+        return self.score(pred), c, rule, pred.cpu().tolist()
 
     def knn(self, rows: torch.Tensor) -> float:
         """The score of kNN (k = 20) with the raw fit rows ``rows`` as its bank."""

@@ -14,7 +14,8 @@ false "A beats B" in the family stays at 5 % (docs/probe.md, "Verdict").
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import dataclasses
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -158,13 +159,54 @@ def paired_tests(rows: Sequence[tuple[str, Scored]], *, metric: str = "balanced"
                  repeats: Mapping[str, Sequence[Scored]] | None = None) -> list[PairedTest]:
     """One entry per pair of results (in the given order): A − B in ``metric``, primary or in the Holm family,
     or why the two are unpaired. ``repeats``: an arm's results over repeats (seeds), pooled by the bootstrap."""
-    by_name, repeats = dict(rows), repeats or {}
+    tests, unpaired = _tests(rows, metric=metric, primary=primary, seed=seed, resamples=resamples,
+                             repeats=repeats or {})
+    return _family(tests, primary=primary) + unpaired
+
+
+def budget_tests(rows: Sequence[tuple[str, Scored]], *, metric: str, against: Collection[str], seed: int = 0,
+                 resamples: int = PAIRED_RESAMPLES) -> list[PairedTest]:
+    """Label budgets in the same statistics: at every budget (1-shot included) each arm of ``against`` against
+    every other arm, its seeded draws pooled as repeats (the draws are the same subsets for every arm, so they
+    pair), every (budget, pair) in one Holm family. Needs curves scored on test with their draws' predictions."""
+    tests: list[dict] = []
+    for kind, value in dict.fromkeys((p.kind, p.value) for _, r in rows for p in _points(r)):
+        runs = {name: budget_runs(r, kind, value) for name, r in rows}
+        present = [(n, got[0]) for n, got in runs.items() if got]
+        found, _ = _tests(present, metric=metric, primary=None, seed=seed, resamples=resamples,
+                          repeats={n: runs[n] for n, _ in present}, keep=lambda a, b: a in against or b in against)
+        name = f"{100 * value:g} %" if kind == "fraction" else f"{value:g}-shot"
+        tests += [{**t, "budget": name} for t in found]
+    return _family(tests, primary=None)
+
+
+def _points(r: Scored) -> list:
+    le = r.label_efficiency
+    return le.points if le is not None and le.scored_on == "test" else []
+
+
+def budget_runs(r: Scored, kind: str, value: float) -> list[Scored] | None:
+    """An arm's draws at one label budget, each as a result whose test predictions are that draw's."""
+    p = next((p for p in _points(r) if p.kind == kind and p.value == value), None)
+    got = p.headline if p is not None else None
+    if got is None or not got.predictions or r.test is None:
+        return None
+    return [dataclasses.replace(r, test=dataclasses.replace(r.test, predictions=pred)) for pred in got.predictions]
+
+
+def _tests(rows: Sequence[tuple[str, Scored]], *, metric: str, primary: tuple[str, str] | None, seed: int,
+           resamples: int, repeats: Mapping[str, Sequence[Scored]],
+           keep: Callable[[str, str], bool] | None = None) -> tuple[list[dict], list[PairedTest]]:
+    """Every pair's unadjusted test (those ``keep`` allows), and the pairs that cannot be paired."""
+    by_name = dict(rows)
     groups = {g[0]: g for g in _groups(rows)}
     drawn = {first: _draws(g, by_name, repeats, metric=metric, seed=seed, resamples=resamples)
              for first, g in groups.items()}
     home = {n: first for first, g in groups.items() for n in g}
     tests, unpaired = [], []
     for (na, _), (nb, _) in combinations(rows, 2):
+        if keep is not None and not keep(na, nb):
+            continue
         if na not in home or home.get(na) != home.get(nb):
             why = _why_unpaired(by_name[na], by_name[nb])
             unpaired.append(PairedTest(a=na, b=nb, paired=False, reason=why or "different test sets"))
@@ -172,7 +214,7 @@ def paired_tests(rows: Sequence[tuple[str, Scored]], *, metric: str = "balanced"
         if primary is not None and (nb, na) == tuple(primary):
             na, nb = nb, na  # the declared question reads as declared: A − B with A first
         tests.append(_pair(na, nb, drawn[home[na]], metric=metric, resamples=resamples, seed=seed))
-    return _family(tests, primary=primary) + unpaired
+    return tests, unpaired
 
 
 def pooled(runs: Sequence[Scored], *, metric: str, seed: int = 0,
@@ -202,4 +244,4 @@ def _family(tests: list[dict], *, primary: tuple[str, str] | None) -> list[Paire
     return sorted((decided[id(t)] for t in tests), key=lambda p: p.role != "primary")
 
 
-__all__ = ["ALPHA", "paired_tests", "pooled"]
+__all__ = ["ALPHA", "budget_runs", "budget_tests", "paired_tests", "pooled"]

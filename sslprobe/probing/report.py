@@ -322,18 +322,20 @@ def family_note(pairs: Sequence[PairedTest]) -> str:
     return note
 
 
-def _sentence(p: PairedTest) -> str:
+def pair_sentence(p: PairedTest) -> str:
+    """One pair in words, exactly as its ``significant`` says (a label budget's pair names its budget)."""
     metric = METRIC_WORDS.get(p.metric, p.metric)
+    at = "" if not p.budget else f" at {p.budget} of the labels" if "%" in p.budget else f" at {p.budget}"
     lo, hi = (100 * v for v in p.ci)
     level = f"{100 * p.level:.3g} % CI"
     if p.significant:
         sign = 1 if p.difference > 0 else -1
         a_lo, a_hi = sorted((sign * lo, sign * hi))
         loser = p.b if sign > 0 else p.a
-        return (f"{p.winner} beats {loser} by {100 * abs(p.difference):.1f} points of {metric} "
+        return (f"{p.winner} beats {loser} by {100 * abs(p.difference):.1f} points of {metric}{at} "
                 f"({level} {a_lo:.1f} to {a_hi:.1f}, p {p.p_adjusted:.2g})")
-    return (f"{p.a} and {p.b} are not distinguishable on this test set (Δ {100 * p.difference:+.1f} points of "
-            f"{metric}, {level} {lo:+.1f} to {hi:+.1f})")
+    return (f"{p.a} and {p.b} are not distinguishable{at} on this test set (Δ {100 * p.difference:+.1f} points "
+            f"of {metric}, {level} {lo:+.1f} to {hi:+.1f})")
 
 
 def verdict_sentence(pairs: Sequence[PairedTest]) -> str:
@@ -343,16 +345,16 @@ def verdict_sentence(pairs: Sequence[PairedTest]) -> str:
     tested = [p for p in pairs if p.paired]
     primary = [p for p in tested if p.role == "primary"]
     secondary = [p for p in tested if p.role != "primary"]
-    out = [f"Primary question: {_sentence(p)}" for p in primary]
+    out = [f"Primary question: {pair_sentence(p)}" for p in primary]
     if secondary:
-        found = [_sentence(p) for p in secondary if p.significant]
+        found = [pair_sentence(p) for p in secondary if p.significant]
         scope = "other comparison" if primary else "comparison"
         head = f"of the {len(secondary)} {scope}{'s' if len(secondary) > 1 else ''} (Holm-adjusted)"
         if found:
             out.append(f"{head[0].upper()}{head[1:]}: " + "; ".join(found)
                        + ("" if len(found) == len(secondary) else "; the rest are within noise"))
         elif len(secondary) == 1 and not primary:
-            out.append(_sentence(secondary[0]))
+            out.append(pair_sentence(secondary[0]))
         else:
             out.append(f"None {head} is beyond noise")
     return ". ".join(out) + "." if out else ""
@@ -400,6 +402,7 @@ def write_reports(result: ProbeResult, out: str | os.PathLike, *, probe_model: P
 
 
 __all__ = ["PAIR_COLUMNS", "budget_label", "curve_cell", "curve_label", "family_note", "metric_order",
-           "metrics_table", "pair_cells", "pair_verdict", "percent", "render_comparison", "render_files_and_warnings",
-           "render_label_efficiency", "render_paired", "render_probe", "signed_ci", "stacked_ci", "summary",
-           "verdict_sentence", "with_ci", "write_per_class_csv", "write_per_class_csvs", "write_reports"]
+           "metrics_table", "pair_cells", "pair_sentence", "pair_verdict", "percent", "render_comparison",
+           "render_files_and_warnings", "render_label_efficiency", "render_paired", "render_probe", "signed_ci",
+           "stacked_ci", "summary", "verdict_sentence", "with_ci", "write_per_class_csv", "write_per_class_csvs",
+           "write_reports"]

@@ -2,43 +2,21 @@
 
 Results are :class:`~sslprobe.results.ProbeResult` (or a fine-tune's result, read the same way). Full-label
 numbers carry the probe's 95 % bootstrap intervals over test rows; a label-budget number is a mean
-over seeded draws in the curve's metric (the declared --metric), with a t-interval over the draws. Two
-arms' draws at one budget are the same rows (the draws depend only on the train labels and the seed), so
-their difference is paired.
+over seeded draws in the curve's metric (the declared --metric), with the two-way bootstrap interval
+over the draws and the test rows (probing.pairs.pooled); its tests against other arms are
+probing.pairs.budget_tests.
 """
 from __future__ import annotations
 
-import math
-import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sslprobe.config.common import METRIC_KEYS, METRIC_NAMES, METRICS
-from sslprobe.probing.pairs import pooled
+from sslprobe.config.common import METRIC_KEYS, METRICS
+from sslprobe.probing.pairs import budget_runs, pooled
 from sslprobe.results import CurvePoint, CurveStats, FinetuneResult, Metrics, ProbeResult
 
 Scored = ProbeResult | FinetuneResult
-
-# two-sided 95 % Student t quantiles by degrees of freedom (beyond 30: the normal's 1.96)
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-        12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}
-
-
-def t95(df: int) -> float:
-    """The 97.5 % t quantile for ``df`` degrees of freedom (the nearest smaller tabulated df, conservative)."""
-    if df > 30:
-        return 1.96
-    return _T95[max(k for k in _T95 if k <= df)]
-
-
-def mean_interval(values: Sequence[float]) -> tuple[float, float] | None:
-    """95 % t-interval of the mean of ``values`` (None for fewer than two)."""
-    if len(values) < 2:
-        return None
-    m, half = statistics.fmean(values), t95(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
-    return m - half, m + half
-
 
 @dataclass(frozen=True)
 class LabelBudget:
@@ -81,39 +59,6 @@ def headline_stats(p: CurvePoint | None) -> CurveStats | None:
     return None if p is None else p.headline
 
 
-def budget_difference(a: Scored, b: Scored, budget: LabelBudget) -> dict[str, Any] | None:
-    """A − B (linear or fine-tuned, in the curves' metric) at one budget over the paired draws: mean, t-interval,
-    draws."""
-    sa, sb = headline_stats(point(a, budget)), headline_stats(point(b, budget))
-    if not sa or not sb:
-        return None
-    ra, rb = sa.runs, sb.runs
-    if len(ra) != len(rb):
-        return None
-    diffs = [x - y for x, y in zip(ra, rb)]
-    ci = mean_interval(diffs)
-    metric = a.label_efficiency.scored_by if a.label_efficiency is not None else "top1"
-    return {"budget": budget.label, "kind": budget.kind, "value": budget.value, "metric": metric,
-            "mean": statistics.fmean(diffs),
-            "ci": list(ci) if ci else None, "draws": len(diffs),
-            "clear": ci is not None and (ci[0] > 0 or ci[1] < 0)}
-
-
-def difference_sentence(name_a: str, name_b: str, d: Mapping[str, Any]) -> str:
-    """'byol beats random by 3.1 points of balanced acc at 10 % labels (95 % t-interval over 3 draws 1.2 to 5.0)'
-    or 'not distinguishable'; a winner's interval is of its own lead."""
-    at = f"at {d['budget']} labels" if d["kind"] == "fraction" else f"at {d['budget']}"
-    sign = 1 if d["mean"] > 0 or not d["clear"] else -1
-    lo, hi = sorted(sign * 100 * v for v in d["ci"]) if d["ci"] else (None, None)
-    how = f"95 % t-interval over {d['draws']} paired draws {lo:+.1f} to {hi:+.1f}" if d["ci"] else \
-        f"{d['draws']} draw, no interval"
-    of = METRIC_NAMES.get(d.get("metric", "top1"), "top-1")
-    if d["clear"]:
-        win, lose = (name_a, name_b) if sign > 0 else (name_b, name_a)
-        return f"{win} beats {lose} by {100 * abs(d['mean']):.1f} points of {of} {at} ({how})"
-    return f"{name_a} and {name_b} are not distinguishable {at} (Δ {100 * d['mean']:+.1f} points of {of}, {how})"
-
-
 def repeat_rows(arms: Sequence[tuple[str, Sequence[Scored]]], *, metric: str,
                 seed: int) -> list[tuple[str, str, str]]:
     """(arm, pooled % [95 % CI], each repeat's %) for the arms run more than once (--repeats)."""
@@ -144,9 +89,10 @@ def csv_rows(name: str, r: Scored, *, method: str) -> list[dict[str, Any]]:
         for m in ("linear", "finetune", "knn"):
             stats = p.stats(m) if p is not None else None
             if stats:
-                ci = mean_interval(stats.runs)
+                runs = budget_runs(r, b.kind, b.value) if m != "knn" and stats.predictions else None
+                ci = pooled(runs, metric=le.scored_by)[1] if runs else None
                 out.append(_row(name, m, b.label, b.kind, b.value, p.n_train, len(stats.runs), scored_on, curve_key,
-                                stats.mean, ci, stats.std, "t-interval over seeded draws" if ci else ""))
+                                stats.mean, ci, stats.std, "bootstrap over draws and test rows" if ci else ""))
     return out
 
 

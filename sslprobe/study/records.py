@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sslprobe.probing.report import pair_sentence
 from sslprobe.results import FinetuneResult, PairedTest, ProbeResult
-from sslprobe.study import numbers
 from sslprobe.study.assignment import Guard, Splits
 from sslprobe.study.commands import compare_command, study_command
 from sslprobe.study.layout import Placed
@@ -66,6 +66,7 @@ class StudyRecord:
     primary: tuple[str, str] | None  # the declared question (study/verdict.py)
     verdict: str
     notes: list[str]  # what the test set can detect, near-chance arms, grid edges, short BYOL runs
+    budget_pairs: list[PairedTest]  # each BYOL arm against the others at every label budget, one family
     seconds: float
     device_type: str
 
@@ -89,18 +90,8 @@ class StudyRecord:
         return [r.status.arm.name for r in self.runs if r.result is not None and r.status.arm.byol_init]
 
     def budget_sentences(self) -> list[str]:
-        """Paired label-budget differences between each BYOL arm and every other arm."""
-        results = dict(self.rows)
-        out = []
-        for a in self.byol_names():
-            for b, rb in self.rows:
-                if b == a or (b in self.byol_names() and self.byol_names().index(b) < self.byol_names().index(a)):
-                    continue
-                for budget in numbers.label_budgets(self.rows):
-                    d = numbers.budget_difference(results[a], rb, budget)
-                    if d is not None and budget.value != 1:
-                        out.append(numbers.difference_sentence(a, b, d))
-        return out
+        """The label-budget tests in words (one Holm family: probing.pairs.budget_tests)."""
+        return [pair_sentence(p) for p in self.budget_pairs if p.paired]
 
     def command(self) -> str:
         return self.opts.config.command or study_command(self.opts)

@@ -197,7 +197,7 @@ class _Study:
 
     def _finish(self, p: Prepared, runs: list[ArmRun]) -> StudyResult:
         """Steps: the declared question, paired tests, the verdict and its notes, the report files, the terminal."""
-        from sslprobe.probing.pairs import paired_tests
+        from sslprobe.probing.pairs import budget_tests, paired_tests
         from sslprobe.study import report, verdict
 
         c = self.opts.config
@@ -208,8 +208,11 @@ class _Study:
         rows = [(name, dataclasses.replace(r, paired_tests=pairs)) for name, r in rows]
         notes = verdict.notes(rows, pairs, metric=c.metric, byol=_byol_runs(runs, pool=len(p.pool),
                                                                              batch=c.byol.batch_size))
+        byol = [r.status.arm.name for r in runs if r.result is not None and r.status.arm.byol_init]
+        budget_pairs = budget_tests(rows, metric=c.metric, against=byol, seed=c.seed) if byol else []
         record = StudyRecord(opts=self.opts, prepared=p, runs=runs, rows=rows, pairs=pairs, primary=primary,
                              verdict=verdict.headline(pairs, repeats=self.opts.repeats), notes=notes,
+                             budget_pairs=budget_pairs,
                              seconds=time.perf_counter() - self.t0, device_type=self.device_type)
         files, doc = report.write_all(record, self.layout)
         if self.console is not None:
