@@ -13,12 +13,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sslprobe.config.common import METRIC_NAMES
 from sslprobe.fileio import write_json
 from sslprobe.plots import write_finetune_plots
 from sslprobe.probing.report import (
     curve_cell,
     curve_label,
+    curve_table,
     metrics_table,
     render_files_and_warnings,
     write_per_class_csvs,
@@ -60,15 +60,11 @@ def render_finetune(result: FinetuneResult | FinetuneStopped, *, console: Consol
 
 
 def _render_curve(result: FinetuneResult, *, console: Console) -> None:
-    from rich.table import Table
 
     le = result.label_efficiency
     if not le or not le.points:
         return
-    table = Table(title=f"label efficiency ({le.scored_on} {METRIC_NAMES[le.scored_by]} %, mean ± std "
-                  "over draws)", title_justify="left")
-    for col in ("labels", "train rows", "draws", "fine-tuned", "epoch chosen by"):
-        table.add_column(col, justify="left" if col == "labels" else "right")
+    table = curve_table(le, ("labels", "train rows", "draws", "fine-tuned", "epoch chosen by"))
     for p in le.points:
         table.add_row(curve_label(p), str(p.n_train), str(p.seeds), curve_cell(p, "finetune"), "; ".join(p.rule))
     console.print(table)

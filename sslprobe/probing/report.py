@@ -18,10 +18,12 @@ from sslprobe.config.common import METRIC_KEYS, METRIC_NAMES, METRIC_WORDS, METR
 from sslprobe.fileio import atomic_path, csv_text, write_json
 from sslprobe.results import (
     CurvePoint,
+    FinetuneCurve,
     FinetuneResult,
     JsonRecord,
     Metrics,
     PairedTest,
+    ProbeCurve,
     ProbeResult,
     ReportFiles,
 )
@@ -178,20 +180,27 @@ def curve_label(point: CurvePoint) -> str:
     return budget_label(point.kind, point.value)
 
 
+def curve_table(le: ProbeCurve | FinetuneCurve, columns: Sequence[str]) -> Table:
+    """A label-efficiency table's frame: the scored split and metric in its title, ``columns`` (labels first)."""
+    from rich.table import Table
+
+    table = Table(title=f"label efficiency ({le.scored_on} {METRIC_NAMES[le.scored_by]} %, mean ± std over seeded "
+                  "draws)", title_justify="left")
+    for col in columns:
+        table.add_column(col, justify="left" if col == "labels" else "right")
+    return table
+
+
 def render_label_efficiency(result: ProbeResult, *, console: Console) -> None:
     """Mean ± std (over seeds) per label fraction / shot count, linear and kNN, in the curve's metric."""
-    from rich.table import Table
 
     le = result.label_efficiency
     if not le or not le.points:
         return
-    table = Table(title=f"label efficiency ({le.scored_on} {METRIC_NAMES[le.scored_by]} %, mean ± std "
-                  "over seeds)", title_justify="left")
     has_knn = any(p.knn for p in le.points)
     knn_k = le.knn_k if le.knn_k is not None else 20
-    for col in ("labels", "train rows", "seeds", "linear", *([f"kNN k={knn_k}"] if has_knn else []),
-                "C (median)", "C chosen by"):
-        table.add_column(col, justify="left" if col == "labels" else "right")
+    table = curve_table(le, ("labels", "train rows", "seeds", "linear", *([f"kNN k={knn_k}"] if has_knn else []),
+                             "C (median)", "C chosen by"))
     for p in le.points:
         cs = sorted(p.C)
         table.add_row(curve_label(p), str(p.n_train), str(p.seeds), curve_cell(p, "linear"),
@@ -401,7 +410,7 @@ def write_reports(result: ProbeResult, out: str | os.PathLike, *, probe_model: P
     return result
 
 
-__all__ = ["PAIR_COLUMNS", "budget_label", "curve_cell", "curve_label", "family_note", "metric_order",
+__all__ = ["PAIR_COLUMNS", "budget_label", "curve_cell", "curve_label", "curve_table", "family_note", "metric_order",
            "metrics_table", "pair_cells", "pair_sentence", "pair_verdict", "percent", "render_comparison",
            "render_files_and_warnings", "render_label_efficiency", "render_paired", "render_probe", "signed_ci",
            "stacked_ci", "summary", "verdict_sentence", "with_ci", "write_per_class_csv", "write_per_class_csvs",
