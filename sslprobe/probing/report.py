@@ -322,7 +322,8 @@ def family_note(pairs: Sequence[PairedTest]) -> str:
     secondary = [p for p in tested if p.role == "secondary"]
     if not tested:
         return ""
-    note = "p and CI from one paired bootstrap over the test images"
+    note = ("p: the larger of the paired bootstrap's and a sign-flip randomization test's; CI: the same bootstrap "
+            "over the test images")
     if tested[0].repeats and tested[0].repeats > 1:
         note += f" and {tested[0].repeats} repeats"
     if secondary:
