@@ -126,8 +126,12 @@ class _Study:
             ctx = self._context(prepared, progress)
             runs = {s.arm.name: ArmRun(s) for s in statuses}
             for i, a in enumerate(runnable, start=1):
+                t0 = time.perf_counter()
                 runs[a.name] = self._arm(ctx, a, status=runs[a.name].status, index=i, arms=len(runnable))
+                cost = time.perf_counter() - t0
                 for rep in range(1, r):  # the same arm again with the next seed: every seeded stage reruns
+                    progress.note(f"{a.name}: repeat {rep + 1} of {r} (seed {self.opts.config.seed + rep}); the "
+                                  f"first took {cost / 60:.1f} min here (less when stages are reused)")
                     again = self._arm(_repeat(ctx, rep), dataclasses.replace(a, name=repeat_name(a.name, rep)),
                                       status=runs[a.name].status, index=i, arms=len(runnable))
                     runs[a.name] = dataclasses.replace(runs[a.name], repeats=(*runs[a.name].repeats, again.result))
