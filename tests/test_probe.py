@@ -479,7 +479,7 @@ def test_compare_and_resolve_sets(tmp_path):
     with pytest.raises(SSLProbeError, match="does not exist"):
         resolve_sets(tmp_path / "nope")
     rows = compare({n: resolve_sets(tmp_path / n) for n in ("good", "bad")}, out=tmp_path / "cmp", Cs=SMALL_CS,
-                   knn_k=(5,))
+                   knn_k=(5,), show_progress=False)  # the bench's call form (show_progress went to probe before)
     assert [n for n, _ in rows] == ["good", "bad"] and rows[0][1].test.top1 > rows[1][1].test.top1
     saved = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert set(saved["sets"]) == {"good", "bad"} and (tmp_path / "cmp" / "good" / "report.json").exists()

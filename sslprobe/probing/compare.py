@@ -19,7 +19,8 @@ from sslprobe.results import ProbeResult
 
 
 def compare(config: CompareConfig | Mapping[str, Mapping[str, Source | None]], /, *,
-            out: str | os.PathLike | None = None, **options: Any) -> list[tuple[str, ProbeResult]]:
+            out: str | os.PathLike | None = None, show_progress: bool = False,
+            **options: Any) -> list[tuple[str, ProbeResult]]:
     """Probe several feature sets with one protocol, then paired tests.
 
     ``config``: a :class:`~sslprobe.config.probe.CompareConfig` (NAME=DIR pairs and the protocol), or
@@ -40,7 +41,7 @@ def compare(config: CompareConfig | Mapping[str, Mapping[str, Source | None]], /
     rows = []
     for name, s in sets.items():
         r = probe(ProbeConfig(train=s["train"], val=s.get("val"), test=s.get("test"), protocol=protocol,
-                              out=None if out is None else Path(out) / name))
+                              out=None if out is None else Path(out) / name), show_progress=show_progress)
         rows.append((name, r))
     pairs = paired_tests(rows, metric=protocol.metric, primary=primary, seed=protocol.seed)
     rows = [(name, replace(r, paired_tests=pairs)) for name, r in rows]
