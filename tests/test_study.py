@@ -348,3 +348,16 @@ def test_repeats_rerun_every_seeded_stage_and_pool_the_intervals(class_folder, t
     single = study(class_folder, out=tmp_path / "s", arms=("random", "byol"), **TINY)  # repeat 1's stages reused
     # the pooled spread counts the seeds too (strictly wider when they disagree: test_uncertainty's repeats test)
     assert pair.se >= single.pairs[0].se and single.pairs[0].repeats == 1 and "One seed" in single.verdict
+
+
+def test_repeats_default_to_one_on_cpu_and_fit_three_into_a_gpu_budget(tmp_path):
+    from sslprobe.config.study import StudyConfig
+    from sslprobe.study.plan import StudyOptions
+
+    c = StudyConfig(data=str(tmp_path), out=tmp_path / "s", minutes=30.0)
+    assert StudyOptions.resolve(c, cuda=False).repeats == 1
+    gpu = StudyOptions.resolve(c, cuda=True)
+    assert gpu.repeats == 3 and gpu.budget.minutes == pytest.approx(10.0)  # the arm's 30 minutes, shared
+    assert StudyOptions.resolve(c.replace(minutes=9.0), cuda=True).repeats == 1  # 3 min a repeat: too little
+    given = StudyOptions.resolve(c.replace(repeats=2), cuda=True)
+    assert given.repeats == 2 and given.budget.minutes == 30.0  # a given --repeats keeps --minutes per repeat

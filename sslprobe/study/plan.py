@@ -81,6 +81,16 @@ class ByolLength:
 
 
 GPU_REPEATS = 3  # a GPU study's default: three seeds of every arm (on CPU one, and the verdict says so)
+MIN_REPEAT_MINUTES = 5.0  # a GPU repeat gets at least this much of --minutes, else the study runs one
+
+
+def default_repeats(minutes: float | None, *, cuda: bool) -> int:
+    """1 on CPU; on a GPU 3, fitted into --minutes (each repeat ≥ 5 minutes of it), else 1."""
+    if not cuda:
+        return 1
+    if minutes is None:
+        return GPU_REPEATS
+    return GPU_REPEATS if minutes / GPU_REPEATS >= MIN_REPEAT_MINUTES else 1
 
 
 @dataclass(frozen=True)
@@ -96,10 +106,12 @@ class StudyOptions:
     @classmethod
     def resolve(cls, config: StudyConfig, *, cuda: bool) -> StudyOptions:
         c = config
-        budget = ByolLength(epochs=c.epochs, minutes=c.minutes, steps=c.steps)
+        repeats = c.repeats if c.repeats is not None else default_repeats(c.minutes, cuda=cuda)
+        # --minutes is the arm's whole budget: a default number of repeats shares it (a given --repeats does not)
+        minutes = c.minutes / repeats if c.minutes is not None and c.repeats is None else c.minutes
+        budget = ByolLength(epochs=c.epochs, minutes=minutes, steps=c.steps)
         if c.epochs is None and c.minutes is None and c.steps is None:
             budget = ByolLength(epochs=PretrainConfig.epochs)
-        repeats = c.repeats if c.repeats is not None else GPU_REPEATS if cuda else 1
         return cls(config, parse_arms(c.arms or default_arms(cuda=cuda)), budget, repeats)
 
     @property
