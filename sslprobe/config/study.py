@@ -77,8 +77,8 @@ class StudyConfig(common.Runtime, common.ImageInputs):
     byol: ByolRecipe = option(help="The BYOL recipe.", factory=ByolRecipe)
     repeats: int | None = option(None, "Run every seeded stage (BYOL, random init, fine-tuning, label draws) this "
                                  "many times with seeds SEED, SEED+1, …; intervals and tests pool the repeats "
-                                 "(default: 1 on CPU; on a GPU 3, sharing --minutes when each gets ≥ 5 of them, else 1). The "
-                                 "split stays fixed.", rule=r.ge(1))
+                                 "(default: 1 on CPU; on a GPU 3, sharing --minutes when each gets ≥ 5 of them, "
+                                 "else 1). The split stays fixed.", rule=r.ge(1))
     primary: tuple[str, str] | None = option(None, "The declared question A,B (default: the best self-supervised arm "
                                               "vs the best baseline, each chosen on validation); every other pair "
                                               "is one Holm-adjusted family.", rule=r.two_names, cli_type=str,
