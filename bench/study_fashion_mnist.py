@@ -253,6 +253,8 @@ def main() -> None:
                    device=a.device, show_progress=True)
     times["probe + kNN + label efficiency (all rows)"] = round(time.perf_counter() - t0, 1)
 
+    from sslprobe.probing.report import summary  # without the draws' predictions (megabytes at 10k rows)
+
     result = {"profile": a.profile, "recipe": p, "fractions": FRACTIONS, "shots": SHOTS, "seeds": 3,
               "hardware": f"{platform.machine()}, {torch.get_num_threads()} threads, "
                           + (torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU only"),
@@ -265,7 +267,7 @@ def main() -> None:
                                 "knn_top1_ci": knn_test.interval("top1") if knn_test is not None else None,
                                 "knn_k": r.knn.k if r.knn is not None else None, "C": r.C, "dim": r.dim,
                                 "selection": r.selection.to_json() if r.selection else None, "warnings": r.warnings,
-                                "label_efficiency": r.label_efficiency and r.label_efficiency.to_json()["points"]}
+                                "label_efficiency": r.label_efficiency and summary(r.label_efficiency)["points"]}
     result["paired_tests"] = [q.to_json() for q in rows[0][1].paired_tests or []]
     write_json(work / "study.json", result)
     md = table(result)
