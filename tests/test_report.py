@@ -129,7 +129,8 @@ def test_paired_table_and_verdict_respect_the_interval():
     render_comparison([("byol", r), ("random", fake_result())], console=Console(file=buf, width=160))
     out = buf.getvalue()
     assert "within noise" in out and "byol better (primary)" in out and "+3.10 [+1.9, +4.3] (95 %)" in out
-    assert "Holm-adjusted p" in out
+    assert "Holm-adjusted" in " ".join(out.split())  # the table's caption (wrapped to the console)
+    assert "The other comparison: byol and imagenet are not distinguishable" in verdict_sentence([win, tie])
 
 
 def test_tables_lead_with_the_declared_metric_and_fit_80_columns():

@@ -363,8 +363,8 @@ def verdict_sentence(pairs: Sequence[PairedTest]) -> str:
         if found:
             out.append(f"{head[0].upper()}{head[1:]}: " + "; ".join(found)
                        + ("" if len(found) == len(secondary) else "; the rest are within noise"))
-        elif len(secondary) == 1 and not primary:
-            out.append(pair_sentence(secondary[0]))
+        elif len(secondary) == 1:
+            out.append(("The other comparison: " if primary else "") + pair_sentence(secondary[0]))
         else:
             out.append(f"None {head} is beyond noise")
     return ". ".join(out) + "." if out else ""
