@@ -2,10 +2,13 @@
 
 A 1-point gap on 500 test images is about one standard error of either accuracy, so every headline
 number carries a 95 % percentile-bootstrap interval (Efron & Tibshirani 1993, ch. 13: resample the
-test rows with replacement, recompute the metric). Two feature sets scored on the same test images
-are compared paired: the bootstrap resamples rows, not each set on its own, so the shared
-difficulty of an image cancels (Dietterich 1998 on paired tests for classifiers), and McNemar's
-exact test on the discordant rows gives a p-value for the top-1 difference.
+test rows with replacement, recompute the metric). Every metric (balanced accuracy, top-1, macro-F1)
+is computed from per-class counts under row weights, so one bootstrap serves them all, pooled over
+repeats (seeds) by the two-way bootstrap. Arms scored on the same test images are compared paired —
+the same draws for all, so the shared difficulty of an image cancels (Dietterich 1998) — with a
+sign-flip randomization test beside the bootstrap (McNemar's exact test for top-1), intervals as
+order statistics that agree with the p-value, Holm's adjustment for a family, and the difference
+detectable at 80 % power (docs/probe.md, "Verdict").
 """
 from __future__ import annotations
 
@@ -19,43 +22,6 @@ from sslprobe.config.common import METRIC_KEYS, METRICS  # the --metric choices 
 
 RESAMPLES = 1000
 LEVEL = 0.95
-_BLOCK = 100  # resamples per block: (100, N) index tensors stay small for any test set
-
-
-def _resampled(hit: torch.Tensor, labels: torch.Tensor, *, num_classes: int, resamples: int,
-               seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(top-1, balanced accuracy) of ``resamples`` bootstrap draws of the rows of ``hit`` (float (N,) or (S, N))."""
-    hit = hit.double().reshape(-1, labels.numel())  # (S, N): S score vectors resampled with the same rows
-    n, g = labels.numel(), torch.Generator().manual_seed(seed)
-    top1, bal = [], []
-    for start in range(0, resamples, _BLOCK):
-        b = min(_BLOCK, resamples - start)
-        idx = torch.randint(n, (b, n), generator=g)  # (b, N)
-        lab = labels[idx]  # (b, N)
-        flat = (torch.arange(b).view(-1, 1) * num_classes + lab).view(-1)
-        support = torch.bincount(flat, minlength=b * num_classes).view(b, num_classes).double()
-        present = support > 0
-        hits_b = hit[:, idx]  # (S, b, N)
-        top1.append(hits_b.mean(2))
-        per_class = torch.stack([torch.bincount(flat, weights=h.reshape(-1), minlength=b * num_classes)
-                                 for h in hits_b]).view(-1, b, num_classes)
-        recall = torch.where(present, per_class / support.clamp_min(1), 0.0)
-        bal.append(recall.sum(2) / present.sum(1))
-    return torch.cat(top1, 1), torch.cat(bal, 1)  # (S, resamples) each
-
-
-def _interval(values: torch.Tensor, level: float) -> list[float]:
-    lo, hi = torch.quantile(values, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=values.dtype))
-    return [float(lo), float(hi)]
-
-
-def bootstrap_intervals(pred: torch.Tensor, labels: torch.Tensor, *, num_classes: int,
-                        resamples: int = RESAMPLES, level: float = LEVEL, seed: int = 0) -> dict:
-    """95 % percentile-bootstrap intervals of top-1 and balanced accuracy for predictions ``pred`` (N,)."""
-    pred, labels = pred.cpu(), labels.cpu()
-    top1, bal = _resampled(pred == labels, labels, num_classes=num_classes, resamples=resamples, seed=seed)
-    return {"top1": _interval(top1[0], level), "balanced_accuracy": _interval(bal[0], level),
-            "level": level, "resamples": resamples, "method": "percentile bootstrap over test rows"}
 
 
 # --- One metric, its intervals and paired tests over repeats and test rows (issue 21; docs/probe.md, "Verdict") ---
@@ -248,6 +214,6 @@ def minimum_detectable(values: torch.Tensor, *, alpha: float = 1 - LEVEL, power:
     return z * float(values.std())
 
 
-__all__ = ["LEVEL", "METRICS", "METRIC_KEYS", "PAIRED_RESAMPLES", "RESAMPLES", "bootstrap", "bootstrap_intervals",
+__all__ = ["LEVEL", "METRICS", "METRIC_KEYS", "PAIRED_RESAMPLES", "RESAMPLES", "bootstrap",
            "bootstrap_p", "holm", "signflip_p", "metric_of_counts", "metric_value", "minimum_detectable",
            "order_interval", "pooled_value"]
