@@ -73,7 +73,9 @@ def test_repeats_widen_the_interval_when_seeds_disagree():
     labels = torch.randint(3, (300,), generator=g)
     runs = torch.stack([torch.where(torch.rand(300, generator=g) < acc, labels, (labels + 1) % 3)
                         for acc in (0.6, 0.75, 0.9)])
-    one = bootstrap([runs[1:2]], labels, metric="top1", num_classes=3, resamples=2000)[0]
-    pooled = bootstrap([runs], labels, metric="top1", num_classes=3, resamples=2000)[0]
+    one = bootstrap([runs[1:2]], labels, metrics=("top1",), num_classes=3, resamples=2000)["top1"][0]
+    pooled = bootstrap([runs], labels, metrics=("top1",), num_classes=3, resamples=2000)["top1"][0]
+    both = bootstrap([runs], labels, metrics=("top1", "balanced"), num_classes=3, resamples=2000)
+    assert torch.equal(both["top1"][0], pooled)  # one pass, the same draws for every metric
     assert float(pooled.std()) > 1.5 * float(one.std())
     assert float(pooled.mean()) == pytest.approx(pooled_value(runs, labels, metric="top1", num_classes=3), abs=0.02)

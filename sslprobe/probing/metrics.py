@@ -67,10 +67,8 @@ def classification_metrics(scores: torch.Tensor, labels: torch.Tensor, *, num_cl
 def intervals(pred: torch.Tensor, labels: torch.Tensor, *, num_classes: int, seed: int) -> dict:
     """95 % percentile-bootstrap intervals of balanced accuracy, top-1 and macro-F1 of predictions ``pred`` (N,):
     ``RESAMPLES`` draws of the rows (the same draws for the three), order-statistic bounds at ``LEVEL``."""
-    out: dict = {}
-    for metric in METRICS:
-        values = bootstrap([pred[None]], labels, metric=metric, num_classes=num_classes, resamples=RESAMPLES, seed=seed)
-        out[METRIC_KEYS[metric]] = order_interval(values[0].sort().values, 1 - LEVEL)
+    values = bootstrap([pred[None]], labels, metrics=METRICS, num_classes=num_classes, resamples=RESAMPLES, seed=seed)
+    out = {METRIC_KEYS[m]: order_interval(v[0].sort().values, 1 - LEVEL) for m, v in values.items()}
     return {**out, "level": LEVEL, "resamples": RESAMPLES, "method": "percentile bootstrap over test rows"}
 
 

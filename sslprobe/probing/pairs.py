@@ -84,8 +84,7 @@ def _renumbered(pred: Sequence[int], classes: Sequence[str], index: Mapping[str,
 @dataclass(frozen=True)
 class _Group:
     """One test set's labels, its arms' predictions (R, N) in one class numbering, and every metric's bootstrap
-    (A, resamples) of those arms, all on the same draws (the declared metric with ``resamples``, the others with
-    ``RESAMPLES``: they are descriptive)."""
+    (A, resamples) of those arms, all on the same draws (the counts once per draw, each metric from them)."""
 
     names: list[str]
     labels: torch.Tensor
@@ -103,8 +102,7 @@ def _draws(group: Sequence[str], rows: Mapping[str, Scored], repeats: Mapping[st
     for name in group:
         runs = repeats.get(name) or [rows[name]]
         preds.append(torch.stack([_renumbered(_test_rows(x)[1], x.classes, index) for x in runs]))
-    values = {m: bootstrap(preds, labels, metric=m, num_classes=len(index), seed=seed,
-                           resamples=resamples if m == metric else RESAMPLES) for m in METRICS}
+    values = bootstrap(preds, labels, metrics=METRICS, num_classes=len(index), resamples=resamples, seed=seed)
     return _Group(list(group), labels, preds, values, len(index))
 
 
@@ -135,17 +133,16 @@ def _pair(a: str, b: str, g: _Group, *, metric: str, resamples: int, seed: int) 
             "others": others, "_sorted": diff}
 
 
-def _decide(t: dict, *, role: str, p_adjusted: float, family: int, rank_multiplier: int) -> PairedTest:
+def _decide(t: dict, *, role: str, p_adjusted: float, family: int) -> PairedTest:
     """The pair's verdict at its (adjusted) level, with the interval from the bootstrap at that level.
 
     Holm multiplies the pair's p by ``p_adjusted / p``; the bootstrap interval at α / that multiplier
     excludes 0 whenever ``p_adjusted`` < α (the bootstrap's own p is at most p). When the randomization
     test keeps the pair within noise although that interval misses 0 (a handful of disagreeing rows), the
-    interval is extended to reach 0: interval and verdict say the same, always. A pair no resample crossed
-    (p = 0) uses its rank's Holm multiplier.
+    interval is extended to reach 0: interval and verdict say the same, always. (p is never 0: the
+    randomization test's is at least 1 / (resamples + 1).)
     """
-    multiplier = p_adjusted / t["p"] if t["p"] > 0 else rank_multiplier
-    alpha = ALPHA / max(multiplier, 1.0)
+    alpha = ALPHA / max(p_adjusted / t["p"], 1.0)
     significant = p_adjusted < ALPHA
     lo, hi = order_interval(t.pop("_sorted"), alpha)
     if not significant:
@@ -224,7 +221,8 @@ def pooled(runs: Sequence[Scored], *, metric: str, seed: int = 0,
     index = {c: i for i, c in enumerate(sorted(set(names)))}
     labels = torch.tensor([index[c] for c in names])
     preds = torch.stack([_renumbered(_test_rows(x)[1], x.classes, index) for x in runs])
-    values = bootstrap([preds], labels, metric=metric, num_classes=len(index), resamples=resamples, seed=seed)[0]
+    values = bootstrap([preds], labels, metrics=(metric,), num_classes=len(index), resamples=resamples,
+                       seed=seed)[metric][0]
     return (pooled_value(preds, labels, metric=metric, num_classes=len(index)),
             order_interval(values.sort().values, ALPHA))
 
@@ -234,13 +232,10 @@ def _family(tests: list[dict], *, primary: tuple[str, str] | None) -> list[Paire
     is_primary = [primary is not None and {t["a"], t["b"]} == set(primary) for t in tests]
     family = [t for t, first in zip(tests, is_primary) if not first]
     adjusted = holm([t["p"] for t in family])
-    order = sorted(range(len(family)), key=lambda i: family[i]["p"])
-    multiplier = {i: len(family) - rank for rank, i in enumerate(order)}
-    decided = {id(t): _decide(t, role="secondary", p_adjusted=adjusted[i], family=len(family),
-                              rank_multiplier=multiplier[i]) for i, t in enumerate(family)}
+    decided = {id(t): _decide(t, role="secondary", p_adjusted=q, family=len(family)) for t, q in zip(family, adjusted)}
     for t, first in zip(tests, is_primary):
         if first:
-            decided[id(t)] = _decide(t, role="primary", p_adjusted=t["p"], family=1, rank_multiplier=1)
+            decided[id(t)] = _decide(t, role="primary", p_adjusted=t["p"], family=1)
     return sorted((decided[id(t)] for t in tests), key=lambda p: p.role != "primary")
 
 

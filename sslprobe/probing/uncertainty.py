@@ -64,23 +64,29 @@ def metric_value(pred: torch.Tensor, labels: torch.Tensor, *, metric: str, num_c
     return float(_weighted(w, pred.cpu(), labels.cpu(), num_classes, metric)[0])
 
 
-def _weighted(w: torch.Tensor, pred: torch.Tensor, labels: torch.Tensor, k: int, metric: str) -> torch.Tensor:
-    """The metric of one prediction vector under each row weighting of ``w`` (b, N): (b,). Per-class sums by
-    index_add (O(b·N), whatever the number of classes); a prediction outside [0, K) counts for no class."""
+def _counts(w: torch.Tensor, pred: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
+    """Per-class (true positives, true rows, predicted rows) of one prediction vector under each row weighting of
+    ``w`` (b, N): each (b, K), by index_add (O(b·N) whatever K); a prediction outside [0, K) counts for no class."""
     b = w.shape[0]
     hit = (pred == labels).double()
     inside = (pred >= 0) & (pred < k)
     tp = torch.zeros(b, k, dtype=torch.float64).index_add_(1, labels, w * hit)
     support = torch.zeros(b, k, dtype=torch.float64).index_add_(1, labels, w)
     predicted = torch.zeros(b, k, dtype=torch.float64).index_add_(1, pred[inside], w[:, inside])
-    return metric_of_counts(tp, support, predicted, metric)
+    return tp, support, predicted
 
 
-def bootstrap(arms: Sequence[torch.Tensor], labels: torch.Tensor, *, metric: str, num_classes: int, resamples: int,
-              seed: int = 0) -> torch.Tensor:
-    """Bootstrap distributions (A, resamples) of the metric of each arm's predictions (R or 1, N), pooled over
-    its R repeats (seeds, label draws) of one test set; every arm is scored on the same draws, so a row of
-    differences is the paired bootstrap of that difference.
+def _weighted(w: torch.Tensor, pred: torch.Tensor, labels: torch.Tensor, k: int, metric: str) -> torch.Tensor:
+    """The metric of one prediction vector under each row weighting of ``w`` (b, N): (b,)."""
+    return metric_of_counts(*_counts(w, pred, labels, k), metric)
+
+
+def bootstrap(arms: Sequence[torch.Tensor], labels: torch.Tensor, *, metrics: Sequence[str], num_classes: int,
+              resamples: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Bootstrap distributions (A, resamples) of each metric of ``metrics`` for each arm's predictions (R or 1,
+    N), pooled over its R repeats (seeds, label draws) of one test set; every arm and every metric is scored on
+    the same draws (the counts once, each metric from them), so a row of differences is the paired bootstrap
+    of that difference.
 
     Rows and repeats are resampled independently, each with replacement, and every drawn repeat is scored
     on the same drawn rows: the two-way ("pigeonhole") bootstrap for a crossed design of seeds × test
@@ -94,17 +100,22 @@ def bootstrap(arms: Sequence[torch.Tensor], labels: torch.Tensor, *, metric: str
     r = max(len(a) for a in arms)
     g = torch.Generator().manual_seed(seed)
     block = max(1, min(resamples, _CELLS // max(n, 1)))
-    out = []
+    out: dict[str, list[torch.Tensor]] = {m: [] for m in metrics}
     for start in range(0, resamples, block):
         b = min(block, resamples - start)
         idx = torch.randint(n, (b, n), generator=g)
         w = torch.zeros(b, n, dtype=torch.float64).scatter_add_(1, idx, torch.ones(b, n, dtype=torch.float64))
         reps = torch.randint(r, (b, r), generator=g)
         wr = torch.zeros(b, r, dtype=torch.float64).scatter_add_(1, reps, torch.ones(b, r, dtype=torch.float64)) / r
-        out.append(torch.stack([
-            sum(wr[:, i] * _weighted(w, a[i], labels, num_classes, metric) for i in range(r)) if len(a) == r
-            else _weighted(w, a[0], labels, num_classes, metric) for a in arms]))
-    return torch.cat(out, 1)
+        per_arm = {m: [] for m in metrics}
+        for a in arms:
+            counts = [_counts(w, a[i], labels, num_classes) for i in range(len(a))]
+            for m in metrics:
+                values = [metric_of_counts(*c, m) for c in counts]
+                per_arm[m].append(sum(wr[:, i] * v for i, v in enumerate(values)) if len(a) == r else values[0])
+        for m in metrics:
+            out[m].append(torch.stack(per_arm[m]))
+    return {m: torch.cat(v, 1) for m, v in out.items()}
 
 
 def signflip_p(a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor, *, metric: str, num_classes: int,
