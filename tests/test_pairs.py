@@ -154,3 +154,20 @@ def test_label_budgets_are_one_family_with_draws_pooled():
         ("10 %", "random", "byol")]
     assert all(p.family == 4 and p.repeats == 3 and p.role == "secondary" for p in tests)
     assert {p.budget for p in tests if p.significant} == {"10 %"}  # byol's 95 % vs 70 %; 1-shot all alike
+
+
+def test_repeats_on_their_own_test_sets_pair_repeat_by_repeat():
+    """--resplit: each repeat's A and B share that repeat's test images; the pair pools the repeats (nested), and
+    an arm whose repeats are on other images than its partner's is unpaired."""
+    sets = [predictions(200, 0.7, seed=s) for s in (1, 2)]
+    paths = [[f"r{r}-{i}.png" for i in range(200)] for r in range(2)]
+    a = [_result(p, y, list("abcd"), paths=ps) for (p, y), ps in zip(sets, paths)]
+    b = [_result(y, y, list("abcd"), paths=ps) for (_, y), ps in zip(sets, paths)]
+    stray = [b[0], _result(sets[1][1], sets[1][1], list("abcd"), paths=[f"x{i}.png" for i in range(200)])]
+    pairs = paired_tests([("A", a[0]), ("B", b[0]), ("C", stray[0])], metric="top1",
+                         repeats={"A": a, "B": b, "C": stray})
+    ab = next(p for p in pairs if {p.a, p.b} == {"A", "B"})
+    assert ab.paired and ab.repeats == 2 and ab.significant
+    mean_gap = sum(float((y == y).double().mean() - (p == y).double().mean()) for p, y in sets) / 2
+    assert abs(ab.difference) == pytest.approx(mean_gap)
+    assert all(not p.paired for p in pairs if "C" in (p.a, p.b))

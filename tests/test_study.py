@@ -350,6 +350,23 @@ def test_repeats_rerun_every_seeded_stage_and_pool_the_intervals(class_folder, t
     assert pair.se >= single.pairs[0].se and single.pairs[0].repeats == 1 and "One seed" in single.verdict
 
 
+def test_resplit_draws_a_split_per_repeat_and_nests_the_bootstrap(class_folder, tmp_path, monkeypatch):
+    """--resplit: every repeat has its own splits-rN.json and test images; the arms still pair repeat by repeat,
+    and the pooled numbers are each repeat's on its own test set."""
+    monkeypatch.setenv("SSLPROBE_CACHE_DIR", str(tmp_path / "cache"))
+    r = study(class_folder, out=tmp_path / "s", arms=("pixels", "random"), repeats=2, resplit=True, **TINY)
+    first, second = (json.loads((tmp_path / "s" / f).read_text()) for f in ("splits.json", "splits-r2.json"))
+    assert first != second and "splits-r2.json" in r.files
+    pixels = next(a for a in r.arms if a.status.arm.name == "pixels")
+    assert pixels.result.test_paths != pixels.repeats[0].test_paths  # a new test set, not a new seed alone
+    (pair,) = r.pairs
+    assert pair.paired and pair.repeats == 2
+    report = (tmp_path / "s" / "report.md").read_text()
+    assert "nested bootstrap" in report and "own validation/test split" in report
+    with pytest.raises(SSLProbeError, match="--repeats 2 or more"):
+        study(class_folder, out=tmp_path / "t", arms=("pixels",), repeats=1, resplit=True, **TINY)
+
+
 def test_repeats_default_to_one_on_cpu_and_fit_three_into_a_gpu_budget(tmp_path):
     from sslprobe.config.study import StudyConfig
     from sslprobe.study.plan import StudyOptions

@@ -13,8 +13,10 @@ from sslprobe.probing.uncertainty import (
     bootstrap_p,
     holm,
     metric_value,
+    nested_bootstrap,
     order_interval,
     pooled_value,
+    signflip_p,
 )
 
 
@@ -79,3 +81,39 @@ def test_repeats_widen_the_interval_when_seeds_disagree():
     assert torch.equal(both["top1"][0], pooled)  # one pass, the same draws for every metric
     assert float(pooled.std()) > 1.5 * float(one.std())
     assert float(pooled.mean()) == pytest.approx(pooled_value(runs, labels, metric="top1", num_classes=3), abs=0.02)
+
+
+def test_nested_bootstrap_resamples_each_repeats_own_test_set():
+    """--resplit: with one repeat it is the row bootstrap of that set; with three test sets whose arms differ
+    (a split effect) the pooled spread is wider than one set's, centred on the mean of the three."""
+    sets = [predictions(300 + 50 * i, acc, k=3, seed=i) for i, acc in enumerate((0.6, 0.75, 0.9))]
+    labels, preds = [y for _, y in sets], [p for p, _ in sets]
+    one = nested_bootstrap([[preds[1]]], [labels[1]], metrics=("top1",), num_classes=3, resamples=4000)["top1"][0]
+    rows = bootstrap([preds[1]], labels[1], metrics=("top1",), num_classes=3, resamples=4000)["top1"][0]
+    assert float(one.std()) == pytest.approx(float(rows.std()), rel=0.1)
+    pooled = nested_bootstrap([preds], labels, metrics=("top1",), num_classes=3, resamples=4000)["top1"][0]
+    assert float(pooled.std()) > 1.5 * float(one.std())
+    assert float(pooled.mean()) == pytest.approx(pooled_value(preds, labels, metric="top1", num_classes=3), abs=0.02)
+    with pytest.raises(ValueError, match="each of the 3"):
+        nested_bootstrap([preds[:2]], labels, metrics=("top1",), num_classes=3, resamples=10)
+
+
+def test_nested_bootstrap_pairs_the_arms_within_every_draw():
+    """Two arms that differ by the same rows in every repeat: the paired difference's spread is far below
+    either arm's own spread, as it is on one test set."""
+    sets = [predictions(400, acc, k=3, seed=10 + i) for i, acc in enumerate((0.6, 0.8))]
+    labels = [y for _, y in sets]
+    a = [p for p, _ in sets]
+    b = [torch.where(torch.arange(len(y)) < 8, (y + 1) % 3, p) for p, y in sets]  # a few more errors
+    v = nested_bootstrap([a, b], labels, metrics=("top1",), num_classes=3, resamples=2000)["top1"]
+    assert float((v[0] - v[1]).std()) < 0.3 * float(v[0].std())
+
+
+def test_signflip_with_one_test_set_per_repeat_matches_the_shared_form():
+    """The randomization test reads each repeat on its own labels; given the same set twice it is the shared
+    (R, N) form exactly (same swaps drawn)."""
+    (a, y), (b, _) = predictions(200, 0.7, seed=1), predictions(200, 0.6, seed=1)
+    shared = signflip_p(torch.stack([a, a]), torch.stack([b, b]), y, metric="balanced", num_classes=4,
+                        resamples=500, seed=3)
+    each = signflip_p([a, a], [b, b], [y, y], metric="balanced", num_classes=4, resamples=500, seed=3)
+    assert shared == each

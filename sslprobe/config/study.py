@@ -78,7 +78,11 @@ class StudyConfig(common.Runtime, common.ImageInputs):
     repeats: int | None = option(None, "Run every seeded stage (BYOL, random init, fine-tuning, label draws) this "
                                  "many times with seeds SEED, SEED+1, …; intervals and tests pool the repeats "
                                  "(default: 1 on CPU; on a GPU 3, sharing --minutes when each gets ≥ 5 of them, "
-                                 "else 1). The split stays fixed.", rule=r.ge(1))
+                                 "else 1). The split stays fixed unless --resplit.", rule=r.ge(1))
+    resplit: bool = option(False, "With --repeats: draw a new validation/test split for every repeat (seed SEED+r; "
+                           "a fixed --test keeps its test set), so the intervals also cover which images were held "
+                           "out (each repeat's own test rows resampled within it: the nested bootstrap).",
+                           flag="--resplit")
     primary: tuple[str, str] | None = option(None, "The declared question A,B (default: the best self-supervised arm "
                                               "vs the best baseline, each chosen on validation); every other pair "
                                               "is one Holm-adjusted family.", rule=r.two_names, cli_type=str,
@@ -104,5 +108,7 @@ class StudyConfig(common.Runtime, common.ImageInputs):
         for n in self.primary or ():
             if self.arms and n not in self.arms:
                 raise SSLProbeError(f"--primary names '{n}', which is not one of --arms ({', '.join(self.arms)})")
+        if self.resplit and self.repeats == 1:
+            raise SSLProbeError("--resplit draws a new split per repeat; give --repeats 2 or more")
         if sum(v is not None for v in (self.epochs, self.minutes, self.steps)) > 1:
             raise SSLProbeError("--epochs and --minutes are both budgets; give one of them")

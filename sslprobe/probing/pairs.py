@@ -31,6 +31,7 @@ from sslprobe.probing.uncertainty import (
     bootstrap_p,
     holm,
     minimum_detectable,
+    nested_bootstrap,
     order_interval,
     pooled_value,
     signflip_p,
@@ -61,14 +62,26 @@ def _why_unpaired(a: Scored, b: Scored) -> str | None:
     return None
 
 
-def _groups(rows: Sequence[tuple[str, Scored]]) -> list[list[str]]:
-    """Names of the results that share one test set (each group is bootstrapped on one set of draws)."""
+def _runs(name: str, rows: Mapping[str, Scored], repeats: Mapping[str, Sequence[Scored]]) -> Sequence[Scored]:
+    return repeats.get(name) or [rows[name]]
+
+
+def _why_unpaired_runs(a: Sequence[Scored], b: Sequence[Scored]) -> str | None:
+    """Why two arms' runs cannot be paired: repeat by repeat when both have every repeat (each repeat may
+    have its own test set: ``--resplit``), else all on one test set."""
+    pairs = zip(a, b) if len(a) == len(b) else ((a[0], x) for x in (*a, *b))
+    return next((why for x, y in pairs if (why := _why_unpaired(x, y)) is not None), None)
+
+
+def _groups(rows: Sequence[tuple[str, Scored]], repeats: Mapping[str, Sequence[Scored]]) -> list[list[str]]:
+    """Names of the results that share their test sets (each group is bootstrapped on one set of draws)."""
     groups: list[list[str]] = []
     by_name = dict(rows)
     for name, r in rows:
         if _test_rows(r) is None:
             continue
-        home = next((g for g in groups if _why_unpaired(by_name[g[0]], r) is None), None)
+        mine = _runs(name, by_name, repeats)
+        home = next((g for g in groups if _why_unpaired_runs(_runs(g[0], by_name, repeats), mine) is None), None)
         if home is None:
             groups.append([name])
         else:
@@ -83,27 +96,36 @@ def _renumbered(pred: Sequence[int], classes: Sequence[str], index: Mapping[str,
 
 @dataclass(frozen=True)
 class _Group:
-    """One test set's labels, its arms' predictions (R, N) in one class numbering, and every metric's bootstrap
-    (A, resamples) of those arms, all on the same draws (the counts once per draw, each metric from them)."""
+    """One test set's labels (or, with ``--resplit``, each repeat's), its arms' predictions (R, N) (or a list of
+    each repeat's) in one class numbering, and every metric's bootstrap (A, resamples) of those arms, all on the
+    same draws (the counts once per draw, each metric from them)."""
 
     names: list[str]
-    labels: torch.Tensor
-    preds: list[torch.Tensor]
+    labels: torch.Tensor | list[torch.Tensor]
+    preds: list[torch.Tensor] | list[list[torch.Tensor]]
     values: dict[str, torch.Tensor]
     k: int
+
+    @property
+    def first_labels(self) -> torch.Tensor:
+        return self.labels if isinstance(self.labels, torch.Tensor) else self.labels[0]
 
 
 def _draws(group: Sequence[str], rows: Mapping[str, Scored], repeats: Mapping[str, Sequence[Scored]], *,
            metric: str, seed: int, resamples: int) -> _Group:
-    names = _test_rows(rows[group[0]])[0]
-    index = {c: i for i, c in enumerate(sorted(set(names)))}
-    labels = torch.tensor([index[c] for c in names])
-    preds = []
-    for name in group:
-        runs = repeats.get(name) or [rows[name]]
-        preds.append(torch.stack([_renumbered(_test_rows(x)[1], x.classes, index) for x in runs]))
-    values = bootstrap(preds, labels, metrics=METRICS, num_classes=len(index), resamples=resamples, seed=seed)
-    return _Group(list(group), labels, preds, values, len(index))
+    runs = [_runs(name, rows, repeats) for name in group]
+    first = runs[0]
+    tests = [_test_rows(x)[0] for x in first]
+    index = {c: i for i, c in enumerate(sorted({c for names in tests for c in names}))}
+    if all(_why_unpaired(first[0], x) is None for arm in runs for x in arm):  # one test set: crossed
+        labels = torch.tensor([index[c] for c in tests[0]])
+        preds = [torch.stack([_renumbered(_test_rows(x)[1], x.classes, index) for x in arm]) for arm in runs]
+        values = bootstrap(preds, labels, metrics=METRICS, num_classes=len(index), resamples=resamples, seed=seed)
+        return _Group(list(group), labels, preds, values, len(index))
+    each = [torch.tensor([index[c] for c in names]) for names in tests]  # a test set per repeat: nested
+    nested = [[_renumbered(_test_rows(x)[1], x.classes, index) for x in arm] for arm in runs]
+    values = nested_bootstrap(nested, each, metrics=METRICS, num_classes=len(index), resamples=resamples, seed=seed)
+    return _Group(list(group), each, nested, values, len(index))
 
 
 def _pair(a: str, b: str, g: _Group, *, metric: str, resamples: int, seed: int) -> dict:
@@ -125,8 +147,9 @@ def _pair(a: str, b: str, g: _Group, *, metric: str, resamples: int, seed: int) 
     others = {METRIC_KEYS[m]: {"value": value(m), "level": LEVEL,
                                "ci": order_interval((g.values[m][i] - g.values[m][j]).sort().values, ALPHA)}
               for m in METRICS if m != metric}
-    hit_a, hit_b = g.preds[i][0] == g.labels, g.preds[j][0] == g.labels
-    return {"a": a, "b": b, "paired": True, "n": int(g.labels.numel()), "metric": metric, "difference": value(metric),
+    hit_a, hit_b = g.preds[i][0] == g.first_labels, g.preds[j][0] == g.first_labels
+    return {"a": a, "b": b, "paired": True, "n": int(g.first_labels.numel()), "metric": metric,
+            "difference": value(metric),
             "p": max(bootstrap_p(diff), exchange), "se": float(diff.std()), "detectable": minimum_detectable(diff),
             "repeats": max(len(g.preds[i]), len(g.preds[j])), "resamples": resamples,
             "a_only_correct": int((hit_a & ~hit_b).sum()), "b_only_correct": int((hit_b & ~hit_a).sum()),
@@ -196,7 +219,7 @@ def _tests(rows: Sequence[tuple[str, Scored]], *, metric: str, primary: tuple[st
            keep: Callable[[str, str], bool] | None = None) -> tuple[list[dict], list[PairedTest]]:
     """Every pair's unadjusted test (those ``keep`` allows), and the pairs that cannot be paired."""
     by_name = dict(rows)
-    groups = {g[0]: g for g in _groups(rows)}
+    groups = {g[0]: g for g in _groups(rows, repeats)}
     drawn = {first: _draws(g, by_name, repeats, metric=metric, seed=seed, resamples=resamples)
              for first, g in groups.items()}
     home = {n: first for first, g in groups.items() for n in g}
@@ -216,15 +239,12 @@ def _tests(rows: Sequence[tuple[str, Scored]], *, metric: str, primary: tuple[st
 
 def pooled(runs: Sequence[Scored], *, metric: str, seed: int = 0,
            resamples: int = RESAMPLES) -> tuple[float, list[float]]:
-    """An arm's metric pooled over its repeats (mean), with the 95 % interval of the two-way bootstrap."""
-    names = _test_rows(runs[0])[0]
-    index = {c: i for i, c in enumerate(sorted(set(names)))}
-    labels = torch.tensor([index[c] for c in names])
-    preds = torch.stack([_renumbered(_test_rows(x)[1], x.classes, index) for x in runs])
-    values = bootstrap([preds], labels, metrics=(metric,), num_classes=len(index), resamples=resamples,
-                       seed=seed)[metric][0]
-    return (pooled_value(preds, labels, metric=metric, num_classes=len(index)),
-            order_interval(values.sort().values, ALPHA))
+    """An arm's metric pooled over its repeats (mean), with the 95 % interval of the two-way bootstrap (the
+    nested one when the repeats have their own test sets: ``--resplit``)."""
+    name = "arm"
+    g = _draws([name], {name: runs[0]}, {name: runs}, metric=metric, seed=seed, resamples=resamples)
+    return (pooled_value(g.preds[0], g.labels, metric=metric, num_classes=g.k),
+            order_interval(g.values[metric][0].sort().values, ALPHA))
 
 
 def _family(tests: list[dict], *, primary: tuple[str, str] | None) -> list[PairedTest]:

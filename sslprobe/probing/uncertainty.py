@@ -118,24 +118,70 @@ def bootstrap(arms: Sequence[torch.Tensor], labels: torch.Tensor, *, metrics: Se
     return {m: torch.cat(v, 1) for m, v in out.items()}
 
 
-def signflip_p(a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor, *, metric: str, num_classes: int,
-               resamples: int, seed: int = 0) -> float:
+def nested_bootstrap(arms: Sequence[Sequence[torch.Tensor]], labels: Sequence[torch.Tensor], *,
+                     metrics: Sequence[str], num_classes: int, resamples: int,
+                     seed: int = 0) -> dict[str, torch.Tensor]:
+    """:func:`bootstrap` when every repeat has its own test set (``--resplit``: a new split per repeat):
+    ``labels[i]`` is repeat i's test labels, ``arms[a][i]`` arm a's predictions on them.
+
+    Repeats are nested, not crossed, so each draw resamples R repeats with replacement and then, for each
+    drawn slot, that repeat's own test rows — a fresh row resample per slot, also when one repeat is drawn
+    twice (the two-stage bootstrap of a nested design; Davison & Hinkley 1997, §3.8, "strategy 2"). The
+    pooled value is the mean over the slots. Every arm is scored on the same draws, so differences pair.
+    """
+    r, a_n = len(labels), len(arms)
+    labels = [y.cpu() for y in labels]
+    arms = [[x.cpu().reshape(-1) for x in arm] for arm in arms]
+    if any(len(arm) != r for arm in arms):
+        raise ValueError(f"every arm needs predictions for each of the {r} repeats' test sets")
+    g = torch.Generator().manual_seed(seed)
+    block = max(1, min(resamples, _CELLS // max(max(y.numel() for y in labels), 1)))
+    out: dict[str, list[torch.Tensor]] = {m: [] for m in metrics}
+    for start in range(0, resamples, block):
+        b = min(block, resamples - start)
+        slots = torch.randint(r, (b, r), generator=g)
+        total = {m: torch.zeros(a_n, b, dtype=torch.float64) for m in metrics}
+        for s in range(r):
+            for i in range(r):
+                drawn = (slots[:, s] == i).nonzero().squeeze(1)
+                if drawn.numel() == 0:
+                    continue
+                n = labels[i].numel()
+                idx = torch.randint(n, (drawn.numel(), n), generator=g)
+                w = torch.zeros(drawn.numel(), n, dtype=torch.float64).scatter_add_(
+                    1, idx, torch.ones(drawn.numel(), n, dtype=torch.float64))
+                for j, arm in enumerate(arms):
+                    counts = _counts(w, arm[i], labels[i], num_classes)
+                    for m in metrics:
+                        total[m][j].index_add_(0, drawn, metric_of_counts(*counts, m) / r)
+        for m in metrics:
+            out[m].append(total[m])
+    return {m: torch.cat(v, 1) for m, v in out.items()}
+
+
+def signflip_p(a: torch.Tensor | Sequence[torch.Tensor], b: torch.Tensor | Sequence[torch.Tensor],
+               labels: torch.Tensor | Sequence[torch.Tensor], *, metric: str, num_classes: int, resamples: int,
+               seed: int = 0) -> float:
     """Two-sided p of "A and B are exchangeable": each (repeat, row) cell's two predictions are swapped with
     probability ½, and p = (1 + #{|Δ*| ≥ |Δ|}) / (1 + resamples) (the paired randomization test, Fisher 1935;
     Phipson & Smyth 2010 for the +1). For top-1 it is McNemar's exact test; unlike the bootstrap's p it stays
     valid when only a handful of rows disagree (5 of 5 one way: p = 2/32, where the bootstrap says 0.013).
-    ``a``, ``b``: (R or 1, N) predictions; the pooled Δ is the mean over repeats. Only rows where the two
-    predictions differ can change anything, so only they are drawn.
+    ``a``, ``b``: (R or 1, N) predictions on one test set; or, with ``labels`` a list (one test set per repeat:
+    ``--resplit``), a list of each repeat's predictions. The pooled Δ is the mean over repeats. Only rows where
+    the two predictions differ can change anything, so only they are drawn.
     """
-    labels = labels.cpu()
-    n, r, k = labels.numel(), max(len(a), len(b)), num_classes
-    a, b = a.cpu().reshape(-1, n).expand(r, n), b.cpu().reshape(-1, n).expand(r, n)
+    k = num_classes
+    if isinstance(labels, torch.Tensor):
+        n = labels.numel()
+        r = max(a.numel(), b.numel()) // max(n, 1)
+        a, b = a.cpu().reshape(-1, n).expand(r, n), b.cpu().reshape(-1, n).expand(r, n)
+        labels = [labels.cpu()] * r
+    r = len(labels)
     g = torch.Generator().manual_seed(seed)
-    support = torch.bincount(labels, minlength=k).double()
-    parts = [_swappable(a[i], b[i], labels, k) for i in range(r)]
-    observed = abs(sum(float(metric_of_counts(p.tp_a, support, p.pred_a, metric)
-                             - metric_of_counts(p.tp_b, support, p.pred_b, metric)) for p in parts) / r)
-    block, extreme = max(1, min(resamples, _CELLS // max(n, 1))), 0
+    parts = [_swappable(a[i].cpu(), b[i].cpu(), labels[i].cpu(), k) for i in range(r)]
+    observed = abs(sum(float(metric_of_counts(p.tp_a, p.support, p.pred_a, metric)
+                             - metric_of_counts(p.tp_b, p.support, p.pred_b, metric)) for p in parts) / r)
+    block, extreme = max(1, min(resamples, _CELLS // max(max(len(y) for y in labels), 1))), 0
     for start in range(0, resamples, block):
         m = min(block, resamples - start)
         delta = torch.zeros(m, dtype=torch.float64)
@@ -144,8 +190,8 @@ def signflip_p(a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor, *, metric
             move_t = torch.zeros(m, k, dtype=torch.float64).index_add_(1, p.label, swap * p.hit_gain)
             move_q = (torch.zeros(m, k, dtype=torch.float64).index_add_(1, p.to_b, swap[:, p.b_inside])
                       .index_add_(1, p.to_a, -swap[:, p.a_inside]))
-            delta += (metric_of_counts(p.tp_a + move_t, support, p.pred_a + move_q, metric)
-                      - metric_of_counts(p.tp_b - move_t, support, p.pred_b - move_q, metric)) / r
+            delta += (metric_of_counts(p.tp_a + move_t, p.support, p.pred_a + move_q, metric)
+                      - metric_of_counts(p.tp_b - move_t, p.support, p.pred_b - move_q, metric)) / r
         extreme += int((delta.abs() >= observed - 1e-12).sum())
     return (1 + extreme) / (1 + resamples)
 
@@ -156,6 +202,7 @@ class _Swap:
     the two predictions differ, what swapping it moves from B to A (its class, the hit it gains, the classes
     predicted)."""
 
+    support: torch.Tensor
     tp_a: torch.Tensor
     tp_b: torch.Tensor
     pred_a: torch.Tensor
@@ -181,13 +228,18 @@ def _swappable(a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor, k: int) -
     pa, pb, y = a[rows], b[rows], labels[rows]
     gain = (pb == y).double() - (pa == y).double()
     a_in, b_in = (pa >= 0) & (pa < k), (pb >= 0) & (pb < k)
-    return _Swap(tp_a, tp_b, pred_a, pred_b, rows, y, gain, pa[a_in], pb[b_in], a_in, b_in)
+    support = torch.bincount(labels, minlength=k).double()
+    return _Swap(support, tp_a, tp_b, pred_a, pred_b, rows, y, gain, pa[a_in], pb[b_in], a_in, b_in)
 
 
-def pooled_value(preds: torch.Tensor, labels: torch.Tensor, *, metric: str, num_classes: int) -> float:
-    """The metric averaged over the repeats (rows) of ``preds`` (R, N): the number the report shows."""
-    preds = preds.cpu().reshape(-1, labels.numel())
-    return sum(metric_value(p, labels, metric=metric, num_classes=num_classes) for p in preds) / len(preds)
+def pooled_value(preds: torch.Tensor | Sequence[torch.Tensor], labels: torch.Tensor | Sequence[torch.Tensor], *,
+                 metric: str, num_classes: int) -> float:
+    """The metric averaged over the repeats of ``preds`` (R, N) on one test set, or over each repeat's
+    predictions on its own test set (``labels`` a list, ``--resplit``): the number the report shows."""
+    if isinstance(labels, torch.Tensor):
+        preds = preds.cpu().reshape(-1, labels.numel())
+        labels = [labels] * len(preds)
+    return sum(metric_value(p, y, metric=metric, num_classes=num_classes) for p, y in zip(preds, labels)) / len(labels)
 
 
 def order_interval(sorted_values: torch.Tensor, alpha: float) -> list[float]:
@@ -226,5 +278,6 @@ def minimum_detectable(values: torch.Tensor, *, alpha: float = 1 - LEVEL, power:
 
 
 __all__ = ["LEVEL", "METRICS", "METRIC_KEYS", "PAIRED_RESAMPLES", "RESAMPLES", "bootstrap",
-           "bootstrap_p", "holm", "signflip_p", "metric_of_counts", "metric_value", "minimum_detectable",
+           "bootstrap_p", "holm", "nested_bootstrap", "signflip_p", "metric_of_counts", "metric_value",
+           "minimum_detectable",
            "order_interval", "pooled_value"]

@@ -110,9 +110,17 @@ def _repeats(r: StudyRecord) -> list[Block]:
         return []
     return [Heading(f"Repeats ({r.opts.repeats} seeds from {r.opts.config.seed})"),
             Table(("arm", f"pooled {METRIC_NAMES[r.opts.config.metric]} % [95 % CI]", "each repeat %"), tuple(rows)),
-            Para("The pooled interval resamples repeats and test images together (the two-way bootstrap); every "
-                 "seeded stage — BYOL, the random init, fine-tuning, the label draws — reran with each seed, on "
-                 "the same split.")]
+            Para(_REPEATS_RESPLIT if r.opts.config.resplit else _REPEATS_FIXED)]
+
+
+_REPEATS_FIXED = ("The pooled interval resamples repeats and test images together (the two-way bootstrap); every "
+                  "seeded stage — BYOL, the random init, fine-tuning, the label draws — reran with each seed, on the "
+                  "same split.")
+_REPEATS_RESPLIT = ("Every repeat drew its own validation/test split (--resplit; splits.json, splits-r2.json, …) and "
+                    "reran every seeded stage — BYOL, the random init, fine-tuning, the label draws — on it, so each "
+                    "repeat is scored on its own test images. The pooled interval resamples repeats and, within each "
+                    "drawn repeat, its own test images (the nested bootstrap); it covers the seed, the split and the "
+                    "test images. The label-budget tests use the first repeat.")
 
 
 def _pairs(r: StudyRecord) -> list[Block]:

@@ -6,6 +6,7 @@ or the bytes of dataset rows):
     data/labelled/<class>/…      every labelled image of train, val and test (what each arm embeds once)
     data/pool/<hash>.<ext>       the pretraining pool: train and --unlabeled images, none of them val or test
     data/splits/<split>/<class>/…  the three splits as class folders (fine-tune arms only)
+    data-r2/…, splits-r2.json    with --resplit, repeat 2's own split and folders (and so on)
 
 A folder is rebuilt only when its listing changed (``.listing`` holds the listing's digest), so a
 rerun leaves the files, their times and the embedding cache's view of them alone.
@@ -33,10 +34,19 @@ class Layout:
     """The paths of one study directory (docs/study.md, "Outputs")."""
 
     out: Path
+    repeat: int = 0  # --resplit: repeat r (from 0) keeps its own split, pool and split folders
+
+    def for_repeat(self, repeat: int) -> Layout:
+        """Where repeat ``repeat`` of a ``--resplit`` study keeps its data: ``data-r2/``, ``splits-r2.json``, …"""
+        return Layout(self.out, repeat)
 
     @property
     def data(self) -> Path:
-        return self.out / "data"
+        return self.out / ("data" if self.repeat == 0 else f"data-r{self.repeat + 1}")
+
+    @property
+    def splits(self) -> Path:
+        return self.out / ("splits.json" if self.repeat == 0 else f"splits-r{self.repeat + 1}.json")
 
     @property
     def labelled(self) -> Path:

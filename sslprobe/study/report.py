@@ -99,6 +99,8 @@ def write_all(r: StudyRecord, layout: Layout) -> tuple[dict[str, str], dict[str,
     figures = _figures(r, layout)
     files = {name: str(layout.file(name)) for name in ("report.html", "report.md", "results.csv", "study.json",
                                                         "splits.json")}
+    if r.opts.config.resplit:
+        files.update({s.name: str(s) for s in (layout.for_repeat(i).splits for i in range(1, r.opts.repeats))})
     write_results_csv(r.rows, layout.file("results.csv"),
                       methods={run.status.arm.name: "finetune" if run.status.arm.finetune else "linear"
                                for run in r.runs})

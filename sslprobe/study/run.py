@@ -27,7 +27,7 @@ from sslprobe.study.plan import Arm, ArmStatus, StudyOptions
 from sslprobe.study.progress import StudyProgress
 from sslprobe.study.records import ArmRun, Done, Prepared, StudyRecord
 from sslprobe.study.resume import fingerprint
-from sslprobe.study.sources import HashCache, hash_entries, open_sources
+from sslprobe.study.sources import HashCache, Inputs, hash_entries, open_sources
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
@@ -124,6 +124,7 @@ class _Study:
             prepared = self._prepare(progress)
             progress.done()
             ctx = self._context(prepared, progress)
+            repeats = {rep: self._repeat(ctx, prepared, rep) for rep in range(1, r)}
             runs = {s.arm.name: ArmRun(s) for s in statuses}
             for i, a in enumerate(runnable, start=1):
                 t0 = time.perf_counter()
@@ -132,45 +133,61 @@ class _Study:
                 for rep in range(1, r):  # the same arm again with the next seed: every seeded stage reruns
                     progress.note(f"{a.name}: repeat {rep + 1} of {r} (seed {self.opts.config.seed + rep}); the "
                                   f"first took {cost / 60:.1f} min here (less when stages are reused)")
-                    again = self._arm(_repeat(ctx, rep), dataclasses.replace(a, name=repeat_name(a.name, rep)),
+                    again = self._arm(repeats[rep], dataclasses.replace(a, name=repeat_name(a.name, rep)),
                                       status=runs[a.name].status, index=i, arms=len(runnable))
                     runs[a.name] = dataclasses.replace(runs[a.name], repeats=(*runs[a.name].repeats, again.result))
         return self._finish(prepared, list(runs.values()))
 
     def _prepare(self, progress: StudyProgress) -> Prepared:
-        """Step: hash every image, draw (or reuse) the split, guard it, make the folders the commands read."""
+        """Step: hash every image, then draw (or reuse) the split and make the folders the commands read."""
         o = self.opts
         sets = open_sources(o.config.data, labels=o.config.labels, test=o.config.test, unlabeled=o.config.unlabeled,
                             image_column=o.config.image_column, label_column=o.config.label_column)
         progress.stage(arm="", index=0, arms=0, stage="hashing images", total=sum(len(s) for s in sets.values()))
         inputs = hash_entries(sets, cache=HashCache(self.layout.file("hashes.json")), progress=progress.advance)
-        rule = SplitRule(seed=o.config.seed, test_fraction=o.config.test_fraction, val_fraction=o.config.val_fraction,
-                         fixed_test=o.config.test is not None)
-        splits = assign(inputs, rule=rule, path=self.layout.file("splits.json"))
+        return self._split(inputs, self.layout)
+
+    def _split(self, inputs: Inputs, layout: Layout) -> Prepared:
+        """Step: the split of ``layout``'s repeat (seed + repeat), its leakage guard and its folders."""
+        o = self.opts
+        rule = SplitRule(seed=o.config.seed + layout.repeat, test_fraction=o.config.test_fraction,
+                         val_fraction=o.config.val_fraction, fixed_test=o.config.test is not None)
+        splits = assign(inputs, rule=rule, path=layout.splits)
         g = guard(inputs, splits)
         if len(g.pool) < 2 and any(a.byol_init for a in o.arms):
             raise SSLProbeError(f"the pretraining pool has {len(g.pool)} image(s) once val and test are held out; "
                                 "add images (or --unlabeled POOL)")
         dirs = class_dirs(inputs.classes)
         placed = place_labelled(inputs, g.labelled, dirs)
-        materialise(self.layout.labelled, [(p.id, p.entry) for p in placed], inputs)
+        materialise(layout.labelled, [(p.id, p.entry) for p in placed], inputs)
         pool = pool_names(inputs, g.pool)
         if any(a.byol_init for a in self.opts.arms):
-            materialise(self.layout.pool, pool, inputs)
+            materialise(layout.pool, pool, inputs)
         if any(a.finetune for a in self.opts.arms):  # finetune reads the splits as class folders
             for split in ("train", "val", "test"):
-                materialise(self.layout.split_folder(split), [(q.id, q.entry) for q in placed if q.split == split],
+                materialise(layout.split_folder(split), [(q.id, q.entry) for q in placed if q.split == split],
                             inputs)
         return Prepared(inputs, splits, g, placed, pool, {v: k for k, v in dirs.items()})
 
-    def _context(self, p: Prepared, progress: StudyProgress) -> Context:
+    def _context(self, p: Prepared, progress: StudyProgress, layout: Layout | None = None) -> Context:
         from sslprobe.study.stages import Context
 
-        return Context(opts=self.opts, layout=self.layout, progress=progress, device_type=self.device_type,
+        return Context(opts=self.opts, layout=layout or self.layout, progress=progress,
+                       device_type=self.device_type,
                        pool_key=fingerprint(sorted(e.key for e in p.guard.pool)), pool_size=len(p.pool),
                        labelled_key=fingerprint([(q.id, q.entry.key, q.entry.label) for q in p.placed]),
                        split_key=fingerprint({q.id: q.split for q in p.placed}),
                        membership={q.id: q.split for q in p.placed}, class_names=p.class_names)
+
+    def _repeat(self, ctx: Context, prepared: Prepared, rep: int) -> Context:
+        """The context of repeat ``rep``: the seed moved on by ``rep``; with --resplit also its own split."""
+        c = self.opts.config
+        opts = dataclasses.replace(self.opts, config=c.replace(seed=c.seed + rep))
+        if not c.resplit:
+            return dataclasses.replace(ctx, opts=opts)
+        layout = self.layout.for_repeat(rep)
+        return dataclasses.replace(self._context(self._split(prepared.inputs, layout), ctx.progress, layout),
+                                   opts=opts)
 
     def _arm(self, ctx: Context, a: Arm, *, status: ArmStatus, index: int, arms: int) -> ArmRun:
         """Step: one arm's stages; Ctrl-C inside becomes a StudyInterrupted that says how to go on."""
@@ -241,12 +258,6 @@ def _byol_runs(runs: list[ArmRun], *, pool: int, batch: int) -> dict[str, dict]:
 def repeat_name(name: str, rep: int) -> str:
     """Where repeat ``rep`` (from 0) of an arm keeps its stages: the arm's own folder for the first."""
     return name if rep == 0 else f"{name}-r{rep + 1}"
-
-
-def _repeat(ctx: Context, rep: int) -> Context:
-    """The context of repeat ``rep``: the same split and data, the seed moved on by ``rep``."""
-    c = ctx.opts.config
-    return dataclasses.replace(ctx, opts=dataclasses.replace(ctx.opts, config=c.replace(seed=c.seed + rep)))
 
 
 def _stages(a: Arm) -> int:
