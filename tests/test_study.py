@@ -187,6 +187,20 @@ def test_an_interrupted_study_resumes_where_it_stopped(class_folder, tmp_path, m
     assert len(extracts) == 1 and extracts[0].endswith("backbone.safetensors")
 
 
+def test_an_interrupted_fine_tune_arm_names_its_stage_and_one_way_on(class_folder, tmp_path, monkeypatch):
+    """A finetune arm has no pretrain stage: Ctrl-C names 'finetune', and only the study's way to continue."""
+    from sslprobe.finetuning import finetune as module
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt("rerun with the same flags plus --resume")
+
+    monkeypatch.setattr(module, "finetune", interrupt)
+    with pytest.raises(StudyInterrupted) as e:
+        study(class_folder, out=tmp_path / "s", arms=("finetune-random",), **TINY)
+    assert "arm 'finetune-random' at finetune; run the same command again" in str(e.value)
+    assert "--resume" not in str(e.value) and "pretrain" not in str(e.value)
+
+
 real_extract = stages.extract
 
 
@@ -378,3 +392,52 @@ def test_repeats_default_to_one_on_cpu_and_fit_three_into_a_gpu_budget(tmp_path)
     assert StudyOptions.resolve(c.replace(minutes=9.0), cuda=True).repeats == 1  # 3 min a repeat: too little
     given = StudyOptions.resolve(c.replace(repeats=2), cuda=True)
     assert given.repeats == 2 and given.budget.minutes == 30.0  # a given --repeats keeps --minutes per repeat
+
+
+def test_every_byol_arm_of_a_study_gets_one_timing_and_one_step_count(class_folder, tmp_path, monkeypatch):
+    """--minutes: byol and byol-imagenet share one timing folder and train the same steps (the timing used to
+    be keyed by the start, so two noisy measurements gave two step counts)."""
+    from types import SimpleNamespace
+
+    from sslprobe.config.study import StudyConfig
+    from sslprobe.study import stages
+    from sslprobe.study.plan import ARMS, StudyOptions
+    from sslprobe.study.progress import StudyProgress
+    from sslprobe.study.run import _Study
+    from sslprobe.timebudget import FittedSteps
+
+    timings, runs = [], []
+
+    def fit(minutes, *, workdir, measure):
+        timings.append(workdir)  # a saved fit is reused by its folder; a second folder is a second, noisier timing
+        return FittedSteps(minutes, 10 + len(set(timings)), 1.0, 0.0, 5)
+
+    def fake_pretrain(config, **_):
+        runs.append(config)
+        return SimpleNamespace(complete=True, steps=config.max_steps, final_loss=0.0, skipped=0, resumed_from=None,
+                               loss_curve=[], status="complete")
+
+    monkeypatch.setattr(stages, "fitted_steps", fit)
+    monkeypatch.setattr(stages, "pretrain", fake_pretrain)
+    c = StudyConfig(data=str(class_folder), out=tmp_path / "s", arms=("byol", "byol-imagenet"), minutes=1.0,
+                    model="test_resnet", image_size=16, workers=0)
+    s = _Study(StudyOptions.resolve(c, cuda=False), device_type="cpu", show_progress=False, console=None)
+    progress = StudyProgress(show=False, stages=1)
+    ctx = s._context(s._prepare(progress), progress)
+    for name in ("byol", "byol-imagenet"):
+        stages.byol_backbone(ctx, ARMS[name], index=1, arms=2)
+    assert len(set(timings)) == 1 and [r.max_steps for r in runs] == [11, 11]
+    assert {r.init for r in runs} == {"random", "pretrained"}
+
+
+def test_each_arm_says_what_it_will_cost_before_it_starts(tmp_path):
+    from sslprobe.config.study import StudyConfig
+    from sslprobe.study.plan import ARMS, StudyOptions
+    from sslprobe.study.run import _Study
+
+    c = StudyConfig(data=str(tmp_path), out=tmp_path / "s", minutes=6.0)
+    s = _Study(StudyOptions.resolve(c, cuda=False), device_type="cpu", show_progress=False, console=None)
+    assert s._expected(ARMS["pixels"], []) == ""  # nothing known yet: nothing promised
+    byol = s._expected(ARMS["byol"], [20.0, 40.0])
+    assert byol.startswith("about 6 min of BYOL") and "about 0.5 min to extract and probe" in byol
+    assert "6 min of fine-tuning, label curve included" in s._expected(ARMS["finetune-random"], [30.0])

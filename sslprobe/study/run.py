@@ -126,10 +126,16 @@ class _Study:
             ctx = self._context(prepared, progress)
             repeats = {rep: self._repeat(ctx, prepared, rep) for rep in range(1, r)}
             runs = {s.arm.name: ArmRun(s) for s in statuses}
+            frozen: list[float] = []  # seconds of the extract + probe stages of the frozen arms so far
             for i, a in enumerate(runnable, start=1):
                 t0 = time.perf_counter()
+                expect = self._expected(a, frozen)
+                if expect:
+                    progress.note(f"arm {i}/{len(runnable)} {a.name}: {expect}")
                 runs[a.name] = self._arm(ctx, a, status=runs[a.name].status, index=i, arms=len(runnable))
                 cost = time.perf_counter() - t0
+                if not a.finetune:
+                    frozen.append(cost - _pretrain_seconds(runs[a.name]))
                 for rep in range(1, r):  # the same arm again with the next seed: every seeded stage reruns
                     progress.note(f"{a.name}: repeat {rep + 1} of {r} (seed {self.opts.config.seed + rep}); the "
                                   f"first took {cost / 60:.1f} min here (less when stages are reused)")
@@ -137,6 +143,20 @@ class _Study:
                                       status=runs[a.name].status, index=i, arms=len(runnable))
                     runs[a.name] = dataclasses.replace(runs[a.name], repeats=(*runs[a.name].repeats, again.result))
         return self._finish(prepared, list(runs.values()))
+
+    def _expected(self, a: Arm, frozen: list[float]) -> str:
+        """What the arm is expected to cost, said before it starts: its training budget, and extract + probe as
+        the frozen arms before it took ('' when nothing is known yet)."""
+        b, parts = self.opts.budget, []
+        if a.byol_init and b.minutes is not None:
+            parts.append(f"about {b.minutes:g} min of BYOL (plus a few seconds timing it, once per study)")
+        if a.finetune:
+            parts.append(f"about {b.minutes:g} min of fine-tuning, label curve included" if b.minutes is not None
+                         else "fine-tuning for finetune's own epochs")
+        elif frozen:
+            parts.append(f"about {sum(frozen) / len(frozen) / 60:.1f} min to extract and probe (as the arms before "
+                         "it took)")
+        return ", then ".join(parts)
 
     def _prepare(self, progress: StudyProgress) -> Prepared:
         """Step: hash every image, then draw (or reuse) the split and make the folders the commands read."""
@@ -207,13 +227,11 @@ class _Study:
                 ctx.progress.done()
                 done["probe"], result = stages.probed(ctx, a, done["extract"], index=index, arms=arms)
             ctx.progress.done()
-        except KeyboardInterrupt as e:
-            order = ("pretrain", "finetune") if a.finetune else ("pretrain", "extract", "probe")
-            stage = next((s for s in order if s not in done), order[-1])
-            why = f" ({e})" if str(e) else ""
-            raise StudyInterrupted(f"interrupted in arm '{a.name}' at {stage}{why}; run the same command again to "
-                                   "continue: finished stages are reused, pretraining resumes from its checkpoint "
-                                   "and extraction from the embedding cache") from None
+        except KeyboardInterrupt:
+            stage = next(s for s in _stage_names(a) if s not in done)
+            # one way on: the study's own (a stage's message would name its own command and flags)
+            raise StudyInterrupted(f"interrupted in arm '{a.name}' at {stage}; run the same command again to "
+                                   f"continue: {_CONTINUES[stage]}") from None
         return ArmRun(status, result, done)
 
     def _finish(self, p: Prepared, runs: list[ArmRun]) -> StudyResult:
@@ -260,5 +278,22 @@ def repeat_name(name: str, rep: int) -> str:
     return name if rep == 0 else f"{name}-r{rep + 1}"
 
 
+def _pretrain_seconds(run: ArmRun) -> float:
+    """Seconds the arm's BYOL run took here (0 when reused or absent), from its log's wall time."""
+    done = run.stages.get("pretrain")
+    return 0.0 if done is None or done.reused else float(done.info.get("seconds") or 0.0)
+
+
+def _stage_names(a: Arm) -> tuple[str, ...]:
+    """The arm's stages in order: pretrain (BYOL arms), then finetune or extract and probe."""
+    return (("pretrain",) if a.byol_init else ()) + (("finetune",) if a.finetune else ("extract", "probe"))
+
+
 def _stages(a: Arm) -> int:
-    return (1 if a.byol_init else 0) + (1 if a.finetune else 2)
+    return len(_stage_names(a))
+
+
+_CONTINUES = {"pretrain": "pretraining resumes from its last checkpoint",
+              "finetune": "the fine-tune resumes from its last checkpoint, finished stages are reused",
+              "extract": "extraction reuses every embedding already in the cache, finished stages are reused",
+              "probe": "the probe reruns on the cached embeddings, finished stages are reused"}

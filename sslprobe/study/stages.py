@@ -7,6 +7,7 @@ the command line it stands for, so the report can print the study as the command
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -89,18 +90,22 @@ def pretrain_config(ctx: Context, *, init: str, out: Path | None = None, **lengt
                           workers=c.workers, **length)
 
 
-def _length(ctx: Context, init: str) -> tuple[dict[str, Any], FittedSteps | None]:
-    """The run length: epochs, the demo's fixed steps, or the steps that fit --minutes on this machine."""
+def _length(ctx: Context) -> tuple[dict[str, Any], FittedSteps | None]:
+    """The run length: epochs, the demo's fixed steps, or the steps that fit --minutes on this machine.
+
+    One timing and one step count for every BYOL arm of the study: the timing run starts from random
+    weights whatever the arm's start, and its folder is keyed without the start, so byol and
+    byol-imagenet train the same number of steps (measured once, not twice with two noises)."""
     b = ctx.opts.budget
     if b.epochs is not None:
         return {"epochs": b.epochs}, None
     if b.steps is not None:
         return {"max_steps": b.steps}, None
-    base = pretrain_config(ctx, init=init)
+    base = pretrain_config(ctx, init="random")
     workdir = ctx.layout.out / "pretrain" / f"budget-{fingerprint([ctx.pool_key, ctx.device_type, identity(base)])}"
 
     def measure(out: Path, steps: int) -> Path:
-        pretrain(base.replace(init="random", out=out, max_steps=steps, log_every=5, save_every="end", resume="no"),
+        pretrain(base.replace(out=out, max_steps=steps, log_every=5, save_every="end", resume="no"),
                  show_progress=False)
         return out
 
@@ -113,7 +118,7 @@ def byol_backbone(ctx: Context, arm: Arm, *, index: int, arms: int) -> Done:
     init = arm.byol_init or "random"
     ctx.progress.stage(arm=arm.name, index=index, arms=arms, stage="timing BYOL steps" if ctx.opts.budget.minutes
                        else "pretrain")
-    length, fitted = _length(ctx, init)
+    length, fitted = _length(ctx)
     config = pretrain_config(ctx, init=init, **length)
     if fitted is not None:  # a --minutes budget: say before training what it buys (study/verdict.py)
         batch = min(config.batch_size, ctx.pool_size)
@@ -130,12 +135,14 @@ def byol_backbone(ctx: Context, arm: Arm, *, index: int, arms: int) -> Done:
         return done
     ctx.progress.stage(arm=arm.name, index=index, arms=arms, stage=f"pretrain ({ctx.opts.budget.describe()})",
                        total=config.max_steps)
+    t0 = time.perf_counter()
     with ctx.progress.watching(d / "metrics.jsonl"):
         summary = pretrain(config, show_progress=False)
     if not summary.complete:
         raise SSLProbeError(f"BYOL run in '{d}' ended '{summary.status}'; rerun the study to continue it")
     return _finish(marker, d, key, command("pretrain", config, config.data), steps=summary.steps,
                    final_loss=summary.final_loss, skipped=summary.skipped, resumed_from=summary.resumed_from,
+                   seconds=time.perf_counter() - t0,
                    fitted=None if fitted is None else asdict(fitted), loss_curve=summary.loss_curve)
 
 
