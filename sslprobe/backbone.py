@@ -157,6 +157,26 @@ def default_spec(net: nn.Module, *, model: str, image_size: int | None, small_st
     )
 
 
+def eval_crop(model: str) -> tuple[float, str]:
+    """The model's eval crop (timm's ``crop_pct``) and interpolation, from its default config without building it
+    (timm's defaults, 0.875 and bicubic, for a model whose config names neither)."""
+    from timm.models import get_pretrained_cfg
+
+    check_model_name(model)
+    cfg = get_pretrained_cfg(model)
+    return (float(getattr(cfg, "crop_pct", None) or 0.875), str(getattr(cfg, "interpolation", None) or "bicubic"))
+
+
+def trained_size(model: str) -> int:
+    """The resolution the model's default (hub) weights were trained at: their config's input size."""
+    from timm.models import get_pretrained_cfg
+
+    check_model_name(model)
+    cfg = get_pretrained_cfg(model)
+    size = getattr(cfg, "input_size", None) or (3, 224, 224)
+    return int(size[-1])
+
+
 def _per_channel(values: tuple[float, ...], in_chans: int) -> tuple[float, ...]:
     v = tuple(float(x) for x in values)
     return (sum(v) / len(v),) if in_chans == 1 and len(v) > 1 else v

@@ -104,6 +104,10 @@ def test_results_csv_is_tidy(done):
     assert {r["arm"] for r in rows} == set(ARMS)
     assert {r["labels"] for r in rows} == {"all", "50 %", "1-shot"}
     assert {r["method"] for r in rows} == {"linear", "knn"}
+    # one input: every arm the same centre crop (test_resnet's 95 %); networks from random weights the small stem
+    seen = {r["arm"]: r["input"] for r in rows}
+    assert seen["pixels"] == "16 px, centre crop 95 %, bilinear"
+    assert seen["random"] == seen["byol"] == "16 px, small 3×3 stem, centre crop 95 %, bilinear"
     for r in rows:
         v = float(r["value"])
         assert 0 <= v <= 1
@@ -441,3 +445,24 @@ def test_each_arm_says_what_it_will_cost_before_it_starts(tmp_path):
     byol = s._expected(ARMS["byol"], [20.0, 40.0])
     assert byol.startswith("about 6 min of BYOL") and "about 0.5 min to extract and probe" in byol
     assert "6 min of fine-tuning, label curve included" in s._expected(ARMS["finetune-random"], [30.0])
+
+
+def test_imagenet_starts_see_the_same_crop_at_their_trained_resolution():
+    """One input rule: an ImageNet start runs at its weights' resolution when the study's is smaller, never below
+    the study's; random starts at the study's size."""
+    from sslprobe.study.plan import input_size
+
+    assert input_size(imagenet=True, model="resnet18", image_size=32) == 224
+    assert input_size(imagenet=True, model="resnet18", image_size=288) == 288
+    assert input_size(imagenet=False, model="resnet18", image_size=32) == 32
+    assert input_size(imagenet=True, model="resnet18", image_size=None) is None  # the model's own: the trained one
+
+
+def test_a_larger_imagenet_start_says_it_takes_longer(tmp_path):
+    from sslprobe.config.study import StudyConfig
+    from sslprobe.study.plan import ARMS, StudyOptions
+    from sslprobe.study.run import _Study
+
+    c = StudyConfig(data=str(tmp_path), out=tmp_path / "s", minutes=2.0, image_size=112)
+    s = _Study(StudyOptions.resolve(c, cuda=False), device_type="cpu", show_progress=False, console=None)
+    assert "at 224 px instead of 112: roughly 8 min" in s._expected(ARMS["byol-imagenet"], [])

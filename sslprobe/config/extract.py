@@ -30,7 +30,8 @@ class ExtractConfig(common.Runtime, common.ImageInputs):
     out: Path = option(help="Output directory: features.safetensors + manifest.json.", path=True)
     weights: str = option("random", "random, random-rescaled (data-dependent init), pretrained (timm hub), pixels, or "
                           "a .safetensors file.")
-    model: str | None = option(None, "timm model name (not needed for sslprobe backbone files).")
+    model: str | None = option(None, "timm model name (not needed for sslprobe backbone files; with --weights pixels, "
+                               "the model whose eval crop the pixels take).")
     image_size: int | None = option(None, "Override the evaluation resolution.", rule=r.ge(1))
     small_stem: bool | None = common.small_stem()
     layer: str = option("pre-logits", "pre-logits (pooled, default) or a stage/block index, e.g. 2 or -2 "

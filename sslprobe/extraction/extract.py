@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import secrets
@@ -169,7 +170,7 @@ def _build(images: ImageSet, *, model: str | None, weights: str, image_size: int
 
     start = parse_start(weights)
     if start.init == "pixels":
-        return _pixels(image_size=image_size, small_stem=small_stem, layer=layer, pool=pool)
+        return _pixels(image_size=image_size, model=model, small_stem=small_stem, layer=layer, pool=pool)
     from sslprobe.backbone import eval_transform
 
     # random: the architecture's ordinary ("fair") init, as frozen features need it
@@ -190,15 +191,23 @@ def _build(images: ImageSet, *, model: str | None, weights: str, image_size: int
                       layer="pre-logits" if k is None else f"stage{k}")
 
 
-def _pixels(*, image_size: int | None, small_stem: bool | None, layer: str | int, pool: str) -> Featurizer:
-    """The raw-pixel baseline: the image resized and centre-cropped (32 px by default), flattened."""
+def _pixels(*, image_size: int | None, model: str | None, small_stem: bool | None, layer: str | int,
+            pool: str) -> Featurizer:
+    """The raw-pixel baseline: the image resized and centre-cropped (32 px by default), flattened.
+
+    With ``model``, the crop and the interpolation are that model's eval ones (timm's ``crop_pct``: the short
+    side resized to ⌊size / crop_pct⌋, the centre square cut), so pixels see what the network arms of a
+    study see (docs/study.md, "One input"); without it, the whole short-side square."""
+    from sslprobe.backbone import eval_crop
     from sslprobe.extraction.embed import Pixels
 
     if str(layer) not in ("pre-logits", "") or pool != "auto" or small_stem is not None:
         raise SSLProbeError("--weights pixels has no layers, pooling or stem; drop --layer/--pool/--small-stem")
     size = image_size or 32
-    pre = {"image_size": size, "interpolation": "bicubic", "crop_pct": 1.0, "mean": None, "std": None}
-    return Featurizer(model=FeatureModel(Pixels(), mean=None, std=None), transform=Uint8Transform(size=size),
+    crop, interpolation = eval_crop(model) if model else (1.0, "bicubic")
+    pre = {"image_size": size, "interpolation": interpolation, "crop_pct": crop, "mean": None, "std": None}
+    tf = Uint8Transform(size=size, resize=math.floor(size / crop), interpolation=interpolation)
+    return Featurizer(model=FeatureModel(Pixels(), mean=None, std=None), transform=tf,
                       gpu=False, model_name="pixels", weights_kind="pixels", weights_id="",
                       weights_info={"weights": "pixels"}, preprocessing={**pre, "decode": "pil-draft"},
                       layer="pre-logits")

@@ -15,7 +15,7 @@ from sslprobe.probing.report import PAIR_COLUMNS, family_note, metric_order, pai
 from sslprobe.probing.report import with_ci as report_with_ci
 from sslprobe.results import CurvePoint, Metrics
 from sslprobe.study import numbers
-from sslprobe.study.records import StudyRecord
+from sslprobe.study.records import StudyRecord, input_text
 from sslprobe.study.render import Block, Code, Figure, Heading, Items, Para, Table
 
 LIST_MAX = 20  # rows of a list (skipped files, duplicates) shown in the report; study.json has all
@@ -185,11 +185,15 @@ def _arms(r: StudyRecord) -> list[Block]:
     for run in r.runs:
         a = run.status.arm
         if not run.status.runnable:
-            rows.append((a.name, a.title, run.status.note))
+            rows.append((a.name, a.title, "", run.status.note))
             continue
         reused = [s for s, d in run.stages.items() if d.reused]
-        rows.append((a.name, a.title, "ran" + (f" (reused: {', '.join(reused)})" if reused else "")))
-    return [Heading("Arms"), Table(("arm", "what", "status"), tuple(rows))]
+        rows.append((a.name, a.title, input_text(run.input),
+                     "ran" + (f" (reused: {', '.join(reused)})" if reused else "")))
+    return [Heading("Arms"), Table(("arm", "what", "input", "status"), tuple(rows)),
+            Para("One input (docs/study.md): every arm sees the same centre crop of each image, pixels included; "
+                 "an arm that starts from ImageNet weights sees it at the resolution those were trained at when "
+                 "the study's size is smaller; arms from random weights get the small 3×3 stem at ≤ 64 px.")]
 
 
 def _data(r: StudyRecord) -> list[Block]:

@@ -115,4 +115,4 @@ def _row(arm: str, method: str, labels: str, kind: str, value: float, n_train: i
 
 
 CSV_COLUMNS = ("arm", "method", "labels", "label_kind", "label_value", "n_train", "seeds", "split", "metric", "value",
-               "ci_low", "ci_high", "std", "ci_method")
+               "ci_low", "ci_high", "std", "ci_method", "input")  # input: the arm's resolution, stem and crop

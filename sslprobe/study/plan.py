@@ -188,6 +188,18 @@ def _hub_reachable() -> bool:
     return True
 
 
+def input_size(*, imagenet: bool, model: str, image_size: int | None) -> int | None:
+    """The one input rule (docs/study.md, "One input"): every arm sees the same centre crop of each image; a
+    network starting from ImageNet weights sees it at the resolution those weights were trained at when the
+    study's size is smaller (upsampled: a 7×7 stem and max-pool on a 32 px image leave a 1×1 map, against
+    4×4 for the small stem that random-start arms get at ≤ 64 px); every other arm at the study's size."""
+    if not imagenet or image_size is None:  # None: the model's own size, which is the trained one
+        return image_size
+    from sslprobe.backbone import trained_size
+
+    return max(image_size, trained_size(model))
+
+
 def arm_statuses(arms: Sequence[Arm], *, model: str, image_size: int | None) -> list[ArmStatus]:
     """Each requested arm with whether it can run here: an arm that needs ImageNet weights runs only when they
     load (checked once, and only when such an arm is asked for); every other arm always runs."""

@@ -41,6 +41,32 @@ class ArmRun:
     stages: dict[str, Done] = field(default_factory=dict)
     repeats: tuple[ProbeResult | FinetuneResult, ...] = ()  # --repeats: the same arm with the next seeds
 
+    @property
+    def input(self) -> dict[str, Any] | None:
+        """What the arm's network (or pixels) saw: resolution, crop, interpolation and stem (docs/study.md,
+        "One input"), from its extract stage or its fine-tune."""
+        done = self.stages.get("extract")
+        if done is not None and done.info.get("input"):
+            return dict(done.info["input"])
+        r = self.result
+        if isinstance(r, FinetuneResult) and r.image_size:
+            return {"image_size": r.image_size, "small_stem": bool(r.small_stem)}
+        return None
+
+
+def input_text(seen: dict[str, Any] | None) -> str:
+    """'32 px, small 3×3 stem, centre crop 95 %, bilinear' (the parts that are known)."""
+    if not seen:
+        return ""
+    parts = [f"{seen['image_size']} px"]
+    if seen.get("small_stem") is not None:
+        parts.append("small 3×3 stem" if seen["small_stem"] else "the model's own stem")
+    if seen.get("crop_pct") is not None:
+        parts.append(f"centre crop {100 * float(seen['crop_pct']):g} %")
+    if seen.get("interpolation"):
+        parts.append(str(seen["interpolation"]))
+    return ", ".join(parts)
+
 
 @dataclass(frozen=True)
 class Prepared:

@@ -20,7 +20,7 @@ from sslprobe.results import FinetuneResult, ProbeResult
 from sslprobe.study import numbers
 from sslprobe.study.document import Figures, build
 from sslprobe.study.layout import Layout
-from sslprobe.study.records import StudyRecord
+from sslprobe.study.records import StudyRecord, input_text
 from sslprobe.study.render import html_page, markdown
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -62,12 +62,15 @@ def _copy(src: Path, dst: Path) -> Path:
 
 
 def write_results_csv(rows: Sequence[tuple[str, ProbeResult | FinetuneResult]], path: Path, *,
-                      methods: Mapping[str, str]) -> None:
+                      methods: Mapping[str, str], inputs: Mapping[str, str] | None = None) -> None:
+    """results.csv: one row per arm, method, label budget and metric; ``inputs``: each arm's input, said once per row
+    (resolution, stem, crop: docs/study.md, "One input")."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=numbers.CSV_COLUMNS)
         w.writeheader()
         for name, r in rows:
             for row in numbers.csv_rows(name, r, method=methods.get(name, "linear")):
+                row = {**row, "input": (inputs or {}).get(name, "")}
                 w.writerow({k: csv_text(v) if isinstance(v, str) else ("" if v is None else v)
                             for k, v in row.items()})
 
@@ -83,7 +86,7 @@ def study_json(r: StudyRecord, files: Mapping[str, str]) -> dict[str, Any]:
                   "conflicts": list(g.conflicts)},
         "skipped": r.skipped,
         "arms": [{"name": run.status.arm.name, "title": run.status.arm.title, "ran": run.result is not None,
-                  "note": run.status.note,
+                  "note": run.status.note, "input": run.input,
                   "stages": {s: {"dir": str(d.dir), "key": d.key, "reused": d.reused, "command": d.command}
                              for s, d in run.stages.items()}} for run in r.runs],
         "results": {name: summary(x, drop=("val_curve", "paired_tests")) for name, x in r.rows},
@@ -103,7 +106,8 @@ def write_all(r: StudyRecord, layout: Layout) -> tuple[dict[str, str], dict[str,
         files.update({s.name: str(s) for s in (layout.for_repeat(i).splits for i in range(1, r.opts.repeats))})
     write_results_csv(r.rows, layout.file("results.csv"),
                       methods={run.status.arm.name: "finetune" if run.status.arm.finetune else "linear"
-                               for run in r.runs})
+                               for run in r.runs},
+                      inputs={run.status.arm.name: input_text(run.input) for run in r.runs})
     blocks = build(r, figures)
     with atomic_path(layout.file("report.md")) as tmp:
         tmp.write_text(markdown(blocks, base=layout.out))

@@ -147,9 +147,14 @@ class _Study:
     def _expected(self, a: Arm, frozen: list[float]) -> str:
         """What the arm is expected to cost, said before it starts: its training budget, and extract + probe as
         the frozen arms before it took ('' when nothing is known yet)."""
-        b, parts = self.opts.budget, []
+        b, parts, c = self.opts.budget, [], self.opts.config
         if a.byol_init and b.minutes is not None:
-            parts.append(f"about {b.minutes:g} min of BYOL (plus a few seconds timing it, once per study)")
+            size = plan.input_size(imagenet=a.needs_imagenet, model=c.model, image_size=c.image_size)
+            if size and c.image_size and size > c.image_size:  # the same steps on larger images (one input rule)
+                parts.append(f"the BYOL steps of --minutes {b.minutes:g}, at {size} px instead of {c.image_size}: "
+                             f"roughly {b.minutes * (size / c.image_size) ** 2:.0f} min")
+            else:
+                parts.append(f"about {b.minutes:g} min of BYOL (plus a few seconds timing it, once per study)")
         if a.finetune:
             parts.append(f"about {b.minutes:g} min of fine-tuning, label curve included" if b.minutes is not None
                          else "fine-tuning for finetune's own epochs")

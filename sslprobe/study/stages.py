@@ -26,7 +26,7 @@ from sslprobe.probing.probe import probe
 from sslprobe.results import FinetuneResult, ProbeResult
 from sslprobe.study.commands import command
 from sslprobe.study.layout import Layout
-from sslprobe.study.plan import Arm, StudyOptions
+from sslprobe.study.plan import Arm, StudyOptions, input_size
 from sslprobe.study.progress import StudyProgress
 from sslprobe.study.records import Done
 from sslprobe.study.resume import Marker, fingerprint
@@ -81,10 +81,12 @@ def _weights_identity(config: ExtractConfig | FinetuneConfig, weights: Path | No
 
 
 def pretrain_config(ctx: Context, *, init: str, out: Path | None = None, **length: Any) -> PretrainConfig:
-    """The `pretrain` config of a BYOL arm: the study's recipe, model and seed; ``length`` its run length."""
+    """The `pretrain` config of a BYOL arm: the study's recipe, model and seed; ``length`` its run length; the
+    input size of its start (plan.input_size: an ImageNet start at its trained resolution)."""
     c, r = ctx.opts.config, ctx.opts.config.byol
+    size = input_size(imagenet=init == "pretrained", model=c.model, image_size=c.image_size)
     return PretrainConfig(data=str(ctx.layout.pool), out=out or ctx.layout.out, model=c.model, init=init,
-                          image_size=c.image_size, batch_size=r.batch_size, optimizer=r.optimizer, lr=r.lr,
+                          image_size=size, batch_size=r.batch_size, optimizer=r.optimizer, lr=r.lr,
                           tau_base=r.tau_base, warmup_epochs=r.warmup_epochs, proj_hidden=r.proj_hidden,
                           proj_dim=r.proj_dim, weight_decay=r.weight_decay, seed=c.seed, device=c.device,
                           workers=c.workers, **length)
@@ -151,11 +153,14 @@ def extract_config(ctx: Context, arm: Arm, weights: Path | None) -> ExtractConfi
     c = ctx.opts.config
     d = ctx.layout.arm(arm.name) / "extract"
     common = {"data": str(ctx.layout.labelled), "out": d, "seed": c.seed, "device": c.device, "workers": c.workers}
-    if arm.weights == "pixels":
-        return ExtractConfig(weights="pixels", image_size=min(c.image_size or PIXELS_MAX, PIXELS_MAX), **common)
+    if arm.weights == "pixels":  # the network arms' crop (the model's), at ≤ 32 px
+        return ExtractConfig(weights="pixels", model=c.model, image_size=min(c.image_size or PIXELS_MAX, PIXELS_MAX),
+                             **common)
     if weights is not None:
         return ExtractConfig(weights=str(weights), **common)
-    return ExtractConfig(weights=arm.weights, model=c.model, image_size=c.image_size, **common)
+    return ExtractConfig(weights=arm.weights, model=c.model,
+                         image_size=input_size(imagenet=arm.needs_imagenet, model=c.model, image_size=c.image_size),
+                         **common)
 
 
 def extracted(ctx: Context, arm: Arm, weights: Path | None, *, index: int, arms: int) -> Done:
@@ -169,7 +174,8 @@ def extracted(ctx: Context, arm: Arm, weights: Path | None, *, index: int, arms:
         return done
     ctx.progress.stage(arm=arm.name, index=index, arms=arms, stage="extract")
     m = extract(config, show_progress=False)
-    return _finish(marker, d, key, command("extract", config, config.data), skipped=m.skipped, dim=m.dim,
+    seen = {k: m.preprocessing.get(k) for k in ("image_size", "crop_pct", "interpolation", "small_stem")}
+    return _finish(marker, d, key, command("extract", config, config.data), skipped=m.skipped, dim=m.dim, input=seen,
                    seconds=m.seconds, cache={"hits": m.cache.hits, "misses": m.cache.misses})
 
 
@@ -195,8 +201,9 @@ def finetune_config(ctx: Context, arm: Arm, weights: Path | None) -> FinetuneCon
     """`finetune` for the arm: its start, the study's label curve, and --minutes when that is the budget
     (else finetune's own epochs: BYOL's epoch count is no fine-tuning schedule)."""
     c, split = ctx.opts.config, ctx.layout.split_folder
+    size = input_size(imagenet=arm.needs_imagenet, model=c.model, image_size=c.image_size)
     start = {"weights": str(weights)} if weights is not None else \
-        {"weights": arm.weights, "model": c.model, "image_size": c.image_size}
+        {"weights": arm.weights, "model": c.model, "image_size": size}
     return FinetuneConfig(train=str(split("train")), val=str(split("val")), test=str(split("test")),
                           out=ctx.layout.arm(arm.name) / "finetune", minutes=ctx.opts.budget.minutes,
                           fractions=c.fractions, shots=c.shots, seeds=c.seeds, metric=c.metric, seed=c.seed,
