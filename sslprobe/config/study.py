@@ -22,6 +22,18 @@ def _text(name: str, path: Path | None) -> str | None:
     return None if path is None else str(path)
 
 
+def _groups(name: str, value: str | None) -> None:
+    """--groups: folder or folder:N (N ≥ 1), or a CSV file that exists (study/groups.py reads it)."""
+    if value is None or value == "folder" or (value.startswith("folder:") and value[7:].isdigit()
+                                              and int(value[7:]) >= 1):
+        return
+    if value.startswith("folder"):
+        raise SSLProbeError(f"{name} '{value}' is not folder:N with N ≥ 1 (folder:1: the first folder level under "
+                            "each class is the group)")
+    if not Path(value).is_file():
+        raise SSLProbeError(f"{name} '{value}' is neither folder:N nor an existing CSV file (columns path,group)")
+
+
 def _names(name: str, text: str | None) -> tuple[str, ...]:
     return tuple(a for a in (text or "").replace(" ", "").split(",") if a)
 
@@ -64,6 +76,10 @@ class StudyConfig(common.Runtime, common.ImageInputs):
                                    "are kept out).", rule=r.exists)
     test: str | None = option(None, "A fixed labelled test set with DATA's classes (default: a seeded stratified split "
                               "of DATA).", rule=r.exists)
+    groups: str | None = option(None, "Keep each group on one side of the split, and resample whole groups in every "
+                                "interval and test: folder:N (the first N folder levels under each class folder "
+                                "name the group) or a CSV with columns path,group (paths as in --labels; test:PATH "
+                                "for a --test image).", rule=_groups)
     arms: tuple[str, ...] = option((), f"Comma-separated arms: {', '.join(STUDY_ARMS)} (default: {','.join(ARMS_CPU)} "
                                    f"on CPU; {','.join(ARMS_GPU)} on a GPU).", rule=r.each(r.choice(*STUDY_ARMS)),
                                    cli_type=str, cli_default=None, parse=_names)

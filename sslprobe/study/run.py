@@ -22,6 +22,7 @@ from sslprobe.errors import SSLProbeError
 from sslprobe.results import FinetuneResult, PairedTest, ProbeResult, ResultFormatError, read_scored
 from sslprobe.study import plan
 from sslprobe.study.assignment import SplitRule, assign, guard
+from sslprobe.study.groups import spec_of, with_groups
 from sslprobe.study.layout import Layout, class_dirs, materialise, place_labelled, pool_names
 from sslprobe.study.plan import Arm, ArmStatus, StudyOptions
 from sslprobe.study.progress import StudyProgress
@@ -169,14 +170,19 @@ class _Study:
         sets = open_sources(o.config.data, labels=o.config.labels, test=o.config.test, unlabeled=o.config.unlabeled,
                             image_column=o.config.image_column, label_column=o.config.label_column)
         progress.stage(arm="", index=0, arms=0, stage="hashing images", total=sum(len(s) for s in sets.values()))
-        inputs = hash_entries(sets, cache=HashCache(self.layout.file("hashes.json")), progress=progress.advance)
-        return self._split(inputs, self.layout)
+        from sslprobe.runtime.workers import default_workers
+
+        threads = max(1, o.config.workers if o.config.workers is not None else default_workers())
+        inputs = hash_entries(sets, cache=HashCache(self.layout.file("hashes.json")), progress=progress.advance,
+                              threads=threads)
+        return self._split(with_groups(inputs, o.config.groups), self.layout)
 
     def _split(self, inputs: Inputs, layout: Layout) -> Prepared:
         """Step: the split of ``layout``'s repeat (seed + repeat), its leakage guard and its folders."""
         o = self.opts
         rule = SplitRule(seed=o.config.seed + layout.repeat, test_fraction=o.config.test_fraction,
-                         val_fraction=o.config.val_fraction, fixed_test=o.config.test is not None)
+                         val_fraction=o.config.val_fraction, fixed_test=o.config.test is not None,
+                         groups=spec_of(o.config.groups))
         splits = assign(inputs, rule=rule, path=layout.splits)
         g = guard(inputs, splits)
         if len(g.pool) < 2 and any(a.byol_init for a in o.arms):

@@ -2,14 +2,18 @@
 
 Every image is known by the sha256 of its bytes (``fileio.file_sha256``, the digest the embedding
 cache keys rows by), so a copy under another name is the same image: that is what the split and the
-leakage guard (assignment.py) match on. Hashes of files are kept in ``hashes.json`` by path, size and
-modification time, so a rerun reads only new or changed files. Images that cannot be read are
-skipped and listed; bad input (no labels, one class, test classes that differ) is one line.
+leakage guard (assignment.py) match on. Beside it, each image's perceptual fingerprint
+(``images.phash``: a 64-bit pHash and an 8×8 thumbnail), by which the guard finds resized or
+re-encoded copies. ``hashes.json`` keeps the hashes of files by path, size and modification time and
+the fingerprints by content hash, so a rerun reads only new or changed files and decodes only new
+content. Images that cannot be read are skipped and listed; bad input (no labels, one class, test
+classes that differ) is one line.
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,8 @@ from sslprobe.errors import SSLProbeError
 from sslprobe.fileio import file_sha256, write_json
 from sslprobe.images.decode import MAX_FILE_BYTES, BadImageError
 from sslprobe.images.folders import ImageSet, open_images
+from sslprobe.images.phash import VERSION as FINGERPRINT_VERSION
+from sslprobe.images.phash import Fingerprint, fingerprint
 
 ORIGINS = ("data", "test", "unlabeled")
 
@@ -32,6 +38,8 @@ class Entry:
     id: str
     key: str  # sha256 hex of the bytes
     label: str | None  # class name; None when unlabelled
+    fingerprint: Fingerprint | None = None  # None when the bytes do not decode
+    group: str | None = None  # --groups: the group it belongs to (study/groups.py); None: a group of its own
 
 
 @dataclass(frozen=True)
@@ -84,11 +92,13 @@ def _check_same_classes(train: tuple[str, ...], held: tuple[str, ...], *, test: 
 
 
 class HashCache:
-    """``hashes.json``: sha256 of files by absolute path, reused while size and mtime are unchanged."""
+    """``hashes.json``: sha256 of files by absolute path, reused while size and mtime are unchanged, and
+    fingerprints by content hash (under the fingerprint's version: a new definition recomputes them)."""
 
     def __init__(self, path: Path):
         self.path = path
         self.known: dict[str, list] = {}
+        self.known_prints: dict[str, str] = {}
         if path.is_file():
             import json
 
@@ -96,8 +106,13 @@ class HashCache:
                 loaded = json.loads(path.read_text())
             except (OSError, ValueError):
                 loaded = {}  # a damaged cache is only a slower rerun
-            self.known = loaded.get("files", {}) if isinstance(loaded, dict) else {}
+            loaded = loaded if isinstance(loaded, dict) else {}
+            self.known = loaded.get("files", {}) if isinstance(loaded.get("files"), dict) else {}
+            if loaded.get("fingerprint_version") == FINGERPRINT_VERSION and isinstance(loaded.get("fingerprints"),
+                                                                                       dict):
+                self.known_prints = loaded["fingerprints"]
         self.used: dict[str, list] = {}
+        self.prints: dict[str, str] = {}  # content hash → Fingerprint.hex(), or "" where the bytes do not decode
 
     def sha256(self, path: str) -> str:
         """The file's hash; raises ``BadImageError`` when it cannot be read."""
@@ -118,8 +133,26 @@ class HashCache:
         self.used[path] = [st.st_size, st.st_mtime_ns, digest]
         return digest
 
+    def fingerprint(self, key: str, source: Callable[[], bytes | str]) -> Fingerprint | None:
+        """The fingerprint of content ``key``, decoded from ``source()`` unless known; None if it does not decode."""
+        text = self.prints.get(key, self.known_prints.get(key))
+        if isinstance(text, str):
+            try:
+                found = Fingerprint.from_hex(text) if text else None
+                self.prints[key] = text
+                return found
+            except ValueError:
+                pass  # a damaged entry: computed again
+        try:
+            found = fingerprint(source())
+        except BadImageError:
+            found = None
+        self.prints[key] = found.hex() if found is not None else ""
+        return found
+
     def save(self) -> None:
-        write_json(self.path, {"format": "sslprobe-study-hashes", "files": self.used})
+        write_json(self.path, {"format": "sslprobe-study-hashes", "files": self.used,
+                               "fingerprint_version": FINGERPRINT_VERSION, "fingerprints": self.prints})
 
 
 def image_key(images: ImageSet, i: int, cache: HashCache) -> str:
@@ -129,26 +162,48 @@ def image_key(images: ImageSet, i: int, cache: HashCache) -> str:
     return cache.sha256(os.path.join(images.root or "", *images.ids[i].split("/")))
 
 
-def hash_entries(sets: dict[str, ImageSet], *, cache: HashCache,
-                 progress: Callable[[int], None] | None = None) -> Inputs:
-    """Every image of every source by content hash; unreadable ones skipped and listed."""
+def _source(images: ImageSet, i: int) -> Callable[[], bytes | str]:
+    """Where image ``i``'s bytes are read from when its fingerprint is computed: its file, or its dataset row."""
+    if images.kind == "hf":
+        return lambda: images.read_bytes(i)
+    return lambda: os.path.join(images.root or "", *images.ids[i].split("/"))
+
+
+def hash_entries(sets: dict[str, ImageSet], *, cache: HashCache, progress: Callable[[int], None] | None = None,
+                 threads: int = 1) -> Inputs:
+    """Every image of every source by content hash and fingerprint; unreadable ones skipped and listed.
+
+    ``threads`` hash and decode at once (PIL and hashlib release the GIL while they work): the first
+    study of a folder decodes every image once, a rerun none (``HashCache``).
+    """
     entries: list[Entry] = []
     skipped: list[dict[str, str]] = []
-    for origin in ORIGINS:
-        images = sets.get(origin)
-        if images is None:
-            continue
-        for i, label in _labelled(images, keep_labels=origin != "unlabeled"):
-            if progress is not None:
-                progress(1)
-            try:
-                key = image_key(images, i, cache)
-            except BadImageError as e:
-                skipped.append({"origin": origin, "path": images.ids[i], "reason": str(e)})
-                continue
-            entries.append(Entry(origin, i, images.ids[i], key, label))
+    jobs = [(origin, sets[origin], i, label) for origin in ORIGINS if origin in sets
+            for i, label in _labelled(sets[origin], keep_labels=origin != "unlabeled")]
+
+    def one(job: tuple[str, ImageSet, int, str | None]) -> Entry | dict[str, str]:
+        origin, images, i, label = job
+        try:
+            key = image_key(images, i, cache)
+        except BadImageError as e:
+            return {"origin": origin, "path": images.ids[i], "reason": str(e)}
+        return Entry(origin, i, images.ids[i], key, label, cache.fingerprint(key, _source(images, i)))
+
+    for done in _mapped(one, jobs, threads=threads):
+        if progress is not None:
+            progress(1)
+        (entries if isinstance(done, Entry) else skipped).append(done)
     cache.save()
     return Inputs(sets=sets, entries=tuple(entries), skipped=tuple(skipped), classes=sets["data"].classes)
+
+
+def _mapped(fn: Callable, jobs: list, *, threads: int) -> Iterator:
+    """``map(fn, jobs)`` in order, on ``threads`` threads when more than one."""
+    if threads <= 1 or len(jobs) < 2:
+        yield from map(fn, jobs)
+        return
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        yield from pool.map(fn, jobs)
 
 
 def _labelled(images: ImageSet, *, keep_labels: bool) -> Iterable[tuple[int, str | None]]:
