@@ -413,6 +413,7 @@ class PairedTest(JsonRecord):
     a_only_correct: int | None = optional()
     b_only_correct: int | None = optional()
     others: dict[str, Difference] | None = optional()
+    groups: int | None = optional()  # --groups: the test groups resampled and swapped whole (absent: rows)
 
     @property
     def winner(self) -> str | None:

@@ -7,6 +7,7 @@ import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sslprobe.config.study import STUDY_ARMS, ByolRecipe
@@ -466,3 +467,61 @@ def test_a_larger_imagenet_start_says_it_takes_longer(tmp_path):
     c = StudyConfig(data=str(tmp_path), out=tmp_path / "s", minutes=2.0, image_size=112)
     s = _Study(StudyOptions.resolve(c, cuda=False), device_type="cpu", show_progress=False, console=None)
     assert "at 224 px instead of 112: roughly 8 min" in s._expected(ARMS["byol-imagenet"], [])
+
+
+def _shapes_class_folder(root: Path, *, classes=("dark", "light"), per_class: int = 10, seed: int = 0,
+                         groups: int = 0) -> Path:
+    """Class folders of 48-px pictures — a few random rectangles and ellipses on a background whose brightness
+    depends on the class — with the edges a perceptual hash keys on (pure noise has none). ``groups``: each image
+    in CLASS/gNN/ (for folder:1), round robin."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(classes):
+        for i in range(per_class):
+            im = Image.new("RGB", (48, 48), (60 + 120 * c,) * 3)
+            draw = ImageDraw.Draw(im)
+            for _ in range(4):
+                x0, y0 = rng.integers(0, 36, 2)
+                x1, y1 = x0 + rng.integers(6, 20), y0 + rng.integers(6, 20)
+                shape = draw.rectangle if rng.random() < 0.5 else draw.ellipse
+                shape((int(x0), int(y0), int(x1), int(y1)), fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+            folder = root / name / (f"g{i % groups:02d}" if groups else "")
+            folder.mkdir(parents=True, exist_ok=True)
+            im.save(folder / f"{i:03d}.png")
+    return root
+
+
+def _jpeg_copy(src: Path, dst: Path, *, scale: float = 0.75, quality: int = 80) -> Path:
+    from PIL import Image
+
+    with Image.open(src) as im:
+        im.convert("RGB").resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.LANCZOS) \
+            .save(dst, "JPEG", quality=quality)
+    return dst
+
+
+def test_a_resized_jpeg_copy_of_a_test_image_is_reported_and_kept_out_of_pretraining(tmp_path):
+    """--unlabeled holds a 0.75×, JPEG-80 copy of a test image (other bytes, same picture): the guard lists the
+    pair with its thumbnail and the pool folder BYOL reads does not hold the copy; distinct images stay in."""
+    data = _shapes_class_folder(tmp_path / "data", per_class=10)
+    test = _shapes_class_folder(tmp_path / "test", per_class=4, seed=1)
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    copy = _jpeg_copy(test / "light" / "002.png", pool / "holiday-photo.jpg")
+    _shapes_class_folder(tmp_path / "more", per_class=3, seed=2)
+    for p in (tmp_path / "more").rglob("*.png"):
+        shutil.copy(p, pool / f"{p.parent.name}-{p.name}")
+    r = study(data, out=tmp_path / "s", test=test, unlabeled=pool, arms=("pixels", "byol"), **TINY)
+    near = r.record["guard"]["near_copies"]
+    assert [(n["held"], n["copy"], n["split"]) for n in near] == [("test:light/002.png", "unlabeled:holiday-photo.jpg",
+                                                                    "test")]
+    assert near[0]["bits"] <= 10 and near[0]["levels"] <= 4 and near[0]["kept_out_of"] == "the pretraining pool"
+    pool_files = {_sha(p) for p in (tmp_path / "s" / "data" / "pool").iterdir() if not p.name.startswith(".")}
+    assert _sha(copy) not in pool_files and len(pool_files) == 6 + 20 - 4  # 6 unlabeled, 20 DATA minus 4 val
+    assert {_sha(p) for p in (tmp_path / "more").rglob("*.png")} <= pool_files
+    md = (tmp_path / "s" / "report.md").read_text()
+    assert "### Near copies of val and test images" in md and "figures/near-001.png" in md
+    assert (tmp_path / "s" / "figures" / "near-001.png").read_bytes()[:4] == b"\x89PNG"
+    hashes = json.loads((tmp_path / "s" / "hashes.json").read_text())
+    assert _sha(copy) in hashes["fingerprints"] and hashes["fingerprint_version"] >= 1

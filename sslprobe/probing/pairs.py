@@ -11,6 +11,10 @@ self-supervised arm against its best baseline, each chosen on validation; ``--pr
 tested alone at 95 %. Every other pair is **secondary**: one family whose p-values are Holm-adjusted
 (Holm 1979) and whose intervals are widened to the level each adjustment used, so the chance of any
 false "A beats B" in the family stays at 5 % (docs/probe.md, "Verdict").
+
+``groups`` (a test row's path → its group: a study's ``--groups``) makes every bootstrap resample whole
+groups and the randomization test swap whole groups (``uncertainty.row_weights``); a row whose path it
+does not name is a group of its own.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ from sslprobe.probing.uncertainty import (
     RESAMPLES,
     bootstrap,
     bootstrap_p,
+    clusters_of,
     holm,
     minimum_detectable,
     nested_bootstrap,
@@ -36,7 +41,7 @@ from sslprobe.probing.uncertainty import (
     pooled_value,
     signflip_p,
 )
-from sslprobe.results import FinetuneResult, PairedTest, ProbeResult
+from sslprobe.results import FinetuneResult, Intervals, PairedTest, ProbeResult
 
 Scored = ProbeResult | FinetuneResult
 ALPHA = 1 - LEVEL
@@ -105,14 +110,29 @@ class _Group:
     preds: list[torch.Tensor] | list[list[torch.Tensor]]
     values: dict[str, torch.Tensor]
     k: int
+    clusters: torch.Tensor | list[torch.Tensor | None] | None = None  # the test rows' groups (--groups)
+
+    @property
+    def groups(self) -> int | None:
+        """How many groups the first test set's rows fall in, when they are resampled by group."""
+        first = self.clusters[0] if isinstance(self.clusters, list) else self.clusters
+        return int(first.max()) + 1 if first is not None and first.numel() else None
 
     @property
     def first_labels(self) -> torch.Tensor:
         return self.labels if isinstance(self.labels, torch.Tensor) else self.labels[0]
 
 
+def row_clusters(r: Scored, groups: Mapping[str, str] | None) -> torch.Tensor | None:
+    """The groups of a result's test rows as 0 … G − 1 (a row ``groups`` does not name: a group of its own), or
+    None without groups or row paths."""
+    if not groups or not r.test_paths:
+        return None
+    return clusters_of([("group", groups[p]) if p in groups else ("row", i) for i, p in enumerate(r.test_paths)])
+
+
 def _draws(group: Sequence[str], rows: Mapping[str, Scored], repeats: Mapping[str, Sequence[Scored]], *,
-           metric: str, seed: int, resamples: int) -> _Group:
+           metric: str, seed: int, resamples: int, groups: Mapping[str, str] | None = None) -> _Group:
     runs = [_runs(name, rows, repeats) for name in group]
     first = runs[0]
     tests = [_test_rows(x)[0] for x in first]
@@ -120,12 +140,17 @@ def _draws(group: Sequence[str], rows: Mapping[str, Scored], repeats: Mapping[st
     if all(_why_unpaired(first[0], x) is None for arm in runs for x in arm):  # one test set: crossed
         labels = torch.tensor([index[c] for c in tests[0]])
         preds = [torch.stack([_renumbered(_test_rows(x)[1], x.classes, index) for x in arm]) for arm in runs]
-        values = bootstrap(preds, labels, metrics=METRICS, num_classes=len(index), resamples=resamples, seed=seed)
-        return _Group(list(group), labels, preds, values, len(index))
+        clusters = row_clusters(first[0], groups)
+        values = bootstrap(preds, labels, metrics=METRICS, num_classes=len(index), resamples=resamples, seed=seed,
+                           clusters=clusters)
+        return _Group(list(group), labels, preds, values, len(index), clusters)
     each = [torch.tensor([index[c] for c in names]) for names in tests]  # a test set per repeat: nested
     nested = [[_renumbered(_test_rows(x)[1], x.classes, index) for x in arm] for arm in runs]
-    values = nested_bootstrap(nested, each, metrics=METRICS, num_classes=len(index), resamples=resamples, seed=seed)
-    return _Group(list(group), each, nested, values, len(index))
+    clustered = [row_clusters(x, groups) for x in first]
+    clustered = clustered if any(c is not None for c in clustered) else None
+    values = nested_bootstrap(nested, each, metrics=METRICS, num_classes=len(index), resamples=resamples, seed=seed,
+                              clusters=clustered)
+    return _Group(list(group), each, nested, values, len(index), clustered)
 
 
 def _pair(a: str, b: str, g: _Group, *, metric: str, resamples: int, seed: int) -> dict:
@@ -143,7 +168,7 @@ def _pair(a: str, b: str, g: _Group, *, metric: str, resamples: int, seed: int) 
 
     diff = (g.values[metric][i] - g.values[metric][j]).sort().values
     exchange = signflip_p(g.preds[i], g.preds[j], g.labels, metric=metric, num_classes=g.k, resamples=resamples,
-                          seed=seed)
+                          seed=seed, clusters=g.clusters)
     others = {METRIC_KEYS[m]: {"value": value(m), "level": LEVEL,
                                "ci": order_interval((g.values[m][i] - g.values[m][j]).sort().values, ALPHA)}
               for m in METRICS if m != metric}
@@ -153,7 +178,7 @@ def _pair(a: str, b: str, g: _Group, *, metric: str, resamples: int, seed: int) 
             "p": max(bootstrap_p(diff), exchange), "se": float(diff.std()), "detectable": minimum_detectable(diff),
             "repeats": max(len(g.preds[i]), len(g.preds[j])), "resamples": resamples,
             "a_only_correct": int((hit_a & ~hit_b).sum()), "b_only_correct": int((hit_b & ~hit_a).sum()),
-            "others": others, "_sorted": diff}
+            "others": others, "_sorted": diff, **({"groups": g.groups} if g.groups is not None else {})}
 
 
 def _decide(t: dict, *, role: str, p_adjusted: float, family: int) -> PairedTest:
@@ -176,16 +201,18 @@ def _decide(t: dict, *, role: str, p_adjusted: float, family: int) -> PairedTest
 
 def paired_tests(rows: Sequence[tuple[str, Scored]], *, metric: str = "balanced",
                  primary: tuple[str, str] | None = None, seed: int = 0, resamples: int = PAIRED_RESAMPLES,
-                 repeats: Mapping[str, Sequence[Scored]] | None = None) -> list[PairedTest]:
+                 repeats: Mapping[str, Sequence[Scored]] | None = None,
+                 groups: Mapping[str, str] | None = None) -> list[PairedTest]:
     """One entry per pair of results (in the given order): A − B in ``metric``, primary or in the Holm family,
-    or why the two are unpaired. ``repeats``: an arm's results over repeats (seeds), pooled by the bootstrap."""
+    or why the two are unpaired. ``repeats``: an arm's results over repeats (seeds), pooled by the bootstrap;
+    ``groups``: test row path → group, resampled and swapped whole."""
     tests, unpaired = _tests(rows, metric=metric, primary=primary, seed=seed, resamples=resamples,
-                             repeats=repeats or {})
+                             repeats=repeats or {}, groups=groups)
     return _family(tests, primary=primary) + unpaired
 
 
 def budget_tests(rows: Sequence[tuple[str, Scored]], *, metric: str, against: Collection[str], seed: int = 0,
-                 resamples: int = PAIRED_RESAMPLES) -> list[PairedTest]:
+                 resamples: int = PAIRED_RESAMPLES, groups: Mapping[str, str] | None = None) -> list[PairedTest]:
     """Label budgets in the same statistics: at every budget (1-shot included) each arm of ``against`` against
     every other arm, its seeded draws pooled as repeats (the draws are the same subsets for every arm, so they
     pair), every (budget, pair) in one Holm family. Needs curves scored on test with their draws' predictions."""
@@ -194,7 +221,8 @@ def budget_tests(rows: Sequence[tuple[str, Scored]], *, metric: str, against: Co
         runs = {name: budget_runs(r, kind, value) for name, r in rows}
         present = [(n, got[0]) for n, got in runs.items() if got]
         found, _ = _tests(present, metric=metric, primary=None, seed=seed, resamples=resamples,
-                          repeats={n: runs[n] for n, _ in present}, keep=lambda a, b: a in against or b in against)
+                          repeats={n: runs[n] for n, _ in present}, keep=lambda a, b: a in against or b in against,
+                          groups=groups)
         name = f"{100 * value:g} %" if kind == "fraction" else f"{value:g}-shot"
         tests += [{**t, "budget": name} for t in found]
     return _family(tests, primary=None)
@@ -215,14 +243,14 @@ def budget_runs(r: Scored, kind: str, value: float) -> list[Scored] | None:
 
 
 def _tests(rows: Sequence[tuple[str, Scored]], *, metric: str, primary: tuple[str, str] | None, seed: int,
-           resamples: int, repeats: Mapping[str, Sequence[Scored]],
-           keep: Callable[[str, str], bool] | None = None) -> tuple[list[dict], list[PairedTest]]:
+           resamples: int, repeats: Mapping[str, Sequence[Scored]], keep: Callable[[str, str], bool] | None = None,
+           groups: Mapping[str, str] | None = None) -> tuple[list[dict], list[PairedTest]]:
     """Every pair's unadjusted test (those ``keep`` allows), and the pairs that cannot be paired."""
     by_name = dict(rows)
-    groups = {g[0]: g for g in _groups(rows, repeats)}
-    drawn = {first: _draws(g, by_name, repeats, metric=metric, seed=seed, resamples=resamples)
-             for first, g in groups.items()}
-    home = {n: first for first, g in groups.items() for n in g}
+    sets = {g[0]: g for g in _groups(rows, repeats)}
+    drawn = {first: _draws(g, by_name, repeats, metric=metric, seed=seed, resamples=resamples, groups=groups)
+             for first, g in sets.items()}
+    home = {n: first for first, g in sets.items() for n in g}
     tests, unpaired = [], []
     for (na, _), (nb, _) in combinations(rows, 2):
         if keep is not None and not keep(na, nb):
@@ -237,14 +265,32 @@ def _tests(rows: Sequence[tuple[str, Scored]], *, metric: str, primary: tuple[st
     return tests, unpaired
 
 
-def pooled(runs: Sequence[Scored], *, metric: str, seed: int = 0,
-           resamples: int = RESAMPLES) -> tuple[float, list[float]]:
+def pooled(runs: Sequence[Scored], *, metric: str, seed: int = 0, resamples: int = RESAMPLES,
+           groups: Mapping[str, str] | None = None) -> tuple[float, list[float]]:
     """An arm's metric pooled over its repeats (mean), with the 95 % interval of the two-way bootstrap (the
-    nested one when the repeats have their own test sets: ``--resplit``)."""
+    nested one when the repeats have their own test sets: ``--resplit``); ``groups`` resampled whole."""
     name = "arm"
-    g = _draws([name], {name: runs[0]}, {name: runs}, metric=metric, seed=seed, resamples=resamples)
+    g = _draws([name], {name: runs[0]}, {name: runs}, metric=metric, seed=seed, resamples=resamples, groups=groups)
     return (pooled_value(g.preds[0], g.labels, metric=metric, num_classes=g.k),
             order_interval(g.values[metric][0].sort().values, ALPHA))
+
+
+def grouped_intervals(r: Scored, groups: Mapping[str, str], *, seed: int = 0) -> Scored:
+    """``r`` with its test intervals from the cluster bootstrap over the groups of its test rows (``RESAMPLES``
+    draws of whole groups, every metric on the same draws), in place of the probe's over rows; unchanged when
+    its test rows carry no predictions or paths."""
+    rows, clusters = _test_rows(r), row_clusters(r, groups)
+    if rows is None or clusters is None or r.test is None or r.test.ci is None:
+        return r
+    index = {c: i for i, c in enumerate(sorted(set(rows[0])))}
+    labels = torch.tensor([index[c] for c in rows[0]])
+    pred = _renumbered(rows[1], r.classes, index)
+    values = bootstrap([pred[None]], labels, metrics=METRICS, num_classes=len(index), resamples=RESAMPLES, seed=seed,
+                       clusters=clusters)
+    ci = {METRIC_KEYS[m]: tuple(order_interval(v[0].sort().values, ALPHA)) for m, v in values.items()}
+    method = f"percentile bootstrap over {int(clusters.max()) + 1} test groups (--groups)"
+    test = dataclasses.replace(r.test, ci=Intervals(**ci, level=LEVEL, resamples=RESAMPLES, method=method))
+    return dataclasses.replace(r, test=test)
 
 
 def _family(tests: list[dict], *, primary: tuple[str, str] | None) -> list[PairedTest]:
@@ -259,4 +305,4 @@ def _family(tests: list[dict], *, primary: tuple[str, str] | None) -> list[Paire
     return sorted((decided[id(t)] for t in tests), key=lambda p: p.role != "primary")
 
 
-__all__ = ["ALPHA", "budget_runs", "budget_tests", "paired_tests", "pooled"]
+__all__ = ["ALPHA", "budget_runs", "budget_tests", "grouped_intervals", "paired_tests", "pooled", "row_clusters"]

@@ -8,7 +8,9 @@ repeats (seeds) by the two-way bootstrap. Arms scored on the same test images ar
 the same draws for all, so the shared difficulty of an image cancels (Dietterich 1998) — with a
 sign-flip randomization test beside the bootstrap (McNemar's exact test for top-1), intervals as
 order statistics that agree with the p-value, Holm's adjustment for a family, and the difference
-detectable at 80 % power (docs/probe.md, "Verdict").
+detectable at 80 % power (docs/probe.md, "Verdict"). When the test rows come in groups (a study's
+``--groups``: one patient, one scene), whole groups are resampled and flipped (the cluster bootstrap
+and the cluster randomization test, :func:`row_weights`).
 """
 from __future__ import annotations
 
@@ -64,6 +66,28 @@ def metric_value(pred: torch.Tensor, labels: torch.Tensor, *, metric: str, num_c
     return float(_weighted(w, pred.cpu(), labels.cpu(), num_classes, metric)[0])
 
 
+def clusters_of(ids: Sequence) -> torch.Tensor:
+    """Any per-row group labels as cluster indices 0 … G − 1 (N,), in order of first appearance."""
+    index: dict = {}
+    return torch.tensor([index.setdefault(x, len(index)) for x in ids], dtype=torch.int64)
+
+
+def row_weights(n: int, b: int, *, generator: torch.Generator, clusters: torch.Tensor | None = None) -> torch.Tensor:
+    """(b, n) float64: how often each of n rows is drawn in each of b bootstrap resamples.
+
+    Without ``clusters``, n rows are drawn with replacement (Efron & Tibshirani 1993, ch. 13). With
+    ``clusters`` (n,) in [0, G), G clusters are drawn with replacement and a row counts as often as its
+    cluster was drawn: the cluster bootstrap (Davison & Hinkley 1997, §3.8; Field & Welsh 2007, JRSS B
+    69(3)). Rows of one group (one patient's images) err together; drawn as if independent, their spread
+    shrinks by about √(1 + (m − 1)ρ) for groups of m rows with intra-group correlation ρ, so the row
+    bootstrap's interval is too narrow by that factor and the cluster bootstrap's is not.
+    """
+    ones = torch.ones(b, n if clusters is None else int(clusters.max()) + 1, dtype=torch.float64)
+    idx = torch.randint(ones.shape[1], ones.shape, generator=generator)
+    w = torch.zeros_like(ones).scatter_add_(1, idx, ones)
+    return w if clusters is None else w[:, clusters]
+
+
 def _counts(w: torch.Tensor, pred: torch.Tensor, labels: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
     """Per-class (true positives, true rows, predicted rows) of one prediction vector under each row weighting of
     ``w`` (b, N): each (b, K), by index_add (O(b·N) whatever K); a prediction outside [0, K) counts for no class."""
@@ -82,7 +106,7 @@ def _weighted(w: torch.Tensor, pred: torch.Tensor, labels: torch.Tensor, k: int,
 
 
 def bootstrap(arms: Sequence[torch.Tensor], labels: torch.Tensor, *, metrics: Sequence[str], num_classes: int,
-              resamples: int, seed: int = 0) -> dict[str, torch.Tensor]:
+              resamples: int, seed: int = 0, clusters: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Bootstrap distributions (A, resamples) of each metric of ``metrics`` for each arm's predictions (R or 1,
     N), pooled over its R repeats (seeds, label draws) of one test set; every arm and every metric is scored on
     the same draws (the counts once, each metric from them), so a row of differences is the paired bootstrap
@@ -92,7 +116,8 @@ def bootstrap(arms: Sequence[torch.Tensor], labels: torch.Tensor, *, metrics: Se
     on the same drawn rows: the two-way ("pigeonhole") bootstrap for a crossed design of seeds × test
     images (Owen 2007, Ann. Appl. Stat. 1(2)), which with one repeat is the ordinary paired bootstrap over
     test rows (Efron & Tibshirani 1993, ch. 13). An arm with one repeat (pixels: no seed) keeps it in
-    every draw; the pooled value is the mean over the drawn repeats.
+    every draw; the pooled value is the mean over the drawn repeats. ``clusters`` (N,): the rows' groups,
+    resampled whole (:func:`row_weights`).
     """
     labels = labels.cpu()
     n = labels.numel()
@@ -103,8 +128,7 @@ def bootstrap(arms: Sequence[torch.Tensor], labels: torch.Tensor, *, metrics: Se
     out: dict[str, list[torch.Tensor]] = {m: [] for m in metrics}
     for start in range(0, resamples, block):
         b = min(block, resamples - start)
-        idx = torch.randint(n, (b, n), generator=g)
-        w = torch.zeros(b, n, dtype=torch.float64).scatter_add_(1, idx, torch.ones(b, n, dtype=torch.float64))
+        w = row_weights(n, b, generator=g, clusters=clusters)
         reps = torch.randint(r, (b, r), generator=g)
         wr = torch.zeros(b, r, dtype=torch.float64).scatter_add_(1, reps, torch.ones(b, r, dtype=torch.float64)) / r
         per_arm = {m: [] for m in metrics}
@@ -119,8 +143,8 @@ def bootstrap(arms: Sequence[torch.Tensor], labels: torch.Tensor, *, metrics: Se
 
 
 def nested_bootstrap(arms: Sequence[Sequence[torch.Tensor]], labels: Sequence[torch.Tensor], *,
-                     metrics: Sequence[str], num_classes: int, resamples: int,
-                     seed: int = 0) -> dict[str, torch.Tensor]:
+                     metrics: Sequence[str], num_classes: int, resamples: int, seed: int = 0,
+                     clusters: Sequence[torch.Tensor | None] | None = None) -> dict[str, torch.Tensor]:
     """:func:`bootstrap` when every repeat has its own test set (``--resplit``: a new split per repeat):
     ``labels[i]`` is repeat i's test labels, ``arms[a][i]`` arm a's predictions on them.
 
@@ -128,6 +152,7 @@ def nested_bootstrap(arms: Sequence[Sequence[torch.Tensor]], labels: Sequence[to
     drawn slot, that repeat's own test rows — a fresh row resample per slot, also when one repeat is drawn
     twice (the two-stage bootstrap of a nested design; Davison & Hinkley 1997, §3.8, "strategy 2"). The
     pooled value is the mean over the slots. Every arm is scored on the same draws, so differences pair.
+    ``clusters[i]``: repeat i's row groups, resampled whole within it.
     """
     r, a_n = len(labels), len(arms)
     labels = [y.cpu() for y in labels]
@@ -146,10 +171,8 @@ def nested_bootstrap(arms: Sequence[Sequence[torch.Tensor]], labels: Sequence[to
                 drawn = (slots[:, s] == i).nonzero().squeeze(1)
                 if drawn.numel() == 0:
                     continue
-                n = labels[i].numel()
-                idx = torch.randint(n, (drawn.numel(), n), generator=g)
-                w = torch.zeros(drawn.numel(), n, dtype=torch.float64).scatter_add_(
-                    1, idx, torch.ones(drawn.numel(), n, dtype=torch.float64))
+                w = row_weights(labels[i].numel(), drawn.numel(), generator=g,
+                                clusters=clusters[i] if clusters is not None else None)
                 for j, arm in enumerate(arms):
                     counts = _counts(w, arm[i], labels[i], num_classes)
                     for m in metrics:
@@ -161,14 +184,17 @@ def nested_bootstrap(arms: Sequence[Sequence[torch.Tensor]], labels: Sequence[to
 
 def signflip_p(a: torch.Tensor | Sequence[torch.Tensor], b: torch.Tensor | Sequence[torch.Tensor],
                labels: torch.Tensor | Sequence[torch.Tensor], *, metric: str, num_classes: int, resamples: int,
-               seed: int = 0) -> float:
+               seed: int = 0, clusters: torch.Tensor | Sequence[torch.Tensor | None] | None = None) -> float:
     """Two-sided p of "A and B are exchangeable": each (repeat, row) cell's two predictions are swapped with
     probability ½, and p = (1 + #{|Δ*| ≥ |Δ|}) / (1 + resamples) (the paired randomization test, Fisher 1935;
     Phipson & Smyth 2010 for the +1). For top-1 it is McNemar's exact test; unlike the bootstrap's p it stays
     valid when only a handful of rows disagree (5 of 5 one way: p = 2/32, where the bootstrap says 0.013).
     ``a``, ``b``: (R or 1, N) predictions on one test set; or, with ``labels`` a list (one test set per repeat:
     ``--resplit``), a list of each repeat's predictions. The pooled Δ is the mean over repeats. Only rows where
-    the two predictions differ can change anything, so only they are drawn.
+    the two predictions differ can change anything, so only they are drawn. ``clusters`` (N,), or one per
+    repeat: the rows' groups; a group's rows are swapped together (the randomization test at the level of
+    the independent unit: rows of one group are not exchangeable one by one under the null, so swapping them
+    singly would make p too small, as the row bootstrap makes intervals too narrow).
     """
     k = num_classes
     if isinstance(labels, torch.Tensor):
@@ -176,9 +202,11 @@ def signflip_p(a: torch.Tensor | Sequence[torch.Tensor], b: torch.Tensor | Seque
         r = max(a.numel(), b.numel()) // max(n, 1)
         a, b = a.cpu().reshape(-1, n).expand(r, n), b.cpu().reshape(-1, n).expand(r, n)
         labels = [labels.cpu()] * r
+        clusters = [clusters] * r if isinstance(clusters, torch.Tensor) else clusters
     r = len(labels)
+    clusters = list(clusters) if clusters is not None else [None] * r
     g = torch.Generator().manual_seed(seed)
-    parts = [_swappable(a[i].cpu(), b[i].cpu(), labels[i].cpu(), k) for i in range(r)]
+    parts = [_swappable(a[i].cpu(), b[i].cpu(), labels[i].cpu(), k, clusters[i]) for i in range(r)]
     observed = abs(sum(float(metric_of_counts(p.tp_a, p.support, p.pred_a, metric)
                              - metric_of_counts(p.tp_b, p.support, p.pred_b, metric)) for p in parts) / r)
     block, extreme = max(1, min(resamples, _CELLS // max(max(len(y) for y in labels), 1))), 0
@@ -186,7 +214,11 @@ def signflip_p(a: torch.Tensor | Sequence[torch.Tensor], b: torch.Tensor | Seque
         m = min(block, resamples - start)
         delta = torch.zeros(m, dtype=torch.float64)
         for p in parts:
-            swap = (torch.rand(m, p.rows.numel(), generator=g) < 0.5).double()
+            if p.group is None:
+                swap = (torch.rand(m, p.rows.numel(), generator=g) < 0.5).double()
+            else:  # one coin per group, shared by its rows
+                swap = (torch.rand(m, int(p.group.max()) + 1 if p.rows.numel() else 0, generator=g) < 0.5
+                        ).double()[:, p.group]
             move_t = torch.zeros(m, k, dtype=torch.float64).index_add_(1, p.label, swap * p.hit_gain)
             move_q = (torch.zeros(m, k, dtype=torch.float64).index_add_(1, p.to_b, swap[:, p.b_inside])
                       .index_add_(1, p.to_a, -swap[:, p.a_inside]))
@@ -214,9 +246,11 @@ class _Swap:
     to_b: torch.Tensor
     a_inside: torch.Tensor
     b_inside: torch.Tensor
+    group: torch.Tensor | None  # the disagreeing rows' groups as 0 … G − 1, or None: each row alone
 
 
-def _swappable(a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor, k: int) -> _Swap:
+def _swappable(a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor, k: int,
+               clusters: torch.Tensor | None = None) -> _Swap:
     def counts(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hit = (p == labels).double()
         inside = (p >= 0) & (p < k)
@@ -229,7 +263,8 @@ def _swappable(a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor, k: int) -
     gain = (pb == y).double() - (pa == y).double()
     a_in, b_in = (pa >= 0) & (pa < k), (pb >= 0) & (pb < k)
     support = torch.bincount(labels, minlength=k).double()
-    return _Swap(support, tp_a, tp_b, pred_a, pred_b, rows, y, gain, pa[a_in], pb[b_in], a_in, b_in)
+    group = None if clusters is None else torch.unique(clusters.cpu()[rows], return_inverse=True)[1]
+    return _Swap(support, tp_a, tp_b, pred_a, pred_b, rows, y, gain, pa[a_in], pb[b_in], a_in, b_in, group)
 
 
 def pooled_value(preds: torch.Tensor | Sequence[torch.Tensor], labels: torch.Tensor | Sequence[torch.Tensor], *,
@@ -278,6 +313,7 @@ def minimum_detectable(values: torch.Tensor, *, alpha: float = 1 - LEVEL, power:
 
 
 __all__ = ["LEVEL", "METRICS", "METRIC_KEYS", "PAIRED_RESAMPLES", "RESAMPLES", "bootstrap",
-           "bootstrap_p", "holm", "nested_bootstrap", "signflip_p", "metric_of_counts", "metric_value",
+           "bootstrap_p", "clusters_of", "holm", "nested_bootstrap", "row_weights", "signflip_p", "metric_of_counts",
+           "metric_value",
            "minimum_detectable",
            "order_interval", "pooled_value"]

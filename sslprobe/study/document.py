@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sslprobe.config.common import METRIC_KEYS, METRIC_NAMES, METRIC_WORDS
+from sslprobe.images.phash import NEAR_BITS, NEAR_LEVELS
 from sslprobe.probing.report import PAIR_COLUMNS, family_note, metric_order, pair_cells, percent
 from sslprobe.probing.report import with_ci as report_with_ci
 from sslprobe.results import CurvePoint, Metrics
@@ -29,6 +30,7 @@ class Figures:
     confusion: dict[str, Path] = field(default_factory=dict)
     loss: dict[str, Path] = field(default_factory=dict)
     note: str | None = None
+    near: list[Path | None] = field(default_factory=list)  # the guard's near copies side by side (None: unreadable)
 
 
 def _pct(x: float | None) -> str:
@@ -50,7 +52,8 @@ def _budget_cell(p: CurvePoint | None, method: str) -> str:
 def build(r: StudyRecord, figures: Figures) -> list[Block]:
     """Every section of the report, in reading order."""
     return [*_title(r), *_verdict(r), *_results(r), *_repeats(r), *_pairs(r), *_label_efficiency(r, figures),
-            *_confusions(figures), *_pretraining(r, figures), *_arms(r), *_data(r), *_commands(r), *_versions(r)]
+            *_confusions(figures), *_pretraining(r, figures), *_arms(r), *_data(r, figures), *_commands(r),
+            *_versions(r)]
 
 
 def _title(r: StudyRecord) -> list[Block]:
@@ -98,14 +101,17 @@ def _results(r: StudyRecord) -> list[Block]:
     return [Heading(f"Results ({split}, {n} images)"), Table(cols, tuple(rows)),
             Para(f"Every number is in the declared metric, {name_of} (--metric {metric}): it chose C, kNN k, the "
                  "fine-tune epoch and learning rate; the other two follow. [..] = 95 % bootstrap interval over the "
-                 "test images. Probe rows: the linear probe refit on train + val at the C chosen on val; fine-tune "
-                 "rows: the epoch chosen on val. @budget columns: mean ± std (sample, n − 1) over seeded draws of the "
+                 + ("test groups (--groups: whole groups resampled; kNN's over test images)" if r.prepared.row_groups
+                    else "test images")
+                 + ". Probe rows: the linear probe refit on train + val at the C chosen on val; fine-tune rows: the "
+                 "epoch chosen on val. @budget columns: mean ± std (sample, n − 1) over seeded draws of the "
                  "train labels, each draw choosing its C (or epoch) on its own labels.")]
 
 
 def _repeats(r: StudyRecord) -> list[Block]:
     """With --repeats: each arm's metric per repeat beside the pooled one and its interval over repeats and rows."""
-    rows = numbers.repeat_rows(r.repeated(), metric=r.opts.config.metric, seed=r.opts.config.seed)
+    rows = numbers.repeat_rows(r.repeated(), metric=r.opts.config.metric, seed=r.opts.config.seed,
+                               groups=r.prepared.row_groups or None)
     if not rows:
         return []
     return [Heading(f"Repeats ({r.opts.repeats} seeds from {r.opts.config.seed})"),
@@ -128,8 +134,11 @@ def _pairs(r: StudyRecord) -> list[Block]:
     if not rows:
         return []
     metric = METRIC_NAMES[r.opts.config.metric]
+    groups = next((p.groups for p in r.pairs if p.groups), None)
+    whole = (f" Whole test groups ({groups}, --groups) are resampled by the bootstrap and swapped by the "
+             "randomization test." if groups else "")
     return [Heading(f"Paired tests (same test images, {metric}, A − B, points)"), Table(PAIR_COLUMNS, rows),
-            Para(family_note(r.pairs) + ".")]
+            Para(family_note(r.pairs) + "." + whole)]
 
 
 def _label_efficiency(r: StudyRecord, figures: Figures) -> list[Block]:
@@ -196,22 +205,33 @@ def _arms(r: StudyRecord) -> list[Block]:
                  "the study's size is smaller; arms from random weights get the small 3×3 stem at ≤ 64 px.")]
 
 
-def _data(r: StudyRecord) -> list[Block]:
+def _data(r: StudyRecord, figures: Figures) -> list[Block]:
     p, g = r.prepared, r.prepared.guard
     counts = p.splits.counts()
     per = {s: sum(1 for _, sp in g.labelled if sp == s) for s in ("train", "val", "test")}
-    rows = tuple((s, str(counts[s]), str(per[s])) for s in ("train", "val", "test"))
+    grouped = p.splits.rule.groups is not None
+    in_split = {s: {p.splits.group_of[k] for k, sp in p.splits.of_key.items() if sp == s and k in p.splits.group_of}
+                for s in ("train", "val", "test")}
+    rows = tuple((s, str(counts[s]), str(per[s]), *((str(len(in_split[s])),) if grouped else ()))
+                 for s in ("train", "val", "test"))
     rule = p.splits.rule
     drawn = ("test is --test as given; val drawn" if rule.fixed_test else
              f"test {rule.test_fraction:g} and val {rule.val_fraction:g} of the rest, drawn") + \
-        f" per class with seed {rule.seed} and saved in splits.json, keyed by sha256 of the image bytes"
+        (" as whole groups (--groups " + r.opts.config.groups + "), as close to those shares per class as the "
+         "groups allow," if grouped else " per class") + \
+        f" with seed {rule.seed} and saved in splits.json, keyed by sha256 of the image bytes"
     items = [drawn, *p.splits.notes,
-             f"pretraining pool: {len(g.pool)} distinct images (train + unlabelled), none of them a val or test image",
+             f"pretraining pool: {len(g.pool)} distinct images (train + unlabelled), none of them a val or test image "
+             "nor a near copy of one",
              f"{len(g.kept_out)} image(s) kept out by the leakage guard, {len(g.duplicates)} group(s) of exact "
-             f"duplicates, {len(g.conflicts)} image(s) labelled differently in two places",
+             f"duplicates, {len(g.near)} near copy(ies) of a val or test image, {len(g.conflicts)} image(s) labelled "
+             "differently in two places",
              f"{len(r.skipped)} unreadable image(s) skipped"]
-    out: list[Block] = [Heading("Data and the leakage guard"),
-                        Table(("split", "distinct images", "labelled rows"), rows), Items(tuple(items))]
+    if grouped:
+        items.insert(1, "no group is on two sides of the split; every interval and paired test resamples (and the "
+                        "randomization test swaps) whole test groups, not images (kNN's intervals: test images)")
+    columns = ("split", "distinct images", "labelled rows", *(("groups",) if grouped else ()))
+    out: list[Block] = [Heading("Data and the leakage guard"), Table(columns, rows), Items(tuple(items))]
     for title, entries in (("Kept out by the guard", [f"{k['origin']}:{k['path']} — kept out of {k['from']}: "
                                                       f"{k['why']}" for k in g.kept_out]),
                            ("Exact duplicates", [f"{d['split']}: {', '.join(d['paths'])}" for d in g.duplicates]),
@@ -221,6 +241,29 @@ def _data(r: StudyRecord) -> list[Block]:
         if entries:
             more = [f"… {len(entries) - LIST_MAX} more in study.json"] if len(entries) > LIST_MAX else []
             out += [Heading(title, 3), Items(tuple(entries[:LIST_MAX] + more))]
+    return out + _near(r, figures)
+
+
+def _near(r: StudyRecord, figures: Figures) -> list[Block]:
+    """The near copies of val and test images the guard found, in words and side by side (held-out image left)."""
+    near = r.prepared.guard.near
+    if not near:
+        return []
+    more = f" The first {LIST_MAX} are shown; study.json lists all {len(near)}." if len(near) > LIST_MAX else ""
+    out: list[Block] = [
+        Heading("Near copies of val and test images", 3),
+        Para("A resized or re-encoded copy of a held-out image, found by its perceptual hash (pHash within "
+             f"{NEAR_BITS} bits) and confirmed by its 8×8 thumbnail (within {NEAR_LEVELS:g} grey levels): kept out "
+             "of the pretraining pool, and out of train when labelled (docs/study.md, \"The near-duplicate guard\")."
+             + more)]
+    for k, pair in enumerate(near[:LIST_MAX]):
+        caption = (f"{pair['held']} ({pair['split']}) | {pair['copy']} — {pair['bits']} bits, {pair['levels']:g} "
+                   f"grey levels; kept out of {pair['kept_out_of']}")
+        picture = figures.near[k] if k < len(figures.near) else None
+        if picture is not None:
+            out.append(Figure(picture, caption, width=2 * 96 + 8))
+        else:
+            out.append(Para(caption))
     return out
 
 

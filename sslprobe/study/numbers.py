@@ -8,7 +8,7 @@ probing.pairs.budget_tests.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,22 +59,23 @@ def headline_stats(p: CurvePoint | None) -> CurveStats | None:
     return None if p is None else p.headline
 
 
-def repeat_rows(arms: Sequence[tuple[str, Sequence[Scored]]], *, metric: str,
-                seed: int) -> list[tuple[str, str, str]]:
-    """(arm, pooled % [95 % CI], each repeat's %) for the arms run more than once (--repeats)."""
+def repeat_rows(arms: Sequence[tuple[str, Sequence[Scored]]], *, metric: str, seed: int,
+                groups: Mapping[str, str] | None = None) -> list[tuple[str, str, str]]:
+    """(arm, pooled % [95 % CI], each repeat's %) for the arms run more than once (--repeats); ``groups``: the
+    test rows' groups (--groups), resampled whole."""
     key, rows = METRIC_KEYS[metric], []
     for name, every in arms:
         if len(every) < 2:
             continue
-        value, ci = pooled(every, metric=metric, seed=seed)
+        value, ci = pooled(every, metric=metric, seed=seed, groups=groups)
         rows.append((name, f"{100 * value:.1f} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]",
                      " / ".join(f"{100 * x.test.value(key):.1f}" for x in every if x.test is not None)))
     return rows
 
 
-def csv_rows(name: str, r: Scored, *, method: str) -> list[dict[str, Any]]:
+def csv_rows(name: str, r: Scored, *, method: str, groups: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """results.csv rows of one arm: the full-label metrics (one row each), then every label budget (mean over draws,
-    in the curve's metric)."""
+    in the curve's metric); ``groups``: the test rows' groups, resampled whole by the budgets' intervals."""
     split = split_of(r)
     used = int(r.n_train) + (int(r.n_val) if split == "test" else 0)
     keys = [*(METRIC_KEYS[m] for m in (r.metric, *(m for m in METRICS if m != r.metric))), "top5"]
@@ -90,9 +91,10 @@ def csv_rows(name: str, r: Scored, *, method: str) -> list[dict[str, Any]]:
             stats = p.stats(m) if p is not None else None
             if stats:
                 runs = budget_runs(r, b.kind, b.value) if m != "knn" and stats.predictions else None
-                ci = pooled(runs, metric=le.scored_by)[1] if runs else None
+                ci = pooled(runs, metric=le.scored_by, groups=groups)[1] if runs else None
+                how = f"bootstrap over draws and test {'groups' if groups else 'rows'}" if ci else ""
                 out.append(_row(name, m, b.label, b.kind, b.value, p.n_train, len(stats.runs), scored_on, curve_key,
-                                stats.mean, ci, stats.std, "bootstrap over draws and test rows" if ci else ""))
+                                stats.mean, ci, stats.std, how))
     return out
 
 

@@ -79,6 +79,11 @@ class Prepared:
     pool: list[tuple[str, Any]]
     class_names: dict[str, str]  # class folder → class name
 
+    @property
+    def row_groups(self) -> dict[str, str]:
+        """--groups: labelled-folder id → group (the test rows' paths, as the paired tests read them)."""
+        return {q.id: q.entry.group for q in self.placed if q.entry.group is not None}
+
 
 @dataclass(frozen=True)
 class StudyRecord:

@@ -18,7 +18,7 @@ from sslprobe.fileio import atomic_path, csv_text, write_json
 from sslprobe.probing.report import render_comparison, summary
 from sslprobe.results import FinetuneResult, ProbeResult
 from sslprobe.study import numbers
-from sslprobe.study.document import Figures, build
+from sslprobe.study.document import LIST_MAX, Figures, build
 from sslprobe.study.layout import Layout
 from sslprobe.study.records import StudyRecord, input_text
 from sslprobe.study.render import html_page, markdown
@@ -28,14 +28,16 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def _figures(r: StudyRecord, layout: Layout) -> Figures:
-    """The report's PNGs in figures/: the arms' label curves (drawn here), their confusions and loss curves."""
+    """The report's PNGs in figures/: the arms' label curves (drawn here), their confusions and loss curves, and
+    the near copies the guard found (side by side, drawn with PIL: they need no matplotlib)."""
     from sslprobe.plots import arms_label_efficiency_png
 
+    d = layout.figures
+    near = _near_pictures(r, d)
     try:
         import matplotlib.figure  # noqa: F401  (Figure objects, as every plot in plots.py)
     except ImportError:
-        return Figures(note="figures skipped: matplotlib is not installed (pip install 'sslprobe[plots]')")
-    d = layout.figures
+        return Figures(note="figures skipped: matplotlib is not installed (pip install 'sslprobe[plots]')", near=near)
     d.mkdir(parents=True, exist_ok=True)
     curves = {name: numbers.points(x) for name, x in r.rows}
     le = None
@@ -52,7 +54,38 @@ def _figures(r: StudyRecord, layout: Layout) -> Figures:
         pre = run.stages.get("pretrain")
         if pre is not None and (pre.dir / "loss_curve.png").is_file():
             loss[name] = _copy(pre.dir / "loss_curve.png", d / f"loss-{name}.png")
-    return Figures(le, confusion, loss)
+    return Figures(le, confusion, loss, near=near)
+
+
+THUMB_SIDE = 96  # CSS pixels of each image of a near-copy pair: enough to see that two images are one
+
+
+def _near_pictures(r: StudyRecord, d: Path) -> list[Path | None]:
+    """figures/near-NNN.png: each near copy the guard listed (the first ``LIST_MAX``), held-out image left."""
+    from PIL import Image
+
+    from sslprobe.images.decode import BadImageError
+
+    entries = {f"{e.origin}:{e.id}": e for e in r.prepared.inputs.entries}
+    out = []
+    for n, pair in enumerate(r.prepared.guard.near[:LIST_MAX], start=1):
+        canvas = Image.new("RGB", (2 * THUMB_SIDE + 8, THUMB_SIDE), "white")
+        try:
+            for k, name in enumerate((pair["held"], pair["copy"])):
+                e = entries[name]
+                im = r.prepared.inputs.sets[e.origin].read(e.index)
+                scale = THUMB_SIDE / max(im.size)
+                im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
+                               Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS)
+                canvas.paste(im, (k * (THUMB_SIDE + 8) + (THUMB_SIDE - im.width) // 2, (THUMB_SIDE - im.height) // 2))
+        except (BadImageError, KeyError):
+            out.append(None)  # an image gone since hashing: the pair is still listed in words
+            continue
+        path = d / f"near-{n:03d}.png"
+        with atomic_path(path) as tmp:
+            canvas.save(tmp, "PNG")
+        out.append(path)
+    return out
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -62,14 +95,15 @@ def _copy(src: Path, dst: Path) -> Path:
 
 
 def write_results_csv(rows: Sequence[tuple[str, ProbeResult | FinetuneResult]], path: Path, *,
-                      methods: Mapping[str, str], inputs: Mapping[str, str] | None = None) -> None:
+                      methods: Mapping[str, str], inputs: Mapping[str, str] | None = None,
+                      groups: Mapping[str, str] | None = None) -> None:
     """results.csv: one row per arm, method, label budget and metric; ``inputs``: each arm's input, said once per row
-    (resolution, stem, crop: docs/study.md, "One input")."""
+    (resolution, stem, crop: docs/study.md, "One input"); ``groups``: the test rows' groups (--groups)."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=numbers.CSV_COLUMNS)
         w.writeheader()
         for name, r in rows:
-            for row in numbers.csv_rows(name, r, method=methods.get(name, "linear")):
+            for row in numbers.csv_rows(name, r, method=methods.get(name, "linear"), groups=groups):
                 row = {**row, "input": (inputs or {}).get(name, "")}
                 w.writerow({k: csv_text(v) if isinstance(v, str) else ("" if v is None else v)
                             for k, v in row.items()})
@@ -83,7 +117,7 @@ def study_json(r: StudyRecord, files: Mapping[str, str]) -> dict[str, Any]:
         "data": {origin: {"source": s.source, "kind": s.kind, "images": len(s)} for origin, s in p.inputs.sets.items()},
         "splits": {"rule": asdict(p.splits.rule), "counts": p.splits.counts(), "notes": list(p.splits.notes)},
         "guard": {**g.summary(), "kept_out": list(g.kept_out), "duplicates": list(g.duplicates),
-                  "conflicts": list(g.conflicts)},
+                  "conflicts": list(g.conflicts), "near_copies": list(g.near)},
         "skipped": r.skipped,
         "arms": [{"name": run.status.arm.name, "title": run.status.arm.title, "ran": run.result is not None,
                   "note": run.status.note, "input": run.input,
@@ -107,7 +141,8 @@ def write_all(r: StudyRecord, layout: Layout) -> tuple[dict[str, str], dict[str,
     write_results_csv(r.rows, layout.file("results.csv"),
                       methods={run.status.arm.name: "finetune" if run.status.arm.finetune else "linear"
                                for run in r.runs},
-                      inputs={run.status.arm.name: input_text(run.input) for run in r.runs})
+                      inputs={run.status.arm.name: input_text(run.input) for run in r.runs},
+                      groups=r.prepared.row_groups or None)
     blocks = build(r, figures)
     with atomic_path(layout.file("report.md")) as tmp:
         tmp.write_text(markdown(blocks, base=layout.out))
@@ -125,7 +160,8 @@ def render_terminal(r: StudyRecord, files: Mapping[str, str], *, console: Consol
     for run in r.runs:
         if not run.status.runnable:
             console.print(f"{run.status.arm.name}: {run.status.note}", style="yellow", markup=False, highlight=False)
-    for name, pooled, each in numbers.repeat_rows(r.repeated(), metric=r.opts.config.metric, seed=r.opts.config.seed):
+    for name, pooled, each in numbers.repeat_rows(r.repeated(), metric=r.opts.config.metric, seed=r.opts.config.seed,
+                                                  groups=r.prepared.row_groups or None):
         console.print(f"  {name}: pooled over {r.opts.repeats} repeats {pooled} (each: {each})", markup=False,
                       highlight=False)
     for line in r.budget_sentences():

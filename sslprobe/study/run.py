@@ -247,19 +247,21 @@ class _Study:
 
     def _finish(self, p: Prepared, runs: list[ArmRun]) -> StudyResult:
         """Steps: the declared question, paired tests, the verdict and its notes, the report files, the terminal."""
-        from sslprobe.probing.pairs import budget_tests, paired_tests
+        from sslprobe.probing.pairs import budget_tests, grouped_intervals, paired_tests
         from sslprobe.study import report, verdict
 
         c = self.opts.config
-        rows = [(r.status.arm.name, r.result) for r in runs if r.result is not None]
+        groups = p.row_groups or None  # --groups: intervals and tests resample the test rows' groups
+        rows = [(r.status.arm.name, grouped_intervals(r.result, groups, seed=c.seed) if groups else r.result)
+                for r in runs if r.result is not None]
         primary = verdict.primary_pair(rows, [r.status.arm for r in runs], metric=c.metric, declared=c.primary)
         repeats = {r.status.arm.name: [r.result, *r.repeats] for r in runs if r.result is not None and r.repeats}
-        pairs = paired_tests(rows, metric=c.metric, primary=primary, seed=c.seed, repeats=repeats)
+        pairs = paired_tests(rows, metric=c.metric, primary=primary, seed=c.seed, repeats=repeats, groups=groups)
         rows = [(name, dataclasses.replace(r, paired_tests=pairs)) for name, r in rows]
         notes = verdict.notes(rows, pairs, metric=c.metric, byol=_byol_runs(runs, pool=len(p.pool),
                                                                              batch=c.byol.batch_size))
         byol = [r.status.arm.name for r in runs if r.result is not None and r.status.arm.byol_init]
-        budget_pairs = budget_tests(rows, metric=c.metric, against=byol, seed=c.seed) if byol else []
+        budget_pairs = budget_tests(rows, metric=c.metric, against=byol, seed=c.seed, groups=groups) if byol else []
         record = StudyRecord(opts=self.opts, prepared=p, runs=runs, rows=rows, pairs=pairs, primary=primary,
                              verdict=verdict.headline(pairs, repeats=self.opts.repeats), notes=notes,
                              budget_pairs=budget_pairs,
