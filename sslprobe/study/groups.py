@@ -14,8 +14,9 @@ content, so two groups holding the same bytes cannot be told apart). Units are t
 (a hash of seed and unit, independent of listing order) and each goes where it brings the per-class
 counts closest to their targets — test ``test_fraction`` of each class, val ``val_fraction`` of the rest
 — in squared error: the greedy balancing of stratified group k-fold (scikit-learn's
-``StratifiedGroupKFold``), as stratified as whole groups allow. A ``--test`` group's images in DATA go
-with it to test, so they are kept out of train, val and the pool.
+``StratifiedGroupKFold``), as stratified as whole groups allow. A split no unit went to (groups larger
+than its share: 6 groups of 6 images for a 3-image val share) takes train's smallest unit. A ``--test``
+group's images in DATA go with it to test, so they are kept out of train, val and the pool.
 """
 from __future__ import annotations
 
@@ -155,18 +156,24 @@ def draw(by_unit: Mapping[str, list[str]], label_of: Mapping[str, str], *, seed:
     target["val"] = {c: val_fraction * (n - target["test"][c]) for c, n in total.items()}
     target["train"] = {c: n - target["test"][c] - target["val"][c] for c, n in total.items()}
     have: dict[str, Counter] = {s: Counter() for s in SPLITS}
-    of_key = {k: fixed[u] for u, keys in by_unit.items() if u in fixed for k in keys}
-    for unit in sorted((u for u in by_unit if u not in fixed),
-                       key=lambda u: hashlib.sha256(f"{seed}:{u}".encode()).digest()):
+    placed: dict[str, str] = {}
+    allowed = ("train", "val") if fixed_test else SPLITS
+    order = sorted((u for u in by_unit if u not in fixed),
+                   key=lambda u: hashlib.sha256(f"{seed}:{u}".encode()).digest())  # seeded, not listing order
+    for unit in order:
         counts = Counter(label_of[k] for k in by_unit[unit])
-        allowed = ("train", "val") if fixed_test else SPLITS
 
         def cost(s: str, counts: Counter = counts) -> float:  # the squared error's increase: Σ u(2(a − t) + u)
             return sum(u * (2 * (have[s][c] - target[s][c]) + u) for c, u in counts.items())
 
-        split = min(allowed, key=cost)
-        have[split].update(counts)
-        of_key.update({k: split for k in by_unit[unit]})
+        placed[unit] = min(allowed, key=cost)
+        have[placed[unit]].update(counts)
+    for s in allowed[1:]:  # a split no unit went to (groups larger than its share) takes train's smallest unit
+        donors = [u for u in order if placed[u] == "train"]
+        if s not in placed.values() and len(donors) > 1:
+            placed[min(donors, key=lambda u: len(by_unit[u]))] = s
+    of_key = {k: fixed[u] for u, keys in by_unit.items() if u in fixed for k in keys}
+    of_key.update({k: placed[u] for u in order for k in by_unit[u]})
     return of_key
 
 
