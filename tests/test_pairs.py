@@ -171,3 +171,31 @@ def test_repeats_on_their_own_test_sets_pair_repeat_by_repeat():
     mean_gap = sum(float((y == y).double().mean() - (p == y).double().mean()) for p, y in sets) / 2
     assert abs(ab.difference) == pytest.approx(mean_gap)
     assert all(not p.paired for p in pairs if "C" in (p.a, p.b))
+
+
+def test_groups_make_the_pairs_and_intervals_resample_whole_groups():
+    """A beats B on 8 of 10 patients (20 images each), each patient won or lost whole: by rows the gap looks
+    certain; with the rows' groups the pair is within noise, its interval wider, and it says how many groups."""
+    from sslprobe.probing.pairs import grouped_intervals
+
+    g = torch.Generator().manual_seed(3)
+    labels = torch.randint(4, (200,), generator=g)
+    patient = [f"p{i // 20}" for i in range(200)]
+    a_wins = torch.tensor([i // 20 not in (3, 6) for i in range(200)])
+    a = torch.where(a_wins, labels, (labels + 1) % 4)
+    b = torch.where(a_wins, (labels + 1) % 4, labels)
+    paths = [f"{i:03d}.png" for i in range(200)]
+    rows = [("A", _result(a, labels, list("abcd"), paths)), ("B", _result(b, labels, list("abcd"), paths))]
+    (by_rows,) = paired_tests(rows, metric="top1", resamples=2000)
+    (by_groups,) = paired_tests(rows, metric="top1", resamples=2000, groups=dict(zip(paths, patient)))
+    assert by_rows.significant and by_rows.groups is None
+    assert not by_groups.significant and by_groups.groups == 10 and by_groups.se > 3 * by_rows.se
+    r = dataclasses.replace(rows[0][1], test=dataclasses.replace(rows[0][1].test, ci=None))
+    assert grouped_intervals(r, dict(zip(paths, patient))) is r  # nothing to redo without intervals
+    from sslprobe.results import Intervals
+
+    with_ci = dataclasses.replace(r, test=dataclasses.replace(r.test, ci=Intervals(
+        top1=(0.0, 1.0), balanced_accuracy=(0.0, 1.0), level=0.95, resamples=1, method="rows")))
+    grouped = grouped_intervals(with_ci, dict(zip(paths, patient)))
+    lo, hi = grouped.test.ci.top1
+    assert "10 test groups" in grouped.test.ci.method and hi - lo > 0.4  # 8 of 10 whole groups: 0.8 ± ~0.25

@@ -525,3 +525,25 @@ def test_a_resized_jpeg_copy_of_a_test_image_is_reported_and_kept_out_of_pretrai
     assert (tmp_path / "s" / "figures" / "near-001.png").read_bytes()[:4] == b"\x89PNG"
     hashes = json.loads((tmp_path / "s" / "hashes.json").read_text())
     assert _sha(copy) in hashes["fingerprints"] and hashes["fingerprint_version"] >= 1
+
+
+def test_groups_keep_each_group_on_one_side_and_the_tests_resample_groups(tmp_path):
+    """--groups folder:1 (DATA/CLASS/gNN/…): splits.json records each image's group, no group has images in two
+    splits, and the paired test and the arms' intervals resample the test groups."""
+    data = _shapes_class_folder(tmp_path / "data", per_class=24, groups=8)
+    r = study(data, out=tmp_path / "s", groups="folder:1", arms=("pixels", "random"), **{**TINY, "shots": ()})
+    doc = json.loads((tmp_path / "s" / "splits.json").read_text())
+    sides: dict[str, set[str]] = {}
+    for key, group in doc["groups"].items():
+        sides.setdefault(group, set()).add(doc["splits"][key])
+    assert len(sides) == 8 and all(len(s) == 1 for s in sides.values())
+    assert doc["rule"]["groups"] == "folder:1" and {s for v in sides.values() for s in v} == {"train", "val", "test"}
+    test_groups = sum(1 for v in sides.values() if v == {"test"})
+    (pair,) = r.pairs
+    assert pair.paired and pair.groups == test_groups
+    assert all(f"{test_groups} test groups" in x.test.ci.method for _, x in r.rows)
+    md = (tmp_path / "s" / "report.md").read_text()
+    assert "no group is on two sides of the split" in md
+    assert "| split | distinct images | labelled rows | groups |" in md
+    with pytest.raises(SSLProbeError, match="folder:N"):
+        study(data, out=tmp_path / "t", groups="folders:2", arms=("pixels",), **TINY)

@@ -11,11 +11,13 @@ from sslprobe.probing.uncertainty import (
     METRIC_KEYS,
     bootstrap,
     bootstrap_p,
+    clusters_of,
     holm,
     metric_value,
     nested_bootstrap,
     order_interval,
     pooled_value,
+    row_weights,
     signflip_p,
 )
 
@@ -117,3 +119,56 @@ def test_signflip_with_one_test_set_per_repeat_matches_the_shared_form():
                         resamples=500, seed=3)
     each = signflip_p([a, a], [b, b], [y, y], metric="balanced", num_classes=4, resamples=500, seed=3)
     assert shared == each
+
+
+def _grouped(groups: int, size: int, *, correlated: bool, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Predictions on ``groups`` × ``size`` test rows, 75 % right; correlated: a group is right or wrong as a
+    whole (one patient's images share what makes them hard), else each row on its own."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(4, (groups * size,), generator=g)
+    cluster = torch.arange(groups).repeat_interleave(size)
+    right = (torch.rand(groups, generator=g) < 0.75)[cluster] if correlated else \
+        torch.rand(groups * size, generator=g) < 0.75
+    return torch.where(right, labels, (labels + 1) % 4), labels, cluster
+
+
+def test_the_cluster_bootstrap_widens_the_interval_when_groups_are_correlated():
+    """40 groups of 25 rows: with rows right or wrong by group, the row bootstrap's interval is as if there were
+    1,000 independent rows and the cluster bootstrap's is about √25 = 5 times wider (the design effect
+    1 + (m − 1)ρ with ρ = 1); with independent rows the two agree."""
+    def width(pred, labels, clusters):
+        v = bootstrap([pred[None]], labels, metrics=["top1"], num_classes=4, resamples=2000, seed=1,
+                      clusters=clusters)["top1"][0].sort().values
+        lo, hi = order_interval(v, 0.05)
+        return hi - lo
+
+    pred, labels, cluster = _grouped(40, 25, correlated=True)
+    assert width(pred, labels, cluster) / width(pred, labels, None) == pytest.approx(5.0, rel=0.25)
+    pred, labels, cluster = _grouped(40, 25, correlated=False)
+    assert width(pred, labels, cluster) / width(pred, labels, None) == pytest.approx(1.0, abs=0.2)
+
+
+def test_row_weights_draw_whole_clusters():
+    g = torch.Generator().manual_seed(0)
+    cluster = clusters_of(["p1", "p1", "p2", "p3", "p3", "p3"])
+    assert cluster.tolist() == [0, 0, 1, 2, 2, 2]
+    w = row_weights(6, 500, generator=g, clusters=cluster)
+    assert torch.equal(w[:, 0], w[:, 1]) and torch.equal(w[:, 3], w[:, 5])  # a group's rows drawn together
+    assert float(w[:, [0, 2, 3]].sum(1).mean()) == pytest.approx(3.0)  # 3 groups drawn each time
+    assert set(w.unique().tolist()) <= {0.0, 1.0, 2.0, 3.0}
+    rows = row_weights(6, 500, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(rows.sum(1), torch.full((500,), 6.0, dtype=torch.float64))  # without clusters: rows
+
+
+def test_the_randomization_test_swaps_whole_groups():
+    """A leads B on 10 groups of 20 rows, each group won or lost whole: rows swapped singly make 200 independent
+    coin flips (p tiny), groups swapped whole make 10 (p near the exact sign test's)."""
+    g = torch.Generator().manual_seed(3)
+    labels = torch.randint(4, (200,), generator=g)
+    cluster = torch.arange(10).repeat_interleave(20)
+    a_wins = torch.tensor([1, 1, 1, 1, 1, 1, 1, 0, 0, 1], dtype=torch.bool)[cluster]  # A ahead on 8 of 10
+    a = torch.where(a_wins, labels, (labels + 1) % 4)
+    b = torch.where(a_wins, (labels + 1) % 4, labels)
+    rows = signflip_p(a, b, labels, metric="top1", num_classes=4, resamples=4000, seed=0)
+    whole = signflip_p(a, b, labels, metric="top1", num_classes=4, resamples=4000, seed=0, clusters=cluster)
+    assert rows < 0.001 and whole == pytest.approx(2 * 56 / 1024, abs=0.03)  # P(|wins − 5| ≥ 3) = 112/1024
