@@ -11,7 +11,7 @@ would erase most of a 28-px image), and the DCT is the orthonormal one (a scale 
 
 64 sign bits cannot tell a copy from a distinct image of the same silhouette: on Fashion-MNIST's
 10,000 test images a copy resized to 0.75× or 2× and saved as JPEG quality 80 (or only re-saved) lies
-within 6 bits of its original in 99 % of cases (12 bits: 99.9 %), but 0.1 % of all pairs of distinct
+within 6 bits of its original in 99 % of cases (10 bits: 99.9 %), but 0.1 % of all pairs of distinct
 images of one class lie within 6 bits too — two plain sneakers. So a near copy is two tests
 (docs/study.md, "The near-duplicate guard"): the hashes within ``NEAR_BITS`` (the candidates: 99.9 % of
 the copies), then the 8×8 greyscale thumbnails (the 32×32 shrink averaged over 4×4 blocks) within
