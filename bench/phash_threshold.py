@@ -6,10 +6,11 @@ For every image: copies resized to 0.75× and to 2× (Lanczos), each saved as JP
 saved as JPEG 80 alone; the Hamming distance between each copy's hash and the original's. Against it: the
 distance between every two distinct images of the same class (the pairs most likely to be called copies by
 mistake) and of different classes. Prints each distribution's quantiles and, for thresholds 0–16, the share
-of copies caught and of same-class pairs wrongly called copies. Variants of the hash (the shrink filter; the
-DC row and column kept, as imagehash does) are measured beside sslprobe's. Then the two-stage test the guard
-uses (sslprobe.images.phash.near_copies): for hash thresholds 8–14, the thumbnails' mean |Δ| of the copies
-and of the distinct pairs among the candidates, and what each thumbnail threshold catches and lets through.
+of copies caught and of same-class pairs wrongly called copies. Variants of the hash (the shrink
+filter; the DC row and column kept, as imagehash does; the pHash library's 7×7 mean filter) are
+measured beside sslprobe's. Then the two-stage test the guard uses (sslprobe.images.phash.near_copies):
+for hash thresholds 8–14, the thumbnails' mean |Δ| of the copies and of the distinct pairs among the
+candidates, and what each thumbnail threshold catches and lets through.
 
     python bench/phash_threshold.py                                   # the package's 2,500-image sample
     python bench/phash_threshold.py --idx ~/.cache/fashion-mnist-deb/usr/share/datasets/fashion-mnist
@@ -26,14 +27,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from sslprobe.images import phash as ph
 
-VARIANTS = {"sslprobe (lanczos, 1-8)": (Image.Resampling.LANCZOS, 1),
-            "box shrink, 1-8": (Image.Resampling.BOX, 1),
-            "bilinear shrink, 1-8": (Image.Resampling.BILINEAR, 1),
-            "lanczos, 0-7 (DC kept, imagehash)": (Image.Resampling.LANCZOS, 0)}
+VARIANTS = {"sslprobe (lanczos, 1-8)": (Image.Resampling.LANCZOS, 1, False),
+            "7x7 mean filter first (the pHash library), 1-8": (Image.Resampling.LANCZOS, 1, True),
+            "box shrink, 1-8": (Image.Resampling.BOX, 1, False),
+            "bilinear shrink, 1-8": (Image.Resampling.BILINEAR, 1, False),
+            "lanczos, 0-7 (DC kept, imagehash)": (Image.Resampling.LANCZOS, 0, False)}
 COPIES = {"jpeg80": (1.0, 80), "0.75x+jpeg80": (0.75, 80), "2x+jpeg80": (2.0, 80)}
 
 
@@ -49,8 +51,9 @@ def load(idx: str | None) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def variant_hash(im: Image.Image, resample: Image.Resampling, first: int) -> int:
-    x = np.asarray(im.convert("L").resize((ph.SIDE, ph.SIDE), resample), dtype=np.float64)
+def variant_hash(im: Image.Image, resample: Image.Resampling, first: int, mean_filter: bool) -> int:
+    grey = im.convert("L").filter(ImageFilter.BoxBlur(3)) if mean_filter else im.convert("L")  # BoxBlur(3): 7×7
+    x = np.asarray(grey.resize((ph.SIDE, ph.SIDE), resample), dtype=np.float64)
     low = (ph._DCT @ x @ ph._DCT.T)[first:first + ph.LOW, first:first + ph.LOW].ravel()
     return int(np.packbits(low > np.median(low)).view(">u8")[0])
 
@@ -86,9 +89,9 @@ def quantiles(d: np.ndarray) -> str:
 def measure(x: np.ndarray, y: np.ndarray, *, limit: int) -> None:
     images = [Image.fromarray(a) for a in x]
     copies = {name: [copy_of(im, *how) for im in images] for name, how in COPIES.items()}
-    for variant, (resample, first) in VARIANTS.items():
-        h = np.array([variant_hash(im, resample, first) for im in images], dtype=np.uint64)
-        moved = {name: np.bitwise_count(h ^ np.array([variant_hash(c, resample, first) for c in cs], np.uint64))
+    for variant, how in VARIANTS.items():
+        h = np.array([variant_hash(im, *how) for im in images], dtype=np.uint64)
+        moved = {name: np.bitwise_count(h ^ np.array([variant_hash(c, *how) for c in cs], np.uint64))
                  for name, cs in copies.items()}
         same, other = pair_distances(h, y, same=True, limit=limit), pair_distances(h, y, same=False, limit=limit)
         print(f"\n== {variant}: {len(h)} images, {len(same):,} same-class pairs, {len(other):,} other-class pairs")
