@@ -547,3 +547,21 @@ def test_groups_keep_each_group_on_one_side_and_the_tests_resample_groups(tmp_pa
     assert "| split | distinct images | labelled rows | groups |" in md
     with pytest.raises(SSLProbeError, match="folder:N"):
         study(data, out=tmp_path / "t", groups="folders:2", arms=("pixels",), **TINY)
+
+
+def test_fingerprints_are_cached_by_content_and_a_rerun_decodes_nothing(tmp_path, monkeypatch):
+    from sslprobe.study import sources
+
+    inputs, _ = _inputs(tmp_path)
+    assert all(e.fingerprint is not None for e in inputs.entries)
+    doc = json.loads((tmp_path / "hashes.json").read_text())
+    assert set(doc["fingerprints"]) == {e.key for e in inputs.entries}  # by content: a copy is one entry
+
+    def no_decoding(source):
+        raise AssertionError(f"decoded {source} again")
+
+    monkeypatch.setattr(sources, "fingerprint", no_decoding)
+    sets = open_sources(str(tmp_path / "data"), labels=None, test=str(tmp_path / "test"),
+                        unlabeled=str(tmp_path / "pool"), image_column=None, label_column=None)
+    again = hash_entries(sets, cache=HashCache(tmp_path / "hashes.json"), threads=2)
+    assert [(e.key, e.fingerprint) for e in again.entries] == [(e.key, e.fingerprint) for e in inputs.entries]
