@@ -109,8 +109,8 @@ def label_curve(trainer: Trainer, spec: CurveSpec, *, fit: torch.Tensor, main: S
         if sel.stopped:
             return None
         score, pred = evaluation.score(trainer, (sel.best if d.whole else sel.final).state, metric=spec.metric)
-        return {"score": score, "pred": pred, "lr": sel.best.plan.base_lr, "epoch": sel.best.best_epoch,
-                "rule": "validation split" if d.whole else sel.rule}
+        rule = "validation split" if d.whole else sel.rule + ("; refit on the whole subset" if sel.refit else "")
+        return {"score": score, "pred": pred, "lr": sel.best.plan.base_lr, "epoch": sel.best.best_epoch, "rule": rule}
 
     curve = run_curve(spec, labels=trainer.train.labels[fit], fit_and_score=fit_and_score)
     if curve is None:
