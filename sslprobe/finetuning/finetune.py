@@ -407,11 +407,14 @@ def finetune(config: FinetuneConfig | Source, /, *, show_progress: bool = False,
     ``config``: a :class:`~sslprobe.config.finetune.FinetuneConfig` (every option, its default and its
     rule; docs/finetune.md), or the training folder with the options as keywords. ``weights``: random,
     random-rescaled, pretrained (these need ``model``) or a backbone file, as ``extract`` takes them. The
-    run length is ``epochs`` (default 30) or ``minutes`` (whole epochs planned from a timing of the step).
-    The epoch — and with ``lrs`` the base learning rate — is chosen by ``metric`` (balanced, top1 or macro-f1) on
-    ``val``, else on the probe's stratified hold-out of ``val_fraction`` of train (seeded); ``test`` is scored
-    once, with the chosen network. ``fractions``/``shots`` add a label curve (in ``metric``) whose subsets select
-    with their own labels only.
+    recipe follows the start (RSB's from-scratch rate for random weights, MAE's for trained ones) and the run's
+    length (warm-up ≤ 10 %, the crop). The run length is ``epochs`` (default 30) or ``minutes`` for the whole
+    fine-tune (grid, refit and label curve; whole epochs planned from a timing of the step). The epoch and the
+    base learning rate of the grid (default: the recipe's ÷3, ×1, ×3; ``lr`` one rate, ``lrs`` another grid)
+    are chosen by ``metric`` (balanced, top1 or macro-f1) on ``val``, else on the probe's stratified hold-out
+    of ``val_fraction`` of train (seeded); with ``test`` the chosen rate and epochs then train on train + val
+    (the refit), which is scored on test once and exported (val metrics are the selection run's).
+    ``fractions``/``shots`` add a label curve (in ``metric``) whose subsets select with their own labels only.
     ``resume``: "no" (refuses to discard an unfinished run in ``out``), "auto" or "yes"; Ctrl-C saves and
     raises ``FinetuneInterrupted``. ``stop_after`` stops the session after that many steps (with a
     checkpoint). Writes ``out/model.safetensors`` (timm-loadable, with class names), report.json,
