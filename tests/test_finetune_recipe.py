@@ -113,6 +113,20 @@ def test_the_budget_prices_every_run_and_splits_the_minutes():
     assert session_epochs(timing, minutes=0.001, runs=main) == 1
 
 
+def test_the_grid_goes_past_an_end_that_wins_outright():
+    from types import SimpleNamespace
+
+    from sslprobe.finetuning.loop import RunResult
+
+    def run(lr: float, score: float) -> RunResult:
+        return RunResult(SimpleNamespace(base_lr=lr), [], 1, score, 1.0, None, "complete")
+
+    assert selection.past_edge([run(1, 0.5), run(3, 0.6), run(9, 0.7)], 3.0) == [27]
+    assert selection.past_edge([run(1, 0.8), run(3, 0.6), run(9, 0.7)], 3.0) == [1 / 3]
+    assert selection.past_edge([run(1, 0.5), run(3, 0.8), run(9, 0.7)], 3.0) == []
+    assert selection.past_edge([run(1, 0.5), run(3, 0.7), run(9, 0.7)], 3.0) == []  # a tie is no sign
+
+
 class _Spy:
     """The runs a session makes: (name, training rows it was given, the pool they index, rows validated)."""
 
@@ -142,11 +156,16 @@ def test_the_default_grid_chooses_on_val_and_the_refit_sees_train_and_val(class_
     monkeypatch.setattr(Trainer, "eval_logits", eval_logits)
     r = finetune(class_folder, out=tmp_path / "o", test=test, epochs=2, **TINY)
     grid = [g["lr"] for g in r.lr_grid]
-    assert grid == pytest.approx([SCRATCH_LR * f for f in LR_GRID])  # three runs, no --lr given
+    assert grid[:3] == pytest.approx([SCRATCH_LR * f for f in LR_GRID])  # three runs, no --lr given
     best = max(r.lr_grid, key=lambda g: (g["val_score"], -g["val_loss"], -g["lr"]))
     assert r.chosen.lr == best["lr"] and r.chosen.epoch == best["best_epoch"]
+    for n in range(3, len(grid)):  # a run past the grid's end only when that end won outright
+        tried = r.lr_grid[:n]
+        top = max(tried, key=lambda g: (g["val_score"], -g["val_loss"], -g["lr"]))
+        assert top["lr"] in (min(g["lr"] for g in tried), max(g["lr"] for g in tried))
+        assert grid[n] == pytest.approx(top["lr"] * 3) or grid[n] == pytest.approx(top["lr"] / 3)
     names = [name for name, *_ in spy.runs]
-    assert len(names) == 4 and names[-1] == "refit"
+    assert len(names) == len(grid) + 1 and names[-1] == "refit"
     _, refit_rows, _, refit_val, plan = spy.runs[-1]
     main_fit, main_val = spy.runs[0][1], spy.runs[0][3]
     assert sorted(refit_rows.tolist()) == sorted(torch.cat([main_fit, main_val]).tolist()) == list(range(24))
@@ -174,9 +193,10 @@ def test_minutes_cover_the_grid_the_refit_and_the_label_curve(class_folder, tmp_
     spy = _Spy(monkeypatch)
     r = finetune(class_folder, out=tmp_path / "o", test=test, minutes=0.05, shots=(4,), seeds=2, **TINY)
     budget = json.loads((tmp_path / "o" / "runs" / "budget.json").read_text())
-    assert budget["minutes"] == 0.05 and budget["runs"] == 4 + 2 * 4  # main grid + refit, 2 draws × (grid + refit)
+    # priced: the main grid (3 + 2 past its edge) + refit, and 2 draws × (grid + 2 + refit)
+    assert budget["minutes"] == 0.05 and budget["runs"] == 6 + 2 * 6
     plans = {name: plan for name, *_, plan in spy.runs}
-    assert len(plans) == budget["runs"]
+    assert 2 * 4 + 4 <= len(plans) <= budget["runs"]
     grid_runs = [p for n, p in plans.items() if "refit" not in n]
     assert {p.epochs for p in grid_runs} == {budget["epochs"]}  # one length for every run
     main = max(p.total_steps for n, p in plans.items() if n.startswith("main"))

@@ -17,6 +17,7 @@ TRAINED_LR = 1e-3  # AdamW peak rate of the head per 256 images from trained wei
 SCRATCH_LR = 4e-3  # from random weights: RSB A3's 8e-3 at 2048 images, √-scaled to batch 128 (2e-3), per 256
 TRAINED_WEIGHT_DECAY, SCRATCH_WEIGHT_DECAY = 0.05, 0.02  # MAE; ResNet strikes back A2/A3
 LR_GRID = (1 / 3, 1.0, 3.0)  # the default grid: the recipe's rate ÷3, ×1, ×3, chosen on validation
+GRID_EXTENSIONS = 2  # runs the default grid may add past its edge (×3 each) when validation chooses an end
 BACKBONE_LR_SCALE = 0.1  # trained CNN backbones; random weights train at 1.0
 LAYER_DECAY = 0.75  # trained ViTs, per block from the head down
 

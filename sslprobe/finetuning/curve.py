@@ -65,6 +65,7 @@ class CurveSpec(LabelPlan):
     metric: str
     val_fraction: float
     length: FinetuneLength
+    extend: int = 0  # runs past the grid's winning end (``selection.select``)
 
 
 def _split(trainer: Trainer, spec: CurveSpec, *, fit: torch.Tensor, rows: torch.Tensor,
@@ -79,7 +80,7 @@ def _draw(trainer: Trainer, spec: CurveSpec, *, fit: torch.Tensor, rows: torch.T
     """One subset: its own hold-out chooses the epoch and learning rate, then the whole subset refits."""
     train, held = _split(trainer, spec, fit=fit, rows=rows, seed=seed)
     sel = select(trainer, name=name, fit=train, val_rows=trainer.train, val=held, lrs=spec.lrs, seed=seed,
-                 metric=spec.metric, length=spec.length)
+                 metric=spec.metric, length=spec.length, extend=spec.extend)
     if sel.stopped or held.numel() == 0:
         return sel
     return refit(trainer, sel, name=f"{name}-refit", rows=trainer.train, fit=torch.cat([train, held]), seed=seed,
@@ -95,7 +96,7 @@ def curve_shapes(trainer: Trainer, spec: CurveSpec, *, fit: torch.Tensor) -> lis
         for d in draws(labels, kind, value, seeds=spec.seeds, seed=spec.seed):
             if not d.whole:
                 train, held = _split(trainer, spec, fit=fit, rows=d.rows, seed=d.seed)
-                out += shapes(trainer, name=d.name, fit=train, val=held, lrs=spec.lrs, refit=True)
+                out += shapes(trainer, name=d.name, fit=train, val=held, lrs=spec.lrs, refit=True, extend=spec.extend)
     return out
 
 

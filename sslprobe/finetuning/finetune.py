@@ -218,7 +218,8 @@ def _trainer(o: Options, inputs: Inputs, recipe: Recipe, dev: torch.device, *, d
 def _runs(o: Options, inputs: Inputs, trainer: Trainer) -> tuple[list[RunShape], list[RunShape]]:
     """The session's runs as the budget prices them: the main grid and refit, and the label curve's."""
     lrs = trainer.recipe.lr_grid
-    main = shapes(trainer, name="main", fit=inputs.held.fit, val=inputs.held.val, lrs=lrs, refit=False)
+    main = shapes(trainer, name="main", fit=inputs.held.fit, val=inputs.held.val, lrs=lrs, refit=False,
+                  extend=trainer.recipe.grid_extensions)
     if inputs.test is not None:
         pool, rows = inputs.refit_rows()
         main += shapes(dataclasses.replace(trainer, train=pool), name="refit", fit=rows, val=rows[:0], lrs=lrs[:1],
@@ -250,7 +251,8 @@ def _length(o: Options, inputs: Inputs, trainer: Trainer) -> FinetuneLength:
 
 
 def _curve_spec(o: Options, trainer: Trainer, length: FinetuneLength | None) -> CurveSpec:
-    return CurveSpec(o.points, o.seeds, o.seed, trainer.recipe.lr_grid, o.metric, o.val_fraction, length)
+    return CurveSpec(o.points, o.seeds, o.seed, trainer.recipe.lr_grid, o.metric, o.val_fraction, length,
+                     trainer.recipe.grid_extensions)
 
 
 def _score(trainer: Trainer, inputs: Inputs, main: Selected, *, seed: int) -> tuple[Metrics, Metrics | None]:
@@ -355,7 +357,7 @@ def _train(o: Options, inputs: Inputs, recipe: Recipe, *, dev: torch.device, dis
     length = _length(o, inputs, trainer)
     with timer.phase("train"):
         main = select(trainer, name="main", fit=inputs.held.fit, val_rows=inputs.val, val=inputs.held.val,
-                      lrs=recipe.lr_grid, seed=o.seed, metric=o.metric, length=length)
+                      lrs=recipe.lr_grid, seed=o.seed, metric=o.metric, length=length, extend=recipe.grid_extensions)
         if inputs.test is not None and not main.stopped:
             pool, rows = inputs.refit_rows()
             main = refit(trainer, main, name="refit", rows=pool, fit=rows, seed=o.seed, metric=o.metric)

@@ -37,6 +37,7 @@ from torch import nn
 import sslprobe.optim as optim
 from sslprobe.config.finetune import (
     BACKBONE_LR_SCALE,
+    GRID_EXTENSIONS,
     LAYER_DECAY,
     LR_GRID,
     SCRATCH_LR,
@@ -94,6 +95,7 @@ class Recipe:
     flip_p: float
     start: str = "trained"  # "scratch" (random weights) or "trained": which source the defaults follow
     lr_grid: tuple[float, ...] = ()  # base rates per 256 images, one run each (one value: no search)
+    grid_extensions: int = 0  # runs the grid may add past the end validation chose (the default grid's)
     note: str = ""  # what was resolved and from where (printed at the start, report.json's recipe)
 
     def with_lr(self, base_lr: float) -> Recipe:
@@ -140,7 +142,9 @@ def resolve_recipe(net: nn.Module, *, trained: bool, batch_size: int, world_size
     decay, scale, how = _backbone_rate(net, trained=trained, backbone_lr_scale=backbone_lr_scale,
                                        layer_decay=layer_decay)
     rates = ", ".join(f"{x:.3g}" for x in grid)
-    rate_src = "given" if lrs or base_lr is not None else f"{src}; ÷3, ×1, ×3 chosen on validation"
+    extend = 0 if lrs or base_lr is not None else GRID_EXTENSIONS
+    rate_src = "given" if not extend else f"{src}; ÷3, ×1, ×3 chosen on validation, ×3 further past an end " \
+                                          f"that wins, {extend} times at most"
     crop = "given" if crop_scale is not None else f"by run length: whole image below {SHORT_RUN_EPOCHS} epochs, " \
         f"{MEDIUM_CROP[0]:g}-1 below {LONG_RUN_EPOCHS}, then {INCEPTION_CROP[0]:g}-1"
     note = (f"from {'trained' if trained else 'random'} weights: AdamW, lr {rates} per 256 images ({rate_src}); "
@@ -149,7 +153,7 @@ def resolve_recipe(net: nn.Module, *, trained: bool, batch_size: int, world_size
             f"(MAE, RSB), then cosine; label smoothing {label_smoothing:g}; crop {crop}; flip {flip_p:g}")
     crop_pair = None if crop_scale is None else (float(crop_scale[0]), float(crop_scale[1]))
     return Recipe(base, base * batch_size * world_size / 256, batch_size, world_size, wd, warmup_epochs,
-                  label_smoothing, how, decay, scale, crop_pair, CROP_RATIO, float(flip_p), start, grid, note)
+                  label_smoothing, how, decay, scale, crop_pair, CROP_RATIO, float(flip_p), start, grid, extend, note)
 
 
 def param_groups(net: nn.Module, recipe: Recipe) -> list[dict]:

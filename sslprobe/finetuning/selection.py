@@ -68,9 +68,12 @@ def run_name(name: str, lr: float, lrs: tuple[float, ...]) -> str:
 
 
 def shapes(trainer: Trainer, *, name: str, fit: torch.Tensor, val: torch.Tensor, lrs: tuple[float, ...],
-           refit: bool) -> list[RunShape]:
-    """The runs :func:`select` (and :func:`refit`) will make, as the budget prices them (``timing.RunShape``)."""
-    runs = [(run_name(name, lr, grid_of(lrs, held=val.numel())), fit, val) for lr in grid_of(lrs, held=val.numel())]
+           refit: bool, extend: int = 0) -> list[RunShape]:
+    """The runs :func:`select` (and :func:`refit`) may make, as the budget prices them (``timing.RunShape``): the
+    grid's extensions past its edge included (the most a session can make)."""
+    grid = grid_of(lrs, held=val.numel())
+    more = extend if val.numel() and len(grid) > 1 else 0
+    runs = [(f"{name}-{i}", fit, val) for i in range(len(grid) + more)]
     if refit and val.numel():
         runs.append((f"{name}-refit", torch.cat([fit, val]), NO_ROWS))
     out = []
@@ -81,26 +84,49 @@ def shapes(trainer: Trainer, *, name: str, fit: torch.Tensor, val: torch.Tensor,
 
 
 def select(trainer: Trainer, *, name: str, fit: torch.Tensor, val_rows: ImageRows, val: torch.Tensor,
-           lrs: tuple[float, ...], seed: int, metric: str, length: FinetuneLength) -> Selected:
-    """One run per learning rate on ``fit`` (positions of ``trainer.train``), each choosing its epoch on ``val``."""
-    if val.numel() == 0:
-        rule = "last epoch (a class has 1 label: nothing to hold out)"
-    else:
-        rule = f"best validation {metric} over epochs" + (f" and {len(lrs)} learning rates" if len(lrs) > 1 else "")
+           lrs: tuple[float, ...], seed: int, metric: str, length: FinetuneLength, extend: int = 0) -> Selected:
+    """One run per learning rate on ``fit`` (positions of ``trainer.train``), each choosing its epoch on ``val``;
+    while an end of the grid wins, up to ``extend`` more runs ×3 (or ÷3) past it: a best rate on the grid's edge
+    has not been bracketed (a 3-epoch run wants a rate far above one tuned for 100 epochs)."""
     grid = grid_of(lrs, held=val.numel())
     runs: list[RunResult] = []
-    for lr in grid:
+    step = (grid[-1] / grid[0]) ** (1 / (len(grid) - 1)) if len(grid) > 1 else 1.0
+    todo = list(grid)
+    while todo:
         if trainer.budget.stopped:
-            return Selected(runs, None, rule)
+            return Selected(runs, None, _rule(metric, runs, val))
+        lr = todo.pop(0)
         plan = plan_run(run_name(name, lr, grid), recipe=trainer.recipe.with_lr(lr), seed=seed, fit=fit, val=val,
                         epochs=length.epochs, metric=metric, minutes=length.minutes)
         task = trainer.bar.add_task(plan.name, total=plan.total_steps)
         result = Run(trainer, plan, fit=fit, val_rows=val_rows, val=val, task=task).run()
         runs.append(result)
         if result.status != "complete":
-            return Selected(runs, None, rule)
-    best = max(runs, key=lambda r: (r.best_score, -r.best_loss, -r.plan.base_lr)) if val.numel() else runs[0]
-    return Selected(runs, best, rule)
+            return Selected(runs, None, _rule(metric, runs, val))
+        if not todo and len(runs) < len(grid) + extend and len(runs) > 1:
+            todo = past_edge(runs, step)
+    return Selected(runs, _best(runs) if val.numel() else runs[0], _rule(metric, runs, val))
+
+
+def past_edge(runs: list[RunResult], step: float) -> list[float]:
+    """The next rate past the end of the tried ones that won outright (a higher score than every other), or none."""
+    best = _best(runs)
+    if best.best_score <= max(r.best_score for r in runs if r is not best):
+        return []  # a tie is no sign of a better rate further out
+    rates = sorted(r.plan.base_lr for r in runs)
+    lr = best.plan.base_lr
+    return [lr * step] if lr == rates[-1] else [lr / step] if lr == rates[0] else []
+
+
+def _best(runs: list[RunResult]) -> RunResult:
+    return max(runs, key=lambda r: (r.best_score, -r.best_loss, -r.plan.base_lr))
+
+
+def _rule(metric: str, runs: list[RunResult], val: torch.Tensor) -> str:
+    if val.numel() == 0:
+        return "last epoch (a class has 1 label: nothing to hold out)"
+    n = len(runs)
+    return f"best validation {metric} over epochs" + (f" and {n} learning rates" if n > 1 else "")
 
 
 def refit(trainer: Trainer, selected: Selected, *, name: str, rows: ImageRows, fit: torch.Tensor, seed: int,
@@ -118,4 +144,4 @@ def refit(trainer: Trainer, selected: Selected, *, name: str, rows: ImageRows, f
     return dataclasses.replace(selected, refit=result)
 
 
-__all__ = ["NO_ROWS", "FinetuneLength", "Selected", "grid_of", "refit", "run_name", "select", "shapes"]
+__all__ = ["NO_ROWS", "FinetuneLength", "Selected", "grid_of", "past_edge", "refit", "run_name", "select", "shapes"]
