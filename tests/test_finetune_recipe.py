@@ -42,8 +42,12 @@ def test_the_recipe_follows_the_start():
     assert trained.lr_grid == pytest.approx([TRAINED_LR * f for f in LR_GRID])
     assert scratch.base_lr == SCRATCH_LR and scratch.lr == pytest.approx(SCRATCH_LR * 64 / 256)
     assert (scratch.weight_decay, trained.weight_decay) == (SCRATCH_WEIGHT_DECAY, TRAINED_WEIGHT_DECAY)
-    assert scratch.backbone_lr_scale == 1.0 and trained.backbone_lr_scale == 0.1
-    assert "ResNet strikes back" in scratch.note and "MAE" in trained.note and "DETR" in trained.note
+    assert scratch.backbone_lr_scale == 1.0 and trained.backbone_lr_scale == 1.0  # a CNN trains at one rate
+    assert "ResNet strikes back" in scratch.note and "MAE" in trained.note and "BYOL" in trained.note
+    vit = create_backbone("test_vit", image_size=32)[0]
+    vit.reset_classifier(3)
+    assert resolve_recipe(vit, trained=True, **ASKED).layer_decay == 0.75  # MAE's, for a ViT
+    assert resolve_recipe(_cnn(), trained=True, **{**ASKED, "backbone_lr_scale": 0.1}).backbone_lr_scale == 0.1
     given = resolve_recipe(_cnn(), trained=False, **{**ASKED, "base_lr": 0.01, "weight_decay": 0.1})
     assert given.lr_grid == (0.01,) and given.weight_decay == 0.1 and "given" in given.note
     assert resolve_recipe(_cnn(), trained=True, lrs=(3e-3, 1e-3), **ASKED).lr_grid == (1e-3, 3e-3)

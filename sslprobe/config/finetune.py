@@ -18,7 +18,7 @@ SCRATCH_LR = 4e-3  # from random weights: RSB A3's 8e-3 at 2048 images, √-scal
 TRAINED_WEIGHT_DECAY, SCRATCH_WEIGHT_DECAY = 0.05, 0.02  # MAE; ResNet strikes back A2/A3
 LR_GRID = (1 / 3, 1.0, 3.0)  # the default grid: the recipe's rate ÷3, ×1, ×3, chosen on validation
 GRID_EXTENSIONS = 2  # runs the default grid may add past its edge (×3 each) when validation chooses an end
-BACKBONE_LR_SCALE = 0.1  # trained CNN backbones; random weights train at 1.0
+BACKBONE_LR_SCALE = 1.0  # CNN backbones, trained or random: SimCLR's and BYOL's fine-tuning (DETR's 0.1× on request)
 LAYER_DECAY = 0.75  # trained ViTs, per block from the head down
 
 
@@ -53,10 +53,12 @@ class FinetuneConfig(common.Runtime, common.ImageInputs):
                               f"{SCRATCH_LR:g} from random weights, {TRAINED_LR:g} from trained ones).",
                               rule=r.positive, panel=RECIPE)
     lrs: tuple[float, ...] = option((), "The learning-rate grid, e.g. 3e-4,1e-3,3e-3: one run each, chosen on "
-                                    "validation with the epoch (default: the recipe's rate ÷3, ×1, ×3).",
+                                    "validation with the epoch (default: the recipe's rate ÷3, ×1, ×3, and ×3 "
+                                    "further past an end that wins, twice at most).",
                                     rule=r.each(r.positive), cli_type=str, parse=r.floats, panel=RECIPE)
-    backbone_lr_scale: float | None = option(None, f"Backbone rate ÷ head rate (default: {BACKBONE_LR_SCALE:g} for "
-                                             "trained CNNs, 1 for random weights).", rule=r.positive, panel=RECIPE)
+    backbone_lr_scale: float | None = option(None, f"Backbone rate ÷ head rate (default {BACKBONE_LR_SCALE:g} for "
+                                             "CNNs; DETR's protective 0.1 on request).", rule=r.positive,
+                                             panel=RECIPE)
     layer_decay: float | None = option(None, f"Layer-wise rate decay from the head down (default: {LAYER_DECAY:g} for "
                                        "trained ViTs).", panel=RECIPE)
     weight_decay: float | None = option(None, f"AdamW weight decay, not on biases, norms, tokens (default: "
