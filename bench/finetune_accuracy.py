@@ -61,9 +61,12 @@ def write_digits(root: Path, *, size: int = 32, seed: int = 0) -> tuple[Path, Pa
 
 
 def byol_backbone(train: Path, out: Path, *, steps: int, seed: int) -> Path:
-    """A short BYOL pretraining of test_resnet at 32 px on the train images (labels ignored)."""
+    """A short BYOL pretraining of test_resnet at 32 px on the train images (labels ignored); an earlier one in
+    ``out`` is reused."""
     from sslprobe.pretraining.pretrain import pretrain
 
+    if (out / "backbone.safetensors").is_file():
+        return out / "backbone.safetensors"
     pretrain(train, out=out, model="test_resnet", image_size=32, max_steps=steps, batch_size=128, workers=0,
              seed=seed, show_progress=False)
     return out / "backbone.safetensors"
