@@ -227,7 +227,8 @@ def _digits(root: Path, *, per_class: int) -> tuple[Path, Path]:
 
 @pytest.mark.slow
 def test_three_epochs_from_random_weights_beat_the_frozen_random_probe_on_digits(tmp_path):
-    """Issue 22: 3 epochs of a random test_resnet at 32 px scored 27 %, below the frozen probe's 77 %."""
+    """Issue 22: 3 epochs of a random test_resnet at 32 px scored 27 %, below the frozen probe's 77 %. (Here the probe
+    scores 94 %; flips off, as for any data whose mirror image is another class: with them 3 epochs scored 93 %.)"""
     from sslprobe.extraction.extract import extract
     from sslprobe.probing.probe import probe
 
@@ -237,5 +238,5 @@ def test_three_epochs_from_random_weights_beat_the_frozen_random_probe_on_digits
                 use_cache=False, show_progress=False)
     probed = probe(tmp_path / "ftrain", test=tmp_path / "ftest", knn_k=())
     tuned = finetune(train, out=tmp_path / "ft", test=test, model="test_resnet", weights="random", image_size=32,
-                     epochs=3, workers=0)
+                     epochs=3, flip_p=0.0, workers=0)
     assert tuned.test.top1 > probed.test.top1 + 0.02, (tuned.test.top1, probed.test.top1)
