@@ -14,7 +14,6 @@ scales with the global batch (``recipe.py``). Rank 0 validates, scores and write
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -221,9 +220,8 @@ def _runs(o: Options, inputs: Inputs, trainer: Trainer) -> tuple[list[RunShape],
     main = shapes(trainer, name="main", fit=inputs.held.fit, val=inputs.held.val, lrs=lrs, refit=False,
                   extend=trainer.recipe.grid_extensions)
     if inputs.test is not None:
-        pool, rows = inputs.refit_rows()
-        main += shapes(dataclasses.replace(trainer, train=pool), name="refit", fit=rows, val=rows[:0], lrs=lrs[:1],
-                       refit=False)
+        _, rows = inputs.refit_rows()
+        main += shapes(trainer, name="refit", fit=rows, val=rows[:0], lrs=lrs[:1], refit=False)
     curve = curve_shapes(trainer, _curve_spec(o, trainer, None), fit=inputs.held.fit) if o.points else []
     return main, curve
 

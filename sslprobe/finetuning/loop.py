@@ -414,7 +414,8 @@ class Run:
         """
         epoch = self.step // self.plan.steps_per_epoch
         if self.val.numel() or self.step == self.plan.total_steps:  # statistics for what is scored or kept
-            self.t.on_main(lambda: self.t.precise_bn(self.t.train, self.bn_rows))
+            # every rank, on the same rows: SyncBatchNorm all-reduces in training mode (rank 0 alone would wait)
+            self.t.precise_bn(self.t.train, self.bn_rows)
         self.t.sync_buffers()
         sums = ddp.gather(float(self.loss_sum), self.t.dist)
         self.loss_sum.zero_()
