@@ -19,7 +19,7 @@ from sslprobe.finetuning.finetune import finetune
 from sslprobe.finetuning.loop import Trainer, plan_run
 from sslprobe.finetuning.network import with_head
 from sslprobe.finetuning.recipe import INCEPTION_CROP, WHOLE_IMAGE, crop_for, resolve_recipe
-from sslprobe.finetuning.timing import RunShape, epoch_seconds, expected_seconds, session_epochs
+from sslprobe.finetuning.timing import RunShape, SessionTiming, epoch_seconds, expected_seconds, session_epochs
 from sslprobe.timebudget import StepTiming
 from tests.conftest import write_class_folder
 
@@ -107,10 +107,12 @@ def test_precise_bn_gives_evaluation_the_statistics_of_the_current_weights(class
 
 
 def test_the_budget_prices_every_run_and_splits_the_minutes():
-    timing = StepTiming(step_s=0.1, batch=8, eval_image_s=0.001)
+    timing = SessionTiming(StepTiming(step_s=0.1, batch=8, eval_image_s=0.001), run_s=0.5)
     main = [RunShape(f"main-{i}", 80, 20, 8) for i in range(3)] + [RunShape("refit", 96, 0, 8)]
     curve = [RunShape(f"draw-{i}", 8, 4, 8) for i in range(8)]
+    # 10 steps, PreciseBN over the 80 training images and validation of 20
     assert epoch_seconds(timing, main[0]) == pytest.approx(10 * 0.1 + (80 + 20) * 0.001)
+    assert expected_seconds(timing, main, epochs=2) == pytest.approx(4 * 0.5 + 2 * (3 * 1.1 + 1.2 + 0.096))
     alone, shared = session_epochs(timing, minutes=1, runs=main), session_epochs(timing, minutes=1, runs=main + curve)
     assert shared < alone and expected_seconds(timing, main + curve, epochs=shared) <= 60
     assert expected_seconds(timing, main + curve, epochs=shared + 1) > 60  # the most that fit

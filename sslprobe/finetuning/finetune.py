@@ -186,6 +186,10 @@ def _recipe(o: Options, inputs: Inputs, dist: ddp.Dist) -> Recipe:
     return recipe
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
 def _say(o: Options, dist: ddp.Dist, line: str) -> None:
     if dist.main and o.show_progress:
         print(f"finetune: {line}", file=sys.stderr, flush=True)
@@ -242,9 +246,10 @@ def _length(o: Options, inputs: Inputs, trainer: Trainer) -> FinetuneLength:
                                                                                         runs=main + curve)
         if trainer.dist.main:
             write_json(saved, {"minutes": o.minutes, "epochs": epochs, "runs": len(main + curve)})
-        took = expected_seconds(timing, main, epochs=epochs) / 60
         _say(o, trainer.dist, f"--minutes {o.minutes:g} covers {len(main)} main and {len(curve)} label-curve runs: "
-                              f"{epochs} epochs each (expected {took:.1f} min for the main runs)")
+                              f"{epochs} epochs each (expected: main runs "
+                              f"{_duration(expected_seconds(timing, main, epochs=epochs))}, label curve "
+                              f"{_duration(expected_seconds(timing, curve, epochs=epochs))})")
     return FinetuneLength(epochs, o.minutes, timing)
 
 
@@ -364,8 +369,8 @@ def _train(o: Options, inputs: Inputs, recipe: Recipe, *, dev: torch.device, dis
         spec = _curve_spec(o, trainer, length)
         if length.timing is not None:
             runs = curve_shapes(trainer, spec, fit=inputs.held.fit)
-            _say(o, dist, f"label curve: {len(runs)} runs of {length.epochs} epochs each, expected "
-                          f"{expected_seconds(length.timing, runs, epochs=length.epochs) / 60:.1f} min")
+            _say(o, dist, f"label curve: {len(runs)} runs of {length.epochs} epochs each at most, expected "
+                          f"{_duration(expected_seconds(length.timing, runs, epochs=length.epochs))}")
         with timer.phase("label_efficiency"):
             drawn = label_curve(trainer, spec, fit=inputs.held.fit, main=main, evaluation=_evaluation(inputs))
         curve = None if drawn is None else FinetuneCurve.from_json(drawn)

@@ -17,8 +17,7 @@ import torch
 
 from sslprobe.finetuning.data import ImageRows
 from sslprobe.finetuning.loop import Run, RunResult, Trainer, plan_run
-from sslprobe.finetuning.timing import RunShape
-from sslprobe.timebudget import StepTiming
+from sslprobe.finetuning.timing import RunShape, SessionTiming
 
 NO_ROWS = torch.zeros(0, dtype=torch.long)
 
@@ -30,7 +29,7 @@ class FinetuneLength:
 
     epochs: int
     minutes: float | None
-    timing: StepTiming | None
+    timing: SessionTiming | None
 
 
 @dataclass

@@ -27,14 +27,29 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(trainer: Trainer, fit: torch.Tensor, *, batch: int, repeats: int = 2) -> StepTiming:
+@dataclass(frozen=True)
+class SessionTiming:
+    """The timed step and evaluation (:class:`~sslprobe.timebudget.StepTiming`) and a run's fixed cost: the start
+    weights loaded, a fresh optimiser, the kept weights copied and written (a short run is mostly this)."""
+
+    step: StepTiming
+    run_s: float
+
+
+def time_steps(trainer: Trainer, fit: torch.Tensor, *, batch: int, repeats: int = 2) -> SessionTiming:
     """Time the step on the start network with a throwaway optimiser; every run reloads the start weights after.
 
     Under torchrun every rank times the step together (DDP); the caller keeps rank 0's timing for all."""
+    from safetensors.torch import save
+
     net, dev = trainer.net, trainer.device
+    t = time.perf_counter()
     net.load_state_dict(trainer.start)
     net.train()
     opt = make_optimizer(net, trainer.recipe)
+    state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in net.state_dict().items()}
+    save(state)  # best.safetensors; run.json and the progress are small beside it
+    run_s = time.perf_counter() - t
     r = trainer.recipe
     views = TrainViews(trainer.size, r.crop(1), r.crop_ratio, r.flip_p, trainer.mean, trainer.std, 0)
     x, aspect, y = next(iter(trainer.train.train_batches(fit[:batch], batch=batch, start=0, device=dev)))
@@ -53,7 +68,7 @@ def time_steps(trainer: Trainer, fit: torch.Tensor, *, batch: int, repeats: int 
     _sync(dev)
     eval_s = (time.perf_counter() - t) / rows.numel()
     net.load_state_dict(trainer.start)
-    return StepTiming(sum(times[1:]) / repeats, int(x.shape[0]), eval_s)
+    return SessionTiming(StepTiming(sum(times[1:]) / repeats, int(x.shape[0]), eval_s), run_s)
 
 
 @dataclass(frozen=True)
@@ -67,23 +82,25 @@ class RunShape:
     batch: int
 
 
-def epoch_seconds(timing: StepTiming, run: RunShape) -> float:
+def epoch_seconds(timing: SessionTiming, run: RunShape) -> float:
     """Seconds of one epoch of ``run``: its steps at the timed step cost (scaled by batch), PreciseBN's pass and
     its validation at the timed cost of evaluating an image."""
-    steps = (run.n_train // run.batch) * timing.step_s * run.batch / timing.batch
-    return steps + (min(run.n_train, PRECISE_BN_IMAGES) + run.n_val) * timing.eval_image_s
+    t = timing.step
+    steps = (run.n_train // run.batch) * t.step_s * run.batch / t.batch
+    return steps + (min(run.n_train, PRECISE_BN_IMAGES) + run.n_val) * t.eval_image_s
 
 
-def session_epochs(timing: StepTiming, *, minutes: float, runs: Sequence[RunShape]) -> int:
+def session_epochs(timing: SessionTiming, *, minutes: float, runs: Sequence[RunShape]) -> int:
     """The whole epochs E that every run of ``runs`` gets so that all of them fit in ``minutes`` (at least 1):
-    E · Σ epoch_seconds ≤ 60 · minutes."""
+    each run's fixed cost + E · Σ epoch_seconds ≤ 60 · minutes."""
     per_epoch = sum(epoch_seconds(timing, r) for r in runs)
-    return max(1, int(minutes * 60 // max(per_epoch, 1e-9)))
+    left = minutes * 60 - len(runs) * timing.run_s
+    return max(1, int(left // max(per_epoch, 1e-9)))
 
 
-def expected_seconds(timing: StepTiming, runs: Sequence[RunShape], *, epochs: int) -> float:
+def expected_seconds(timing: SessionTiming, runs: Sequence[RunShape], *, epochs: int) -> float:
     """The time ``runs`` should take at ``epochs`` each (a refit's chosen epochs are at most that)."""
-    return epochs * sum(epoch_seconds(timing, r) for r in runs)
+    return len(runs) * timing.run_s + epochs * sum(epoch_seconds(timing, r) for r in runs)
 
 
-__all__ = ["RunShape", "epoch_seconds", "expected_seconds", "session_epochs", "time_steps"]
+__all__ = ["RunShape", "SessionTiming", "epoch_seconds", "expected_seconds", "session_epochs", "time_steps"]
