@@ -3,10 +3,11 @@ the best wins and trains again, at its rate and epoch count, on the training and
 
 Runs are ranked by the declared metric (``--metric``: validation balanced accuracy, top-1 or macro-F1) of their
 best epoch, ties going to the lower validation loss, then to the smaller learning rate — the probe's ranking of C
-(docs/probe.md). The refit (:func:`refit`) is the probe's too: once the rate and the epoch count are chosen, the
-validation labels train as well, so a fine-tuned row uses the labels a probe row does (docs/finetune.md,
-"Refit"). Without validation rows (a label subset with one label in a class) nothing can choose: the middle
-learning rate of the grid trains and its last epoch is kept.
+(docs/probe.md); the default grid goes on ×3 past an end that wins outright, twice at most (:func:`past_edge`:
+an optimum on the grid's edge is not bracketed). The refit (:func:`refit`) is the probe's too: once the rate and
+the epoch count are chosen, the validation labels train as well, so a fine-tuned row uses the labels a probe row
+does (docs/finetune.md, "What it does", 6). Without validation rows (a label subset with one label in a class)
+nothing can choose: the middle learning rate of the grid trains and its last epoch is kept.
 """
 from __future__ import annotations
 
