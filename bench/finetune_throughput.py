@@ -2,9 +2,10 @@
 
 Both train the same network — ``create_backbone``'s training init with timm's classifier and the same
 head init (``finetuning.network.with_head``) — on the same training folder, for the same epochs, with
-the same recipe (AdamW, weight decay 0.05 off biases and norms, linear warm-up then cosine per step,
-label smoothing 0.1, a random resized crop of 8-100 % and a flip), and both validate on the same
-folder after every epoch; one after the other, in one process:
+the same recipe (one rate, no grid: AdamW, the from-scratch weight decay off biases and norms, linear warm-up
+(≤ 10 % of the run) then cosine per step, label smoothing 0.1, the crop for the run's length and a flip), and both
+validate on the same folder after every epoch (sslprobe after recomputing BatchNorm's statistics, PreciseBN);
+one after the other, in one process:
 
   plain     timm's ImageDataset + ``create_transform(is_training=True)`` (no colour jitter, bilinear)
             in DataLoader workers (shuffle, drop_last, persistent workers), ``create_optimizer_v2``,
@@ -36,10 +37,11 @@ import timm
 import torch
 
 from sslprobe.backbone import create_backbone, eval_transform
-from sslprobe.config.finetune import DEFAULT_LR
+from sslprobe.config.finetune import SCRATCH_LR, SCRATCH_WEIGHT_DECAY
 from sslprobe.config.finetune import FinetuneConfig as FINETUNE
 from sslprobe.finetuning.finetune import finetune
 from sslprobe.finetuning.network import with_head
+from sslprobe.finetuning.recipe import WARMUP_FRACTION, crop_for
 from sslprobe.runtime.workers import default_workers
 
 
@@ -54,7 +56,7 @@ def plain_loop(train: Path, val: Path, *, model: str, image_size: int, batch_siz
     t0 = time.perf_counter()
     net, spec = create_backbone(model, weights="random", init="train", image_size=image_size, seed=seed)
     ds = ImageDataset(str(train), transform=create_transform(
-        input_size=(3, spec.image_size, spec.image_size), is_training=True, scale=FINETUNE.crop_scale,
+        input_size=(3, spec.image_size, spec.image_size), is_training=True, scale=crop_for(epochs),
         ratio=(3 / 4, 4 / 3), hflip=FINETUNE.flip_p, color_jitter=0.0, interpolation="bilinear", mean=spec.mean,
         std=spec.std))
     vs = ImageDataset(str(val), transform=eval_transform(spec))
@@ -64,10 +66,10 @@ def plain_loop(train: Path, val: Path, *, model: str, image_size: int, batch_siz
                                          num_workers=workers, persistent_workers=workers > 0)
     vloader = torch.utils.data.DataLoader(vs, batch_size=256, num_workers=workers)
     peak = lr * batch_size / 256
-    opt = create_optimizer_v2(net, opt="adamw", lr=peak, weight_decay=FINETUNE.weight_decay)
+    opt = create_optimizer_v2(net, opt="adamw", lr=peak, weight_decay=SCRATCH_WEIGHT_DECAY)
     total = len(loader) * epochs
     sched = CosineLRScheduler(opt, t_initial=total, warmup_t=min(round(FINETUNE.warmup_epochs * len(loader)),
-                                                                 total // 2), t_in_epochs=False)
+                                                                 int(WARMUP_FRACTION * total)), t_in_epochs=False)
     loss_fn = LabelSmoothingCrossEntropy(smoothing=FINETUNE.label_smoothing)
     step, images, top1 = 0, 0, 0.0
     for _ in range(epochs):
@@ -114,7 +116,8 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--lr", type=float, default=DEFAULT_LR, help="base rate per 256 images, for both")
+    ap.add_argument("--lr", type=float, default=SCRATCH_LR,
+                    help="base rate per 256 images, for both (one run: no grid)")
     ap.add_argument("--workers", type=int, default=None, help="decode workers for both (default: sslprobe's)")
     ap.add_argument("--repeats", type=int, default=1, help="alternate plain, sslprobe this many times")
     ap.add_argument("--seed", type=int, default=0)

@@ -12,9 +12,19 @@ from sslprobe.errors import SSLProbeError
 
 RECIPE, LABELS = "Recipe (docs/finetune.md)", "Label efficiency"  # --help panels
 DEFAULT_EPOCHS = 30
-DEFAULT_LR = 1e-3  # AdamW peak rate of the head per 256 images (MAE's base rate)
-BACKBONE_LR_SCALE = 0.1  # trained CNN backbones; random weights train at 1.0
+# The recipe per start (docs/finetune.md, "The recipe and its sources"; finetuning/recipe.py cites each number).
+TRAINED_LR = 1e-3  # AdamW peak rate of the head per 256 images from trained weights (MAE's base rate)
+SCRATCH_LR = 4e-3  # from random weights: RSB A3's 8e-3 at 2048 images, √-scaled to batch 128 (2e-3), per 256
+TRAINED_WEIGHT_DECAY, SCRATCH_WEIGHT_DECAY = 0.05, 0.02  # MAE; ResNet strikes back A2/A3
+LR_GRID = (1 / 3, 1.0, 3.0)  # the default grid: the recipe's rate ÷3, ×1, ×3, chosen on validation
+GRID_EXTENSIONS = 2  # runs the default grid may add past its edge (×3 each) when validation chooses an end
+BACKBONE_LR_SCALE = 1.0  # CNN backbones, trained or random: SimCLR's and BYOL's fine-tuning (DETR's 0.1× on request)
 LAYER_DECAY = 0.75  # trained ViTs, per block from the head down
+
+
+def _crop_scale(name: str, value: tuple[float, float] | None) -> None:
+    if value is not None:
+        r.min_max(0, 1)(name, value)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,25 +45,31 @@ class FinetuneConfig(common.Runtime, common.ImageInputs):
     image_size: int | None = option(None, "Training and evaluation resolution (default: the model's).", rule=r.ge(8))
     small_stem: bool | None = common.small_stem()
     epochs: int | None = option(None, f"Passes over the training rows (default {DEFAULT_EPOCHS}).", rule=r.ge(1))
-    minutes: float | None = option(None, "Budget instead of --epochs: the whole epochs a timing of the step says fit, "
-                                   "per run.", rule=r.positive)
+    minutes: float | None = option(None, "Budget instead of --epochs, for the whole fine-tune (the learning-rate "
+                                   "grid, the refit and the label curve): the whole epochs a timing of the step says "
+                                   "fit.", rule=r.positive)
     batch_size: int = option(128, "Images per step.", rule=r.ge(2))  # BatchNorm needs two images per step
-    lr: float | None = option(None, f"AdamW peak rate of the head per 256 images (default {DEFAULT_LR:g}).",
+    lr: float | None = option(None, f"AdamW peak rate of the head per 256 images, one run (default: a grid around "
+                              f"{SCRATCH_LR:g} from random weights, {TRAINED_LR:g} from trained ones).",
                               rule=r.positive, panel=RECIPE)
-    lrs: tuple[float, ...] = option((), "A learning-rate grid instead of --lr, e.g. 3e-4,1e-3,3e-3: one run each, "
-                                    "chosen on validation.", rule=r.each(r.positive), cli_type=str, parse=r.floats,
-                                    panel=RECIPE)
-    backbone_lr_scale: float | None = option(None, f"Backbone rate ÷ head rate (default: {BACKBONE_LR_SCALE:g} for "
-                                             "trained CNNs, 1 for random weights).", rule=r.positive, panel=RECIPE)
+    lrs: tuple[float, ...] = option((), "The learning-rate grid, e.g. 3e-4,1e-3,3e-3: one run each, chosen on "
+                                    "validation with the epoch (default: the recipe's rate ÷3, ×1, ×3, and ×3 "
+                                    "further past an end that wins, twice at most).",
+                                    rule=r.each(r.positive), cli_type=str, parse=r.floats, panel=RECIPE)
+    backbone_lr_scale: float | None = option(None, f"Backbone rate ÷ head rate (default {BACKBONE_LR_SCALE:g} for "
+                                             "CNNs; DETR's protective 0.1 on request).", rule=r.positive,
+                                             panel=RECIPE)
     layer_decay: float | None = option(None, f"Layer-wise rate decay from the head down (default: {LAYER_DECAY:g} for "
                                        "trained ViTs).", panel=RECIPE)
-    weight_decay: float = option(0.05, "AdamW weight decay (not on biases, norms, tokens).", rule=r.ge(0),
-                                 panel=RECIPE)
-    warmup_epochs: float = option(5.0, "Linear warm-up before the cosine decay (at most half the run).", rule=r.ge(0),
-                                  panel=RECIPE)
+    weight_decay: float | None = option(None, f"AdamW weight decay, not on biases, norms, tokens (default: "
+                                        f"{SCRATCH_WEIGHT_DECAY:g} from random weights, {TRAINED_WEIGHT_DECAY:g} "
+                                        "from trained ones).", rule=r.ge(0), panel=RECIPE)
+    warmup_epochs: float = option(5.0, "Linear warm-up before the cosine decay (at most 10 % of the run).",
+                                  rule=r.ge(0), panel=RECIPE)
     label_smoothing: float = option(0.1, "Label smoothing of the training loss (0 turns it off).", panel=RECIPE)
-    crop_scale: tuple[float, float] = option((0.08, 1.0), "Random resized crop area range MIN MAX (of the whole "
-                                             "image).", rule=r.min_max(0, 1), panel=RECIPE)
+    crop_scale: tuple[float, float] | None = option(None, "Random resized crop area range MIN MAX of the whole "
+                                                    "image (default: by the run's length, docs/finetune.md).",
+                                                    rule=_crop_scale, panel=RECIPE)
     flip_p: float = option(0.5, "Horizontal flip probability.", rule=r.probability, panel=RECIPE)
     metric: str = common.metric("the epoch (and learning rate)")
     fractions: tuple[float, ...] = option((), "Label-efficiency fractions of each class, e.g. 0.01,0.1,1.0.",

@@ -208,6 +208,63 @@ def decode_rows(images: ImageSet, lut: torch.Tensor | None, *, spec: BackboneSpe
                      _cat(parts, "crop", device), squash, crop, workers, skipped_report(images, skipped))
 
 
+class JoinedRows:
+    """Several sources' rows as one pool, positions running through the parts in order: the refit trains on the
+    training rows and a given ``--val``'s together (``selection.refit``). Only training batches are drawn from it."""
+
+    def __init__(self, *parts: ImageRows) -> None:
+        self.parts = parts
+        self.labels = torch.cat([p.labels for p in parts])
+        self.aspect = torch.cat([p.aspect for p in parts])
+        self.starts = [0, *torch.cumsum(torch.tensor([len(p) for p in parts]), 0).tolist()]
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+    def train_batches(self, order: torch.Tensor, *, batch: int, start: int,
+                      device: torch.device) -> Iterator[tuple[torch.Tensor, ...]]:
+        """:meth:`ImageRows.train_batches` over the pool: each part gives its rows of every batch, put back in
+        ``order``'s order."""
+        chunks = [order[k * batch:(k + 1) * batch] for k in range(start, int(order.numel()) // batch)]
+        masks = [[(c >= lo) & (c < hi) for c in chunks] for lo, hi in zip(self.starts, self.starts[1:])]
+        streams = [_part_batches(p, [c[m] - lo for c, m in zip(chunks, ms)], device)
+                   for p, ms, lo in zip(self.parts, masks, self.starts)]
+        for k, c in enumerate(chunks):
+            got = [next(s) for s in streams]
+            x, _, _ = next(g for g in got if g is not None)
+            xs = x.new_empty((c.numel(), *x.shape[1:]))
+            aspect, labels = self.aspect[c].to(device), self.labels[c].to(device)
+            for ms, g in zip(masks, got):
+                if g is not None:
+                    xs[ms[k].to(device)] = g[0]
+            yield xs, aspect, labels
+
+    def eval_batches(self, positions: torch.Tensor, *, batch: int,
+                     device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """:meth:`ImageRows.eval_batches` over the pool, part after part (the order of ``positions`` within each)."""
+        for p, lo, hi in zip(self.parts, self.starts, self.starts[1:]):
+            mine = positions[(positions >= lo) & (positions < hi)]
+            for x, pos in p.eval_batches(mine - lo, batch=batch, device=device):
+                yield x, pos + lo
+
+
+def _part_batches(rows: ImageRows, chunks: list[torch.Tensor],
+                  device: torch.device) -> Iterator[tuple[torch.Tensor, ...] | None]:
+    """(squares, aspects, labels) on ``device`` for each chunk of positions of ``rows``; None for an empty chunk."""
+    full = [c for c in chunks if c.numel()]
+    if rows.square is not None:
+        decoded = ((rows.square[c.to(rows.square.device)].to(device), c) for c in full)
+    else:
+        decoded = ((b["square"].to(device, non_blocking=True), pos)
+                   for b, pos in rows._stream(full, squash=rows.squash, crop=None, pin=device.type == "cuda"))
+    for c in chunks:
+        if c.numel() == 0:
+            yield None
+            continue
+        x, pos = next(decoded)
+        yield x, rows.aspect[pos].to(device), rows.labels[pos].to(device)
+
+
 @dataclass(frozen=True)
 class Held:
     """Which rows train and which choose the epoch: positions into ``train`` and into ``val`` (``train`` itself
@@ -235,5 +292,5 @@ def check_classes(train: ImageRows, classes: tuple[str, ...]) -> None:
                             "needs at least 2 (see the skipped files in report.json)")
 
 
-__all__ = ["RAM_BYTES", "Held", "ImageRows", "check_classes", "decode_rows", "hold_out", "open_eval",
+__all__ = ["RAM_BYTES", "Held", "ImageRows", "JoinedRows", "check_classes", "decode_rows", "hold_out", "open_eval",
            "open_train"]

@@ -50,9 +50,12 @@ def render_finetune(result: FinetuneResult | FinetuneStopped, *, console: Consol
         return
     console.print(metrics_table(result, title=f"fine-tuned {result.model} ({result.weights['weights']} weights)"))
     c = result.chosen
-    console.print(f"epoch {c.epoch} of {c.epochs} at lr {c.lr:.3g} (per 256 images) chosen by validation "
-                  f"{c.selected_by}; train n = {result.n_fit}, val n = {result.n_val} "
-                  f"({result.val_source}); {result.device}, {result.seconds:.1f} s; "
+    refit = result.schedule.get("refit")
+    then = (f"; test: refit on train + val (n = {refit['rows']}) for {refit['epochs']} epochs" if refit else
+            "; no refit (no test set)")
+    console.print(f"epoch {c.epoch} of {c.epochs} at lr {c.lr:.3g} (per 256 images, of {len(result.lr_grid)}) chosen "
+                  f"by validation {c.selected_by}; train n = {result.n_fit}, val n = {result.n_val} "
+                  f"({result.val_source}){then}; {result.device}, {result.seconds:.1f} s; "
                   "[..] = 95 % bootstrap interval",
                   style="dim", markup=False, highlight=False)
     _render_curve(result, console=console)
