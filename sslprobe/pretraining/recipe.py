@@ -13,9 +13,9 @@ always wins; only the ones left out are filled in, and the note says which and f
   the families trained with AdamW, and MoCo v3's optimiser for self-supervised ViTs), else LARS
   from a global batch of 256 (the paper's), else momentum SGD.
 - From trained weights (``--init pretrained|FILE``) the backbone trains at 0.1× the base rate and
-  the new heads at the full rate (DETR's ratio for an ImageNet backbone, Carion et al. 2020, §4,
-  as ``sslprobe finetune`` uses): the heads start from random and must not drag good features
-  around while they are still noise.
+  the new heads at the full rate (DETR's ratio for an ImageNet backbone, Carion et al. 2020, §4;
+  ``sslprobe finetune`` offers it as ``--backbone-lr-scale 0.1``): BYOL's heads start from random and
+  must not drag good features around while they are still noise.
 """
 from __future__ import annotations
 
