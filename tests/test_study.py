@@ -378,3 +378,20 @@ def test_repeats_default_to_one_on_cpu_and_fit_three_into_a_gpu_budget(tmp_path)
     assert StudyOptions.resolve(c.replace(minutes=9.0), cuda=True).repeats == 1  # 3 min a repeat: too little
     given = StudyOptions.resolve(c.replace(repeats=2), cuda=True)
     assert given.repeats == 2 and given.budget.minutes == 30.0  # a given --repeats keeps --minutes per repeat
+
+
+def test_random_rescaled_calibrates_on_training_images_only(tmp_path, monkeypatch):
+    """The labelled folder every arm embeds holds val and test too: the rescale picks from the train split alone."""
+    import sslprobe.fairinit as fairinit
+
+    seen, real = [], fairinit.calibration_batch
+    monkeypatch.setattr(fairinit, "calibration_batch",
+                        lambda ids, *a, **k: seen.append(list(ids)) or real(ids, *a, **k))
+    out = tmp_path / "s"
+    r = study(_data(tmp_path / "data"), out=out, arms=("random-rescaled",), **{**TINY, "fractions": (), "shots": ()})
+    assert [name for name, _ in r.rows] == ["random-rescaled"]
+    split = {s: {p.relative_to(out / "data" / "splits" / s).as_posix()
+                 for p in (out / "data" / "splits" / s).rglob("*") if p.is_file() and not p.name.startswith(".")}
+             for s in ("train", "val", "test")}
+    assert len(seen) == 1 and set(seen[0]) == split["train"] and split["val"] and split["test"]
+    assert not set(seen[0]) & (split["val"] | split["test"])

@@ -54,24 +54,25 @@ def load_backbone(weights: str, *, model: str | None, image_size: int | None, sm
     return Backbone(opened.net, opened.spec, start.trained, info)
 
 
-def rescale(backbone: Backbone, rows: ImageRows, *, seed: int) -> None:
-    """``random-rescaled``: data-dependent init (Krähenbühl et al. 2015) on extract's calibration images.
+def rescale(backbone: Backbone, rows: ImageRows, *, seed: int, among: torch.Tensor | None = None) -> None:
+    """``random-rescaled``: data-dependent init (Krähenbühl et al. 2016) on extract's calibration images.
 
     The pick is ``fairinit.calibration_batch`` over the decoded rows (their unreadable images were
     skipped when they were decoded), keyed by the rows' image names as extract keys its files.
+    ``among``: the positions it may pick from (the training rows, never the validation hold-out); all rows if None.
     """
     from sslprobe.fairinit import calibration_batch, rescale_init_
 
-    ids = [rows.images.ids[i] for i in rows.idx.tolist()]
+    pool = torch.arange(len(rows)) if among is None else among
+    ids = [rows.images.ids[i] for i in rows.idx[pool].tolist()]
 
     def read(positions: list[int]) -> list[torch.Tensor | None]:
-        pos = torch.tensor(positions, dtype=torch.long)
+        pos = pool[torch.tensor(positions, dtype=torch.long)]
         return [x for b, _ in rows.eval_batches(pos, batch=len(pos), device=torch.device("cpu")) for x in b.cpu()]
 
     x = calibration_batch(ids, read, seed=seed)
-    rescale_init_(backbone.net, normalize(x, mean=backbone.spec.mean, std=backbone.spec.std))
-    backbone.info.update(init=f"{backbone.info['init']}; then rescaled (Krähenbühl et al. 2015)",
-                         calibration_images=int(x.shape[0]))
+    done = rescale_init_(backbone.net, normalize(x, mean=backbone.spec.mean, std=backbone.spec.std))
+    backbone.info.update(init=f"{backbone.info['init']}; then {done.note()}", calibration_images=int(x.shape[0]))
 
 
 def with_head(net: nn.Module, num_classes: int, *, seed: int) -> nn.Module:
