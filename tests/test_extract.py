@@ -278,6 +278,7 @@ def test_calibration_folder_gives_the_network_of_those_images(class_folder, tmp_
     told = extract(class_folder, out=tmp_path / "c", **rr, calibration=str(train), **FAST).weights_info
     assert told["weights_sha256"] == alone["weights_sha256"] != whole["weights_sha256"]
     assert told["calibration_images"] == 16 and whole["calibration_images"] == 24
+    assert told["calibration_source"] == str(train) and whole["calibration_source"] == str(class_folder)
     with pytest.raises(SSLProbeError, match="--calibration only applies to --weights random-rescaled"):
         extract(class_folder, out=tmp_path / "x", **NET, calibration=str(train), **FAST)
 

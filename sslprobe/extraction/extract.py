@@ -211,7 +211,8 @@ def _identify(opened: Opened, images: ImageSet, tf: Uint8Transform, *, weights: 
               seed: int) -> tuple[str, str, dict[str, Any]]:
     """Weights kind, the id that pins them down in the cache fingerprint, and their manifest entries.
 
-    ``random-rescaled`` rescales the network here, on the seed's calibration images of ``images``.
+    ``random-rescaled`` rescales the network here, on the seed's calibration images of ``images`` (DATA or
+    ``--calibration``).
     """
     import timm
 
@@ -228,7 +229,7 @@ def _identify(opened: Opened, images: ImageSet, tf: Uint8Transform, *, weights: 
         done = rescale_init_(net, FeatureModel(net, mean=spec.mean, std=spec.std).normalize(x))
         sha = _state_sha256(net)
         info.update(seed=seed, init=f"{opened.note}; then {done.note()}", calibration_images=int(x.shape[0]),
-                    weights_sha256=sha)
+                    calibration_source=images.source, weights_sha256=sha)
         wid = f"seed={seed};timm={timm.__version__};init={POLICY};rescale={RESCALE_POLICY};sha256={sha}"
         return "random-rescaled", wid, info
     if start.init == "pretrained":
