@@ -116,7 +116,7 @@ class Calibration:
         return len(self.layers) + len(self.norms)
 
     def note(self) -> str:
-        """One line for the manifest, e.g. ``rescaled within layers (…, β = 1): 20 BatchNorms, 1 linear``."""
+        """One line for the manifest, e.g. ``rescaled within layers (…, mean 1, std 1): 20 BatchNorms by their …``."""
         parts = [f"{len(self.norms)} BatchNorms by their statistics"] if self.norms else []
         parts += [f"{len(self.layers)} conv/linear layers by weight and bias"] if self.layers else []
         if self.constant:
@@ -177,6 +177,7 @@ def rescale_init_(net: nn.Module, x: torch.Tensor, *, beta: float = BETA, eps: f
     ``beta`` = 1, not 0: docs/extract.md ("random-rescaled") shows why a ReLU network centred at 0 in
     every unit loses the geometry of its inputs with depth, and the measurements behind 1.
     """
+    net.eval()  # BatchNorms by their running statistics, and none updated by the passes below
     paired = _normalised_by_bn(net, x)
     done = Calibration(beta=beta)
     seen: set[int] = set()
@@ -226,7 +227,7 @@ def rescale_init_(net: nn.Module, x: torch.Tensor, *, beta: float = BETA, eps: f
     handles += [m.register_forward_hook(layer_after) for m in net.modules()
                 if isinstance(m, _AFFINE) and id(m) not in paired]
     try:
-        net.eval()(x)
+        net(x)
     finally:
         for h in handles:
             h.remove()
