@@ -214,7 +214,7 @@ def _random_vs_rescaled(model: str) -> dict[str, float]:
 
 def _check(acc: dict[str, float]) -> None:
     assert acc["rescaled"] >= acc["random"] - 0.03, acc  # within 3 points of the random init, or above it
-    assert acc["beta0"] < acc["random"] - 0.05, acc  # the old rescale (β = 0): the check can fail
+    assert acc["beta0"] < acc["random"] - 0.03, acc  # the old rescale (β = 0) fails the same check
 
 
 def test_rescaled_features_match_the_random_init_on_digits():
