@@ -2,8 +2,9 @@
 
 ``random`` is timm's training init (zero-initialised residual branches: the better start for
 training from scratch, as pretraining uses); ``random-rescaled`` is ``extract``'s — the fair random
-init, rescaled on the 64 calibration images ``extract`` picks (a seeded hash of their names), so
-a probe row and a fine-tune row of it start from the same network (up to JPEG draft decoding);
+init, rescaled on 64 training rows picked as ``extract`` picks them (a seeded hash of their names), so
+a probe row and a fine-tune row of it start from the same network when ``extract --calibration`` names
+the same training folder (up to JPEG draft decoding);
 ``pretrained`` is timm's hub weights and a file is any backbone ``extract --weights`` takes. The
 head is the model's own timm classifier (``reset_classifier``), so the state dict keeps timm's names.
 """
