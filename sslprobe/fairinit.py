@@ -23,7 +23,12 @@ from sslprobe.errors import SSLProbeError
 
 CALIBRATION_IMAGES = 64  # the sample ``random-rescaled`` calibrates on (extract and fine-tune alike)
 POLICY = "fair-v1"  # part of the cache fingerprint of random weights: bump when the repair changes
+# and of random-rescaled ones: bump when the rescale changes (v2: mean BETA, BatchNorms by their statistics).
+# Its own name, so a new rescale leaves the cached rows of plain random weights valid.
+RESCALE_POLICY = "rescale-v2"
+BETA = 1.0  # the target mean of every calibrated pre-activation; why 1, not 0: docs/extract.md ("random-rescaled")
 TINY = 1e-3  # below this a γ / gain / layer scale only exists to silence its branch
+_AFFINE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _LAYER_SCALE = re.compile(r"gamma\w*|ls\d*|layer_scale\w*")
 # GRN (ConvNeXt V2) computes x + γ·… + β: zero γ makes it an identity, not a dead branch.
 _NOT_A_GAIN_NORM = ("GlobalResponseNorm",)
@@ -98,47 +103,135 @@ def repair_init_(net: nn.Module) -> InitRepairs:
     return done
 
 
+@dataclass
+class Calibration:
+    """What :func:`rescale_init_` calibrated, by module name."""
+
+    beta: float
+    layers: list[str] = field(default_factory=list)  # conv/linear: weights scaled, bias set
+    norms: list[str] = field(default_factory=list)  # BatchNorm: running statistics and affine set
+    constant: int = 0  # units constant on the batch, left as they were
+
+    def __len__(self) -> int:
+        return len(self.layers) + len(self.norms)
+
+    def note(self) -> str:
+        """One line for the manifest, e.g. ``rescaled within layers (…, mean 1, std 1): 20 BatchNorms by their …``."""
+        parts = [f"{len(self.norms)} BatchNorms by their statistics"] if self.norms else []
+        parts += [f"{len(self.layers)} conv/linear layers by weight and bias"] if self.layers else []
+        if self.constant:
+            parts.append(f"{self.constant} units constant on the calibration images left alone")
+        return (f"rescaled within layers (Krähenbühl et al. 2016, mean {self.beta:g}, std 1): "
+                + ("; ".join(parts) or "no layer to calibrate"))
+
+
+def _channels(mod: nn.Module, z: torch.Tensor) -> tuple[int, list[int]]:
+    """The channel dimension of ``mod``'s output ``z`` and the dimensions statistics pool over."""
+    ch = z.ndim - 1 if isinstance(mod, nn.Linear) else 1
+    return ch, [d for d in range(z.ndim) if d != ch]
+
+
+def _is_stat_norm(m: nn.Module) -> bool:
+    """A BatchNorm that normalises by running statistics in eval mode (what extract runs)."""
+    return isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None
+
+
 @torch.no_grad()
-def rescale_init_(net: nn.Module, x: torch.Tensor, *, eps: float = 1e-6) -> int:
-    """Data-dependent init (Krähenbühl et al. 2015): every conv/linear output gets zero mean and unit
-    variance per channel on the batch ``x``. Returns the number of layers rescaled.
+def _normalised_by_bn(net: nn.Module, x: torch.Tensor) -> set[int]:
+    """ids of the conv/linear layers whose output a BatchNorm reads directly (one forward pass, nothing changed)."""
+    last: list[tuple[nn.Module, torch.Tensor]] = []  # the latest conv/linear output only: no batch of maps kept
+    paired: set[int] = set()
 
-    One forward pass suffices: each layer's hook rescales its weights (and sets its bias to −mean/std,
-    adding a bias where the layer had none) and returns the output the rescaled layer would give, so
-    the layers after it are calibrated on already-rescaled inputs, as in the paper's layer-by-layer
-    procedure. Channels that are constant on the batch are left alone.
+    def produced(mod: nn.Module, _inp: tuple, out: torch.Tensor) -> None:
+        last[:] = [(mod, out)]
+
+    def reads(mod: nn.Module, inp: tuple) -> None:
+        if last and inp and inp[0] is last[0][1]:
+            paired.add(id(last[0][0]))
+
+    handles = [m.register_forward_hook(produced) for m in net.modules() if isinstance(m, _AFFINE)]
+    handles += [m.register_forward_pre_hook(reads) for m in net.modules() if _is_stat_norm(m)]
+    try:
+        net(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return paired
+
+
+@torch.no_grad()
+def rescale_init_(net: nn.Module, x: torch.Tensor, *, beta: float = BETA, eps: float = 1e-6) -> Calibration:
+    """Within-layer data-dependent init (Krähenbühl et al. 2016, Algorithm 1): every unit's pre-activation
+    gets mean ``beta`` and standard deviation 1 on the batch ``x`` (over images and positions/tokens).
+
+    A pre-activation is the output of each eval-mode BatchNorm and of each conv/linear layer no
+    BatchNorm reads directly. A BatchNorm is calibrated through what it already is — a per-channel
+    affine map of its input: running mean and variance := the batch's, γ := 1, β := ``beta``; the
+    conv before it keeps its weights and gains no bias. Any other conv/linear layer has each output
+    channel's weights divided by its standard deviation σ and its bias set to ``beta`` − μ/σ (a bias
+    added where it had none). The layers are calibrated in forward order, each on the output of the
+    already calibrated layers before it, in one pass (after a first that finds which BatchNorm reads
+    which layer). Residual sums are left as they come: each added term is calibrated, the sum is
+    not, as in the authors' code. Channels constant on the batch are left alone.
+
+    ``beta`` = 1, not 0: docs/extract.md ("random-rescaled") shows why a ReLU network centred at 0 in
+    every unit loses the geometry of its inputs with depth, and the measurements behind 1.
     """
-    layers = [m for m in net.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))]
-    done: set[int] = set()
+    net.eval()  # BatchNorms by their running statistics, and none updated by the passes below
+    paired = _normalised_by_bn(net, x)
+    done = Calibration(beta=beta)
+    seen: set[int] = set()
 
-    def hook(mod: nn.Module, _inp: tuple, out: torch.Tensor) -> torch.Tensor | None:
-        if id(mod) in done or not isinstance(out, torch.Tensor):
-            return None  # a layer applied twice keeps its first calibration
-        done.add(id(mod))
-        ch = out.ndim - 1 if isinstance(mod, nn.Linear) else 1
-        dims = [d for d in range(out.ndim) if d != ch]
-        mean, std = out.float().mean(dims), out.float().std(dims)  # (C,)
+    def stats(mod: nn.Module, z: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
+        ch, dims = _channels(mod, z)
+        mean, std = z.float().mean(dims), z.float().std(dims, correction=0)  # (C,)
         live = std > eps
+        done.constant += int((~live).sum())
+        return ch, mean, std, live
+
+    def norm_before(mod: nn.Module, inp: tuple) -> None:
+        if id(mod) in seen or not inp or not isinstance(inp[0], torch.Tensor):
+            return  # a module applied twice keeps its first calibration
+        seen.add(id(mod))
+        _, mean, std, live = stats(mod, inp[0])
+        var = (std.square() - mod.eps).clamp_min(0)  # BN divides by sqrt(var + eps): std exactly 1
+        mod.running_mean.copy_(torch.where(live, mean, mod.running_mean.float()))
+        mod.running_var.copy_(torch.where(live, var, mod.running_var.float()))
+        if mod.weight is not None:
+            mod.weight.copy_(torch.where(live, torch.ones_like(mean), mod.weight.float()))
+            mod.bias.copy_(torch.where(live, torch.full_like(mean, beta), mod.bias.float()))
+        done.norms.append(names[id(mod)])
+
+    def layer_after(mod: nn.Module, _inp: tuple, out: torch.Tensor) -> torch.Tensor | None:
+        if id(mod) in seen or not isinstance(out, torch.Tensor):
+            return None
+        seen.add(id(mod))
+        ch, mean, std, live = stats(mod, out)
         scale = torch.where(live, 1 / std.clamp_min(eps), torch.ones_like(std))
-        shift = torch.where(live, mean, torch.zeros_like(mean))
-        mod.weight.mul_(scale.view(-1, *[1] * (mod.weight.ndim - 1)).to(mod.weight.dtype))
+        shift = torch.where(live, beta - mean * scale, torch.zeros_like(mean))  # z ↦ z·scale + shift
+        w = mod.weight
+        w.mul_(scale.view(-1, *[1] * (w.ndim - 1)).to(w.dtype))
         bias = mod.bias if mod.bias is not None else torch.zeros_like(mean)
-        new_bias = ((bias - shift) * scale).to(mod.weight.dtype)
+        new_bias = (bias.float() * scale + shift).to(w.dtype)
         if mod.bias is None:
             mod.bias = nn.Parameter(new_bias)
         else:
             mod.bias.copy_(new_bias)
+        done.layers.append(names[id(mod)])
         view = [1] * out.ndim
         view[ch] = -1
-        return (out - shift.view(view)) * scale.view(view)
+        return out * scale.view(view).to(out.dtype) + shift.view(view).to(out.dtype)
 
-    handles = [m.register_forward_hook(hook) for m in layers]
+    names = {id(m): n for n, m in net.named_modules()}
+    handles = [m.register_forward_pre_hook(norm_before) for m in net.modules() if _is_stat_norm(m)]
+    handles += [m.register_forward_hook(layer_after) for m in net.modules()
+                if isinstance(m, _AFFINE) and id(m) not in paired]
     try:
-        net.eval()(x)
+        net(x)
     finally:
         for h in handles:
             h.remove()
-    return len(done)
+    return done
 
 
 def calibration_order(ids: Sequence[str], *, seed: int) -> list[int]:

@@ -262,30 +262,25 @@ def test_layer_pool_dtype_errors(class_folder, tmp_path, kw, match):
         extract(class_folder, out=tmp_path / "f", **{**NET, **kw}, **FAST)
 
 
-def test_rescaled_init_gives_unit_variance():
-    from sslprobe.fairinit import rescale_init_
+def test_calibration_folder_gives_the_network_of_those_images(class_folder, tmp_path):
+    """--calibration TRAIN: a folder of train and test images is embedded by the network calibrated on TRAIN
+    alone (the same weights as extracting TRAIN itself), not by one that looked at the test images."""
+    import shutil
 
-    for name in ("test_resnet", "test_vit"):
-        net, _ = create_backbone(name, weights="random", image_size=32, seed=0)
-        x = torch.randn(48, 3, 32, 32) * 0.7 + 0.2
-        layers = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-        assert rescale_init_(net, x) == len(layers)
-        seen = {}
-
-        def hook(mod, _i, out, seen=seen):
-            ch = out.ndim - 1 if isinstance(mod, torch.nn.Linear) else 1
-            dims = [d for d in range(out.ndim) if d != ch]
-            seen[id(mod)] = (out.mean(dims), out.std(dims))
-
-        hs = [m.register_forward_hook(hook) for m in layers]
-        with torch.no_grad():
-            net.eval()(x)
-        [h.remove() for h in hs]
-        means = torch.cat([m for m, _ in seen.values()])
-        stds = torch.cat([s for _, s in seen.values()])
-        live = stds > 1e-3
-        assert means.abs().max() < 1e-3, name
-        assert (stds[live] - 1).abs().max() < 1e-3 and live.float().mean() > 0.9, name
+    train = tmp_path / "train"
+    for d in class_folder.iterdir():
+        (train / d.name).mkdir(parents=True)
+        for f in sorted(d.iterdir())[:8]:
+            shutil.copy(f, train / d.name / f.name)
+    rr = {**NET, "weights": "random-rescaled"}
+    alone = extract(train, out=tmp_path / "t", **rr, **FAST).weights_info
+    whole = extract(class_folder, out=tmp_path / "w", **rr, **FAST).weights_info
+    told = extract(class_folder, out=tmp_path / "c", **rr, calibration=str(train), **FAST).weights_info
+    assert told["weights_sha256"] == alone["weights_sha256"] != whole["weights_sha256"]
+    assert told["calibration_images"] == 16 and whole["calibration_images"] == 24
+    assert told["calibration_source"] == str(train) and whole["calibration_source"] == str(class_folder)
+    with pytest.raises(SSLProbeError, match="--calibration only applies to --weights random-rescaled"):
+        extract(class_folder, out=tmp_path / "x", **NET, calibration=str(train), **FAST)
 
 
 def test_random_rescaled_extract_is_seeded(class_folder, tmp_path):

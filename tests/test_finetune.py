@@ -252,10 +252,19 @@ def test_cli_end_to_end_grid_curve_skipped_files_and_predict(monkeypatch, capsys
     assert code == 2 and "--probe PROBE" in err and "--finetuned MODEL" in err
 
 
-def test_minutes_plan_whole_epochs_and_random_rescaled_round_trips(class_folder, tmp_path):
+def test_minutes_plan_whole_epochs_and_random_rescaled_round_trips(class_folder, tmp_path, monkeypatch):
+    import sslprobe.fairinit as fairinit
+    from sslprobe.probing.holdout import stratified_split
+
+    seen, real = [], fairinit.calibration_batch
+    monkeypatch.setattr(fairinit, "calibration_batch", lambda ids, *a, **k: seen.extend(ids) or real(ids, *a, **k))
     r = finetune(class_folder, out=tmp_path / "m", minutes=0.01, **{**TINY, "weights": "random-rescaled"})
     assert r.schedule["minutes"] == 0.01 and r.schedule["epochs"] >= 1
-    assert "rescaled" in r.weights["init"] and r.weights["calibration_images"] == 24
+    # calibrated on the 20 training rows: the 4 of the validation hold-out are never among its candidates
+    assert "rescaled" in r.weights["init"] and r.weights["calibration_images"] == 20
+    ids = sorted(f"{d.name}/{f.name}" for d in class_folder.iterdir() for f in d.iterdir())
+    _, held = stratified_split(torch.tensor([i >= 12 for i in range(24)]).long(), fraction=0.2, seed=0)
+    assert set(seen) == set(ids) - {ids[i] for i in held.tolist()} and len(seen) == 20
     got = predict_images(class_folder, model=tmp_path / "m" / "model.safetensors", workers=0)
     assert len(got.rows) == 24  # the biases the rescaled init added are put back before the strict load
 

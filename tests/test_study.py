@@ -565,3 +565,18 @@ def test_fingerprints_are_cached_by_content_and_a_rerun_decodes_nothing(tmp_path
                         unlabeled=str(tmp_path / "pool"), image_column=None, label_column=None)
     again = hash_entries(sets, cache=HashCache(tmp_path / "hashes.json"), threads=2)
     assert [(e.key, e.fingerprint) for e in again.entries] == [(e.key, e.fingerprint) for e in inputs.entries]
+def test_random_rescaled_calibrates_on_training_images_only(tmp_path, monkeypatch):
+    """The labelled folder every arm embeds holds val and test too: the rescale picks from the train split alone."""
+    import sslprobe.fairinit as fairinit
+
+    seen, real = [], fairinit.calibration_batch
+    monkeypatch.setattr(fairinit, "calibration_batch",
+                        lambda ids, *a, **k: seen.append(list(ids)) or real(ids, *a, **k))
+    out = tmp_path / "s"
+    r = study(_data(tmp_path / "data"), out=out, arms=("random-rescaled",), **{**TINY, "fractions": (), "shots": ()})
+    assert [name for name, _ in r.rows] == ["random-rescaled"]
+    split = {s: {p.relative_to(out / "data" / "splits" / s).as_posix()
+                 for p in (out / "data" / "splits" / s).rglob("*") if p.is_file() and not p.name.startswith(".")}
+             for s in ("train", "val", "test")}
+    assert len(seen) == 1 and set(seen[0]) == split["train"] and split["val"] and split["test"]
+    assert not set(seen[0]) & (split["val"] | split["test"])

@@ -49,10 +49,15 @@ class ExtractConfig(common.Runtime, common.ImageInputs):
     allow_pickle: bool = common.allow_pickle()
     labels: Path | None = option(None, "CSV with columns path,label naming DATA's images and their classes (paths "
                                  "relative to DATA).", path=False)
+    calibration: str | None = option(None, "random-rescaled: the images it calibrates on (default: DATA), e.g. the "
+                                     "training folder, so that the test folder is embedded by the same network and "
+                                     "no validation or test image shapes it.", rule=r.image_source)
     shard_rows: int = option(4096, "Rows per cache shard.", rule=r.ge(1), cli=False)
 
     def rules(self) -> None:
         if self.weights in NEEDS_MODEL and self.model is None:
             raise SSLProbeError(f"--weights {self.weights} needs --model NAME (a timm model, e.g. resnet18)")
+        if self.calibration is not None and self.weights != "random-rescaled":
+            raise SSLProbeError(f"--calibration only applies to --weights random-rescaled (not {self.weights})")
         if not self.use_cache and self.cache_dir is not None:
             raise SSLProbeError("--no-cache and --cache-dir contradict each other; pass one of them")

@@ -138,7 +138,9 @@ def extract(config: ExtractConfig | str | os.PathLike, /, *, show_progress: bool
     images = open_images(data, image_column=c.image_column, label_column=c.label_column, labels=c.labels)
     dist, dev = distributed.setup(pick_device(c.device))
     try:
-        feat = _build(images, model=c.model, weights=c.weights, image_size=c.image_size, small_stem=c.small_stem,
+        calibration = images if c.calibration is None else \
+            open_images(c.calibration, image_column=c.image_column, label_column=c.label_column)
+        feat = _build(calibration, model=c.model, weights=c.weights, image_size=c.image_size, small_stem=c.small_stem,
                       layer=c.layer, pool=c.pool, seed=c.seed, allow_pickle=c.allow_pickle,
                       decode=c.decode if dev.type == "cuda" else "cpu")
         # channels_last on CPU too: with BatchNorm folded, oneDNN convs run ~1.1-1.3x faster in it
@@ -162,9 +164,10 @@ def extract(config: ExtractConfig | str | os.PathLike, /, *, show_progress: bool
         distributed.teardown(dist)
 
 
-def _build(images: ImageSet, *, model: str | None, weights: str, image_size: int | None, small_stem: bool | None,
+def _build(calibration: ImageSet, *, model: str | None, weights: str, image_size: int | None, small_stem: bool | None,
            layer: str | int, pool: str, seed: int, allow_pickle: bool, decode: str) -> Featurizer:
-    """The feature model, its worker transform and everything the fingerprint needs."""
+    """The feature model, its worker transform and everything the fingerprint needs; ``calibration``: the images
+    ``random-rescaled`` calibrates on (DATA, or ``--calibration``)."""
     from sslprobe.extraction.embed import fold_batchnorm_, resolve_layer
     from sslprobe.starts import open_start, parse_start
 
@@ -180,7 +183,7 @@ def _build(images: ImageSet, *, model: str | None, weights: str, image_size: int
     net.eval()
     tf = Uint8Transform.from_timm(eval_transform(spec), channels=spec.in_chans)  # 1: a grey backbone
     k = resolve_layer(net, layer)
-    kind, wid, info = _identify(opened, images, tf, weights=weights, seed=seed)
+    kind, wid, info = _identify(opened, calibration, tf, weights=weights, seed=seed)
     fold_batchnorm_(net)
     use_gpu = decode == "gpu"
     # in_chans is named only for grey backbones: the rows of every RGB one keep their cache fingerprint
@@ -217,11 +220,12 @@ def _identify(opened: Opened, images: ImageSet, tf: Uint8Transform, *, weights: 
               seed: int) -> tuple[str, str, dict[str, Any]]:
     """Weights kind, the id that pins them down in the cache fingerprint, and their manifest entries.
 
-    ``random-rescaled`` rescales the network here, on the seed's calibration images of ``images``.
+    ``random-rescaled`` rescales the network here, on the seed's calibration images of ``images`` (DATA or
+    ``--calibration``).
     """
     import timm
 
-    from sslprobe.fairinit import POLICY, rescale_init_
+    from sslprobe.fairinit import POLICY, RESCALE_POLICY, rescale_init_
 
     net, spec, start = opened.net, opened.spec, opened.start
     info: dict[str, Any] = {"weights": weights}
@@ -231,11 +235,12 @@ def _identify(opened: Opened, images: ImageSet, tf: Uint8Transform, *, weights: 
         return "random", f"seed={seed};timm={timm.__version__};init={POLICY}", info
     if start.init == "random-rescaled":
         x = _calibration_batch(images, tf, seed=seed)
-        rescale_init_(net, FeatureModel(net, mean=spec.mean, std=spec.std).normalize(x))
+        done = rescale_init_(net, FeatureModel(net, mean=spec.mean, std=spec.std).normalize(x))
         sha = _state_sha256(net)
-        info.update(seed=seed, init=f"{opened.note}; then rescaled (Krähenbühl et al. 2015)",
-                    calibration_images=int(x.shape[0]), weights_sha256=sha)
-        return "random-rescaled", f"seed={seed};timm={timm.__version__};init={POLICY};sha256={sha}", info
+        info.update(seed=seed, init=f"{opened.note}; then {done.note()}", calibration_images=int(x.shape[0]),
+                    calibration_source=images.source, weights_sha256=sha)
+        wid = f"seed={seed};timm={timm.__version__};init={POLICY};rescale={RESCALE_POLICY};sha256={sha}"
+        return "random-rescaled", wid, info
     if start.init == "pretrained":
         cfg = getattr(net, "pretrained_cfg", {}) or {}
         info["pretrained_tag"] = opened.hub_tag

@@ -14,7 +14,8 @@ backbone, its head dropped), ``classes`` (a JSON list in the head's row order) a
 
 Preprocessing: resize, centre crop and normalise with the spec's ``image_size``, ``crop_pct``,
 ``interpolation``, ``mean`` and ``std`` (``backbone.eval_transform``). A ``random-rescaled`` start
-adds biases to convolutions that had none; :func:`load_finetuned` adds them back before loading.
+adds biases to convolutions that had none and no BatchNorm reads; :func:`load_finetuned` adds them
+back before loading.
 """
 from __future__ import annotations
 

@@ -150,7 +150,7 @@ def _inputs(o: Options, dev: torch.device) -> Inputs:
     held = hold_out(train, fraction=o.val_fraction, seed=o.seed) if va is None else \
         Held(torch.arange(len(train)), torch.arange(len(val)), True)
     if o.weights == "random-rescaled":
-        rescale(bb, train, seed=o.seed)
+        rescale(bb, train, seed=o.seed, among=held.fit)  # training rows only: never the hold-out
     with_head(bb.net, len(tr.classes), seed=o.seed)
     sources = [(tr, "train")] + [(x[0], name) for x, name in ((va, "val"), (te, "test")) if x is not None]
     warns = [w for images, name in sources for w in _unlabelled(images, name)]

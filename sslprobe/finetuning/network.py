@@ -2,8 +2,9 @@
 
 ``random`` is timm's training init (zero-initialised residual branches: the better start for
 training from scratch, as pretraining uses); ``random-rescaled`` is ``extract``'s — the fair random
-init, rescaled on the 64 calibration images ``extract`` picks (a seeded hash of their names), so
-a probe row and a fine-tune row of it start from the same network (up to JPEG draft decoding);
+init, rescaled on 64 training rows picked as ``extract`` picks them (a seeded hash of their names), so
+a probe row and a fine-tune row of it start from the same network when ``extract --calibration`` names
+the same training folder (up to JPEG draft decoding);
 ``pretrained`` is timm's hub weights and a file is any backbone ``extract --weights`` takes. The
 head is the model's own timm classifier (``reset_classifier``), so the state dict keeps timm's names.
 """
@@ -54,24 +55,25 @@ def load_backbone(weights: str, *, model: str | None, image_size: int | None, sm
     return Backbone(opened.net, opened.spec, start.trained, info)
 
 
-def rescale(backbone: Backbone, rows: ImageRows, *, seed: int) -> None:
-    """``random-rescaled``: data-dependent init (Krähenbühl et al. 2015) on extract's calibration images.
+def rescale(backbone: Backbone, rows: ImageRows, *, seed: int, among: torch.Tensor | None = None) -> None:
+    """``random-rescaled``: data-dependent init (Krähenbühl et al. 2016) on extract's calibration images.
 
     The pick is ``fairinit.calibration_batch`` over the decoded rows (their unreadable images were
     skipped when they were decoded), keyed by the rows' image names as extract keys its files.
+    ``among``: the positions it may pick from (the training rows, never the validation hold-out); all rows if None.
     """
     from sslprobe.fairinit import calibration_batch, rescale_init_
 
-    ids = [rows.images.ids[i] for i in rows.idx.tolist()]
+    pool = torch.arange(len(rows)) if among is None else among
+    ids = [rows.images.ids[i] for i in rows.idx[pool].tolist()]
 
     def read(positions: list[int]) -> list[torch.Tensor | None]:
-        pos = torch.tensor(positions, dtype=torch.long)
+        pos = pool[torch.tensor(positions, dtype=torch.long)]
         return [x for b, _ in rows.eval_batches(pos, batch=len(pos), device=torch.device("cpu")) for x in b.cpu()]
 
     x = calibration_batch(ids, read, seed=seed)
-    rescale_init_(backbone.net, normalize(x, mean=backbone.spec.mean, std=backbone.spec.std))
-    backbone.info.update(init=f"{backbone.info['init']}; then rescaled (Krähenbühl et al. 2015)",
-                         calibration_images=int(x.shape[0]))
+    done = rescale_init_(backbone.net, normalize(x, mean=backbone.spec.mean, std=backbone.spec.std))
+    backbone.info.update(init=f"{backbone.info['init']}; then {done.note()}", calibration_images=int(x.shape[0]))
 
 
 def with_head(net: nn.Module, num_classes: int, *, seed: int) -> nn.Module:

@@ -5,7 +5,7 @@ or the bytes of dataset rows):
 
     data/labelled/<class>/…      every labelled image of train, val and test (what each arm embeds once)
     data/pool/<hash>.<ext>       the pretraining pool: train and --unlabeled images, none of them val or test
-    data/splits/<split>/<class>/…  the three splits as class folders (fine-tune arms only)
+    data/splits/<split>/<class>/…  the three splits as class folders (fine-tune and random-rescaled arms)
     data-r2/…, splits-r2.json    with --resplit, repeat 2's own split and folders (and so on)
 
 A folder is rebuilt only when its listing changed (``.listing`` holds the listing's digest), so a

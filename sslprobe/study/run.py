@@ -194,7 +194,8 @@ class _Study:
         pool = pool_names(inputs, g.pool)
         if any(a.byol_init for a in self.opts.arms):
             materialise(layout.pool, pool, inputs)
-        if any(a.finetune for a in self.opts.arms):  # finetune reads the splits as class folders
+        # finetune reads the splits as class folders; random-rescaled calibrates on the train folder
+        if any(a.finetune or a.weights == "random-rescaled" for a in self.opts.arms):
             for split in ("train", "val", "test"):
                 materialise(layout.split_folder(split), [(q.id, q.entry) for q in placed if q.split == split],
                             inputs)

@@ -67,7 +67,8 @@ def _reuse(marker: Marker, d: Path, key: str) -> Done | None:
 
 
 # Options that say where a stage writes or how it is driven, not what it computes: left out of its key.
-_NOT_IDENTITY = ("data", "train", "val", "test", "out", "resume", "workers", "save_every", "log_every")
+_NOT_IDENTITY = ("data", "train", "val", "test", "calibration", "out", "resume", "workers", "save_every",
+                 "log_every")
 
 
 def identity(config: Config) -> dict[str, Any]:
@@ -158,7 +159,9 @@ def extract_config(ctx: Context, arm: Arm, weights: Path | None) -> ExtractConfi
                              **common)
     if weights is not None:
         return ExtractConfig(weights=str(weights), **common)
-    return ExtractConfig(weights=arm.weights, model=c.model,
+    # random-rescaled calibrates on training images only (the labelled folder holds val and test too)
+    calibration = str(ctx.layout.split_folder("train")) if arm.weights == "random-rescaled" else None
+    return ExtractConfig(weights=arm.weights, model=c.model, calibration=calibration,
                          image_size=input_size(imagenet=arm.needs_imagenet, model=c.model, image_size=c.image_size),
                          **common)
 
@@ -166,7 +169,8 @@ def extract_config(ctx: Context, arm: Arm, weights: Path | None) -> ExtractConfi
 def extracted(ctx: Context, arm: Arm, weights: Path | None, *, index: int, arms: int) -> Done:
     """The labelled folder embedded once by the arm's network (every row through the cache)."""
     config = extract_config(ctx, arm, weights)
-    key = fingerprint([ctx.labelled_key, ctx.device_type, _weights_identity(config, weights)])
+    split = [ctx.split_key] if config.calibration is not None else []  # which images are train is then an input
+    key = fingerprint([ctx.labelled_key, ctx.device_type, _weights_identity(config, weights), *split])
     d = Path(config.out)
     marker = Marker(d)
     done = _reuse(marker, d, key)
