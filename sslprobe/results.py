@@ -613,7 +613,7 @@ class ExtractResult(JsonRecord):
 
     ``weights_info`` holds the weights' entries (``weights`` and, by kind, e.g. ``weights_sha256``,
     ``init``): the file has them as top-level keys after ``model``, so ``from_json`` takes every key it
-    does not otherwise know as one of them.
+    does not otherwise know as one of them. ``layers`` only when ``extract --layers`` wrote several.
     """
 
     format: str = "sslprobe-features"
@@ -637,6 +637,7 @@ class ExtractResult(JsonRecord):
     timings: dict[str, float]
     seconds: float
     versions: dict[str, str]
+    layers: dict[str, str] | None = optional()  # --layers: each layer's feature dir relative to this one ("." itself)
 
     def to_json(self) -> dict[str, Any]:
         d = super().to_json()
