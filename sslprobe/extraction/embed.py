@@ -44,19 +44,19 @@ def layer_name(k: int | None) -> str:
     return PRE_LOGITS if k is None else f"stage{k}"
 
 
-def resolve_layer(net: nn.Module, layer: str | int | None) -> int | None:
+def resolve_layer(net: nn.Module, layer: str | int | None, *, flag: str = "--layer") -> int | None:
     """``pre-logits`` (None) or a stage/block index of ``net`` (negative counts from the end)."""
     if layer is None or str(layer) in (PRE_LOGITS, "final", ""):
         return None
     try:
         k = int(str(layer).removeprefix("stage").removeprefix("block"))
     except ValueError:
-        raise SSLProbeError(f"--layer '{layer}' is not 'pre-logits' or a stage number") from None
+        raise SSLProbeError(f"{flag} '{layer}' is not 'pre-logits' or a stage number") from None
     n = _stages(net)
     if n == 0:
-        raise SSLProbeError(f"{type(net).__name__} has no intermediate stages in timm; use --layer pre-logits")
+        raise SSLProbeError(f"{type(net).__name__} has no intermediate stages in timm; use {flag} pre-logits")
     if not -n <= k < n:
-        raise SSLProbeError(f"--layer {layer} is out of range: this model has stages 0..{n - 1} (or -1 for the last)")
+        raise SSLProbeError(f"{flag} {layer} is out of range: this model has stages 0..{n - 1} (or -1 for the last)")
     return k % n
 
 
@@ -84,7 +84,7 @@ def resolve_layers(net: nn.Module, layers: str, *, layer: str | int | None = PRE
         return (resolve_layer(net, layer),)
     if layers == "auto":
         return auto_layers(net)
-    picked = {resolve_layer(net, t) for t in layer_tokens(layers)}
+    picked = {resolve_layer(net, t, flag="--layers") for t in layer_tokens(layers)}
     return tuple(sorted(picked, key=lambda k: math.inf if k is None else k))
 
 
