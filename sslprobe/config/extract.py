@@ -36,8 +36,8 @@ class ExtractConfig(common.Runtime, common.ImageInputs):
     small_stem: bool | None = common.small_stem()
     layer: str = option("pre-logits", "pre-logits (pooled, default) or a stage/block index, e.g. 2 or -2 "
                         "(global-average-pooled).")
-    layers: str = option("last", "last (the one layer --layer names, one output as always), auto (the last two or "
-                         "three stages and pre-logits: docs/extract.md) or a list such as 2,3,pre-logits: every layer "
+    layers: str = option("last", "last (the one layer --layer names, written as always), auto (the two stages before "
+                         "the last, and pre-logits: docs/extract.md) or a list such as 2,3,pre-logits: every layer "
                          "from one forward pass, each cached on its own; the deepest in OUT, the others in "
                          "OUT/layers/NAME.", rule=r.layer_list)
     pool: str = option("auto", "auto (the model's own), cls (ViT class token) or mean (of patch tokens / feature "

@@ -148,8 +148,10 @@ def extract(config: ExtractConfig | str | os.PathLike, /, *, show_progress: bool
     residual branches), ``random-rescaled`` (that, then data-dependent rescaling on a seeded sample of
     the images), ``pretrained`` (timm hub), ``pixels`` or a path to a .safetensors backbone (sslprobe's
     own need no ``model``). ``small_stem``: None picks the small-image stem for random weights at
-    ≤ 64 px; trained weights keep theirs. ``layer``: ``pre-logits`` or a stage index; ``pool``: auto,
-    cls or mean. ``decode="gpu"`` decodes JPEGs with nvJPEG on CUDA. ``labels``: a path,label CSV naming
+    ≤ 64 px; trained weights keep theirs. ``layer``: ``pre-logits`` or a stage index; ``layers``: ``last``
+    (that one layer), ``auto`` or a list such as ``"2,3,pre-logits"``: every layer from one pass, the
+    deepest in ``out``, the others in ``out/layers/NAME`` (the result's ``layers`` lists them); ``pool``:
+    auto, cls or mean. ``decode="gpu"`` decodes JPEGs with nvJPEG on CUDA. ``labels``: a path,label CSV naming
     the images of the folder ``data`` and their classes (see ``images.folders.open_images``).
     """
     c = ExtractConfig.of(config, **options)
