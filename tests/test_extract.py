@@ -319,6 +319,22 @@ def test_each_layer_is_cached_once_and_any_subset_reuses_it(class_folder, tmp_pa
     assert torch.equal(_feats(tmp_path / "again"), _feats(tmp_path / "auto"))
 
 
+def test_a_damaged_shard_of_one_layer_is_recomputed_for_that_layer_alone(class_folder, tmp_path):
+    a = extract(class_folder, out=tmp_path / "a", **NET, **FAST, layers="auto", shard_rows=10)
+    stage3 = ExtractResult.from_json(tmp_path / "a" / "layers" / "stage3" / "manifest.json")
+    shards = sorted((tmp_path / "cache" / stage3.cache.store / "shards").iterdir())
+    data = bytearray(shards[1].read_bytes())
+    data[-3] ^= 0x40  # a flipped bit in stage3's second shard of 10 rows
+    shards[1].write_bytes(bytes(data))
+    b = extract(class_folder, out=tmp_path / "b", **NET, **FAST, layers="auto", shard_rows=10)
+    assert (b.cache.hits, b.cache.misses) == (14, 10) and b.cache.shards_written == 0  # pre-logits had every row
+    again = ExtractResult.from_json(tmp_path / "b" / "layers" / "stage3" / "manifest.json")
+    assert again.cache.invalid_shards == 1 and again.cache.shards_written == 1
+    for d in (".", "layers/stage2", "layers/stage3"):
+        assert torch.allclose(_feats(tmp_path / "a" / d), _feats(tmp_path / "b" / d), atol=1e-6), d
+    assert a.cache.store == b.cache.store
+
+
 def test_layers_last_writes_what_extract_always_wrote(class_folder, tmp_path):
     plain = extract(class_folder, out=tmp_path / "plain", **NET, **FAST, use_cache=False)
     last = extract(class_folder, out=tmp_path / "last", **NET, **FAST, layers="last", use_cache=False)
