@@ -5,7 +5,7 @@ import torch
 from sslprobe.config.probe import ProbeProtocol
 from sslprobe.errors import SSLProbeError
 from sslprobe.probing.features import FeatureSet
-from sslprobe.probing.layers import choose_layer, score_layer
+from sslprobe.probing.layers import LAYER_MAX_ITER, choose_layer, score_layer
 from sslprobe.probing.probe import probe
 from sslprobe.results import LayerChoice
 
@@ -52,6 +52,21 @@ def test_each_candidate_gets_the_probes_own_c_search():
     assert got.fits == len(ref.val_curve) and got.dim == D
     top1 = score_layer("stage2", s["train"], s["val"], protocol=PROTOCOL.replace(metric="top1"))
     assert top1.val == pytest.approx(ref.val.top1, abs=1e-12)
+
+
+def test_candidate_fits_are_capped(monkeypatch):
+    from sslprobe.probing import search
+
+    caps, real = [], search.fit
+
+    def spy(*a, max_iter, **kw):
+        caps.append(max_iter)
+        return real(*a, max_iter=max_iter, **kw)
+
+    monkeypatch.setattr(search, "fit", spy)
+    s = _layers()["stage2"]
+    score_layer("stage2", s["train"], s["val"], protocol=PROTOCOL)
+    assert caps and set(caps) == {LAYER_MAX_ITER} < {PROTOCOL.max_iter, LAYER_MAX_ITER}
 
 
 def test_a_tie_goes_to_the_deeper_layer():
