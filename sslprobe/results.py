@@ -498,6 +498,31 @@ class ProbeResult(_Scored, JsonRecord):
 
 
 @dataclass(frozen=True, kw_only=True)
+class LayerCandidate(JsonRecord):
+    """One layer an arm could be read at, scored on validation by one C search (probing/layers.py)."""
+
+    layer: str
+    dim: int
+    C: float  # the C the search chose on validation
+    val: float  # the declared metric on validation at that C
+    val_loss: float | None  # validation cross-entropy at that C (the tie-break)
+    fits: int  # C's the search fitted
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerChoice(JsonRecord):
+    """The layer an arm was probed on, chosen by the declared metric on validation only, and every candidate."""
+
+    layer: str
+    metric: str
+    tie_break: str
+    candidates: list[LayerCandidate]
+
+    def candidate(self, layer: str) -> LayerCandidate:
+        return next(c for c in self.candidates if c.layer == layer)
+
+
+@dataclass(frozen=True, kw_only=True)
 class FinetuneChoice(JsonRecord):
     """The run and epoch validation chose (``rule``: how)."""
 
@@ -613,7 +638,7 @@ class ExtractResult(JsonRecord):
 
     ``weights_info`` holds the weights' entries (``weights`` and, by kind, e.g. ``weights_sha256``,
     ``init``): the file has them as top-level keys after ``model``, so ``from_json`` takes every key it
-    does not otherwise know as one of them.
+    does not otherwise know as one of them. ``layers`` only when ``extract --layers`` wrote several.
     """
 
     format: str = "sslprobe-features"
@@ -637,6 +662,7 @@ class ExtractResult(JsonRecord):
     timings: dict[str, float]
     seconds: float
     versions: dict[str, str]
+    layers: dict[str, str] | None = optional()  # --layers: each layer's feature dir relative to this one ("." itself)
 
     def to_json(self) -> dict[str, Any]:
         d = super().to_json()
@@ -701,5 +727,6 @@ def read_scored(doc: Mapping[str, Any] | str | os.PathLike) -> ProbeResult | Fin
 __all__ = ["CPoint", "CacheInfo", "ClassRow", "CurvePoint", "CurveStats", "Difference", "EpochPoint",
            "ExtractCounts", "ExtractResult", "FinetuneChoice", "FinetuneCurve", "FinetuneCurvePoint",
            "FinetuneResult", "FinetuneStopped", "Intervals", "JsonRecord", "KnnResult", "KnnSplits", "LabelCurve",
-           "LabelPoint", "Metrics", "PairedTest", "PretrainResult", "ProbeCurve", "ProbeCurvePoint", "ProbeResult",
-           "ReportFiles", "ResultFormatError", "SelectionInfo", "json_key", "optional", "read_scored"]
+           "LabelPoint", "LayerCandidate", "LayerChoice", "Metrics", "PairedTest", "PretrainResult", "ProbeCurve",
+           "ProbeCurvePoint", "ProbeResult", "ReportFiles", "ResultFormatError", "SelectionInfo", "json_key",
+           "optional", "read_scored"]

@@ -262,6 +262,117 @@ def test_layer_pool_dtype_errors(class_folder, tmp_path, kw, match):
         extract(class_folder, out=tmp_path / "f", **{**NET, **kw}, **FAST)
 
 
+# ---------------------------------------------------------------------------- several layers (--layers)
+
+
+def _images(class_folder, spec):
+    images, tf = open_images(class_folder), eval_transform(spec)
+    return torch.stack([tf(images.read(i)) for i in range(len(images))])
+
+
+def test_layers_pool_each_stage_as_a_manual_forward(class_folder, tmp_path):
+    m = extract(class_folder, out=tmp_path / "f", **NET, **FAST, layers="auto")
+    assert m.layers == {"stage2": "layers/stage2", "stage3": "layers/stage3", "pre-logits": "."}
+    net, spec = create_backbone("test_resnet", weights="random", image_size=32, seed=3)
+    with torch.no_grad():  # the ResNet by hand: stem, then the stages one by one
+        net.eval()
+        x = net.maxpool(net.act1(net.bn1(net.conv1(_images(class_folder, spec)))))
+        s2 = net.layer2(net.layer1(x))
+        s3 = net.layer3(s2)
+        s4 = net.layer4(s3)
+    want = {"layers/stage2": s2.mean((2, 3)), "layers/stage3": s3.mean((2, 3)), ".": s4.mean((2, 3))}
+    for d, w in want.items():
+        got = ExtractResult.from_json(tmp_path / "f" / d / "manifest.json")
+        assert got.dim == w.shape[1] and got.paths == m.paths and torch.allclose(_feats(tmp_path / "f" / d), w,
+                                                                                   atol=1e-5), d
+    assert m.layer == "pre-logits" and m.dim == 96
+
+
+def test_layers_cost_one_forward_pass_per_image(class_folder, tmp_path, monkeypatch):
+    from timm.models.resnet import ResNet
+
+    seen, passes = [], ResNet.forward_intermediates
+
+    def counted(self, x, *a, **kw):
+        seen.append(x.shape[0])
+        return passes(self, x, *a, **kw)
+
+    monkeypatch.setattr(ResNet, "forward_intermediates", counted)
+    extract(class_folder, out=tmp_path / "a", **NET, **FAST, layers="2,3,pre-logits")
+    assert sum(seen) == 24 and len(seen) == 5  # 24 images in batches of 5: five passes, each image once
+    seen.clear()
+    extract(class_folder, out=tmp_path / "b", **NET, **FAST, layers="auto")  # the same three layers
+    assert seen == []  # every layer of every image from the cache
+
+
+def test_each_layer_is_cached_once_and_any_subset_reuses_it(class_folder, tmp_path):
+    last = extract(class_folder, out=tmp_path / "last", **NET, **FAST)  # pre-logits alone, as before --layers
+    auto = extract(class_folder, out=tmp_path / "auto", **NET, **FAST, layers="auto")
+    assert auto.cache.store == last.cache.store and auto.cache.shards_written == 0  # pre-logits: nothing new
+    stage2 = ExtractResult.from_json(tmp_path / "auto" / "layers" / "stage2" / "manifest.json")
+    assert stage2.cache.shards_written == 1 and stage2.cache.misses == 24
+    again = extract(class_folder, out=tmp_path / "again", **NET, **FAST)
+    assert (again.cache.hits, again.cache.misses) == (24, 0)
+    one = extract(class_folder, out=tmp_path / "one", **NET, **FAST, layer="2")
+    assert (one.cache.hits, one.cache.misses) == (24, 0) and one.cache.store == stage2.cache.store
+    assert torch.equal(_feats(tmp_path / "one"), _feats(tmp_path / "auto" / "layers" / "stage2"))
+    assert torch.equal(_feats(tmp_path / "again"), _feats(tmp_path / "auto"))
+
+
+def test_a_damaged_shard_of_one_layer_is_recomputed_for_that_layer_alone(class_folder, tmp_path):
+    a = extract(class_folder, out=tmp_path / "a", **NET, **FAST, layers="auto", shard_rows=10)
+    stage3 = ExtractResult.from_json(tmp_path / "a" / "layers" / "stage3" / "manifest.json")
+    shards = sorted((tmp_path / "cache" / stage3.cache.store / "shards").iterdir())
+    data = bytearray(shards[1].read_bytes())
+    data[-3] ^= 0x40  # a flipped bit in stage3's second shard of 10 rows
+    shards[1].write_bytes(bytes(data))
+    b = extract(class_folder, out=tmp_path / "b", **NET, **FAST, layers="auto", shard_rows=10)
+    assert (b.cache.hits, b.cache.misses) == (14, 10) and b.cache.shards_written == 0  # pre-logits had every row
+    again = ExtractResult.from_json(tmp_path / "b" / "layers" / "stage3" / "manifest.json")
+    assert again.cache.invalid_shards == 1 and again.cache.shards_written == 1
+    for d in (".", "layers/stage2", "layers/stage3"):
+        assert torch.allclose(_feats(tmp_path / "a" / d), _feats(tmp_path / "b" / d), atol=1e-6), d
+    assert a.cache.store == b.cache.store
+
+
+def test_layers_last_writes_what_extract_always_wrote(class_folder, tmp_path):
+    plain = extract(class_folder, out=tmp_path / "plain", **NET, **FAST, use_cache=False)
+    last = extract(class_folder, out=tmp_path / "last", **NET, **FAST, layers="last", use_cache=False)
+    saved = json.loads((tmp_path / "last" / "manifest.json").read_text())
+    assert "layers" not in saved and not (tmp_path / "last" / "layers").exists()
+    assert last.cache.fingerprint == plain.cache.fingerprint and last.cache.fingerprint["layer"] == "pre-logits"
+    assert torch.equal(_feats(tmp_path / "last"), _feats(tmp_path / "plain"))
+    auto = extract(class_folder, out=tmp_path / "auto", **NET, **FAST, layers="auto", use_cache=False)
+    assert torch.equal(_feats(tmp_path / "auto"), _feats(tmp_path / "plain"))  # one pass, the same pre-logits
+    assert auto.cache.fingerprint == plain.cache.fingerprint
+
+
+def test_vit_blocks_pooled_as_the_model_pools(class_folder, tmp_path):
+    kw = dict(model="test_vit", weights="random", image_size=32, seed=0, **FAST)
+    m = extract(class_folder, out=tmp_path / "auto", layers="auto", **kw)
+    assert list(m.layers) == ["stage2", "stage4", "pre-logits"]  # half and three quarters of 6 blocks, then the head
+    extract(class_folder, out=tmp_path / "blk", layer="2", **kw)
+    extract(class_folder, out=tmp_path / "head", **kw)
+    assert torch.equal(_feats(tmp_path / "auto" / "layers" / "stage2"), _feats(tmp_path / "blk"))
+    assert torch.equal(_feats(tmp_path / "auto"), _feats(tmp_path / "head"))
+    net, spec = create_backbone("test_vit", weights="random", image_size=32, seed=0)
+    with torch.no_grad():  # the class token after block 2 (timm pools a ViT by its class token)
+        net.eval()
+        x = net.norm_pre(net._pos_embed(net.patch_embed(_images(class_folder, spec))))
+        for blk in net.blocks[:3]:
+            x = blk(x)
+    assert torch.allclose(_feats(tmp_path / "blk"), x[:, 0], atol=1e-5)
+
+
+@pytest.mark.parametrize("kw, match", [({"layers": "2,9"}, "out of range"), ({"layers": "2,auto"}, "stands alone"),
+                                       ({"layers": "2,top"}, "stage numbers"), ({"layers": "auto", "layer": "2"},
+                                                                                "one of them"),
+                                       ({"layers": "auto", "weights": "pixels", "model": None}, "no layers")])
+def test_layers_errors(class_folder, tmp_path, kw, match):
+    with pytest.raises(SSLProbeError, match=match):
+        extract(class_folder, out=tmp_path / "f", **{**NET, **kw}, **FAST)
+
+
 def test_calibration_folder_gives_the_network_of_those_images(class_folder, tmp_path):
     """--calibration TRAIN: a folder of train and test images is embedded by the network calibrated on TRAIN
     alone (the same weights as extracting TRAIN itself), not by one that looked at the test images."""

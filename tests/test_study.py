@@ -1,6 +1,7 @@
 """`sslprobe study` end to end on generated images with tiny models: arms, reports, the guard, resume, bad input."""
 import base64
 import csv
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -104,7 +105,16 @@ def test_results_csv_is_tidy(done):
         rows = list(reader)
     assert {r["arm"] for r in rows} == set(ARMS)
     assert {r["labels"] for r in rows} == {"all", "50 %", "1-shot"}
-    assert {r["method"] for r in rows} == {"linear", "knn"}
+    assert {r["method"] for r in rows} == {"linear", "knn", "layer-choice"}
+    doc = json.loads((root / "out" / "study.json").read_text())
+    used = {a["name"]: a["layer"] for a in doc["arms"]}
+    assert used["pixels"] is None and used["random"] and used["byol"]
+    for arm in ARMS:  # every row names the layer its arm was read at; each candidate has its validation row
+        assert {r["layer"] for r in rows if r["arm"] == arm and r["method"] != "layer-choice"} == {used[arm] or ""}
+    choice = [r for r in rows if r["method"] == "layer-choice"]
+    assert {r["arm"] for r in choice} == {"random", "byol"} and {r["split"] for r in choice} == {"val"}
+    assert [r["layer"] for r in choice if r["arm"] == "random"] == ["stage2", "stage3", "pre-logits"]
+    rows = [r for r in rows if r["method"] != "layer-choice"]
     # one input: every arm the same centre crop (test_resnet's 95 %); networks from random weights the small stem
     seen = {r["arm"]: r["input"] for r in rows}
     assert seen["pixels"] == "16 px, centre crop 95 %, bilinear"
@@ -120,6 +130,48 @@ def test_results_csv_is_tidy(done):
     assert full == ["balanced_accuracy", "top1", "macro_f1", "top5"]  # the declared metric (default) first
     assert all(r["ci_low"] for r in rows if r["labels"] == "all" and r["metric"] != "top5")
     assert {r["metric"] for r in rows if r["labels"] != "all"} == {"balanced_accuracy"}  # the curves' metric
+
+
+def test_each_network_arm_is_probed_at_the_layer_validation_chose(done):
+    root, _ = done
+    out = root / "out"
+    doc = json.loads((out / "study.json").read_text())
+    for arm in doc["arms"][1:]:  # random, byol: three candidates each, scored on validation
+        choice = arm["layer_choice"]
+        assert [c["layer"] for c in choice["candidates"]] == ["stage2", "stage3", "pre-logits"]
+        best = max(choice["candidates"], key=lambda c: (c["val"], -c["val_loss"]))
+        assert choice["layer"] == arm["layer"] == best["layer"] and choice["metric"] == "balanced"
+        probed = json.loads((out / "arms" / arm["name"] / "features" / "train" / "manifest.json").read_text())
+        assert probed["layer"] == arm["layer"] and probed["dim"] == best["dim"]
+    assert "Layer of each arm (validation)" in (out / "report.md").read_text()
+
+
+def test_the_layer_choice_reads_train_and_val_rows_only(class_folder, tmp_path, monkeypatch):
+    from sslprobe.probing import layers
+
+    real, seen = layers.score_layer, {}
+
+    def rigged(layer, train, val, *, protocol):  # record what the choice reads; make validation favour stage2
+        seen[layer] = set(train.paths) | set(val.paths)
+        c = real(layer, train, val, protocol=protocol)
+        return dataclasses.replace(c, val=1.0 if layer == "stage2" else 0.0)
+
+    monkeypatch.setattr(layers, "score_layer", rigged)
+    r = study(class_folder, out=tmp_path / "out", arms=("random",), **TINY)
+    splits = json.loads((tmp_path / "out" / "splits.json").read_text())["splits"]
+    labelled = tmp_path / "out" / "data" / "labelled"
+    held = {p for p in seen["stage2"] if splits[_sha(labelled / p)] == "test"}
+    assert set(seen) == {"stage2", "stage3", "pre-logits"} and seen["stage2"] and not held
+    probed = json.loads((tmp_path / "out" / "arms" / "random" / "features" / "test" / "manifest.json").read_text())
+    assert probed["layer"] == "stage2" and r.rows[0][1].dim == 48  # the probe ran on the chosen layer
+
+
+def test_layers_last_probes_pre_logits_alone(class_folder, tmp_path):
+    study(class_folder, out=tmp_path / "out", arms=("random",), layers="last", **TINY)
+    doc = json.loads((tmp_path / "out" / "study.json").read_text())
+    assert doc["arms"][0]["layer"] == "pre-logits" and doc["arms"][0]["layer_choice"] is None
+    assert "Layer of each arm" not in (tmp_path / "out" / "report.md").read_text()
+    assert not (tmp_path / "out" / "arms" / "random" / "extract" / "layers").exists()
 
 
 def test_tables_lead_with_the_declared_metric(done):
@@ -333,6 +385,8 @@ def test_cli_study_errors_are_one_line_exit_2(monkeypatch, capsys, tmp_path):
     assert code == 2 and "--arms must be one of" in err
     code, _, err = run(monkeypatch, capsys, "study", data, "--out", tmp_path / "s", "--epochs", "3", "--minutes", "2")
     assert code == 2 and "give one of them" in err
+    code, _, err = run(monkeypatch, capsys, "study", data, "--out", tmp_path / "s", "--layers", "2,top")
+    assert code == 2 and "--layers takes last, auto, or stage numbers" in err
 
 
 def test_hugging_face_data_is_written_out_once(tmp_path):

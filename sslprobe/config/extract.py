@@ -36,6 +36,10 @@ class ExtractConfig(common.Runtime, common.ImageInputs):
     small_stem: bool | None = common.small_stem()
     layer: str = option("pre-logits", "pre-logits (pooled, default) or a stage/block index, e.g. 2 or -2 "
                         "(global-average-pooled).")
+    layers: str = option("last", "last (the one layer --layer names, written as always), auto (the two stages before "
+                         "the last, and pre-logits: docs/extract.md) or a list such as 2,3,pre-logits: every layer "
+                         "from one forward pass, each cached on its own; the deepest in OUT, the others in "
+                         "OUT/layers/NAME.", rule=r.layer_list)
     pool: str = option("auto", "auto (the model's own), cls (ViT class token) or mean (of patch tokens / feature "
                        "map).", rule=r.choice(*POOLS))
     dtype: str = option("float32", "Storage dtype of features: float32 or float16.", rule=r.choice(*FEATURE_DTYPES))
@@ -59,5 +63,8 @@ class ExtractConfig(common.Runtime, common.ImageInputs):
             raise SSLProbeError(f"--weights {self.weights} needs --model NAME (a timm model, e.g. resnet18)")
         if self.calibration is not None and self.weights != "random-rescaled":
             raise SSLProbeError(f"--calibration only applies to --weights random-rescaled (not {self.weights})")
+        if self.layers != "last" and self.layer != "pre-logits":
+            raise SSLProbeError(f"--layer picks one layer and --layers {self.layers} several; give one of them "
+                                "(e.g. --layers 2,pre-logits)")
         if not self.use_cache and self.cache_dir is not None:
             raise SSLProbeError("--no-cache and --cache-dir contradict each other; pass one of them")

@@ -147,6 +147,32 @@ def pair(name: str, text: str | None) -> tuple[str, str] | None:
     return parts
 
 
+LAYER_WORDS = ("last", "auto")
+PRE_LOGITS = "pre-logits"
+
+
+def layer_tokens(text: str) -> tuple[str, ...]:
+    """``--layers``' items: '2, -1,pre-logits' → ('2', '-1', 'pre-logits'); 'last' and 'auto' stand alone."""
+    return tuple(t for t in text.replace(" ", "").split(",") if t)
+
+
+def layer_list(name: str, text: str | None) -> None:
+    """``last``, ``auto``, or stage indices (negative counts from the end) and ``pre-logits``, comma-separated."""
+    if text is None or text in LAYER_WORDS:
+        return
+    tokens = layer_tokens(text)
+    for t in tokens:
+        if t in LAYER_WORDS:
+            raise SSLProbeError(f"{name} '{t}' stands alone, not in a list (got '{text}')")
+        if t != PRE_LOGITS and not t.lstrip("-").isdigit():
+            raise SSLProbeError(f"{name} takes last, auto, or stage numbers and pre-logits, e.g. 2,3,pre-logits "
+                                f"(got '{text}')")
+    if not tokens:
+        raise SSLProbeError(f"{name} names no layer; give last, auto or e.g. 2,3,pre-logits")
+    if len(set(tokens)) != len(tokens):
+        raise SSLProbeError(f"{name} names a layer twice (got '{text}')")
+
+
 def two_names(name: str, value: Sequence[str] | None) -> None:
     if value is not None and (len(value) != 2 or value[0] == value[1]):
         raise SSLProbeError(f"{name} takes two different names, A,B (got {','.join(value)})")

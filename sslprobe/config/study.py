@@ -85,6 +85,10 @@ class StudyConfig(common.Runtime, common.ImageInputs):
                                    cli_type=str, cli_default=None, parse=_names)
     model: str = option("resnet18", "timm model of every network arm.")
     image_size: int | None = option(None, "Resolution (default: the model's; raw pixels at ≤ 32 px).", rule=r.ge(8))
+    layers: str = option("auto", "Layers each network arm may be read at: auto (the two stages before the last, "
+                         "and pre-logits), last (pre-logits only) or e.g. 2,3,pre-logits. Each arm's layer is "
+                         "chosen by --metric on validation (one C search per layer), then probed in full.",
+                         rule=r.layer_list)
     epochs: int | None = option(None, f"BYOL epochs per BYOL arm (default {PretrainConfig.epochs}).", rule=r.ge(1))
     minutes: float | None = option(None, "Training minutes per BYOL arm: the whole schedule (warm-up, cosine, τ) is "
                                    "fitted to the step rate measured here (fine-tune arms get the same minutes).",

@@ -11,10 +11,14 @@ read back, new ones computed and written in shards as the run goes, so a rerun c
 a hash per file, an interrupted run resumes where its last shard ended, and renamed files cost
 nothing. Under torchrun each rank embeds every WORLD_SIZE-th file and rank 0 writes the output.
 
+``layers`` other than ``last`` embeds several layers from one forward pass per image; each layer has
+its own store (``layered.LayeredStore``) and its own feature directory: the deepest in ``out``, whose
+manifest lists them all under ``layers``, the others in ``out/layers/NAME`` (docs/extract.md).
+
 ``extract`` reads as its steps: check the options, build the feature model (``_build``), open
 the cache (``_open_cache``), embed this rank's files (``_embed_all``, the pass is
 ``cached_pass.Embedder``), collect every rank's rows on rank 0 (``_assemble``) and write the pair of
-files (``_write``).
+files per layer (``_write``).
 """
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ from sslprobe.distributed import Dist
 from sslprobe.errors import SSLProbeError
 from sslprobe.extraction.cached_pass import Embedder, Rows
 from sslprobe.extraction.embed import FeatureModel
+from sslprobe.extraction.layered import LayeredStore
 from sslprobe.extraction.shards import ShardWriter
 from sslprobe.fileio import atomic_path, write_json
 from sslprobe.images.decode import DECODE_POLICY
@@ -54,6 +59,7 @@ if TYPE_CHECKING:
 
 FEATURES = "features.safetensors"
 MANIFEST = "manifest.json"
+LAYERS_DIR = "layers"  # out/layers/NAME: every layer of --layers but the deepest
 
 
 @dataclass(frozen=True)
@@ -68,24 +74,38 @@ class Featurizer:
     weights_id: str  # what pins the weights down in the fingerprint (seed, hub tag or sha256)
     weights_info: dict[str, Any]  # the manifest's weights entries
     preprocessing: dict[str, Any]
-    layer: str  # "pre-logits" or "stage{k}"
+    layers: tuple[str, ...]  # "stage{k}" by depth, then "pre-logits"; one name for a single layer
+    widths: tuple[int, ...] = ()  # several layers: their widths, how each wide row splits
+
+    def dirs(self) -> dict[str, str]:
+        """Each layer's feature directory, relative to ``out``: the deepest is ``out`` itself."""
+        return {name: "." if i == len(self.layers) - 1 else f"{LAYERS_DIR}/{name}"
+                for i, name in enumerate(self.layers)}
 
 
 @dataclass(frozen=True)
 class CacheUse:
-    """This run's fingerprint and the store its rows go through (``store`` None with ``use_cache=False``)."""
+    """Each layer's fingerprint and store, and the store the pass goes through: the one layer's, or every
+    layer's as one (``LayeredStore``); ``store`` None with ``use_cache=False``."""
 
-    fingerprint: Fingerprint
+    fingerprints: tuple[Fingerprint, ...]  # one per layer, in ``Featurizer.layers`` order
     root: Path
-    store: Store | None
+    stores: tuple[Store, ...] | None
+    store: Store | LayeredStore | None
 
-    def entry(self, *, hits: int, misses: int, shards_written: int) -> dict[str, Any]:
-        """The manifest's ``cache`` entry."""
-        fp, store = self.fingerprint, self.store
+    def entry(self, i: int, *, hits: int, misses: int, shards_written: int) -> dict[str, Any]:
+        """Layer ``i``'s manifest ``cache`` entry (hits and misses are the pass's: rows read back, rows computed)."""
+        fp, store = self.fingerprints[i], None if self.stores is None else self.stores[i]
         return {"enabled": store is not None, "dir": str(self.root) if store is not None else None,
                 "store": fp.store_id, "fingerprint": asdict(fp), "hits": hits, "misses": misses,
                 "invalid_shards": len(store.invalid) if store is not None else 0,
                 "shards_written": shards_written}
+
+    def shards_written(self, writer: ShardWriter) -> list[int]:
+        """Shards each layer's store was written this run."""
+        if isinstance(self.store, LayeredStore):
+            return list(self.store.shards)
+        return [writer.shards] * len(self.fingerprints)  # one layer, or no cache (0 each)
 
 
 @dataclass(frozen=True)
@@ -128,8 +148,10 @@ def extract(config: ExtractConfig | str | os.PathLike, /, *, show_progress: bool
     residual branches), ``random-rescaled`` (that, then data-dependent rescaling on a seeded sample of
     the images), ``pretrained`` (timm hub), ``pixels`` or a path to a .safetensors backbone (sslprobe's
     own need no ``model``). ``small_stem``: None picks the small-image stem for random weights at
-    ≤ 64 px; trained weights keep theirs. ``layer``: ``pre-logits`` or a stage index; ``pool``: auto,
-    cls or mean. ``decode="gpu"`` decodes JPEGs with nvJPEG on CUDA. ``labels``: a path,label CSV naming
+    ≤ 64 px; trained weights keep theirs. ``layer``: ``pre-logits`` or a stage index; ``layers``: ``last``
+    (that one layer), ``auto`` or a list such as ``"2,3,pre-logits"``: every layer from one pass, the
+    deepest in ``out``, the others in ``out/layers/NAME`` (the result's ``layers`` lists them); ``pool``:
+    auto, cls or mean. ``decode="gpu"`` decodes JPEGs with nvJPEG on CUDA. ``labels``: a path,label CSV naming
     the images of the folder ``data`` and their classes (see ``images.folders.open_images``).
     """
     c = ExtractConfig.of(config, **options)
@@ -141,7 +163,7 @@ def extract(config: ExtractConfig | str | os.PathLike, /, *, show_progress: bool
         calibration = images if c.calibration is None else \
             open_images(c.calibration, image_column=c.image_column, label_column=c.label_column)
         feat = _build(calibration, model=c.model, weights=c.weights, image_size=c.image_size, small_stem=c.small_stem,
-                      layer=c.layer, pool=c.pool, seed=c.seed, allow_pickle=c.allow_pickle,
+                      layer=c.layer, layers=c.layers, pool=c.pool, seed=c.seed, allow_pickle=c.allow_pickle,
                       decode=c.decode if dev.type == "cuda" else "cpu")
         # channels_last on CPU too: with BatchNorm folded, oneDNN convs run ~1.1-1.3x faster in it
         feat.model.to(dev).eval().to(memory_format=torch.channels_last)
@@ -157,7 +179,7 @@ def extract(config: ExtractConfig | str | os.PathLike, /, *, show_progress: bool
         manifest = None
         if result is not None:  # rank 0
             manifest = _write(images, result, out=Path(out), data=data, feat=feat, cache=cache, dev=dev,
-                              world=dist.world, shards_written=writer.shards, t0=t0,
+                              world=dist.world, shards_written=cache.shards_written(writer), t0=t0,
                               timings={"setup": t_setup, "embed": t_embed, "write_shards": writer.seconds})
         return distributed.broadcast(manifest, dist)
     finally:
@@ -165,15 +187,16 @@ def extract(config: ExtractConfig | str | os.PathLike, /, *, show_progress: bool
 
 
 def _build(calibration: ImageSet, *, model: str | None, weights: str, image_size: int | None, small_stem: bool | None,
-           layer: str | int, pool: str, seed: int, allow_pickle: bool, decode: str) -> Featurizer:
+           layer: str | int, layers: str, pool: str, seed: int, allow_pickle: bool, decode: str) -> Featurizer:
     """The feature model, its worker transform and everything the fingerprint needs; ``calibration``: the images
     ``random-rescaled`` calibrates on (DATA, or ``--calibration``)."""
-    from sslprobe.extraction.embed import fold_batchnorm_, resolve_layer
+    from sslprobe.extraction.embed import fold_batchnorm_, layer_name, resolve_layers
     from sslprobe.starts import open_start, parse_start
 
     start = parse_start(weights)
     if start.init == "pixels":
-        return _pixels(image_size=image_size, model=model, small_stem=small_stem, layer=layer, pool=pool)
+        return _pixels(image_size=image_size, model=model, small_stem=small_stem, layer=layer, layers=layers,
+                       pool=pool)
     from sslprobe.backbone import eval_transform
 
     # random: the architecture's ordinary ("fair") init, as frozen features need it
@@ -182,19 +205,19 @@ def _build(calibration: ImageSet, *, model: str | None, weights: str, image_size
     net, spec = opened.net, opened.spec
     net.eval()
     tf = Uint8Transform.from_timm(eval_transform(spec), channels=spec.in_chans)  # 1: a grey backbone
-    k = resolve_layer(net, layer)
+    ks = resolve_layers(net, layers, layer=layer)
     kind, wid, info = _identify(opened, calibration, tf, weights=weights, seed=seed)
     fold_batchnorm_(net)
     use_gpu = decode == "gpu"
     # in_chans is named only for grey backbones: the rows of every RGB one keep their cache fingerprint
     pre = {k: v for k, v in asdict(spec).items() if k != "in_chans" or v != 3}
-    return Featurizer(model=FeatureModel(net, mean=spec.mean, std=spec.std, layer=k, pool=pool), transform=tf,
-                      gpu=use_gpu, model_name=spec.model, weights_kind=kind, weights_id=wid, weights_info=info,
-                      preprocessing={**pre, "decode": "nvjpeg" if use_gpu else "pil-draft"},
-                      layer="pre-logits" if k is None else f"stage{k}")
+    fm = FeatureModel(net, mean=spec.mean, std=spec.std, layers=ks, pool=pool)
+    return Featurizer(model=fm, transform=tf, gpu=use_gpu, model_name=spec.model, weights_kind=kind, weights_id=wid,
+                      weights_info=info, preprocessing={**pre, "decode": "nvjpeg" if use_gpu else "pil-draft"},
+                      layers=tuple(layer_name(k) for k in ks), widths=fm.widths)
 
 
-def _pixels(*, image_size: int | None, model: str | None, small_stem: bool | None, layer: str | int,
+def _pixels(*, image_size: int | None, model: str | None, small_stem: bool | None, layer: str | int, layers: str,
             pool: str) -> Featurizer:
     """The raw-pixel baseline: the image resized and centre-cropped (32 px by default), flattened.
 
@@ -204,6 +227,8 @@ def _pixels(*, image_size: int | None, model: str | None, small_stem: bool | Non
     from sslprobe.backbone import eval_crop
     from sslprobe.extraction.embed import Pixels
 
+    if layers != "last":
+        raise SSLProbeError(f"--weights pixels has no layers to choose from; drop --layers {layers}")
     if str(layer) not in ("pre-logits", "") or pool != "auto" or small_stem is not None:
         raise SSLProbeError("--weights pixels has no layers, pooling or stem; drop --layer/--pool/--small-stem")
     size = image_size or 32
@@ -213,7 +238,7 @@ def _pixels(*, image_size: int | None, model: str | None, small_stem: bool | Non
     return Featurizer(model=FeatureModel(Pixels(), mean=None, std=None), transform=tf,
                       gpu=False, model_name="pixels", weights_kind="pixels", weights_id="",
                       weights_info={"weights": "pixels"}, preprocessing={**pre, "decode": "pil-draft"},
-                      layer="pre-logits")
+                      layers=("pre-logits",))
 
 
 def _identify(opened: Opened, images: ImageSet, tf: Uint8Transform, *, weights: str,
@@ -269,16 +294,20 @@ def _calibration_batch(images: ImageSet, tf: Uint8Transform, *, seed: int) -> to
 
 def _open_cache(feat: Featurizer, *, pool: str, dtype: str, dev: torch.device, cache_dir: str | os.PathLike | None,
                 use_cache: bool) -> CacheUse:
-    """The fingerprint of this run's rows (in the manifest even without a cache) and, with one, its store."""
-    fp = Fingerprint(model=feat.model_name, weights=feat.weights_kind, weights_id=feat.weights_id,
-                     preprocessing=json.dumps({**feat.preprocessing, "decode_policy": DECODE_POLICY}, sort_keys=True),
-                     layer=feat.layer, pool=pool, dtype=dtype, compute="bfloat16" if dev.type == "cuda" else "float32",
-                     sslprobe_major=__version__.split(".")[0])
+    """Each layer's fingerprint (in the manifest even without a cache) and, with a cache, its store."""
+    fps = tuple(Fingerprint(model=feat.model_name, weights=feat.weights_kind, weights_id=feat.weights_id,
+                            preprocessing=json.dumps({**feat.preprocessing, "decode_policy": DECODE_POLICY},
+                                                     sort_keys=True),
+                            layer=name, pool=pool, dtype=dtype, compute="bfloat16" if dev.type == "cuda" else "float32",
+                            sslprobe_major=__version__.split(".")[0]) for name in feat.layers)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    store = Store.open(root, fp) if use_cache else None
-    if store is not None:
-        store.refresh()
-    return CacheUse(fingerprint=fp, root=root, store=store)
+    if not use_cache:
+        return CacheUse(fingerprints=fps, root=root, stores=None, store=None)
+    stores = tuple(Store.open(root, fp) for fp in fps)
+    for s in stores:
+        s.refresh()
+    store = stores[0] if len(stores) == 1 else LayeredStore(stores, feat.widths)
+    return CacheUse(fingerprints=fps, root=root, stores=stores, store=store)
 
 
 def _embed_all(images: ImageSet, feat: Featurizer, *, store: Store | None, dist: Dist, dev: torch.device, dtype: str,
@@ -334,29 +363,48 @@ def _take(rows: Rows, part: Part, *, store: Store | None) -> None:
 
 
 def _write(images: ImageSet, r: Assembled, *, out: Path, data: str | os.PathLike, feat: Featurizer, cache: CacheUse,
-           dev: torch.device, world: int, shards_written: int, timings: dict[str, float],
+           dev: torch.device, world: int, shards_written: list[int], timings: dict[str, float],
            t0: float) -> ExtractResult:
-    """features.safetensors, then manifest.json; returns the result (the manifest is its ``to_json()``)."""
+    """Each layer's features.safetensors, then its manifest.json; the deepest layer's, in ``out``, last.
+
+    Returns the result of ``out`` (its manifest's ``to_json()``); with several layers it lists them all.
+    """
+    features = _checked_features(images, r, data=data)  # (N, ΣD)
+    labels = torch.tensor([images.labels[i] for i in r.idx], dtype=torch.int64)
+    parts = features.split(list(feat.widths), 1) if len(feat.layers) > 1 else (features,)
+    dirs = feat.dirs()
+    # out's manifest goes first: while the other layers are written, no old list of them stands in out
+    (out / MANIFEST).unlink(missing_ok=True)
+    result = None
+    for i, (name, part) in enumerate(zip(feat.layers, parts)):
+        top = dirs[name] == "."
+        doc = _manifest(images, r, dim=int(part.shape[1]), data=data, feat=feat, layer=i,
+                        cache=cache.entry(i, hits=r.hits, misses=r.misses, shards_written=shards_written[i]),
+                        dev=dev, world=world, timings=timings, t0=t0,
+                        layers=dirs if top and len(dirs) > 1 else None)
+        result = _write_set(out / dirs[name], part, labels, classes=list(images.classes), doc=doc)
+    return result
+
+
+def _write_set(d: Path, features: torch.Tensor, labels: torch.Tensor, *, classes: list[str],
+               doc: dict[str, Any]) -> ExtractResult:
+    """One feature directory: features.safetensors, then manifest.json."""
     from safetensors.torch import save_file
 
-    features = _checked_features(images, r, data=data)  # (N, D)
-    labels = torch.tensor([images.labels[i] for i in r.idx], dtype=torch.int64)
-    out.mkdir(parents=True, exist_ok=True)
+    d.mkdir(parents=True, exist_ok=True)
     # The previous run's manifest goes first: a crash between the two writes must not pair the new
     # features with old class names and paths. The features file carries its classes and a run id
     # the manifest repeats, so it stands alone and a reader can check the pair.
-    (out / MANIFEST).unlink(missing_ok=True)
+    (d / MANIFEST).unlink(missing_ok=True)
     run_id = secrets.token_hex(8)
-    with atomic_path(out / FEATURES) as tmp:
+    with atomic_path(d / FEATURES) as tmp:
         save_file({"features": features.contiguous(), "labels": labels}, str(tmp),
-                  metadata={"classes": json.dumps(list(images.classes)), "run_id": run_id})
-    manifest = ExtractResult.from_json(_manifest(images, r, run_id=run_id, dim=int(features.shape[1]), data=data,
-                                                 feat=feat, cache=cache, dev=dev, world=world,
-                                                 shards_written=shards_written, timings=timings, t0=t0))
+                  metadata={"classes": json.dumps(classes), "run_id": run_id})
+    manifest = ExtractResult.from_json({"format": doc.pop("format"), "run_id": run_id, **doc})
     try:
-        write_json(out / MANIFEST, manifest.to_json())
+        write_json(d / MANIFEST, manifest.to_json())
     except BaseException:  # a features file without its manifest would lose paths: leave neither
-        (out / FEATURES).unlink(missing_ok=True)
+        (d / FEATURES).unlink(missing_ok=True)
         raise
     return manifest
 
@@ -374,29 +422,29 @@ def _checked_features(images: ImageSet, r: Assembled, *, data: str | os.PathLike
     return features
 
 
-def _manifest(images: ImageSet, r: Assembled, *, run_id: str, dim: int, data: str | os.PathLike, feat: Featurizer,
-              cache: CacheUse, dev: torch.device, world: int, shards_written: int, timings: dict[str, float],
-              t0: float) -> dict[str, Any]:
+def _manifest(images: ImageSet, r: Assembled, *, dim: int, data: str | os.PathLike, feat: Featurizer, layer: int,
+              cache: dict[str, Any], dev: torch.device, world: int, timings: dict[str, float], t0: float,
+              layers: dict[str, str] | None) -> dict[str, Any]:
+    """Layer ``layer``'s manifest, less its run id; ``layers`` (out's, with several layers): every layer's dir."""
     import timm
 
-    fp = cache.fingerprint
-    return {
+    fp = cache["fingerprint"]
+    doc = {
         "format": "sslprobe-features",
-        "run_id": run_id,
         "source": str(data),
         "kind": images.kind,
         "model": feat.model_name,
         **feat.weights_info,
         "preprocessing": feat.preprocessing,
-        "layer": feat.layer,
-        "pool": fp.pool,
-        "dtype": fp.dtype,
+        "layer": feat.layers[layer],
+        "pool": fp["pool"],
+        "dtype": fp["dtype"],
         "dim": dim,
         "classes": list(images.classes),
         "paths": [images.ids[i] for i in r.idx],
         "counts": {"found": len(images), "embedded": len(r.idx), "skipped": len(r.skipped)},
         "skipped": skipped_report(images, r.skipped),
-        "cache": cache.entry(hits=r.hits, misses=r.misses, shards_written=shards_written),
+        "cache": cache,
         "device": str(dev),
         "world_size": world,
         "timings": {k: round(v, 3) for k, v in timings.items()},
@@ -404,3 +452,4 @@ def _manifest(images: ImageSet, r: Assembled, *, run_id: str, dim: int, data: st
         "versions": {"sslprobe": __version__, "torch": torch.__version__, "timm": timm.__version__,
                      "python": platform.python_version()},
     }
+    return {**doc, "layers": layers} if layers else doc

@@ -51,9 +51,9 @@ def _budget_cell(p: CurvePoint | None, method: str) -> str:
 
 def build(r: StudyRecord, figures: Figures) -> list[Block]:
     """Every section of the report, in reading order."""
-    return [*_title(r), *_verdict(r), *_results(r), *_repeats(r), *_pairs(r), *_label_efficiency(r, figures),
-            *_confusions(figures), *_pretraining(r, figures), *_arms(r), *_data(r, figures), *_commands(r),
-            *_versions(r)]
+    return [*_title(r), *_verdict(r), *_results(r), *_layers(r), *_repeats(r), *_pairs(r),
+            *_label_efficiency(r, figures), *_confusions(figures), *_pretraining(r, figures), *_arms(r),
+            *_data(r, figures), *_commands(r), *_versions(r)]
 
 
 def _title(r: StudyRecord) -> list[Block]:
@@ -87,14 +87,16 @@ def _results(r: StudyRecord) -> list[Block]:
     order = metric_order(metric)
     name_of = METRIC_NAMES[metric]
     cols = ("arm", "what", f"{name_of} % [95 % CI]", *(f"{METRIC_NAMES[m]} %" for m in order[1:]), "top-5 %",
-            f"kNN {name_of} %", "C", *(f"{name_of} @{b.label}" for b in bs))
+            f"kNN {name_of} %", "C", "layer", *(f"{name_of} @{b.label}" for b in bs))
     titles = {a.status.arm.name: a.status.arm.title for a in r.runs}
+    layers = r.layers()
     rows = []
     for name, x in r.rows:
         knn = getattr(x.knn, split) if x.knn is not None else None
         m = x.split(split)
         rows.append((name, titles.get(name, ""), *(with_ci(m, METRIC_KEYS[k]) for k in order), with_ci(m, "top5"),
                      with_ci(knn, METRIC_KEYS[metric]), f"{x.C:.3g}" if x.C is not None else "—",
+                     layers.get(name, "—"),
                      *(_budget_cell(numbers.point(x, b), "linear") for b in bs)))
     first = r.rows[0][1].split(split) if r.rows else None
     n = first.n if first is not None else "?"
@@ -106,6 +108,21 @@ def _results(r: StudyRecord) -> list[Block]:
                  + ". Probe rows: the linear probe refit on train + val at the C chosen on val; fine-tune rows: the "
                  "epoch chosen on val. @budget columns: mean ± std (sample, n − 1) over seeded draws of the "
                  "train labels, each draw choosing its C (or epoch) on its own labels.")]
+
+
+def _layers(r: StudyRecord) -> list[Block]:
+    """Each network arm's candidate layers with their validation scores: the one it was probed at is marked."""
+    rows = [(run.status.arm.name, c.layer, str(c.dim), f"{c.C:.3g}", _pct(c.val),
+             "✓" if c.layer == run.layer.layer else "")
+            for run in r.runs if run.layer is not None for c in run.layer.candidates]
+    if not rows:
+        return []
+    name_of = METRIC_NAMES[r.opts.config.metric]
+    return [Heading("Layer of each arm (validation)"),
+            Table(("arm", "layer", "dim", "C", f"val {name_of} %", "probed"), tuple(rows)),
+            Para(f"Each network arm was embedded at --layers {r.opts.config.layers} in one pass; each layer was fitted "
+                 f"on train with one C search and scored on validation in {name_of}, the best one chosen (ties: "
+                 "lower validation loss, then the deeper layer) and probed in full. Test rows played no part.")]
 
 
 def _repeats(r: StudyRecord) -> list[Block]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from sslprobe.config.common import METRIC_KEYS, METRICS
 from sslprobe.probing.pairs import budget_runs, pooled
-from sslprobe.results import CurvePoint, CurveStats, FinetuneResult, Metrics, ProbeResult
+from sslprobe.results import CurvePoint, CurveStats, FinetuneResult, LayerCandidate, LayerChoice, Metrics, ProbeResult
 
 Scored = ProbeResult | FinetuneResult
 
@@ -73,9 +73,23 @@ def repeat_rows(arms: Sequence[tuple[str, Sequence[Scored]]], *, metric: str, se
     return rows
 
 
-def csv_rows(name: str, r: Scored, *, method: str, groups: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+def csv_rows(name: str, r: Scored, *, method: str, groups: Mapping[str, str] | None = None, layer: str = "",
+             choice: LayerChoice | None = None) -> list[dict[str, Any]]:
     """results.csv rows of one arm: the full-label metrics (one row each), then every label budget (mean over draws,
-    in the curve's metric); ``groups``: the test rows' groups, resampled whole by the budgets' intervals."""
+    in the curve's metric; ``groups``: the test rows' groups, resampled whole by the budgets' intervals), each
+    naming the ``layer`` the arm was read at; then, when the layer was chosen, one ``layer-choice`` row per
+    candidate: its validation score in the declared metric."""
+    return [*({**row, "layer": layer} for row in _scored_rows(name, r, method=method, groups=groups)),
+            *(_candidate_row(name, c, choice.metric, n=int(r.n_train)) for c in (choice.candidates if choice else ()))]
+
+
+def _candidate_row(name: str, c: LayerCandidate, metric: str, *, n: int) -> dict[str, Any]:
+    """A layer the arm could have been read at: its validation score at the C its search chose."""
+    return {**_row(name, "layer-choice", "all", "all", 1.0, n, 1, "val", METRIC_KEYS[metric], c.val, None, None, ""),
+            "layer": c.layer}
+
+
+def _scored_rows(name: str, r: Scored, *, method: str, groups: Mapping[str, str] | None) -> list[dict[str, Any]]:
     split = split_of(r)
     used = int(r.n_train) + (int(r.n_val) if split == "test" else 0)
     keys = [*(METRIC_KEYS[m] for m in (r.metric, *(m for m in METRICS if m != r.metric))), "top5"]
@@ -117,4 +131,4 @@ def _row(arm: str, method: str, labels: str, kind: str, value: float, n_train: i
 
 
 CSV_COLUMNS = ("arm", "method", "labels", "label_kind", "label_value", "n_train", "seeds", "split", "metric", "value",
-               "ci_low", "ci_high", "std", "ci_method", "input")  # input: the arm's resolution, stem and crop
+               "ci_low", "ci_high", "std", "ci_method", "input", "layer")  # input: the arm's resolution, stem, crop

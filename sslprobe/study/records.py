@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sslprobe.probing.report import pair_sentence
-from sslprobe.results import FinetuneResult, PairedTest, ProbeResult
+from sslprobe.results import FinetuneResult, LayerChoice, PairedTest, ProbeResult
 from sslprobe.study.assignment import Guard, Splits
 from sslprobe.study.commands import compare_command, study_command
 from sslprobe.study.layout import Placed
@@ -52,6 +52,13 @@ class ArmRun:
         if isinstance(r, FinetuneResult) and r.image_size:
             return {"image_size": r.image_size, "small_stem": bool(r.small_stem)}
         return None
+
+    @property
+    def layer(self) -> LayerChoice | None:
+        """The layer its probe stage chose on validation (None: one layer only, or a fine-tune arm)."""
+        probe = self.stages.get("probe")
+        doc = None if probe is None else probe.info.get("layer")
+        return LayerChoice.from_json(doc) if doc else None
 
 
 def input_text(seen: dict[str, Any] | None) -> str:
@@ -116,6 +123,15 @@ class StudyRecord:
     def repeated(self) -> list[tuple[str, list[ProbeResult | FinetuneResult]]]:
         """Each arm's results over its repeats (the first is its row), for the arms that have repeats."""
         return [(r.status.arm.name, [r.result, *r.repeats]) for r in self.runs if r.result is not None and r.repeats]
+
+    def layers(self) -> dict[str, str]:
+        """The layer each network probe arm was read at (chosen on validation, or its only one)."""
+        out = {}
+        for run in self.runs:
+            a, x = run.status.arm, run.result
+            if isinstance(x, ProbeResult) and a.weights != "pixels":
+                out[a.name] = run.layer.layer if run.layer else str(x.manifests.get("train", {}).get("layer", ""))
+        return out
 
     def byol_names(self) -> list[str]:
         return [r.status.arm.name for r in self.runs if r.result is not None and r.status.arm.byol_init]

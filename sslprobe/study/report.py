@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from sslprobe.fileio import atomic_path, csv_text, write_json
 from sslprobe.probing.report import render_comparison, summary
-from sslprobe.results import FinetuneResult, ProbeResult
+from sslprobe.results import FinetuneResult, LayerChoice, ProbeResult
 from sslprobe.study import numbers
 from sslprobe.study.document import LIST_MAX, Figures, build
 from sslprobe.study.layout import Layout
@@ -96,14 +96,17 @@ def _copy(src: Path, dst: Path) -> Path:
 
 def write_results_csv(rows: Sequence[tuple[str, ProbeResult | FinetuneResult]], path: Path, *,
                       methods: Mapping[str, str], inputs: Mapping[str, str] | None = None,
-                      groups: Mapping[str, str] | None = None) -> None:
+                      groups: Mapping[str, str] | None = None, layers: Mapping[str, str] | None = None,
+                      choices: Mapping[str, LayerChoice] | None = None) -> None:
     """results.csv: one row per arm, method, label budget and metric; ``inputs``: each arm's input, said once per row
-    (resolution, stem, crop: docs/study.md, "One input"); ``groups``: the test rows' groups (--groups)."""
+    (resolution, stem, crop: docs/study.md, "One input"); ``groups``: the test rows' groups (--groups); ``layers``:
+    the layer each arm was read at, ``choices``: the candidates each chose among (one layer-choice row each)."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=numbers.CSV_COLUMNS)
         w.writeheader()
         for name, r in rows:
-            for row in numbers.csv_rows(name, r, method=methods.get(name, "linear"), groups=groups):
+            for row in numbers.csv_rows(name, r, method=methods.get(name, "linear"), groups=groups,
+                                        layer=(layers or {}).get(name, ""), choice=(choices or {}).get(name)):
                 row = {**row, "input": (inputs or {}).get(name, "")}
                 w.writerow({k: csv_text(v) if isinstance(v, str) else ("" if v is None else v)
                             for k, v in row.items()})
@@ -120,7 +123,8 @@ def study_json(r: StudyRecord, files: Mapping[str, str]) -> dict[str, Any]:
                   "conflicts": list(g.conflicts), "near_copies": list(g.near)},
         "skipped": r.skipped,
         "arms": [{"name": run.status.arm.name, "title": run.status.arm.title, "ran": run.result is not None,
-                  "note": run.status.note, "input": run.input,
+                  "note": run.status.note, "input": run.input, "layer": r.layers().get(run.status.arm.name),
+                  "layer_choice": run.layer.to_json() if run.layer else None,
                   "stages": {s: {"dir": str(d.dir), "key": d.key, "reused": d.reused, "command": d.command}
                              for s, d in run.stages.items()}} for run in r.runs],
         "results": {name: summary(x, drop=("val_curve", "paired_tests")) for name, x in r.rows},
@@ -142,7 +146,8 @@ def write_all(r: StudyRecord, layout: Layout) -> tuple[dict[str, str], dict[str,
                       methods={run.status.arm.name: "finetune" if run.status.arm.finetune else "linear"
                                for run in r.runs},
                       inputs={run.status.arm.name: input_text(run.input) for run in r.runs},
-                      groups=r.prepared.row_groups or None)
+                      groups=r.prepared.row_groups or None, layers=r.layers(),
+                      choices={run.status.arm.name: run.layer for run in r.runs if run.layer})
     blocks = build(r, figures)
     with atomic_path(layout.file("report.md")) as tmp:
         tmp.write_text(markdown(blocks, base=layout.out))

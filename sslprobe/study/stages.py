@@ -1,5 +1,9 @@
 """One arm's stages, each through the command it stands for: pretrain → extract → probe, or finetune.
 
+A network arm is extracted at the study's ``--layers`` in one pass; its probe stage first chooses the
+layer on validation (probing/layers.py: one C search per layer, train and val rows only), then probes
+that layer in full.
+
 Every stage is keyed (resume.py): a finished stage whose key matches is reused without being
 called; an unfinished one is called again and continues — pretraining from its checkpoint
 (``resume="auto"``), extraction from the embedding cache. Each stage returns a :class:`Done` with
@@ -22,6 +26,8 @@ from sslprobe.errors import SSLProbeError
 from sslprobe.extraction.extract import extract
 from sslprobe.fileio import file_sha256
 from sslprobe.pretraining.pretrain import pretrain
+from sslprobe.probing.features import FeatureSet
+from sslprobe.probing.layers import choose_layer
 from sslprobe.probing.probe import probe
 from sslprobe.results import FinetuneResult, ProbeResult
 from sslprobe.study.commands import command
@@ -30,7 +36,7 @@ from sslprobe.study.plan import Arm, StudyOptions, input_size
 from sslprobe.study.progress import StudyProgress
 from sslprobe.study.records import Done
 from sslprobe.study.resume import Marker, fingerprint
-from sslprobe.study.slices import write_split_features
+from sslprobe.study.slices import layer_dirs, split_sets, write_split_features
 from sslprobe.study.verdict import budget_sentence
 from sslprobe.timebudget import FittedSteps, fitted_steps
 
@@ -150,13 +156,15 @@ def byol_backbone(ctx: Context, arm: Arm, *, index: int, arms: int) -> Done:
 
 
 def extract_config(ctx: Context, arm: Arm, weights: Path | None) -> ExtractConfig:
-    """`extract` for the arm: pixels at ≤ 32 px, named weights with the model, BYOL's file on its own."""
+    """`extract` for the arm: pixels at ≤ 32 px, named weights with the model, BYOL's file on its own; every
+    network at the study's --layers."""
     c = ctx.opts.config
     d = ctx.layout.arm(arm.name) / "extract"
     common = {"data": str(ctx.layout.labelled), "out": d, "seed": c.seed, "device": c.device, "workers": c.workers}
     if arm.weights == "pixels":  # the network arms' crop (the model's), at ≤ 32 px
         return ExtractConfig(weights="pixels", model=c.model, image_size=min(c.image_size or PIXELS_MAX, PIXELS_MAX),
                              **common)
+    common["layers"] = c.layers
     if weights is not None:
         return ExtractConfig(weights=str(weights), **common)
     # random-rescaled calibrates on training images only (the labelled folder holds val and test too)
@@ -184,8 +192,9 @@ def extracted(ctx: Context, arm: Arm, weights: Path | None, *, index: int, arms:
 
 
 def probed(ctx: Context, arm: Arm, features: Done, *, index: int, arms: int) -> tuple[Done, ProbeResult]:
-    """The arm's rows cut by split, then one probe (linear, kNN, label curve); a reused probe's result is read
-    back from its report.json."""
+    """The arm's layer chosen on validation (when it has several), its rows cut by split, then one probe (linear,
+    kNN, label curve); a reused probe's result is read back from its report.json. The choice is in the stage's
+    ``info["layer"]`` (a LayerChoice's JSON)."""
     d = ctx.layout.arm(arm.name)
     protocol = ctx.opts.protocol()
     key = fingerprint([features.key, ctx.split_key, identity(protocol), ctx.device_type])
@@ -193,12 +202,24 @@ def probed(ctx: Context, arm: Arm, features: Done, *, index: int, arms: int) -> 
     done = _reuse(marker, d / "probe", key)
     if done is not None:
         return done, ProbeResult.from_json(d / "probe" / "report.json")
+    layers, info = layer_dirs(features.dir), {}
+    if len(layers) > 1:
+        ctx.progress.stage(arm=arm.name, index=index, arms=arms, stage=f"choosing among {len(layers)} layers on "
+                           "validation")
+        choice = choose_layer({name: _train_val(ctx, where) for name, where in layers.items()}, protocol=protocol)
+        layers, info = {choice.layer: layers[choice.layer]}, {"layer": choice.to_json()}
     ctx.progress.stage(arm=arm.name, index=index, arms=arms, stage="probe (linear, kNN, label efficiency)")
-    paths = write_split_features(features.dir, membership=ctx.membership, class_names=ctx.class_names,
-                                 out=d / "features")
+    paths = write_split_features(next(iter(layers.values())), membership=ctx.membership,
+                                 class_names=ctx.class_names, out=d / "features")
     result = probe(ProbeConfig(train=paths["train"], val=paths["val"], test=paths["test"], protocol=protocol,
                                out=d / "probe"))
-    return _finish(marker, d / "probe", key, ""), result
+    return _finish(marker, d / "probe", key, "", **info), result
+
+
+def _train_val(ctx: Context, extracted: Path) -> tuple[FeatureSet, FeatureSet]:
+    """A layer's train and val rows, in memory: the layer choice never holds a test row."""
+    sets = split_sets(extracted, membership=ctx.membership, class_names=ctx.class_names, splits=("train", "val"))
+    return sets["train"], sets["val"]
 
 
 def finetune_config(ctx: Context, arm: Arm, weights: Path | None) -> FinetuneConfig:
