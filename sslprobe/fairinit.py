@@ -181,48 +181,22 @@ def rescale_init_(net: nn.Module, x: torch.Tensor, *, beta: float = BETA, eps: f
     paired = _normalised_by_bn(net, x)
     done = Calibration(beta=beta)
     seen: set[int] = set()
-
-    def stats(mod: nn.Module, z: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
-        ch, dims = _channels(mod, z)
-        mean, std = z.float().mean(dims), z.float().std(dims, correction=0)  # (C,)
-        live = std > eps
-        done.constant += int((~live).sum())
-        return ch, mean, std, live
+    names = {id(m): n for n, m in net.named_modules()}
 
     def norm_before(mod: nn.Module, inp: tuple) -> None:
         if id(mod) in seen or not inp or not isinstance(inp[0], torch.Tensor):
             return  # a module applied twice keeps its first calibration
         seen.add(id(mod))
-        _, mean, std, live = stats(mod, inp[0])
-        var = (std.square() - mod.eps).clamp_min(0)  # BN divides by sqrt(var + eps): std exactly 1
-        mod.running_mean.copy_(torch.where(live, mean, mod.running_mean.float()))
-        mod.running_var.copy_(torch.where(live, var, mod.running_var.float()))
-        if mod.weight is not None:
-            mod.weight.copy_(torch.where(live, torch.ones_like(mean), mod.weight.float()))
-            mod.bias.copy_(torch.where(live, torch.full_like(mean, beta), mod.bias.float()))
+        _calibrate_norm(mod, inp[0], beta=beta, eps=eps, done=done)
         done.norms.append(names[id(mod)])
 
     def layer_after(mod: nn.Module, _inp: tuple, out: torch.Tensor) -> torch.Tensor | None:
         if id(mod) in seen or not isinstance(out, torch.Tensor):
             return None
         seen.add(id(mod))
-        ch, mean, std, live = stats(mod, out)
-        scale = torch.where(live, 1 / std.clamp_min(eps), torch.ones_like(std))
-        shift = torch.where(live, beta - mean * scale, torch.zeros_like(mean))  # z ↦ z·scale + shift
-        w = mod.weight
-        w.mul_(scale.view(-1, *[1] * (w.ndim - 1)).to(w.dtype))
-        bias = mod.bias if mod.bias is not None else torch.zeros_like(mean)
-        new_bias = (bias.float() * scale + shift).to(w.dtype)
-        if mod.bias is None:
-            mod.bias = nn.Parameter(new_bias)
-        else:
-            mod.bias.copy_(new_bias)
         done.layers.append(names[id(mod)])
-        view = [1] * out.ndim
-        view[ch] = -1
-        return out * scale.view(view).to(out.dtype) + shift.view(view).to(out.dtype)
+        return _calibrate_layer(mod, out, beta=beta, eps=eps, done=done)
 
-    names = {id(m): n for n, m in net.named_modules()}
     handles = [m.register_forward_pre_hook(norm_before) for m in net.modules() if _is_stat_norm(m)]
     handles += [m.register_forward_hook(layer_after) for m in net.modules()
                 if isinstance(m, _AFFINE) and id(m) not in paired]
@@ -232,6 +206,46 @@ def rescale_init_(net: nn.Module, x: torch.Tensor, *, beta: float = BETA, eps: f
         for h in handles:
             h.remove()
     return done
+
+
+def _unit_stats(mod: nn.Module, z: torch.Tensor, *, eps: float,
+                done: Calibration) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(channel axis, per-unit mean, std, live) of a module's pre-activation ``z``; constant units counted."""
+    ch, dims = _channels(mod, z)
+    mean, std = z.float().mean(dims), z.float().std(dims, correction=0)  # (C,)
+    live = std > eps
+    done.constant += int((~live).sum())
+    return ch, mean, std, live
+
+
+def _calibrate_norm(mod: nn.Module, z: torch.Tensor, *, beta: float, eps: float, done: Calibration) -> None:
+    """A BatchNorm's input ``z`` made its statistics: running mean/var := the batch's, γ := 1, β := ``beta``."""
+    _, mean, std, live = _unit_stats(mod, z, eps=eps, done=done)
+    var = (std.square() - mod.eps).clamp_min(0)  # BN divides by sqrt(var + eps): std exactly 1
+    mod.running_mean.copy_(torch.where(live, mean, mod.running_mean.float()))
+    mod.running_var.copy_(torch.where(live, var, mod.running_var.float()))
+    if mod.weight is not None:
+        mod.weight.copy_(torch.where(live, torch.ones_like(mean), mod.weight.float()))
+        mod.bias.copy_(torch.where(live, torch.full_like(mean, beta), mod.bias.float()))
+
+
+def _calibrate_layer(mod: nn.Module, out: torch.Tensor, *, beta: float, eps: float,
+                     done: Calibration) -> torch.Tensor:
+    """A conv/linear layer's weights ÷ σ and bias := ``beta`` − μ/σ per output unit; returns its new output."""
+    ch, mean, std, live = _unit_stats(mod, out, eps=eps, done=done)
+    scale = torch.where(live, 1 / std.clamp_min(eps), torch.ones_like(std))
+    shift = torch.where(live, beta - mean * scale, torch.zeros_like(mean))  # z ↦ z·scale + shift
+    w = mod.weight
+    w.mul_(scale.view(-1, *[1] * (w.ndim - 1)).to(w.dtype))
+    bias = mod.bias if mod.bias is not None else torch.zeros_like(mean)
+    new_bias = (bias.float() * scale + shift).to(w.dtype)
+    if mod.bias is None:
+        mod.bias = nn.Parameter(new_bias)
+    else:
+        mod.bias.copy_(new_bias)
+    view = [1] * out.ndim
+    view[ch] = -1
+    return out * scale.view(view).to(out.dtype) + shift.view(view).to(out.dtype)
 
 
 def calibration_order(ids: Sequence[str], *, seed: int) -> list[int]:
