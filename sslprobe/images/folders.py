@@ -148,30 +148,39 @@ def _open_labels(s: str, csv_path: str) -> ImageSet:
 
 def _label_rows(csv_path: str) -> list[tuple[int, str, str]]:
     """(line, path, label) of every data row of a path,label CSV (header required, no other columns)."""
+    out = path_rows(csv_path, column="label")
+    if not out:
+        raise SSLProbeError(f"'{csv_path}' lists no images; add one path,label row per image")
+    return out
+
+
+def path_rows(csv_path: str, *, column: str, hint: str = "") -> list[tuple[int, str, str]]:
+    """(line, path, value) of every data row of a ``path,<column>`` CSV: a header row naming exactly those two
+    columns, blank lines skipped, both cells filled in. The one reader of --labels and --groups files;
+    ``hint``: another way out, said when the file cannot be read."""
     import csv
 
+    what = f"path,{column}"
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             table = list(csv.reader(f))
     except FileNotFoundError:
-        raise SSLProbeError(f"labels file '{csv_path}' not found; pass a CSV with columns path,label") from None
+        raise SSLProbeError(f"{column}s file '{csv_path}' not found; pass a CSV with columns {what}{hint}") from None
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise SSLProbeError(f"cannot read labels file '{csv_path}' ({e}); pass a UTF-8 CSV with columns "
-                            "path,label") from None
+        raise SSLProbeError(f"cannot read {column}s file '{csv_path}' ({e}); pass a UTF-8 CSV with columns "
+                            f"{what}{hint}") from None
     header = [h.strip().lower() for h in table[0]] if table else []
-    if sorted(header) != ["label", "path"]:
-        raise SSLProbeError(f"'{csv_path}' has columns {', '.join(header) or '(none)'}; a labels CSV has exactly "
-                            "the columns path,label (a header row, then one row per image)")
-    ip, il = header.index("path"), header.index("label")
+    if sorted(header) != sorted(["path", column]):
+        raise SSLProbeError(f"'{csv_path}' has columns {', '.join(header) or '(none)'}; a {column}s CSV has exactly "
+                            f"the columns {what} (a header row, then one row per image)")
+    ip, iv = header.index("path"), header.index(column)
     out = []
     for line, row in enumerate(table[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue  # blank lines
-        if len(row) != 2 or not row[ip].strip() or not row[il].strip():
-            raise SSLProbeError(f"'{csv_path}' line {line} is not 'path,label' with both filled in: {row}")
-        out.append((line, row[ip].strip(), row[il].strip()))
-    if not out:
-        raise SSLProbeError(f"'{csv_path}' lists no images; add one path,label row per image")
+        if len(row) != 2 or not row[ip].strip() or not row[iv].strip():
+            raise SSLProbeError(f"'{csv_path}' line {line} is not '{what}' with both filled in: {row}")
+        out.append((line, row[ip].strip(), row[iv].strip()))
     return out
 
 

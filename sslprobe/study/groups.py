@@ -20,7 +20,6 @@ group's images in DATA go with it to test, so they are kept out of train, val an
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 from collections import Counter, defaultdict
@@ -28,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from sslprobe.errors import SSLProbeError
-from sslprobe.images.folders import ImageSet
+from sslprobe.images.folders import ImageSet, path_rows
 from sslprobe.study.sources import Entry, Inputs
 
 SPLITS = ("train", "val", "test")
@@ -86,24 +85,9 @@ def _missing(spec: str, levels: int | None, missing: list[str]) -> str:
 
 def _read_csv(path: str) -> dict[str, str]:
     """path → group of a path,group CSV (header required, no other columns, one group per path)."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            table = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise SSLProbeError(f"cannot read groups file '{path}' ({e}); pass a UTF-8 CSV with columns path,group, or "
-                            "--groups folder:N") from None
-    header = [h.strip().lower() for h in table[0]] if table else []
-    if sorted(header) != ["group", "path"]:
-        raise SSLProbeError(f"'{path}' has columns {', '.join(header) or '(none)'}; a groups CSV has exactly the "
-                            "columns path,group (a header row, then one row per image)")
-    ip, ig = header.index("path"), header.index("group")
     out: dict[str, str] = {}
-    for line, row in enumerate(table[1:], start=2):
-        if not any(cell.strip() for cell in row):
-            continue
-        if len(row) != 2 or not row[ip].strip() or not row[ig].strip():
-            raise SSLProbeError(f"'{path}' line {line} is not 'path,group' with both filled in: {row}")
-        name, group = row[ip].strip().replace("\\", "/"), row[ig].strip()
+    for _, name, group in path_rows(path, column="group", hint=", or --groups folder:N"):
+        name = name.replace("\\", "/")
         if out.setdefault(name, group) != group:
             raise SSLProbeError(f"'{path}' puts '{name}' in groups '{out[name]}' and '{group}'; keep one row per image")
     return out
