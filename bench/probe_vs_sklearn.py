@@ -13,6 +13,13 @@ single sklearn fit). kNN is left out of the timed run (sklearn does none).
     python bench/probe_vs_sklearn.py --synthetic 5000 256 10
     python bench/probe_vs_sklearn.py --digits --exact            # the chosen C against sklearn's exact protocol
     python bench/probe_vs_sklearn.py --fmnist-idx DIR --search grid --knn   # + kNN timed beside the linear probe
+    python bench/probe_vs_sklearn.py --fmnist-idx DIR --search grid --processes 3   # each side its own process
+
+``--processes R`` runs each side in its own process, alternated R times (sslprobe first: scikit-learn
+fits at the C it chose): in one process, scikit-learn's OpenBLAS threads and torch's OpenMP threads
+slow each other (one sklearn fit of Fashion-MNIST pixels took 56 s beside torch, 16 s alone). Each
+child times its own fit (the table's numbers: the probe's search + refit; one sklearn fit) and the
+driver times the whole process (imports and data loading included).
 
 Run timings on a quiet machine (``flock /tmp/bench.lock …``, OMP_WAIT_POLICY=PASSIVE: busy-waiting
 OpenMP threads of either library cost ~8 ms per parallel op when another process holds a core).
@@ -125,6 +132,53 @@ def sklearn_fit(train: FeatureSet, test: FeatureSet, C: float) -> tuple[float, f
     return seconds, float((sk.predict(Xt) == test.labels[t_lab].numpy()).mean()), int(sk.n_iter_[0]), converged
 
 
+def child(a: argparse.Namespace, train: FeatureSet, test: FeatureSet) -> None:
+    """One side, alone in this process: one JSON line with its fit time (and C, test top-1)."""
+    import json
+
+    if a.child == "sklearn":
+        seconds, top1, n_iter, converged = sklearn_fit(train, test, a.C)
+        print(json.dumps({"seconds": seconds, "top1": top1, "iters": n_iter, "converged": converged}))
+        return
+    t = time.perf_counter()
+    r = probe(train, test=test, seed=a.seed, device=a.device, search=a.search[0],
+              patience=None if a.full_grid else 5, knn_k=())
+    seconds = time.perf_counter() - t
+    print(json.dumps({"seconds": seconds, "top1": r.test.top1, "C": r.C, "fits": len(r.val_curve),
+                      "iters": sum(p.iters for p in r.val_curve), "refit_iters": r.refit_iters}))
+
+
+def whole_processes(a: argparse.Namespace) -> None:
+    """Alternate the two sides as separate processes; print each round and the medians."""
+    import json
+    import statistics
+    import subprocess
+    import sys
+
+    argv = [x for x in sys.argv[1:] if x not in ("--processes", str(a.processes))]
+
+    def run(*extra: str) -> tuple[dict, float]:
+        t = time.perf_counter()
+        done = subprocess.run([sys.executable, __file__, *argv, *extra], check=True, capture_output=True, text=True)
+        return json.loads(done.stdout.strip().splitlines()[-1]), time.perf_counter() - t
+
+    rows: dict[str, list[tuple[dict, float]]] = {"sslprobe": [], "sklearn": []}
+    for r in range(a.processes):
+        ours, wall = run("--child", "sslprobe")
+        rows["sslprobe"].append((ours, wall))
+        theirs, wall_sk = run("--child", "sklearn", "--C", repr(ours["C"]))
+        rows["sklearn"].append((theirs, wall_sk))
+        print(f"round {r + 1}: sslprobe {ours['seconds']:.1f} s (process {wall:.1f} s; {ours['fits']} fits, "
+              f"{ours['iters']} + {ours['refit_iters']} iters, C={ours['C']:.3g}, top-1 {ours['top1']:.4f}); "
+              f"sklearn {theirs['seconds']:.1f} s (process {wall_sk:.1f} s; {theirs['iters']} iters, "
+              f"top-1 {theirs['top1']:.4f})", flush=True)
+    med = {k: statistics.median(x[0]["seconds"] for x in v) for k, v in rows.items()}
+    med_w = {k: statistics.median(x[1] for x in v) for k, v in rows.items()}
+    print(f"median fit: sslprobe {med['sslprobe']:.1f} s, sklearn {med['sklearn']:.1f} s -> ratio "
+          f"{med['sslprobe'] / med['sklearn']:.2f}x; whole processes {med_w['sslprobe']:.1f} s vs "
+          f"{med_w['sklearn']:.1f} s -> {med_w['sslprobe'] / med_w['sklearn']:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
@@ -140,7 +194,13 @@ def main() -> None:
     ap.add_argument("--full-grid", action="store_true", help="evaluate all 45 C's (no early stop)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--knn", action="store_true", help="also time kNN (k = 10, 20, 200) separately")
+    ap.add_argument("--processes", type=int, metavar="R",
+                    help="each side in its own process, alternated R times (one --search mode)")
+    ap.add_argument("--child", choices=("sslprobe", "sklearn"), help=argparse.SUPPRESS)
+    ap.add_argument("--C", type=float, help=argparse.SUPPRESS)  # the sklearn child's C
     a = ap.parse_args()
+    if a.processes:
+        return whole_processes(a)
     if a.features and not a.test:
         ap.error("--features needs --test")
     if a.synthetic:
@@ -151,6 +211,8 @@ def main() -> None:
         train, test = fmnist_pixels(a.fmnist_idx)
     else:
         train, test = load_features(a.features), load_features(a.test)
+    if a.child:
+        return child(a, train, test)
     n, d = train.features.shape
     print(f"data: {train.source}: train {n}x{d}, test {test.features.shape[0]}, "
           f"{len(set(train.labels.tolist()) - {-1})} classes; torch {torch.__version__}, "

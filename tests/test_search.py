@@ -92,3 +92,36 @@ def test_precision_floor_scales_with_dtype_and_gradient():
     f32, f64 = precision_floor(sums, 100, torch.float32), precision_floor(sums, 100, torch.float64)
     assert f32 == pytest.approx(64 * torch.finfo(torch.float32).eps * 0.1)
     assert f64 == pytest.approx(f32 * torch.finfo(torch.float64).eps / torch.finfo(torch.float32).eps)
+
+
+def test_secant_warm_start_saves_iterations_and_changes_no_choice(monkeypatch):
+    """The walk starts each fit on the secant through the two previous solutions (the path is smooth in log C):
+    fewer L-BFGS iterations than starting from the nearest solution, the same curve to the fits' tolerance."""
+    X, y = embeddings()
+    secant = probe(FeatureSet.from_arrays(X, y), patience=None, knn_k=())
+
+    def nearest(self, c):
+        near = min(self.points, key=lambda p: (abs(math.log(p / c)), p), default=None)
+        return None if near is None else self.points[near][2]
+
+    monkeypatch.setattr(PathState, "warm_start", nearest)
+    plain = probe(FeatureSet.from_arrays(X, y), patience=None, knn_k=())
+    assert secant.C == plain.C
+    assert max(abs(a.top1 - b.top1) for a, b in zip(secant.val_curve, plain.val_curve)) <= 0.002
+    assert sum(p.iters for p in secant.val_curve) < 0.95 * sum(p.iters for p in plain.val_curve)
+
+
+def test_secant_warm_start_needs_two_fits_on_one_side():
+    from sslprobe.probing.solver import LogReg
+
+    def model(v: float) -> LogReg:
+        return LogReg(torch.full((2, 3), v), torch.zeros(2), 0.0, 1)
+
+    state = PathState.__new__(PathState)
+    state.points = {}
+    assert PathState.warm_start(state, 1.0) is None
+    state.points = {0.01: (0.5, 1.0, model(1.0)), 0.1: (0.5, 1.0, model(2.0))}
+    start = PathState.warm_start(state, 1.0)  # one decade past the last fit: one more secant step
+    torch.testing.assert_close(start.coef, torch.full((2, 3), 3.0))
+    state.points[10.0] = (0.5, 1.0, model(9.0))  # fits on both sides: the nearest as it is
+    assert PathState.warm_start(state, 1.0).coef[0, 0] in (2.0, 9.0)
