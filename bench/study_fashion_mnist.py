@@ -194,6 +194,9 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--plot", type=Path, default=None)
     ap.add_argument("--per-class", type=int, default=None, help="smoke test on N images per class")
+    ap.add_argument("--layers", choices=("auto", "last"), default="auto",
+                    help="auto (the study's default): each row's best of its last stages, chosen on the C search's "
+                         "hold-out; last: the pooled last layer only")
     a = ap.parse_args()
     p = dict(PROFILES[a.profile])
     if a.budgets:
@@ -205,7 +208,8 @@ def main() -> None:
     train, test = data / "train", data / "test"
     cache = work / "cache"
     times: dict[str, float] = {}
-    weights: dict[str, dict] = {"raw pixels": {"weights": "pixels", "image_size": 28},
+    # One input rule (docs/study.md "One input"): the pixel row takes the network rows' size and centre crop.
+    weights: dict[str, dict] = {"raw pixels": {"weights": "pixels", "model": p["model"]},
                                 "random init": {"weights": "random", "model": p["model"]}}
 
     # One BYOL run, snapshotted at each budget (resume continues it exactly).
@@ -244,9 +248,14 @@ def main() -> None:
         for split, folder in (("train", train), ("test", test)):
             extract(folder, out=work / "feats" / key / split, model=w.get("model"), weights=w["weights"],
                     image_size=w.get("image_size", p["image_size"]), batch_size=p["extract_batch"],
-                    seed=a.seed, device=a.device, cache_dir=cache)
+                    seed=a.seed, device=a.device, cache_dir=cache,
+                    layers="last" if w["weights"] == "pixels" else a.layers)
         times[f"{name} (extract train+test)"] = round(time.perf_counter() - t0, 1)
         sets[name] = {"train": work / "feats" / key / "train", "test": work / "feats" / key / "test"}
+
+    t0 = time.perf_counter()
+    layer_choices = choose_layers(sets, seed=a.seed, device=a.device)
+    times["layer choice (all rows)"] = round(time.perf_counter() - t0, 1)
 
     t0 = time.perf_counter()
     rows = compare(sets, out=work / "reports", fractions=FRACTIONS, shots=SHOTS, seeds=3, seed=a.seed,
@@ -258,7 +267,8 @@ def main() -> None:
     result = {"profile": a.profile, "recipe": p, "fractions": FRACTIONS, "shots": SHOTS, "seeds": 3,
               "hardware": f"{platform.machine()}, {torch.get_num_threads()} threads, "
                           + (torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU only"),
-              "torch": torch.__version__, "lightly": lightly_info, "times_s": times, "rows": {}}
+              "torch": torch.__version__, "lightly": lightly_info, "times_s": times, "layers": a.layers,
+              "rows": {}}
     for name, r in rows:
         knn_test = r.knn.test if r.knn is not None else None
         result["rows"][name] = {"linear_top1": r.test.top1, "linear_top1_ci": r.test.interval("top1"),
@@ -267,6 +277,7 @@ def main() -> None:
                                 "knn_top1_ci": knn_test.interval("top1") if knn_test is not None else None,
                                 "knn_k": r.knn.k if r.knn is not None else None, "C": r.C, "dim": r.dim,
                                 "selection": r.selection.to_json() if r.selection else None, "warnings": r.warnings,
+                                "layer": layer_choices.get(name),
                                 "label_efficiency": r.label_efficiency and summary(r.label_efficiency)["points"]}
     result["paired_tests"] = [q.to_json() for q in rows[0][1].paired_tests or []]
     write_json(work / "study.json", result)
@@ -276,6 +287,28 @@ def main() -> None:
     plot_path = a.plot or ROOT / "docs" / f"study_label_efficiency_{a.profile}.png"
     plot(result, plot_path)
     print(f"plot: {plot_path}")
+
+
+def choose_layers(sets: dict[str, dict[str, Path]], *, seed: int, device: str) -> dict[str, dict]:
+    """Each row's best layer, as the study chooses it (sslprobe.probing.layers): one C search per candidate on the
+    same 20 % hold-out of train the probe then uses for C; the test rows never reach it. Rewrites ``sets`` to the
+    chosen layers' folders and returns the choices (a row with one layer is left as it is)."""
+    from sslprobe.config.probe import ProbeProtocol
+    from sslprobe.probing.features import load_features
+    from sslprobe.probing.layers import choose_layer
+    from sslprobe.study.slices import layer_dirs
+
+    protocol, choices = ProbeProtocol(seed=seed, device=device), {}
+    for name, s in sets.items():
+        train, test = layer_dirs(s["train"]), layer_dirs(s["test"])
+        if len(train) < 2:
+            continue
+        choice = choose_layer({layer: (load_features(d), None) for layer, d in train.items()}, protocol=protocol)
+        s["train"], s["test"] = train[choice.layer], test[choice.layer]
+        choices[name] = choice.to_json()
+        print(f"{name}: layer {choice.layer} (validation " + ", ".join(
+            f"{c.layer} {100 * c.val:.1f}" for c in choice.candidates) + ")")
+    return choices
 
 
 def _cell(point: dict | None, method: str) -> str:
@@ -298,7 +331,8 @@ def table(result: dict) -> str:
     for name, r in result["rows"].items():
         le = r["label_efficiency"] or []
         knn = "–" if r["knn_top1"] is None else f"{_ci(r['knn_top1'], r.get('knn_top1_ci'))} (k={r.get('knn_k')})"
-        out.append(f"| {name} | {_ci(r['linear_top1'], r.get('linear_top1_ci'))} | {knn} | "
+        layer = f" ({r['layer']['layer']}, chosen on the hold-out)" if r.get("layer") else ""
+        out.append(f"| {name}{layer} | {_ci(r['linear_top1'], r.get('linear_top1_ci'))} | {knn} | "
                    + " | ".join(_cell(q, "linear") for q in le) + " |")
     out.append("")
     pairs = [q for q in result.get("paired_tests", []) if q.get("paired")]
