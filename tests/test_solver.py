@@ -47,22 +47,13 @@ def test_converges_to_sklearn_optimum(C, dtype):
     np.testing.assert_allclose(b - b.mean(), sk.intercept_ - sk.intercept_.mean(), atol=atol * max(1, scale))
 
 
-def test_cpu_designs_are_read_in_cache_sized_blocks():
-    from sslprobe.probing.solver import CPU_BLOCK_BYTES
-
-    X = torch.zeros(3 * CPU_BLOCK_BYTES // (4 * 256) + 5, 256)
-    design = Design(X, scaler=Standardizer(), device="cpu", dtype=torch.float32)
-    sizes = [Zc.shape[0] for _, Zc in design.blocks()]
-    assert len(sizes) == 4 and max(sizes) * 256 * 4 <= CPU_BLOCK_BYTES and sum(sizes) == X.shape[0]
-
-
 def test_chunked_equals_unchunked_objective_and_gradient():
     X, y = blobs(37, 3, 5, seed=2)
     X, y = torch.tensor(X), torch.tensor(y)
     scaler = Standardizer.fit(X)
     whole = Design(X, scaler=scaler, device="cpu", dtype=torch.float64)
     chunked = Design(X, scaler=scaler, device="cpu", dtype=torch.float64, chunk_rows=10)
-    assert len(list(whole.blocks())) == 1 and chunked.chunk == 10 and len(list(chunked.blocks())) == 12
+    assert whole.chunk == X.shape[0] and chunked.chunk == 10 and len(list(chunked.blocks())) == 12
     torch.testing.assert_close(chunked.class_sums(y, 3), whole.class_sums(y, 3))
     a = fit(whole, y, C=0.7, tol=1e-9, max_iter=1)  # one step: compares the first gradient's direction
     b = fit(chunked, y, C=0.7, tol=1e-9, max_iter=1)

@@ -72,22 +72,14 @@ class Standardizer:
         return ((X.to(work) - mean) / std).to(dtype)
 
 
-# On the CPU the loss and gradient pass (``fit``'s fg) reads each row block twice: the logits, then
-# the gradient Pᵀ Z. Blocks of 8 MiB stay in the last-level cache between the two reads, so the
-# matrix streams from memory once per pass: Fashion-MNIST pixels (48k × 784, float32, 2 cores) took
-# 40–45 ms per pass in 2–4k-row blocks against 55 ms in one block (1k rows: 45; 8–16k rows: 53).
-CPU_BLOCK_BYTES = 8 << 20
-
-
 class Design:
     """Standardised features for the solver, stored once and read in row blocks.
 
     ``dtype`` is the compute precision (float32 or float64); ``store`` the storage precision
     (float16 halves the bytes per pass at ~3 significant digits). ``chunk_rows`` bounds the rows
-    per block (None: on a GPU one block when the stored matrix is already in compute precision
-    there, else blocks of ~64 MiB; on the CPU blocks of ``CPU_BLOCK_BYTES``, which stay in cache).
-    ``offload`` keeps the matrix in host memory and streams blocks to the device (for feature sets
-    larger than device memory).
+    per block (None: one block when the stored matrix is already in compute precision on
+    ``device``, else blocks of ~64 MiB). ``offload`` keeps the matrix in host memory and streams
+    blocks to the device (for feature sets larger than device memory).
     """
 
     def __init__(self, X: torch.Tensor, *, scaler: Standardizer, device: torch.device | str,
@@ -104,13 +96,7 @@ class Design:
         for i in range(0, n, step):  # standardise block by block: no full float32 copy of X
             self.Z[i:i + step] = scaler(X[i:i + step].to(self.device), dtype).to(home, store)
         whole = store == dtype and home == self.device
-        row_bytes = d * torch.finfo(dtype).bits // 8
-        if chunk_rows:
-            self.chunk = chunk_rows
-        elif whole and self.device.type == "cpu":
-            self.chunk = max(1, CPU_BLOCK_BYTES // row_bytes)  # the gradient re-reads each block from cache
-        else:
-            self.chunk = n if whole else max(1, 2**26 // row_bytes)
+        self.chunk = chunk_rows or (n if whole else max(1, 2**26 // (d * torch.finfo(dtype).bits // 8)))
 
     @property
     def n(self) -> int:
@@ -377,5 +363,5 @@ def _penalise(y: torch.Tensor, s: torch.Tensor, kd: int, dl: float) -> torch.Ten
     return out
 
 
-__all__ = ["CPU_BLOCK_BYTES", "FLOOR_EPS", "Design", "LogReg", "Standardizer", "StopRules", "class_scores",
-           "column_table", "fit", "fit_logistic", "lbfgs", "model_columns", "precision_floor", "threads_for"]
+__all__ = ["FLOOR_EPS", "Design", "LogReg", "Standardizer", "StopRules", "class_scores", "column_table", "fit",
+           "fit_logistic", "lbfgs", "model_columns", "precision_floor", "threads_for"]
