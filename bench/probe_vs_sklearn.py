@@ -16,10 +16,9 @@ single sklearn fit). kNN is left out of the timed run (sklearn does none).
     python bench/probe_vs_sklearn.py --fmnist-idx DIR --search grid --processes 3   # each side its own process
 
 ``--processes R`` runs each side in its own process, alternated R times (sslprobe first: scikit-learn
-fits at the C it chose): in one process, scikit-learn's OpenBLAS threads and torch's OpenMP threads
-slow each other (one sklearn fit of Fashion-MNIST pixels took 56 s beside torch, 16 s alone). Each
-child times its own fit (the table's numbers: the probe's search + refit; one sklearn fit) and the
-driver times the whole process (imports and data loading included).
+fits at the C it chose), so neither library's thread pool (OpenBLAS, torch's OpenMP) sits beside the
+other's. Each child times its own fit (the table's numbers: the probe's search + refit; one sklearn
+fit) and the driver times the whole process (imports and data loading included).
 
 Run timings on a quiet machine (``flock /tmp/bench.lock …``, OMP_WAIT_POLICY=PASSIVE: busy-waiting
 OpenMP threads of either library cost ~8 ms per parallel op when another process holds a core).
