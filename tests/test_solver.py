@@ -106,3 +106,24 @@ def test_diverging_features_raise():
     X = torch.tensor([[3e38, 0.0], [-3e38, 1.0], [3e38, 2.0]])
     with pytest.raises(SSLProbeError, match="diverged|non-finite"):
         fit_logistic(X, torch.tensor([0, 1, 0]), C=1e5)
+
+
+def test_a_zero_gradient_is_a_converged_fit_even_when_a_step_is_required():
+    """Constant features and balanced classes: the gradient at w = 0 is exactly 0. A warm-started path fit
+    (min_iter 1) used to divide by its L1 norm (ZeroDivisionError, issue 24)."""
+    from sslprobe.probing.features import FeatureSet
+    from sslprobe.probing.probe import probe
+
+    X, y = torch.full((40, 6), 0.0157), torch.arange(40) % 2
+    design = Design(X, scaler=Standardizer.fit(X), device="cpu", dtype=torch.float64)
+    first = fit(design, y, C=1.0, rtol=1e-5)
+    again = fit(design, y, C=10.0, init=first, rtol=1e-5, memory={})
+    assert first.converged and again.converged and again.n_iter <= 1  # not max_iter on rounding noise
+    assert float(again.coef.abs().max()) == 0.0
+    from sslprobe.probing.solver import lbfgs
+
+    x, f, it, ok = lbfgs(lambda w: (0.0, torch.zeros_like(w)), torch.zeros(3), tol=0.0, max_iter=5, pairs=[],
+                         min_iter=1)  # an exactly zero gradient where a step is required
+    assert ok and it == 0
+    r = probe(FeatureSet.from_arrays(X, y), knn_k=())  # the whole C path over it: no traceback
+    assert r.val.top1 == 0.5 and all(p.converged for p in r.val_curve)  # chance, every fit converged

@@ -202,8 +202,8 @@ def lbfgs(fg: Callable[[torch.Tensor], tuple[float, torch.Tensor]], x: torch.Ten
         g_max = float(g.abs().max())
         if not math.isfinite(g_max):  # overflowing features: report it rather than return a zero model
             return x, math.nan, it, False
-        if it >= min_iter and g_max <= (tol if tol_at is None else min(tol, tol_at(x))):
-            return x, f, it, True
+        if g_max == 0 or (it >= min_iter and g_max <= (tol if tol_at is None else min(tol, tol_at(x)))):
+            return x, f, it, True  # a zero gradient is the optimum (constant features, balanced classes)
         q, alphas = g.neg(), []  # two-loop recursion; 0-dim tensors avoid a device sync per pair
         for s, y, rho in reversed(pairs):
             alphas.append(rho * s.dot(q))
@@ -350,10 +350,15 @@ FLOOR_EPS = 64
 
 def precision_floor(class_sums: torch.Tensor, n: int, dtype: torch.dtype) -> float:
     """The smallest max|grad| worth asking for in ``dtype``: FLOOR_EPS·eps·G, where G is the
-    largest entry of the data gradient at w = 0 (uniform softmax), the scale of every later one."""
+    largest entry of the data gradient at w = 0 (uniform softmax), the scale of every later one.
+
+    Features that are all zero after standardisation (constant images) give G = 0: then only the
+    biases move, whose gradient is a difference of probabilities (scale 1), so G = 1; a floor of 0
+    asked for an exact zero and the fit ran to max_iter on rounding noise."""
     k = class_sums.shape[0]
     g0 = class_sums.sum(0, keepdim=True) / k - class_sums  # (K, D) = n·(P − Y)ᵀZ at P = 1/K
-    return FLOOR_EPS * torch.finfo(dtype).eps * float(g0.abs().max()) / n
+    scale = float(g0.abs().max()) / n
+    return FLOOR_EPS * torch.finfo(dtype).eps * (scale if scale > 0 else 1.0)
 
 
 def _penalise(y: torch.Tensor, s: torch.Tensor, kd: int, dl: float) -> torch.Tensor:
