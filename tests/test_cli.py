@@ -80,3 +80,19 @@ def test_pretrain_records_the_stem_and_resume_must_match(monkeypatch, capsys, cl
     assert json.loads((tmp_path / "run" / "config.json").read_text())["small_stem"] is False
     code, _, err = run(monkeypatch, capsys, *args, "--resume")  # the default would pick the small stem at 16 px
     assert code == 2 and "small_stem: False → True" in err
+
+
+def test_pair_options_show_the_form_that_parses(monkeypatch, capsys, class_folder, tmp_path):
+    """--crop-scale takes two numbers; its help said <float,float> and "0.2,1.0" failed (issue 24)."""
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, _ = run(monkeypatch, capsys, "pretrain", "--help")
+    assert code == 0
+    for flag, metavar in (("--crop-scale", "MIN MAX"), ("--blur-sigma", "MIN MAX"), ("--blur-p", "P1 P2"),
+                          ("--solarize-p", "P1 P2")):
+        line = next(x for x in out.splitlines() if flag in x)
+        assert metavar in line and "<float,float>" not in line, line
+    from sslprobe.cli.params import build_config
+    from sslprobe.config.pretrain import PretrainConfig
+
+    config = build_config(PretrainConfig, {"data": class_folder, "out": tmp_path / "run", "crop_scale": (0.2, 1.0)})
+    assert config.augment.crop_scale == (0.2, 1.0)

@@ -55,9 +55,9 @@ def _plain_loop(root: Path):
     online = torch.nn.Sequential(backbone, proj)
     target = copy.deepcopy(online).requires_grad_(False)
     opt = torch.optim.SGD([*online.parameters(), *pred.parameters()], lr=0.01, momentum=0.9)
-    tf = T.Compose([T.RandomResizedCrop(SIZE), T.RandomHorizontalFlip(), T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)],
-                                                                                         p=0.8),
-                    T.RandomGrayscale(0.2), T.ToTensor(), T.Normalize(spec.mean, spec.std)])
+    jitter = T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8)
+    tf = T.Compose([T.RandomResizedCrop(SIZE), T.RandomHorizontalFlip(), jitter, T.RandomGrayscale(0.2), T.ToTensor(),
+                    T.Normalize(spec.mean, spec.std)])
     files = sorted(root.rglob("*.png"))
     loader = torch.utils.data.DataLoader(_Files(files, tf), batch_size=BATCH, shuffle=True, drop_last=True,
                                          num_workers=WORKERS, persistent_workers=True)

@@ -51,7 +51,7 @@ def _parameter(f: dataclasses.Field, d: Opt, tp: Any) -> inspect.Parameter:
     if d.argument:
         meta = typer.Argument(**info)
     else:
-        meta = typer.Option(*([d.flag] if d.flag else []), rich_help_panel=d.panel, **info)
+        meta = typer.Option(*([d.flag] if d.flag else []), rich_help_panel=d.panel, metavar=d.metavar, **info)
     cli_type = d.cli_type or tp
     if d.cli_type is str and isinstance(f.default, tuple):  # a comma list
         cli_type = str | None

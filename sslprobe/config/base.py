@@ -45,6 +45,7 @@ class Opt:
     path: bool | None = None  # a Path option: False for a file (dir_okay=False), True for a folder (file_okay=False)
     title: str | None = None  # what messages call it, when not its flag ("the kNN temperature")
     required: bool = False  # required on the command line though the library has a default
+    metavar: str | None = None  # what --help shows for the value(s), e.g. "MIN MAX" for a pair typed as two numbers
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Callable[[], Any] | None = None,

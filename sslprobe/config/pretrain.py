@@ -26,7 +26,7 @@ class AugmentConfig(Config):
     blur: bool | None = option(None, "Gaussian blur (default: on above 64 px, off at ≤ 64 px).",
                                flag="--blur/--no-blur", panel=AUG, show_default=False)
     crop_scale: tuple[float, float] = option((0.08, 1.0), "Random resized crop area range MIN MAX, as fractions of "
-                                             "the whole image.", rule=r.min_max(0, 1), panel=AUG)
+                                             "the whole image.", rule=r.min_max(0, 1), panel=AUG, metavar="MIN MAX")
     crop_ratio: tuple[float, float] = option((3 / 4, 4 / 3), "Crop aspect-ratio range.", rule=r.min_max(0), cli=False)
     flip_p: float = option(0.5, "Horizontal flip probability.", rule=r.probability, panel=AUG)
     jitter_p: float = option(0.8, "Colour jitter probability.", rule=r.probability, panel=AUG)
@@ -36,11 +36,11 @@ class AugmentConfig(Config):
     hue: float = option(0.1, "Jitter hue strength (≤ 0.5).", panel=AUG)
     gray_p: float = option(0.2, "Grayscale probability.", rule=r.probability, panel=AUG)
     blur_p: tuple[float, float] = option((1.0, 0.1), "Blur probability of view 1 and view 2.",
-                                         rule=r.per_view, panel=AUG)
+                                         rule=r.per_view, panel=AUG, metavar="P1 P2")
     blur_sigma: tuple[float, float] = option((0.1, 2.0), "Blur σ range MIN MAX (kernel ≈ 10 % of the side).",
-                                             rule=r.min_max(0), panel=AUG)
+                                             rule=r.min_max(0), panel=AUG, metavar="MIN MAX")
     solarize_p: tuple[float, float] = option((0.0, 0.2), "Solarisation probability of view 1 and view 2.",
-                                             rule=r.per_view, panel=AUG)
+                                             rule=r.per_view, panel=AUG, metavar="P1 P2")
     vflip_p: float = option(0.0, "Vertical flip probability (domain augmentation: microscopy, satellite, inspection; "
                             "paper: 0).", rule=r.probability, panel=AUG)
     rot90_p: float = option(0.0, "Probability of a quarter, half or three-quarter turn (0.75: all four orientations "
