@@ -93,12 +93,13 @@ class BackboneSpec:
 
 
 def check_model_name(model: str) -> None:
-    """Raise a one-line error for a name timm does not know, with close matches."""
+    """Raise a one-line error for a name timm does not know, with the closest names by spelling."""
     if timm.is_model(model):
         return
-    stem = model.split("_")[0][:6]
-    close = timm.list_models(f"*{stem}*")[:8]
-    hint = f" (similar: {', '.join(close)})" if close else ""
+    import difflib
+
+    close = difflib.get_close_matches(model, timm.list_models(), n=5, cutoff=0.6)
+    hint = f" (closest: {', '.join(close)})" if close else ""
     raise SSLProbeError(f"unknown model '{model}'{hint}; see `timm.list_models()` for all names")
 
 

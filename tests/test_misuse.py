@@ -51,6 +51,8 @@ CASES = [  # (id, argv, text the error line must contain)
     ("extract-pickle-without-flag", ["extract", "{data}", *EX, "--weights", "{pickle}", "--model", "test_resnet"],
      "--allow-pickle"),
     ("extract-unknown-model", ["extract", "{data}", *EX, "--model", "resnet999"], "unknown model"),
+    # a study checks the model before its first arm, and names the closest names by spelling
+    ("study-misspelt-model", ["study", "{data}", "--out", "{tmp}/s", "--model", "resnet181"], "closest: resnet18"),
     ("extract-image-size-0", ["extract", "{data}", *EX, "--model", "test_resnet", "--image-size", "0"], "--image-size"),
     ("extract-batch-size-neg", ["extract", "{data}", *EX, "--model", "test_resnet", "--batch-size", "-5"],
      "--batch-size"),
