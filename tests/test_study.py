@@ -355,6 +355,29 @@ def test_arms_plan_and_notes_for_what_cannot_run(monkeypatch):
 def test_bad_data_is_one_line(tmp_path, make, needle):
     with pytest.raises(SSLProbeError, match=needle):
         study(make(tmp_path / "d"), out=tmp_path / "s", arms=("pixels",), **TINY)
+    assert not (tmp_path / "s").exists()  # refused before --out was made
+
+
+def test_test_folder_that_is_data_itself_is_refused(tmp_path):
+    data = write_class_folder(tmp_path / "data", per_class=4, size=(8, 8))
+    with pytest.raises(SSLProbeError, match="is DATA itself"):
+        study(data, out=tmp_path / "s", test=tmp_path / "data" / ".", arms=("pixels",), **TINY)
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("names", [("train", "test"), ("Train", "TEST", "val")])
+def test_a_folder_already_split_is_used_as_the_split_not_as_classes(tmp_path, names):
+    for name in names:
+        write_class_folder(tmp_path / "d" / name, classes=("cat", "dog"), per_class=6, size=(8, 8),
+                           seed=len(name))
+    result = study(tmp_path / "d", out=tmp_path / "s", arms=("pixels",), **TINY)
+    row = dict(result.rows)["pixels"]
+    assert sorted(row.classes) == ["cat", "dog"]
+    test_dir = next(n for n in names if n.lower() == "test")
+    doc = json.loads((tmp_path / "s" / "study.json").read_text())
+    assert doc["data"]["test"]["source"] == str(tmp_path / "d" / test_dir) and doc["data"]["test"]["images"] == 12
+    report = (tmp_path / "s" / "report.md").read_text()
+    assert "holds train/ and test/" in report and ("val/ is not used" in report) == ("val" in names)
 
 
 def _flat(d: Path) -> Path:

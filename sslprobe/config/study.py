@@ -128,6 +128,10 @@ class StudyConfig(common.Runtime, common.ImageInputs):
         for n in self.primary or ():
             if self.arms and n not in self.arms:
                 raise SSLProbeError(f"--primary names '{n}', which is not one of --arms ({', '.join(self.arms)})")
+        if self.test is not None and not self.data.startswith("hf:") and \
+                Path(self.test).resolve() == Path(self.data).resolve():
+            raise SSLProbeError(f"--test '{self.test}' is DATA itself; give a separate folder of test images, or "
+                                "drop --test to draw a test split from DATA")
         if self.resplit and self.repeats == 1:
             raise SSLProbeError("--resplit draws a new split per repeat; give --repeats 2 or more")
         if sum(v is not None for v in (self.epochs, self.minutes, self.steps)) > 1:

@@ -104,6 +104,25 @@ def open_images(data: str | os.PathLike, *, image_column: str | None = None,
     return _open_folder(s)
 
 
+SPLIT_FOLDERS = ("train", "val", "test")
+
+
+def split_folders(data: str | os.PathLike) -> dict[str, str] | None:
+    """``{"train": …, "test": …[, "val": …]}`` when the folder ``data`` holds exactly those subfolders (any case)
+    and no image of its own, else None: a dataset already split, whose subfolders are not classes."""
+    s = os.fspath(data)
+    if s.startswith("hf:") or not os.path.isdir(s):
+        return None
+    found: dict[str, str] = {}
+    for entry in os.scandir(s):
+        if entry.name.startswith("."):
+            continue
+        if not entry.is_dir() or entry.name.lower() not in SPLIT_FOLDERS or entry.name.lower() in found:
+            return None
+        found[entry.name.lower()] = entry.path
+    return found if {"train", "test"} <= set(found) else None
+
+
 def _open_folder(s: str) -> ImageSet:
     root = os.path.abspath(s)
     ids, others = _walk(root)

@@ -93,6 +93,21 @@ def default_repeats(minutes: float | None, *, cuda: bool) -> int:
     return GPU_REPEATS if minutes / GPU_REPEATS >= MIN_REPEAT_MINUTES else 1
 
 
+def _split_layout(config: StudyConfig) -> tuple[StudyConfig, tuple[str, ...]]:
+    """DATA that is a dataset already split (subfolders train/ and test/, maybe val/, any case) is used as that
+    split, never as the classes "train" and "test": train/ the labelled data, test/ as --test."""
+    from sslprobe.images.folders import split_folders
+
+    found = split_folders(config.data) if config.test is None and config.labels is None else None
+    if found is None:
+        return config, ()
+    note = (f"DATA '{config.data}' holds train/ and test/: train/ is the labelled data, test/ the test set (as "
+            "--test)")
+    if "val" in found:
+        note += "; val/ is not used (the validation split is drawn from train/; merge val/ into train/ to use it)"
+    return config.replace(data=found["train"], test=found["test"]), (note,)
+
+
 @dataclass(frozen=True)
 class StudyOptions:
     """A study's config with what it resolves to before any arm runs: the arms (by name, or the device's
@@ -102,17 +117,18 @@ class StudyOptions:
     arms: tuple[Arm, ...]
     budget: ByolLength
     repeats: int = 1  # every seeded stage of every arm, run this many times (seed, seed + 1, …)
+    notes: tuple[str, ...] = ()  # what was read into the options (a split folder layout), said at the start
 
     @classmethod
     def resolve(cls, config: StudyConfig, *, cuda: bool) -> StudyOptions:
-        c = config
+        c, notes = _split_layout(config)
         repeats = c.repeats if c.repeats is not None else default_repeats(c.minutes, cuda=cuda)
         # --minutes is the arm's whole budget: a default number of repeats shares it (a given --repeats does not)
         minutes = c.minutes / repeats if c.minutes is not None and c.repeats is None else c.minutes
         budget = ByolLength(epochs=c.epochs, minutes=minutes, steps=c.steps)
         if c.epochs is None and c.minutes is None and c.steps is None:
             budget = ByolLength(epochs=PretrainConfig.epochs)
-        return cls(config, parse_arms(c.arms or default_arms(cuda=cuda)), budget, repeats)
+        return cls(c, parse_arms(c.arms or default_arms(cuda=cuda)), budget, repeats, notes)
 
     @property
     def out(self) -> Path:

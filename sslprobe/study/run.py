@@ -33,6 +33,7 @@ from sslprobe.study.sources import HashCache, Inputs, hash_entries, open_sources
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
 
+    from sslprobe.images.folders import ImageSet
     from sslprobe.study.stages import Context
 
 
@@ -113,8 +114,11 @@ class _Study:
         self.show_progress = show_progress
 
     def run(self) -> StudyResult:
-        self.layout.out.mkdir(parents=True, exist_ok=True)
         c = self.opts.config
+        # opened before --out exists: a one-class folder or a test set with other classes leaves nothing behind
+        sets = open_sources(c.data, labels=c.labels, test=c.test, unlabeled=c.unlabeled, image_column=c.image_column,
+                            label_column=c.label_column)
+        self.layout.out.mkdir(parents=True, exist_ok=True)
         statuses = plan.arm_statuses(self.opts.arms, model=c.model, image_size=c.image_size)
         runnable = [s.arm for s in statuses if s.runnable]
         if not runnable:
@@ -122,7 +126,9 @@ class _Study:
                                                                              for s in statuses))
         r = self.opts.repeats
         with StudyProgress(show=self.show_progress, stages=1 + r * sum(_stages(a) for a in runnable)) as progress:
-            prepared = self._prepare(progress)
+            for note in self.opts.notes:
+                progress.note(note)
+            prepared = self._prepare(progress, sets)
             progress.done()
             ctx = self._context(prepared, progress)
             repeats = {rep: self._repeat(ctx, prepared, rep) for rep in range(1, r)}
@@ -164,11 +170,10 @@ class _Study:
                          "it took)")
         return ", then ".join(parts)
 
-    def _prepare(self, progress: StudyProgress) -> Prepared:
-        """Step: hash every image, then draw (or reuse) the split and make the folders the commands read."""
+    def _prepare(self, progress: StudyProgress, sets: dict[str, ImageSet]) -> Prepared:
+        """Step: hash every image of the opened ``sets``, then draw (or reuse) the split and make the folders the
+        commands read."""
         o = self.opts
-        sets = open_sources(o.config.data, labels=o.config.labels, test=o.config.test, unlabeled=o.config.unlabeled,
-                            image_column=o.config.image_column, label_column=o.config.label_column)
         progress.stage(arm="", index=0, arms=0, stage="hashing images", total=sum(len(s) for s in sets.values()))
         from sslprobe.runtime.workers import default_workers
 
@@ -259,8 +264,8 @@ class _Study:
         repeats = {r.status.arm.name: [r.result, *r.repeats] for r in runs if r.result is not None and r.repeats}
         pairs = paired_tests(rows, metric=c.metric, primary=primary, seed=c.seed, repeats=repeats, groups=groups)
         rows = [(name, dataclasses.replace(r, paired_tests=pairs)) for name, r in rows]
-        notes = verdict.notes(rows, pairs, metric=c.metric, byol=_byol_runs(runs, pool=len(p.pool),
-                                                                             batch=c.byol.batch_size))
+        notes = [*self.opts.notes, *verdict.notes(rows, pairs, metric=c.metric,
+                                                   byol=_byol_runs(runs, pool=len(p.pool), batch=c.byol.batch_size))]
         byol = [r.status.arm.name for r in runs if r.result is not None and r.status.arm.byol_init]
         budget_pairs = budget_tests(rows, metric=c.metric, against=byol, seed=c.seed, groups=groups) if byol else []
         record = StudyRecord(opts=self.opts, prepared=p, runs=runs, rows=rows, pairs=pairs, primary=primary,
