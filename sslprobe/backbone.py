@@ -415,11 +415,33 @@ def _from_file(path: Path, *, model: str | None, image_size: int | None, small_s
     return net, spec
 
 
+def weights_kind(path: Path) -> str | None:
+    """"safetensors", "torch" (a zip checkpoint or a raw pickle) or None, from the file's first bytes."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError as e:
+        raise SSLProbeError(f"cannot read '{path}' ({e.strerror or e})") from None
+    if head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and 2 <= head[1:2][0] <= 5 if len(head) > 1 else False):
+        return "torch"
+    if len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") < 100 << 20:
+        return "safetensors"
+    return None
+
+
 def read_weights(path: Path, *, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of a weights file; safetensors by default, pickle only when allowed."""
+    """Tensors and metadata of a weights file; safetensors by default, pickle only when allowed.
+
+    Only a pickle's name (.pt/.pth/.bin/.ckpt) lets it be unpickled (a pickle renamed .safetensors is just an
+    invalid safetensors file); the first bytes then tell a file that is neither kind — "not a model file",
+    not "a pickle" — from a checkpoint (a zip archive or a pickle's protocol byte) or a safetensors file."""
     from safetensors import SafetensorError, safe_open
 
-    if path.suffix in (".pt", ".pth", ".bin", ".ckpt"):
+    kind = weights_kind(path)
+    if kind is None and path.suffix != ".safetensors":
+        raise SSLProbeError(f"'{path}' is not a model file (neither safetensors nor a torch checkpoint); pass "
+                            "a .safetensors backbone (sslprobe pretrain writes one)")
+    if path.suffix in (".pt", ".pth", ".bin", ".ckpt") and kind == "torch":
         if not allow_pickle:
             raise SSLProbeError(
                 f"'{path}' is a pickle file, which can run code when loaded; convert it to .safetensors "
@@ -430,8 +452,8 @@ def read_weights(path: Path, *, allow_pickle: bool = False) -> tuple[dict[str, t
                 warnings.simplefilter("ignore")
                 obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            first = str(e).splitlines()[0][:200]
-            raise SSLProbeError(f"refused to load '{path}' with weights_only=True: {first}") from e
+            whole = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+            raise SSLProbeError(f"refused to load '{path}' with weights_only=True: {type(e).__name__}: {whole}") from e
         obj = obj.get("state_dict", obj.get("model", obj)) if isinstance(obj, dict) else obj
         if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
             raise SSLProbeError(f"'{path}' does not hold a state dict of tensors")

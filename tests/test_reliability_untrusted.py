@@ -92,6 +92,20 @@ def test_pickles_never_run(monkeypatch, capsys, tmp_path, class_folder, name, al
     assert not (tmp_path / "f" / "features.safetensors").exists()
 
 
+@pytest.mark.parametrize("allow", [False, True])
+@pytest.mark.parametrize("name", ["x.bin", "x.pt", "x.weights"])
+def test_random_bytes_are_not_a_model_file_not_a_pickle(monkeypatch, capsys, tmp_path, class_folder, name, allow):
+    """Random bytes named like a checkpoint were called "a pickle file", and with --allow-pickle ended in a cut-off
+    torch message (issue 24)."""
+    path = tmp_path / name
+    path.write_bytes(bytes(range(7, 250)) * 40)
+    args = ["extract", class_folder, "--out", tmp_path / "f", "--weights", path, "--model", "test_resnet",
+            "--workers", "0"] + (["--allow-pickle"] if allow else [])
+    code, _, err = run(monkeypatch, capsys, *args)
+    assert_one_error_line(code, err, "is not a model file (neither safetensors nor a torch checkpoint)")
+    assert "pickle" not in err
+
+
 def test_allowed_pickle_goes_through_weights_only(monkeypatch, capsys, tmp_path, class_folder):
     from sslprobe.backbone import create_backbone
 
