@@ -30,6 +30,8 @@ from sslprobe.errors import SSLProbeError
 
 R = TypeVar("R", bound="JsonRecord")
 
+TOP5_MIN_CLASSES = 10  # top-5 is shown (tables, results.csv) from this many classes on
+
 
 class ResultFormatError(SSLProbeError):
     """A results file (report.json, summary.json, …) that does not have the layout its type describes."""
@@ -453,6 +455,12 @@ class _Scored:
     def split(self, name: str) -> Metrics | None:
         """The metrics of ``val`` or ``test`` (None when the run had no such split)."""
         return {"val": self.val, "test": self.test}[name]
+
+    @property
+    def shows_top5(self) -> bool:
+        """Whether tables show top-5: with fewer than TOP5_MIN_CLASSES classes it is 100 % or near it by
+        construction (3 classes: every image's class is among the top 5), so it says nothing."""
+        return len(self.classes) >= TOP5_MIN_CLASSES
 
     @property
     def headline_split(self) -> str:

@@ -143,7 +143,8 @@ def test_tables_lead_with_the_declared_metric_and_fit_80_columns():
     render_probe(r, console=Console(file=buf, width=80))
     text = buf.getvalue()
     head = text.split("kNN")[0]
-    assert head.index("macro-F1") < head.index("balanced acc") < head.index("top-1") < head.index("top-5")
+    assert head.index("macro-F1") < head.index("balanced acc") < head.index("top-1")
+    assert "top-5" not in head  # 3 classes: top-5 is 100 % by construction, not shown
     flat = " ".join(text.split())
     assert "val macro-F1" in flat and "label efficiency (test macro-F1 %" in flat
     assert "chosen by validation macro-F1 (--metric; largest / smallest class 3:1)" in flat
@@ -165,5 +166,15 @@ def test_tables_lead_with_the_declared_metric_and_fit_80_columns():
     def column(name):  # a header's horizontal position, whichever of its lines it is on
         return min(line.find(name) for line in header if name in line)
 
-    assert column("macro-F1") < column("balanced") < column("top-1") < column("top-5") < column("kNN")
+    assert column("macro-F1") < column("balanced") < column("top-1") < column("kNN")
     assert "43.0–57.0" in text and "44.0–56.0" in text and "45.0–55.0" in text  # each metric's interval
+
+
+def test_top5_is_shown_from_ten_classes_on():
+    few = ProbeResult.from_json(fake_doc())
+    many = ProbeResult.from_json({**fake_doc(), "classes": [f"c{i}" for i in range(10)]})
+    assert not few.shows_top5 and many.shows_top5
+    for r, shown in ((few, False), (many, True)):
+        buf = io.StringIO()
+        render_probe(r, console=Console(file=buf, width=120))
+        assert ("top-5" in buf.getvalue()) == shown

@@ -127,7 +127,7 @@ def test_results_csv_is_tidy(done):
     top1 = [r for r in rows if r["labels"] == "all" and r["metric"] == "top1" and r["method"] == "linear"]
     assert len(top1) == 3 and all(r["split"] == "test" and r["ci_low"] for r in top1)
     full = [r["metric"] for r in rows if r["labels"] == "all" and r["method"] == "linear" and r["arm"] == ARMS[0]]
-    assert full == ["balanced_accuracy", "top1", "macro_f1", "top5"]  # the declared metric (default) first
+    assert full == ["balanced_accuracy", "top1", "macro_f1"]  # declared metric first; 2 classes: no top-5
     assert all(r["ci_low"] for r in rows if r["labels"] == "all" and r["metric"] != "top5")
     assert {r["metric"] for r in rows if r["labels"] != "all"} == {"balanced_accuracy"}  # the curves' metric
 
@@ -179,7 +179,7 @@ def test_tables_lead_with_the_declared_metric(done):
     md = (root / "out" / "report.md").read_text()
     header = next(line for line in md.splitlines() if line.startswith("| arm | what |"))
     cells = [c.strip() for c in header.strip("|").split("|")]
-    assert cells[2:7] == ["balanced acc % [95 % CI]", "top-1 %", "macro-F1 %", "top-5 %", "kNN balanced acc %"]
+    assert cells[2:6] == ["balanced acc % [95 % CI]", "top-1 %", "macro-F1 %", "kNN balanced acc %"]  # no top-5
     assert "balanced acc % (linear or fine-tuned)" in md
     assert all(x.label_efficiency.metric == "balanced" and x.metric == "balanced" for _, x in r.rows)
 

@@ -107,7 +107,8 @@ def metrics_table(result: ProbeResult | FinetuneResult, *, title: str) -> Table:
         table.add_column(s, justify="right")
     for m in metric_order(result.metric):
         table.add_row(METRIC_NAMES[m], *(with_ci(result.split(s), METRIC_KEYS[m]) for s in splits))
-    table.add_row("top-5", *(with_ci(result.split(s), "top5") for s in splits))
+    if result.shows_top5:
+        table.add_row("top-5", *(with_ci(result.split(s), "top5") for s in splits))
     table.add_row("n", *(str(result.split(s).n) for s in splits))
     return table
 
@@ -225,13 +226,16 @@ def render_comparison(rows: Sequence[tuple[str, ProbeResult | FinetuneResult]], 
     order = metric_order(metric)
     table = Table(title=title or f"linear probe comparison ({split})", title_justify="left",
                   caption="under each value: its 95 % bootstrap interval over test rows", caption_justify="left")
-    for col in ("features", *(METRIC_NAMES[m] for m in order), "top-5", f"kNN {METRIC_NAMES[metric]}", "C"):
+    top5 = all(r.shows_top5 for _, r in rows)
+    for col in ("features", *(METRIC_NAMES[m] for m in order), *(("top-5",) if top5 else ()),
+                f"kNN {METRIC_NAMES[metric]}", "C"):
         table.add_column(col, justify="left" if col == "features" else "right", overflow="fold")
     for name, r in rows:
         m, knn = r.split(split), r.knn
         knn_cell = stacked_ci(getattr(knn, split), METRIC_KEYS[metric]) + f"\nk={knn.k}" if knn else "—"
         c_cell = f"{r.C:.3g}" if r.C is not None else "—"  # a fine-tuned row has no C
-        table.add_row(name, *(stacked_ci(m, METRIC_KEYS[k]) for k in order), stacked_ci(m, "top5"), knn_cell, c_cell)
+        table.add_row(name, *(stacked_ci(m, METRIC_KEYS[k]) for k in order),
+                      *((stacked_ci(m, "top5"),) if top5 else ()), knn_cell, c_cell)
     console.print(table)
     _render_budgets(rows, console=console)
     if _selection_line(rows[0][1]):

@@ -86,15 +86,17 @@ def _results(r: StudyRecord) -> list[Block]:
     metric = r.opts.config.metric
     order = metric_order(metric)
     name_of = METRIC_NAMES[metric]
-    cols = ("arm", "what", f"{name_of} % [95 % CI]", *(f"{METRIC_NAMES[m]} %" for m in order[1:]), "top-5 %",
-            f"kNN {name_of} %", "C", "layer", *(f"{name_of} @{b.label}" for b in bs))
+    top5 = bool(r.rows) and all(x.shows_top5 for _, x in r.rows)
+    cols = ("arm", "what", f"{name_of} % [95 % CI]", *(f"{METRIC_NAMES[m]} %" for m in order[1:]),
+            *(("top-5 %",) if top5 else ()), f"kNN {name_of} %", "C", "layer", *(f"{name_of} @{b.label}" for b in bs))
     titles = {a.status.arm.name: a.status.arm.title for a in r.runs}
     layers = r.layers()
     rows = []
     for name, x in r.rows:
         knn = getattr(x.knn, split) if x.knn is not None else None
         m = x.split(split)
-        rows.append((name, titles.get(name, ""), *(with_ci(m, METRIC_KEYS[k]) for k in order), with_ci(m, "top5"),
+        rows.append((name, titles.get(name, ""), *(with_ci(m, METRIC_KEYS[k]) for k in order),
+                     *((with_ci(m, "top5"),) if top5 else ()),
                      with_ci(knn, METRIC_KEYS[metric]), f"{x.C:.3g}" if x.C is not None else "—",
                      layers.get(name, "—"),
                      *(_budget_cell(numbers.point(x, b), "linear") for b in bs)))

@@ -92,7 +92,8 @@ def _candidate_row(name: str, c: LayerCandidate, metric: str, *, n: int) -> dict
 def _scored_rows(name: str, r: Scored, *, method: str, groups: Mapping[str, str] | None) -> list[dict[str, Any]]:
     split = split_of(r)
     used = int(r.n_train) + (int(r.n_val) if split == "test" else 0)
-    keys = [*(METRIC_KEYS[m] for m in (r.metric, *(m for m in METRICS if m != r.metric))), "top5"]
+    keys = [*(METRIC_KEYS[m] for m in (r.metric, *(m for m in METRICS if m != r.metric))),
+            *(("top5",) if r.shows_top5 else ())]
     out = [*_full(name, method, r.split(split), keys, split=split, n=used)]
     knn = getattr(r.knn, split) if r.knn is not None else None
     if knn and method == "linear":

@@ -115,9 +115,7 @@ class _Study:
 
     def run(self) -> StudyResult:
         c = self.opts.config
-        # opened before --out exists: a one-class folder or a test set with other classes leaves nothing behind
-        sets = open_sources(c.data, labels=c.labels, test=c.test, unlabeled=c.unlabeled, image_column=c.image_column,
-                            label_column=c.label_column)
+        sets = self._open()  # before --out exists: a one-class folder or a test set with other classes leaves nothing
         self.layout.out.mkdir(parents=True, exist_ok=True)
         statuses = plan.arm_statuses(self.opts.arms, model=c.model, image_size=c.image_size)
         runnable = [s.arm for s in statuses if s.runnable]
@@ -170,10 +168,17 @@ class _Study:
                          "it took)")
         return ", then ".join(parts)
 
-    def _prepare(self, progress: StudyProgress, sets: dict[str, ImageSet]) -> Prepared:
-        """Step: hash every image of the opened ``sets``, then draw (or reuse) the split and make the folders the
-        commands read."""
+    def _open(self) -> dict[str, ImageSet]:
+        """Step: DATA, --test and --unlabeled opened and checked (labels, classes): a listing, no image read."""
+        c = self.opts.config
+        return open_sources(c.data, labels=c.labels, test=c.test, unlabeled=c.unlabeled, image_column=c.image_column,
+                            label_column=c.label_column)
+
+    def _prepare(self, progress: StudyProgress, sets: dict[str, ImageSet] | None = None) -> Prepared:
+        """Step: hash every image of the opened ``sets`` (default: open them now), then draw (or reuse) the split
+        and make the folders the commands read."""
         o = self.opts
+        sets = self._open() if sets is None else sets
         progress.stage(arm="", index=0, arms=0, stage="hashing images", total=sum(len(s) for s in sets.values()))
         from sslprobe.runtime.workers import default_workers
 
