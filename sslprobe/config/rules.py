@@ -124,14 +124,6 @@ def exists(name: str, path: Any) -> None:
         raise SSLProbeError(f"{name} '{path}' does not exist")
 
 
-def timm_model(name: str, model: str | None) -> None:
-    """A name timm knows, checked when the options are read: a study used to fail on it only after its pixel arm."""
-    if model is not None:
-        from sslprobe.backbone import check_model_name
-
-        check_model_name(model)
-
-
 def init_source(name: str, init: str) -> None:
     """``--init``: random, pretrained, or a safetensors file that exists (pickles are never loaded for training)."""
     if init in ("random", "pretrained"):

@@ -83,7 +83,7 @@ class StudyConfig(common.Runtime, common.ImageInputs):
     arms: tuple[str, ...] = option((), f"Comma-separated arms: {', '.join(STUDY_ARMS)} (default: {','.join(ARMS_CPU)} "
                                    f"on CPU; {','.join(ARMS_GPU)} on a GPU).", rule=r.each(r.choice(*STUDY_ARMS)),
                                    cli_type=str, cli_default=None, parse=_names)
-    model: str = option("resnet18", "timm model of every network arm.", rule=r.timm_model)
+    model: str = option("resnet18", "timm model of every network arm.")
     image_size: int | None = option(None, "Resolution (default: the model's; raw pixels at ≤ 32 px).", rule=r.ge(8))
     layers: str = option("auto", "Layers each network arm may be read at: auto (the two stages before the last, "
                          "and pre-logits), last (pre-logits only) or e.g. 2,3,pre-logits. Each arm's layer is "

@@ -121,6 +121,9 @@ class StudyOptions:
 
     @classmethod
     def resolve(cls, config: StudyConfig, *, cuda: bool) -> StudyOptions:
+        from sslprobe.backbone import check_model_name
+
+        check_model_name(config.model)  # before any arm: a misspelt name failed only after the pixel arm had run
         c, notes = _split_layout(config)
         repeats = c.repeats if c.repeats is not None else default_repeats(c.minutes, cuda=cuda)
         # --minutes is the arm's whole budget: a default number of repeats shares it (a given --repeats does not)
