@@ -422,8 +422,8 @@ def weights_kind(path: Path) -> str | None:
             head = f.read(9)
     except OSError as e:
         raise SSLProbeError(f"cannot read '{path}' ({e.strerror or e})") from None
-    if head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and 2 <= head[1:2][0] <= 5 if len(head) > 1 else False):
-        return "torch"
+    if head[:4] == b"PK\x03\x04" or (len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5):
+        return "torch"  # torch.save's zip archive, or a raw pickle (PROTO opcode, protocol 2-5)
     if len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") < 100 << 20:
         return "safetensors"
     return None

@@ -108,8 +108,8 @@ SPLIT_FOLDERS = ("train", "val", "test")
 
 
 def split_folders(data: str | os.PathLike) -> dict[str, str] | None:
-    """``{"train": …, "test": …[, "val": …]}`` when the folder ``data`` holds exactly those subfolders (any case)
-    and no image of its own, else None: a dataset already split, whose subfolders are not classes."""
+    """``{"train": …, "test": …[, "val": …]}`` when the folder ``data`` holds those subfolders (any case) and
+    nothing else but hidden entries, else None: a dataset already split, whose subfolders are not classes."""
     s = os.fspath(data)
     if s.startswith("hf:") or not os.path.isdir(s):
         return None
