@@ -412,12 +412,19 @@ def pretrain_e2e(a: argparse.Namespace, data: Path) -> float:
                     max_steps=a.warmup + a.steps, optimizer=a.optimizer, tau_base=a.tau_base,
                     proj_hidden=a.proj_hidden, proj_dim=a.proj_dim, blur=a.blur, seed=a.seed, device=a.device,
                     workers=a.workers, log_every=a.warmup, show_progress=False)
-        recs = [json.loads(line) for line in Path(out, "metrics.jsonl").read_text().splitlines()]
-    imgs = secs = 0.0
+        return logged_rate(Path(out), batch=a.batch_size, after=a.warmup)
+
+
+def logged_rate(out: Path, *, batch: int, after: int) -> float:
+    """img/s of a pretrain run from its metrics.jsonl windows that start at step ``after`` or later (the earlier
+    windows hold the warm-up steps)."""
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     recs = [r for r in recs if "img_per_s" in r]
-    for prev, rec in itertools.pairwise(recs):  # the first window holds the warm-up steps
-        n = (rec["step"] - prev["step"]) * a.batch_size
-        imgs, secs = imgs + n, secs + n / rec["img_per_s"]
+    imgs = secs = 0.0
+    for prev, rec in itertools.pairwise(recs):
+        if prev["step"] >= after:
+            n = (rec["step"] - prev["step"]) * batch
+            imgs, secs = imgs + n, secs + n / rec["img_per_s"]
     return imgs / secs if secs else float("nan")
 
 

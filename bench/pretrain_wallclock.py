@@ -65,10 +65,8 @@ def lightly_side(a: argparse.Namespace) -> None:
     from lightly.models.utils import update_momentum
     from lightly.transforms import BYOLTransform, BYOLView1Transform, BYOLView2Transform
     from lightly.utils.scheduler import cosine_schedule
-    from torch.utils.data import DataLoader
-
-    sys.path.insert(0, str(HERE))
     from pretrain_throughput import FileImages, LightlyBYOL
+    from torch.utils.data import DataLoader
 
     from sslprobe.backbone import create_backbone
     from sslprobe.images.folders import open_images
@@ -117,18 +115,6 @@ def lightly_side(a: argparse.Namespace) -> None:
 
 # ----------------------------------------------------------------------------- the driver
 
-def _sslprobe_rate(out: Path, *, batch: int, warmup: int) -> float:
-    """Steady-state img/s of a pretrain run from its metrics.jsonl windows after the warm-up steps."""
-    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    recs = [r for r in recs if "img_per_s" in r]
-    imgs = secs = 0.0
-    for prev, rec in zip(recs, recs[1:]):
-        if prev["step"] >= warmup:
-            n = (rec["step"] - prev["step"]) * batch
-            imgs, secs = imgs + n, secs + n / rec["img_per_s"]
-    return imgs / secs if secs else float("nan")
-
-
 def run_sslprobe(a: argparse.Namespace, out: Path) -> tuple[float, float]:
     cmd = [sys.executable, "-m", "sslprobe", "pretrain", a.data, "--out", str(out), "--model", a.model,
            "--image-size", str(a.image_size), "--batch-size", str(a.batch_size), "--workers", str(a.workers),
@@ -136,7 +122,9 @@ def run_sslprobe(a: argparse.Namespace, out: Path) -> tuple[float, float]:
     t = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True)
     wall = time.perf_counter() - t
-    return wall, _sslprobe_rate(out, batch=a.batch_size, warmup=a.warmup)
+    from pretrain_throughput import logged_rate
+
+    return wall, logged_rate(out, batch=a.batch_size, after=a.warmup)
 
 
 def run_lightly(a: argparse.Namespace, recipe: Path) -> tuple[float, float]:
@@ -150,8 +138,8 @@ def run_lightly(a: argparse.Namespace, recipe: Path) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> None:
     a = parse(argv)
+    sys.path.insert(0, str(HERE))  # the sibling bench's data, model and log readers
     if a.data is None:
-        sys.path.insert(0, str(HERE))
         from pretrain_throughput import default_data
 
         a.data = str(default_data(Path(a.cache_dir), per_class=a.per_class, synthetic_n=10 * a.per_class)[0])

@@ -11,10 +11,11 @@ import copy
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from tests.conftest import write_class_folder
 
 pytestmark = pytest.mark.slow
 
@@ -22,13 +23,8 @@ SIZE, BATCH, WORKERS, WARMUP, STEPS, ROUNDS = 32, 32, 2, 3, 12, 2
 MIN_RATIO = 0.7
 
 
-def _images(root: Path, n: int = 256) -> Path:
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        d = root / f"c{i % 4}"
-        d.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (28, 28, 3), dtype=np.uint8)).save(d / f"{i:04d}.png")
-    return root
+def _images(root: Path) -> Path:
+    return write_class_folder(root, classes=("c0", "c1", "c2", "c3"), per_class=64, size=(28, 28))
 
 
 class _Files(torch.utils.data.Dataset):
