@@ -93,21 +93,6 @@ def default_repeats(minutes: float | None, *, cuda: bool) -> int:
     return GPU_REPEATS if minutes / GPU_REPEATS >= MIN_REPEAT_MINUTES else 1
 
 
-def _split_layout(config: StudyConfig) -> tuple[StudyConfig, tuple[str, ...]]:
-    """DATA that is a dataset already split (subfolders train/ and test/, maybe val/, any case) is used as that
-    split, never as the classes "train" and "test": train/ the labelled data, test/ as --test."""
-    from sslprobe.images.folders import split_folders
-
-    found = split_folders(config.data) if config.test is None and config.labels is None else None
-    if found is None:
-        return config, ()
-    note = (f"DATA '{config.data}' holds train/ and test/: train/ is the labelled data, test/ the test set (as "
-            "--test)")
-    if "val" in found:
-        note += "; val/ is not used (the validation split is drawn from train/; merge val/ into train/ to use it)"
-    return config.replace(data=found["train"], test=found["test"]), (note,)
-
-
 @dataclass(frozen=True)
 class StudyOptions:
     """A study's config with what it resolves to before any arm runs: the arms (by name, or the device's
@@ -124,7 +109,12 @@ class StudyOptions:
         from sslprobe.backbone import check_model_name
 
         check_model_name(config.model)  # before any arm: a misspelt name failed only after the pixel arm had run
-        c, notes = _split_layout(config)
+        from sslprobe.study.sources import split_layout
+
+        c, notes = config, ()
+        if (found := split_layout(config.data, test=config.test, labels=config.labels)) is not None:
+            changes, note = found
+            c, notes = config.replace(**changes), (note,)
         repeats = c.repeats if c.repeats is not None else default_repeats(c.minutes, cuda=cuda)
         # --minutes is the arm's whole budget: a default number of repeats shares it (a given --repeats does not)
         minutes = c.minutes / repeats if c.minutes is not None and c.repeats is None else c.minutes

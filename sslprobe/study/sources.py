@@ -22,7 +22,7 @@ from sslprobe.cache import content_key
 from sslprobe.errors import SSLProbeError
 from sslprobe.fileio import file_sha256, write_json
 from sslprobe.images.decode import MAX_FILE_BYTES, BadImageError
-from sslprobe.images.folders import ImageSet, open_images
+from sslprobe.images.folders import ImageSet, open_images, split_folders
 from sslprobe.images.phash import VERSION as FINGERPRINT_VERSION
 from sslprobe.images.phash import Fingerprint, fingerprint
 
@@ -53,6 +53,19 @@ class Inputs:
 
     def of(self, origin: str) -> list[Entry]:
         return [e for e in self.entries if e.origin == origin]
+
+
+def split_layout(data: str, *, test: str | None, labels: str | None) -> tuple[dict[str, str], str] | None:
+    """DATA that is a dataset already split (subfolders train/ and test/, maybe val/, any case): the options that
+    use it as that split — train/ the labelled data, test/ as --test — and the line that says so; else None.
+    Such a DATA is never read as the classes "train" and "test"."""
+    found = split_folders(data) if test is None and labels is None else None
+    if found is None:
+        return None
+    note = f"DATA '{data}' holds train/ and test/: train/ is the labelled data, test/ the test set (as --test)"
+    if "val" in found:
+        note += "; val/ is not used (the validation split is drawn from train/; merge val/ into train/ to use it)"
+    return {"data": found["train"], "test": found["test"]}, note
 
 
 def open_sources(data: str, *, labels: str | None, test: str | None, unlabeled: str | None,
